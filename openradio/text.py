@@ -1,0 +1,334 @@
+"""Text towers for the language-aligned adaptors (``clip``, ``siglip``).
+
+A RADIO checkpoint's ``clip`` and ``siglip`` heads are trained to reproduce the *image* embeddings of
+open_clip teachers (DFN CLIP ``ViT-H-14-378-quickgelu``/``dfn5b`` and SigLIP
+``ViT-SO400M-14-SigLIP-384``/``webli``). Zero-shot classification and retrieval therefore need the
+matching *text* tower of that teacher. This module builds it through open_clip (its pretrained-weight
+mechanism when online, or a local weights file), drops the vision tower so only the text tower stays in
+memory, and gives the adaptor the official API::
+
+    tokens = adaptor.tokenizer(["a photo of a cat"])
+    emb = adaptor.encode_text(tokens, normalize=True)
+
+Nothing here downloads anything unless an open_clip pretrained *tag* is asked for; with ``lazy=True``
+(what the model loader uses) even that is postponed to the first call of ``tokenizer``/``encode_text``.
+"""
+from __future__ import annotations
+
+import gc
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+__all__ = [
+    "TextTower",
+    "load_text_tower",
+    "text_tower_key",
+    "text_tower_from_model",
+    "attach_text_tower",
+    "maybe_attach_text_tower",
+    "attach_text_towers",
+    "TEXT_TOWER_TYPES",
+]
+
+# Teacher `type`s whose adaptors get a text tower (inference.md §5.1/§5.3).
+TEXT_TOWER_TYPES = ("open_clip",)
+
+
+def _conf_get(conf: Any, key: str, default: Any = None) -> Any:
+    """Teacher configs are dicts in checkpoints, but accept Namespaces/objects too."""
+    if isinstance(conf, Mapping):
+        return conf.get(key, default)
+    return getattr(conf, key, default)
+
+
+class TextTower(nn.Module):
+    """An open_clip model with its vision tower removed, plus its tokenizer.
+
+    ``key`` identifies the weights (used to key on-disk caches of text embeddings, e.g. zero-shot
+    classifiers); it is ``None`` when the weights cannot be identified cheaply and reliably.
+    """
+
+    def __init__(self, oc_model: nn.Module, tokenizer: Callable[..., torch.Tensor], *,
+                 key: str | None, name: str = "") -> None:
+        super().__init__()
+        # Only the text tower is needed; dropping `.visual` frees most of the memory of a ViT-H/SO400M.
+        if getattr(oc_model, "visual", None) is not None:
+            oc_model.visual = None
+        oc_model.eval().requires_grad_(False)
+        self.model = oc_model
+        self._tokenizer = tokenizer
+        self.key = key
+        self.name = name
+
+    @property
+    def device(self) -> torch.device:
+        for p in self.model.parameters():
+            return p.device
+        return torch.device("cpu")
+
+    @property
+    def context_length(self) -> int | None:
+        return getattr(self._tokenizer, "context_length", None)
+
+    def tokenize(self, texts: str | Sequence[str]) -> torch.Tensor:
+        if isinstance(texts, str):
+            texts = [texts]
+        texts = list(texts)
+        if not texts:
+            raise ValueError("tokenizer: got an empty list of texts; pass at least one string")
+        return self._tokenizer(texts)
+
+    @torch.no_grad()
+    def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """Text embeddings (B, D) for token ids (B, L); L2-normalised when ``normalize``."""
+        if not torch.is_tensor(tokens) or tokens.dim() != 2:
+            raise ValueError("encode_text expects a (batch, context_length) tensor of token ids from "
+                             f"adaptor.tokenizer(texts); got {type(tokens).__name__}"
+                             + (f" of shape {tuple(tokens.shape)}" if torch.is_tensor(tokens) else ""))
+        tokens = tokens.to(self.device)
+        return self.model.encode_text(tokens, normalize=normalize).float()
+
+    def forward(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:  # nn.Module protocol
+        return self.encode_text(tokens, normalize=normalize)
+
+    @property
+    def embed_dim(self) -> int:
+        with torch.no_grad():
+            tok = self.tokenize(["a"])
+            return int(self.encode_text(tok).shape[-1])
+
+
+def _weights_key(model: nn.Module) -> str:
+    """A content hash of a model's weights (used for models passed in directly, e.g. small test towers)."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return "weights-sha256:" + h.hexdigest()
+
+
+def _resolve_model_name(model_name: str) -> tuple[str, str]:
+    """Accept an open_clip model name or a path to an open_clip model-config JSON.
+
+    Returns (name usable with open_clip, a string identifying the architecture for cache keys).
+    """
+    import open_clip
+
+    if model_name.startswith(("hf-hub:", "local-dir:")):
+        return model_name, model_name
+    if model_name.endswith(".json") or os.sep in model_name:
+        path = Path(model_name)
+        if not path.is_file():
+            raise FileNotFoundError(f"text tower config {model_name!r} not found; pass an open_clip model name "
+                                    "(e.g. ViT-H-14-378-quickgelu) or the path of an open_clip model-config JSON")
+        open_clip.add_model_config(path)  # registers it under the file's stem
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+        return path.stem, f"{path.stem}@config-sha256:{digest}"
+    if model_name not in open_clip.list_models():
+        raise ValueError(f"unknown open_clip model {model_name!r}; known names are listed by "
+                         "open_clip.list_models(), or pass the path of a model-config JSON")
+    return model_name, model_name
+
+
+def text_tower_key(model_name: str, pretrained: str | None = None, *,
+                   weights: str | os.PathLike | None = None) -> str | None:
+    """The cache key of the tower ``load_text_tower`` would build, computed without building it.
+
+    Local files are identified by path, size and modification time (hashing GBs of weights on every run
+    would cost more than the cache saves); random weights have no key (never cached).
+    """
+    _, arch_key = _resolve_model_name(model_name)
+    if weights is not None:
+        wpath = Path(weights).expanduser()
+        if not wpath.is_file():
+            raise FileNotFoundError(f"text tower weights {str(weights)!r} not found; pass an open_clip "
+                                    f"state-dict file for {model_name!r}")
+        st = wpath.stat()
+        return f"open_clip:{arch_key}:file:{wpath.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+    if pretrained:
+        return f"open_clip:{arch_key}:{pretrained}"
+    return None
+
+
+def load_text_tower(model_name: str, pretrained: str | None = None, *, weights: str | os.PathLike | None = None,
+                    cache_dir: str | None = None, device: torch.device | str = "cpu") -> TextTower:
+    """Build an open_clip text tower.
+
+    * ``weights``: a local open_clip checkpoint (state dict) for ``model_name``; nothing is downloaded.
+    * else ``pretrained``: an open_clip pretrained tag (e.g. ``dfn5b``, ``webli``), fetched through
+      open_clip's download-and-cache mechanism (needs the network the first time).
+    * neither: random initialisation (only useful for tests; the result is not cacheable).
+    """
+    import open_clip
+
+    name, _ = _resolve_model_name(model_name)
+    if weights is not None:
+        wpath = Path(weights).expanduser()
+        if not wpath.is_file():
+            raise FileNotFoundError(f"text tower weights {str(weights)!r} not found; pass an open_clip "
+                                    f"state-dict file for {model_name!r}")
+        oc = open_clip.create_model_from_pretrained(name, pretrained=str(wpath), return_transform=False,
+                                                    device=device, cache_dir=cache_dir)
+    elif pretrained:
+        try:
+            oc = open_clip.create_model_from_pretrained(name, pretrained=pretrained, return_transform=False,
+                                                        device=device, cache_dir=cache_dir)
+        except Exception as e:  # network errors come in many types; say what to do instead
+            raise RuntimeError(
+                f"could not load the open_clip text tower {model_name!r} with pretrained={pretrained!r} ({e}). "
+                "Without network access, download the open_clip weights elsewhere and pass them as a local "
+                "file (weights=... / --text-weights FILE).") from e
+    else:
+        oc = open_clip.create_model(name, pretrained=None, device=device)
+    key = text_tower_key(model_name, pretrained, weights=weights)
+    try:
+        tokenizer = open_clip.get_tokenizer(name, cache_dir=cache_dir)
+    except Exception as e:
+        raise RuntimeError(f"could not build the tokenizer of {model_name!r} ({e}); SigLIP tokenizers come from "
+                           "the Hugging Face hub and need it cached locally when offline") from e
+    tower = TextTower(oc, tokenizer, key=key, name=model_name)
+    gc.collect()  # the dropped vision tower can be several GB
+    return tower
+
+
+def text_tower_from_model(oc_model: nn.Module, tokenizer: Callable[..., torch.Tensor] | None = None, *,
+                          key: str | None = None, name: str = "") -> TextTower:
+    """Wrap an already-built open_clip model (e.g. a small random one in tests).
+
+    Without ``tokenizer``, open_clip's default BPE tokenizer is used with the model's context length.
+    Without ``key``, the weights are hashed so caches stay correct.
+    """
+    if not hasattr(oc_model, "encode_text"):
+        raise TypeError(f"expected an open_clip model with encode_text(), got {type(oc_model).__name__}")
+    if tokenizer is None:
+        from open_clip.tokenizer import SimpleTokenizer
+        ctx = int(getattr(oc_model, "context_length", 77))
+        tokenizer = SimpleTokenizer(context_length=ctx)
+    if key is None:
+        key = _weights_key(oc_model)
+    return TextTower(oc_model, tokenizer, key=key, name=name or type(oc_model).__name__)
+
+
+def _adaptor_device(adaptor: nn.Module) -> torch.device:
+    for p in adaptor.parameters():
+        return p.device
+    for b in adaptor.buffers():
+        return b.device
+    return torch.device("cpu")
+
+
+def _install(adaptor: nn.Module, tower: TextTower) -> None:
+    # Registered as a submodule (as the official adaptor does with its open_clip model) so that
+    # `model.to(device)` / `.eval()` reach it.
+    adaptor.text_tower = tower
+    adaptor.text_tower_key = tower.key
+    adaptor.tokenizer = tower.tokenize
+    adaptor.encode_text = tower.encode_text
+
+
+def attach_text_tower(adaptor: nn.Module, teacher_conf: Mapping[str, Any] | Any, *, pretrained: bool = True,
+                      weights: str | os.PathLike | None = None, model: nn.Module | TextTower | None = None,
+                      tokenizer: Callable[..., torch.Tensor] | None = None, lazy: bool = False,
+                      cache_dir: str | None = None) -> TextTower | None:
+    """Give a ``clip``/``siglip`` adaptor ``tokenizer(texts)`` and ``encode_text(tokens, normalize=False)``.
+
+    Args:
+        adaptor: the adaptor module (``radio.adaptors['clip']``).
+        teacher_conf: that teacher's entry of the checkpoint's ``args.teachers`` (``model`` = open_clip
+            architecture, ``pretrained`` = open_clip tag).
+        pretrained: fetch the teacher's pretrained tag through open_clip when no local ``weights`` are
+            given; ``False`` builds random weights (tests only).
+        weights: local open_clip weights file for the teacher's architecture (no network).
+        model: an already-built open_clip model (or TextTower) to use instead of building one.
+        tokenizer: tokenizer to go with ``model`` (default: open_clip's BPE tokenizer).
+        lazy: build the tower on the first call of ``tokenizer``/``encode_text`` (then on the adaptor's
+            device) instead of now; lets loading a model stay offline and light.
+
+    Returns the TextTower (``None`` when lazy and not built yet).
+    """
+    if model is not None:
+        tower = model if isinstance(model, TextTower) else text_tower_from_model(model, tokenizer)
+        tower.to(_adaptor_device(adaptor))
+        _install(adaptor, tower)
+        return tower
+
+    oc_name = _conf_get(teacher_conf, "model")
+    if not oc_name:
+        raise ValueError(f"teacher config has no 'model' (open_clip architecture) entry: {teacher_conf!r}")
+    tag = _conf_get(teacher_conf, "pretrained") if pretrained else None
+
+    def build() -> TextTower:
+        return load_text_tower(oc_name, tag, weights=weights, cache_dir=cache_dir,
+                               device=_adaptor_device(adaptor))
+
+    if not lazy:
+        tower = build()
+        _install(adaptor, tower)
+        return tower
+
+    def _ensure() -> TextTower:
+        tower = adaptor.__dict__.get("_modules", {}).get("text_tower")
+        if tower is None:
+            tower = build()
+            _install(adaptor, tower)  # replaces these lazy stubs with the tower's bound methods
+        return tower
+
+    def tokenizer_stub(texts: str | Sequence[str]) -> torch.Tensor:
+        return _ensure().tokenize(texts)
+
+    def encode_text_stub(tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        return _ensure().encode_text(tokens, normalize=normalize)
+
+    # The key is known without building, so cached text embeddings can be used without ever loading the tower.
+    adaptor.text_tower_key = text_tower_key(oc_name, tag, weights=weights)
+    adaptor.tokenizer = tokenizer_stub
+    adaptor.encode_text = encode_text_stub
+    return None
+
+
+def maybe_attach_text_tower(adaptor: nn.Module, teacher_conf: Mapping[str, Any] | Any, **kwargs: Any) -> bool:
+    """Loader hook: attach a (lazy, by default) text tower if the teacher is an open_clip model.
+
+    Returns True when one was attached. Other teacher types (dino_v2, sam, ...) are left alone.
+    """
+    if _conf_get(teacher_conf, "type") not in TEXT_TOWER_TYPES:
+        return False
+    kwargs.setdefault("lazy", True)
+    attach_text_tower(adaptor, teacher_conf, **kwargs)
+    return True
+
+
+def attach_text_towers(radio: nn.Module, *, names: Sequence[str] | None = None,
+                       weights: Mapping[str, str | os.PathLike] | None = None, pretrained: bool = True,
+                       lazy: bool = False, cache_dir: str | None = None) -> list[str]:
+    """Attach text towers to every open_clip-type adaptor of a loaded RADIO model.
+
+    Each adaptor's ``teacher_conf`` (its entry of the checkpoint's ``args.teachers``) names the open_clip
+    architecture and pretrained tag. ``weights`` maps adaptor name -> local weights file. Returns the
+    names of the adaptors that got a tower.
+    """
+    adaptors = getattr(radio, "adaptors", None)
+    if adaptors is None:
+        raise ValueError("the model has no adaptors; load it with adaptor_names=['clip'] (or 'siglip')")
+    weights = dict(weights or {})
+    unknown = sorted(set(weights) - set(adaptors.keys()))
+    if unknown:
+        raise ValueError(f"text weights given for adaptor(s) {unknown} that the model does not have; "
+                         f"loaded adaptors: {sorted(adaptors.keys())}")
+    done = []
+    for name, adaptor in adaptors.items():
+        if names is not None and name not in names:
+            continue
+        conf = getattr(adaptor, "teacher_conf", None)
+        if conf is None:
+            continue
+        if maybe_attach_text_tower(adaptor, conf, pretrained=pretrained, weights=weights.get(name), lazy=lazy,
+                                   cache_dir=cache_dir):
+            done.append(name)
+    return done
