@@ -24,7 +24,7 @@ from openradio.imageio import IMAGE_EXTENSIONS, load_image, resize_center_crop
 
 __all__ = [
     "IMAGE_EXTENSIONS", "load_image", "resize_center_crop", "LabelledImages", "read_image_folder",
-    "read_image_list", "read_labelled_images", "read_classnames", "ImageSetDataset", "collate_same_shape",
+    "read_image_list", "read_labelled_images", "read_classnames", "list_images", "ImageSetDataset", "collate_same_shape",
     "iterate_batches", "autocast_context", "supported_resolution", "select_output", "parse_int_list",
     "model_label", "write_csv",
 ]
@@ -148,6 +148,30 @@ def read_classnames(spec: str | None) -> list[str] | None:
     if not names:
         raise ValueError(f"class-name file {spec!r} is empty")
     return names
+
+
+def list_images(path: str | os.PathLike) -> list[Path]:
+    """Unlabelled image paths: every image under a folder (recursively, sorted), or the first column of a
+    list file (``path`` or ``path<TAB>label`` lines, relative to the file's folder)."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if _is_image(p))
+        if not files:
+            raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {str(path)!r}")
+        return files
+    if path.is_file():
+        out = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip() and not line.lstrip().startswith("#"):
+                p = Path(line.split("\t")[0].strip())
+                out.append(p if p.is_absolute() else path.parent / p)
+        if not out:
+            raise ValueError(f"list file {str(path)!r} names no images")
+        missing = [str(p) for p in out if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(f"{len(missing)} image(s) listed in {path} do not exist, e.g. {missing[0]!r}")
+        return out
+    raise FileNotFoundError(f"data {str(path)!r} not found; pass an image folder or a list file")
 
 
 class ImageSetDataset(Dataset):
