@@ -1,0 +1,147 @@
+"""Run a RADIO model on images and turn its spatial features into colour pictures.
+
+These are the model-facing steps shared by ``openradio viz``, ``openradio viz-video`` and
+notebooks: resize an image to a resolution the model accepts, take the NCHW spatial features
+(an adaptor's or the backbone's), and colour them with the robust PCA of :mod:`.pca`.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import NamedTuple, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from openradio.imageio import resize_center_crop, resize_to_multiple
+from openradio.viz.pca import PCAStats, fit_pca_on_maps, pca_rgb
+
+__all__ = [
+    "FeatureImage",
+    "model_device",
+    "default_resolution",
+    "supported_resolution",
+    "prepare_input",
+    "model_features",
+    "visualize_image",
+    "resolution_features",
+    "colour_maps",
+]
+
+# Inputs used when a model does not advertise a preferred resolution (e.g. loaded from a file).
+FALLBACK_RESOLUTION = 512
+
+
+class FeatureImage(NamedTuple):
+    image: Tensor  # (3, H, W) model input in [0, 1]
+    features: Tensor  # (1, C, h, w) float32 spatial features
+    rgb: Tensor  # (H, W, 3) PCA colours in [0, 1], at the input's size
+
+
+def model_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
+    return torch.device("cpu")
+
+
+def default_resolution(model: nn.Module) -> int:
+    """The model's preferred input side (its height for a (h, w) preference), else 512."""
+    pref = getattr(model, "preferred_resolution", None)
+    if pref is None:
+        return FALLBACK_RESOLUTION
+    if isinstance(pref, int):
+        return pref
+    return int(pref[0])
+
+
+def supported_resolution(model: nn.Module, resolution: int) -> int:
+    """``resolution`` rounded to the model's resolution step (``get_nearest_supported_resolution``)."""
+    if resolution < 1:
+        raise ValueError(f"resolution must be a positive number of pixels, got {resolution}")
+    return int(model.get_nearest_supported_resolution(resolution, resolution)[0])
+
+
+def prepare_input(image: Tensor, model: nn.Module, resolution: int, square: bool = False) -> Tensor:
+    """Resize a ``(3, H, W)`` [0, 1] image (or a ``(B, 3, H, W)`` batch) to a size the model accepts.
+
+    ``square=False`` keeps the aspect: shorter side ``resolution``, sides rounded to
+    ``model.min_resolution_step`` (the examples' ``ResizeTransform(res, min_resolution_step)``).
+    ``square=True`` centre-crops to ``resolution x resolution`` (rounded to a supported size).
+    """
+    if square:
+        res = model.get_nearest_supported_resolution(resolution, resolution)
+        return resize_center_crop(image, (int(res[0]), int(res[1])))
+    return resize_to_multiple(image, resolution, int(model.min_resolution_step))
+
+
+def _autocast(device: torch.device, amp: bool):
+    if not amp:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def model_features(model: nn.Module, x: Tensor, adaptor: str | None = None, amp: bool = False) -> Tensor:
+    """Spatial features ``(B, C, h, w)`` (float32) of a ``(B, 3, H, W)`` [0, 1] batch.
+
+    With ``adaptor`` the named adaptor's features (the model must have been loaded with it),
+    otherwise the backbone's. ``amp`` runs under bf16 autocast.
+    """
+    device = model_device(model)
+    if x.ndim == 3:
+        x = x[None]
+    x = x.to(device=device, dtype=torch.float32)
+    with torch.inference_mode(), _autocast(device, amp):
+        out = model(x, feature_fmt="NCHW")
+    if isinstance(out, dict):
+        key = adaptor or "backbone"
+        if key not in out:
+            raise ValueError(f"the model returned no {key!r} output; it has {sorted(out)} "
+                             f"(load it with adaptor_names=[{key!r}] / pass --adaptor {key})")
+        out = out[key]
+    elif adaptor is not None:
+        raise ValueError(f"adaptor {adaptor!r} was requested but the model has no adaptors loaded; "
+                         f"load it with adaptor_names=[{adaptor!r}]")
+    feats = out.features if hasattr(out, "features") else out[1]
+    if feats.ndim != 4:
+        raise ValueError(f"expected NCHW spatial features from the model, got shape {tuple(feats.shape)}")
+    return feats.float()
+
+
+def visualize_image(model: nn.Module, image: Tensor, resolution: int | None = None, adaptor: str | None = None,
+                    *, square: bool = False, interpolation: str = "bilinear", stats: PCAStats | None = None,
+                    amp: bool = False, m: float = 2.0, skip: int = 0, seed: int = 42) -> FeatureImage:
+    """Resize ``image`` for the model, run it, and colour the features by robust PCA.
+
+    ``resolution`` defaults to the model's preferred one (512 if it has none). The colours are
+    fitted on this image unless ``stats`` is given.
+    """
+    res = supported_resolution(model, resolution or default_resolution(model))
+    x = prepare_input(image, model, res, square=square)
+    feats = model_features(model, x, adaptor=adaptor, amp=amp)
+    rgb = pca_rgb(feats, x.shape[-2:], interpolation=interpolation, stats=stats, m=m, skip=skip, seed=seed)
+    return FeatureImage(x, feats.cpu(), rgb.cpu())
+
+
+def resolution_features(model: nn.Module, image: Tensor, resolutions: Sequence[int], adaptor: str | None = None,
+                        *, square: bool = False, amp: bool = False) -> list[tuple[int, Tensor, Tensor]]:
+    """``[(resolution, input (3, H, W), features (1, C, h, w)), ...]`` for each requested resolution.
+
+    Resolutions are rounded to supported ones; duplicates after rounding are dropped.
+    """
+    out, seen = [], set()
+    for r in resolutions:
+        r = supported_resolution(model, r)
+        if r in seen:
+            continue
+        seen.add(r)
+        x = prepare_input(image, model, r, square=square)
+        out.append((r, x, model_features(model, x, adaptor=adaptor, amp=amp).cpu()))
+    return out
+
+
+def colour_maps(maps: Sequence[Tensor], size: Sequence[int], interpolation: str = "bilinear",
+                shared: bool = False, m: float = 2.0, skip: int = 0, seed: int = 42) -> list[Tensor]:
+    """Colour several ``(1, C, h, w)`` maps at one display ``size``: one PCA each, or one shared PCA."""
+    stats = fit_pca_on_maps(list(maps), m=m, skip=skip, seed=seed) if shared else None
+    return [pca_rgb(f, size, interpolation=interpolation, stats=stats, m=m, skip=skip, seed=seed) for f in maps]
