@@ -1,0 +1,326 @@
+"""The official ``.pth.tar`` checkpoint format: safe reading, key mapping, writing.
+
+Conversion lives here, at the edge; the modules in ``openradio.model`` know nothing about the
+file layout. Format (inference spec §1): a dict with ``args`` (argparse.Namespace),
+``state_dict`` (``base_model.*`` backbone, ``input_conditioner.*``, ``_heads.{i|name}.*``,
+``_feature_projections.{i|name}.*``, optional ``_feature_normalizer.*`` and
+``_intermediate_feature_normalizer.*``), optional ``state_dict_ema``, ``arch``, ``epoch``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from openradio.model.adaptors import GenericAdaptor, create_mlp, mlp_dims_from_state
+from openradio.model.backbone import arg, create_backbone, parse_dtype, teacher_names
+from openradio.model.conditioner import InputConditioner
+from openradio.model.normalizers import FeatureNormalizer, IntermediateFeatureNormalizer
+from openradio.model.radio import RADIOModel
+
+# What an official checkpoint's pickle may reference beyond tensors and plain containers.
+SAFE_GLOBALS = [argparse.Namespace]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: corrupt, truncated, unsafe or inconsistent."""
+
+
+# -- reading ---------------------------------------------------------------------------------------
+def load_checkpoint_file(path: str | os.PathLike) -> dict:
+    """``torch.load(weights_only=True)`` with an allow-list: a pickle that asks to build any
+    other object (and so could run code) is refused before anything in it runs."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            chk = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        detail = _unsafe_detail(str(e))
+        raise CheckpointError(
+            f"refusing to load {path}: its pickle references {detail}, which is not on the allow-list "
+            "(official RADIO checkpoints need only tensors, dtypes and argparse.Namespace). "
+            "Only load checkpoints from sources you trust.") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
+        size = path.stat().st_size
+        raise CheckpointError(
+            f"cannot read {path} ({size:,} bytes): the file is truncated or corrupt ({str(e).splitlines()[0]}). "
+            "Delete it and download it again.") from None
+    if not isinstance(chk, dict) or "args" not in chk or not ("state_dict" in chk or "state_dict_ema" in chk):
+        keys = sorted(chk) if isinstance(chk, dict) else type(chk).__name__
+        raise CheckpointError(f"{path} is not an official RADIO checkpoint: expected a dict with 'args' and "
+                              f"'state_dict', found {keys}")
+    return chk
+
+
+def _unsafe_detail(msg: str) -> str:
+    for line in msg.splitlines():
+        line = line.strip()
+        if "Unsupported global" in line or "GLOBAL" in line:
+            return line.split(":", 1)[-1].strip().rstrip(".") or line
+    return "an object type outside the allow-list"
+
+
+def clean_key(k: str) -> str:
+    for pre in ("module.", "_orig_mod."):
+        while k.startswith(pre):
+            k = k[len(pre):]
+    return k
+
+
+def select_state(chk: dict) -> tuple[dict[str, torch.Tensor], bool]:
+    """EMA weights win whole when present (backbone, conditioner, heads, normalisers alike)."""
+    if chk.get("state_dict_ema") is not None:
+        return chk["state_dict_ema"], True
+    return chk["state_dict"], False
+
+
+def split_state(state: dict[str, torch.Tensor]) -> tuple[dict, dict]:
+    backbone = {k[len("base_model."):]: v for k, v in state.items() if k.startswith("base_model.")}
+    rest = {clean_key(k): v for k, v in state.items() if not k.startswith("base_model.")}
+    return backbone, rest
+
+
+def prefixed(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """Entries under ``prefix.`` (exact component match: '_heads.1' never captures '_heads.10')."""
+    p = prefix + "."
+    return {k[len(p):]: v for k, v in state.items() if k.startswith(p)}
+
+
+# -- spectral reparametrisation ----------------------------------------------------------------------
+PARAM_SUFFIX = ".parametrizations.weight.original"
+
+
+def _spectral_weight(W: torch.Tensor, u: torch.Tensor, v: torch.Tensor, scale: torch.Tensor,
+                     eps: float, n_iter: int) -> torch.Tensor:
+    """Effective weight W * s / sigma after the power-iteration step(s) the official loader runs
+    (it materialises in training mode). Operation order matters for bit-exactness."""
+    W, u, v, scale = W.float(), u.float(), v.float(), scale.float()
+    for _ in range(n_iter):
+        u = F.normalize(torch.mv(W, v), dim=0, eps=eps)
+        v = F.normalize(torch.mv(W.t(), u), dim=0, eps=eps)
+    sigma = torch.dot(u, torch.mv(W, v)) + eps
+    s = F.softplus(scale) + 0.05
+    return W * (s.float() / sigma.float())
+
+
+def materialize_parametrizations(state: dict[str, torch.Tensor], *, eps: float, n_iter: int,
+                                 allow_identity: bool, where: str) -> dict[str, torch.Tensor]:
+    """Replace ``X.parametrizations.weight.*`` entries by a plain ``X.weight``."""
+    out = {k: v for k, v in state.items() if ".parametrizations." not in k}
+    layers = sorted({k[: -len(PARAM_SUFFIX)] for k in state if k.endswith(PARAM_SUFFIX)})
+    for layer in layers:
+        W = state[layer + PARAM_SUFFIX]
+        base = layer + ".parametrizations.weight.0"
+        if f"{base}.parts.0._sn_version" in state:
+            chunks = W.float().chunk(3, dim=0)
+            parts = []
+            for j, Wj in enumerate(chunks):
+                q = f"{base}.parts.{j}"
+                parts.append(_spectral_weight(Wj, state[f"{q}._u"], state[f"{q}._v"], state[f"{q}.scale"], eps, n_iter))
+            out[layer + ".weight"] = torch.cat(parts, dim=0)
+        elif f"{base}._sn_version" in state:
+            out[layer + ".weight"] = _spectral_weight(W, state[f"{base}._u"], state[f"{base}._v"],
+                                                      state[f"{base}.scale"], eps, n_iter)
+        elif allow_identity and not any(k.startswith(base + ".") for k in state):
+            out[layer + ".weight"] = W  # DAMP: an identity parametrisation
+        else:
+            raise CheckpointError(
+                f"{where}: layer {layer!r} is stored as a parametrised weight without the spectral "
+                "'_sn_version' entries, so its effective weight cannot be computed")
+    return out
+
+
+# -- building the model ------------------------------------------------------------------------------
+def summary_indices(args: Any) -> list[int]:
+    """Sorted index of the first teacher of each name that has a summary (CLS per teacher)."""
+    if not arg(args, "cls_token_per_teacher", True):
+        return [0]
+    seen, idxs = set(), []
+    for i, t in enumerate(arg(args, "teachers") or []):
+        if t["name"] in seen:
+            continue
+        seen.add(t["name"])
+        if t.get("use_summary", True):
+            idxs.append(i)
+    return sorted(idxs)
+
+
+def _find_teacher(args: Any, name: str) -> tuple[int, dict]:
+    for i, t in enumerate(arg(args, "teachers") or []):
+        if t["name"] == name:
+            return i, t
+    raise ValueError(f"Unable to find the specified adaptor name. Known names: {teacher_names(args)}")
+
+
+def _head_state(rest: dict, family: str, index: int, name: str) -> dict:
+    state = prefixed(rest, f"{family}.{index}")
+    state.update(prefixed(rest, f"{family}.{name}"))
+    return state
+
+
+def build_adaptor(args: Any, rest: dict, name: str, *, spectral_heads: bool) -> GenericAdaptor:
+    tidx, tconf = _find_teacher(args, name)
+    summary_state = _head_state(rest, "_heads", tidx, name)
+    feature_state = _head_state(rest, "_feature_projections", tidx, name)
+    if not summary_state or not feature_state:
+        raise CheckpointError(f"the checkpoint has no weights for the {name!r} adaptor "
+                              f"(looked for _heads.{tidx}.*/_heads.{name}.* and _feature_projections.*)")
+    if spectral_heads:
+        summary_state = materialize_parametrizations(summary_state, eps=1e-6, n_iter=1, allow_identity=False,
+                                                     where=f"{name} summary head")
+        feature_state = materialize_parametrizations(feature_state, eps=1e-6, n_iter=1, allow_identity=False,
+                                                     where=f"{name} feature head")
+    upsample = int(tconf.get("fd_upsample_factor") or 1)
+    s_version = tconf.get("mlp_version") or arg(args, "mlp_version") or _infer_version(summary_state)
+    f_version = (tconf.get("spatial_mlp_version") or arg(args, "spatial_mlp_version")
+                 or tconf.get("mlp_version") or arg(args, "mlp_version") or _infer_version(feature_state))
+    head = _mlp_from_state(s_version, summary_state, 1, f"{name} summary head")
+    feat = _mlp_from_state(f_version, feature_state, upsample, f"{name} feature head")
+    head_idx = tconf.get("token_slot", tidx) if arg(args, "cls_token_per_teacher", True) else 0
+    return GenericAdaptor(name, head, feat, head_idx=head_idx, upsample_factor=upsample, teacher_conf=tconf)
+
+
+def _infer_version(state: dict) -> str:
+    return "v2" if "final.2.weight" in state else "v1"
+
+
+def _mlp_from_state(version: str, state: dict, upsample: int, where: str) -> nn.Module:
+    inp, hidden, out, n_inner = mlp_dims_from_state(version, state, upsample)
+    mlp = create_mlp(version, inp, hidden, out, n_inner, upsample_factor=upsample)
+    _strict_load(mlp, {k: v for k, v in state.items()}, where)
+    return mlp
+
+
+def _strict_load(module: nn.Module, state: dict, where: str) -> None:
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {missing[:20]}{' ...' if len(missing) > 20 else ''}")
+        if unexpected:
+            parts.append(f"unexpected keys: {unexpected[:20]}{' ...' if len(unexpected) > 20 else ''}")
+        raise CheckpointError(f"{where} does not match the checkpoint: " + "; ".join(parts))
+    for k, v in state.items():
+        if own[k].shape != v.shape:
+            raise CheckpointError(f"{where}: {k} has shape {tuple(v.shape)} in the checkpoint, "
+                                  f"the model expects {tuple(own[k].shape)}")
+    module.load_state_dict(state, strict=True)
+
+
+def build_radio(args: Any, state: dict[str, torch.Tensor], *, adaptor_names: Optional[Sequence[str]] = None,
+                vitdet_window_size: Optional[int] = None, is_ema: bool = False,
+                patch_size: Optional[int] = None, max_resolution: Optional[int] = None,
+                preferred_resolution=None, vitdet_num_windowed: Optional[int] = None,
+                vitdet_num_global: Optional[int] = None) -> RADIOModel:
+    """A RADIOModel (in eval mode) from ``args`` and an official-format state dict."""
+    if isinstance(args, dict):
+        args = argparse.Namespace(**args)
+    dtype = parse_dtype(arg(args, "dtype"))
+    backbone_state, rest = split_state(state)
+    spectral = arg(args, "spectral_reparam", False) and not is_ema
+    damp = arg(args, "damp") and not is_ema
+    if spectral or damp or any(PARAM_SUFFIX in k for k in backbone_state):
+        sr = arg(args, "spectral_reparam", False)
+        eps, n_iter = (sr.get("eps", 1e-12), sr.get("n_power_iterations", 1)) if isinstance(sr, dict) else (1e-6, 1)
+        backbone_state = materialize_parametrizations(backbone_state, eps=eps, n_iter=n_iter,
+                                                      allow_identity=True, where="backbone")
+    for name in adaptor_names or []:  # fail on a bad name before building anything large
+        _find_teacher(args, name)
+
+    model = create_backbone(args)
+    _strict_load(model, backbone_state, "backbone")
+
+    conditioner = InputConditioner()
+    cond_state = prefixed(rest, "input_conditioner")
+    if set(cond_state) != {"norm_mean", "norm_std"}:
+        raise CheckpointError(f"input_conditioner.norm_mean/norm_std missing from the checkpoint "
+                              f"(found {sorted(cond_state)})")
+    conditioner.load_state_dict(cond_state, strict=True)
+    model.to(dtype=dtype)
+    conditioner.dtype = dtype
+
+    adaptors = {}
+    spectral_heads = bool(arg(args, "spectral_heads", False)) and not is_ema
+    for name in adaptor_names or []:
+        adaptors[name] = build_adaptor(args, rest, name, spectral_heads=spectral_heads)
+
+    feat_norm = inter_norm = None
+    fn_state = prefixed(rest, "_feature_normalizer")
+    if fn_state:
+        feat_norm = FeatureNormalizer(fn_state["mean"].shape[0], dtype=dtype)
+        _strict_load(feat_norm, fn_state, "feature normaliser")
+    in_state = prefixed(rest, "_intermediate_feature_normalizer")
+    if in_state:
+        rot = in_state["rotation"]
+        inter_norm = IntermediateFeatureNormalizer(in_state["alphas"].shape[0], in_state["means"].shape[-1],
+                                                   rot_per_layer=rot.ndim == 3, dtype=dtype)
+        _strict_load(inter_norm, in_state, "intermediate feature normaliser")
+
+    radio = RADIOModel(model, conditioner, summary_indices(args), patch_size=patch_size,
+                       max_resolution=max_resolution, window_size=None,
+                       preferred_resolution=preferred_resolution, adaptors=adaptors,
+                       feature_normalizer=feat_norm, inter_feature_normalizer=inter_norm,
+                       vitdet_num_windowed=vitdet_num_windowed, vitdet_num_global=vitdet_num_global)
+    radio.args = args
+    if vitdet_window_size is not None:
+        radio.set_vitdet_window(vitdet_window_size)
+    return radio.eval()
+
+
+# -- writing -----------------------------------------------------------------------------------------
+def official_state_dict(radio: RADIOModel, heads_by_name: bool = True) -> dict[str, torch.Tensor]:
+    """The inverse mapping: RADIOModel -> official state dict keys."""
+    out: dict[str, torch.Tensor] = {}
+    for k, v in radio.model.state_dict().items():
+        out[f"base_model.{k}"] = v
+    cond = radio.input_conditioner
+    if isinstance(cond, InputConditioner):
+        out["input_conditioner.norm_mean"] = cond.norm_mean
+        out["input_conditioner.norm_std"] = cond.norm_std
+    names = teacher_names(getattr(radio, "args", None) or {})
+    for name, ad in radio.adaptors.items():
+        key = name if heads_by_name or name not in names else str(names.index(name))
+        for k, v in ad.head_mlp.state_dict().items():
+            out[f"_heads.{key}.{k}"] = v
+        for k, v in ad.feat_mlp.state_dict().items():
+            out[f"_feature_projections.{key}.{k}"] = v
+    if isinstance(radio.feature_normalizer, FeatureNormalizer):
+        for k, v in radio.feature_normalizer.state_dict().items():
+            out[f"_feature_normalizer.{k}"] = v
+    if radio.inter_feature_normalizer is not None:
+        for k, v in radio.inter_feature_normalizer.state_dict().items():
+            out[f"_intermediate_feature_normalizer.{k}"] = v
+    return {k: v.detach().cpu().clone() for k, v in out.items()}
+
+
+def save_checkpoint(path: str | os.PathLike, args: argparse.Namespace, state_dict: dict[str, torch.Tensor],
+                    *, state_dict_ema: Optional[dict] = None, epoch: int = 0, arch: Optional[str] = None) -> Path:
+    """Write an official-format ``.pth.tar`` atomically (temporary file, fsync, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    chk = {"arch": arch or arg(args, "model"), "epoch": epoch, "state_dict": state_dict, "args": args}
+    if state_dict_ema is not None:
+        chk["state_dict_ema"] = state_dict_ema
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(chk, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def warn_once(msg: str) -> None:
+    warnings.warn(msg, stacklevel=3)

@@ -1,0 +1,97 @@
+"""``openradio.radio_model``: a released name or a local file -> RADIOModel in eval mode."""
+from __future__ import annotations
+
+import os
+import urllib.error
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from openradio.checkpoint import build_radio, load_checkpoint_file, select_state
+from openradio.model.radio import RADIOModel, Resolution
+from openradio.versions import VERSIONS, Version, get_version
+
+
+def checkpoint_cache_dir() -> Path:
+    """torch.hub's checkpoint cache (``$TORCH_HOME/hub/checkpoints``), shared with torch.hub users."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def cached_checkpoint_path(version: str | Version) -> Path:
+    v = get_version(version) if isinstance(version, str) else version
+    return checkpoint_cache_dir() / v.filename
+
+
+def download_checkpoint(version: str | Version, progress: bool = True, force: bool = False) -> Path:
+    """The checkpoint of a released version, downloaded once into torch.hub's cache."""
+    v = get_version(version) if isinstance(version, str) else version
+    dst = cached_checkpoint_path(v)
+    if dst.is_file() and not force:
+        return dst
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + ".partial")
+    try:
+        torch.hub.download_url_to_file(v.url, str(tmp), progress=progress)
+    except (urllib.error.URLError, OSError, ConnectionError) as e:
+        tmp.unlink(missing_ok=True)
+        raise RuntimeError(
+            f"could not download {v.name} from {v.url.split('?')[0]} ({e}). If this machine is offline, "
+            f"download the file elsewhere and place it at {dst} (or pass the file's path as the version)."
+        ) from None
+    os.replace(tmp, dst)
+    return dst
+
+
+def radio_model(version: str = "", progress: bool = True, adaptor_names: Optional[Sequence[str] | str] = None,
+                vitdet_window_size: Optional[int] = None, return_checkpoint: bool = False,
+                text_towers: bool = False, **kwargs) -> RADIOModel:
+    """Load a RADIO model (eval mode).
+
+    Args:
+        version: a released name (``openradio.versions.VERSIONS``: 'radio_v2.5-b', 'radio_v2.5-l',
+            ...) or the path of a local official-format checkpoint. Empty: the default version.
+        adaptor_names: teacher adaptors to attach (e.g. ['clip', 'sam']); their outputs come back
+            in a dict next to 'backbone'.
+        vitdet_window_size: run in ViTDet mode with this window side (in patches).
+        text_towers: also load the open_clip text towers of 'clip'/'siglip' adaptors (downloads
+            the teacher's weights), giving ``adaptor.tokenizer`` and ``adaptor.encode_text``.
+        return_checkpoint: also return the raw checkpoint dict.
+    """
+    from openradio.versions import DEFAULT_VERSION
+
+    version = version or DEFAULT_VERSION
+    if isinstance(adaptor_names, str):
+        adaptor_names = [adaptor_names]
+    info: Optional[Version] = None
+    if os.path.isfile(version):
+        path = Path(version)
+    elif version in VERSIONS:
+        info = VERSIONS[version]
+        if vitdet_window_size is not None and not info.supports_vitdet:
+            raise ValueError(f"vitdet_window_size is not supported for {version}. "
+                             "Please set it to None or use a different version.")
+        path = download_checkpoint(info, progress=progress)
+    elif any(sep in version for sep in ("/", os.sep)) or version.endswith((".pth", ".tar", ".pt")):
+        raise FileNotFoundError(f"checkpoint file not found: {version}")
+    else:
+        get_version(version)  # raises with the list of known versions
+        raise AssertionError("unreachable")
+
+    chk = load_checkpoint_file(path)
+    state, is_ema = select_state(chk)
+    model = build_radio(
+        chk["args"], state, adaptor_names=adaptor_names, vitdet_window_size=vitdet_window_size, is_ema=is_ema,
+        patch_size=info.patch_size if info else None,
+        max_resolution=info.max_resolution if info else None,
+        preferred_resolution=Resolution(*info.preferred_resolution) if info else None,
+        vitdet_num_windowed=info.vitdet_num_windowed if info else None,
+        vitdet_num_global=info.vitdet_num_global if info else None,
+    )
+    model.version = info.name if info else str(path)
+    if text_towers:
+        from openradio.text import attach_text_towers
+        attach_text_towers(model)
+    if return_checkpoint:
+        return model, chk
+    return model

@@ -1,0 +1,133 @@
+"""Teacher adaptors: MLP heads mapping the student's CLS token / patch tokens to a teacher's space."""
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+from torch import nn
+
+
+class MLP2(nn.Module):
+    """'v2' head: fc1 -> N residual [LN, GELU, Linear] blocks -> LN, GELU, Linear.
+
+    LayerNorms use torch's default eps 1e-5 (not the backbone's 1e-6). With ``upsample_factor``
+    u > 1 the output has C*u^2 channels laid out (u1 u2 c) and is pixel-shuffled onto a u x
+    finer token grid.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, output_size: int, num_inner: int = 0,
+                 pre_norm: bool = False, upsample_factor: int = 1):
+        super().__init__()
+        self.pre_norm = nn.Sequential(nn.LayerNorm(input_size), nn.GELU()) if pre_norm else nn.Identity()
+        self.upsample_factor = upsample_factor
+        self._real_output_dim = output_size
+        self.fc1 = nn.Linear(input_size, hidden_size)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.LayerNorm(hidden_size), nn.GELU(), nn.Linear(hidden_size, hidden_size))
+            for _ in range(num_inner))
+        self.final = nn.Sequential(nn.LayerNorm(hidden_size), nn.GELU(),
+                                   nn.Linear(hidden_size, output_size * upsample_factor ** 2))
+
+    @property
+    def output_dim(self) -> int:
+        return self._real_output_dim
+
+    def forward(self, x: torch.Tensor, images: torch.Tensor | None = None, patch_size: int | None = None):
+        x = self.pre_norm(x)
+        x = self.fc1(x)
+        for block in self.blocks:
+            x = x + block(x)
+        x = self.final(x)
+        u = self.upsample_factor
+        if u > 1:
+            if images is None or patch_size is None:
+                raise ValueError("an upsampling head needs the images and patch size to know the token grid")
+            h, w = images.shape[-2] // patch_size, images.shape[-1] // patch_size
+            x = rearrange(x, "b (h w) (u1 u2 c) -> b (h u1 w u2) c", h=h, w=w, u1=u, u2=u)
+        return x
+
+
+class MLP1(nn.Module):
+    """'v1' head: fc1 -> LN -> ReLU -> N x [Linear, LN, ReLU] -> fc2."""
+
+    def __init__(self, input_size: int, hidden_size: int, output_size: int, num_inner: int = 0,
+                 upsample_factor: int = 1):
+        super().__init__()
+        self.upsample_factor = upsample_factor
+        self._real_output_dim = output_size
+        self.fc1 = nn.Linear(input_size, hidden_size)
+        self.norm = nn.LayerNorm(hidden_size)
+        self.relu = nn.ReLU()
+        self.inner = nn.ModuleList(
+            nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.LayerNorm(hidden_size), nn.ReLU())
+            for _ in range(num_inner))
+        self.fc2 = nn.Linear(hidden_size, output_size * upsample_factor ** 2)
+
+    @property
+    def output_dim(self) -> int:
+        return self._real_output_dim
+
+    def forward(self, x: torch.Tensor, images: torch.Tensor | None = None, patch_size: int | None = None):
+        x = self.relu(self.norm(self.fc1(x)))
+        for layer in self.inner:
+            x = layer(x)
+        x = self.fc2(x)
+        u = self.upsample_factor
+        if u > 1:
+            if images is None or patch_size is None:
+                raise ValueError("an upsampling head needs the images and patch size to know the token grid")
+            h, w = images.shape[-2] // patch_size, images.shape[-1] // patch_size
+            x = rearrange(x, "b (h w) (u1 u2 c) -> b (h u1 w u2) c", h=h, w=w, u1=u, u2=u)
+        return x
+
+
+MLP_VERSIONS = {"v1": MLP1, "v2": MLP2}
+
+
+def create_mlp(version: str, input_size: int, hidden_size: int, output_size: int, num_inner: int = 0,
+               upsample_factor: int = 1) -> nn.Module:
+    try:
+        cls = MLP_VERSIONS[version]
+    except KeyError:
+        raise ValueError(f"Unsupported adaptor MLP version {version!r}; supported: {sorted(MLP_VERSIONS)}") from None
+    return cls(input_size, hidden_size, output_size, num_inner, upsample_factor=upsample_factor)
+
+
+def mlp_dims_from_state(version: str, state: dict[str, torch.Tensor], upsample_factor: int = 1):
+    """(input, hidden, output, num_inner) of a head from its weights (prefix already stripped)."""
+    try:
+        hidden, inp = state["fc1.weight"].shape
+        if version == "v2":
+            out = state["final.2.weight"].shape[0]
+            inner_key = "blocks.{}.0.weight"
+        else:
+            out = state["fc2.weight"].shape[0]
+            inner_key = "inner.{}.0.weight"
+    except KeyError as e:
+        raise ValueError(f"adaptor head weights are missing {e.args[0]!r} (MLP {version}); "
+                         f"keys present: {sorted(state)[:8]}...") from None
+    n = 0
+    while inner_key.format(n) in state:
+        n += 1
+    if out % (upsample_factor ** 2):
+        raise ValueError(f"head output {out} is not divisible by upsample_factor^2={upsample_factor ** 2}")
+    return inp, hidden, out // upsample_factor ** 2, n
+
+
+class GenericAdaptor(nn.Module):
+    """A teacher's summary head and feature head, plus which prefix token feeds the summary head."""
+
+    def __init__(self, name: str, head_mlp: nn.Module, feat_mlp: nn.Module, head_idx: int,
+                 upsample_factor: int = 1, teacher_conf: dict | None = None):
+        super().__init__()
+        self.name = name
+        self.head_mlp = head_mlp
+        self.feat_mlp = feat_mlp
+        self.head_idx = head_idx
+        self.upsample_factor = upsample_factor
+        self.teacher_conf = dict(teacher_conf or {})
+
+    def forward_summary(self, summary: torch.Tensor) -> torch.Tensor:
+        return self.head_mlp(summary)
+
+    def forward_features(self, features: torch.Tensor, images: torch.Tensor, patch_size: int) -> torch.Tensor:
+        return self.feat_mlp(features, images=images, patch_size=patch_size)

@@ -1,0 +1,153 @@
+"""CPE patch generator: linear patch embedding, a learned position grid, CLS tokens and registers.
+
+Cropped Position Embedding (CPE, AM-RADIO): one R x R grid of position embeddings is learned for
+the largest supported image. At inference the grid is resampled to the token grid; in training
+each sample sees a random crop of it, so the model learns to work at any resolution.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+
+class ClsToken(nn.Module):
+    """Prefix tokens: one CLS token per teacher followed by registers (parameter ``token``)."""
+
+    def __init__(self, embed_dim: int, num_tokens: int, num_registers: int, enabled: bool = True):
+        super().__init__()
+        self.enabled = enabled
+        self.num_tokens = num_tokens if enabled else 0
+        self.num_registers = num_registers if enabled else 0
+        total = self.num_tokens + self.num_registers
+        self.token = nn.Parameter(torch.randn(total, embed_dim) * 0.02) if total > 0 else None
+
+    @property
+    def num_patches(self) -> int:
+        return self.num_tokens + self.num_registers
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.token is None:
+            return x
+        prefix = self.token.unsqueeze(0).expand(x.shape[0], -1, -1)
+        return torch.cat([prefix, x], dim=1)
+
+
+def num_registers_for(num_cls: int, register_multiple: int | None, num_registers: int | None) -> int:
+    """Registers pad the prefix to a multiple; a full extra group when already a multiple."""
+    if num_registers is not None:
+        return int(num_registers)
+    if register_multiple:
+        return register_multiple - (num_cls % register_multiple)
+    return 0
+
+
+class ViTPatchGenerator(nn.Module):
+    """Image (B,3,H,W) -> token sequence (B, prefix + H/p * W/p, D).
+
+    State dict keys: ``pos_embed`` (1, R*R, D), ``embedder.weight`` (D, 3p^2), ``cls_token.token``.
+    """
+
+    def __init__(self, patch_size: int, embed_dim: int, grid_size: int, num_cls_tokens: int,
+                 num_registers: int, cls_token: bool = True, pos_dropout: float = 0.1,
+                 in_chans: int = 3):
+        super().__init__()
+        self.patch_size = patch_size
+        self.embed_dim = embed_dim
+        self.grid_size = grid_size  # R: the position grid is R x R
+        self.pos_dropout = pos_dropout
+        self.num_video_frames: int | None = None
+        # Linear on (c, dy, dx)-ordered patch vectors: equal to a stride-p conv in value but
+        # the official code multiplies this way, and only this order is bit-exact.
+        self.embedder = nn.Linear(in_chans * patch_size * patch_size, embed_dim, bias=False)
+        self.pos_embed = nn.Parameter(torch.randn(1, grid_size * grid_size, embed_dim) * 0.02)
+        self.cls_token = ClsToken(embed_dim, num_cls_tokens, num_registers, enabled=cls_token)
+        self.patch_normalizer = nn.Identity()
+
+    @property
+    def num_cls_tokens(self) -> int:
+        return self.cls_token.num_tokens
+
+    @property
+    def num_registers(self) -> int:
+        return self.cls_token.num_registers
+
+    @property
+    def num_skip(self) -> int:
+        return self.cls_token.num_patches
+
+    @contextmanager
+    def video_mode(self, num_frames: int):
+        """Inputs are (B*T, C, H, W): every frame of a clip gets the same random position crop."""
+        prev, self.num_video_frames = self.num_video_frames, num_frames
+        try:
+            yield
+        finally:
+            self.num_video_frames = prev
+
+    def embed_patches(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.patch_size
+        patches = rearrange(x, "b c (py yy) (px xx) -> b (py px) (c yy xx)", yy=p, xx=p)
+        return self.embedder(patches)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
+        tokens = self.embed_patches(x)
+        tokens = tokens + self.position_encoding(tokens.shape[0], h, w)
+        tokens = self.cls_token(tokens)
+        return self.patch_normalizer(tokens)
+
+    # -- position encodings -------------------------------------------------------------------
+    def _grid(self) -> torch.Tensor:
+        R = self.grid_size
+        return self.pos_embed.reshape(1, R, R, -1).permute(0, 3, 1, 2)
+
+    def position_encoding(self, batch: int, h: int, w: int) -> torch.Tensor:
+        if self.training:
+            return self._train_position_encoding(batch, h, w)
+        return self.eval_position_encoding(h, w)
+
+    def eval_position_encoding(self, h: int, w: int) -> torch.Tensor:
+        """(1, h*w, D): the full grid when it matches, else the grid resampled to a square of
+        side max(h, w) and its top-left h x w window (not a centre crop, not an (h, w) resize)."""
+        R = self.grid_size
+        if (h, w) == (R, R):
+            return self.pos_embed
+        pe = self._grid()
+        side = max(h, w)
+        pe = F.interpolate(pe.float(), size=(side, side), mode="bilinear", align_corners=False).to(pe.dtype)
+        pe = pe[:, :, :h, :w]
+        return pe.flatten(2).permute(0, 2, 1)
+
+    def _train_position_encoding(self, batch: int, h: int, w: int) -> torch.Tensor:
+        """Random crop of the grid per sample (area 10-100 %, aspect 3/4-4/3), resampled to the
+        token grid, then the whole encoding dropped with probability ``pos_dropout``."""
+        t = self.num_video_frames or 1
+        if batch % t:
+            raise ValueError(f"video mode with {t} frames needs a batch that is a multiple of {t}, got {batch}")
+        n = batch // t
+        dev = self.pos_embed.device
+        pe = self._grid().float().expand(n, -1, -1, -1)
+        scale = torch.empty(n, 1, device=dev).uniform_(math.sqrt(0.1), 1.0)
+        aspect = torch.empty(n, 1, device=dev).uniform_(math.log(3 / 4), math.log(4 / 3)).exp()
+        sx = (scale * aspect).clamp(0, 1)
+        sy = (scale / aspect).clamp(0, 1)
+        ox = torch.rand(n, 1, device=dev) * (1 - sx)
+        oy = torch.rand(n, 1, device=dev) * (1 - sy)
+        lin_y = torch.linspace(0, 1, h, device=dev).unsqueeze(0) * sy + oy  # (n, h) in [0, 1]
+        lin_x = torch.linspace(0, 1, w, device=dev).unsqueeze(0) * sx + ox
+        gy = lin_y[:, :, None].expand(n, h, w)
+        gx = lin_x[:, None, :].expand(n, h, w)
+        grid = torch.stack([gx, gy], dim=-1) * 2 - 1  # grid_sample wants (x, y) in [-1, 1]
+        pe = F.grid_sample(pe, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+        if self.pos_dropout > 0:
+            keep = (torch.rand(n, 1, 1, 1, device=dev) >= self.pos_dropout).to(pe.dtype)
+            pe = pe * keep
+        pe = pe.to(self.pos_embed.dtype).flatten(2).permute(0, 2, 1)
+        if t > 1:
+            pe = pe.repeat_interleave(t, dim=0)
+        return pe

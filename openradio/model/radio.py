@@ -1,0 +1,339 @@
+"""RADIOModel: conditioner -> CPE ViT -> summary / spatial features (+ teacher adaptors)."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterable, NamedTuple, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from openradio.model.normalizers import NullIntermediateFeatureNormalizer
+from openradio.model.vitdet import WindowedRunner, WindowLayout, windowed_blocks
+
+
+class Resolution(NamedTuple):
+    height: int
+    width: int
+
+
+class RadioOutput(NamedTuple):
+    summary: torch.Tensor
+    features: torch.Tensor
+
+    def to(self, *args, **kwargs) -> "RadioOutput":
+        return RadioOutput(
+            self.summary.to(*args, **kwargs) if self.summary is not None else None,
+            self.features.to(*args, **kwargs) if self.features is not None else None,
+        )
+
+
+FEATURE_FORMATS = ("NLC", "NCHW")
+
+
+class RADIOModel(nn.Module):
+    """The official RADIO API (``model(x)``, ``forward_intermediates``, resolution helpers).
+
+    ``x`` is (B, 3, H, W) in [0, 1] with H, W multiples of ``min_resolution_step``. Without
+    adaptors ``forward`` returns ``RadioOutput(summary, features)``; with adaptors a dict
+    ``{'backbone': RadioOutput, name: RadioOutput, ...}`` whose adaptor entries are float32.
+    """
+
+    def __init__(self, model: nn.Module, input_conditioner: nn.Module, summary_idxs: Sequence[int],
+                 patch_size: Optional[int] = None, max_resolution: Optional[int] = None,
+                 window_size: Optional[int] = None, preferred_resolution: Optional[Resolution] = None,
+                 adaptors: Optional[dict[str, nn.Module]] = None,
+                 feature_normalizer: Optional[nn.Module] = None,
+                 inter_feature_normalizer: Optional[nn.Module] = None,
+                 vitdet_num_windowed: Optional[int] = None, vitdet_num_global: Optional[int] = None):
+        super().__init__()
+        self.model = model
+        self.input_conditioner = input_conditioner
+        self.register_buffer("summary_idxs", torch.tensor(list(summary_idxs), dtype=torch.int64))
+        self._patch_size = patch_size
+        self._max_resolution = max_resolution
+        self._preferred_resolution = Resolution(*preferred_resolution) if preferred_resolution else None
+        self._window_size = window_size
+        self.adaptors = nn.ModuleDict(adaptors or {})
+        self.feature_normalizer = feature_normalizer if feature_normalizer is not None else nn.Identity()
+        self.inter_feature_normalizer = inter_feature_normalizer
+        self._vitdet_num_windowed = vitdet_num_windowed
+        self._vitdet_num_global = vitdet_num_global
+        self.version: Optional[str] = None
+
+    # -- properties -----------------------------------------------------------------------------
+    @property
+    def patch_generator(self):
+        return self.model.patch_generator
+
+    @property
+    def patch_size(self) -> int:
+        if self._patch_size is not None:
+            return self._patch_size
+        return self.model.patch_size
+
+    @property
+    def max_resolution(self) -> Optional[int]:
+        return self._max_resolution
+
+    @property
+    def preferred_resolution(self) -> Optional[Resolution]:
+        return self._preferred_resolution
+
+    @property
+    def window_size(self) -> Optional[int]:
+        return self._window_size
+
+    @property
+    def min_resolution_step(self) -> int:
+        return self.patch_size * (self._window_size or 1)
+
+    @property
+    def blocks(self) -> nn.Sequential:
+        return self.model.blocks
+
+    @property
+    def embed_dim(self) -> int:
+        return self.model.embed_dim
+
+    @property
+    def num_summary_tokens(self) -> int:
+        return self.patch_generator.num_skip
+
+    @property
+    def num_cls_tokens(self) -> int:
+        max_slot = max((a.head_idx for a in self.adaptors.values()), default=-1)
+        return max(self.patch_generator.num_cls_tokens, max_slot + 1)
+
+    @property
+    def num_registers(self) -> int:
+        return self.patch_generator.num_registers
+
+    @property
+    def summary_dim(self) -> int:
+        return self.embed_dim * len(self.summary_idxs)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.patch_generator.pos_embed.dtype
+
+    @property
+    def windowed_block_indices(self) -> list[int]:
+        return [i for i, w in enumerate(self._schedule()) if w] if self._window_size else []
+
+    def get_nearest_supported_resolution(self, height: int, width: int) -> Resolution:
+        step = self.min_resolution_step
+        # Python's round (half to even) on purpose: the official helper gives 40 -> 32, 56 -> 64
+        return Resolution(max(round(height / step) * step, step), max(round(width / step) * step, step))
+
+    def make_preprocessor_external(self) -> nn.Module:
+        """Detach the input conditioner so callers can normalise on their side (e.g. in a data
+        loader); the model then expects already-normalised input."""
+        conditioner = self.input_conditioner
+        self.input_conditioner = nn.Identity()
+        return conditioner
+
+    def switch_to_deploy(self) -> None:  # parity with the official API; nothing to fold for a ViT
+        fn = getattr(self.model, "switch_to_deploy", None)
+        if fn is not None:
+            fn()
+
+    @contextmanager
+    def cpe_video_mode(self, num_frames: int):
+        """Inputs are (B*T, 3, H, W) clips: in training mode each clip shares one position crop."""
+        with self.patch_generator.video_mode(num_frames):
+            yield
+
+    def set_vitdet_window(self, window_size: Optional[int]) -> None:
+        """Switch ViTDet on (window in patches) or off (None). Explicit and stateless per call."""
+        if window_size is not None and window_size < 1:
+            raise ValueError(f"vitdet window size must be a positive number of patches, got {window_size}")
+        self._window_size = window_size
+
+    # -- forward --------------------------------------------------------------------------------
+    def _check_resolution(self, x: torch.Tensor) -> None:
+        if x.ndim != 4:
+            raise ValueError(f"expected images shaped (B, C, H, W), got a tensor of shape {tuple(x.shape)}")
+        step = self.min_resolution_step
+        H, W = x.shape[-2:]
+        if H % step or W % step:
+            nearest = self.get_nearest_supported_resolution(H, W)
+            raise ValueError(
+                f"The input resolution must be a multiple of `self.min_resolution_step={step}`. "
+                "`self.get_nearest_supported_resolution(<height>, <width>) is provided as a convenience API. "
+                f"Input: {x.shape[-2:]}, Nearest: {nearest}")
+
+    def _schedule(self) -> list[bool]:
+        return windowed_blocks(len(self.blocks), self._vitdet_num_windowed, self._vitdet_num_global)
+
+    def _runner(self, tokens: torch.Tensor, h: int, w: int):
+        if self._window_size is None:
+            return None
+        layout = WindowLayout(tokens.shape[0], h, w, self._window_size)
+        return WindowedRunner(tokens, self.num_summary_tokens, layout, self._schedule())
+
+    def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Conditioned image -> (B, prefix + h*w, D) after the last block and the final norm."""
+        p = self.patch_size
+        h, w = x.shape[-2] // p, x.shape[-1] // p
+        # the official CPE forward is patch_generator -> blocks -> norm (timm's norm_pre unused)
+        tokens = self.patch_generator(x)
+        runner = self._runner(tokens, h, w)
+        if runner is None:
+            tokens = self.blocks(tokens)
+        else:
+            for i, block in enumerate(self.blocks):
+                runner.run(i, block)
+            tokens = runner.raster()
+        return self.model.norm(tokens)
+
+    def forward(self, x: torch.Tensor, feature_fmt: str = "NLC", num_tokens=None):
+        self._check_resolution(x)
+        check_feature_fmt(feature_fmt)
+        xc = self.input_conditioner(x)
+        y = self.forward_tokens(xc)
+        return self._extract_final(x, y, feature_fmt)
+
+    def _extract_final(self, x: torch.Tensor, y: torch.Tensor, feature_fmt: str = "NLC"):
+        check_feature_fmt(feature_fmt)
+        p = self.patch_size
+        B, _, H, W = x.shape
+        all_summary = y[:, :self.num_cls_tokens]
+        summary = all_summary[:, self.summary_idxs].flatten(1)
+        all_feat = self.feature_normalizer(y[:, self.num_summary_tokens:])
+        feats = all_feat
+        if feature_fmt == "NCHW":
+            feats = all_feat.reshape(B, H // p, W // p, all_feat.shape[-1]).permute(0, 3, 1, 2)
+        backbone = RadioOutput(summary, feats)
+        if not len(self.adaptors):
+            return backbone
+        out = {"backbone": backbone}
+        for name, adaptor in self.adaptors.items():
+            a_summary = adaptor.forward_summary(all_summary[:, adaptor.head_idx].float())
+            # heads are float32; their feature output goes back to the backbone dtype first
+            # (a bf16 model rounds adaptor features to bf16 once), then to float32
+            a_feat = adaptor.forward_features(all_feat.float(), x, p).to(all_feat.dtype)
+            if feature_fmt == "NCHW":
+                u = adaptor.upsample_factor
+                a_feat = a_feat.reshape(B, H // p * u, W // p * u, a_feat.shape[-1]).permute(0, 3, 1, 2)
+            out[name] = RadioOutput(a_summary, a_feat).to(torch.float32)
+        return out
+
+    # -- intermediates --------------------------------------------------------------------------
+    def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, Sequence[int]]] = None,
+                              return_prefix_tokens: bool = False, norm: bool = False, stop_early: bool = False,
+                              output_fmt: str = "NCHW", intermediates_only: bool = False,
+                              aggregation: Optional[str] = "sparse",
+                              norm_alpha_scheme: Optional[str] = "post-alpha"):
+        """Outputs of selected blocks (timm's API, RADIO's aggregation modes).
+
+        ``aggregation='sparse'`` emits the taken blocks; ``'dense'`` emits, at each taken block,
+        the average of all blocks since the previous one. ``norm_alpha_scheme`` applies the
+        checkpoint's intermediate PHI-S normaliser: 'post-alpha' (average, then scale by the mean
+        alpha), 'pre-alpha' (scale each block, then average) or 'none'. Works in ViTDet mode.
+        Returns the list of intermediates, or ``(final, intermediates)`` unless
+        ``intermediates_only``.
+        """
+        self._check_resolution(x)
+        check_feature_fmt(output_fmt)
+        if aggregation not in ("sparse", "dense"):
+            raise ValueError(f"Unsupported aggregation: {aggregation!r}. Must be 'sparse' or 'dense'")
+        if norm_alpha_scheme not in ("post-alpha", "pre-alpha", "none", None):
+            raise ValueError(f"Unsupported norm_alpha_scheme: {norm_alpha_scheme!r}. "
+                             "Must be one of 'post-alpha', 'pre-alpha', 'none'")
+        depth = len(self.blocks)
+        take = take_indices(depth, indices)
+        last = take[-1]
+        p = self.patch_size
+        B, _, H, W = x.shape
+        h, w = H // p, W // p
+        S = self.num_summary_tokens
+        inter_norm = self.inter_feature_normalizer
+        if inter_norm is None or norm_alpha_scheme in ("none", None):
+            inter_norm = NullIntermediateFeatureNormalizer()
+        final_norm = self.model.norm
+
+        xc = self.input_conditioner(x)
+        tokens = self.patch_generator(xc)
+        runner = self._runner(tokens, h, w)
+
+        intermediates = []
+        accum, alpha_sum, num_accum = 0, 0, 0
+        target = 0  # position in `take` of the next block to emit
+        n_run = last + 1 if stop_early else depth
+        for i in range(n_run):
+            block = self.blocks[i]
+            if runner is None:
+                tokens = block(tokens)
+                current = tokens
+            else:
+                runner.run(i, block)
+                current = None
+            if aggregation == "sparse" and target < len(take) and i == take[target]:
+                current = runner.raster() if current is None else current
+                y, alpha = inter_norm(current, i, skip=S)
+                intermediates.append(self._split(alpha * y, final_norm if norm else None, return_prefix_tokens,
+                                                 output_fmt, B, h, w))
+                target += 1
+            elif aggregation == "dense" and target < len(take):
+                current = runner.raster() if current is None else current
+                y, alpha = inter_norm(current, i, rot_index=take[target], skip=S)
+                if norm_alpha_scheme == "pre-alpha":
+                    accum = accum + alpha * y
+                    alpha_sum = alpha_sum + 1
+                else:
+                    accum = accum + y
+                    alpha_sum = alpha_sum + alpha
+                num_accum += 1
+                if i == take[target]:
+                    out = (alpha_sum / num_accum) * accum / num_accum
+                    intermediates.append(self._split(out, final_norm if norm else None, return_prefix_tokens,
+                                                     output_fmt, B, h, w))
+                    accum, alpha_sum, num_accum = 0, 0, 0
+                    target += 1
+        if intermediates_only:
+            return intermediates
+        last_tokens = tokens if runner is None else runner.raster()
+        if norm:
+            last_tokens = final_norm(last_tokens)
+        final = self._extract_final(x, last_tokens, feature_fmt=output_fmt)
+        return final, intermediates
+
+    def _split(self, out: torch.Tensor, norm: Optional[nn.Module], return_prefix_tokens: bool,
+               fmt: str, B: int, h: int, w: int):
+        if norm is not None:
+            out = norm(out)
+        prefix = out[:, :self.patch_generator.num_cls_tokens]
+        feats = out[:, self.num_summary_tokens:]
+        if fmt == "NCHW":
+            feats = feats.reshape(B, h, w, -1).permute(0, 3, 1, 2).contiguous()
+        if not return_prefix_tokens:
+            return feats
+        if prefix.shape[1] > 1:
+            summary = prefix[:, self.summary_idxs].flatten(1)
+        else:
+            summary = prefix.flatten(1)
+        return RadioOutput(summary, feats)
+
+
+def check_feature_fmt(fmt: str) -> None:
+    if fmt not in FEATURE_FORMATS:
+        raise ValueError(f'Unsupported feature_fmt: {fmt}. Must be one of ["NLC", "NCHW"]')
+
+
+def take_indices(depth: int, indices: Optional[Union[int, Iterable[int]]]) -> list[int]:
+    """timm's convention: None -> every block, int n -> the last n, list -> those (negatives wrap)."""
+    if indices is None:
+        return list(range(depth))
+    if isinstance(indices, int):
+        if not 0 < indices <= depth:
+            raise ValueError(f"indices={indices} must be between 1 and the number of blocks ({depth})")
+        return list(range(depth - indices, depth))
+    out = []
+    for i in indices:
+        j = i + depth if i < 0 else i
+        if not 0 <= j < depth:
+            raise ValueError(f"block index {i} is out of range for a model with {depth} blocks")
+        out.append(j)
+    if not out:
+        raise ValueError("indices must name at least one block")
+    return sorted(set(out))

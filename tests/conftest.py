@@ -1,0 +1,53 @@
+"""Shared fixtures. Parity fixtures come from ../shared/fixtures/official-v2.5 or $OPENRADIO_FIXTURES."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+HOW_TO = ("official parity fixtures not found: set OPENRADIO_FIXTURES to a folder holding "
+          "tiny_radio_v25_half.pth.tar, tiny_radio_v25_norm.pth.tar and expected.pt "
+          "(shared/fixtures/official-v2.5 in the project's shared material)")
+
+
+def fixtures_dir() -> Path | None:
+    candidates = [os.environ.get("OPENRADIO_FIXTURES"), REPO.parent / "shared" / "fixtures" / "official-v2.5"]
+    for c in candidates:
+        if c and (Path(c) / "expected.pt").is_file():
+            return Path(c)
+    return None
+
+
+@pytest.fixture(scope="session")
+def official_fixtures() -> Path:
+    d = fixtures_dir()
+    if d is None:
+        pytest.skip(HOW_TO)
+    return d
+
+
+@pytest.fixture(scope="session")
+def expected(official_fixtures):
+    import torch
+    return torch.load(official_fixtures / "expected.pt", weights_only=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A small random checkpoint in the official format (teachers clip, siglip, dino_v2, sam)."""
+    from openradio.testing import make_tiny_checkpoint
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny_radio.pth.tar")
+
+
+@pytest.fixture(scope="session")
+def sample_images():
+    """Real photographs bundled with scikit-image, as float [0,1] CHW tensors."""
+    import torch
+    from skimage import data
+    out = {}
+    for name in ("astronaut", "chelsea", "coffee", "rocket"):
+        arr = getattr(data, name)()
+        out[name] = torch.from_numpy(arr).permute(2, 0, 1).float() / 255
+    return out
