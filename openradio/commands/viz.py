@@ -104,7 +104,9 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from openradio.cli import CLIError, pick_device
-    from openradio.imageio import load_image
+    import numpy as np
+
+    from openradio.imageio import load_image, resize_center_crop, tensor_to_uint8
     from openradio.viz.features import colour_maps, default_resolution, resolution_features
     from openradio.viz.pca import pca_rgb
     from openradio.viz.render import model_grid, resolution_strip, side_by_side
@@ -125,43 +127,46 @@ def run(args: argparse.Namespace) -> int:
 
     import openradio
 
-    # grid rows per image: [(model label, [(res, rgb), ...])]; kept small (display size, uint8)
+    # grid rows per image: [(model label, [(res, rgb), ...])], held until every model has run, so
+    # stored as uint8 at display size
     grid_rows: dict[str, list] = {s: [] for s in stems}
-    grid_inputs: dict[str, torch.Tensor] = {}
+    grid_inputs: dict[str, np.ndarray] = {}
     written: list[Path] = []
     bar = tqdm(total=len(images) * len(args.version), unit="image", desc="viz")
-    for version, label in zip(args.version, labels):
-        model = openradio.radio_model(version, adaptor_names=[args.adaptor] if args.adaptor else None,
-                                      vitdet_window_size=args.vitdet_window)
-        model = model.to(device).eval()
-        resolutions = requested or [default_resolution(model)]
-        suffix = f"__{label}" if several_models else ""
-        for path, stem in zip(images, stems):
-            bar.set_postfix_str(f"{label}: {path.name}")
-            maps = resolution_features(model, load_image(path), resolutions, args.adaptor,
-                                       square=args.square, amp=args.amp)
-            # side by side at the first resolution, colours fitted on this picture alone
-            r0, x0, f0 = maps[0]
-            rgb0 = pca_rgb(f0, x0.shape[-2:], interpolation=args.interpolation, skip=args.skip_components)
-            written.append(side_by_side(x0, rgb0).save(out / "sbs" / f"{stem}{suffix}.png"))
-            # strips and grids show every resolution at one display size; colour at that size
-            h, w = x0.shape[-2:]
-            disp = (args.panel_height, max(1, round(w * args.panel_height / h)))
-            rgbs = colour_maps([f for _, _, f in maps], disp, interpolation=args.interpolation,
-                               shared=args.pca == "shared", skip=args.skip_components)
-            largest = max(maps, key=lambda t: t[1].shape[-1] * t[1].shape[-2])[1]
-            if len(maps) > 1:
-                strip = resolution_strip(largest, [(r, c) for (r, _, _), c in zip(maps, rgbs)],
-                                         panel_height=args.panel_height)
-                written.append(strip.save(out / "strip" / f"{stem}{suffix}.png"))
-            if several_models:
-                grid_inputs.setdefault(stem, largest)
-                grid_rows[stem].append((label, [(r, c) for (r, _, _), c in zip(maps, rgbs)]))
-            bar.update(1)
-        del model
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    bar.close()
+    try:
+        for version, label in zip(args.version, labels):
+            model = openradio.radio_model(version, adaptor_names=[args.adaptor] if args.adaptor else None,
+                                          vitdet_window_size=args.vitdet_window)
+            model = model.to(device).eval()
+            resolutions = requested or [default_resolution(model)]
+            suffix = f"__{label}" if several_models else ""
+            for path, stem in zip(images, stems):
+                bar.set_postfix_str(f"{label}: {path.name}")
+                maps = resolution_features(model, load_image(path), resolutions, args.adaptor,
+                                           square=args.square, amp=args.amp)
+                # side by side at the first resolution, colours fitted on this picture alone
+                r0, x0, f0 = maps[0]
+                rgb0 = pca_rgb(f0, x0.shape[-2:], interpolation=args.interpolation, skip=args.skip_components)
+                written.append(side_by_side(x0, rgb0).save(out / "sbs" / f"{stem}{suffix}.png"))
+                # strips and grids show every resolution at one display size; colour at that size
+                h, w = x0.shape[-2:]
+                disp = (args.panel_height, max(1, round(w * args.panel_height / h)))
+                rgbs = colour_maps([f for _, _, f in maps], disp, interpolation=args.interpolation,
+                                   shared=args.pca == "shared", skip=args.skip_components)
+                largest = max(maps, key=lambda t: t[1].shape[-1] * t[1].shape[-2])[1]
+                if len(maps) > 1:
+                    strip = resolution_strip(largest, [(r, c) for (r, _, _), c in zip(maps, rgbs)],
+                                             panel_height=args.panel_height)
+                    written.append(strip.save(out / "strip" / f"{stem}{suffix}.png"))
+                if several_models:
+                    grid_inputs.setdefault(stem, tensor_to_uint8(resize_center_crop(largest, disp)))
+                    grid_rows[stem].append((label, [(r, tensor_to_uint8(c)) for (r, _, _), c in zip(maps, rgbs)]))
+                bar.update(1)
+            del model
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    finally:
+        bar.close()
     if several_models:
         for stem in stems:
             grid = model_grid(grid_inputs[stem], grid_rows[stem], panel_height=max(16, args.panel_height * 2 // 3))
