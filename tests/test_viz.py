@@ -291,3 +291,85 @@ def test_visualize_video_stable_colours_and_side_by_side(tmp_path):
     left = read_video_frames(tmp_path / "sbs.mp4").frames[:, :, :48].numpy().astype(int)
     # the left half is the resized input: its blue background is where the input's is
     assert abs(left[..., 2].mean() - frames[:7, ..., 2].mean()) < 8
+
+
+# ---------------------------------------------------------------------------------------------
+# the commands, end to end with a small random checkpoint
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """skimage's astronaut (512x512) and coffee (400x600) photographs saved as PNG files."""
+    from PIL import Image
+    from skimage import data
+
+    d = tmp_path_factory.mktemp("photos")
+    for name in ("astronaut", "coffee"):
+        Image.fromarray(getattr(data, name)()).save(d / f"{name}.png")
+    return d
+
+
+def test_viz_command_writes_side_by_side_strips_and_grid(tmp_path, photos, tiny_checkpoint, capsys):
+    from PIL import Image
+
+    from openradio.cli import main
+    from openradio.imageio import load_image, resize_to_multiple
+    from openradio.testing import make_tiny_checkpoint
+
+    other = make_tiny_checkpoint(tmp_path / "other.pth.tar", seed=1)
+    out = tmp_path / "viz"
+    rc = main(["viz", str(photos / "astronaut.png"), str(photos / "coffee.png"), "--version", str(tiny_checkpoint),
+               "--version", str(other), "--adaptor", "dino_v2", "--resolutions", "128,192,100",
+               "--panel-height", "96", "--out", str(out)])
+    assert rc == 0
+    assert "wrote 10 PNGs" in capsys.readouterr().out  # 4 sbs + 4 strips + 2 grids
+    label = "tiny_radio"  # the fixture's file stem names the model
+    for name in ("astronaut", "coffee"):
+        src = load_image(photos / f"{name}.png")
+        x = resize_to_multiple(src, 128, 16)  # first resolution, aspect kept, sides multiples of 16
+        h, w = x.shape[-2:]
+        sbs = np.asarray(Image.open(out / "sbs" / f"{name}__{label}.png").convert("RGB"))
+        assert sbs.shape == (h, 2 * w, 3)  # two panels wide
+        np.testing.assert_array_equal(sbs[:, :w], tensor_to_uint8(x))  # left: the resized input
+        right = sbs[:, w:].astype(float)
+        assert right.std() > 20  # right: a colour map, not a blank or a copy of the input
+        assert np.abs(right - sbs[:, :w]).mean() > 20
+        # strip: input + one panel per resolution (128, 192 and 100 -> 96 after rounding)
+        strip = Image.open(out / "strip" / f"{name}__{label}.png")
+        panel_w = round(w * 96 / h)
+        assert strip.size[0] == 4 * panel_w + 3 * 4
+        grid = Image.open(out / "grid" / f"{name}.png")
+        assert grid.size[0] > strip.size[0] * 2 // 3 and grid.size[1] > 2 * 64  # two rows of 64-px panels
+    assert (h, w) == (128, 192)  # coffee keeps its 2:3 aspect
+
+
+def test_viz_command_reports_a_corrupt_image(tmp_path, photos, tiny_checkpoint, capsys):
+    from openradio.cli import main
+
+    bad = tmp_path / "holiday.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 definitely not the rest of a jpeg")
+    rc = main(["viz", str(photos / "astronaut.png"), str(bad), "--version", str(tiny_checkpoint),
+               "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "holiday.jpg" in err and "cannot read image" in err
+    assert not (tmp_path / "o").exists()  # failed before writing anything
+    rc = main(["viz", str(photos / "astronaut.png"), "--version", str(tiny_checkpoint),
+               "--resolutions", "512,abc", "--out", str(tmp_path / "o")])
+    assert rc == 2 and "--resolutions" in capsys.readouterr().err
+
+
+def test_viz_video_command_end_to_end(tmp_path, tiny_checkpoint, capsys):
+    from openradio.cli import main
+
+    src = write_video(tmp_path / "in.mp4", _moving_square_frames(n=12), fps=12)
+    rc = main(["viz-video", str(src), "--version", str(tiny_checkpoint), "--resolution", "64",
+               "--batch-size", "5", "--side-by-side", "--out", str(tmp_path / "out.mp4")])
+    assert rc == 0
+    info = probe_video(tmp_path / "out.mp4")
+    # 48x64 frames -> shorter side 64 -> 64x85 -> 64x80 (multiples of 16); side by side doubles the width
+    assert (info.num_frames, info.height, info.width) == (12, 64, 160)
+    assert "12 frames" in capsys.readouterr().out
+    rc = main(["viz-video", str(tmp_path / "nope.mp4"), "--version", str(tiny_checkpoint),
+               "--out", str(tmp_path / "x.mp4")])
+    assert rc == 2 and "nope.mp4" in capsys.readouterr().err
