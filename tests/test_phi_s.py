@@ -175,3 +175,44 @@ def test_folded_head_equals_head_then_inverse(upsample: int) -> None:
 def test_fold_rejects_wrong_width() -> None:
     with pytest.raises(ValueError, match="expected 32"):
         fold_inverse_into_linear(nn.Linear(4, 10), torch.zeros(8), torch.eye(8, dtype=torch.float64), upsample_factor=2)
+
+
+
+def test_all_reduce_sums_ranks_without_double_counting(tmp_path, monkeypatch) -> None:
+    """Two ranks each see half of the data; after all-reduce the statistics are those of all of it.
+
+    A real (single-process, gloo) group checks the torch.distributed call itself; the second rank is
+    simulated by a collective that adds what that rank would contribute.
+    """
+    import torch.distributed as dist
+
+    x = _anisotropic(600, 8, seed=9)
+    other = PhiSEstimator(8)  # what rank 1 accumulates between synchronisations
+    norm = PhiSNormalizer(8, update_every=2, freeze_after=100)
+    real_all_reduce = dist.all_reduce
+
+    def two_rank_all_reduce(tensor, op=dist.ReduceOp.SUM, group=None):
+        real_all_reduce(tensor, op=op, group=group)
+        tensor += torch.cat([other.pending_count.reshape(-1), other.pending_sum, other.pending_sum_sq.reshape(-1)])
+        for buf in (other.pending_count, other.pending_sum, other.pending_sum_sq):
+            buf.zero_()
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1)
+    try:
+        monkeypatch.setattr(dist, "all_reduce", two_rank_all_reduce)
+        for a, b in zip(x[0::2].split(100), x[1::2].split(100)):
+            norm.update(a)
+            other.update(b)
+            norm.step()
+        norm.estimator.all_reduce_()
+        norm.estimator.all_reduce_()  # nothing pending: must not change anything
+    finally:
+        dist.destroy_process_group()
+    assert norm.estimator.count == 600
+    mean, cov = norm.estimator.mean_cov()
+    assert torch.allclose(mean, x.mean(0), atol=1e-10)
+    assert torch.allclose(cov, torch.cov(x.T), rtol=1e-9, atol=1e-9)
+    # Recomputed at steps 0 and 2 (update_every=2): the last one saw the first 3 chunks of both ranks.
+    seen = torch.cat([x[0::2][:300], x[1::2][:300]])
+    _, tx = phi_s_matrix(seen.mean(0), torch.cov(seen.T))
+    assert torch.allclose(norm.tx, tx, atol=1e-8)

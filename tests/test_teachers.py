@@ -213,3 +213,30 @@ def test_translation_equivariant_teacher() -> None:
     shifted = t(canvas, 48).features[:, :, 1:5, 2:6]
     assert torch.allclose(shifted, t(x).features, atol=1e-6)
     assert t(x).summary.shape == (1, 8)
+
+
+def test_open_clip_pretrained_mechanism_with_local_file(tmp_path) -> None:
+    """``pretrained`` goes through open_clip.create_model (here with a registered small config and a
+    local checkpoint file instead of a download), and the targets equal open_clip's encode_image."""
+    import json
+
+    import open_clip
+
+    cfg = {
+        "embed_dim": 16, "quick_gelu": True,
+        "vision_cfg": {"image_size": 56, "layers": 2, "width": 32, "head_width": 16, "patch_size": 14},
+        "text_cfg": {"context_length": 16, "vocab_size": 100, "width": 32, "heads": 2, "layers": 1},
+    }
+    (tmp_path / "openradio-test-tiny-clip.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(tmp_path)
+    torch.manual_seed(0)
+    clip = open_clip.create_model("openradio-test-tiny-clip").eval()
+    torch.save(clip.state_dict(), tmp_path / "full.pt")
+    t = OpenCLIPTeacher("openradio-test-tiny-clip", pretrained=str(tmp_path / "full.pt"))
+    assert (t.summary_dim, t.feature_dim, t.input_size) == (16, 32, 56)
+    x = _images(size=56)
+    with torch.no_grad():
+        expected = clip.encode_image((x - t.pixel_mean) / t.pixel_std)
+    assert torch.allclose(t(x).summary, expected, atol=1e-6)
+    # Only the image tower is kept.
+    assert sum(p.numel() for p in t.parameters()) == sum(p.numel() for p in clip.visual.parameters())

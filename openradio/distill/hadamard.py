@@ -160,13 +160,20 @@ def get_hadamard_matrix(n: int, seed: int = 0) -> torch.Tensor:
             stacklevel=2,
         )
         return torch.from_numpy(_random_orthogonal(n, seed))
+    # A copy, so callers may modify the result without touching the cache.
+    return torch.from_numpy(_build_normalised(n).copy())
+
+
+@functools.lru_cache(maxsize=8)
+def _build_normalised(n: int) -> np.ndarray:
+    # Cached: PHI-S recomputes its transform every ~100 steps for every teacher.
+    syl, kind, m = hadamard_construction(n)
     h = _sylvester(syl)
     if kind == "paley1":
         h = np.kron(h, _paley1(m))
     elif kind == "paley2":
         h = np.kron(h, _paley2(m))
-    h = h / np.sqrt(n)
-    return torch.from_numpy(np.ascontiguousarray(h))
+    return np.ascontiguousarray(h / np.sqrt(n))
 
 
 def is_hadamard(h: torch.Tensor, atol: float = 1e-10) -> bool:

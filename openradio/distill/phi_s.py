@@ -14,7 +14,6 @@ In code the transform is stored as ``(mean, tx)`` with ``y = (x - mean) @ tx.T``
 """
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Literal
 
