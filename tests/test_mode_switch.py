@@ -83,8 +83,15 @@ def _read_csv(path: Path):
 
 
 def _tiny_teacher_conf(model) -> dict:
-    conf = dict(model.adaptors["dino_v2"].teacher_conf)
-    conf["tiny"] = True
+    """What `--tiny-teacher` builds: the checkpoint's dino_v2 teacher, tiny, as wide as the student's adaptor."""
+    import argparse
+
+    from openradio.commands.mode_switch import teacher_config
+
+    adaptor = model.adaptors["dino_v2"]
+    conf = teacher_config(adaptor.teacher_conf, argparse.Namespace(teacher="dino_v2", teacher_model=None,
+                                                                   teacher_weights=None, tiny_teacher=True), adaptor)
+    assert conf["tiny"] and conf["arch_overrides"]["embed_dim"] == 48
     return conf
 
 

@@ -38,15 +38,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
-def teacher_config(conf: dict, args: argparse.Namespace) -> dict:
+# Teacher-config keys taken from the checkpoint's args.teachers entry; the rest of that entry (head
+# versions, token slots, ...) describes the student's adaptor, not the teacher network.
+TEACHER_KEYS = ("name", "type", "model", "pretrained", "input_size")
+
+
+def teacher_config(conf: dict, args: argparse.Namespace, adaptor=None) -> dict:
     """The teacher config: the checkpoint's entry with the CLI overrides applied."""
-    conf = dict(conf)
+    conf = {k: v for k, v in dict(conf).items() if k in TEACHER_KEYS}
+    conf.setdefault("name", args.teacher)
     if args.teacher_model:
         conf["model"] = args.teacher_model
     if args.teacher_weights:
         conf["weights"] = args.teacher_weights
     if args.tiny_teacher:
         conf["tiny"] = True
+        # a small random teacher whose width matches the student's adaptor, so the two can be compared
+        dim = getattr(getattr(adaptor, "feat_mlp", None), "output_dim", None)
+        if dim:
+            conf["arch_overrides"] = {"embed_dim": int(dim)}
     return conf
 
 
@@ -70,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
     for version in args.version:
         model = radio_model(version, adaptor_names=[args.teacher], vitdet_window_size=args.vitdet_window,
                             progress=progress).to(device).eval()
-        conf = teacher_config(getattr(model.adaptors[args.teacher], "teacher_conf", {}) or {}, args)
+        adaptor = model.adaptors[args.teacher]
+        conf = teacher_config(getattr(adaptor, "teacher_conf", {}) or {}, args, adaptor)
         if teacher is None or conf != teacher_conf_seen:
             # one teacher for all models when they share it (the usual case: every RADIO uses DINOv2-g)
             from openradio.teachers import build_teacher
