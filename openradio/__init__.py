@@ -1,7 +1,34 @@
-"""openradio: an open implementation of NVIDIA's RADIOv2.5 vision foundation models."""
-from openradio.model.radio import RADIOModel, RadioOutput, Resolution
-from openradio.loader import radio_model
-from openradio import versions
+"""openradio: an open implementation of NVIDIA's RADIOv2.5 vision foundation models.
 
-__all__ = ["radio_model", "RADIOModel", "RadioOutput", "Resolution", "versions"]
+Public API: ``radio_model`` (load a released version or a local checkpoint), ``RADIOModel``,
+``RadioOutput``, ``Resolution`` and ``versions``. Attributes are imported on first use so that
+``import openradio`` (and the CLI's ``--help``) stays fast.
+"""
+from __future__ import annotations
+
+import importlib
+
 __version__ = "0.1.0"
+__all__ = ["radio_model", "RADIOModel", "RadioOutput", "Resolution", "versions"]
+
+_LAZY = {
+    "radio_model": ("openradio.loader", "radio_model"),
+    "RADIOModel": ("openradio.model.radio", "RADIOModel"),
+    "RadioOutput": ("openradio.model.radio", "RadioOutput"),
+    "Resolution": ("openradio.model.radio", "Resolution"),
+    "versions": ("openradio.versions", None),
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        mod, attr = _LAZY[name]
+        m = importlib.import_module(mod)
+        value = m if attr is None else getattr(m, attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'openradio' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY))
