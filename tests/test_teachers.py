@@ -202,6 +202,11 @@ def test_arch_overrides() -> None:
     assert c.summary_dim == 12 and c(_images()).summary.shape == (2, 12)
     s = SAMTeacher(pretrained=False, tiny=True, arch_overrides={"embed_dim": 48, "num_heads": 4})
     assert s.feature_dim == 48 and s(_images()).features.shape[1] == 48
+    # input_size sets the native resolution used when none is given.
+    d = DINOv2Teacher("vit_small_patch14_dinov2", pretrained=False, tiny=True, input_size=28)
+    assert d.input_size == 28 and d(_images()).features.shape[-2:] == (2, 2)
+    with pytest.raises(ValueError, match="not a multiple of its patch size"):
+        DINOv2Teacher("vit_small_patch14_dinov2", pretrained=False, tiny=True, input_size=30)
 
 
 def test_translation_equivariant_teacher() -> None:

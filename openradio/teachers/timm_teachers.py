@@ -54,6 +54,7 @@ class DINOv2Teacher(Teacher):
         pretrained: True (timm's default tag), a timm tag (``'lvd142m'``), or False.
         weights: local file: this teacher's ``state_dict``, a timm checkpoint, or an official
             DINOv2 checkpoint (converted by timm's checkpoint filter).
+        input_size: native side (default 378 as in RADIO; the model's img_size for tiny models).
         tiny / arch_overrides: small random configurations (timm kwargs such as embed_dim, depth,
             num_heads, img_size).
     """
@@ -64,7 +65,7 @@ class DINOv2Teacher(Teacher):
         self,
         model: str = "vit_giant_patch14_reg4_dinov2",
         pretrained: str | bool | None = True,
-        input_size: int = 378,
+        input_size: int | None = None,
         weights: str | None = None,
         tiny: bool = False,
         arch_overrides: Mapping[str, Any] | None = None,
@@ -85,8 +86,9 @@ class DINOv2Teacher(Teacher):
             p = int(net.patch_embed.patch_size[0])
             net.set_input_size(img_size=(p * _TINY_GRID, p * _TINY_GRID))
         patch = int(net.patch_embed.patch_size[0])
-        if tiny and input_size == 378 and "img_size" not in kwargs:
-            input_size = patch * _TINY_GRID
+        if input_size is None:
+            # RADIO runs DINOv2 at 378 (27 tokens, matching a 432 px student), not timm's 518.
+            input_size = int(net.patch_embed.img_size[0]) if (tiny or "img_size" in kwargs) else 378
         mean, std = _mean_std(net, mean, std)
         super().__init__(name, patch, input_size, int(net.embed_dim), int(net.embed_dim), mean=mean, std=std)
         self.model = net
@@ -130,7 +132,7 @@ class SAMTeacher(Teacher):
         self,
         model: str = "samvit_huge_patch16",
         pretrained: str | bool | None = True,
-        input_size: int = 1024,
+        input_size: int | None = None,
         weights: str | None = None,
         tiny: bool = False,
         arch_overrides: Mapping[str, Any] | None = None,
@@ -151,8 +153,8 @@ class SAMTeacher(Teacher):
             kwargs["img_size"] = 16 * _TINY_GRID
         net = timm.create_model(name_tag if download else model, pretrained=download, **kwargs)
         patch = int(net.patch_embed.patch_size[0])
-        if tiny and input_size == 1024:
-            input_size = int(net.patch_embed.img_size[0])
+        if input_size is None:
+            input_size = int(net.patch_embed.img_size[0])  # 1024 for the released encoders
         mean, std = _mean_std(net, mean, std)
         super().__init__(name, patch, input_size, None, int(net.embed_dim), mean=mean, std=std)
         # The RADIO target is the encoder's last block output, before SAM's conv neck.
