@@ -180,10 +180,11 @@ def load_text_tower(model_name: str, pretrained: str | None = None, *, weights: 
             oc = open_clip.create_model_from_pretrained(name, pretrained=pretrained, return_transform=False,
                                                         device=device, cache_dir=cache_dir)
         except Exception as e:  # network errors come in many types; say what to do instead
+            reason = " ".join(str(e).split())
             raise RuntimeError(
-                f"could not load the open_clip text tower {model_name!r} with pretrained={pretrained!r} ({e}). "
-                "Without network access, download the open_clip weights elsewhere and pass them as a local "
-                "file (weights=... / --text-weights FILE).") from e
+                f"could not fetch the open_clip weights {pretrained!r} of the text tower {model_name!r}; without "
+                "network access download them elsewhere and pass the file (--text-weights FILE, or weights=...). "
+                f"Cause: {reason}") from e
     else:
         oc = open_clip.create_model(name, pretrained=None, device=device)
     key = text_tower_key(model_name, pretrained, weights=weights)
