@@ -105,3 +105,27 @@ def test_attach_text_towers_on_loaded_model(tmp_path, tiny_checkpoint):
         summary = model(x)["clip"].summary
     # the text embeddings live in the clip adaptor's summary space, so zero-shot can compare them
     assert emb.shape[-1] == summary.shape[-1]
+
+
+def test_loader_text_towers_flag_uses_checkpoint_teachers(tiny_checkpoint, monkeypatch):
+    """`radio_model(..., text_towers=True)` builds each open_clip teacher's tower from the checkpoint's
+    teacher entry (the download itself is replaced by a tiny tower here: no network in tests)."""
+    import openradio
+    import openradio.text as text_mod
+    from openradio.text import text_tower_from_model
+
+    asked = []
+
+    def fake_load(model_name, pretrained=None, **kw):
+        asked.append((model_name, pretrained))
+        return text_tower_from_model(make_tiny_text_model(seed=len(asked)), key=f"fake:{model_name}")
+
+    monkeypatch.setattr(text_mod, "load_text_tower", fake_load)
+    model = openradio.radio_model(str(tiny_checkpoint), adaptor_names=["clip", "siglip", "sam"], progress=False,
+                                  text_towers=True)
+    confs = {n: model.adaptors[n].teacher_conf for n in ("clip", "siglip")}
+    assert sorted(asked) == sorted((c["model"], c["pretrained"]) for c in confs.values())
+    for n in ("clip", "siglip"):
+        assert isinstance(model.adaptors[n].text_tower, TextTower)
+        assert model.adaptors[n].encode_text(model.adaptors[n].tokenizer(TEXTS)).shape == (3, TINY_CLIP_EMBED_DIM)
+    assert not hasattr(model.adaptors["sam"], "encode_text")
