@@ -97,3 +97,38 @@ def test_knn_cli_adaptor_summary(tmp_path, tiny_checkpoint):
     with open(out / "knn.csv") as f:
         row = next(csv.DictReader(f))
     assert row["Embedding"] == "dino_v2" and float(row["Top1"]) == 100.0
+
+
+def test_data_plumbing(tmp_path):
+    from openradio.eval.data import collate_same_shape, read_image_list, read_labelled_images
+
+    # a batch of mixed shapes becomes sub-batches of one shape each, keeping labels and indices together
+    items = [(torch.zeros(3, 4, 4), 0, 0), (torch.zeros(3, 8, 8), 1, 1), (torch.ones(3, 4, 4), 2, 2)]
+    groups = collate_same_shape(items)
+    assert [tuple(g[0].shape) for g in groups] == [(2, 3, 4, 4), (1, 3, 8, 8)]
+    assert groups[0][1].tolist() == [0, 2] and groups[0][2].tolist() == [0, 2]
+
+    root = make_image_folder(tmp_path / "d", classes=("coffee", "rocket"), variants=range(2))
+    lst = tmp_path / "l.tsv"
+    lst.write_text("d/coffee/0.png\t1\nd/rocket/1.png\t0\n")
+    with pytest.raises(ValueError, match="class names"):
+        read_image_list(lst)
+    data = read_image_list(lst, ["a", "b"])
+    assert data.labels == [1, 0] and data.classnames == ["a", "b"]
+    (root / "rocket" / "broken.png").write_bytes(b"not a png")
+    from openradio.eval.data import iterate_batches
+    with pytest.raises(ValueError, match="broken.png"):
+        list(iterate_batches(read_labelled_images(root), 32, batch_size=8))
+
+
+def test_amp_embeddings_close_to_fp32(tmp_path, tiny_checkpoint):
+    import openradio
+    from openradio.eval.data import read_labelled_images
+    from openradio.eval.knn import extract_embeddings
+
+    data = read_labelled_images(make_image_folder(tmp_path / "d", classes=("chelsea",), variants=range(2)))
+    model = openradio.radio_model(str(tiny_checkpoint), progress=False)
+    e32, _ = extract_embeddings(model, data, 32, progress=False)
+    e16, _ = extract_embeddings(model, data, 32, amp=True, progress=False)  # bf16 autocast on the CPU
+    assert e16.dtype == torch.float32
+    assert (e32 * e16).sum(-1).min() > 0.98
