@@ -1,0 +1,267 @@
+"""Inference throughput: a generic timer and a RADIO benchmark that reports ratios to a baseline.
+
+Absolute timings depend on the machine and on whatever else runs on it, so every number this
+module produces for a model comes with a *baseline measured in the same process, at the same
+resolution and batch size*: the same model with global attention (to see what ViTDet windows
+buy), or a plain timm ViT of the same width and depth (to see what RADIO's CPE position
+embedding and extra prefix tokens cost). The ratio is the number to read.
+
+Timings use medians over the timed calls: on a shared machine a single slow call (another
+process taking the cores) shifts a mean a lot and a median hardly at all.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import statistics
+import time
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["measure_throughput", "bench_model", "make_timm_baseline", "BASELINES", "format_table"]
+
+BASELINES = ("timm", "global", "none")
+
+
+def _sync(device: torch.device) -> None:
+    # CUDA kernels run asynchronously: without a sync the timer measures only the launch
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _batch_size_of(x: Any) -> Optional[int]:
+    if isinstance(x, torch.Tensor) and x.ndim >= 1:
+        return int(x.shape[0])
+    if isinstance(x, (list, tuple)) and x:
+        return _batch_size_of(x[0])
+    return None
+
+
+def measure_throughput(fn: Callable[[Any], Any], make_input: Callable[[], Any], iters: int = 10, warmup: int = 2,
+                       device: torch.device | str | None = None, batch_size: Optional[int] = None) -> dict:
+    """Time ``fn(make_input())``: ``warmup`` untimed calls, then ``iters`` timed ones.
+
+    ``make_input`` is called once (outside the timer) and the same input is reused, so the
+    measurement is the function alone. ``batch_size`` (images per call) defaults to the
+    input's first dimension. Each call is timed on its own, with a CUDA synchronisation before
+    and after it when ``device`` is a CUDA device.
+
+    Returns ``{'iters', 'warmup', 'batch_size', 'calls', 'total_s', 'latency_ms' (median per
+    call), 'latency_ms_mean', 'latency_ms_min', 'latency_ms_max', 'images_per_s'
+    (batch_size / median latency), 'times_s' (every timed call)}``.
+    """
+    if iters < 1:
+        raise ValueError(f"iters must be at least 1, got {iters}")
+    if warmup < 0:
+        raise ValueError(f"warmup must be >= 0, got {warmup}")
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    x = make_input()
+    if batch_size is None:
+        batch_size = _batch_size_of(x) or 1
+    calls = 0
+    with torch.inference_mode():
+        for _ in range(warmup):
+            fn(x)
+            calls += 1
+        _sync(device)
+        times = []
+        for _ in range(iters):
+            t0 = time.perf_counter()
+            fn(x)
+            _sync(device)
+            times.append(time.perf_counter() - t0)
+            calls += 1
+    median = statistics.median(times)
+    return {
+        "iters": iters,
+        "warmup": warmup,
+        "batch_size": batch_size,
+        "calls": calls,
+        "total_s": sum(times),
+        "latency_ms": 1000.0 * median,
+        "latency_ms_mean": 1000.0 * statistics.fmean(times),
+        "latency_ms_min": 1000.0 * min(times),
+        "latency_ms_max": 1000.0 * max(times),
+        "images_per_s": batch_size / median if median > 0 else math.inf,
+        "times_s": times,
+    }
+
+
+# -- RADIO benchmark ------------------------------------------------------------------------------
+def _model_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def _autocast(device: torch.device, amp: bool):
+    if not amp:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def make_timm_baseline(model: nn.Module, height: int, width: int) -> nn.Module:
+    """A plain timm ViT with the RADIO model's architecture (``args.model`` and ``args.model_kwargs``)
+    at a fixed ``height x width`` input: learned position embedding, one class token, no registers,
+    no CPE. Same device and dtype as ``model``; weights are PyTorch's default initialisation
+    (their values do not matter for timing).
+    """
+    import timm
+
+    args = getattr(model, "args", None)
+    name = getattr(args, "model", None) if args is not None else None
+    if name is None:
+        raise ValueError("the timm baseline needs the checkpoint's args (model name and model_kwargs); "
+                         "this model has no .args — use baseline='global' or 'none'")
+    kwargs = dict(getattr(args, "model_kwargs", None) or {})
+    kwargs.pop("weight_init", None)
+    # timm's own re-initialisation (trunc-normal over every weight) is slow for big models
+    # and irrelevant to speed; 'skip' keeps PyTorch's default initialisation
+    vit = timm.create_model(name, pretrained=False, num_classes=0, img_size=(height, width),
+                            weight_init="skip", **kwargs)
+    if getattr(vit, "patch_embed", None) is None or not hasattr(vit, "blocks"):
+        raise ValueError(f"{name!r} is not a timm VisionTransformer")
+    p = getattr(model, "patch_size", None)
+    vit_p = vit.patch_embed.patch_size[0]
+    if p is not None and vit_p != p:
+        raise ValueError(f"timm's {name} has patch size {vit_p} but the model uses {p}; no like-for-like baseline")
+    dtype = getattr(model, "dtype", torch.float32)
+    return vit.to(device=_model_device(model), dtype=dtype).eval()
+
+
+def bench_model(model: nn.Module, resolutions: Sequence[int], *, batch_size: int = 8,
+                baseline: Optional[str] = "timm", vitdet_window: Optional[int] = None, iters: int = 10,
+                warmup: int = 2, device: torch.device | str | None = None, amp: bool = False,
+                rounds: int = 1, progress: bool = True) -> list[dict]:
+    """Throughput of an already-loaded RADIO model at square ``resolutions``, with a baseline per row.
+
+    ``vitdet_window``: run the model in ViTDet mode with W x W-patch windows (the model's own
+    window setting is restored afterwards); ``None`` keeps the model's current mode.
+    ``baseline``: ``'timm'`` (plain timm ViT of the same config, see :func:`make_timm_baseline`),
+    ``'global'`` (the same model with global attention; needs a ViTDet window) or
+    ``'none'``/``None``. ``rounds``: alternate model and baseline this many times, ``iters``
+    timed calls each time (medians are over all rounds). Resolutions are rounded to sizes the
+    model accepts (``get_nearest_supported_resolution``); inputs are random images on the
+    model's device.
+
+    One dict per resolution: ``resolution``, ``height``, ``width``, ``batch_size``, ``mode``
+    ('global' or 'vitdet-W'), ``images_per_s``, ``latency_ms``, and with a baseline
+    ``baseline``, ``baseline_images_per_s``, ``baseline_latency_ms`` and ``speed_ratio`` =
+    model images/s divided by baseline images/s (>1: the model is faster).
+    """
+    from tqdm.auto import tqdm
+
+    baseline = baseline or "none"
+    if baseline not in BASELINES:
+        raise ValueError(f"baseline must be one of {', '.join(BASELINES)}, got {baseline!r}")
+    if rounds < 1:
+        raise ValueError(f"rounds must be at least 1, got {rounds}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if not resolutions:
+        raise ValueError("give at least one resolution")
+    if any(int(r) < 1 for r in resolutions):
+        raise ValueError(f"resolutions must be positive pixel sizes, got {list(resolutions)}")
+    device = torch.device(device) if device is not None else _model_device(model)
+    if device != _model_device(model):
+        model = model.to(device)
+    saved_window = getattr(model, "window_size", None)
+    window = vitdet_window if vitdet_window is not None else saved_window
+    if baseline == "global" and window is None:
+        raise ValueError("baseline 'global' compares ViTDet with global attention: give a ViTDet window "
+                         "(--vitdet-window W)")
+    mode = f"vitdet-{window}" if window is not None else "global"
+
+    def radio_fn(x: torch.Tensor):
+        with _autocast(device, amp):
+            return model(x)
+
+    dtype = getattr(model, "dtype", torch.float32)
+    rows = []
+    bar = tqdm(total=len(resolutions) * rounds * (1 if baseline == "none" else 2), desc="bench", unit="run",
+               disable=not progress)
+    try:
+        model.set_vitdet_window(window)
+        for r in resolutions:
+            h, w = (int(v) for v in model.get_nearest_supported_resolution(int(r), int(r)))
+
+            def make_input(h=h, w=w):
+                # fixed seed: identical input for the model and its baseline
+                g = torch.Generator().manual_seed(0)
+                return torch.rand(batch_size, 3, h, w, generator=g).to(device)
+
+            vit = None
+            if baseline == "global":
+                def base_fn(x: torch.Tensor):
+                    model.set_vitdet_window(None)
+                    try:
+                        return radio_fn(x)
+                    finally:
+                        model.set_vitdet_window(window)
+            elif baseline == "timm":
+                vit = make_timm_baseline(model, h, w)
+
+                def base_fn(x: torch.Tensor, vit=vit):
+                    with _autocast(device, amp):
+                        return vit.forward_features(x.to(dtype))
+            else:
+                base_fn = None
+
+            # alternate model and baseline so that drift in the machine's load (other processes,
+            # clock changes) hits both alike; warm each up only in the first round
+            m_times, b_times = [], []
+            for k in range(rounds):
+                bar.set_postfix_str(f"{h}x{w} {mode}")
+                m = measure_throughput(radio_fn, make_input, iters=iters, warmup=warmup if k == 0 else 0,
+                                       device=device)
+                m_times += m["times_s"]
+                bar.update(1)
+                if base_fn is not None:
+                    bar.set_postfix_str(f"{h}x{w} baseline {baseline}")
+                    b = measure_throughput(base_fn, make_input, iters=iters, warmup=warmup if k == 0 else 0,
+                                           device=device)
+                    b_times += b["times_s"]
+                    bar.update(1)
+            m_lat = statistics.median(m_times)
+            row = {"resolution": int(r), "height": h, "width": w, "batch_size": batch_size, "mode": mode,
+                   "images_per_s": batch_size / m_lat, "latency_ms": 1000.0 * m_lat}
+            if base_fn is not None:
+                b_lat = statistics.median(b_times)
+                row.update(baseline=baseline, baseline_images_per_s=batch_size / b_lat,
+                           baseline_latency_ms=1000.0 * b_lat, speed_ratio=b_lat / m_lat)
+            rows.append(row)
+            base_fn = vit = None  # free a timm baseline before building the next resolution's
+    finally:
+        model.set_vitdet_window(saved_window)
+        bar.close()
+    return rows
+
+
+def format_table(rows: Iterable[dict]) -> str:
+    """A fixed-width text table of :func:`bench_model` rows (ratio columns when there is a baseline)."""
+    rows = list(rows)
+    has_base = any("baseline" in r for r in rows)
+    header = ["input", "batch", "mode", "img/s", "latency ms"]
+    if has_base:
+        header += ["baseline", "base img/s", "base ms", "speed ratio", "time ratio"]
+    table = [header]
+    for r in rows:
+        line = [f"{r['height']}x{r['width']}", str(r["batch_size"]), r["mode"], f"{r['images_per_s']:.2f}",
+                f"{r['latency_ms']:.1f}"]
+        if has_base:
+            if "baseline" in r:
+                line += [r["baseline"], f"{r['baseline_images_per_s']:.2f}", f"{r['baseline_latency_ms']:.1f}",
+                         f"{r['speed_ratio']:.3f}x", f"{1.0 / r['speed_ratio']:.3f}x"]
+            else:
+                line += ["-"] * 5
+        table.append(line)
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    out = []
+    for k, row in enumerate(table):
+        out.append("  ".join(c.rjust(wd) if k and i not in (2, 5) else c.ljust(wd)
+                             for i, (c, wd) in enumerate(zip(row, widths))).rstrip())
+        if k == 0:
+            out.append("  ".join("-" * wd for wd in widths))
+    return "\n".join(out)
