@@ -1,0 +1,86 @@
+"""`openradio bench`: inference throughput and latency per resolution, as ratios to a same-process baseline."""
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+HELP = "measure inference throughput per resolution against a baseline run in the same process"
+EXAMPLES = """\
+  openradio bench --version radio_v2.5-b                                   # vs plain timm ViT-B/16
+  openradio bench --version radio_v2.5-b --vitdet-window 16 --resolutions 1024,2048 --batch-size 2
+                                                                           # ViTDet vs global attention
+  openradio bench --version radio_v2.5-l --device cuda --amp --out bench.csv
+
+baselines (--baseline): 'timm' = a plain timm ViT with the same name and model_kwargs as the
+checkpoint (learned position embedding, one class token, no CPE, no registers); 'global' = the
+same model with global attention (default when --vitdet-window is given); 'none'.
+'speed ratio' = model images/s / baseline images/s (>1: the model is faster); 'time ratio' is
+its inverse. Absolute numbers depend on the machine and its load: compare the ratios.
+Timings are medians over --iters calls after --warmup untimed ones (CUDA synchronised)."""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from openradio.cli import add_model_arguments
+
+    add_model_arguments(p, adaptor=False, resolution=False)
+    p.add_argument("--adaptor", action="append", default=None, metavar="NAME",
+                   help="include this adaptor's heads in the timed forward (repeat or comma-separate)")
+    p.add_argument("--resolutions", "--resolution", dest="resolutions", default="224,512,1024", metavar="R1,R2,...",
+                   help="comma-separated square input sizes (rounded to the model's step); default 224,512,1024")
+    p.add_argument("--batch-size", type=int, default=8, metavar="N", help="images per forward pass (default 8)")
+    p.add_argument("--baseline", choices=["timm", "global", "none"], default=None,
+                   help="what to compare with (default: global with --vitdet-window, else timm)")
+    p.add_argument("--iters", type=int, default=10, metavar="N", help="timed forward passes per measurement")
+    p.add_argument("--warmup", type=int, default=2, metavar="N", help="untimed forward passes first")
+    p.add_argument("--rounds", type=int, default=1, metavar="N",
+                   help="alternate model and baseline N times (evens out load changes on shared machines)")
+    p.add_argument("--out", default=None, metavar="FILE.csv", help="also write the rows as CSV")
+
+
+def write_csv(rows: list[dict], path: str | Path) -> Path:
+    """Write :func:`openradio.eval.throughput.bench_model` rows as CSV (columns: the union of keys)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fields: list[str] = []
+    for r in rows:
+        fields += [k for k in r if k not in fields]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def run(args: argparse.Namespace) -> int:
+    import openradio
+    from openradio.cli import CLIError, pick_device
+    from openradio.commands.features import parse_adaptors
+    from openradio.commands.viz import parse_resolutions
+    from openradio.eval.throughput import bench_model, format_table
+
+    resolutions = parse_resolutions(args.resolutions)
+    for flag in ("batch_size", "iters", "rounds"):
+        if getattr(args, flag) < 1:
+            raise CLIError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+    if args.warmup < 0:
+        raise CLIError(f"--warmup must be >= 0, got {args.warmup}")
+    baseline = args.baseline or ("global" if args.vitdet_window is not None else "timm")
+    if baseline == "global" and args.vitdet_window is None:
+        raise CLIError("--baseline global compares ViTDet with global attention: also give --vitdet-window W")
+    device = pick_device(args.device)
+    adaptors = parse_adaptors(args.adaptor)
+
+    model = openradio.radio_model(args.version, adaptor_names=adaptors or None,
+                                  vitdet_window_size=args.vitdet_window)
+    model = model.to(device).eval()
+    rows = bench_model(model, resolutions, batch_size=args.batch_size, baseline=baseline,
+                       vitdet_window=args.vitdet_window, iters=args.iters, warmup=args.warmup, device=device,
+                       amp=args.amp, rounds=args.rounds)
+    name = getattr(model, "version", None) or args.version
+    print(f"{name} on {device}{' (bf16 autocast)' if args.amp else ''}: median of {args.iters * args.rounds} "
+          f"timed passes after {args.warmup} warm-up; speed ratio = img/s / baseline img/s")
+    print(format_table(rows))
+    if args.out:
+        print(f"wrote {write_csv(rows, args.out)}")
+    return 0

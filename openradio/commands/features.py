@@ -1,0 +1,198 @@
+"""`openradio features`: summaries and spatial features of images of any size, saved with safetensors.
+
+File layout (one ``.safetensors`` file):
+
+* ``<image>/<output>/summary``  — ``(1, D)`` float32 summary vector;
+* ``<image>/<output>/features`` — ``(1, C, h, w)`` float32 spatial features (NCHW);
+
+where ``<image>`` is the file's stem (``_1``, ``_2``... appended when two inputs share a stem)
+and ``<output>`` is ``backbone`` or an adaptor name. The file's metadata holds, each as a
+JSON-encoded string: ``format``, ``version``, ``feature_fmt`` ("NCHW"), ``adaptors``,
+``outputs``, ``resolution`` (per image: the model input ``[height, width]``), ``images``
+(per image: the source path), ``requested_resolution``, ``square``, ``vitdet_window``,
+``amp``. :func:`read_features` reads it back.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+HELP = "write summaries and spatial features of images (any size) to a safetensors file"
+EXAMPLES = """\
+  openradio features cat.jpg photos/ --version radio_v2.5-b --out feats.safetensors
+  openradio features photos/ --version radio_v2.5-b --adaptor clip --adaptor sam --resolution 512 --out f.safetensors
+  openradio features photos/ --version radio_v2.5-l --vitdet-window 16 --resolution 1024 --amp --out f.safetensors
+
+Images keep their aspect ratio: the shorter side becomes --resolution and each side is rounded
+to the model's resolution step (--square: resize and centre-crop to R x R instead). Read it back:
+  from safetensors import safe_open
+  with safe_open("feats.safetensors", "pt") as f:
+      feats = f.get_tensor("cat/backbone/features")   # (1, C, h, w)
+      meta = {k: json.loads(v) for k, v in f.metadata().items()}"""
+
+FORMAT = "openradio.features/1"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from openradio.cli import add_model_arguments
+
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or directories of images")
+    add_model_arguments(p, adaptor=False)
+    p.add_argument("--adaptor", action="append", default=None, metavar="NAME",
+                   help="also store this teacher adaptor's outputs (e.g. clip, siglip, dino_v2, sam); "
+                        "repeat or comma-separate for several; the backbone's are always stored")
+    p.add_argument("--square", action="store_true", help="resize and centre-crop to R x R instead of keeping "
+                                                         "the aspect ratio")
+    p.add_argument("--batch-size", type=int, default=8, metavar="N",
+                   help="images per forward pass (images of the same input size are batched together)")
+    p.add_argument("--out", required=True, metavar="FILE.safetensors", help="output file")
+
+
+def parse_adaptors(values: Sequence[str] | None) -> list[str]:
+    """``--adaptor a --adaptor b,c`` -> ['a', 'b', 'c'] (order kept, duplicates dropped)."""
+    out: list[str] = []
+    for v in values or []:
+        for name in v.split(","):
+            name = name.strip()
+            if name and name not in out:
+                out.append(name)
+    return out
+
+
+def unique_stems(paths: Sequence[Path]) -> list[str]:
+    """File stems, made unique with ``_1``, ``_2``... ('/' cannot occur in a stem, so keys stay
+    ``stem/output/kind``)."""
+    taken: set[str] = set()
+    out = []
+    for p in paths:
+        stem = p.stem or p.name or "image"
+        name, k = stem, 0
+        while name in taken:
+            k += 1
+            name = f"{stem}_{k}"
+        taken.add(name)
+        out.append(name)
+    return out
+
+
+def read_features(path: str | os.PathLike) -> tuple[dict[str, dict[str, dict[str, "object"]]], dict]:
+    """Read a file written by ``openradio features``: ``({image: {output: {'summary', 'features'}}}, metadata)``."""
+    from safetensors import safe_open
+
+    nested: dict = {}
+    with safe_open(str(path), framework="pt") as f:
+        meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+        for key in f.keys():
+            image, output, kind = key.rsplit("/", 2)
+            nested.setdefault(image, {}).setdefault(output, {})[kind] = f.get_tensor(key)
+    return nested, meta
+
+
+def _autocast(device, amp: bool):
+    import contextlib
+
+    import torch
+
+    if not amp:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def _check_out(out: Path) -> None:
+    from openradio.cli import CLIError
+
+    if out.is_dir():
+        raise CLIError(f"--out {out} is a directory; give a file name such as {out / 'features.safetensors'}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from safetensors.torch import save_file
+    from tqdm.auto import tqdm
+
+    import openradio
+    from openradio.cli import CLIError, pick_device
+    from openradio.commands.viz import expand_images
+    from openradio.imageio import load_image
+    from openradio.viz.features import default_resolution, prepare_input, supported_resolution
+
+    if args.batch_size < 1:
+        raise CLIError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.resolution is not None and args.resolution < 1:
+        raise CLIError(f"--resolution must be a positive number of pixels, got {args.resolution}")
+    adaptors = parse_adaptors(args.adaptor)
+    if "backbone" in adaptors:
+        raise CLIError("'backbone' is always stored; --adaptor takes teacher adaptor names (e.g. clip, sam)")
+    out = Path(args.out)
+    _check_out(out)
+    images = expand_images(args.images)
+    # decode every image before any model work, so a bad file fails fast and names itself
+    for path in tqdm(images, desc="checking images", unit="image", disable=len(images) < 16):
+        load_image(path)
+    stems = unique_stems(images)
+    device = pick_device(args.device)
+
+    model = openradio.radio_model(args.version, adaptor_names=adaptors or None,
+                                  vitdet_window_size=args.vitdet_window)
+    model = model.to(device).eval()
+    res = supported_resolution(model, args.resolution or default_resolution(model))
+    output_names = ["backbone", *adaptors]
+
+    tensors: dict[str, torch.Tensor] = {}
+    input_sizes: dict[str, list[int]] = {}
+    # images of different sizes give different input shapes; batch those that share one
+    pending: dict[tuple[int, int], list[tuple[str, torch.Tensor]]] = {}
+
+    def flush(shape: tuple[int, int]) -> None:
+        items = pending.pop(shape, [])
+        if not items:
+            return
+        x = torch.stack([t for _, t in items]).to(device)
+        with torch.inference_mode(), _autocast(device, args.amp):
+            y = model(x, feature_fmt="NCHW")
+        outs = y if isinstance(y, dict) else {"backbone": y}
+        for i, (stem, _) in enumerate(items):
+            for name in output_names:
+                o = outs[name]
+                tensors[f"{stem}/{name}/summary"] = o.summary[i:i + 1].float().cpu().contiguous()
+                tensors[f"{stem}/{name}/features"] = o.features[i:i + 1].float().cpu().contiguous()
+        bar.update(len(items))
+
+    bar = tqdm(total=len(images), desc="features", unit="image")
+    try:
+        for path, stem in zip(images, stems):
+            x = prepare_input(load_image(path), model, res, square=args.square)
+            shape = (int(x.shape[-2]), int(x.shape[-1]))
+            input_sizes[stem] = list(shape)
+            pending.setdefault(shape, []).append((stem, x))
+            if len(pending[shape]) >= args.batch_size:
+                flush(shape)
+        for shape in list(pending):
+            flush(shape)
+    finally:
+        bar.close()
+
+    metadata = {
+        "format": FORMAT,
+        "version": getattr(model, "version", None) or args.version,
+        "feature_fmt": "NCHW",
+        "adaptors": adaptors,
+        "outputs": output_names,
+        "resolution": input_sizes,
+        "images": {s: str(p) for s, p in zip(stems, images)},
+        "requested_resolution": res,
+        "square": bool(args.square),
+        "vitdet_window": args.vitdet_window,
+        "amp": bool(args.amp),
+    }
+    tmp = out.with_name(out.name + ".partial")
+    save_file(tensors, str(tmp), metadata={k: json.dumps(v) for k, v in metadata.items()})
+    os.replace(tmp, out)  # never leave a half-written file under the final name
+    shapes = {name: tuple(tensors[f"{stems[0]}/{name}/features"].shape[1:2]) for name in output_names}
+    print(f"wrote {len(images)} image(s) x {len(output_names)} output(s) to {out} "
+          f"(channels: {', '.join(f'{n} {c[0]}' for n, c in shapes.items())})")
+    return 0
