@@ -92,6 +92,7 @@ def test_bench_model_rows_ratios_and_window_restored(tiny_model):
     rows = bench_model(tiny_model, [64, 100], batch_size=2, baseline="global", vitdet_window=2, iters=2, warmup=1,
                        rounds=2, progress=False)
     assert tiny_model.window_size is None  # ViTDet was switched on only while measuring
+    assert all(r["timed_calls"] == 4 and r["stat"] == "median" for r in rows)  # 2 rounds x 2 iters
     # 100 is not a multiple of the ViTDet step (patch 16 x window 2): it is rounded
     step = tiny_model.patch_size * 2
     assert [(r["height"], r["width"]) for r in rows] == [(64, 64), (round(100 / step) * step,) * 2]
@@ -112,5 +113,11 @@ def test_bench_model_without_baseline_and_errors(tiny_model):
         bench_model(tiny_model, [64], baseline="global", progress=False)
     with pytest.raises(ValueError, match="baseline"):
         bench_model(tiny_model, [64], baseline="onnx", progress=False)
+    best = bench_model(tiny_model, [32], batch_size=1, baseline="timm", iters=3, warmup=0, stat="min",
+                       progress=False)[0]
+    assert best["stat"] == "min" and best["speed_ratio"] == pytest.approx(
+        best["baseline_latency_ms"] / best["latency_ms"])
+    with pytest.raises(ValueError, match="stat"):
+        bench_model(tiny_model, [32], stat="mean", progress=False)
     with pytest.raises(ValueError, match="resolution"):
         bench_model(tiny_model, [], progress=False)

@@ -17,7 +17,8 @@ checkpoint (learned position embedding, one class token, no CPE, no registers); 
 same model with global attention (default when --vitdet-window is given); 'none'.
 'speed ratio' = model images/s / baseline images/s (>1: the model is faster); 'time ratio' is
 its inverse. Absolute numbers depend on the machine and its load: compare the ratios.
-Timings are medians over --iters calls after --warmup untimed ones (CUDA synchronised)."""
+Timings are medians (--stat min: minima) over --iters x --rounds calls after --warmup untimed
+ones (CUDA synchronised)."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -35,6 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=2, metavar="N", help="untimed forward passes first")
     p.add_argument("--rounds", type=int, default=1, metavar="N",
                    help="alternate model and baseline N times (evens out load changes on shared machines)")
+    p.add_argument("--stat", choices=["median", "min"], default="median",
+                   help="per-call time to report: median (typical) or min (least disturbed by other load)")
     p.add_argument("--out", default=None, metavar="FILE.csv", help="also write the rows as CSV")
 
 
@@ -76,10 +79,11 @@ def run(args: argparse.Namespace) -> int:
     model = model.to(device).eval()
     rows = bench_model(model, resolutions, batch_size=args.batch_size, baseline=baseline,
                        vitdet_window=args.vitdet_window, iters=args.iters, warmup=args.warmup, device=device,
-                       amp=args.amp, rounds=args.rounds)
+                       amp=args.amp, rounds=args.rounds, stat=args.stat)
     name = getattr(model, "version", None) or args.version
-    print(f"{name} on {device}{' (bf16 autocast)' if args.amp else ''}: median of {args.iters * args.rounds} "
-          f"timed passes after {args.warmup} warm-up; speed ratio = img/s / baseline img/s")
+    amp = " (bf16 autocast)" if args.amp else ""
+    print(f"{name} on {device}{amp}: {args.stat} of {args.iters * args.rounds} timed passes after "
+          f"{args.warmup} warm-up; speed ratio = img/s / baseline img/s")
     print(format_table(rows))
     if args.out:
         print(f"wrote {write_csv(rows, args.out)}")

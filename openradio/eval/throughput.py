@@ -6,8 +6,11 @@ resolution and batch size*: the same model with global attention (to see what Vi
 buy), or a plain timm ViT of the same width and depth (to see what RADIO's CPE position
 embedding and extra prefix tokens cost). The ratio is the number to read.
 
-Timings use medians over the timed calls: on a shared machine a single slow call (another
-process taking the cores) shifts a mean a lot and a median hardly at all.
+Timings use medians over the timed calls by default: on a shared machine a single slow call
+(another process taking the cores) shifts a mean a lot and a median hardly at all. When the
+machine is busy throughout, the minimum (``stat='min'``) is the better estimate of what the
+code itself costs, and model and baseline can be alternated in several rounds so that changes
+in load hit both alike.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from torch import nn
 __all__ = ["measure_throughput", "bench_model", "make_timm_baseline", "BASELINES", "format_table"]
 
 BASELINES = ("timm", "global", "none")
+STATS = {"median": statistics.median, "min": min}
 
 
 def _sync(device: torch.device) -> None:
@@ -134,7 +138,7 @@ def make_timm_baseline(model: nn.Module, height: int, width: int) -> nn.Module:
 def bench_model(model: nn.Module, resolutions: Sequence[int], *, batch_size: int = 8,
                 baseline: Optional[str] = "timm", vitdet_window: Optional[int] = None, iters: int = 10,
                 warmup: int = 2, device: torch.device | str | None = None, amp: bool = False,
-                rounds: int = 1, progress: bool = True) -> list[dict]:
+                rounds: int = 1, stat: str = "median", progress: bool = True) -> list[dict]:
     """Throughput of an already-loaded RADIO model at square ``resolutions``, with a baseline per row.
 
     ``vitdet_window``: run the model in ViTDet mode with W x W-patch windows (the model's own
@@ -142,7 +146,9 @@ def bench_model(model: nn.Module, resolutions: Sequence[int], *, batch_size: int
     ``baseline``: ``'timm'`` (plain timm ViT of the same config, see :func:`make_timm_baseline`),
     ``'global'`` (the same model with global attention; needs a ViTDet window) or
     ``'none'``/``None``. ``rounds``: alternate model and baseline this many times, ``iters``
-    timed calls each time (medians are over all rounds). Resolutions are rounded to sizes the
+    timed calls each time. ``stat``: how the timed calls (of all rounds) become one latency:
+    ``'median'`` (typical call) or ``'min'`` (best call: the least disturbed by other processes,
+    the better choice for ratios on a busy shared machine). Resolutions are rounded to sizes the
     model accepts (``get_nearest_supported_resolution``); inputs are random images on the
     model's device.
 
@@ -156,6 +162,9 @@ def bench_model(model: nn.Module, resolutions: Sequence[int], *, batch_size: int
     baseline = baseline or "none"
     if baseline not in BASELINES:
         raise ValueError(f"baseline must be one of {', '.join(BASELINES)}, got {baseline!r}")
+    if stat not in STATS:
+        raise ValueError(f"stat must be one of {', '.join(STATS)}, got {stat!r}")
+    reduce = STATS[stat]
     if rounds < 1:
         raise ValueError(f"rounds must be at least 1, got {rounds}")
     if batch_size < 1:
@@ -224,11 +233,12 @@ def bench_model(model: nn.Module, resolutions: Sequence[int], *, batch_size: int
                                            device=device)
                     b_times += b["times_s"]
                     bar.update(1)
-            m_lat = statistics.median(m_times)
+            m_lat = reduce(m_times)
             row = {"resolution": int(r), "height": h, "width": w, "batch_size": batch_size, "mode": mode,
+                   "stat": stat, "timed_calls": len(m_times),
                    "images_per_s": batch_size / m_lat, "latency_ms": 1000.0 * m_lat}
             if base_fn is not None:
-                b_lat = statistics.median(b_times)
+                b_lat = reduce(b_times)
                 row.update(baseline=baseline, baseline_images_per_s=batch_size / b_lat,
                            baseline_latency_ms=1000.0 * b_lat, speed_ratio=b_lat / m_lat)
             rows.append(row)
