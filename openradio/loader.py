@@ -45,7 +45,7 @@ def download_checkpoint(version: str | Version, progress: bool = True, force: bo
 
 def radio_model(version: str = "", progress: bool = True, adaptor_names: Optional[Sequence[str] | str] = None,
                 vitdet_window_size: Optional[int] = None, return_checkpoint: bool = False,
-                text_towers: bool = False, **kwargs) -> RADIOModel:
+                text_towers: bool | str = "lazy", **kwargs) -> RADIOModel:
     """Load a RADIO model (eval mode).
 
     Args:
@@ -54,8 +54,9 @@ def radio_model(version: str = "", progress: bool = True, adaptor_names: Optiona
         adaptor_names: teacher adaptors to attach (e.g. ['clip', 'sam']); their outputs come back
             in a dict next to 'backbone'.
         vitdet_window_size: run in ViTDet mode with this window side (in patches).
-        text_towers: also load the open_clip text towers of 'clip'/'siglip' adaptors (downloads
-            the teacher's weights), giving ``adaptor.tokenizer`` and ``adaptor.encode_text``.
+        text_towers: give open_clip-type adaptors ('clip', 'siglip') ``adaptor.tokenizer`` and
+            ``adaptor.encode_text`` (the teacher's text tower through open_clip). 'lazy' (default):
+            nothing is downloaded until the first call; True: load now; False: none.
         return_checkpoint: also return the raw checkpoint dict.
     """
     from openradio.versions import DEFAULT_VERSION
@@ -89,9 +90,9 @@ def radio_model(version: str = "", progress: bool = True, adaptor_names: Optiona
         vitdet_num_global=info.vitdet_num_global if info else None,
     )
     model.version = info.name if info else str(path)
-    if text_towers:
+    if text_towers and adaptor_names:
         from openradio.text import attach_text_towers
-        attach_text_towers(model)
+        attach_text_towers(model, lazy=text_towers == "lazy")
     if return_checkpoint:
         return model, chk
     return model

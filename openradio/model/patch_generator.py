@@ -60,6 +60,7 @@ class ViTPatchGenerator(nn.Module):
         self.embed_dim = embed_dim
         self.grid_size = grid_size  # R: the position grid is R x R
         self.pos_dropout = pos_dropout
+        self.random_crop = True  # training-mode random crop of the grid (off: eval resampling)
         self.num_video_frames: int | None = None
         # Linear on (c, dy, dx)-ordered patch vectors: equal to a stride-p conv in value but
         # the official code multiplies this way, and only this order is bit-exact.
@@ -131,6 +132,12 @@ class ViTPatchGenerator(nn.Module):
             raise ValueError(f"video mode with {t} frames needs a batch that is a multiple of {t}, got {batch}")
         n = batch // t
         dev = self.pos_embed.device
+        if not self.random_crop:
+            pe = self.eval_position_encoding(h, w).expand(n, -1, -1)
+            if self.pos_dropout > 0:
+                keep = (torch.rand(n, 1, 1, device=dev) >= self.pos_dropout).to(pe.dtype)
+                pe = pe * keep
+            return pe.repeat_interleave(t, dim=0) if t > 1 else pe
         pe = self._grid().float().expand(n, -1, -1, -1)
         scale = torch.empty(n, 1, device=dev).uniform_(math.sqrt(0.1), 1.0)
         aspect = torch.empty(n, 1, device=dev).uniform_(math.log(3 / 4), math.log(4 / 3)).exp()

@@ -1,0 +1,20 @@
+"""``openradio train``: a thin wrapper over ``python -m openradio.train`` (single process, or
+inside torchrun)."""
+from __future__ import annotations
+
+HELP = "distil a RADIO student from teachers with the v2.5 recipe (PHI-S, partitions, mosaic)"
+EXAMPLES = """\
+  openradio train configs/tiny.yaml data.path=./images --export tiny.pth.tar
+  openradio train configs/radio_v2.5-b.yaml data.path=/data/shards/shard-{000000..000999}.tar
+  torchrun --nproc-per-node 8 -m openradio.train configs/radio_v2.5-b.yaml data.path=/data/imgs
+"""
+
+
+def add_arguments(p) -> None:
+    from openradio.train import build_arg_parser
+    build_arg_parser(p)
+
+
+def run(args) -> int:
+    from openradio.train import run as run_train
+    return run_train(args)

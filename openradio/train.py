@@ -1,0 +1,57 @@
+"""``torchrun --nproc-per-node N -m openradio.train CONFIG [key=value ...]`` (also ``openradio train``).
+
+Under torchrun every process joins the process group from the environment (DDP; nccl on GPUs,
+gloo on CPUs). A restarted run (``torchrun --max-restarts``, or the same command again) resumes
+from the newest readable checkpoint in ``out_dir/checkpoints``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional
+
+
+def build_arg_parser(p: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
+    p = p or argparse.ArgumentParser(prog="python -m openradio.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", help="YAML recipe, e.g. configs/radio_v2.5-b.yaml or configs/tiny.yaml")
+    p.add_argument("overrides", nargs="*", metavar="key.path=value",
+                   help="config overrides, e.g. data.path=/data/imgs optim.lr=5e-4 stages.0.steps=1000")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this global step (resumable)")
+    p.add_argument("--export", default=None, metavar="FILE.pth.tar",
+                   help="at the end, write an official-format checkpoint that openradio.radio_model loads")
+    p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints in out_dir")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch.distributed as dist
+
+    from openradio.distill.config import load_config
+    from openradio.distill.trainer import Trainer
+
+    cfg = load_config(args.config, args.overrides)
+    if not cfg.data.path:
+        raise ValueError("no training data: set data.path=DIR (image folder, file list or shard pattern)")
+    trainer = Trainer(cfg)
+    try:
+        last = trainer.train(max_steps=args.max_steps, resume=not args.no_resume)
+        if args.export and trainer.step >= cfg.total_steps:
+            path = trainer.export(args.export)
+            if trainer.env.is_main:
+                print(f"exported {path}")
+        if trainer.env.is_main and last:
+            print(f"step {trainer.step}/{cfg.total_steps}  loss {last.get('loss', float('nan')):.4f}  "
+                  f"metrics: {trainer.logger.path}")
+    finally:
+        if trainer.env.initialized_here and dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    return run(build_arg_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
