@@ -169,6 +169,10 @@ class RandomResizedCropFlip:
             raise ValueError(f"ratio must be (min, max) aspect ratios with 0 < min <= max, got {ratio}")
         if interpolation not in _INTERPOLATIONS:
             raise ValueError(f"interpolation must be one of {_INTERPOLATIONS}, got {interpolation!r}")
+        # Import torchvision here, not at the first call: DataLoader workers are forked from this
+        # process, and a first import in every worker costs seconds each.
+        import torchvision.transforms.v2.functional  # noqa: F401
+
         self.size, self.scale, self.ratio = size, scale, ratio
         self.flip, self.interpolation = bool(flip), interpolation
 
@@ -586,7 +590,7 @@ class BatchStream:
 
     @property
     def epoch(self) -> int:
-        return self.sampler.epoch if self.sampler is not None else self.loader.epoch
+        return self.sampler.epoch if self.sampler is not None else self.loader.current_epoch
 
     def __iter__(self) -> "BatchStream":
         return self
