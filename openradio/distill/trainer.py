@@ -117,7 +117,13 @@ class Trainer:
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
 
-        self.teachers = teachers if teachers is not None else self._build_teachers()
+        if teachers is None:
+            # randomly initialised teachers (tests, demo) must be the same network on every rank
+            # and in every restart
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(cfg.seed)
+                teachers = self._build_teachers()
+        self.teachers = teachers
         self.args = self._student_args()
         head_dims = {t.name: (self.teachers[t.name].summary_dim, self.teachers[t.name].feature_dim)
                      for t in cfg.teachers}
@@ -133,6 +139,8 @@ class Trainer:
             self.ema = copy.deepcopy(self.student).eval()
             for p in self.ema.parameters():
                 p.requires_grad_(False)
+        self._template = copy.deepcopy(self.student) if (self.env.distributed and cfg.parallel == "fsdp"
+                                                         and self.ema is None) else None
         self.model = self._wrap(self.student)
         self.optimizer = self._optimizer()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_lambda)
@@ -393,7 +401,7 @@ class Trainer:
             return
         d = self.cfg.ema_decay
         for pe, p in zip(self.ema.parameters(), self.student.parameters()):
-            pe.lerp_(p.detach(), 1 - d)
+            pe.lerp_(_full(p.detach()), 1 - d)
         for be, b in zip(self.ema.buffers(), self.student.buffers()):
             be.copy_(b)
 
@@ -437,15 +445,50 @@ class Trainer:
             gathered = [{"rng": rng, "streams": self._streams_state()}]
         return {
             "step": self.step,
-            "model": self.student.state_dict(),
+            "model": self._model_state(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": self._optim_state(),
             "scheduler": self.scheduler.state_dict(),
             "phi_s": self.phi_s.state_dict(),
             "per_rank": gathered,
             "nonfinite": self.nonfinite,
             "world_size": self.env.world_size,
         }
+
+    @property
+    def _sharded(self) -> bool:
+        return self.env.distributed and self.cfg.parallel == "fsdp"
+
+    def _dcp_options(self):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions
+        return StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+    def _model_state(self) -> dict:
+        if self._sharded:
+            from torch.distributed.checkpoint.state_dict import get_model_state_dict
+            return get_model_state_dict(self.student, options=self._dcp_options())
+        return self.student.state_dict()
+
+    def _optim_state(self) -> dict:
+        if self._sharded:
+            from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+            return get_optimizer_state_dict(self.student, self.optimizer, options=self._dcp_options())
+        return self.optimizer.state_dict()
+
+    def _load_model_state(self, state: dict) -> None:
+        if self._sharded:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+            set_model_state_dict(self.student, state, options=StateDictOptions(full_state_dict=True))
+        else:
+            self.student.load_state_dict(state)
+
+    def _load_optim_state(self, state: dict) -> None:
+        if self._sharded:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+            set_optimizer_state_dict(self.student, self.optimizer, state,
+                                     options=StateDictOptions(full_state_dict=True))
+        else:
+            self.optimizer.load_state_dict(state)
 
     def _streams_state(self) -> dict:
         state = dict(self._stream_state)
@@ -455,10 +498,10 @@ class Trainer:
     def load_state_dict(self, state: dict) -> None:
         from openradio.distill.checkpointing import restore_rng_state
         self.step = int(state["step"])
-        self.student.load_state_dict(state["model"])
+        self._load_model_state(state["model"])
         if self.ema is not None and state.get("ema") is not None:
             self.ema.load_state_dict(state["ema"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self._load_optim_state(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.phi_s.load_state_dict(state["phi_s"])
         self.nonfinite = int(state.get("nonfinite", 0))
@@ -505,7 +548,11 @@ class Trainer:
         folded into its final Linear, so adaptors emit raw teacher features."""
         from openradio.checkpoint import save_checkpoint
         use_ema = self.cfg.export_ema if use_ema is None else use_ema
-        plain = export_state_dict(self.student, self.phi_s, self.cfg)
+        student = self.student
+        if self._sharded:  # gather the full weights into an unsharded copy
+            student = copy.deepcopy(self.ema if self.ema is not None else self._template)
+            student.load_state_dict(self._model_state())
+        plain = export_state_dict(student, self.phi_s, self.cfg)
         ema = export_state_dict(self.ema, self.phi_s, self.cfg) if (use_ema and self.ema is not None) else None
         if not self.env.is_main:
             return Path(path)
@@ -531,6 +578,11 @@ def merge_rank_metrics(local: dict, world_size: int) -> dict:
     out["peak_mem_mb"] = max(m["peak_mem_mb"] for m in gathered)
     out["skipped_images"] = sum(m["skipped_images"] for m in gathered)
     return out
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of a (possibly FSDP-sharded) parameter."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
 class _null:
