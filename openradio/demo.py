@@ -1,0 +1,705 @@
+"""``openradio demo``: distil, export, evaluate and report, end to end, on one machine.
+
+Offline (the default): the bundled sample photographs (:mod:`openradio.sample_data`) train a
+small student with the tiny v2.5 recipe (:data:`TINY_RECIPE_YAML`: four small, randomly
+initialised teachers of the real architectures, two partitions in one step, SAM mosaic, PHI-S,
+EMA). The student is exported in the official checkpoint format, loaded back with
+:func:`openradio.radio_model`, and evaluated on held-out photographs:
+
+* the mode-switching curve (student adaptor vs. the very teacher network it learned from,
+  across input resolutions), next to the same architecture before training;
+* PCA feature pictures at several resolutions (teacher, trained student, untrained student);
+* inference throughput against a plain timm ViT of the same size, measured in the same process;
+* the training curves.
+
+Online (``version='radio_v2.5-b'``): no training; the released model and its real DINOv2
+teacher (weights named in the checkpoint) go through the same evaluation.
+
+Everything lands in one folder: ``report.md``, ``report.html``, PNGs, CSVs, ``summary.json``
+and (offline) the exported ``model.pth.tar``.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import html
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+
+__all__ = ["TINY_RECIPE_YAML", "tiny_recipe", "DemoSettings", "run_demo"]
+
+# The tiny recipe, kept identical (as parsed YAML) to configs/tiny.yaml — a test checks that. It is
+# embedded here because configs/ is not part of an installed package.
+TINY_RECIPE_YAML = """\
+# A tiny CPU recipe with the v2.5 structure: four teachers of the real architectures (small,
+# randomly initialised), two partitions trained in the same step (low-res with SAM mosaic,
+# high-res), PHI-S, EMA. Runs in minutes on 2 CPU cores; used by tests and `openradio demo`.
+student:
+  model: vit_tiny_patch16_224
+  model_kwargs: {embed_dim: 96, depth: 4, num_heads: 3}
+  cpe_max_size: 512            # 32 x 32 position grid
+  register_multiple: 8
+  mlp_hidden_size: 128
+  mlp_num_inner: 1
+teachers:
+  - {name: clip, type: open_clip, model: ViT-H-14-378-quickgelu, tiny: true}
+  - {name: siglip, type: open_clip, model: ViT-SO400M-14-SigLIP-384, tiny: true}
+  - {name: dino_v2, type: dino_v2, model: dinov2_vitg14_reg, tiny: true}
+  - {name: sam, type: sam, model: samvit_huge_patch16, tiny: true, overrides: {img_size: 128},
+     summary_weight: 0.0}
+stages:
+  - steps: 60
+    partitions:
+      - {name: low, resolution: 64, batch_size: 4, mosaic: [sam]}   # 4 views on one 128 px SAM canvas
+      - {name: high, resolution: 128, batch_size: 2}
+optim: {lr: 2.0e-3, min_lr: 1.0e-5, warmup_steps: 10, weight_decay: 0.02, grad_clip: 1.0}
+phi_s: {enabled: true, update_every: 10, freeze_after: 40}
+data: {path: "", num_workers: 0}
+ema_decay: 0.9
+log_every: 5
+checkpoint_every: 30
+out_dir: runs/tiny
+"""
+
+
+def tiny_recipe() -> dict:
+    """The tiny recipe as a plain dict (a fresh copy each call)."""
+    import yaml
+
+    return yaml.safe_load(TINY_RECIPE_YAML)
+
+
+@dataclass
+class DemoSettings:
+    """What the demo measures. Defaults fit the ~5 minute budget on 2 CPU cores (offline)."""
+
+    # Training steps. The tiny recipe's 60 steps take ~15 s of CPU; 200 (same schedule shape,
+    # stretched) make the student's pictures clearly match its teachers' and keep the whole demo
+    # near 2 minutes on 2 cores. None: the recipe's own count.
+    steps: Optional[int] = 200
+    mode_switch_resolutions: Sequence[int] = tuple(range(64, 257, 16))
+    viz_resolutions: Sequence[int] = (64, 128, 256)
+    viz_images: int = 3
+    bench_resolutions: Sequence[int] = (128, 256, 512)
+    bench_batch_size: int = 8
+    bench_iters: int = 5
+    eval_batch_size: int = 8
+    # CPU threads for torch. The demo's tensors are tiny: with several OpenMP threads each op's
+    # barrier waits dominate, and on a shared machine one descheduled thread stalls every op
+    # (measured here: 0.3 s/step with 1 thread vs 1.3-8 s/step with 2). None keeps torch's setting.
+    cpu_threads: Optional[int] = 1
+
+    @classmethod
+    def for_release(cls) -> "DemoSettings":
+        """Settings for a released model: the real resolutions such models are used at."""
+        gpu = torch.cuda.is_available()
+        return cls(mode_switch_resolutions=tuple(range(256, 1025, 64 if gpu else 128)), cpu_threads=None,
+                   viz_resolutions=(256, 512, 1024), bench_resolutions=(224, 512, 1024),
+                   bench_batch_size=8 if gpu else 2, bench_iters=10 if gpu else 3,
+                   eval_batch_size=8 if gpu else 2)
+
+
+@dataclass
+class _Subject:
+    """What the common evaluation runs on."""
+
+    title: str
+    models: dict                        # label -> RADIOModel with adaptors (first = the main model)
+    checkpoint: Path                    # file the main model was loaded from (for the backbone-only bench)
+    teachers: dict                      # adaptor name -> Teacher network to compare with
+    train_metrics: Optional[Path] = None
+    notes: list = field(default_factory=list)
+    facts: list = field(default_factory=list)  # (key, value) rows for the report's header table
+
+
+def _log(progress: bool, msg: str) -> None:
+    if progress:
+        print(msg, flush=True)
+
+
+def _device(name: Optional[str]) -> torch.device:
+    if name:
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# -- offline: distil a student -----------------------------------------------------------------------
+def _prepare_train_dir(train_dir: Path) -> None:
+    """A fresh training folder: a previous demo run's folder is replaced, anything else is refused
+    (the trainer would otherwise resume from, and append to, what it finds there)."""
+    if not train_dir.exists():
+        return
+    entries = list(train_dir.iterdir())
+    if not entries:
+        return
+    if (train_dir / "config.yaml").is_file() or (train_dir / "metrics.csv").is_file():
+        shutil.rmtree(train_dir)
+        return
+    raise FileExistsError(f"{train_dir} exists and is not a previous demo's training folder; "
+                          "choose another --out directory or remove it")
+
+
+def _train_offline(out: Path, data_dir: Path, eval_images: list, settings: DemoSettings, device: torch.device,
+                   progress: bool, timings: dict) -> _Subject:
+    import openradio
+    from openradio.checkpoint import save_checkpoint
+    from openradio.distill.config import TrainConfig, from_dict, validate
+    from openradio.distill.trainer import Trainer, export_state_dict
+
+    recipe = tiny_recipe()
+    recipe_steps = sum(int(st["steps"]) for st in recipe["stages"])
+    recipe["data"]["path"] = str(data_dir)
+    train_dir = out / "train"
+    _prepare_train_dir(train_dir)
+    recipe["out_dir"] = str(train_dir)
+    recipe["log_every"] = 1          # a point per step for the training-curve plot
+    recipe["progress"] = progress
+    recipe["device"] = str(device) if device.type != "cpu" else "cpu"
+    if settings.steps is not None:
+        if settings.steps < 1:
+            raise ValueError(f"steps must be at least 1, got {settings.steps}")
+        recipe["stages"][0]["steps"] = int(settings.steps)
+        recipe["checkpoint_every"] = max(int(settings.steps), 1)  # one checkpoint, at the end
+    cfg = from_dict(TrainConfig, recipe)
+    validate(cfg)
+
+    t = time.perf_counter()
+    trainer = Trainer(cfg)
+    # the same architecture and initial weights, never trained: the baseline of every comparison
+    untrained = copy.deepcopy(trainer.student).eval()
+    timings["build teachers + student"] = time.perf_counter() - t
+    _log(progress, f"distilling a {cfg.student.model} student ({_count_params(trainer.student) / 1e6:.2f} M "
+                   f"parameters) from {len(cfg.teachers)} teachers for {cfg.total_steps} steps on {device}")
+    t = time.perf_counter()
+    last = trainer.train(resume=False)
+    timings["training"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    ckpt = trainer.export(out / "model.pth.tar")
+    # the untrained student through the same export (with the trained PHI-S inverse folded into its
+    # heads, so it at least sits at the teachers' feature means and scales): a fair "no training" line
+    base_ckpt = save_checkpoint(train_dir / "untrained.pth.tar", trainer.args,
+                                export_state_dict(untrained, trainer.phi_s, cfg), epoch=0)
+    names = [t.name for t in cfg.teachers]
+    student = openradio.radio_model(str(ckpt), adaptor_names=names, progress=False).to(device).eval()
+    baseline = openradio.radio_model(str(base_ckpt), adaptor_names=names, progress=False).to(device).eval()
+    timings["export + reload"] = time.perf_counter() - t
+
+    teachers = {n: trainer.teachers[n].eval() for n in names
+                if getattr(trainer.teachers[n], "multi_resolution", False)}
+    n_train = len([p for p in data_dir.iterdir() if p.is_file()])
+    facts = [
+        ("mode", "offline: distillation from small random teachers"),
+        ("student", f"{cfg.student.model} {cfg.student.model_kwargs}, {_count_params(trainer.student) / 1e6:.2f} M parameters"),
+        ("teachers", ", ".join(f"{t.name} ({t.type}: {t.model}, tiny random, "
+                               f"{_count_params(trainer.teachers[t.name]) / 1e6:.2f} M)" for t in cfg.teachers)),
+        ("partitions", "; ".join(f"{p.name}: {p.resolution} px x {p.batch_size}"
+                                 + (f", mosaic {p.mosaic}" if p.mosaic else "") for p in cfg.stages[0].partitions)),
+        ("steps", f"{trainer.step}" + (f" (the tiny recipe's schedule, {recipe_steps} steps in configs/tiny.yaml, "
+                                        "stretched to this length)" if trainer.step != recipe_steps else "")),
+        ("training images", f"{n_train} sample photographs ({data_dir.name}/)"),
+        ("evaluation images", f"{len(eval_images)} held-out photographs: " + ", ".join(p.stem for p in eval_images)),
+        ("final loss", f"{last.get('loss', float('nan')):.4f}"),
+        ("checkpoint", f"{ckpt.name} (official .pth.tar format, EMA weights, PHI-S folded into the heads)"),
+    ]
+    notes = [
+        "The teachers are small networks of the real architectures (open_clip CLIP ViT-H/14 and SigLIP "
+        "SO400M towers, timm DINOv2 and SAM ViT-H image encoders), randomly initialised: no weights are "
+        "downloaded. Their features are arbitrary but deterministic functions of the pixels, so the student "
+        "can be judged on how well it reproduces them, not on semantics.",
+        "'untrained' is the same architecture with the same initial weights before training, exported "
+        "the same way (with the trained PHI-S inverse folded into its heads).",
+    ]
+    return _Subject("openradio demo (offline distillation)", {"trained": student, "untrained": baseline}, ckpt,
+                    teachers, train_metrics=train_dir / "metrics.csv", notes=notes, facts=facts)
+
+
+def _count_params(m: torch.nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+# -- online: a released model ------------------------------------------------------------------------
+def _resolve_checkpoint(version: str, progress: bool) -> Path:
+    """The checkpoint file of a released name (downloaded once) or a local path; one-line errors."""
+    from openradio.loader import download_checkpoint
+    from openradio.versions import VERSIONS, get_version
+
+    if version in VERSIONS:
+        try:
+            return download_checkpoint(version, progress=progress)
+        except RuntimeError as e:
+            raise RuntimeError(f"cannot run the demo on {version}: {str(e).splitlines()[0]} "
+                               "(without a network, run `openradio demo` with no --version)") from None
+    if os.path.isfile(version):
+        return Path(version)
+    if any(sep in version for sep in ("/", os.sep)) or version.endswith((".pth", ".tar", ".pt")):
+        raise FileNotFoundError(f"checkpoint file not found: {version}")
+    get_version(version)  # raises with the list of known versions
+    raise AssertionError("unreachable")
+
+
+def _load_release(version: str, path: Path, device: torch.device, progress: bool, tiny_teacher: bool,
+                  timings: dict) -> _Subject:
+    import openradio
+    from openradio.commands.mode_switch import TEACHER_KEYS
+    from openradio.teachers import build_teacher
+    from openradio.versions import VERSIONS
+
+    t = time.perf_counter()
+    from openradio.checkpoint import load_checkpoint_file
+    from openradio.model.backbone import unique_names
+
+    available = unique_names(load_checkpoint_file(path)["args"])
+    # by name when released, so the model gets the version's resolution settings (the file is cached)
+    model = openradio.radio_model(version if version in VERSIONS else str(path), adaptor_names=available,
+                                  progress=False).to(device).eval()
+    timings["load model"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    teachers, confs = {}, {}
+    for name in ("dino_v2",):
+        if name not in model.adaptors:
+            continue
+        adaptor = model.adaptors[name]
+        conf = {k: v for k, v in dict(adaptor.teacher_conf).items() if k in TEACHER_KEYS}
+        conf.setdefault("name", name)
+        if tiny_teacher:  # a small random teacher of the same kind and width (dry runs, tests)
+            conf["tiny"] = True
+            conf["arch_overrides"] = {"embed_dim": int(adaptor.feat_mlp.output_dim)}
+        confs[name] = conf
+        try:
+            teachers[name] = build_teacher(conf).to(device).eval()
+        except (OSError, RuntimeError, ConnectionError) as e:
+            raise RuntimeError(f"cannot build the {name} teacher {conf.get('model')!r} with its pretrained weights "
+                               f"({str(e).splitlines()[0] if str(e) else type(e).__name__}); it needs a network "
+                               "connection the first time") from None
+    if not teachers:
+        raise ValueError(f"{version} has no dino_v2 adaptor to compare with a teacher; adaptors: {available}")
+    timings["build teacher"] = time.perf_counter() - t
+    label = VERSIONS[version].name if version in VERSIONS else Path(version).name
+    facts = [
+        ("mode", f"released model {label} (no training)"),
+        ("model", f"{getattr(model.args, 'model', '?')}, {_count_params(model) / 1e6:.1f} M parameters with adaptors"),
+        ("adaptors", ", ".join(available)),
+        ("teacher for the mode-switching curve", ", ".join(
+            f"{n}: {confs[n].get('model', '?')}{' (tiny random)' if tiny_teacher else ''}, "
+            f"{_count_params(t) / 1e6:.1f} M parameters" for n, t in teachers.items())),
+        ("checkpoint", str(path)),
+    ]
+    notes = ["The teacher is the network named in the checkpoint's arguments, with its released weights."]
+    if tiny_teacher:
+        notes.append("Dry run: the teacher is a small random network of the same kind (--tiny-teacher), so the "
+                     "curve says nothing about the model.")
+    return _Subject(f"openradio demo ({label})", {label: model}, path, teachers, notes=notes, facts=facts)
+
+
+# -- evaluation --------------------------------------------------------------------------------------
+def _mode_switch(subject: _Subject, images: list, settings: DemoSettings, device: torch.device, out: Path,
+                 progress: bool) -> tuple[dict, list[Path]]:
+    """{teacher: {model label: rows}}; writes mode_switch.csv and mode_switch.png."""
+    from openradio.eval.mode_switch import run_mode_switch
+
+    results: dict[str, dict[str, list]] = {}
+    for tname, teacher in subject.teachers.items():
+        results[tname] = {}
+        for label, model in subject.models.items():
+            step = int(getattr(model, "min_resolution_step", model.patch_size))
+            res = sorted({max(step, round(r / step) * step) for r in settings.mode_switch_resolutions})
+            results[tname][label] = run_mode_switch(model, teacher, tname, images, res,
+                                                    batch_size=settings.eval_batch_size, device=device,
+                                                    progress=progress)
+    csv_path = out / "mode_switch.csv"
+    with open(csv_path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["teacher", "model", "resolution", "mse", "cos_error", "fidelity", "pred_variance",
+                    "teacher_variance"])
+        for tname, per_model in results.items():
+            for label, rows in per_model.items():
+                for r in rows:
+                    w.writerow([tname, label, r.resolution, f"{r.mse:.8g}", f"{r.cos_error:.8g}",
+                                f"{r.fidelity:.8g}", f"{r.pred_variance:.8g}", f"{r.teacher_variance:.8g}"])
+    png = _plot_mode_switch(results, out / "mode_switch.png")
+    return results, [csv_path, png]
+
+
+def _figure(width_px: int, height_px: int, dpi: int = 100):
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
+
+    return Figure(figsize=(width_px / dpi, height_px / dpi), dpi=dpi)
+
+
+def _plot_mode_switch(results: dict, path: Path) -> Path:
+    """Two rows (MSE, 1 - cosine) x one column per teacher; one line per model, plus the MSE of
+    predicting each teacher channel's mean (the teacher's variance) for scale."""
+    n = len(results)
+    fig = _figure(520 * n + 80, 760)
+    for j, (tname, per_model) in enumerate(results.items()):
+        ax_mse = fig.add_subplot(2, n, j + 1)
+        ax_cos = fig.add_subplot(2, n, n + j + 1)
+        for k, (label, rows) in enumerate(per_model.items()):
+            xs = [r.resolution for r in rows]
+            style = dict(marker="o", markersize=3, linewidth=1.8, linestyle="-" if k == 0 else "--")
+            ax_mse.plot(xs, [r.mse for r in rows], label=label, **style)
+            ax_cos.plot(xs, [r.cos_error for r in rows], label=label, **style)
+        first = next(iter(per_model.values()))
+        ax_mse.plot([r.resolution for r in first], [r.teacher_variance for r in first], color="grey",
+                    linestyle=":", linewidth=1.2, label="predict the channel mean")
+        ax_mse.set_yscale("log")
+        ax_mse.set_title(f"{tname}: MSE to the teacher's features")
+        ax_cos.set_title(f"{tname}: 1 - cosine similarity")
+        for ax in (ax_mse, ax_cos):
+            ax.set_xlabel("input resolution (px)")
+            ax.grid(True, alpha=0.3, which="both")
+            ax.legend(fontsize=8)
+    fig.suptitle("Mode switching: student adaptor vs. teacher across input resolutions")
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    return path
+
+
+def _pictures(subject: _Subject, images: list, settings: DemoSettings, out: Path, progress: bool) -> list[Path]:
+    """One grid per image: columns = resolutions; rows = the model input, then per teacher the
+    teacher's features and each model's adaptor features, then the main model's backbone.
+
+    A teacher block is coloured with one PCA basis fitted on that teacher's maps at every
+    resolution, so a colour means the same feature in every panel of the block (teacher or
+    student, any resolution). The backbone row has its own basis, shared across resolutions.
+    """
+    from tqdm.auto import tqdm
+
+    from openradio.eval.mode_switch import align_teacher, teacher_resolution
+    from openradio.imageio import load_image
+    from openradio.viz.features import model_features, prepare_input, supported_resolution
+    from openradio.viz.pca import fit_pca_on_maps, pca_rgb
+    from openradio.viz.render import model_grid
+
+    main_label, main = next(iter(subject.models.items()))
+    panel = 128 if max(settings.viz_resolutions) <= 256 else 192
+    disp = (panel, panel)
+    written = []
+    chosen = images[: max(1, settings.viz_images)]
+    resolutions = list(dict.fromkeys(supported_resolution(main, r) for r in settings.viz_resolutions))
+    for path in tqdm(chosen, desc="PCA pictures", unit="image", disable=not progress):
+        image = load_image(path)
+        # square crops: the teacher's and the student's token grids then cover the same pixels
+        inputs = {r: prepare_input(image, main, r, square=True) for r in resolutions}
+        rows: list[tuple[str, list]] = [("input", [(r, inputs[r]) for r in resolutions])]
+        for tname, teacher in subject.teachers.items():
+            t_maps, s_maps = [], {label: [] for label in subject.models}
+            for r in resolutions:
+                t_res = teacher_resolution(r, int(main.patch_size), int(teacher.patch_size))
+                with torch.inference_mode():
+                    t_feat = teacher(inputs[r][None].to(teacher.pixel_mean.device),
+                                     resolution=t_res).features.float().cpu()
+                for label, model in subject.models.items():
+                    s_maps[label].append(model_features(model, inputs[r], adaptor=tname).cpu())
+                t_maps.append(align_teacher(t_feat, tuple(s_maps[main_label][-1].shape[-2:])))
+            stats = fit_pca_on_maps(t_maps)
+            rows.append((f"{tname} teacher", [(r, pca_rgb(m, disp, stats=stats)) for r, m in zip(resolutions, t_maps)]))
+            for label, maps in s_maps.items():
+                rows.append((f"{tname}: {label}", [(r, pca_rgb(m, disp, stats=stats)) for r, m in zip(resolutions, maps)]))
+        b_maps = [model_features(main, inputs[r]).cpu() for r in resolutions]
+        b_stats = fit_pca_on_maps(b_maps)
+        rows.append((f"backbone: {main_label}", [(r, pca_rgb(m, disp, stats=b_stats)) for r, m in zip(resolutions, b_maps)]))
+        grid = model_grid(None, rows, panel_height=panel, font_size=13)
+        written.append(grid.save(out / "pictures" / f"{path.stem}.png"))
+    return written
+
+
+def _throughput(subject: _Subject, settings: DemoSettings, device: torch.device, out: Path,
+                progress: bool) -> tuple[list[dict], Path]:
+    import openradio
+    from openradio.commands.bench import write_csv
+    from openradio.eval.throughput import bench_model
+
+    # backbone only: the timm baseline has no adaptor heads either
+    model = openradio.radio_model(str(subject.checkpoint), progress=False).to(device).eval()
+    rows = bench_model(model, list(settings.bench_resolutions), batch_size=settings.bench_batch_size,
+                       baseline="timm", iters=settings.bench_iters, warmup=1, device=device, progress=progress)
+    return rows, write_csv(rows, out / "throughput.csv")
+
+
+def _read_metrics(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _num(v: Any) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _plot_training(metrics: list[dict], path: Path) -> Path:
+    """One panel per partition (feature and summary losses per teacher) and one for the total loss."""
+    cols = [c for c in metrics[0] if c.count("/") == 2]
+    parts = list(dict.fromkeys(c.split("/")[0] for c in cols))
+    fig = _figure(460 * (len(parts) + 1), 420)
+    steps = [_num(m["step"]) for m in metrics]
+    colours = {}
+    for j, part in enumerate(parts):
+        ax = fig.add_subplot(1, len(parts) + 1, j + 1)
+        for c in cols:
+            p, teacher, kind = c.split("/")
+            if p != part:
+                continue
+            ys = [_num(m[c]) for m in metrics]
+            pts = [(s, y) for s, y in zip(steps, ys) if math.isfinite(y) and y > 0]
+            if not pts:
+                continue
+            colour = colours.setdefault(teacher, f"C{len(colours)}")
+            ax.plot(*zip(*pts), color=colour, linestyle="-" if kind == "features" else "--",
+                    linewidth=1.5, label=f"{teacher} {kind}")
+        ax.set_yscale("log")
+        ax.set_title(f"partition '{part}'")
+        ax.set_xlabel("step")
+        ax.grid(True, alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    ax = fig.add_subplot(1, len(parts) + 1, len(parts) + 1)
+    ax.plot(steps, [_num(m["loss"]) for m in metrics], color="black", linewidth=1.5)
+    ax.set_yscale("log")
+    ax.set_title("total loss")
+    ax.set_xlabel("step")
+    ax.grid(True, alpha=0.3, which="both")
+    fig.suptitle("Training: feature losses (solid; MSE to PHI-S-normalised targets) and summary losses (dashed)")
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    return path
+
+
+# -- report ------------------------------------------------------------------------------------------
+def _fmt(v: float, digits: int = 4) -> str:
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            return str(v)
+        return f"{v:.{digits}g}"
+    return str(v)
+
+
+def _mode_switch_table(results: dict) -> tuple[list[str], list[list[str]]]:
+    header = ["resolution"]
+    cols = []
+    for tname, per_model in results.items():
+        for label in per_model:
+            header.append(f"{tname} MSE ({label})")
+            cols.append((tname, label))
+        header.append(f"{tname} teacher variance")
+        cols.append((tname, None))
+    resolutions = sorted({r.resolution for pm in results.values() for rows in pm.values() for r in rows})
+    table = []
+    for res in resolutions:
+        line = [str(res)]
+        for tname, label in cols:
+            pm = results[tname]
+            rows = pm[label] if label is not None else next(iter(pm.values()))
+            match = [r for r in rows if r.resolution == res]
+            if not match:
+                line.append("")
+            else:
+                line.append(_fmt(match[0].teacher_variance if label is None else match[0].mse))
+        table.append(line)
+    return header, table
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
+    h = "".join(f"<th>{html.escape(c)}</th>" for c in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{h}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _write_report(out: Path, subject: _Subject, sections: list[tuple[str, list]], summary: dict) -> Path:
+    """``sections`` = [(title, [('p', text) | ('img', rel_path, caption) | ('table', header, rows)])]."""
+    md = [f"# {subject.title}", ""]
+    md += [_md_table(["", ""], [[k, v] for k, v in subject.facts]), ""]
+    md += [n + "\n" for n in subject.notes]
+    body = [f"<h1>{html.escape(subject.title)}</h1>",
+            _html_table(["", ""], [[k, v] for k, v in subject.facts])]
+    body += [f"<p>{html.escape(n)}</p>" for n in subject.notes]
+    for title, items in sections:
+        md += [f"## {title}", ""]
+        body.append(f"<h2>{html.escape(title)}</h2>")
+        for item in items:
+            if item[0] == "p":
+                md += [item[1], ""]
+                body.append(f"<p>{html.escape(item[1])}</p>")
+            elif item[0] == "img":
+                md += [f"![{item[2]}]({item[1]})", "", f"*{item[2]}*", ""]
+                body.append(f'<figure><img src="{html.escape(item[1])}" alt="{html.escape(item[2])}">'
+                            f"<figcaption>{html.escape(item[2])}</figcaption></figure>")
+            elif item[0] == "table":
+                md += [_md_table(item[1], item[2]), ""]
+                body.append(_html_table(item[1], item[2]))
+    style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
+             "table{border-collapse:collapse;margin:1em 0;font-size:90%}td,th{border:1px solid #ccc;padding:3px 8px;"
+             "text-align:left}th{background:#f3f3f3}img{max-width:100%;border:1px solid #eee}"
+             "figure{margin:1em 0}figcaption{color:#555;font-size:90%}")
+    (out / "report.html").write_text(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>" + html.escape(subject.title)
+        + f"</title><style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
+    report = out / "report.md"
+    report.write_text("\n".join(md) + "\n")
+    return report
+
+
+# -- entry point -------------------------------------------------------------------------------------
+def run_demo(out_dir: str | os.PathLike = "demo-report", steps: Optional[int] = None, version: Optional[str] = None,
+             device: Optional[str] = None, progress: bool = True, *, settings: Optional[DemoSettings] = None,
+             tiny_teacher: bool = False) -> Path:
+    """Run the demo and write its report folder; returns the path of ``report.md``.
+
+    ``version=None``: offline distillation on the bundled photographs (``steps`` overrides the
+    recipe's step count). ``version``: a released name or a local checkpoint, evaluated without
+    training (needs the network the first time for the weights). ``settings`` tunes what is
+    measured (resolutions, number of pictures, benchmark sizes); ``tiny_teacher`` replaces the
+    released teacher by a small random one of the same kind (dry runs of the online path).
+    """
+
+    start = time.perf_counter()
+    cpu_start = time.process_time()
+    if settings is None:
+        settings = DemoSettings() if version is None else DemoSettings.for_release()
+    else:
+        settings = copy.copy(settings)
+    if steps is not None:
+        if version is not None:
+            raise ValueError("--steps applies to the offline demo's training; a released --version is not trained")
+        settings.steps = steps
+    dev = _device(device)
+    threads = torch.get_num_threads()
+    if dev.type == "cpu" and settings.cpu_threads:
+        torch.set_num_threads(int(settings.cpu_threads))
+    try:
+        return _run(out_dir, version, dev, progress, settings, tiny_teacher, start, cpu_start)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(out_dir, version: Optional[str], dev: torch.device, progress: bool, settings: DemoSettings,
+         tiny_teacher: bool, start: float, cpu_start: float) -> Path:
+    from openradio.sample_data import write_sample_split
+
+    out = Path(out_dir)
+    timings: dict[str, float] = {}
+    # fail on what can be checked before writing anything
+    if version is None:
+        _prepare_train_dir(out / "train")
+    else:
+        t = time.perf_counter()
+        ckpt_path = _resolve_checkpoint(version, progress)
+        timings["download"] = time.perf_counter() - t
+    out.mkdir(parents=True, exist_ok=True)
+
+    t = time.perf_counter()
+    split = write_sample_split(out / "data")
+    timings["sample images"] = time.perf_counter() - t
+    _log(progress, f"sample photographs: {len(split.train)} for training in {split.train_dir}, "
+                   f"{len(split.eval)} held out in {split.eval_dir}")
+
+    if version is None:
+        subject = _train_offline(out, split.train_dir, split.eval, settings, dev, progress, timings)
+    else:
+        subject = _load_release(version, ckpt_path, dev, progress, tiny_teacher, timings)
+
+    images = list(split.eval)
+    sections: list[tuple[str, list]] = []
+    summary: dict[str, Any] = {"version": version, "device": str(dev), "steps": None}
+
+    if subject.train_metrics is not None:
+        t = time.perf_counter()
+        metrics = _read_metrics(subject.train_metrics)
+        shutil.copyfile(subject.train_metrics, out / "training_metrics.csv")
+        items: list = []
+        if metrics:
+            _plot_training(metrics, out / "training.png")
+            items.append(("img", "training.png", "Per-teacher losses during distillation (log scale)"))
+            last = metrics[-1]
+            loss_cols = [c for c in last if c.count("/") == 2]
+            first = metrics[0]
+            items.append(("table", ["loss", "first logged step", "last step"],
+                          [[c, _fmt(_num(first[c])), _fmt(_num(last[c]))] for c in loss_cols + ["loss"]]))
+            items.append(("p", "Feature losses are MSEs against PHI-S-normalised teacher features; the "
+                               "normaliser's statistics are re-estimated every few steps early on, which "
+                               "moves the targets' scale (visible as steps in the curves)."))
+            summary["steps"] = int(_num(last["step"]))
+            summary["final_loss"] = _num(last["loss"])
+            summary["first_loss"] = _num(first["loss"])
+        sections.append(("Training", items + [("p", "Full metrics: training_metrics.csv")]))
+        timings["training plot"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    ms_results, _ = _mode_switch(subject, images, settings, dev, out, progress)
+    timings["mode-switching curves"] = time.perf_counter() - t
+    header, rows = _mode_switch_table(ms_results)
+    ms_items = [("p", "Each adaptor's spatial features against the teacher network itself, on the held-out "
+                      "photographs, as the input resolution changes (the tech report's mode-switching plot). "
+                      "The teacher sees the same picture at the size that aligns its token grid with the "
+                      "student's. Lower is better; the dotted line is the error of predicting each teacher "
+                      "channel's mean."),
+                ("img", "mode_switch.png", "Mode-switching curves"),
+                ("table", header, rows),
+                ("p", "All values: mode_switch.csv")]
+    sections.append(("Mode switching", ms_items))
+    summary["mode_switch"] = {
+        tname: {label: {"mean_mse": sum(r.mse for r in rows_) / len(rows_),
+                        "mean_cos_error": sum(r.cos_error for r in rows_) / len(rows_)}
+                for label, rows_ in pm.items()} for tname, pm in ms_results.items()}
+
+    t = time.perf_counter()
+    pics = _pictures(subject, images, settings, out, progress)
+    timings["PCA pictures"] = time.perf_counter() - t
+    pic_items = [("p", "Spatial features coloured by robust PCA (first three components as RGB), on held-out "
+                       "photographs centre-cropped to each resolution (top row: what the model sees). Each teacher "
+                       "block (the teacher, then the students' adaptors) is coloured with one PCA basis fitted on "
+                       "the teacher's maps, so matching colours mean matching features; the backbone row has its "
+                       "own basis.")]
+    pic_items += [("img", p.relative_to(out).as_posix(), f"{p.stem}: rows = feature source, "
+                   f"columns = input resolution") for p in pics]
+    sections.append(("Feature pictures", pic_items))
+
+    t = time.perf_counter()
+    bench_rows, _ = _throughput(subject, settings, dev, out, progress)
+    timings["throughput"] = time.perf_counter() - t
+    sections.append(("Throughput", [
+        ("p", f"Backbone forward passes on {dev} (batch {settings.bench_batch_size}, median of "
+              f"{settings.bench_iters} timed calls), against a plain timm ViT of the same width and depth "
+              "(learned position embedding, one class token, no registers, no CPE) timed in the same process. "
+              "Absolute numbers depend on the machine and its load; the ratio is the number to read."),
+        ("table", ["input", "images/s", "latency ms", "timm baseline images/s", "speed ratio"],
+         [[f"{r['height']}x{r['width']}", _fmt(r["images_per_s"]), _fmt(r["latency_ms"]),
+           _fmt(r.get("baseline_images_per_s", float("nan"))), _fmt(r.get("speed_ratio", float("nan")))]
+          for r in bench_rows]),
+        ("p", "All values: throughput.csv")]))
+    summary["throughput"] = [{k: v for k, v in r.items() if isinstance(v, (int, float, str))} for r in bench_rows]
+
+    timings["total"] = time.perf_counter() - start
+    sections.append(("Timings", [("table", ["phase", "seconds"],
+                                  [[k, f"{v:.1f}"] for k, v in timings.items()])]))
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*")
+                   if p.is_file() and not p.relative_to(out).parts[0] in ("data", "train"))
+    sections.append(("Files", [("p", ", ".join(files + ["data/ (sample photographs)"]
+                                               + (["train/ (training run)"] if subject.train_metrics else [])))]))
+    summary["timings_s"] = timings
+    summary["cpu_time_s"] = time.process_time() - cpu_start
+    summary["checkpoint"] = str(subject.checkpoint)
+    report = _write_report(out, subject, sections, summary)
+    print(f"report: {report.resolve()} (and {(out / 'report.html').resolve()})")
+    print(f"total wall time: {timings['total']:.1f} s (this process's CPU time: {summary['cpu_time_s']:.1f} s)")
+    return report
