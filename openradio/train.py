@@ -50,7 +50,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    return run(build_arg_parser().parse_args(argv))
+    parser = build_arg_parser()
+    args, extra = parser.parse_known_args(argv)
+    bad = [e for e in extra if "=" not in e or e.startswith("-")]
+    if bad:
+        parser.error(f"unrecognized arguments: {' '.join(bad)}")
+    args.overrides = list(args.overrides) + extra  # overrides may also follow options
+    return run(args)
 
 
 if __name__ == "__main__":
