@@ -49,9 +49,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--resolutions", default="256,512,768", help="comma-separated square input sizes")
     p.add_argument("--vitdet-window", type=int, default=8, help="ViTDet window side in patches (0: skip ViTDet)")
     p.add_argument("--batch-size", type=int, default=2)
-    p.add_argument("--iters", type=int, default=3, help="timed passes per measurement and round")
+    p.add_argument("--iters", type=int, default=9, help="timed model/baseline call pairs per cell")
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=3, help="alternate model and baseline this many times")
     p.add_argument("--stat", choices=["min", "median"], default="min",
                    help="per-call time: min (default; least disturbed by other processes) or median")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
@@ -77,7 +76,7 @@ def main(argv=None) -> int:
     resolutions = [int(r) for r in args.resolutions.split(",") if r.strip()]
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     common = dict(batch_size=args.batch_size, iters=args.iters, warmup=args.warmup, device=device, amp=args.amp,
-                  rounds=args.rounds, stat=args.stat, progress=False)
+                  stat=args.stat, progress=False)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         model, label = load_model(args, tmp)
@@ -87,7 +86,7 @@ def main(argv=None) -> int:
         f"{os.cpu_count()} cores visible)"
     print(f"model: {label}")
     print(f"device: {where}; torch {torch.__version__}; batch {args.batch_size}; "
-          f"{args.stat} of {args.iters * args.rounds} passes per cell{'; bf16 autocast' if args.amp else ''}")
+          f"latency: {args.stat} of {args.iters} passes; ratio: median of {args.iters} alternating call pairs{'; bf16 autocast' if args.amp else ''}")
     print(f"prefix tokens: RADIO {model.num_summary_tokens} (class tokens + registers), plain timm ViT 1\n")
 
     print("1) RADIOModel vs plain timm ViT of the same config (speed ratio < 1: RADIO is slower)")

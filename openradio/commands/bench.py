@@ -15,10 +15,10 @@ EXAMPLES = """\
 baselines (--baseline): 'timm' = a plain timm ViT with the same name and model_kwargs as the
 checkpoint (learned position embedding, one class token, no CPE, no registers); 'global' = the
 same model with global attention (default when --vitdet-window is given); 'none'.
-'speed ratio' = model images/s / baseline images/s (>1: the model is faster); 'time ratio' is
-its inverse. Absolute numbers depend on the machine and its load: compare the ratios.
-Timings are medians (--stat min: minima) over --iters x --rounds calls after --warmup untimed
-ones (CUDA synchronised)."""
+Model and baseline calls alternate on the same input; 'speed ratio' is the median over those
+call pairs of baseline time / model time (>1: the model is faster), 'time ratio' its inverse.
+Absolute numbers depend on the machine and its load: compare the ratios. Latencies are medians
+(--stat min: minima) of --iters calls after --warmup untimed ones (CUDA synchronised)."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -34,8 +34,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="what to compare with (default: global with --vitdet-window, else timm)")
     p.add_argument("--iters", type=int, default=10, metavar="N", help="timed forward passes per measurement")
     p.add_argument("--warmup", type=int, default=2, metavar="N", help="untimed forward passes first")
-    p.add_argument("--rounds", type=int, default=1, metavar="N",
-                   help="alternate model and baseline N times (evens out load changes on shared machines)")
     p.add_argument("--stat", choices=["median", "min"], default="median",
                    help="per-call time to report: median (typical) or min (least disturbed by other load)")
     p.add_argument("--out", default=None, metavar="FILE.csv", help="also write the rows as CSV")
@@ -63,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     from openradio.eval.throughput import bench_model, format_table
 
     resolutions = parse_resolutions(args.resolutions)
-    for flag in ("batch_size", "iters", "rounds"):
+    for flag in ("batch_size", "iters"):
         if getattr(args, flag) < 1:
             raise CLIError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
     if args.warmup < 0:
@@ -79,11 +77,11 @@ def run(args: argparse.Namespace) -> int:
     model = model.to(device).eval()
     rows = bench_model(model, resolutions, batch_size=args.batch_size, baseline=baseline,
                        vitdet_window=args.vitdet_window, iters=args.iters, warmup=args.warmup, device=device,
-                       amp=args.amp, rounds=args.rounds, stat=args.stat)
+                       amp=args.amp, stat=args.stat)
     name = getattr(model, "version", None) or args.version
     amp = " (bf16 autocast)" if args.amp else ""
-    print(f"{name} on {device}{amp}: {args.stat} of {args.iters * args.rounds} timed passes after "
-          f"{args.warmup} warm-up; speed ratio = img/s / baseline img/s")
+    print(f"{name} on {device}{amp}: {args.stat} of {args.iters} timed passes after "
+          f"{args.warmup} warm-up; speed ratio = median of per-pair baseline time / model time")
     print(format_table(rows))
     if args.out:
         print(f"wrote {write_csv(rows, args.out)}")

@@ -6,11 +6,12 @@ resolution and batch size*: the same model with global attention (to see what Vi
 buy), or a plain timm ViT of the same width and depth (to see what RADIO's CPE position
 embedding and extra prefix tokens cost). The ratio is the number to read.
 
-Timings use medians over the timed calls by default: on a shared machine a single slow call
-(another process taking the cores) shifts a mean a lot and a median hardly at all. When the
-machine is busy throughout, the minimum (``stat='min'``) is the better estimate of what the
-code itself costs, and model and baseline can be alternated in several rounds so that changes
-in load hit both alike.
+Each timed call is measured on its own. When a model is compared with a baseline, the two are
+called alternately (model, baseline, baseline, model, ...) on the same input, and the ratio is
+the median of the per-pair time ratios: on a shared machine the load changes from second to
+second, and two calls made next to each other see nearly the same load, so their ratio is far
+steadier than the ratio of two separately measured throughputs. Latencies are medians of the
+calls by default (``stat='min'``: the least disturbed call).
 """
 from __future__ import annotations
 
@@ -23,10 +24,14 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 import torch
 from torch import nn
 
-__all__ = ["measure_throughput", "bench_model", "make_timm_baseline", "BASELINES", "format_table"]
+__all__ = ["measure_throughput", "measure_pair", "bench_model", "make_timm_baseline", "BASELINES", "format_table"]
 
 BASELINES = ("timm", "global", "none")
 STATS = {"median": statistics.median, "min": min}
+
+
+# the timer; a module attribute so that tests can substitute a deterministic clock
+_clock = time.perf_counter
 
 
 def _sync(device: torch.device) -> None:
@@ -72,17 +77,23 @@ def measure_throughput(fn: Callable[[Any], Any], make_input: Callable[[], Any], 
         _sync(device)
         times = []
         for _ in range(iters):
-            t0 = time.perf_counter()
-            fn(x)
-            _sync(device)
-            times.append(time.perf_counter() - t0)
+            times.append(_timed_call(fn, x, device))
             calls += 1
+    return _summary(times, batch_size, iters=iters, warmup=warmup, calls=calls)
+
+
+def _timed_call(fn: Callable[[Any], Any], x: Any, device: torch.device) -> float:
+    t0 = _clock()
+    fn(x)
+    _sync(device)
+    return _clock() - t0
+
+
+def _summary(times: list[float], batch_size: int, **extra) -> dict:
     median = statistics.median(times)
     return {
-        "iters": iters,
-        "warmup": warmup,
+        **extra,
         "batch_size": batch_size,
-        "calls": calls,
         "total_s": sum(times),
         "latency_ms": 1000.0 * median,
         "latency_ms_mean": 1000.0 * statistics.fmean(times),
@@ -90,6 +101,50 @@ def measure_throughput(fn: Callable[[Any], Any], make_input: Callable[[], Any], 
         "latency_ms_max": 1000.0 * max(times),
         "images_per_s": batch_size / median if median > 0 else math.inf,
         "times_s": times,
+    }
+
+
+def measure_pair(fn: Callable[[Any], Any], baseline_fn: Callable[[Any], Any], make_input: Callable[[], Any],
+                 iters: int = 10, warmup: int = 2, device: torch.device | str | None = None,
+                 batch_size: Optional[int] = None) -> dict:
+    """Time ``fn`` against ``baseline_fn`` on one input, alternating the calls.
+
+    Each iteration times one call of each, in alternating order (model first, then baseline
+    first) so that neither always runs on the caches the other warmed. ``warmup`` untimed calls
+    of each come first; ``make_input`` is called once.
+
+    Returns ``{'model': ..., 'baseline': ...}`` (each shaped like :func:`measure_throughput`'s
+    result), ``'pair_ratios'`` (baseline time / model time per iteration) and
+    ``'speed_ratio'`` (their median: >1 means ``fn`` is faster).
+    """
+    if iters < 1:
+        raise ValueError(f"iters must be at least 1, got {iters}")
+    if warmup < 0:
+        raise ValueError(f"warmup must be >= 0, got {warmup}")
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    x = make_input()
+    if batch_size is None:
+        batch_size = _batch_size_of(x) or 1
+    with torch.inference_mode():
+        for _ in range(warmup):
+            fn(x)
+            baseline_fn(x)
+        _sync(device)
+        m_times, b_times = [], []
+        for i in range(iters):
+            if i % 2 == 0:
+                m_times.append(_timed_call(fn, x, device))
+                b_times.append(_timed_call(baseline_fn, x, device))
+            else:
+                b_times.append(_timed_call(baseline_fn, x, device))
+                m_times.append(_timed_call(fn, x, device))
+    ratios = [b / m if m > 0 else math.inf for m, b in zip(m_times, b_times)]
+    n = warmup + iters
+    return {
+        "model": _summary(m_times, batch_size, iters=iters, warmup=warmup, calls=n),
+        "baseline": _summary(b_times, batch_size, iters=iters, warmup=warmup, calls=n),
+        "pair_ratios": ratios,
+        "speed_ratio": statistics.median(ratios),
     }
 
 
@@ -138,24 +193,24 @@ def make_timm_baseline(model: nn.Module, height: int, width: int) -> nn.Module:
 def bench_model(model: nn.Module, resolutions: Sequence[int], *, batch_size: int = 8,
                 baseline: Optional[str] = "timm", vitdet_window: Optional[int] = None, iters: int = 10,
                 warmup: int = 2, device: torch.device | str | None = None, amp: bool = False,
-                rounds: int = 1, stat: str = "median", progress: bool = True) -> list[dict]:
+                stat: str = "median", progress: bool = True) -> list[dict]:
     """Throughput of an already-loaded RADIO model at square ``resolutions``, with a baseline per row.
 
     ``vitdet_window``: run the model in ViTDet mode with W x W-patch windows (the model's own
     window setting is restored afterwards); ``None`` keeps the model's current mode.
     ``baseline``: ``'timm'`` (plain timm ViT of the same config, see :func:`make_timm_baseline`),
     ``'global'`` (the same model with global attention; needs a ViTDet window) or
-    ``'none'``/``None``. ``rounds``: alternate model and baseline this many times, ``iters``
-    timed calls each time. ``stat``: how the timed calls (of all rounds) become one latency:
-    ``'median'`` (typical call) or ``'min'`` (best call: the least disturbed by other processes,
-    the better choice for ratios on a busy shared machine). Resolutions are rounded to sizes the
-    model accepts (``get_nearest_supported_resolution``); inputs are random images on the
-    model's device.
+    ``'none'``/``None``. Model and baseline calls alternate (:func:`measure_pair`).
+    ``stat``: how the ``iters`` timed calls become the latency columns: ``'median'`` (typical
+    call) or ``'min'`` (the call least disturbed by other processes). Resolutions are rounded
+    to sizes the model accepts (``get_nearest_supported_resolution``); inputs are random images
+    on the model's device.
 
     One dict per resolution: ``resolution``, ``height``, ``width``, ``batch_size``, ``mode``
     ('global' or 'vitdet-W'), ``images_per_s``, ``latency_ms``, and with a baseline
     ``baseline``, ``baseline_images_per_s``, ``baseline_latency_ms`` and ``speed_ratio`` =
-    model images/s divided by baseline images/s (>1: the model is faster).
+    the median over call pairs of baseline time / model time (>1: the model is faster; close
+    to, but steadier than, the ratio of the two images/s columns).
     """
     from tqdm.auto import tqdm
 
@@ -165,8 +220,6 @@ def bench_model(model: nn.Module, resolutions: Sequence[int], *, batch_size: int
     if stat not in STATS:
         raise ValueError(f"stat must be one of {', '.join(STATS)}, got {stat!r}")
     reduce = STATS[stat]
-    if rounds < 1:
-        raise ValueError(f"rounds must be at least 1, got {rounds}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if not resolutions:
@@ -189,8 +242,7 @@ def bench_model(model: nn.Module, resolutions: Sequence[int], *, batch_size: int
 
     dtype = getattr(model, "dtype", torch.float32)
     rows = []
-    bar = tqdm(total=len(resolutions) * rounds * (1 if baseline == "none" else 2), desc="bench", unit="run",
-               disable=not progress)
+    bar = tqdm(total=len(resolutions), desc="bench", unit="resolution", disable=not progress)
     try:
         model.set_vitdet_window(window)
         for r in resolutions:
@@ -218,29 +270,22 @@ def bench_model(model: nn.Module, resolutions: Sequence[int], *, batch_size: int
             else:
                 base_fn = None
 
-            # alternate model and baseline so that drift in the machine's load (other processes,
-            # clock changes) hits both alike; warm each up only in the first round
-            m_times, b_times = [], []
-            for k in range(rounds):
-                bar.set_postfix_str(f"{h}x{w} {mode}")
-                m = measure_throughput(radio_fn, make_input, iters=iters, warmup=warmup if k == 0 else 0,
-                                       device=device)
-                m_times += m["times_s"]
-                bar.update(1)
-                if base_fn is not None:
-                    bar.set_postfix_str(f"{h}x{w} baseline {baseline}")
-                    b = measure_throughput(base_fn, make_input, iters=iters, warmup=warmup if k == 0 else 0,
-                                           device=device)
-                    b_times += b["times_s"]
-                    bar.update(1)
-            m_lat = reduce(m_times)
+            bar.set_postfix_str(f"{h}x{w} {mode}" + (f" vs {baseline}" if base_fn else ""))
+            if base_fn is None:
+                m = measure_throughput(radio_fn, make_input, iters=iters, warmup=warmup, device=device)
+                b = pair = None
+            else:
+                pair = measure_pair(radio_fn, base_fn, make_input, iters=iters, warmup=warmup, device=device)
+                m, b = pair["model"], pair["baseline"]
+            bar.update(1)
+            m_lat = reduce(m["times_s"])
             row = {"resolution": int(r), "height": h, "width": w, "batch_size": batch_size, "mode": mode,
-                   "stat": stat, "timed_calls": len(m_times),
+                   "stat": stat, "timed_calls": len(m["times_s"]),
                    "images_per_s": batch_size / m_lat, "latency_ms": 1000.0 * m_lat}
-            if base_fn is not None:
-                b_lat = reduce(b_times)
+            if pair is not None:
+                b_lat = reduce(b["times_s"])
                 row.update(baseline=baseline, baseline_images_per_s=batch_size / b_lat,
-                           baseline_latency_ms=1000.0 * b_lat, speed_ratio=b_lat / m_lat)
+                           baseline_latency_ms=1000.0 * b_lat, speed_ratio=pair["speed_ratio"])
             rows.append(row)
             base_fn = vit = None  # free a timm baseline before building the next resolution's
     finally:
