@@ -5,7 +5,7 @@ import argparse
 
 HELP = "end-to-end demo: distil a small student on bundled photos (or load a release), evaluate, write a report"
 EXAMPLES = """\
-  openradio demo                                   # offline: ~5 min on 2 CPU cores, writes demo-report/
+  openradio demo                                   # offline: ~2 min on 2 CPU cores, writes demo-report/
   openradio demo --out /tmp/demo --steps 20        # shorter training
   openradio demo --version radio_v2.5-b            # a released model and its real DINOv2 teacher (downloads)
 
@@ -19,7 +19,7 @@ curves. The report is OUT/report.html (and report.md), with CSVs and PNGs next t
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="demo-report", metavar="DIR", help="report folder (default demo-report)")
     p.add_argument("--steps", type=int, default=None, metavar="N",
-                   help="training steps for the offline demo (default 200; the tiny recipe itself has 60)")
+                   help="training steps for the offline demo (default 300; the tiny recipe itself has 60)")
     p.add_argument("--version", default=None, metavar="NAME_OR_PATH",
                    help="evaluate a released model (e.g. radio_v2.5-b) or a local checkpoint instead of training")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
