@@ -53,7 +53,8 @@ def _latest_model(run_dir: Path) -> dict:
     return found[0]["model"]
 
 
-def test_two_process_ddp_equals_one_process_with_same_global_batch(tmp_path, image_dir):
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_process_run_equals_one_process_with_same_global_batch(tmp_path, image_dir, parallel):
     one_part = ["stages.0.partitions=[{name: p, resolution: 64, batch_size: BS}]", "stages.0.steps=3",
                 "teachers.3.summary_weight=0.0"]
     # 2 ranks x 2 images vs 1 process x 4 images; SAM runs natively (no mosaic: a canvas holding
@@ -61,7 +62,8 @@ def test_two_process_ddp_equals_one_process_with_same_global_batch(tmp_path, ima
     two = [o.replace("BS", "2") for o in one_part]
     single = [o.replace("BS", "4") for o in one_part]
     _run([*TORCHRUN, "--standalone", "--nproc-per-node", "2", "-m", "openradio.train",
-          str(REPO / "configs/tiny.yaml"), f"data.path={image_dir}", f"out_dir={tmp_path / 'ddp'}", *DET, *two])
+          str(REPO / "configs/tiny.yaml"), f"data.path={image_dir}", f"out_dir={tmp_path / 'ddp'}", *DET, *two,
+          f"parallel={parallel}", "--export", str(tmp_path / "exported.pth.tar")])
     cfg = load_config(REPO / "configs/tiny.yaml", [f"data.path={image_dir}", f"out_dir={tmp_path / 'one'}", *DET, *single])
     t = Trainer(cfg, env=DistEnv())
     t.train()
@@ -73,6 +75,13 @@ def test_two_process_ddp_equals_one_process_with_same_global_batch(tmp_path, ima
                                                            *DET, *single]), env=DistEnv()).student.state_dict()
     moved = max((init[k].float() - v.float()).abs().max().item() for k, v in t.student.state_dict().items())
     assert moved > 30 * 1e-4  # training moved the weights far more than the tolerance
+    # the multi-process export is the official format and holds the trained (EMA) weights
+    import openradio
+    m = openradio.radio_model(str(tmp_path / "exported.pth.tar"), adaptor_names=["dino_v2"])
+    with torch.no_grad():
+        assert m(torch.rand(1, 3, 64, 64))["dino_v2"].features.shape == (1, 16, 32)
+    ema = CheckpointManager(tmp_path / "ddp" / "checkpoints").load_latest()[0]["ema"]
+    assert torch.equal(m.blocks[0].attn.qkv.weight, ema["model.blocks.0.attn.qkv.weight"])
 
 
 def test_two_partitions_on_different_ranks(tmp_path, image_dir):

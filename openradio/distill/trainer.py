@@ -549,13 +549,16 @@ class Trainer:
         from openradio.checkpoint import save_checkpoint
         use_ema = self.cfg.export_ema if use_ema is None else use_ema
         student = self.student
-        if self._sharded:  # gather the full weights into an unsharded copy
+        if self._sharded:  # gather the full weights (a collective; rank 0 receives them)
+            full = self._model_state()
+            if not self.env.is_main:
+                return Path(path)
             student = copy.deepcopy(self.ema if self.ema is not None else self._template)
-            student.load_state_dict(self._model_state())
-        plain = export_state_dict(student, self.phi_s, self.cfg)
-        ema = export_state_dict(self.ema, self.phi_s, self.cfg) if (use_ema and self.ema is not None) else None
+            student.load_state_dict(full)
         if not self.env.is_main:
             return Path(path)
+        plain = export_state_dict(student, self.phi_s, self.cfg)
+        ema = export_state_dict(self.ema, self.phi_s, self.cfg) if (use_ema and self.ema is not None) else None
         return save_checkpoint(path, self.args, plain, state_dict_ema=ema, epoch=self.step)
 
 
