@@ -32,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=8, metavar="N", help="images per forward pass (default 8)")
     p.add_argument("--baseline", choices=["timm", "global", "none"], default=None,
                    help="what to compare with (default: global with --vitdet-window, else timm)")
-    p.add_argument("--iters", type=int, default=10, metavar="N", help="timed forward passes per measurement")
+    p.add_argument("--iters", type=int, default=10, metavar="N", help="timed forward passes (model/baseline pairs) per resolution")
     p.add_argument("--warmup", type=int, default=2, metavar="N", help="untimed forward passes first")
     p.add_argument("--stat", choices=["median", "min"], default="median",
                    help="per-call time to report: median (typical) or min (least disturbed by other load)")

@@ -26,8 +26,10 @@ EXAMPLES = """\
   openradio features photos/ --version radio_v2.5-b --adaptor clip --adaptor sam --resolution 512 --out f.safetensors
   openradio features photos/ --version radio_v2.5-l --vitdet-window 16 --resolution 1024 --amp --out f.safetensors
 
-Images keep their aspect ratio: the shorter side becomes --resolution and each side is rounded
-to the model's resolution step (--square: resize and centre-crop to R x R instead). Read it back:
+Images keep their aspect ratio: the shorter side becomes --resolution (default: the model's
+preferred resolution, 512 for a local checkpoint) and each side is rounded to the model's
+resolution step (--square: resize and centre-crop to R x R instead). All outputs are held in
+memory until the file is written. Read it back:
   from safetensors import safe_open
   with safe_open("feats.safetensors", "pt") as f:
       feats = f.get_tensor("cat/backbone/features")   # (1, C, h, w)
