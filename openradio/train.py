@@ -45,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
                   f"metrics: {trainer.logger.path}")
     finally:
         if trainer.env.initialized_here and dist.is_initialized():
+            dist.barrier()  # leave together: a rank tearing gloo down early can abort the others
             dist.destroy_process_group()
     return 0
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 
 import pytest
@@ -129,3 +130,53 @@ def test_loss_scales_follow_rank_partitions(tmp_path, image_dir):
     t.cfg, t.env = cfg, DistEnv(rank=0, world_size=4)
     scales = t.loss_scales(0)
     assert scales == {"clip": 4 / 3, "siglip": 4 / 3, "dino_v2": 4 / 3, "sam": 1.0}
+
+
+NO_RANDOM = ["student.cpe_random_crop=false", "student.pos_dropout=0.0", "ema_decay=0.0"]
+ONE_PART = "stages.0.partitions=[{name: p, resolution: 64, batch_size: BS}]"
+
+
+def test_gradient_accumulation_matches_full_batch(tmp_path, image_dir, monkeypatch):
+    """Two micro-batches of 2 give the gradients of one batch of 4 (first step)."""
+    grads = {}
+
+    def capture(trainer, tag):
+        orig = trainer.optimizer.step
+
+        def step(*a, **k):
+            if tag not in grads:
+                grads[tag] = {n: p.grad.clone() for n, p in trainer.student.named_parameters() if p.grad is not None}
+            return orig(*a, **k)
+        monkeypatch.setattr(trainer.optimizer, "step", step)
+
+    full = Trainer(tiny_cfg(tmp_path / "full", image_dir, *NO_RANDOM, ONE_PART.replace("BS", "4"),
+                            "stages.0.steps=1"), env=DistEnv())
+    capture(full, "full")
+    full.train()
+    acc = Trainer(tiny_cfg(tmp_path / "acc", image_dir, *NO_RANDOM, ONE_PART.replace("BS", "2"),
+                           "optim.accumulation=2", "stages.0.steps=1"), env=DistEnv())
+    capture(acc, "acc")
+    acc.train()
+    assert set(grads["full"]) == set(grads["acc"]) and len(grads["full"]) > 50
+    for k, g in grads["full"].items():
+        torch.testing.assert_close(grads["acc"][k], g, rtol=1e-4, atol=1e-7, msg=lambda m: f"{k}: {m}")
+    assert max(g.abs().max().item() for g in grads["full"].values()) > 1e-3  # real gradients
+
+
+def test_vitdet_augmentation_and_corrupt_images(tmp_path, image_dir, monkeypatch):
+    import shutil
+    data = tmp_path / "data"
+    shutil.copytree(image_dir, data)
+    (data / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
+    cfg = tiny_cfg(tmp_path / "vd", data, "student.model_kwargs={embed_dim: 32, depth: 8, num_heads: 2}",
+                   "vitdet_aug_prob=1.0", "vitdet_aug_windows=[2]", "stages.0.steps=4", "log_every=1")
+    t = Trainer(cfg, env=DistEnv())
+    windows = []
+    orig = t.student.set_vitdet_window
+    monkeypatch.setattr(t.student, "set_vitdet_window", lambda w: (windows.append(w), orig(w)))
+    last = t.train()
+    assert 2 in windows and windows[-1] is None  # windowed forward, then back to global
+    assert t.student.windowed_block_indices == []
+    assert math.isfinite(last["loss"])
+    rows = list(csv.DictReader(open(Path(cfg.out_dir) / "metrics.csv")))
+    assert int(rows[-1]["skipped_images"]) >= 1  # the broken file was met, counted, and skipped

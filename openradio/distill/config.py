@@ -88,6 +88,7 @@ class OptimConfig:
     min_lr: float = 1e-6
     weight_decay: float = 0.02
     betas: tuple = (0.9, 0.999)
+    eps: float = 1e-8
     warmup_steps: int = 100
     grad_clip: float = 1.0
     accumulation: int = 1

@@ -203,7 +203,7 @@ class Trainer:
             (no_decay if p.ndim <= 1 or "pos_embed" in name or "cls_token" in name else decay).append(p)
         o = self.cfg.optim
         return torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
-                                  {"params": no_decay, "weight_decay": 0.0}], lr=o.lr, betas=tuple(o.betas))
+                                  {"params": no_decay, "weight_decay": 0.0}], lr=o.lr, betas=tuple(o.betas), eps=o.eps)
 
     def _lr_lambda(self, step: int) -> float:
         o = self.cfg.optim
@@ -428,6 +428,7 @@ class Trainer:
                         bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{last['lr']:.2e}")
                 if self.step % self.cfg.checkpoint_every == 0 or self.step == end:
                     self.save_checkpoint()
+                _maybe_inject_fault(self.step, self.env.rank)
         finally:
             if bar is not None:
                 bar.close()
@@ -581,6 +582,22 @@ def merge_rank_metrics(local: dict, world_size: int) -> dict:
     out["peak_mem_mb"] = max(m["peak_mem_mb"] for m in gathered)
     out["skipped_images"] = sum(m["skipped_images"] for m in gathered)
     return out
+
+
+FAULT_ENV = "OPENRADIO_FAULT_KILL"
+
+
+def _maybe_inject_fault(step: int, rank: int) -> None:
+    """Fault injection for recovery tests: ``OPENRADIO_FAULT_KILL=STEP:RANK:MARKER`` SIGKILLs that
+    rank once, right after STEP, unless MARKER exists (it is created first, so a restarted
+    worker runs on)."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    k, r, marker = spec.split(":", 2)
+    if step == int(k) and rank == int(r) and not os.path.exists(marker):
+        Path(marker).touch()
+        os.kill(os.getpid(), 9)
 
 
 def _full(t: torch.Tensor) -> torch.Tensor:
