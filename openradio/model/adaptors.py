@@ -6,6 +6,17 @@ from einops import rearrange
 from torch import nn
 
 
+def pixel_shuffle_tokens(x: torch.Tensor, u: int, images: torch.Tensor | None, patch_size: int | None):
+    """(B, h*w, u*u*C) laid out (u1 u2 c) -> (B, (h*u)*(w*u), C): each token's channels become a
+    u x u block of a finer grid."""
+    if u == 1:
+        return x
+    if images is None or patch_size is None:
+        raise ValueError("an upsampling head needs the images and patch size to know the token grid")
+    h, w = images.shape[-2] // patch_size, images.shape[-1] // patch_size
+    return rearrange(x, "b (h w) (u1 u2 c) -> b (h u1 w u2) c", h=h, w=w, u1=u, u2=u)
+
+
 class MLP2(nn.Module):
     """'v2' head: fc1 -> N residual [LN, GELU, Linear] blocks -> LN, GELU, Linear.
 
@@ -37,13 +48,7 @@ class MLP2(nn.Module):
         for block in self.blocks:
             x = x + block(x)
         x = self.final(x)
-        u = self.upsample_factor
-        if u > 1:
-            if images is None or patch_size is None:
-                raise ValueError("an upsampling head needs the images and patch size to know the token grid")
-            h, w = images.shape[-2] // patch_size, images.shape[-1] // patch_size
-            x = rearrange(x, "b (h w) (u1 u2 c) -> b (h u1 w u2) c", h=h, w=w, u1=u, u2=u)
-        return x
+        return pixel_shuffle_tokens(x, self.upsample_factor, images, patch_size)
 
 
 class MLP1(nn.Module):
@@ -71,13 +76,7 @@ class MLP1(nn.Module):
         for layer in self.inner:
             x = layer(x)
         x = self.fc2(x)
-        u = self.upsample_factor
-        if u > 1:
-            if images is None or patch_size is None:
-                raise ValueError("an upsampling head needs the images and patch size to know the token grid")
-            h, w = images.shape[-2] // patch_size, images.shape[-1] // patch_size
-            x = rearrange(x, "b (h w) (u1 u2 c) -> b (h u1 w u2) c", h=h, w=w, u1=u, u2=u)
-        return x
+        return pixel_shuffle_tokens(x, self.upsample_factor, images, patch_size)
 
 
 MLP_VERSIONS = {"v1": MLP1, "v2": MLP2}
