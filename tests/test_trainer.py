@@ -180,3 +180,18 @@ def test_vitdet_augmentation_and_corrupt_images(tmp_path, image_dir, monkeypatch
     assert math.isfinite(last["loss"])
     rows = list(csv.DictReader(open(Path(cfg.out_dir) / "metrics.csv")))
     assert int(rows[-1]["skipped_images"]) >= 1  # the broken file was met, counted, and skipped
+
+
+def test_export_command_from_a_run_directory(tmp_path, image_dir):
+    from openradio.cli import main
+    cfg = tiny_cfg(tmp_path / "run", image_dir, "stages.0.steps=2")
+    t = Trainer(cfg, env=DistEnv())
+    t.train()
+    out = tmp_path / "exported.pth.tar"
+    assert main(["export", str(tmp_path / "run"), "--out", str(out)]) == 0
+    m = openradio.radio_model(str(out), adaptor_names=["dino_v2"])
+    assert torch.equal(m.blocks[0].mlp.fc1.weight, t.ema.blocks[0].mlp.fc1.weight)
+    assert main(["export", str(tmp_path / "run"), "--out", str(out), "--no-ema"]) == 0
+    m = openradio.radio_model(str(out))
+    assert torch.equal(m.blocks[0].mlp.fc1.weight, t.student.blocks[0].mlp.fc1.weight)
+    assert main(["export", str(tmp_path / "nothing-here"), "--out", str(out)]) == 2
