@@ -50,7 +50,9 @@ def radio_model(version: str = "", progress: bool = True, adaptor_names: Optiona
 
     Args:
         version: a released name (``openradio.versions.VERSIONS``: 'radio_v2.5-b', 'radio_v2.5-l',
-            ...) or the path of a local official-format checkpoint. Empty: the default version.
+            ...), the path of a local official-format checkpoint, a Hugging Face repository
+            ('hf-hub:nvidia/RADIO-B') or a local folder in that layout (config.json +
+            model.safetensors). Empty: the default version.
         adaptor_names: teacher adaptors to attach (e.g. ['clip', 'sam']); their outputs come back
             in a dict next to 'backbone'.
         vitdet_window_size: run in ViTDet mode with this window side (in patches).
@@ -65,6 +67,13 @@ def radio_model(version: str = "", progress: bool = True, adaptor_names: Optiona
     if isinstance(adaptor_names, str):
         adaptor_names = [adaptor_names]
     info: Optional[Version] = None
+    from openradio.hf import is_hf_reference, load_hf
+    if is_hf_reference(version):
+        model = load_hf(version, adaptor_names=adaptor_names, vitdet_window_size=vitdet_window_size)
+        if text_towers and adaptor_names:
+            from openradio.text import attach_text_towers
+            attach_text_towers(model, lazy=text_towers == "lazy")
+        return (model, None) if return_checkpoint else model
     if os.path.isfile(version):
         path = Path(version)
     elif version in VERSIONS:

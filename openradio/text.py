@@ -301,6 +301,8 @@ def maybe_attach_text_tower(adaptor: nn.Module, teacher_conf: Mapping[str, Any] 
     if _conf_get(teacher_conf, "type") not in TEXT_TOWER_TYPES:
         return False
     kwargs.setdefault("lazy", True)
+    if kwargs["lazy"] and not _conf_get(teacher_conf, "model") and kwargs.get("weights") is None:
+        return False  # nothing names the architecture: no tower to promise (loading stays quiet)
     attach_text_tower(adaptor, teacher_conf, **kwargs)
     return True
 

@@ -194,4 +194,7 @@ def test_export_command_from_a_run_directory(tmp_path, image_dir):
     assert main(["export", str(tmp_path / "run"), "--out", str(out), "--no-ema"]) == 0
     m = openradio.radio_model(str(out))
     assert torch.equal(m.blocks[0].mlp.fc1.weight, t.student.blocks[0].mlp.fc1.weight)
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "hf"), "--format", "hf"]) == 0
+    m = openradio.radio_model(str(tmp_path / "hf"), adaptor_names=["sam"])
+    assert torch.equal(m.blocks[0].mlp.fc1.weight, t.ema.blocks[0].mlp.fc1.weight)
     assert main(["export", str(tmp_path / "nothing-here"), "--out", str(out)]) == 2
