@@ -136,6 +136,7 @@ def test_kill_minus_9_then_restart_matches_uninterrupted(tmp_path, image_dir):
         assert torch.equal(a[k], b[k]), k
 
 
+@pytest.mark.elastic
 def test_torchrun_max_restarts_recovers_a_killed_worker(tmp_path, image_dir):
     """Rank 1 is SIGKILLed after step 3; torchrun restarts both workers, which resume from the
     step-2 checkpoint (each rank its own RNG and data position) and end where an uninterrupted
