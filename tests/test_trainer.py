@@ -198,3 +198,20 @@ def test_export_command_from_a_run_directory(tmp_path, image_dir):
     m = openradio.radio_model(str(tmp_path / "hf"), adaptor_names=["sam"])
     assert torch.equal(m.blocks[0].mlp.fc1.weight, t.ema.blocks[0].mlp.fc1.weight)
     assert main(["export", str(tmp_path / "nothing-here"), "--out", str(out)]) == 2
+
+
+def test_teacher_resolution_per_partition(tmp_path, image_dir):
+    cfg = tiny_cfg(tmp_path / "r", image_dir, "teachers.2.resolution_mode=match",
+                   "stages.0.partitions.1.teacher_resolution={dino_v2: native, clip: 112}")
+    t = Trainer(cfg, env=DistEnv())
+    low, high = cfg.stages[0].partitions
+    assert t.teacher_resolution(low, "dino_v2") == 64 * 14 // 16       # grids line up: 4 x 4
+    assert t.teacher_resolution(high, "dino_v2") == t.teachers["dino_v2"].input_size
+    assert t.teacher_resolution(high, "clip") == 112
+    assert t.teacher_resolution(low, "clip") == t.teachers["clip"].input_size
+    assert t.teacher_resolution(low, "sam") == 128                     # mosaic canvas
+    # one PHI-S normaliser per teacher and teacher resolution
+    assert {"dino_v2@56", "clip@112", "sam@128"} <= set(t.phi_s.keys())
+    t.train_step()  # runs with these resolutions
+    with pytest.raises(ValueError, match="teacher_resolution"):
+        tiny_cfg(tmp_path / "bad", image_dir, "stages.0.partitions.0.teacher_resolution={clip: huge}")

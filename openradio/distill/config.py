@@ -30,7 +30,7 @@ class TeacherConfig:
     fd_upsample_factor: int = 1          # student feature head emits a u x finer grid
     # 'native': run at input_size and resample the larger grid down after the head;
     # 'match': run at student_res * teacher_patch / student_patch so the grids line up
-    resolution_mode: str = "native"
+    resolution_mode: str = "native"     # a partition's teacher_resolution overrides it
     extra: dict = field(default_factory=dict)  # passed to build_teacher as is
 
     def build_kwargs(self) -> dict:
@@ -74,6 +74,9 @@ class PartitionConfig:
     mosaic: list = field(default_factory=list)  # teachers whose canvas holds several student views
     ranks: Optional[list] = None         # ranks that train this partition; None = every rank
     crop_scale: tuple = (0.35, 1.0)
+    # per-teacher override of TeacherConfig.resolution_mode for this partition:
+    # 'native' | 'match' | a side length in pixels
+    teacher_resolution: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -268,6 +271,12 @@ def validate(cfg: TrainConfig) -> None:
             for t in (p.teachers or []) + list(p.mosaic):
                 if t not in names:
                     raise ValueError(f"partition {p.name!r} names unknown teacher {t!r}; teachers: {names}")
+            for t, mode in p.teacher_resolution.items():
+                if t not in names:
+                    raise ValueError(f"partition {p.name!r}: teacher_resolution names unknown teacher {t!r}")
+                if mode not in ("native", "match") and not (isinstance(mode, int) and mode > 0):
+                    raise ValueError(f"partition {p.name!r}: teacher_resolution[{t!r}] must be 'native', 'match' "
+                                     f"or a size in pixels, got {mode!r}")
             for t in p.mosaic:
                 if cfg.teacher(t).summary_weight:
                     raise ValueError(f"partition {p.name!r}: mosaic teacher {t!r} must have summary_weight 0 "

@@ -215,13 +215,18 @@ class Trainer:
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
 
     def teacher_resolution(self, part: PartitionConfig, name: str) -> int:
-        t = self.cfg.teacher(name)
         teacher = self.teachers[name]
-        if name in part.mosaic or t.resolution_mode == "native":
+        if name in part.mosaic:  # the canvas is the teacher's native input
             return teacher.input_size
-        if t.resolution_mode == "match":
+        mode = part.teacher_resolution.get(name, self.cfg.teacher(name).resolution_mode)
+        if mode == "native":
+            return teacher.input_size
+        if mode == "match":  # the teacher's token grid lines up with the student's
             return part.resolution * teacher.patch_size // self.student.patch_size
-        raise ValueError(f"teacher {name!r}: resolution_mode must be 'native' or 'match'")
+        if isinstance(mode, int) and mode > 0 and mode % teacher.patch_size == 0:
+            return mode
+        raise ValueError(f"teacher {name!r} in partition {part.name!r}: resolution must be 'native', 'match' or "
+                         f"a multiple of the teacher's patch size {teacher.patch_size}, got {mode!r}")
 
     def _phi_s_keys(self):
         if not self.cfg.phi_s.enabled:
