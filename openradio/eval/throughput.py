@@ -61,14 +61,7 @@ def measure_throughput(fn: Callable[[Any], Any], make_input: Callable[[], Any], 
     call), 'latency_ms_mean', 'latency_ms_min', 'latency_ms_max', 'images_per_s'
     (batch_size / median latency), 'times_s' (every timed call)}``.
     """
-    if iters < 1:
-        raise ValueError(f"iters must be at least 1, got {iters}")
-    if warmup < 0:
-        raise ValueError(f"warmup must be >= 0, got {warmup}")
-    device = torch.device(device) if device is not None else torch.device("cpu")
-    x = make_input()
-    if batch_size is None:
-        batch_size = _batch_size_of(x) or 1
+    device, x, batch_size = _prepare(iters, warmup, device, make_input, batch_size)
     calls = 0
     with torch.inference_mode():
         for _ in range(warmup):
@@ -80,6 +73,19 @@ def measure_throughput(fn: Callable[[Any], Any], make_input: Callable[[], Any], 
             times.append(_timed_call(fn, x, device))
             calls += 1
     return _summary(times, batch_size, iters=iters, warmup=warmup, calls=calls)
+
+
+def _prepare(iters: int, warmup: int, device, make_input: Callable[[], Any], batch_size: Optional[int]):
+    """Check the counts, resolve the device and build the one input both timers reuse."""
+    if iters < 1:
+        raise ValueError(f"iters must be at least 1, got {iters}")
+    if warmup < 0:
+        raise ValueError(f"warmup must be >= 0, got {warmup}")
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    x = make_input()
+    if batch_size is None:
+        batch_size = _batch_size_of(x) or 1
+    return device, x, batch_size
 
 
 def _timed_call(fn: Callable[[Any], Any], x: Any, device: torch.device) -> float:
@@ -117,14 +123,7 @@ def measure_pair(fn: Callable[[Any], Any], baseline_fn: Callable[[Any], Any], ma
     result), ``'pair_ratios'`` (baseline time / model time per iteration) and
     ``'speed_ratio'`` (their median: >1 means ``fn`` is faster).
     """
-    if iters < 1:
-        raise ValueError(f"iters must be at least 1, got {iters}")
-    if warmup < 0:
-        raise ValueError(f"warmup must be >= 0, got {warmup}")
-    device = torch.device(device) if device is not None else torch.device("cpu")
-    x = make_input()
-    if batch_size is None:
-        batch_size = _batch_size_of(x) or 1
+    device, x, batch_size = _prepare(iters, warmup, device, make_input, batch_size)
     with torch.inference_mode():
         for _ in range(warmup):
             fn(x)
