@@ -69,10 +69,10 @@ def cases(expected_obj):
 
 
 def _all_case_ids():
-    from conftest import fixtures_dir
+    from conftest import HOW_TO, fixtures_dir
     d = fixtures_dir()
     if d is None:
-        return [pytest.param(None, None, marks=pytest.mark.skip(reason="no parity fixtures"))]
+        return [pytest.param(None, None, marks=pytest.mark.skip(reason=HOW_TO))]
     E = torch.load(d / "expected.pt", weights_only=True)
     return [pytest.param(v, c, id=f"{v}:{c}") for v, c in cases(E)]
 

@@ -18,6 +18,7 @@ import csv
 import math
 import os
 import random
+import re
 import time
 import warnings
 from dataclasses import dataclass
@@ -387,7 +388,7 @@ class Trainer:
             self.optimizer.step()
             self._update_ema()
         with warnings.catch_warnings():  # a skipped step still advances the schedule, on purpose
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
             self.scheduler.step()
         for norm in self.phi_s.values():
             norm.step()
