@@ -136,6 +136,7 @@ class TrainConfig:
     progress: bool = True
     device: str = ""                     # '' = cuda if available else cpu
     parallel: str = "ddp"                # ddp | fsdp (FSDP2 fully_shard)
+    dist_timeout_s: Optional[float] = None  # collective / process-group timeout (None: torch's default)
     deterministic: bool = False
 
     @property

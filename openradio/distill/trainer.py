@@ -57,7 +57,7 @@ class DistEnv:
         return self.world_size > 1
 
 
-def init_distributed(device: str = "") -> DistEnv:
+def init_distributed(device: str = "", timeout_s: Optional[float] = None) -> DistEnv:
     """Join the process group torchrun describes (env:// rendezvous); single process otherwise.
     nccl on GPUs, gloo on CPUs."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -73,7 +73,9 @@ def init_distributed(device: str = "") -> DistEnv:
         torch.cuda.set_device(dev)
     here = False
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+        from datetime import timedelta
+        kwargs = {"timeout": timedelta(seconds=timeout_s)} if timeout_s else {}
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo", **kwargs)
         here = True
     if dist.is_initialized():
         world, rank = dist.get_world_size(), dist.get_rank()
@@ -108,7 +110,7 @@ def partition_stream(cfg: TrainConfig, part: PartitionConfig, group_rank: int, g
 class Trainer:
     def __init__(self, cfg: TrainConfig, env: Optional[DistEnv] = None, teachers: Optional[dict] = None):
         self.cfg = cfg
-        self.env = env or init_distributed(cfg.device)
+        self.env = env or init_distributed(cfg.device, cfg.dist_timeout_s)
         self.device = self.env.device
         self.out_dir = Path(cfg.out_dir)
         if self.env.is_main:
