@@ -75,11 +75,30 @@ def init_distributed(device: str = "", timeout_s: Optional[float] = None) -> Dis
     if world > 1 and not dist.is_initialized():
         from datetime import timedelta
         kwargs = {"timeout": timedelta(seconds=timeout_s)} if timeout_s else {}
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo", **kwargs)
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        store = _attempt_store(timeout_s)
+        if store is not None:
+            dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world, **kwargs)
+        else:
+            dist.init_process_group(backend=backend, **kwargs)
         here = True
     if dist.is_initialized():
         world, rank = dist.get_world_size(), dist.get_rank()
     return DistEnv(rank, world, local, dev, here)
+
+
+def _attempt_store(timeout_s: Optional[float]):
+    """Under torchrun, the agent's key-value store outlives a restart: keys that the killed
+    workers published (their gloo addresses) are still there, and a restarted rank can read a
+    dead peer's address before the new peer overwrites it (seen as 'connection refused' or a
+    hang in the process-group setup). Each restart attempt therefore gets its own namespace."""
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if attempt is None or os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() != "true":
+        return None
+    from datetime import timedelta
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                          timeout=timedelta(seconds=timeout_s or 1800))
+    return dist.PrefixStore(f"openradio/attempt_{attempt}", store)
 
 
 def seed_everything(seed: int) -> None:
