@@ -183,3 +183,21 @@ def test_error_messages(official_fixtures, expected, variant):
                 model = load(official_fixtures, variant, call["adaptor_names"], call["vitdet_window_size"])
                 model(torch.zeros(call["input_shape"]), **call["kwargs"])
         assert str(info.value) == err["message"], name
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_vitdet_forward_intermediates_on_official_checkpoints(official_fixtures, expected, variant):
+    """The official forward_intermediates breaks under ViTDet; ours gives the forward's features
+    for the last block (bit for bit: same operations) and hence the official ViTDet output."""
+    V = expected["variants"][variant]
+    C = V["cases"]["vitdet8_NLC/256x384"]
+    model = load(official_fixtures, variant, [], 8)
+    x = expected["inputs"][C["input"]].float() / 255
+    with torch.no_grad():
+        fwd = model(x, feature_fmt="NLC")
+        final, inter = model.forward_intermediates(x, indices=[-1], output_fmt="NLC", return_prefix_tokens=True)
+    assert torch.equal(final.features, fwd.features) and torch.equal(final.summary, fwd.summary)
+    if isinstance(model.feature_normalizer, torch.nn.Identity):
+        assert torch.equal(inter[-1].features, fwd.features)
+    want = C["expected"]["backbone"]
+    compare_leaf(final, want, f"{variant}/vitdet8 via forward_intermediates")
