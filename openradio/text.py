@@ -24,6 +24,8 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import nn
 
+from openradio.devices import module_device
+
 __all__ = [
     "TextTower",
     "load_text_tower",
@@ -136,6 +138,14 @@ def _resolve_model_name(model_name: str) -> tuple[str, str]:
     return model_name, model_name
 
 
+def _local_weights(weights: str | os.PathLike, model_name: str) -> Path:
+    wpath = Path(weights).expanduser()
+    if not wpath.is_file():
+        raise FileNotFoundError(f"text tower weights {str(weights)!r} not found; pass an open_clip "
+                                f"state-dict file for {model_name!r}")
+    return wpath
+
+
 def text_tower_key(model_name: str, pretrained: str | None = None, *,
                    weights: str | os.PathLike | None = None) -> str | None:
     """The cache key of the tower ``load_text_tower`` would build, computed without building it.
@@ -145,10 +155,7 @@ def text_tower_key(model_name: str, pretrained: str | None = None, *,
     """
     _, arch_key = _resolve_model_name(model_name)
     if weights is not None:
-        wpath = Path(weights).expanduser()
-        if not wpath.is_file():
-            raise FileNotFoundError(f"text tower weights {str(weights)!r} not found; pass an open_clip "
-                                    f"state-dict file for {model_name!r}")
+        wpath = _local_weights(weights, model_name)
         st = wpath.stat()
         return f"open_clip:{arch_key}:file:{wpath.resolve()}:{st.st_size}:{st.st_mtime_ns}"
     if pretrained:
@@ -169,10 +176,7 @@ def load_text_tower(model_name: str, pretrained: str | None = None, *, weights: 
 
     name, _ = _resolve_model_name(model_name)
     if weights is not None:
-        wpath = Path(weights).expanduser()
-        if not wpath.is_file():
-            raise FileNotFoundError(f"text tower weights {str(weights)!r} not found; pass an open_clip "
-                                    f"state-dict file for {model_name!r}")
+        wpath = _local_weights(weights, model_name)
         oc = open_clip.create_model_from_pretrained(name, pretrained=str(wpath), return_transform=False,
                                                     device=device, cache_dir=cache_dir)
     elif pretrained:
@@ -216,14 +220,6 @@ def text_tower_from_model(oc_model: nn.Module, tokenizer: Callable[..., torch.Te
     return TextTower(oc_model, tokenizer, key=key, name=name or type(oc_model).__name__)
 
 
-def _adaptor_device(adaptor: nn.Module) -> torch.device:
-    for p in adaptor.parameters():
-        return p.device
-    for b in adaptor.buffers():
-        return b.device
-    return torch.device("cpu")
-
-
 def _install(adaptor: nn.Module, tower: TextTower) -> None:
     # Registered as a submodule (as the official adaptor does with its open_clip model) so that
     # `model.to(device)` / `.eval()` reach it.
@@ -255,7 +251,7 @@ def attach_text_tower(adaptor: nn.Module, teacher_conf: Mapping[str, Any] | Any,
     """
     if model is not None:
         tower = model if isinstance(model, TextTower) else text_tower_from_model(model, tokenizer)
-        tower.to(_adaptor_device(adaptor))
+        tower.to(module_device(adaptor))
         _install(adaptor, tower)
         return tower
 
@@ -266,7 +262,7 @@ def attach_text_tower(adaptor: nn.Module, teacher_conf: Mapping[str, Any] | Any,
 
     def build() -> TextTower:
         return load_text_tower(oc_name, tag, weights=weights, cache_dir=cache_dir,
-                               device=_adaptor_device(adaptor))
+                               device=module_device(adaptor))
 
     if not lazy:
         tower = build()

@@ -24,6 +24,8 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 import torch
 from torch import nn
 
+from openradio.devices import module_device
+
 __all__ = ["measure_throughput", "measure_pair", "bench_model", "make_timm_baseline", "BASELINES", "format_table"]
 
 BASELINES = ("timm", "global", "none")
@@ -148,12 +150,6 @@ def measure_pair(fn: Callable[[Any], Any], baseline_fn: Callable[[Any], Any], ma
 
 
 # -- RADIO benchmark ------------------------------------------------------------------------------
-def _model_device(model: nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
-
-
 def _autocast(device: torch.device, amp: bool):
     if not amp:
         return contextlib.nullcontext()
@@ -186,7 +182,7 @@ def make_timm_baseline(model: nn.Module, height: int, width: int) -> nn.Module:
     if p is not None and vit_p != p:
         raise ValueError(f"timm's {name} has patch size {vit_p} but the model uses {p}; no like-for-like baseline")
     dtype = getattr(model, "dtype", torch.float32)
-    return vit.to(device=_model_device(model), dtype=dtype).eval()
+    return vit.to(device=module_device(model), dtype=dtype).eval()
 
 
 def bench_model(model: nn.Module, resolutions: Sequence[int], *, batch_size: int = 8,
@@ -225,8 +221,8 @@ def bench_model(model: nn.Module, resolutions: Sequence[int], *, batch_size: int
         raise ValueError("give at least one resolution")
     if any(int(r) < 1 for r in resolutions):
         raise ValueError(f"resolutions must be positive pixel sizes, got {list(resolutions)}")
-    device = torch.device(device) if device is not None else _model_device(model)
-    if device != _model_device(model):
+    device = torch.device(device) if device is not None else module_device(model)
+    if device != module_device(model):
         model = model.to(device)
     saved_window = getattr(model, "window_size", None)
     window = vitdet_window if vitdet_window is not None else saved_window

@@ -12,6 +12,7 @@ from typing import NamedTuple, Sequence
 import torch
 from torch import Tensor, nn
 
+from openradio.devices import module_device
 from openradio.imageio import resize_center_crop, resize_to_multiple
 from openradio.viz.pca import PCAStats, fit_pca_on_maps, pca_rgb
 
@@ -37,12 +38,7 @@ class FeatureImage(NamedTuple):
     rgb: Tensor  # (H, W, 3) PCA colours in [0, 1], at the input's size
 
 
-def model_device(model: nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    for b in model.buffers():
-        return b.device
-    return torch.device("cpu")
+model_device = module_device
 
 
 def default_resolution(model: nn.Module) -> int:
