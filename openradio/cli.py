@@ -24,6 +24,7 @@ COMMANDS = {
     "data": "openradio.commands.data",
     "bench": "openradio.commands.bench",
     "versions": "openradio.commands.versions",
+    "parity": "openradio.commands.parity",
 }
 
 

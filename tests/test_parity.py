@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import openradio
+from openradio import parity
 
 VARIANTS = ["tiny_radio_v25_half", "tiny_radio_v25_norm"]
 _cache: dict = {}
@@ -31,41 +32,22 @@ def load(fixdir, variant, adaptor_names, window):
 
 
 STRICT = os.environ.get("OPENRADIO_STRICT_PARITY") == "1"
-# relative to the largest magnitude in the reference tensor: a few float32 ulps accumulated
-# over 12 blocks
-NOISE = 4e-6
-MAX_DIFF: dict[str, float] = {}
 
 
-def assert_same(got: torch.Tensor, want: torch.Tensor, where: str) -> None:
-    assert got.shape == want.shape, (where, got.shape, want.shape)
-    diff = (got - want).abs().max().item() if got.numel() else 0.0
-    MAX_DIFF[where] = diff
-    print(f"{where}: max abs diff {diff:.3g}")
-    if STRICT:
-        assert torch.equal(got, want), f"{where}: not bit-exact, max abs diff {diff}"
-    else:
-        bound = NOISE * max(want.abs().max().item(), 1.0)
-        assert diff <= bound, f"{where}: max abs diff {diff} exceeds float32 noise bound {bound}"
-
-
-def compare_leaf(got, want, where):
-    feats = got.features if hasattr(got, "features") else got
-    assert str(feats.dtype) == want["dtype"], where
-    idx = want.get("features_token_index")
-    if idx is not None:
-        feats = feats[:, idx] if feats.ndim == 3 else feats.flatten(2)[:, :, idx]
-    assert_same(feats.float(), want["features"], f"{where}/features")
-    if "summary" in want:
-        assert_same(got.summary.float(), want["summary"], f"{where}/summary")
-    else:
-        assert not hasattr(got, "summary"), f"{where}: expected a bare tensor"
-
-
-def cases(expected_obj):
-    for vname in VARIANTS:
-        for cname in expected_obj["variants"][vname]["cases"]:
-            yield vname, cname
+def check(results, where_prefix=""):
+    """Print every comparison, then fail on the first that is not the same (or, without STRICT,
+    not within float32 noise: openradio.parity.NOISE x the tensor's largest magnitude)."""
+    assert results, "nothing was compared"
+    for r in results:
+        print(f"{where_prefix}{r.where}: max abs diff {r.max_abs_diff:.3g}{' (exact)' if r.exact else ''}")
+    for r in results:
+        assert r.dtype_ok, f"{r.where}: dtype differs from the official output"
+        assert r.shape_ok, f"{r.where}: shape differs from the official output (or summary missing/extra)"
+        if STRICT:
+            assert r.exact, f"{r.where}: not bit-exact, max abs diff {r.max_abs_diff}"
+        else:
+            assert r.within_noise, (f"{r.where}: max abs diff {r.max_abs_diff} exceeds the float32 noise bound "
+                                    f"{parity.NOISE * max(r.max_abs_value, 1.0)}")
 
 
 def _all_case_ids():
@@ -73,35 +55,23 @@ def _all_case_ids():
     d = fixtures_dir()
     if d is None:
         return [pytest.param(None, None, marks=pytest.mark.skip(reason=HOW_TO))]
-    E = torch.load(d / "expected.pt", weights_only=True)
-    return [pytest.param(v, c, id=f"{v}:{c}") for v, c in cases(E)]
+    E = parity.load_expected(d)
+    return [pytest.param(v, c, id=f"{v}:{c}") for v, c in parity.case_ids(E)]
 
 
 @pytest.mark.parametrize("variant,case", _all_case_ids())
 def test_case_matches_official(official_fixtures, expected, variant, case):
-    V = expected["variants"][variant]
-    C = V["cases"][case]
+    C = expected["variants"][variant]["cases"][case]
     model = load(official_fixtures, variant, C["adaptor_names"], C["vitdet_window_size"])
-    x = expected["inputs"][C["input"]].float() / 255
-    with torch.no_grad():
-        out = getattr(model, C["method"])(x, **C["kwargs"])
+    results = list(parity.run_case(model, expected, variant, case))
+    # every stored tensor was compared: features per leaf, plus summaries where stored
     want = C["expected"]
-    if C["method"] == "forward":
-        if C["adaptor_names"]:
-            assert set(out) == set(want)
-            for name in want:
-                compare_leaf(out[name], want[name], f"{case}/{name}")
-        else:
-            compare_leaf(out, want, case)
-    else:
-        if want["final"] is None:
-            inter = out
-        else:
-            final, inter = out
-            compare_leaf(final, want["final"], f"{case}/final")
-        assert len(inter) == len(want["intermediates"])
-        for i, (g, w) in enumerate(zip(inter, want["intermediates"])):
-            compare_leaf(g, w, f"{case}/intermediate{i}")
+    leaves = list(want.values()) if C["method"] == "forward" else (
+        ([want["final"]] if want["final"] is not None else []) + list(want["intermediates"]))
+    if C["method"] == "forward" and not C["adaptor_names"]:
+        leaves = [want]
+    assert len(results) == sum(1 + ("summary" in w) for w in leaves)
+    check(results)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -200,4 +170,4 @@ def test_vitdet_forward_intermediates_on_official_checkpoints(official_fixtures,
     if isinstance(model.feature_normalizer, torch.nn.Identity):
         assert torch.equal(inter[-1].features, fwd.features)
     want = C["expected"]["backbone"]
-    compare_leaf(final, want, f"{variant}/vitdet8 via forward_intermediates")
+    check(list(parity.compare_leaf(variant, "vitdet8_NLC/256x384", final, want, "vitdet8 via forward_intermediates")))

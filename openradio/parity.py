@@ -1,0 +1,241 @@
+"""Compare openradio with outputs the official RADIO code produced (a parity-fixtures folder).
+
+A fixtures folder holds official-format checkpoints and ``expected.pt`` (layout
+``radio-parity-fixtures/1``: inputs, and per checkpoint the cases with their official outputs).
+:func:`compare_fixtures` runs every case through :func:`openradio.radio_model` and yields one
+:class:`Comparison` per stored tensor. The test suite (``tests/test_parity.py``) and
+``openradio parity`` both use it, so there is one definition of "the same as the official".
+
+Bit equality of float32 outputs also depends on the CPU's kernels (BLAS code path, vector width
+of ATen's reductions), not only on the order of operations. :func:`platform_info` records what
+decides those, and :func:`env_settings` lists the switches worth trying on a given CPU
+(``openradio parity --matrix`` runs the comparison once per setting, each in a fresh process).
+"""
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+
+FORMAT = "radio-parity-fixtures/1"
+# A mismatch no larger than this times the tensor's largest magnitude is float32 rounding noise
+# (a few ulps accumulated over 12 blocks); any logic error is orders of magnitude above it.
+NOISE = 4e-6
+
+
+@dataclass
+class Comparison:
+    variant: str
+    case: str
+    where: str          # case/output/field, e.g. "global_NLC/224x224/clip/summary"
+    max_abs_diff: float
+    max_abs_value: float
+    exact: bool
+    dtype_ok: bool = True
+    shape_ok: bool = True
+
+    @property
+    def within_noise(self) -> bool:
+        return self.dtype_ok and self.shape_ok and self.max_abs_diff <= NOISE * max(self.max_abs_value, 1.0)
+
+    def ok(self, strict: bool) -> bool:
+        return self.dtype_ok and self.shape_ok and (self.exact if strict else self.within_noise)
+
+
+def load_expected(fixdir: str | Path) -> dict:
+    fixdir = Path(fixdir)
+    path = fixdir / "expected.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: a parity-fixtures folder holds expected.pt and the "
+                                "checkpoints it names (e.g. shared/fixtures/official-v2.5)")
+    E = torch.load(path, weights_only=True)
+    if not isinstance(E, dict) or E.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a parity-fixtures file of format {FORMAT!r}")
+    return E
+
+
+def _tensor_compare(variant: str, case: str, where: str, got: torch.Tensor, want: torch.Tensor) -> Comparison:
+    if got.shape != want.shape:
+        return Comparison(variant, case, where, float("inf"), float(want.abs().max()) if want.numel() else 0.0,
+                          False, shape_ok=False)
+    diff = (got - want).abs().max().item() if got.numel() else 0.0
+    mag = want.abs().max().item() if want.numel() else 0.0
+    return Comparison(variant, case, where, diff, mag, bool(torch.equal(got, want)))
+
+
+def compare_leaf(variant: str, case: str, got, want: dict, where: str) -> Iterator[Comparison]:
+    feats = got.features if hasattr(got, "features") else got
+    idx = want.get("features_token_index")
+    if idx is not None:
+        feats = feats[:, idx] if feats.ndim == 3 else feats.flatten(2)[:, :, idx]
+    c = _tensor_compare(variant, case, f"{where}/features", feats.float(), want["features"])
+    c.dtype_ok = str(feats.dtype) == want["dtype"]
+    yield c
+    if "summary" in want:
+        if not hasattr(got, "summary"):
+            yield Comparison(variant, case, f"{where}/summary", float("inf"), 0.0, False, shape_ok=False)
+        else:
+            yield _tensor_compare(variant, case, f"{where}/summary", got.summary.float(), want["summary"])
+    elif hasattr(got, "summary"):  # a bare tensor was expected
+        yield Comparison(variant, case, f"{where}/summary", float("inf"), 0.0, False, shape_ok=False)
+
+
+def run_case(model, E: dict, variant: str, case: str) -> Iterator[Comparison]:
+    """Run one stored case on an already loaded model and compare every output tensor."""
+    C = E["variants"][variant]["cases"][case]
+    x = E["inputs"][C["input"]].float() / 255
+    with torch.no_grad():
+        out = getattr(model, C["method"])(x, **C["kwargs"])
+    want = C["expected"]
+    if C["method"] == "forward":
+        if C["adaptor_names"]:
+            if set(out) != set(want):
+                raise AssertionError(f"{case}: outputs {sorted(out)} != expected {sorted(want)}")
+            for name in want:
+                yield from compare_leaf(variant, case, out[name], want[name], f"{case}/{name}")
+        else:
+            yield from compare_leaf(variant, case, out, want, case)
+        return
+    if want["final"] is None:
+        inter = out
+    else:
+        final, inter = out
+        yield from compare_leaf(variant, case, final, want["final"], f"{case}/final")
+    if len(inter) != len(want["intermediates"]):
+        raise AssertionError(f"{case}: {len(inter)} intermediates, expected {len(want['intermediates'])}")
+    for i, (g, w) in enumerate(zip(inter, want["intermediates"])):
+        yield from compare_leaf(variant, case, g, w, f"{case}/intermediate{i}")
+
+
+class ModelCache:
+    """Loads each (checkpoint, adaptors, window) once."""
+
+    def __init__(self, fixdir: str | Path):
+        self.fixdir = Path(fixdir)
+        self._models: dict = {}
+
+    def get(self, checkpoint: str, adaptor_names, window):
+        import openradio
+        key = (checkpoint, tuple(adaptor_names or ()), window)
+        if key not in self._models:
+            self._models[key] = openradio.radio_model(str(self.fixdir / checkpoint),
+                                                      adaptor_names=list(adaptor_names or []),
+                                                      vitdet_window_size=window, progress=False)
+        return self._models[key]
+
+
+def case_ids(E: dict) -> list[tuple[str, str]]:
+    return [(v, c) for v, V in E["variants"].items() for c in V["cases"]]
+
+
+def compare_fixtures(fixdir: str | Path, *, progress: Callable[[str], None] | None = None,
+                     cache: ModelCache | None = None) -> list[Comparison]:
+    """Every stored output tensor of every case, compared (nothing is asserted here)."""
+    E = load_expected(fixdir)
+    cache = cache or ModelCache(fixdir)
+    out: list[Comparison] = []
+    for variant, case in case_ids(E):
+        C = E["variants"][variant]["cases"][case]
+        model = cache.get(E["variants"][variant]["checkpoint"], C["adaptor_names"], C["vitdet_window_size"])
+        if progress:
+            progress(f"{variant}:{case}")
+        out.extend(run_case(model, E, variant, case))
+    return out
+
+
+def summarize(results: list[Comparison]) -> dict:
+    finite = [r.max_abs_diff for r in results if r.max_abs_diff != float("inf")]
+    return {
+        "tensors": len(results),
+        "exact": sum(r.exact for r in results),
+        "within_noise": sum(r.within_noise for r in results),
+        "max_abs_diff": max(finite) if finite else 0.0,
+        "failed_checks": sum(not (r.dtype_ok and r.shape_ok) for r in results),
+    }
+
+
+# -- platform ------------------------------------------------------------------------------------
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def platform_info() -> dict:
+    """What decides float32 kernel results on this machine."""
+    import timm
+    flags = cpu_flags()
+    blas = ""
+    try:
+        cfg = torch.__config__.show()
+        blas = next((ln.strip() for ln in cfg.splitlines() if "BLAS_INFO" in ln or "LAPACK_INFO" in ln), "")
+    except Exception:  # noqa: BLE001 - purely informational
+        pass
+    return {
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "avx512": any(f.startswith("avx512") for f in flags),
+        "aten_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "threads": torch.get_num_threads(),
+        "blas": blas,
+        "env": {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS",
+                                           "OMP_NUM_THREADS", "MKL_NUM_THREADS", "TIMM_FUSED_ATTN")
+                if k in os.environ},
+    }
+
+
+def env_settings(flags: set[str] | None = None) -> list[dict[str, str]]:
+    """Kernel switches worth trying on this CPU: ATen's vector ISA x MKL's code path x threads.
+
+    Only ISAs the CPU has are listed (asking for a missing one makes the library fall back
+    silently, which would repeat another row)."""
+    flags = cpu_flags() if flags is None else flags
+    aten = ["", "default"]
+    mkl = ["", "COMPATIBLE"]
+    if "avx2" in flags:
+        aten.append("avx2")
+        mkl.append("AVX2")
+    if "avx512f" in flags:
+        aten.append("avx512")
+        mkl.append("AVX512")
+    out = []
+    for a in aten:
+        for m in mkl:
+            for threads in ("", "1"):
+                env = {}
+                if a:
+                    env["ATEN_CPU_CAPABILITY"] = a
+                if m:
+                    env["MKL_CBWR"] = m
+                if threads:
+                    env["OMP_NUM_THREADS"] = threads
+                out.append(env)
+    return out
+
+
+def describe_env(env: dict[str, str]) -> str:
+    return " ".join(f"{k}={v}" for k, v in env.items()) or "(defaults)"
+
+
+def as_dicts(results: list[Comparison]) -> list[dict]:
+    return [asdict(r) | {"within_noise": r.within_noise} for r in results]
