@@ -133,9 +133,10 @@ def case_ids(E: dict) -> list[tuple[str, str]]:
 
 
 def compare_fixtures(fixdir: str | Path, *, progress: Callable[[str], None] | None = None,
-                     cache: ModelCache | None = None) -> list[Comparison]:
-    """Every stored output tensor of every case, compared (nothing is asserted here)."""
-    E = load_expected(fixdir)
+                     cache: ModelCache | None = None, expected: dict | None = None) -> list[Comparison]:
+    """Every stored output tensor of every case, compared (nothing is asserted here).
+    ``expected``: the already loaded ``expected.pt`` of ``fixdir``, if the caller has it."""
+    E = expected if expected is not None else load_expected(fixdir)
     cache = cache or ModelCache(fixdir)
     out: list[Comparison] = []
     for variant, case in case_ids(E):

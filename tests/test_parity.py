@@ -20,15 +20,12 @@ import openradio
 from openradio import parity
 
 VARIANTS = ["tiny_radio_v25_half", "tiny_radio_v25_norm"]
-_cache: dict = {}
+_caches: dict = {}
 
 
 def load(fixdir, variant, adaptor_names, window):
-    key = (variant, tuple(adaptor_names), window)
-    if key not in _cache:
-        _cache[key] = openradio.radio_model(str(fixdir / f"{variant}.pth.tar"), adaptor_names=list(adaptor_names),
-                                            vitdet_window_size=window)
-    return _cache[key]
+    cache = _caches.setdefault(fixdir, parity.ModelCache(fixdir))
+    return cache.get(f"{variant}.pth.tar", adaptor_names, window)
 
 
 STRICT = os.environ.get("OPENRADIO_STRICT_PARITY") == "1"
@@ -66,10 +63,10 @@ def test_case_matches_official(official_fixtures, expected, variant, case):
     results = list(parity.run_case(model, expected, variant, case))
     # every stored tensor was compared: features per leaf, plus summaries where stored
     want = C["expected"]
-    leaves = list(want.values()) if C["method"] == "forward" else (
-        ([want["final"]] if want["final"] is not None else []) + list(want["intermediates"]))
-    if C["method"] == "forward" and not C["adaptor_names"]:
-        leaves = [want]
+    if C["method"] == "forward":
+        leaves = list(want.values()) if C["adaptor_names"] else [want]
+    else:
+        leaves = [w for w in [want["final"], *want["intermediates"]] if w is not None]
     assert len(results) == sum(1 + ("summary" in w) for w in leaves)
     check(results)
 

@@ -69,12 +69,8 @@ def _run_matrix(args) -> int:
           f"{'yes' if info['avx512'] else 'no'} | torch {info['torch']}")
     print(f"{len(settings)} kernel settings, one process each")
     rows = []
-    try:
-        from tqdm import tqdm
-        it = tqdm(settings, desc="settings", unit="setting", file=sys.stderr)
-    except ImportError:  # pragma: no cover
-        it = settings
-    for env in it:
+    from tqdm import tqdm
+    for env in tqdm(settings, desc="settings", unit="setting", file=sys.stderr):
         proc = subprocess.run(
             [sys.executable, "-m", "openradio.cli", "parity", "--fixtures", str(args.fixtures), "--json", "-"],
             env={**os.environ, **env}, capture_output=True, text=True)
@@ -127,19 +123,16 @@ def _write_json(dest: str, obj: dict) -> None:
 
 
 def run(args) -> int:
-    from openradio.parity import as_dicts, compare_fixtures, platform_info, summarize
+    from openradio.parity import as_dicts, case_ids, compare_fixtures, load_expected, platform_info, summarize
     if args.matrix:
         return _run_matrix(args)
     quiet = args.json == "-"
+    E = load_expected(args.fixtures)
     bar = None
     if not quiet:
-        try:
-            from tqdm import tqdm
-            from openradio.parity import case_ids, load_expected
-            bar = tqdm(total=len(case_ids(load_expected(args.fixtures))), desc="cases", unit="case", file=sys.stderr)
-        except ImportError:  # pragma: no cover
-            bar = None
-    results = compare_fixtures(args.fixtures, progress=(lambda _name: bar.update(1)) if bar else None)
+        from tqdm import tqdm
+        bar = tqdm(total=len(case_ids(E)), desc="cases", unit="case", file=sys.stderr)
+    results = compare_fixtures(args.fixtures, expected=E, progress=(lambda _name: bar.update(1)) if bar else None)
     if bar:
         bar.close()
     summary = summarize(results)
