@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -51,3 +52,20 @@ def sample_images():
         arr = getattr(data, name)()
         out[name] = torch.from_numpy(arr).permute(2, 0, 1).float() / 255
     return out
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line on how close the official-output cases came, and on which CPU kernels."""
+    mod = sys.modules.get("test_parity")
+    results = getattr(mod, "RESULTS", None)
+    if not results:
+        return
+    import torch
+
+    from openradio.parity import cpu_model, summarize
+    s = summarize(results)
+    terminalreporter.write_line(
+        f"parity with the official outputs: {s['exact']}/{s['tensors']} tensors bit-exact, "
+        f"{s['within_noise']}/{s['tensors']} within float32 noise, largest difference {s['max_abs_diff']:.3g} "
+        f"({cpu_model()}, ATen {torch.backends.cpu.get_cpu_capability()}; "
+        f"OPENRADIO_STRICT_PARITY={os.environ.get('OPENRADIO_STRICT_PARITY', '0')})")

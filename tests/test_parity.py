@@ -29,6 +29,8 @@ def load(fixdir, variant, adaptor_names, window):
 
 
 STRICT = os.environ.get("OPENRADIO_STRICT_PARITY") == "1"
+# every comparison of the official cases made in this session (reported at the end by conftest)
+RESULTS: list = []
 
 
 def check(results, where_prefix=""):
@@ -61,6 +63,7 @@ def test_case_matches_official(official_fixtures, expected, variant, case):
     C = expected["variants"][variant]["cases"][case]
     model = load(official_fixtures, variant, C["adaptor_names"], C["vitdet_window_size"])
     results = list(parity.run_case(model, expected, variant, case))
+    RESULTS.extend(results)
     # every stored tensor was compared: features per leaf, plus summaries where stored
     want = C["expected"]
     if C["method"] == "forward":
