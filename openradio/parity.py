@@ -142,9 +142,9 @@ def compare_fixtures(fixdir: str | Path, *, progress: Callable[[str], None] | No
     for variant, case in case_ids(E):
         C = E["variants"][variant]["cases"][case]
         model = cache.get(E["variants"][variant]["checkpoint"], C["adaptor_names"], C["vitdet_window_size"])
+        out.extend(run_case(model, E, variant, case))
         if progress:
             progress(f"{variant}:{case}")
-        out.extend(run_case(model, E, variant, case))
     return out
 
 
@@ -203,6 +203,12 @@ def platform_info() -> dict:
                                            "OMP_NUM_THREADS", "MKL_NUM_THREADS", "TIMM_FUSED_ATTN")
                 if k in os.environ},
     }
+
+
+def platform_line(info: dict) -> str:
+    return (f"platform: {info['cpu']} | ATen {info['aten_cpu_capability']} | AVX-512 "
+            f"{'yes' if info['avx512'] else 'no'} | torch {info['torch']} | timm {info['timm']} | "
+            f"{info['threads']} threads")
 
 
 def env_settings(flags: set[str] | None = None) -> list[dict[str, str]]:

@@ -22,7 +22,9 @@ magnitude) passes; with --strict only bit equality does.
 
 Bit equality also depends on the CPU's kernels (MKL code path, ATen's vector width). --matrix
 reruns the comparison in a fresh process for each kernel setting this CPU supports
-(ATEN_CPU_CAPABILITY x MKL_CBWR x threads) and reports which settings, if any, are bit-exact."""
+(ATEN_CPU_CAPABILITY x MKL_CBWR x threads) and reports which settings, if any, are bit-exact;
+it exits 0 when every setting stays within the noise bound (with --strict: when at least one
+setting is bit-exact for every tensor)."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -40,10 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _print_single(results, summary, info, strict: bool, every: bool) -> None:
-    from openradio.parity import NOISE
-    print(f"platform: {info['cpu']} | ATen {info['aten_cpu_capability']} | AVX-512 "
-          f"{'yes' if info['avx512'] else 'no'} | torch {info['torch']} | timm {info['timm']} | "
-          f"{info['threads']} threads")
+    from openradio.parity import NOISE, platform_line
+    print(platform_line(info))
     rows: dict[str, list] = {}
     for r in results:
         key = r.where if every else f"{r.variant}:{r.case}"
@@ -62,11 +62,10 @@ def _print_single(results, summary, info, strict: bool, every: bool) -> None:
 
 
 def _run_matrix(args) -> int:
-    from openradio.parity import describe_env, env_settings, platform_info
+    from openradio.parity import describe_env, env_settings, platform_info, platform_line
     settings = env_settings() if not args.setting else [parse_setting(s) for s in args.setting]
     info = platform_info()
-    print(f"platform: {info['cpu']} | ATen {info['aten_cpu_capability']} | AVX-512 "
-          f"{'yes' if info['avx512'] else 'no'} | torch {info['torch']}")
+    print(platform_line(info))
     print(f"{len(settings)} kernel settings, one process each")
     rows = []
     from tqdm import tqdm
@@ -96,10 +95,11 @@ def _run_matrix(args) -> int:
         print("no setting on this CPU is bit-exact for every tensor")
     if args.json:
         _write_json(args.json, {"platform": info, "matrix": rows})
-    ok_rows = [r for r in rows if "error" not in r]
-    if not ok_rows:
-        return 1
-    return 0 if (full or not args.strict) else 1
+    if args.strict:
+        return 0 if full else 1
+    # without --strict every setting must run and stay within float32 noise
+    return 0 if all("error" not in r and r["within_noise"] == r["tensors"] and not r["failed_checks"]
+                    for r in rows) else 1
 
 
 def parse_setting(text: str) -> dict[str, str]:
