@@ -13,6 +13,8 @@ decides those, and :func:`env_settings` lists the switches worth trying on a giv
 """
 from __future__ import annotations
 
+import fnmatch
+import hashlib
 import os
 import platform
 from dataclasses import asdict, dataclass
@@ -37,6 +39,7 @@ class Comparison:
     exact: bool
     dtype_ok: bool = True
     shape_ok: bool = True
+    digest: str = ""    # of our output tensor's bytes: equal digests = identical bits on two machines
 
     @property
     def within_noise(self) -> bool:
@@ -64,7 +67,8 @@ def _tensor_compare(variant: str, case: str, where: str, got: torch.Tensor, want
                           False, shape_ok=False)
     diff = (got - want).abs().max().item() if got.numel() else 0.0
     mag = want.abs().max().item() if want.numel() else 0.0
-    return Comparison(variant, case, where, diff, mag, bool(torch.equal(got, want)))
+    digest = hashlib.sha1(got.detach().contiguous().cpu().numpy().tobytes()).hexdigest()[:12]
+    return Comparison(variant, case, where, diff, mag, bool(torch.equal(got, want)), digest=digest)
 
 
 def compare_leaf(variant: str, case: str, got, want: dict, where: str) -> Iterator[Comparison]:
@@ -128,18 +132,35 @@ class ModelCache:
         return self._models[key]
 
 
-def case_ids(E: dict) -> list[tuple[str, str]]:
-    return [(v, c) for v, V in E["variants"].items() for c in V["cases"]]
+def case_ids(E: dict, patterns: list[str] | None = None) -> list[tuple[str, str]]:
+    """(variant, case) pairs; with ``patterns``, only those whose ``variant:case`` matches one of
+    the shell-style patterns (e.g. ``'*16x16'``, ``'tiny_radio_v25_norm:*'``)."""
+    ids = [(v, c) for v, V in E["variants"].items() for c in V["cases"]]
+    if patterns:
+        ids = [(v, c) for v, c in ids if any(fnmatch.fnmatchcase(f"{v}:{c}", p) for p in patterns)]
+    return ids
+
+
+def select_cases(E: dict, patterns: list[str] | None) -> list[tuple[str, str]]:
+    """:func:`case_ids`, but an error when patterns match nothing."""
+    ids = case_ids(E, patterns)
+    if not ids:
+        v, c = case_ids(E)[0]
+        raise ValueError(f"no case matches {patterns}; cases look like '{v}:{c}' (shell-style patterns)")
+    return ids
 
 
 def compare_fixtures(fixdir: str | Path, *, progress: Callable[[str], None] | None = None,
-                     cache: ModelCache | None = None, expected: dict | None = None) -> list[Comparison]:
-    """Every stored output tensor of every case, compared (nothing is asserted here).
+                     cache: ModelCache | None = None, expected: dict | None = None,
+                     cases: list[str] | None = None) -> list[Comparison]:
+    """Every stored output tensor of every case (or of the cases matching the patterns
+    ``cases``, see :func:`case_ids`), compared; nothing is asserted here.
     ``expected``: the already loaded ``expected.pt`` of ``fixdir``, if the caller has it."""
     E = expected if expected is not None else load_expected(fixdir)
     cache = cache or ModelCache(fixdir)
+    ids = select_cases(E, cases)
     out: list[Comparison] = []
-    for variant, case in case_ids(E):
+    for variant, case in ids:
         C = E["variants"][variant]["cases"][case]
         model = cache.get(E["variants"][variant]["checkpoint"], C["adaptor_names"], C["vitdet_window_size"])
         out.extend(run_case(model, E, variant, case))
@@ -156,6 +177,9 @@ def summarize(results: list[Comparison]) -> dict:
         "within_noise": sum(r.within_noise for r in results),
         "max_abs_diff": max(finite) if finite else 0.0,
         "failed_checks": sum(not (r.dtype_ok and r.shape_ok) for r in results),
+        # one digest of all our outputs: two machines (or kernel settings) with the same value
+        # computed identical bits
+        "outputs_digest": hashlib.sha1("".join(r.digest for r in results).encode()).hexdigest()[:12],
     }
 
 

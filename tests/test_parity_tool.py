@@ -38,6 +38,9 @@ def test_small_fixtures_pass_within_noise(official_fixtures, tmp_path):
     assert all(r.within_noise and r.dtype_ok and r.shape_ok for r in res)
     s = parity.summarize(res)
     assert s["tensors"] == 20 and s["within_noise"] == 20 and s["max_abs_diff"] < 1e-4
+    # the digest fingerprints our outputs: same run -> same digest; one output per tensor
+    assert len({r.digest for r in res}) == 20 and all(len(r.digest) == 12 for r in res)
+    assert parity.summarize(parity.compare_fixtures(d))["outputs_digest"] == s["outputs_digest"]
 
 
 def test_wrong_value_and_dtype_are_reported(official_fixtures, tmp_path, capsys):
@@ -47,6 +50,9 @@ def test_wrong_value_and_dtype_are_reported(official_fixtures, tmp_path, capsys)
         case["sam"]["dtype"] = "torch.bfloat16"         # the official output had another dtype
     d = _small_fixtures(official_fixtures, tmp_path, mutate)
     res = {r.where: r for r in parity.compare_fixtures(d) if r.variant == "tiny_radio_v25_half"}
+    # the digest is of openradio's outputs, not of the reference: unchanged by the tampering
+    clean = {r.where: r.digest for r in parity.compare_fixtures(official_fixtures, cases=[f"tiny_radio_v25_half:{CASE}"])}
+    assert {w: r.digest for w, r in res.items()} == clean
     wrong = res[f"{CASE}/clip/summary"]
     assert not wrong.within_noise and wrong.max_abs_diff == pytest.approx(1e-3, rel=0.01)
     assert not res[f"{CASE}/sam/features"].dtype_ok
@@ -143,3 +149,15 @@ def test_parse_setting():
 def test_missing_fixtures_folder_is_a_clear_error(tmp_path, capsys):
     assert cli_main(["parity", "--fixtures", str(tmp_path)]) == 2
     assert "expected.pt" in capsys.readouterr().err
+
+
+def test_case_patterns_select_and_reject(official_fixtures, capsys):
+    E = parity.load_expected(official_fixtures)
+    assert parity.case_ids(E, ["*16x16"]) == [("tiny_radio_v25_half", CASE), ("tiny_radio_v25_norm", CASE)]
+    norm_vitdet = parity.case_ids(E, ["tiny_radio_v25_norm:vitdet8_*"])
+    assert norm_vitdet and all(v == "tiny_radio_v25_norm" and c.startswith("vitdet8_") for v, c in norm_vitdet)
+    assert parity.case_ids(E, None) == parity.case_ids(E)
+    with pytest.raises(ValueError, match="no case matches"):
+        parity.select_cases(E, ["nothing"])
+    assert cli_main(["parity", "--fixtures", str(official_fixtures), "--cases", "nothing"]) == 2
+    assert "no case matches" in capsys.readouterr().err

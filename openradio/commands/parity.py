@@ -12,6 +12,7 @@ HELP = "check that openradio reproduces the official RADIO outputs stored in a p
 EXAMPLES = """\
   openradio parity --fixtures ../shared/fixtures/official-v2.5
   openradio parity --fixtures DIR --strict            # every tensor bit-identical, or exit 1
+  openradio parity --fixtures DIR --cases '*16x16' --cases '*:vitdet8_*'
   openradio parity --fixtures DIR --matrix --json parity.json
   openradio parity --fixtures DIR --matrix --setting "" --setting MKL_CBWR=AVX2,OMP_NUM_THREADS=1
 
@@ -37,6 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--setting", action="append", default=None, metavar="VAR=VAL[,VAR=VAL]",
                    help="with --matrix: try these environment settings instead of the automatic list "
                         "(repeatable; an empty string means the defaults)")
+    p.add_argument("--cases", action="append", default=None, metavar="GLOB",
+                   help="only cases whose VARIANT:CASE matches (repeatable), e.g. '*16x16'")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
     p.add_argument("--verbose-cases", action="store_true", help="print every tensor, not one line per case")
 
@@ -58,7 +61,7 @@ def _print_single(results, summary, info, strict: bool, every: bool) -> None:
         print(f"{key.ljust(width)}  {len(rs):7d}  {sum(r.exact for r in rs):5d}  {diff:9.3g}   {verdict}")
     print(f"\n{summary['exact']}/{summary['tensors']} tensors bit-exact; {summary['within_noise']}/"
           f"{summary['tensors']} within float32 noise ({NOISE:g} x max magnitude); largest difference "
-          f"{summary['max_abs_diff']:.3g}")
+          f"{summary['max_abs_diff']:.3g}; outputs digest {summary['outputs_digest']}")
 
 
 def _run_matrix(args) -> int:
@@ -71,7 +74,8 @@ def _run_matrix(args) -> int:
     from tqdm import tqdm
     for env in tqdm(settings, desc="settings", unit="setting", file=sys.stderr):
         proc = subprocess.run(
-            [sys.executable, "-m", "openradio.cli", "parity", "--fixtures", str(args.fixtures), "--json", "-"],
+            [sys.executable, "-m", "openradio.cli", "parity", "--fixtures", str(args.fixtures), "--json", "-",
+             *[a for pat in (args.cases or []) for a in ("--cases", pat)]],
             env={**os.environ, **env}, capture_output=True, text=True)
         try:
             res = json.loads(proc.stdout[proc.stdout.index("{"):])
@@ -81,13 +85,13 @@ def _run_matrix(args) -> int:
             continue
         rows.append({"env": env, **res["summary"], "aten_cpu_capability": res["platform"]["aten_cpu_capability"]})
     width = max(len(describe_env(r["env"])) for r in rows)
-    print(f"{'setting'.ljust(width)}  ATen     exact/tensors  max|diff|")
+    print(f"{'setting'.ljust(width)}  ATen     exact/tensors  max|diff|  outputs digest")
     for r in rows:
         if "error" in r:
             print(f"{describe_env(r['env']).ljust(width)}  error: {r['error']}")
             continue
         print(f"{describe_env(r['env']).ljust(width)}  {r['aten_cpu_capability']:<7}  "
-              f"{r['exact']:5d}/{r['tensors']:<7d}  {r['max_abs_diff']:9.3g}")
+              f"{r['exact']:5d}/{r['tensors']:<7d}  {r['max_abs_diff']:9.3g}  {r['outputs_digest']}")
     full = [r for r in rows if "error" not in r and r["exact"] == r["tensors"]]
     if full:
         print("bit-exact under: " + "; ".join(describe_env(r["env"]) for r in full))
@@ -123,7 +127,7 @@ def _write_json(dest: str, obj: dict) -> None:
 
 
 def run(args) -> int:
-    from openradio.parity import as_dicts, case_ids, compare_fixtures, load_expected, platform_info, summarize
+    from openradio.parity import as_dicts, compare_fixtures, load_expected, platform_info, select_cases, summarize
     if args.matrix:
         return _run_matrix(args)
     quiet = args.json == "-"
@@ -131,8 +135,9 @@ def run(args) -> int:
     bar = None
     if not quiet:
         from tqdm import tqdm
-        bar = tqdm(total=len(case_ids(E)), desc="cases", unit="case", file=sys.stderr)
-    results = compare_fixtures(args.fixtures, expected=E, progress=(lambda _name: bar.update(1)) if bar else None)
+        bar = tqdm(total=len(select_cases(E, args.cases)), desc="cases", unit="case", file=sys.stderr)
+    results = compare_fixtures(args.fixtures, expected=E, cases=args.cases,
+                               progress=(lambda _name: bar.update(1)) if bar else None)
     if bar:
         bar.close()
     summary = summarize(results)
