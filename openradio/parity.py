@@ -203,6 +203,21 @@ def cpu_flags() -> set[str]:
     return set((_cpuinfo("flags") or "").split())
 
 
+def platform_matches(recorded: dict) -> bool:
+    """Whether this machine is of the platform a fixtures set recorded (``expected.pt['platform']``:
+    same CPU model, same recorded ISA flags, same torch), i.e. whether its float32 kernels can give
+    the stored bits. The thread count is not part of it: set ``torch.set_num_threads`` to
+    ``recorded['threads']`` as well before demanding bit equality."""
+    if not recorded or "cpu" not in recorded or "torch" not in recorded:
+        return False
+    flags = cpu_flags()
+    for name, want in (recorded.get("flags") or {}).items():
+        have = any(f.startswith("amx") for f in flags) if name == "amx" else name in flags
+        if bool(want) != have:
+            return False
+    return recorded["cpu"] == cpu_model() and recorded["torch"] == torch.__version__
+
+
 def platform_info() -> dict:
     """What decides float32 kernel results on this machine."""
     import timm

@@ -1,10 +1,13 @@
-"""Parity with the official RADIO code on the shared fixtures (CPU, float32).
+"""Parity with the official RADIO code on the official-output fixtures (CPU, float32).
 
-The comparison is ``torch.equal`` when ``OPENRADIO_STRICT_PARITY=1``. Otherwise a mismatch is
-allowed only at the level of float32 rounding noise: the reference tensors were produced on a CPU
-whose BLAS/ATen kernels may sum in a different order than this machine's (changing MKL's code
-path alone, e.g. ``MKL_CBWR=COMPATIBLE``, moves our own outputs by the same few ulps), so bit
-equality is a property of the platform as much as of the code. Every comparison prints its max
+The fixtures are vendored in ``tests/fixtures/official-mini`` (``$OPENRADIO_FIXTURES`` picks
+another set). The comparison is ``torch.equal`` where the machine is of the platform the fixtures
+recorded (``expected.pt['platform']``: CPU model, ISA flags, torch version; the tests then run
+with the recorded thread count), or when ``OPENRADIO_STRICT_PARITY=1``; ``=0`` turns that off.
+Otherwise a mismatch is allowed only at the level of float32 rounding noise: the reference tensors
+were produced on a CPU whose BLAS/ATen kernels may sum in a different order than this machine's
+(changing MKL's code path alone, e.g. ``MKL_CBWR=COMPATIBLE``, moves our own outputs by the same
+few ulps), so bit equality is a property of the platform as much as of the code. Every comparison prints its max
 abs difference; any logic error (wrong crop, wrong token, wrong eps, wrong head) is orders of
 magnitude above the noise bound and fails.
 """
@@ -28,7 +31,8 @@ def load(fixdir, variant, adaptor_names, window):
     return cache.get(f"{variant}.pth.tar", adaptor_names, window)
 
 
-STRICT = os.environ.get("OPENRADIO_STRICT_PARITY") == "1"
+# bit equality demanded? decided once per session by the `parity_mode` fixture
+MODE: dict = {"strict": os.environ.get("OPENRADIO_STRICT_PARITY") == "1", "why": ""}
 # every comparison of the official cases made in this session (reported at the end by conftest)
 RESULTS: list = []
 
@@ -42,11 +46,32 @@ def check(results, where_prefix=""):
     for r in results:
         assert r.dtype_ok, f"{r.where}: dtype differs from the official output"
         assert r.shape_ok, f"{r.where}: shape differs from the official output (or summary missing/extra)"
-        if STRICT:
+        if MODE["strict"]:
             assert r.exact, f"{r.where}: not bit-exact, max abs diff {r.max_abs_diff}"
         else:
             assert r.within_noise, (f"{r.where}: max abs diff {r.max_abs_diff} exceeds the float32 noise bound "
                                     f"{parity.NOISE * max(r.max_abs_value, 1.0)}")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def parity_mode(request):
+    """Bit equality where the recorded platform matches this machine, with the recorded number of
+    threads (some tiny MKL matrix shapes round differently with more threads)."""
+    env = os.environ.get("OPENRADIO_STRICT_PARITY")
+    from conftest import fixtures_dir
+    d = fixtures_dir()
+    recorded = parity.load_expected(d).get("platform", {}) if d is not None else {}
+    same = parity.platform_matches(recorded)
+    MODE["strict"] = env == "1" or (same and env != "0")
+    MODE["why"] = ("OPENRADIO_STRICT_PARITY=1" if env == "1" else
+                   "recorded platform matches this machine" if MODE["strict"] else
+                   "OPENRADIO_STRICT_PARITY=0" if env == "0" and same else
+                   "platform differs from the recorded one" if recorded else "no platform recorded")
+    threads = torch.get_num_threads()
+    if same and env != "0" and recorded.get("threads"):
+        torch.set_num_threads(int(recorded["threads"]))
+    yield
+    torch.set_num_threads(threads)
 
 
 def _all_case_ids():
@@ -171,3 +196,34 @@ def test_vitdet_forward_intermediates_on_official_checkpoints(official_fixtures,
         assert torch.equal(inter[-1].features, fwd.features)
     want = C["expected"]["backbone"]
     check(list(parity.compare_leaf(variant, "vitdet8_NLC/256x384", final, want, "vitdet8 via forward_intermediates")))
+
+
+# -- the vendored fixtures and when bit equality is demanded -------------------------------------
+def test_parity_fixtures_ship_with_the_repository(monkeypatch):
+    """A fresh clone (no $OPENRADIO_FIXTURES, no shared folder beside it) still has fixtures."""
+    from conftest import REPO, fixtures_dir
+    monkeypatch.delenv("OPENRADIO_FIXTURES", raising=False)
+    d = fixtures_dir()
+    assert d == REPO / "tests" / "fixtures" / "official-mini"
+    E = parity.load_expected(d)
+    for V in E["variants"].values():
+        assert hashlib.sha256((d / V["checkpoint"]).read_bytes()).hexdigest() == V["checkpoint_sha256"]
+    assert E["platform"]["threads"] == 1
+
+
+def test_platform_match_decides_strictness(monkeypatch):
+    recorded = {"cpu": "AMD EPYC", "flags": {"avx2": True, "avx512f": False, "avx512_bf16": False, "amx": False},
+                "torch": "2.14.1+cu130", "threads": 1}
+    monkeypatch.setattr(parity, "cpu_model", lambda: "AMD EPYC")
+    monkeypatch.setattr(parity, "cpu_flags", lambda: {"avx2", "fma"})
+    monkeypatch.setattr(torch, "__version__", "2.14.1+cu130")
+    assert parity.platform_matches(recorded)
+    assert not parity.platform_matches({})                                   # nothing recorded
+    assert not parity.platform_matches(recorded | {"torch": "2.13.0"})
+    monkeypatch.setattr(parity, "cpu_flags", lambda: {"avx2", "avx512f"})   # an AVX-512 machine
+    assert not parity.platform_matches(recorded)
+    monkeypatch.setattr(parity, "cpu_flags", lambda: {"avx2", "amx_bf16", "amx_tile"})
+    assert not parity.platform_matches(recorded)
+    monkeypatch.setattr(parity, "cpu_flags", lambda: {"avx2"})
+    monkeypatch.setattr(parity, "cpu_model", lambda: "Intel Xeon")
+    assert not parity.platform_matches(recorded)

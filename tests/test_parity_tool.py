@@ -161,3 +161,10 @@ def test_case_patterns_select_and_reject(official_fixtures, capsys):
         parity.select_cases(E, ["nothing"])
     assert cli_main(["parity", "--fixtures", str(official_fixtures), "--cases", "nothing"]) == 2
     assert "no case matches" in capsys.readouterr().err
+
+
+def test_parity_command_defaults_to_the_vendored_fixtures(monkeypatch):
+    from openradio.cli import build_parser
+    monkeypatch.delenv("OPENRADIO_FIXTURES", raising=False)
+    args = build_parser().parse_args(["parity"])
+    assert Path(args.fixtures) == REPO / "tests" / "fixtures" / "official-mini"

@@ -28,10 +28,17 @@ it exits 0 when every setting stays within the noise bound (with --strict: when 
 setting is bit-exact for every tensor)."""
 
 
+# the small fixtures set vendored in a source checkout
+VENDORED = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "official-mini"
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     default = os.environ.get("OPENRADIO_FIXTURES")
+    if default is None and VENDORED.is_dir():  # a source checkout ships a small set
+        default = str(VENDORED)
     p.add_argument("--fixtures", default=default, required=default is None, metavar="DIR",
-                   help="parity-fixtures folder (default: $OPENRADIO_FIXTURES)")
+                   help="parity-fixtures folder (default: $OPENRADIO_FIXTURES, else the repository's "
+                        "tests/fixtures/official-mini)")
     p.add_argument("--strict", action="store_true", help="require bit equality (exit 1 otherwise)")
     p.add_argument("--matrix", action="store_true",
                    help="rerun under every kernel setting this CPU supports, one process each")
