@@ -25,14 +25,16 @@ def build_arg_parser(p: Optional[argparse.ArgumentParser] = None) -> argparse.Ar
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch.distributed as dist
-
     from openradio.distill.config import load_config
-    from openradio.distill.trainer import Trainer
 
+    # the whole config is checked before torch, the teachers or the student are built
     cfg = load_config(args.config, args.overrides)
     if not cfg.data.path:
         raise ValueError("no training data: set data.path=DIR (image folder, file list or shard pattern)")
+
+    import torch.distributed as dist
+
+    from openradio.distill.trainer import Trainer
     trainer = Trainer(cfg)
     try:
         last = trainer.train(max_steps=args.max_steps, resume=not args.no_resume)
@@ -57,6 +59,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     if bad:
         parser.error(f"unrecognized arguments: {' '.join(bad)}")
     args.overrides = list(args.overrides) + extra  # overrides may also follow options
+    from openradio.distill.config import load_config
+    try:  # a config mistake is one line, as with `openradio train`; later errors keep their traceback
+        load_config(args.config, args.overrides)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"python -m openradio.train: error: {e}", file=sys.stderr)
+        return 2
     return run(args)
 
 
