@@ -35,39 +35,91 @@ class CheckpointError(ValueError):
 
 
 # -- reading ---------------------------------------------------------------------------------------
+_MAGIC = [(b"\x89PNG\r\n\x1a\n", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
+          (b"BM", "a BMP image"), (b"II*\x00", "a TIFF image"), (b"MM\x00*", "a TIFF image"),
+          (b"%PDF", "a PDF document"), (b"\x1f\x8b", "a gzip archive"), (b"7z\xbc\xaf", "a 7-zip archive"),
+          (b"\x1a\x45\xdf\xa3", "a Matroska/WebM video"), (b"\x89HDF", "an HDF5 file (Keras/h5py)"),
+          (b"\x93NUMPY", "a NumPy .npy array")]
+
+
+def sniff_file(path: str | os.PathLike) -> Optional[str]:
+    """What a file that cannot be a PyTorch checkpoint looks like ('a PNG image', 'a JSON
+    document', ...), or None when it may be one (a zip archive or a pickle)."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
+        return None  # zip (torch.save) or a pickle (legacy torch.save)
+    for magic, what in _MAGIC:
+        if head.startswith(magic):
+            return what
+    if head[:4] == b"RIFF" and head[8:12] in (b"WEBP", b"AVI ", b"WAVE"):
+        return {b"WEBP": "a WebP image", b"AVI ": "an AVI video", b"WAVE": "a WAV file"}[head[8:12]]
+    if head[4:8] == b"ftyp":
+        return "an MP4/MOV video or HEIF image"
+    if len(head) > 8:
+        n = int.from_bytes(head[:8], "little")
+        if 0 < n < 100_000_000 and head[8:10] == b'{"':
+            return "a safetensors file (a Hugging Face folder holds it with config.json: pass the folder)"
+    if len(head) > 262 and head[257:262] == b"ustar":
+        return "a tar archive (a folder packed with tar, not a torch.save file)"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    stripped = text.lstrip()
+    if stripped[:1] in ("{", "["):
+        return "a JSON document"
+    if stripped.startswith(("<!DOCTYPE", "<html", "<HTML", "<?xml")):
+        return "an HTML/XML page (a download that returned a web page?)"
+    if all(c.isprintable() or c in "\r\n\t" for c in text):
+        return "a text file"
+    return None
+
+
 def load_checkpoint_file(path: str | os.PathLike) -> dict:
     """``torch.load(weights_only=True)`` with an allow-list: a pickle that asks to build any
-    other object (and so could run code) is refused before anything in it runs."""
+    other object (and so could run code) is refused before anything in it runs. A file that is
+    not a checkpoint at all (an image, JSON, an empty or truncated file) is one line saying so;
+    the reader's own message is kept as the exception's ``__cause__`` (``openradio --debug``)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes): an interrupted download or copy? Fetch it again.")
+    what = sniff_file(path)
+    if what is not None:
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint: looks like {what}")
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             chk = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         detail = _unsafe_detail(str(e))
+        if detail is None:
+            raise CheckpointError(f"cannot read {path} ({size:,} bytes): not a PyTorch checkpoint, or a corrupt "
+                                  "one (openradio --debug shows the reader's message)") from e
         raise CheckpointError(
             f"refusing to load {path}: its pickle references {detail}, which is not on the allow-list "
             "(official RADIO checkpoints need only tensors, dtypes and argparse.Namespace). "
             "Only load checkpoints from sources you trust.") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
-        size = path.stat().st_size
-        raise CheckpointError(
-            f"cannot read {path} ({size:,} bytes): the file is truncated or corrupt ({str(e).splitlines()[0]}). "
-            "Delete it and download it again.") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, IndexError, ValueError, KeyError) as e:
+        raise CheckpointError(f"cannot read {path} ({size:,} bytes): the file is truncated or corrupt; "
+                              "delete it and fetch it again (openradio --debug shows the reader's message)") from e
     if not isinstance(chk, dict) or "args" not in chk or not ("state_dict" in chk or "state_dict_ema" in chk):
-        keys = sorted(chk) if isinstance(chk, dict) else type(chk).__name__
+        keys = sorted(map(str, chk))[:8] if isinstance(chk, dict) else type(chk).__name__
         raise CheckpointError(f"{path} is not an official RADIO checkpoint: expected a dict with 'args' and "
                               f"'state_dict', found {keys}")
     return chk
 
 
-def _unsafe_detail(msg: str) -> str:
+def _unsafe_detail(msg: str) -> Optional[str]:
+    """The object a refused pickle asked for (``GLOBAL posix.system``), or None when the error is
+    not about a refused object (a corrupt or foreign file)."""
     for line in msg.splitlines():
         line = line.strip()
         if "Unsupported global" in line or "GLOBAL" in line:
             return line.split(":", 1)[-1].strip().rstrip(".") or line
-    return "an object type outside the allow-list"
+    return None
 
 
 def clean_key(k: str) -> str:

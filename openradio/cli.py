@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="openradio: RADIOv2.5 inference, training, evaluation and visualisation.",
         epilog="Run `openradio COMMAND --help` for a command's flags and examples.",
     )
-    parser.add_argument("--verbose", action="store_true", help="show full tracebacks on errors")
+    parser.add_argument("--debug", "--verbose", dest="verbose", action="store_true",
+                        help="show full tracebacks on errors (with the underlying library's message)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, modname in COMMANDS.items():
         try:
