@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 # name -> module; the order is the order shown in --help
 COMMANDS = {
@@ -80,8 +81,18 @@ def build_parser() -> argparse.ArgumentParser:
                            epilog="examples:\n" + mod.EXAMPLES if getattr(mod, "EXAMPLES", "") else None,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         mod.add_arguments(p)
+        if "--no-progress" not in p._option_string_actions:  # the same flag in every command
+            p.add_argument("--no-progress", action="store_true", help="hide progress bars")
         p.set_defaults(_run=mod.run)
     return parser
+
+
+def _one_line_warning(command: str):
+    """Warnings while a command runs: one line, ``openradio CMD: warning: ...`` (no source line)."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = str(message).strip().splitlines()
+        print(f"openradio {command}: warning: {text[0] if text else category.__name__}", file=file or sys.stderr)
+    return show
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        rc = args._run(args)
+        with warnings.catch_warnings():  # restores the default display when the command ends
+            warnings.showwarning = _one_line_warning(args.command)
+            rc = args._run(args)
         return int(rc or 0)
     except KeyboardInterrupt:
         print("openradio: interrupted", file=sys.stderr)

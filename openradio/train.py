@@ -21,7 +21,15 @@ def build_arg_parser(p: Optional[argparse.ArgumentParser] = None) -> argparse.Ar
     p.add_argument("--export", default=None, metavar="FILE.pth.tar",
                    help="at the end, write an official-format checkpoint that openradio.radio_model loads")
     p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints in out_dir")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars (the config's progress=false)")
     return p
+
+
+def apply_flags(args: argparse.Namespace) -> None:
+    """Flags that are config values: ``--no-progress`` is ``progress=false``."""
+    if getattr(args, "no_progress", False):
+        args.overrides = list(args.overrides or []) + ["progress=false"]
+        args.no_progress = False
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,6 +67,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if bad:
         parser.error(f"unrecognized arguments: {' '.join(bad)}")
     args.overrides = list(args.overrides) + extra  # overrides may also follow options
+    apply_flags(args)
     from openradio.distill.config import load_config
     try:  # a config mistake is one line, as with `openradio train`; later errors keep their traceback
         load_config(args.config, args.overrides)

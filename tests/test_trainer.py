@@ -182,13 +182,16 @@ def test_vitdet_augmentation_and_corrupt_images(tmp_path, image_dir, monkeypatch
     assert int(rows[-1]["skipped_images"]) >= 1  # the broken file was met, counted, and skipped
 
 
-def test_export_command_from_a_run_directory(tmp_path, image_dir):
+def test_export_command_from_a_run_directory(tmp_path, image_dir, capsys):
     from openradio.cli import main
     cfg = tiny_cfg(tmp_path / "run", image_dir, "stages.0.steps=2")
     t = Trainer(cfg, env=DistEnv())
     t.train()
     out = tmp_path / "exported.pth.tar"
+    capsys.readouterr()
     assert main(["export", str(tmp_path / "run"), "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert "resumed" not in said and said.startswith("exported step 2 to")  # export resumes nothing
     m = openradio.radio_model(str(out), adaptor_names=["dino_v2"])
     assert torch.equal(m.blocks[0].mlp.fc1.weight, t.ema.blocks[0].mlp.fc1.weight)
     assert main(["export", str(tmp_path / "run"), "--out", str(out), "--no-ema"]) == 0

@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     adaptors = parse_adaptors(args.adaptor)
 
     model = openradio.radio_model(args.version, adaptor_names=adaptors or None,
-                                  vitdet_window_size=args.vitdet_window)
+                                  vitdet_window_size=args.vitdet_window, progress=not args.no_progress)
     model = model.to(device).eval()
     rows = bench_model(model, resolutions, batch_size=args.batch_size, baseline=baseline,
                        vitdet_window=args.vitdet_window, iters=args.iters, warmup=args.warmup, device=device,

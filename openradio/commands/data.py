@@ -44,7 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     ms.add_argument("--seed", type=int, default=0, help="seed of the random order (default 0)")
     ms.add_argument("--verify", action="store_true", help="decode every image and leave out unreadable ones")
     ms.add_argument("--overwrite", action="store_true", help="replace shards already in OUT_DIR")
-    ms.add_argument("--quiet", action="store_true", help="no progress bar")
+    ms.add_argument("--no-progress", "--quiet", dest="quiet", action="store_true", help="hide the progress bar")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -29,7 +29,7 @@ def run(args) -> int:
         raise CLIError(f"{run_dir} has no config.yaml: is it a training run's out_dir?")
     cfg = load_config(run_dir / "config.yaml", [f"out_dir={run_dir}", "tensorboard=false", "progress=false"])
     trainer = Trainer(cfg, env=DistEnv())
-    if not trainer.resume():
+    if not trainer.resume(quiet=True):
         raise CLIError(f"no readable checkpoint in {run_dir / 'checkpoints'}")
     if args.format == "hf":
         import tempfile

@@ -133,13 +133,13 @@ def run(args: argparse.Namespace) -> int:
     _check_out(out)
     images = expand_images(args.images)
     # decode every image before any model work, so a bad file fails fast and names itself
-    for path in tqdm(images, desc="checking images", unit="image", disable=len(images) < 16):
+    for path in tqdm(images, desc="checking images", unit="image", disable=len(images) < 16 or args.no_progress):
         load_image(path)
     stems = unique_stems(images)
     device = pick_device(args.device)
 
     model = openradio.radio_model(args.version, adaptor_names=adaptors or None,
-                                  vitdet_window_size=args.vitdet_window)
+                                  vitdet_window_size=args.vitdet_window, progress=not args.no_progress)
     model = model.to(device).eval()
     res = supported_resolution(model, args.resolution or default_resolution(model))
     output_names = ["backbone", *adaptors]
@@ -164,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
                 tensors[f"{stem}/{name}/features"] = o.features[i:i + 1].float().cpu().contiguous()
         bar.update(len(items))
 
-    bar = tqdm(total=len(images), desc="features", unit="image")
+    bar = tqdm(total=len(images), desc="features", unit="image", disable=args.no_progress)
     try:
         for path, stem in zip(images, stems):
             x = prepare_input(load_image(path), model, res, square=args.square)

@@ -16,5 +16,6 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from openradio.train import run as run_train
-    return run_train(args)
+    import openradio.train
+    openradio.train.apply_flags(args)
+    return openradio.train.run(args)

@@ -132,11 +132,11 @@ def run(args: argparse.Namespace) -> int:
     grid_rows: dict[str, list] = {s: [] for s in stems}
     grid_inputs: dict[str, np.ndarray] = {}
     written: list[Path] = []
-    bar = tqdm(total=len(images) * len(args.version), unit="image", desc="viz")
+    bar = tqdm(total=len(images) * len(args.version), unit="image", desc="viz", disable=args.no_progress)
     try:
         for version, label in zip(args.version, labels):
             model = openradio.radio_model(version, adaptor_names=[args.adaptor] if args.adaptor else None,
-                                          vitdet_window_size=args.vitdet_window)
+                                          vitdet_window_size=args.vitdet_window, progress=not args.no_progress)
             model = model.to(device).eval()
             resolutions = requested or [default_resolution(model)]
             suffix = f"__{label}" if several_models else ""

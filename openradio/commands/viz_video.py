@@ -58,12 +58,13 @@ def run(args: argparse.Namespace) -> int:
     from openradio.viz.video import visualize_video
 
     model = openradio.radio_model(args.version, adaptor_names=[args.adaptor] if args.adaptor else None,
-                                  vitdet_window_size=args.vitdet_window)
+                                  vitdet_window_size=args.vitdet_window, progress=not args.no_progress)
     model = model.to(pick_device(args.device)).eval()
     summary = visualize_video(model, src, dst, resolution=args.resolution, adaptor=args.adaptor,
                               side_by_side=args.side_by_side, batch_size=args.batch_size,
                               num_key_frames=args.key_frames, interpolation=args.interpolation, crf=args.crf,
-                              amp=args.amp, max_frames=args.max_frames, skip=args.skip_components)
+                              amp=args.amp, max_frames=args.max_frames, skip=args.skip_components,
+                              progress=not args.no_progress)
     print(f"wrote {summary.path}: {summary.num_frames} frames, {summary.width}x{summary.height} "
           f"at {float(summary.fps):.3g} fps")
     return 0

@@ -546,9 +546,10 @@ class Trainer:
         state = self.state_dict()  # collective: every rank takes part
         self.ckpt.save(state, self.step)
 
-    def resume(self) -> bool:
+    def resume(self, quiet: bool = False) -> bool:
         """Load the newest readable checkpoint (an unreadable newest one is skipped with a
-        warning). Rank 0 chooses and every rank loads that same step."""
+        warning). Rank 0 chooses and every rank loads that same step. ``quiet``: no "resumed"
+        line (e.g. when a checkpoint is only read for export)."""
         if self.env.distributed:
             choice = [None]
             if self.env.is_main:
@@ -565,7 +566,7 @@ class Trainer:
                 return False
             state, step = found
         self.load_state_dict(state)
-        if self.env.is_main:
+        if self.env.is_main and not quiet:
             print(f"resumed from step {step} ({self.ckpt.dir})")
         return True
 
