@@ -108,7 +108,13 @@ def run_case(model, E: dict, variant: str, case: str) -> Iterator[Comparison]:
         inter = out
     else:
         final, inter = out
-        yield from compare_leaf(variant, case, final, want["final"], f"{case}/final")
+        if isinstance(final, dict):  # with adaptors, `final` is {'backbone': ..., name: ...}
+            if set(final) != set(want["final"]):
+                raise AssertionError(f"{case}: final outputs {sorted(final)} != expected {sorted(want['final'])}")
+            for name in want["final"]:
+                yield from compare_leaf(variant, case, final[name], want["final"][name], f"{case}/final/{name}")
+        else:
+            yield from compare_leaf(variant, case, final, want["final"], f"{case}/final")
     if len(inter) != len(want["intermediates"]):
         raise AssertionError(f"{case}: {len(inter)} intermediates, expected {len(want['intermediates'])}")
     for i, (g, w) in enumerate(zip(inter, want["intermediates"])):
