@@ -151,8 +151,10 @@ def backbone_config(args: Any, backbone_state: Optional[dict[str, torch.Tensor]]
     name = arg(args, "model")
     kwargs = dict(arg(args, "model_kwargs") or {})
     fam = vit_families.FAMILIES.get(name)
-    if fam is not None and not fam.honours_model_kwargs:
-        kwargs = vit_families.dinov2_sizes_from_state(backbone_state) if backbone_state else {}
+    if fam is not None and not fam.honours_model_kwargs and backbone_state:
+        # the weights decide; without weights (a new student) model_kwargs are honoured, which
+        # the official builder would not do
+        kwargs = vit_families.dinov2_sizes_from_state(backbone_state)
     return BackboneConfig(
         arch=name, model_kwargs=kwargs, cpe_max_size=arg(args, "cpe_max_size"),
         num_cls_tokens=len(unique_names(args)) if arg(args, "cls_token_per_teacher", True) else 1,
