@@ -126,3 +126,35 @@ def test_backbone_key_conversion_round_trips():
     assert set(backbone_state_to_official(ours, "dino_v2_g_student")) == set(state)
     assert set(backbone_state_from_official({"blocks.1.ls2.grandma": torch.zeros(1)}, "vit_base_patch16_v2_224")) == \
         {"blocks.1.ls2.gamma"}
+
+
+@pytest.mark.parametrize("version,fixture,window,windowed", [
+    ("c-radio_v4-h", "c_radio_v4_so400m_ema", 4, [0, 2, 4, 6]),      # no schedule: 4 global
+    ("radio_v2.1", "radio_v2_mlpnorm_bf16", 4, [0, 1, 2, 3, 4, 6, 7]),  # 5 windowed, then 1 global
+    ("radio_v2.5-g", "radio_v25g_dinov2", None, []),
+])
+def test_load_by_released_name_from_the_cache(tmp_path, monkeypatch, version, fixture, window, windowed):
+    """Loading by name finds the released file name in torch.hub's cache (no download here) and
+    applies the release's settings: patch, resolutions, adaptors, ViTDet schedule."""
+    import shutil
+
+    from conftest import families_dir
+    from openradio.loader import cached_checkpoint_path
+    from openradio.versions import VERSIONS
+
+    if families_dir() is None:
+        pytest.skip("official-families fixtures not found")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    v = VERSIONS[version]
+    dst = cached_checkpoint_path(version)
+    assert dst.name == v.url.split("?")[0].rsplit("/", 1)[-1]
+    dst.parent.mkdir(parents=True)
+    shutil.copy(families_dir() / f"{fixture}.pth.tar", dst)
+    model = openradio.radio_model(version, adaptor_names=list(v.adaptors), vitdet_window_size=window,
+                                  text_towers=False, progress=False)
+    assert model.version == version
+    assert (model.patch_size, model.max_resolution) == (v.patch_size, v.max_resolution)
+    assert tuple(model.preferred_resolution) == v.preferred_resolution
+    assert isinstance(model.preferred_resolution, openradio.Resolution)
+    assert list(model.adaptors) == list(v.adaptors)
+    assert model.windowed_block_indices == windowed
