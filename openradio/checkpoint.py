@@ -20,8 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from openradio.model.adaptors import GenericAdaptor, create_mlp, mlp_dims_from_state
-from openradio.model.backbone import arg, create_backbone, parse_dtype, teacher_names
+from openradio.model import vit_families
+from openradio.model.adaptors import GenericAdaptor, create_mlp, head_versions, mlp_dims_from_state
+from openradio.model.backbone import (BackboneConfig, arg, create_backbone, parse_dtype, teacher_names,
+                                      unique_names)
 from openradio.model.conditioner import InputConditioner
 from openradio.model.normalizers import FeatureNormalizer, IntermediateFeatureNormalizer
 from openradio.model.radio import RADIOModel
@@ -192,6 +194,60 @@ def materialize_parametrizations(state: dict[str, torch.Tensor], *, eps: float, 
     return out
 
 
+# -- backbone: official args and keys <-> openradio --------------------------------------------------
+def backbone_config(args: Any, backbone_state: Optional[dict[str, torch.Tensor]] = None) -> BackboneConfig:
+    """The typed backbone config an official ``args`` describes.
+
+    For the DINOv2 students the official builder ignores ``model_kwargs`` and always builds the
+    released size; their sizes are read from ``backbone_state`` (openradio keys) when given."""
+    name = arg(args, "model")
+    kwargs = dict(arg(args, "model_kwargs") or {})
+    fam = vit_families.FAMILIES.get(name)
+    if fam is not None and not fam.honours_model_kwargs and backbone_state:
+        # the weights decide; without weights (a new student) model_kwargs are honoured, which
+        # the official builder would not do
+        kwargs = vit_families.dinov2_sizes_from_state(backbone_state)
+    return BackboneConfig(
+        arch=name, model_kwargs=kwargs, cpe_max_size=arg(args, "cpe_max_size"),
+        num_cls_tokens=len(unique_names(args)) if arg(args, "cls_token_per_teacher", True) else 1,
+        register_multiple=arg(args, "register_multiple"), num_registers=arg(args, "cpe_num_registers"),
+        model_norm=bool(arg(args, "model_norm", False)), in_chans=arg(args, "in_chans") or 3,
+        drop_rate=arg(args, "drop"), drop_path_rate=arg(args, "drop_path"), global_pool=arg(args, "gp"),
+        dtype=parse_dtype(arg(args, "dtype")))
+
+
+_DINOV2_MLP = {"mlp.w12.": "mlp.fc1.", "mlp.w3.": "mlp.fc2."}
+
+
+def backbone_state_from_official(state: dict[str, torch.Tensor], arch: str) -> dict[str, torch.Tensor]:
+    """Official backbone keys (``base_model.`` stripped) -> openradio's: LayerScale ``grandma``
+    (the official LayerScale class) is timm's ``gamma``; the DINOv2 student's SwiGLU ``w12``/``w3``
+    are timm's ``fc1``/``fc2`` (same [gate | value] packing)."""
+    dinov2 = arch in vit_families.FAMILIES and vit_families.FAMILIES[arch].kind == "dinov2_student"
+    out = {}
+    for k, v in state.items():
+        if k.endswith((".ls1.grandma", ".ls2.grandma")):
+            k = k[: -len("grandma")] + "gamma"
+        if dinov2:
+            for a, b in _DINOV2_MLP.items():
+                k = k.replace(a, b)
+        out[k] = v
+    return out
+
+
+def backbone_state_to_official(state: dict[str, torch.Tensor], arch: str) -> dict[str, torch.Tensor]:
+    """The inverse of :func:`backbone_state_from_official` (``gamma`` stays: the official loader
+    accepts it)."""
+    if not (arch in vit_families.FAMILIES and vit_families.FAMILIES[arch].kind == "dinov2_student"):
+        return dict(state)
+    out = {}
+    for k, v in state.items():
+        for a, b in _DINOV2_MLP.items():
+            k = k.replace(b, a)
+        out[k] = v
+    return out
+
+
 # -- building the model ------------------------------------------------------------------------------
 def summary_indices(args: Any) -> list[int]:
     """Sorted index of the first teacher of each name that has a summary (CLS per teacher)."""
@@ -233,9 +289,8 @@ def build_adaptor(args: Any, rest: dict, name: str, *, spectral_heads: bool) -> 
         feature_state = materialize_parametrizations(feature_state, eps=1e-6, n_iter=1, allow_identity=False,
                                                      where=f"{name} feature head")
     upsample = int(tconf.get("fd_upsample_factor") or 1)
-    s_version = tconf.get("mlp_version") or arg(args, "mlp_version") or _infer_version(summary_state)
-    f_version = (tconf.get("spatial_mlp_version") or arg(args, "spatial_mlp_version")
-                 or tconf.get("mlp_version") or arg(args, "mlp_version") or _infer_version(feature_state))
+    base = arg(args, "mlp_version") or _infer_version(summary_state)
+    s_version, f_version = head_versions(tconf, base, arg(args, "spatial_mlp_version"))
     head = _mlp_from_state(s_version, summary_state, 1, f"{name} summary head")
     feat = _mlp_from_state(f_version, feature_state, upsample, f"{name} feature head")
     head_idx = tconf.get("token_slot", tidx) if arg(args, "cls_token_per_teacher", True) else 0
@@ -243,6 +298,8 @@ def build_adaptor(args: Any, rest: dict, name: str, *, spectral_heads: bool) -> 
 
 
 def _infer_version(state: dict) -> str:
+    if "mlp.final.2.weight" in state:
+        return "attn"
     return "v2" if "final.2.weight" in state else "v1"
 
 
@@ -291,8 +348,11 @@ def build_radio(args: Any, state: dict[str, torch.Tensor], *, adaptor_names: Opt
     for name in adaptor_names or []:  # fail on a bad name before building anything large
         _find_teacher(args, name)
 
-    model = create_backbone(args)
+    backbone_state = backbone_state_from_official(backbone_state, arg(args, "model"))
+    cfg = backbone_config(args, backbone_state)
+    model = create_backbone(cfg)
     _strict_load(model, backbone_state, "backbone")
+    _check_prefix_layout(model, cfg)
 
     conditioner = InputConditioner()
     cond_state = prefixed(rest, "input_conditioner")
@@ -307,6 +367,8 @@ def build_radio(args: Any, state: dict[str, torch.Tensor], *, adaptor_names: Opt
     spectral_heads = bool(arg(args, "spectral_heads", False)) and not is_ema
     for name in adaptor_names or []:
         adaptors[name] = build_adaptor(args, rest, name, spectral_heads=spectral_heads)
+        if getattr(model, "summary_is_first_token", False):
+            adaptors[name].head_idx = 0  # the DINOv2 student hands every head token 0
 
     feat_norm = inter_norm = None
     fn_state = prefixed(rest, "_feature_normalizer")
@@ -331,11 +393,22 @@ def build_radio(args: Any, state: dict[str, torch.Tensor], *, adaptor_names: Opt
     return radio.eval()
 
 
+def _check_prefix_layout(model: nn.Module, cfg: BackboneConfig) -> None:
+    gen = model.patch_generator
+    if getattr(model, "summary_is_first_token", False) and gen.num_skip != model.num_summary_tokens:
+        warnings.warn(
+            f"{cfg.arch}: the patch generator has {gen.num_skip} prefix tokens but the DINOv2 student "
+            f"reads features from token {model.num_summary_tokens} (as the official code does): NLC features "
+            "will include or lose prefix tokens and NCHW output will fail. The checkpoint's args "
+            "(cls_token_per_teacher / cpe_num_registers) do not match the released layout.", stacklevel=3)
+
+
 # -- writing -----------------------------------------------------------------------------------------
 def official_state_dict(radio: RADIOModel, heads_by_name: bool = True) -> dict[str, torch.Tensor]:
     """The inverse mapping: RADIOModel -> official state dict keys."""
     out: dict[str, torch.Tensor] = {}
-    for k, v in radio.model.state_dict().items():
+    arch = arg(getattr(radio, "args", None) or {}, "model") or ""
+    for k, v in backbone_state_to_official(radio.model.state_dict(), arch).items():
         out[f"base_model.{k}"] = v
     cond = radio.input_conditioner
     if isinstance(cond, InputConditioner):

@@ -108,7 +108,13 @@ def run_case(model, E: dict, variant: str, case: str) -> Iterator[Comparison]:
         inter = out
     else:
         final, inter = out
-        yield from compare_leaf(variant, case, final, want["final"], f"{case}/final")
+        if isinstance(final, dict):  # with adaptors, `final` is {'backbone': ..., name: ...}
+            if set(final) != set(want["final"]):
+                raise AssertionError(f"{case}: final outputs {sorted(final)} != expected {sorted(want['final'])}")
+            for name in want["final"]:
+                yield from compare_leaf(variant, case, final[name], want["final"][name], f"{case}/final/{name}")
+        else:
+            yield from compare_leaf(variant, case, final, want["final"], f"{case}/final")
     if len(inter) != len(want["intermediates"]):
         raise AssertionError(f"{case}: {len(inter)} intermediates, expected {len(want['intermediates'])}")
     for i, (g, w) in enumerate(zip(inter, want["intermediates"])):
@@ -183,6 +189,34 @@ def summarize(results: list[Comparison]) -> dict:
     }
 
 
+def model_properties(model) -> dict:
+    """The properties a fixture's ``properties`` records, read from an openradio model."""
+    from torch import nn
+
+    block = model.blocks[0]
+    return {
+        "patch_size": model.patch_size, "max_resolution": model.max_resolution,
+        "preferred_resolution": model.preferred_resolution, "window_size": model.window_size,
+        "min_resolution_step": model.min_resolution_step, "num_summary_tokens": model.num_summary_tokens,
+        "num_cls_tokens": model.num_cls_tokens, "num_registers": model.num_registers,
+        "embed_dim": model.embed_dim, "summary_dim": model.summary_dim,
+        "summary_idxs": model.summary_idxs.tolist(), "adaptor_names": list(model.adaptors),
+        "adaptor_head_idx": {k: a.head_idx for k, a in model.adaptors.items()},
+        "adaptor_upsample_factor": {k: a.upsample_factor for k, a in model.adaptors.items()},
+        "adaptor_feature_head_type": {k: type(a.feat_mlp).__name__ for k, a in model.adaptors.items()},
+        "num_blocks": len(model.blocks), "num_heads": block.attn.num_heads,
+        "pos_embed_grid": [model.patch_generator.grid_size] * 2,
+        "patch_generator_prefix_tokens": model.patch_generator.num_skip,
+        "has_final_norm": not isinstance(model.model.norm, nn.Identity),
+        "has_layer_scale": not isinstance(block.ls1, nn.Identity),
+        "mlp_hidden": block.mlp.fc2.in_features,
+        "has_feature_normalizer": not isinstance(model.feature_normalizer, nn.Identity),
+        "has_intermediate_feature_normalizer": model.inter_feature_normalizer is not None,
+        "backbone_dtype": str(model.dtype),
+        "windowed_blocks": model.windowed_block_indices,
+    }
+
+
 # -- platform ------------------------------------------------------------------------------------
 def _cpuinfo(field: str) -> str | None:
     """The first ``field`` line of /proc/cpuinfo (Linux), else None."""
@@ -201,21 +235,6 @@ def cpu_model() -> str:
 
 def cpu_flags() -> set[str]:
     return set((_cpuinfo("flags") or "").split())
-
-
-def platform_matches(recorded: dict) -> bool:
-    """Whether this machine is of the platform a fixtures set recorded (``expected.pt['platform']``:
-    same CPU model, same recorded ISA flags, same torch), i.e. whether its float32 kernels can give
-    the stored bits. The thread count is not part of it: set ``torch.set_num_threads`` to
-    ``recorded['threads']`` as well before demanding bit equality."""
-    if not recorded or "cpu" not in recorded or "torch" not in recorded:
-        return False
-    flags = cpu_flags()
-    for name, want in (recorded.get("flags") or {}).items():
-        have = any(f.startswith("amx") for f in flags) if name == "amx" else name in flags
-        if bool(want) != have:
-            return False
-    return recorded["cpu"] == cpu_model() and recorded["torch"] == torch.__version__
 
 
 def platform_info() -> dict:
@@ -241,6 +260,29 @@ def platform_info() -> dict:
                                            "OMP_NUM_THREADS", "MKL_NUM_THREADS", "TIMM_FUSED_ATTN")
                 if k in os.environ},
     }
+
+
+def platform_matches(recorded: dict) -> bool:
+    """Whether this machine computes float32 with the kernels of the machine that recorded a
+    fixture set (its ``expected.pt['platform']``): same CPU vendor/model line, same vector ISA
+    (ATen capability, AVX-512 and AMX presence) and the same torch release. Only then can stored
+    outputs be expected bit for bit; elsewhere they hold within float32 rounding."""
+    flags = cpu_flags()
+    rec_avx512 = recorded.get("avx512_flags")
+    if rec_avx512 is None and isinstance(recorded.get("flags"), dict):
+        rec_avx512 = [k for k, v in recorded["flags"].items() if v and k.startswith("avx512")]
+    rec_amx = recorded.get("amx_flags")
+    if rec_amx is None and isinstance(recorded.get("flags"), dict):
+        rec_amx = [k for k, v in recorded["flags"].items() if v and k.startswith("amx")]
+    cpu = recorded.get("cpu_model") or recorded.get("cpu") or ""
+    checks = [
+        bool(cpu) and cpu_model().startswith(cpu),
+        recorded.get("torch_cpu_capability", recorded.get("aten_cpu_capability")) == torch.backends.cpu.get_cpu_capability(),
+        bool(rec_avx512) == any(f.startswith("avx512") for f in flags),
+        bool(rec_amx) == any(f.startswith("amx") for f in flags),
+        str(recorded.get("torch", "")).split("+")[0] == torch.__version__.split("+")[0],
+    ]
+    return all(checks)
 
 
 def platform_line(info: dict) -> str:

@@ -25,12 +25,16 @@ def make_tiny_checkpoint(path: str | Path, *, teachers: Optional[list[dict]] = N
                          num_heads: int = 2, head_hidden: int = 64, head_inner: int = 1,
                          cpe_max_size: int = 512, register_multiple: int = 8, seed: int = 0,
                          heads_by_name: bool = True, with_ema: bool = False,
-                         dtype: torch.dtype = torch.float32, **arg_overrides) -> Path:
-    """Write a random RADIOv2.5-style checkpoint that ``openradio.radio_model(path)`` loads."""
+                         dtype: torch.dtype = torch.float32, arch: str = "vit_tiny_patch16_224",
+                         model_kwargs: Optional[dict] = None, **arg_overrides) -> Path:
+    """Write a random checkpoint in the official format that ``openradio.radio_model(path)``
+    loads: RADIOv2.5-style by default; ``arch`` may name any backbone of
+    ``openradio.model.vit_families`` (``model_kwargs`` then add to the sizes given here)."""
     teachers = [dict(t) for t in (teachers or TINY_TEACHERS)]
     head_dims = dict(head_dims or TINY_HEAD_DIMS)
-    args = make_args("vit_tiny_patch16_224", teachers=teachers,
-                     model_kwargs=dict(embed_dim=embed_dim, depth=depth, num_heads=num_heads),
+    kwargs = dict(embed_dim=embed_dim, depth=depth, num_heads=num_heads)
+    kwargs.update(model_kwargs or {})
+    args = make_args(arch, teachers=teachers, model_kwargs=kwargs,
                      cpe_max_size=cpe_max_size, register_multiple=register_multiple,
                      mlp_hidden_size=head_hidden, mlp_num_inner=head_inner, dtype=dtype, **arg_overrides)
     gen_state = torch.random.get_rng_state()

@@ -23,6 +23,15 @@ def fixtures_dir() -> Path | None:
     return None
 
 
+def families_dir() -> Path | None:
+    """Official outputs for every released family: vendored in tests/fixtures (a fresh clone has
+    them), else the shared copy."""
+    for c in (REPO / "tests" / "fixtures" / "official-families", REPO.parent / "shared" / "fixtures" / "official-families"):
+        if (c / "expected.pt").is_file():
+            return c
+    return None
+
+
 @pytest.fixture(scope="session")
 def official_fixtures() -> Path:
     d = fixtures_dir()

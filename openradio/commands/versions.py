@@ -4,11 +4,15 @@ from __future__ import annotations
 import argparse
 import json
 
-HELP = "list released RADIO versions (patch size, preferred resolution, ViTDet, adaptors, cached locally)"
+HELP = ("list released RADIO versions (backbone, parity-fixture coverage, patch size, preferred resolution, "
+        "ViTDet, adaptors, cached locally)")
 EXAMPLES = """\
   openradio versions
   openradio versions --json | python -m json.tool
 
+"backbone" is the args.model the release carries (~ = inferred: NVIDIA has not published its
+args; the loader always reads the checkpoint's own). "parity" names the official-output fixtures
+whose checkpoints take the same construction path (tests/fixtures/), "-" where none does.
 "cached" means the checkpoint file is in torch.hub's cache ($TORCH_HOME/hub/checkpoints), so
 loading that version needs no download. Any version name works as --version in other commands;
 so does the path of a local checkpoint file."""
@@ -35,6 +39,10 @@ def version_records() -> list[dict]:
             "max_resolution": v.max_resolution,
             "vitdet": v.supports_vitdet,
             "adaptors": list(v.adaptors),
+            "arch": v.arch,
+            "arch_known": v.arch_known,
+            "construction": v.construction,
+            "parity_fixtures": v.parity_fixtures,
             "cached": path.is_file(),
             "path": str(path),
             "url": v.url.split("?")[0],
@@ -45,13 +53,15 @@ def version_records() -> list[dict]:
 
 
 def format_table(records: list[dict]) -> str:
-    header = ["name", "family", "patch", "preferred", "ViTDet", "adaptors", "cached"]
+    header = ["name", "family", "backbone", "parity", "patch", "preferred", "ViTDet", "adaptors", "cached"]
     rows = [header]
     for r in records:
         h, w = r["preferred_resolution"]
-        rows.append([r["name"] + (" *" if r["default"] else ""), r["family"], str(r["patch_size"]), f"{h}x{w}",
-                     "yes" if r["vitdet"] else "no", ",".join(r["adaptors"]) or "-",
-                     "yes" if r["cached"] else "no"])
+        backbone = ("" if r["arch_known"] else "~") + r["arch"] + (" +attn" if "attn" in r["construction"] else "")
+        parity = ",".join(f.split("/", 1)[1] for f in r["parity_fixtures"]) or "-"
+        rows.append([r["name"] + (" *" if r["default"] else ""), r["family"], backbone, parity,
+                     str(r["patch_size"]), f"{h}x{w}", "yes" if r["vitdet"] else "no",
+                     ",".join(r["adaptors"]) or "-", "yes" if r["cached"] else "no"])
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = []
     for k, row in enumerate(rows):
@@ -69,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(records, indent=2))
         return 0
     print(format_table(records))
-    print(f"\n* default version. Cache: {checkpoint_cache_dir()}")
+    print(f"\n* default version (as the official torch.hub entry). ~ inferred backbone. Cache: {checkpoint_cache_dir()}")
     notes = {r["note"] for r in records if r["note"]}
     for note in sorted(notes):
         print(f"note: {note}")

@@ -79,20 +79,87 @@ class MLP1(nn.Module):
         return pixel_shuffle_tokens(x, self.upsample_factor, images, patch_size)
 
 
+class AttnFDHead(nn.Module):
+    """'attn' feature head (C-RADIOv4): two timm transformer blocks over the patch tokens, then an
+    MLP2 without inner blocks (families spec §8.3).
+
+    The blocks are timm ``Block``s with timm's defaults, as in the official head: 16 heads, MLP
+    ratio 4, qkv without bias, LayerScale (``ls1.gamma``), timm's LayerNorm (eps 1e-6 with
+    timm >= 1.0.16). Prefix tokens are not included and attention is global over all patches
+    (the head runs after ViTDet has restored raster order). With ``upsample_factor`` u > 1 the
+    inner MLP2 pixel-shuffles onto a u x finer grid (the official head crashes there instead).
+    """
+
+    NUM_HEADS = 16
+
+    def __init__(self, input_size: int, hidden_size: int, output_size: int, num_blocks: int = 2,
+                 upsample_factor: int = 1):
+        super().__init__()
+        from timm.models.vision_transformer import Block
+
+        if input_size % self.NUM_HEADS:
+            raise ValueError(f"an 'attn' feature head needs a width divisible by {self.NUM_HEADS}, got {input_size}")
+        self.blocks = nn.Sequential(*[
+            Block(input_size, num_heads=self.NUM_HEADS, mlp_ratio=4.0, qkv_bias=False, init_values=1e-5)
+            for _ in range(num_blocks)])
+        self.mlp = MLP2(input_size, hidden_size, output_size, num_inner=0, upsample_factor=upsample_factor)
+        self.upsample_factor = upsample_factor
+
+    @property
+    def output_dim(self) -> int:
+        return self.mlp.output_dim
+
+    def forward(self, x: torch.Tensor, images: torch.Tensor | None = None, patch_size: int | None = None):
+        return self.mlp(self.blocks(x), images=images, patch_size=patch_size)
+
+
 MLP_VERSIONS = {"v1": MLP1, "v2": MLP2}
+HEAD_VERSIONS = ("v1", "v2", "attn")
 
 
 def create_mlp(version: str, input_size: int, hidden_size: int, output_size: int, num_inner: int = 0,
                upsample_factor: int = 1) -> nn.Module:
+    """One adaptor head. ``'attn'`` (feature heads only) takes ``num_inner`` as its block count."""
+    if version == "attn":
+        return AttnFDHead(input_size, hidden_size, output_size, num_blocks=num_inner or 2,
+                          upsample_factor=upsample_factor)
     try:
         cls = MLP_VERSIONS[version]
     except KeyError:
-        raise ValueError(f"Unsupported adaptor MLP version {version!r}; supported: {sorted(MLP_VERSIONS)}") from None
+        raise ValueError(f"Unsupported adaptor MLP version {version!r}; supported: {list(HEAD_VERSIONS)}") from None
     return cls(input_size, hidden_size, output_size, num_inner, upsample_factor=upsample_factor)
 
 
+def head_versions(teacher: dict, mlp_version: str | None, spatial_mlp_version: str | None) -> tuple[str, str]:
+    """(summary head version, feature head version) of one teacher (families spec §8.0).
+
+    Summary: the teacher's ``mlp_version``, else the run's. Features: the teacher's
+    ``spatial_mlp_version``, else the run's ``spatial_mlp_version``, else the run's
+    ``mlp_version`` (a teacher-level ``mlp_version`` does not reach the feature head)."""
+    base = mlp_version or "v2"
+    summary = teacher.get("mlp_version") or base
+    feature = teacher.get("spatial_mlp_version") or spatial_mlp_version or base
+    if summary == "attn":
+        raise ValueError(f"teacher {teacher.get('name')!r}: a summary head cannot be 'attn'")
+    return summary, feature
+
+
 def mlp_dims_from_state(version: str, state: dict[str, torch.Tensor], upsample_factor: int = 1):
-    """(input, hidden, output, num_inner) of a head from its weights (prefix already stripped)."""
+    """(input, hidden, output, num_inner) of a head from its weights (prefix already stripped).
+    For an 'attn' head ``num_inner`` is its number of transformer blocks."""
+    if version == "attn":
+        try:
+            hidden, inp = state["mlp.fc1.weight"].shape
+            out = state["mlp.final.2.weight"].shape[0]
+        except KeyError as e:
+            raise ValueError(f"'attn' feature head weights are missing {e.args[0]!r}; "
+                             f"keys present: {sorted(state)[:8]}...") from None
+        n = 0
+        while f"blocks.{n}.norm1.weight" in state:
+            n += 1
+        if out % (upsample_factor ** 2):
+            raise ValueError(f"head output {out} is not divisible by upsample_factor^2={upsample_factor ** 2}")
+        return inp, hidden, out // upsample_factor ** 2, n
     try:
         hidden, inp = state["fc1.weight"].shape
         if version == "v2":

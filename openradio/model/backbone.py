@@ -1,13 +1,15 @@
-"""Build the timm ViT from a checkpoint's ``args`` and fit it with the CPE patch generator."""
+"""Build the backbone ViT from a typed config and fit it with the CPE patch generator."""
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Optional
 
 import timm
 import torch
 from torch import nn
 
+from openradio.model import vit_families
 from openradio.model.patch_generator import ViTPatchGenerator, num_registers_for
 
 
@@ -39,49 +41,89 @@ def unique_names(args: Any) -> list[str]:
     return list(dict.fromkeys(teacher_names(args)))
 
 
-def create_backbone(args: Any, *, init_weights: bool = False) -> nn.Module:
-    """timm VisionTransformer per ``args`` with the CPE patch generator installed.
+@dataclass
+class BackboneConfig:
+    """What builds a RADIO backbone: the official backbone name plus CPE and prefix-token settings.
+
+    ``arch`` is the official ``args.model`` (a timm name such as ``vit_base_patch16_224`` or one of
+    :data:`openradio.model.vit_families.FAMILIES`); ``model_kwargs`` overlay the name's defaults
+    (for the DINOv2 students, whose official builder ignores them, the sizes read from the
+    weights). Conversion from and to the official checkpoint ``args`` is in
+    :mod:`openradio.checkpoint`.
+    """
+    arch: str = "vit_base_patch16_224"
+    model_kwargs: dict = field(default_factory=dict)
+    cpe_max_size: int = 2048
+    num_cls_tokens: int = 4
+    register_multiple: Optional[int] = 8
+    num_registers: Optional[int] = None
+    model_norm: bool = False
+    in_chans: int = 3
+    drop_rate: Optional[float] = None
+    drop_path_rate: Optional[float] = None
+    global_pool: Optional[str] = None
+    dtype: torch.dtype = torch.float32
+
+
+def create_backbone(cfg: BackboneConfig, *, init_weights: bool = False) -> nn.Module:
+    """The ViT that ``cfg.arch`` names, with the CPE patch generator installed.
 
     ``init_weights=False`` skips timm's initialisation (every tensor then comes from a
     checkpoint and a missing one is an error at load time, never silent garbage).
     """
-    kwargs = dict(arg(args, "model_kwargs") or {})
+    kwargs = dict(cfg.model_kwargs or {})
     kwargs.pop("weight_init", None)
-    optional = {
-        "drop_rate": arg(args, "drop"),
-        "drop_path_rate": arg(args, "drop_path"),
-        "global_pool": arg(args, "gp"),
-    }
-    kwargs.update({k: v for k, v in optional.items() if v is not None})
-    in_chans = arg(args, "in_chans") or 3
+    optional = {"drop_rate": cfg.drop_rate, "drop_path_rate": cfg.drop_path_rate, "global_pool": cfg.global_pool}
+    optional = {k: v for k, v in optional.items() if v is not None}
+    weight_init = "" if init_weights else "skip"
+    if cfg.cpe_max_size is None:
+        raise ValueError("checkpoints without CPE (args.cpe_max_size=None) are not supported")
+    if vit_families.is_family(cfg.arch) and vit_families.FAMILIES[cfg.arch].kind == "dinov2_student":
+        model = vit_families.build_dinov2_student(cfg.arch, kwargs, in_chans=cfg.in_chans,
+                                                   drop_path_rate=optional.get("drop_path_rate", 0.0),
+                                                   weight_init=weight_init)
+        inner = model.inner
+        inner.head = nn.Identity()
+        enable_cpe(inner, cfg.cpe_max_size, num_cls_tokens=cfg.num_cls_tokens,
+                   register_multiple=cfg.register_multiple, num_registers=cfg.num_registers, patch_bias=True,
+                   always_cpe=True)  # the DINOv2 wrapper compares with its patch grid: never equal
+        inner.reg_token = None  # the DINOv2 registers are replaced by the patch generator's prefix
+        return model
     try:
-        model = timm.create_model(arg(args, "model"), pretrained=False, in_chans=in_chans,
-                                  weight_init="" if init_weights else "skip", **kwargs)
+        if vit_families.is_family(cfg.arch):
+            model = vit_families.build_family_vit(cfg.arch, kwargs, in_chans=cfg.in_chans,
+                                                  weight_init=weight_init, **optional)
+        else:
+            model = timm.create_model(cfg.arch, pretrained=False, in_chans=cfg.in_chans,
+                                      weight_init=weight_init, **optional, **kwargs)
     except RuntimeError as e:
-        raise ValueError(f"timm cannot build model {arg(args, 'model')!r} from the checkpoint args: {e}") from e
+        known = ", ".join(vit_families.FAMILIES)
+        raise ValueError(f"cannot build backbone {cfg.arch!r} from the checkpoint args: {e} "
+                         f"(openradio builds timm's ViT names and the RADIO names {known})") from e
     if not hasattr(model, "blocks") or not hasattr(model, "patch_embed"):
-        raise ValueError(f"{arg(args, 'model')!r} is not a timm VisionTransformer; only ViT students are supported")
-    if getattr(model, "norm", None) is not None and not arg(args, "model_norm", False):
+        raise ValueError(f"{cfg.arch!r} is not a timm VisionTransformer; only ViT students are supported")
+    if getattr(model, "norm", None) is not None and not cfg.model_norm:
         model.norm = nn.Identity()
     model.head = nn.Identity()
-    if arg(args, "cpe_max_size") is None:
-        raise ValueError("checkpoints without CPE (args.cpe_max_size=None) are not supported")
-    enable_cpe(model, arg(args, "cpe_max_size"),
-               num_cls_tokens=len(unique_names(args)) if arg(args, "cls_token_per_teacher", True) else 1,
-               register_multiple=arg(args, "register_multiple"),
-               num_registers=arg(args, "cpe_num_registers"))
+    enable_cpe(model, cfg.cpe_max_size, num_cls_tokens=cfg.num_cls_tokens,
+               register_multiple=cfg.register_multiple, num_registers=cfg.num_registers)
     return model
 
 
 def enable_cpe(model: nn.Module, max_img_size: int, num_cls_tokens: int, register_multiple: int | None,
-               num_registers: int | None) -> None:
+               num_registers: int | None, patch_bias: bool = False, always_cpe: bool = False) -> None:
     """Replace timm's patch_embed / cls_token / pos_embed by one ViTPatchGenerator."""
     p = model.patch_embed.patch_size[0]
     grid = round(max_img_size / p)  # Python rounding, as the official code (512 -> 32, 2048 -> 128)
     has_cls = getattr(model, "cls_token", None) is not None
     regs = num_registers_for(num_cls_tokens, register_multiple, num_registers) if has_cls else 0
+    # the official generator runs in "CPE mode" unless the largest size equals timm's own
+    # img_size (families spec §5): then the grid is cropped instead of resampled
+    img = tuple(model.patch_embed.img_size)
+    cpe_mode = always_cpe or (grid * p, grid * p) != img
     gen = ViTPatchGenerator(p, model.embed_dim, grid, num_cls_tokens if has_cls else 0, regs,
-                            cls_token=has_cls, in_chans=model.patch_embed.proj.in_channels)
+                            cls_token=has_cls, in_chans=model.patch_embed.proj.in_channels,
+                            patch_bias=patch_bias, cpe_mode=cpe_mode)
     model.patch_generator = gen
     model.patch_embed = None
     model.cls_token = None

@@ -54,7 +54,7 @@ class ViTPatchGenerator(nn.Module):
 
     def __init__(self, patch_size: int, embed_dim: int, grid_size: int, num_cls_tokens: int,
                  num_registers: int, cls_token: bool = True, pos_dropout: float = 0.1,
-                 in_chans: int = 3):
+                 in_chans: int = 3, patch_bias: bool = False, cpe_mode: bool = True):
         super().__init__()
         self.patch_size = patch_size
         self.embed_dim = embed_dim
@@ -64,7 +64,11 @@ class ViTPatchGenerator(nn.Module):
         self.num_video_frames: int | None = None
         # Linear on (c, dy, dx)-ordered patch vectors: equal to a stride-p conv in value but
         # the official code multiplies this way, and only this order is bit-exact.
-        self.embedder = nn.Linear(in_chans * patch_size * patch_size, embed_dim, bias=False)
+        # (The DINOv2 student's embedder has a bias: one F.linear, i.e. an addmm, as officially.)
+        self.embedder = nn.Linear(in_chans * patch_size * patch_size, embed_dim, bias=patch_bias)
+        # cpe_mode False only when the largest size equals the ViT's own img_size: the official
+        # generator then crops the grid instead of resampling it (see eval_position_encoding)
+        self.cpe_mode = cpe_mode
         self.pos_embed = nn.Parameter(torch.randn(1, grid_size * grid_size, embed_dim) * 0.02)
         self.cls_token = ClsToken(embed_dim, num_cls_tokens, num_registers, enabled=cls_token)
         self.patch_normalizer = nn.Identity()
@@ -119,6 +123,11 @@ class ViTPatchGenerator(nn.Module):
         if (h, w) == (R, R):
             return self.pos_embed
         pe = self._grid()
+        if not self.cpe_mode:
+            pe = pe[:, :, :min(h, R), :min(w, R)]
+            if pe.shape[-2:] != (h, w):
+                pe = F.interpolate(pe.float(), size=(h, w), mode="bilinear", align_corners=False).to(pe.dtype)
+            return pe.flatten(2).permute(0, 2, 1)
         side = max(h, w)
         pe = F.interpolate(pe.float(), size=(side, side), mode="bilinear", align_corners=False).to(pe.dtype)
         pe = pe[:, :, :h, :w]

@@ -97,16 +97,18 @@ class RADIOModel(nn.Module):
 
     @property
     def num_summary_tokens(self) -> int:
-        return self.patch_generator.num_skip
+        """Prefix tokens before the patch features (the backbone's count: the DINOv2 student
+        reports its own constructor's 5 whatever its patch generator holds)."""
+        return getattr(self.model, "num_summary_tokens", self.patch_generator.num_skip)
 
     @property
     def num_cls_tokens(self) -> int:
         max_slot = max((a.head_idx for a in self.adaptors.values()), default=-1)
-        return max(self.patch_generator.num_cls_tokens, max_slot + 1)
+        return max(getattr(self.model, "num_cls_tokens", self.patch_generator.num_cls_tokens), max_slot + 1)
 
     @property
     def num_registers(self) -> int:
-        return self.patch_generator.num_registers
+        return getattr(self.model, "num_registers", self.patch_generator.num_registers)
 
     @property
     def summary_dim(self) -> int:
@@ -198,7 +200,8 @@ class RADIOModel(nn.Module):
         p = self.patch_size
         B, _, H, W = x.shape
         all_summary = y[:, :self.num_cls_tokens]
-        summary = all_summary[:, self.summary_idxs].flatten(1)
+        # one summary token (the DINOv2 student, or a single CLS) is the summary as it is
+        summary = all_summary[:, self.summary_idxs].flatten(1) if all_summary.shape[1] > 1 else all_summary.flatten(1)
         all_feat = self.feature_normalizer(y[:, self.num_summary_tokens:])
         feats = all_feat
         if feature_fmt == "NCHW":
@@ -246,7 +249,7 @@ class RADIOModel(nn.Module):
         p = self.patch_size
         B, _, H, W = x.shape
         h, w = H // p, W // p
-        S = self.num_summary_tokens
+        S = self.patch_generator.num_skip
         inter_norm = self.inter_feature_normalizer
         if inter_norm is None or norm_alpha_scheme in ("none", None):
             inter_norm = NullIntermediateFeatureNormalizer()
@@ -302,8 +305,10 @@ class RADIOModel(nn.Module):
                fmt: str, B: int, h: int, w: int):
         if norm is not None:
             out = norm(out)
+        # intermediates follow the patch generator's own prefix layout (official, incl. the
+        # DINOv2 student whose final output uses its constructor's count instead)
         prefix = out[:, :self.patch_generator.num_cls_tokens]
-        feats = out[:, self.num_summary_tokens:]
+        feats = out[:, self.patch_generator.num_skip:]
         if fmt == "NCHW":
             feats = feats.reshape(B, h, w, -1).permute(0, 3, 1, 2).contiguous()
         if not return_prefix_tokens:
