@@ -213,7 +213,8 @@ def test_parity_fixtures_ship_with_the_repository(monkeypatch):
 
 def test_platform_match_decides_strictness(monkeypatch):
     recorded = {"cpu": "AMD EPYC", "flags": {"avx2": True, "avx512f": False, "avx512_bf16": False, "amx": False},
-                "torch": "2.14.1+cu130", "threads": 1}
+                "torch": "2.14.1+cu130", "threads": 1, "aten_cpu_capability": "AVX2"}
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
     monkeypatch.setattr(parity, "cpu_model", lambda: "AMD EPYC")
     monkeypatch.setattr(parity, "cpu_flags", lambda: {"avx2", "fma"})
     monkeypatch.setattr(torch, "__version__", "2.14.1+cu130")
