@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import warnings
 
@@ -52,6 +53,46 @@ def add_model_arguments(p: argparse.ArgumentParser, *, multiple_versions: bool =
                    help="run in ViTDet mode with W x W-patch windows")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--amp", action="store_true", help="bf16 autocast (GPU)")
+
+
+# Input arguments every command checks before importing torch or the model stack, so that a typo
+# fails at once: attribute -> (what it is, what to do).
+INPUT_PATHS = {
+    "images": ("image", ""),
+    "input": ("input video", ""),
+    "data": ("data", "pass an ImageFolder directory (DIR/<class>/<image>) or a list file"),
+    "train": ("data", "pass an ImageFolder directory (DIR/<class>/<image>) or a list file"),
+    "val": ("data", "pass an ImageFolder directory (DIR/<class>/<image>) or a list file"),
+    "run_dir": ("run folder", "give a training run's out_dir"),
+    "text_weights": ("text weights file", ""),
+    "teacher_weights": ("teacher weights file", ""),
+}
+_CHECKPOINT_SUFFIXES = (".pth", ".tar", ".pt", ".bin", ".safetensors", ".ckpt")
+
+
+def check_version(value: str | None) -> None:
+    """A --version value names a released version, an existing file or folder, or ``hf-hub:...``."""
+    if not value or value.startswith("hf-hub:") or os.path.exists(value):
+        return
+    from openradio.versions import get_version  # plain data: no torch
+    if any(sep in value for sep in ("/", os.sep)) or value.endswith(_CHECKPOINT_SUFFIXES):
+        raise CLIError(f"checkpoint file not found: {value}")
+    try:
+        get_version(value)
+    except (KeyError, ValueError) as e:
+        raise CLIError(str(e).strip().splitlines()[0]) from None
+
+
+def check_inputs(args: argparse.Namespace) -> None:
+    """Cheap checks of every input path and version, before any heavy import."""
+    for attr, (what, hint) in INPUT_PATHS.items():
+        value = getattr(args, attr, None)
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str) and item and "://" not in item and not os.path.exists(item):
+                raise CLIError(f"{what} not found: {item}" + (f"; {hint}" if hint else ""))
+    versions = getattr(args, "version", None)
+    for v in versions if isinstance(versions, list) else [versions]:
+        check_version(v)
 
 
 def pick_device(name: str | None):
@@ -108,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        check_inputs(args)
         with warnings.catch_warnings():  # restores the default display when the command ends
             warnings.showwarning = _one_line_warning(args.command)
             rc = args._run(args)
@@ -124,4 +166,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # `python -m openradio.cli`: run the imported module, so the commands' `openradio.cli.CLIError`
+    # is the class main() catches (this file runs as __main__, a second copy)
+    from openradio.cli import main as _main
+    sys.exit(_main())

@@ -20,7 +20,7 @@ PROBE = ("import sys, openradio.cli as c\n"
     (["features", "/nope/a.jpg", "--version", "radio_v2.5-b", "--out", "{tmp}/f.safetensors"], "image not found: /nope/a.jpg"),
     (["features", "{img}", "--version", "/nope/model.pth.tar", "--out", "{tmp}/f.safetensors"],
      "checkpoint file not found: /nope/model.pth.tar"),
-    (["features", "{img}", "--version", "radio_v9", "--out", "{tmp}/f.safetensors"], "unknown version 'radio_v9'"),
+    (["features", "{img}", "--version", "radio_v9", "--out", "{tmp}/f.safetensors"], "Unknown RADIO version 'radio_v9'"),
     (["viz", "{img}", "/nope/b.png", "--version", "radio_v2.5-b", "--out", "{tmp}/v"], "image not found: /nope/b.png"),
     (["viz-video", "/nope/in.mp4", "--version", "radio_v2.5-b", "--out", "{tmp}/o.mp4"], "input video not found"),
     (["zero-shot", "--version", "radio_v2.5-b", "--data", "/nope/val", "--out", "{tmp}/zs"], "data not found: /nope/val"),

@@ -21,12 +21,13 @@ def run(args) -> int:
     from pathlib import Path
 
     from openradio.cli import CLIError
-    from openradio.distill.config import load_config
-    from openradio.distill.trainer import DistEnv, Trainer
 
     run_dir = Path(args.run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise CLIError(f"{run_dir} has no config.yaml: is it a training run's out_dir?")
+    from openradio.distill.config import load_config
+    from openradio.distill.trainer import DistEnv, Trainer
+
     cfg = load_config(run_dir / "config.yaml", [f"out_dir={run_dir}", "tensorboard=false", "progress=false"])
     trainer = Trainer(cfg, env=DistEnv())
     if not trainer.resume(quiet=True):
