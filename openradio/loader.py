@@ -43,6 +43,24 @@ def download_checkpoint(version: str | Version, progress: bool = True, force: bo
     return dst
 
 
+def _file_preferred(args, path: Path) -> Optional[Resolution]:
+    """A local file's preferred resolution: ``args.preferred_resolution`` (openradio's exports
+    record it), else the released version whose file this is (same file name), else timm's
+    ``args.input_size`` (C, H, W); None when the file says nothing (as the official loader)."""
+    rec = getattr(args, "preferred_resolution", None)
+    if rec:
+        return Resolution(*([rec, rec] if isinstance(rec, int) else rec[-2:]))
+    same = next((v for v in VERSIONS.values() if v.filename == path.name), None)
+    if same is not None:
+        return Resolution(*same.preferred_resolution)
+    size = getattr(args, "input_size", None)
+    if isinstance(size, int) and size > 0:
+        return Resolution(size, size)
+    if isinstance(size, (tuple, list)) and len(size) >= 2 and all(isinstance(s, int) and s > 0 for s in size[-2:]):
+        return Resolution(*size[-2:])
+    return None
+
+
 def radio_model(version: str = "", progress: bool = True, adaptor_names: Optional[Sequence[str] | str] = None,
                 vitdet_window_size: Optional[int] = None, return_checkpoint: bool = False,
                 text_towers: bool | str = "lazy", **kwargs) -> RADIOModel:
@@ -94,7 +112,7 @@ def radio_model(version: str = "", progress: bool = True, adaptor_names: Optiona
         chk["args"], state, adaptor_names=adaptor_names, vitdet_window_size=vitdet_window_size, is_ema=is_ema,
         patch_size=info.patch_size if info else None,
         max_resolution=info.max_resolution if info else None,
-        preferred_resolution=Resolution(*info.preferred_resolution) if info else None,
+        preferred_resolution=Resolution(*info.preferred_resolution) if info else _file_preferred(chk["args"], path),
         vitdet_num_windowed=info.vitdet_num_windowed if info else None,
         vitdet_num_global=info.vitdet_num_global if info else None,
     )

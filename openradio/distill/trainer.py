@@ -125,6 +125,12 @@ def partition_stream(cfg: TrainConfig, part: PartitionConfig, group_rank: int, g
         raise ValueError(f"partition {part.name!r}: {e}") from None
 
 
+def preferred_resolution_of(cfg: TrainConfig) -> list[int]:
+    """[H, W] the student was last trained at: the largest partition resolution of the last stage."""
+    res = max(p.resolution for p in cfg.stages[-1].partitions)
+    return [res, res]
+
+
 # -- the trainer -----------------------------------------------------------------------------------
 class Trainer:
     def __init__(self, cfg: TrainConfig, env: Optional[DistEnv] = None, teachers: Optional[dict] = None):
@@ -588,7 +594,9 @@ class Trainer:
             return Path(path)
         plain = export_state_dict(student, self.phi_s, self.cfg)
         ema = export_state_dict(self.ema, self.phi_s, self.cfg) if (use_ema and self.ema is not None) else None
-        return save_checkpoint(path, self.args, plain, state_dict_ema=ema, epoch=self.step)
+        args = copy.copy(self.args)
+        args.preferred_resolution = preferred_resolution_of(self.cfg)  # model.preferred_resolution on load
+        return save_checkpoint(path, args, plain, state_dict_ema=ema, epoch=self.step)
 
 
 def merge_rank_metrics(local: dict, world_size: int) -> dict:
