@@ -94,13 +94,8 @@ def read_features(path: str | os.PathLike) -> tuple[dict[str, dict[str, dict[str
 
 
 def _autocast(device, amp: bool):
-    import contextlib
-
-    import torch
-
-    if not amp:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    from openradio.devices import autocast
+    return autocast(device, amp)
 
 
 def _check_out(out: Path) -> None:

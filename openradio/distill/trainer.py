@@ -335,6 +335,9 @@ class Trainer:
         return out
 
     def _partition_loss(self, part: PartitionConfig, images: torch.Tensor, scales: dict, metrics: dict):
+        if self.cfg.amp:
+            from openradio.devices import warn_if_slow_bf16
+            warn_if_slow_bf16(self.device)
         amp = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp)
         with amp:
             out = self.model(images, feature_fmt="NCHW")

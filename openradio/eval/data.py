@@ -10,7 +10,6 @@ Datasets come in two forms:
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import os
 from dataclasses import dataclass
@@ -218,9 +217,8 @@ def iterate_batches(data: LabelledImages | Sequence[str | os.PathLike], resoluti
 
 def autocast_context(device: torch.device, amp: bool):
     """bf16 autocast when asked (the official examples' ``--amp``), else a no-op."""
-    if not amp:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    from openradio.devices import autocast
+    return autocast(device, amp)
 
 
 def supported_resolution(model: torch.nn.Module, res: int) -> int:

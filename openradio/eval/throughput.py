@@ -15,7 +15,6 @@ calls by default (``stat='min'``: the least disturbed call).
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import statistics
 import time
@@ -151,9 +150,8 @@ def measure_pair(fn: Callable[[Any], Any], baseline_fn: Callable[[Any], Any], ma
 
 # -- RADIO benchmark ------------------------------------------------------------------------------
 def _autocast(device: torch.device, amp: bool):
-    if not amp:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    from openradio.devices import autocast
+    return autocast(device, amp)
 
 
 def make_timm_baseline(model: nn.Module, height: int, width: int) -> nn.Module:

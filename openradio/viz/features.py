@@ -6,7 +6,6 @@ notebooks: resize an image to a resolution the model accepts, take the NCHW spat
 """
 from __future__ import annotations
 
-import contextlib
 from typing import NamedTuple, Sequence
 
 import torch
@@ -72,9 +71,8 @@ def prepare_input(image: Tensor, model: nn.Module, resolution: int, square: bool
 
 
 def _autocast(device: torch.device, amp: bool):
-    if not amp:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    from openradio.devices import autocast
+    return autocast(device, amp)
 
 
 def model_features(model: nn.Module, x: Tensor, adaptor: str | None = None, amp: bool = False) -> Tensor:
