@@ -120,6 +120,7 @@ class _Subject:
     train_metrics: Optional[Path] = None
     notes: list = field(default_factory=list)
     facts: list = field(default_factory=list)  # (key, value) rows for the report's header table
+    dry_run: bool = False               # the teacher is a small random network (--tiny-teacher)
 
 
 def _log(progress: bool, msg: str) -> None:
@@ -200,9 +201,9 @@ def _train_offline(out: Path, data_dir: Path, eval_images: list, settings: DemoS
     n_train = len([p for p in data_dir.iterdir() if p.is_file()])
     facts = [
         ("mode", "offline: distillation from small random teachers"),
-        ("student", f"{cfg.student.model} {cfg.student.model_kwargs}, {_count_params(trainer.student) / 1e6:.2f} M parameters"),
+        ("student", f"{cfg.student.model} {cfg.student.model_kwargs}, {_params(trainer.student)} parameters"),
         ("teachers", ", ".join(f"{t.name} ({t.type}: {t.model}, tiny random, "
-                               f"{_count_params(trainer.teachers[t.name]) / 1e6:.2f} M)" for t in cfg.teachers)),
+                               f"{_params(trainer.teachers[t.name])})" for t in cfg.teachers)),
         ("partitions", "; ".join(f"{p.name}: {p.resolution} px x {p.batch_size}"
                                  + (f", mosaic {p.mosaic}" if p.mosaic else "") for p in cfg.stages[0].partitions)),
         ("steps", f"{trainer.step}" + (f" (the tiny recipe's schedule, {recipe_steps} steps in configs/tiny.yaml, "
@@ -225,6 +226,12 @@ def _train_offline(out: Path, data_dir: Path, eval_images: list, settings: DemoS
 
 def _count_params(m: torch.nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
+
+
+def _params(m: torch.nn.Module) -> str:
+    """A parameter count that stays readable for tiny networks (86 k, not '0.0 M')."""
+    n = _count_params(m)
+    return f"{n / 1e6:.1f} M" if n >= 1e6 else f"{n / 1e3:.0f} k" if n >= 1e3 else str(n)
 
 
 # -- online: a released model ------------------------------------------------------------------------
@@ -285,21 +292,27 @@ def _load_release(version: str, path: Path, device: torch.device, progress: bool
     if not teachers:
         raise ValueError(f"{version} has no dino_v2 adaptor to compare with a teacher; adaptors: {available}")
     timings["build teacher"] = time.perf_counter() - t
-    label = VERSIONS[version].name if version in VERSIONS else Path(version).name
+    released = version in VERSIONS
+    label = VERSIONS[version].name if released else Path(version).name
+    mode = f"{'released model' if released else 'local checkpoint'} {label} (no training)"
+    if tiny_teacher:
+        mode += "; dry run with a small random teacher (--tiny-teacher)"
     facts = [
-        ("mode", f"released model {label} (no training)"),
-        ("model", f"{getattr(model.args, 'model', '?')}, {_count_params(model) / 1e6:.1f} M parameters with adaptors"),
+        ("mode", mode),
+        ("model", f"{getattr(model.args, 'model', '?')}, {_params(model)} parameters with adaptors"),
         ("adaptors", ", ".join(available)),
         ("teacher for the mode-switching curve", ", ".join(
-            f"{n}: {confs[n].get('model', '?')}{' (tiny random)' if tiny_teacher else ''}, "
-            f"{_count_params(t) / 1e6:.1f} M parameters" for n, t in teachers.items())),
+            f"{n}: {confs[n].get('model', '?')}{' (small random network of this kind)' if tiny_teacher else ''}, "
+            f"{_params(t)} parameters" for n, t in teachers.items())),
         ("checkpoint", str(path)),
     ]
-    notes = ["The teacher is the network named in the checkpoint's arguments, with its released weights."]
     if tiny_teacher:
-        notes.append("Dry run: the teacher is a small random network of the same kind (--tiny-teacher), so the "
-                     "curve says nothing about the model.")
-    return _Subject(f"openradio demo ({label})", {label: model}, path, teachers, notes=notes, facts=facts)
+        notes = ["Dry run: the teacher is a small random network of the kind named in the checkpoint's arguments "
+                 "(--tiny-teacher), so the curves and pictures test the pipeline and say nothing about the model."]
+    else:
+        notes = ["The teacher is the network named in the checkpoint's arguments, with its pretrained weights."]
+    return _Subject(f"openradio demo ({label})", {label: model}, path, teachers, notes=notes, facts=facts,
+                    dry_run=tiny_teacher)
 
 
 # -- evaluation --------------------------------------------------------------------------------------
@@ -608,6 +621,7 @@ def run_demo(out_dir: str | os.PathLike = "demo-report", steps: Optional[int] = 
 def _run(out_dir, version: Optional[str], dev: torch.device, progress: bool, settings: DemoSettings,
          tiny_teacher: bool, start: float, cpu_start: float) -> Path:
     from openradio.sample_data import write_sample_split
+    from openradio.versions import VERSIONS
 
     out = Path(out_dir)
     timings: dict[str, float] = {}
@@ -617,7 +631,8 @@ def _run(out_dir, version: Optional[str], dev: torch.device, progress: bool, set
     else:
         t = time.perf_counter()
         ckpt_path = _resolve_checkpoint(version, progress)
-        timings["download"] = time.perf_counter() - t
+        if version in VERSIONS:  # a local file is not downloaded
+            timings["download"] = time.perf_counter() - t
     out.mkdir(parents=True, exist_ok=True)
 
     t = time.perf_counter()
@@ -633,7 +648,9 @@ def _run(out_dir, version: Optional[str], dev: torch.device, progress: bool, set
 
     images = list(split.eval)
     sections: list[tuple[str, list]] = []
-    summary: dict[str, Any] = {"version": version, "device": str(dev), "steps": None}
+    summary: dict[str, Any] = {"version": version, "device": str(dev), "steps": None, "dry_run": subject.dry_run}
+    dry = [("p", "Dry run (--tiny-teacher): the teacher here is a small random network, so these numbers "
+                 "exercise the pipeline and say nothing about the model.")] if subject.dry_run else []
 
     if subject.train_metrics is not None:
         t = time.perf_counter()
@@ -669,7 +686,7 @@ def _run(out_dir, version: Optional[str], dev: torch.device, progress: bool, set
     ms_results, _ = _mode_switch(subject, images, settings, dev, out, progress)
     timings["mode-switching curves"] = time.perf_counter() - t
     header, rows = _mode_switch_table(ms_results)
-    ms_items = [("p", "Each adaptor's spatial features against the teacher network itself, on the held-out "
+    ms_items = dry + [("p", "Each adaptor's spatial features against the teacher network itself, on the held-out "
                       "photographs, as the input resolution changes (the tech report's mode-switching plot). "
                       "The teacher sees the same picture at the size that aligns its token grid with the "
                       "student's. Lower is better; the dotted line is the error of predicting each teacher "
@@ -686,8 +703,9 @@ def _run(out_dir, version: Optional[str], dev: torch.device, progress: bool, set
     t = time.perf_counter()
     pics = _pictures(subject, images, settings, out, progress)
     timings["PCA pictures"] = time.perf_counter() - t
-    pic_items = [("p", "Spatial features coloured by robust PCA (first three components as RGB), on held-out "
-                       "photographs centre-cropped to each resolution (top row: what the model sees). Each teacher "
+    pic_items = dry + [("p", "Spatial features coloured by robust PCA (first three components as RGB), on "
+                       f"{len(pics)} of the {len(images)} held-out photographs (the mode-switching curves use all "
+                       f"{len(images)}), centre-cropped to each resolution (top row: what the model sees). Each teacher "
                        "block (the teacher, then the students' adaptors) is coloured with one PCA basis fitted on "
                        "the teacher's maps, so matching colours mean matching features; the backbone row has its "
                        "own basis.")]

@@ -181,6 +181,29 @@ def test_version_path_on_a_local_checkpoint_with_a_tiny_teacher(tiny_checkpoint,
     text = report.read_text()
     assert "Dry run" in text and "Training" not in text.split("## ")[1:][0]
     assert (out / "report.html").is_file() and len(list((out / "pictures").glob("*.png"))) == 1
+    # the report says what happened (issue 14 item 6): a local file, not a release; nothing downloaded;
+    # the dry run is stated where its numbers are; parameter counts of small networks are not "0.0 M"
+    sections = _sections(text)
+    assert "released" not in text.lower() and "download" not in sections["Timings"]
+    assert f"local checkpoint {tiny_checkpoint.name}" in text
+    assert not re.search(r"\b0\.0 M\b", text)
+    assert "dry run" in sections["Mode switching"].lower() and "dry run" in sections["Feature pictures"].lower()
+    assert json.loads((out / "summary.json").read_text())["dry_run"] is True
+    n_eval = len(list((out / "data").glob("eval*/*")))
+    assert f"1 of the {n_eval} held-out photographs" in sections["Feature pictures"]
+
+
+def _sections(md: str) -> dict:
+    return {part.split("\n", 1)[0].strip(): part for part in md.split("\n## ")[1:]}
+
+
+def test_offline_report_counts_what_it_shows(offline_report):
+    """The report says how many pictures it shows of how many held-out photographs."""
+    text = (offline_report / "report.md").read_text()
+    n_eval = len(list((offline_report / "data").glob("eval*/*")))
+    n_pics = len(list((offline_report / "pictures").glob("*.png")))
+    assert f"{n_pics} of the {n_eval} held-out photographs" in _sections(text)["Feature pictures"]
+    assert "released" not in text.lower()
 
 
 def test_version_offline_gives_a_one_line_error(monkeypatch, tmp_path, capsys):
