@@ -35,6 +35,10 @@ __all__ = [
     "maybe_attach_text_tower",
     "attach_text_towers",
     "TEXT_TOWER_TYPES",
+    "text_embed_dim",
+    "text_tower_problem",
+    "text_tower_source",
+    "write_random_text_tower",
 ]
 
 # Teacher `type`s whose adaptors get a text tower (inference.md §5.1/§5.3).
@@ -138,6 +142,94 @@ def _resolve_model_name(model_name: str) -> tuple[str, str]:
     return model_name, model_name
 
 
+def text_embed_dim(model_name: str) -> int | None:
+    """The embedding width of an open_clip architecture (name or model-config JSON), read from its
+    config without building anything; None when the config does not say (e.g. ``hf-hub:`` names)."""
+    import open_clip
+
+    name, _ = _resolve_model_name(model_name)
+    cfg = open_clip.get_model_config(name)
+    return int(cfg["embed_dim"]) if cfg and "embed_dim" in cfg else None
+
+
+def summary_dim(adaptor: nn.Module) -> int | None:
+    """The width of an adaptor's summary head (what zero-shot compares with text embeddings)."""
+    head = getattr(adaptor, "head_mlp", None)
+    if head is None:
+        return None
+    dim = getattr(head, "output_dim", None)
+    if dim is None:
+        linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
+        dim = linears[-1].out_features if linears else None
+    return int(dim) if dim is not None else None
+
+
+def text_tower_problem(adaptor: nn.Module, model_name: str, adaptor_name: str = "") -> str | None:
+    """Why ``model_name``'s text tower cannot serve ``adaptor`` (their widths differ), or None.
+    Costs a config lookup, never a build or a download."""
+    want, have = summary_dim(adaptor), text_embed_dim(model_name)
+    if want is None or have is None or want == have:
+        return None
+    name = adaptor_name or getattr(adaptor, "name", "") or "this"
+    return (f"the {name} adaptor's summaries are {want}-dim but the text tower {model_name} embeds to {have}-dim: "
+            "this checkpoint was not distilled from that teacher (a small random one? `openradio demo` writes "
+            "its text towers next to the checkpoint); pass the matching tower with --text-model/--text-weights")
+
+
+def text_tower_source(teacher_conf: Mapping[str, Any] | Any, base_dir: str | os.PathLike | None = None,
+                      ) -> tuple[str | None, str | None, str | None]:
+    """(open_clip model name or config JSON, pretrained tag, local weights) of a teacher's text tower.
+
+    A teacher entry may name its own tower with ``text_model`` (+ ``text_weights``), paths relative to
+    the checkpoint's folder ``base_dir`` (``openradio demo`` writes them for its small random teachers);
+    otherwise the teacher's ``model`` and ``pretrained`` tag are the tower."""
+    text_model = _conf_get(teacher_conf, "text_model")
+    if text_model:
+        def resolve(p):
+            if not p:
+                return None
+            q = Path(p)
+            return str(q if q.is_absolute() or base_dir is None else Path(base_dir) / q)
+        model = resolve(text_model) if str(text_model).endswith(".json") else text_model
+        return model, None, resolve(_conf_get(teacher_conf, "text_weights"))
+    return _conf_get(teacher_conf, "model"), _conf_get(teacher_conf, "pretrained"), None
+
+
+def write_random_text_tower(out_dir: str | os.PathLike, name: str, embed_dim: int, *, seed: int = 0,
+                            width: int = 32, layers: int = 2, heads: int = 2, context_length: int = 32,
+                            ) -> tuple[Path, Path]:
+    """A small random open_clip text tower (open_clip's BPE tokenizer and text transformer) embedding to
+    ``embed_dim``: writes ``NAME.json`` (an open_clip model config) and ``NAME.safetensors`` (its
+    weights) and returns their paths. ``openradio demo`` pairs one with each small random teacher."""
+    import open_clip
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = {"embed_dim": int(embed_dim),
+           "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
+           "text_cfg": {"context_length": context_length, "vocab_size": 49408, "width": width, "heads": heads,
+                        "layers": layers}}
+    cfg_path = out / f"{name}.json"
+    import json
+    _atomic_write_text(cfg_path, json.dumps(cfg, indent=2) + "\n")
+    open_clip.add_model_config(cfg_path)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        oc = open_clip.create_model(name, pretrained=None)
+    weights = out / f"{name}.safetensors"
+    tmp = weights.with_name(weights.name + ".partial")
+    save_file({k: v.contiguous() for k, v in oc.state_dict().items()}, str(tmp))
+    os.replace(tmp, weights)
+    return cfg_path, weights
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def _local_weights(weights: str | os.PathLike, model_name: str) -> Path:
     wpath = Path(weights).expanduser()
     if not wpath.is_file():
@@ -232,7 +324,7 @@ def _install(adaptor: nn.Module, tower: TextTower) -> None:
 def attach_text_tower(adaptor: nn.Module, teacher_conf: Mapping[str, Any] | Any, *, pretrained: bool = True,
                       weights: str | os.PathLike | None = None, model: nn.Module | TextTower | None = None,
                       tokenizer: Callable[..., torch.Tensor] | None = None, lazy: bool = False,
-                      cache_dir: str | None = None) -> TextTower | None:
+                      cache_dir: str | None = None, base_dir: str | os.PathLike | None = None) -> TextTower | None:
     """Give a ``clip``/``siglip`` adaptor ``tokenizer(texts)`` and ``encode_text(tokens, normalize=False)``.
 
     Args:
@@ -246,6 +338,11 @@ def attach_text_tower(adaptor: nn.Module, teacher_conf: Mapping[str, Any] | Any,
         tokenizer: tokenizer to go with ``model`` (default: open_clip's BPE tokenizer).
         lazy: build the tower on the first call of ``tokenizer``/``encode_text`` (then on the adaptor's
             device) instead of now; lets loading a model stay offline and light.
+        base_dir: folder that relative ``text_model``/``text_weights`` entries of ``teacher_conf`` are
+            relative to (the checkpoint's folder).
+
+    A tower whose embedding width differs from the adaptor's summaries is refused before it is built
+    (``ValueError``; when lazy, on the first call).
 
     Returns the TextTower (``None`` when lazy and not built yet).
     """
@@ -255,12 +352,16 @@ def attach_text_tower(adaptor: nn.Module, teacher_conf: Mapping[str, Any] | Any,
         _install(adaptor, tower)
         return tower
 
-    oc_name = _conf_get(teacher_conf, "model")
+    oc_name, tag, own_weights = text_tower_source(teacher_conf, base_dir)
     if not oc_name:
         raise ValueError(f"teacher config has no 'model' (open_clip architecture) entry: {teacher_conf!r}")
-    tag = _conf_get(teacher_conf, "pretrained") if pretrained else None
+    tag = tag if pretrained else None
+    weights = weights if weights is not None else own_weights
+    problem = text_tower_problem(adaptor, oc_name)
 
     def build() -> TextTower:
+        if problem:
+            raise ValueError(problem)
         return load_text_tower(oc_name, tag, weights=weights, cache_dir=cache_dir,
                                device=module_device(adaptor))
 
@@ -283,7 +384,7 @@ def attach_text_tower(adaptor: nn.Module, teacher_conf: Mapping[str, Any] | Any,
         return _ensure().encode_text(tokens, normalize=normalize)
 
     # The key is known without building, so cached text embeddings can be used without ever loading the tower.
-    adaptor.text_tower_key = text_tower_key(oc_name, tag, weights=weights)
+    adaptor.text_tower_key = None if problem else text_tower_key(oc_name, tag, weights=weights)
     adaptor.tokenizer = tokenizer_stub
     adaptor.encode_text = encode_text_stub
     return None
@@ -297,7 +398,7 @@ def maybe_attach_text_tower(adaptor: nn.Module, teacher_conf: Mapping[str, Any] 
     if _conf_get(teacher_conf, "type") not in TEXT_TOWER_TYPES:
         return False
     kwargs.setdefault("lazy", True)
-    if kwargs["lazy"] and not _conf_get(teacher_conf, "model") and kwargs.get("weights") is None:
+    if kwargs["lazy"] and not text_tower_source(teacher_conf)[0] and kwargs.get("weights") is None:
         return False  # nothing names the architecture: no tower to promise (loading stays quiet)
     attach_text_tower(adaptor, teacher_conf, **kwargs)
     return True
@@ -316,6 +417,8 @@ def attach_text_towers(radio: nn.Module, *, names: Sequence[str] | None = None,
     if adaptors is None:
         raise ValueError("the model has no adaptors; load it with adaptor_names=['clip'] (or 'siglip')")
     weights = dict(weights or {})
+    version = str(getattr(radio, "version", "") or "")
+    base_dir = Path(version).parent if version and os.path.isfile(version) else None  # a local checkpoint
     unknown = sorted(set(weights) - set(adaptors.keys()))
     if unknown:
         raise ValueError(f"text weights given for adaptor(s) {unknown} that the model does not have; "
@@ -328,6 +431,6 @@ def attach_text_towers(radio: nn.Module, *, names: Sequence[str] | None = None,
         if conf is None:
             continue
         if maybe_attach_text_tower(adaptor, conf, pretrained=pretrained, weights=weights.get(name), lazy=lazy,
-                                   cache_dir=cache_dir):
+                                   cache_dir=cache_dir, base_dir=base_dir):
             done.append(name)
     return done

@@ -45,11 +45,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from openradio import radio_model
-    from openradio.cli import pick_device
+    from openradio.cli import CLIError, pick_device
     from openradio.eval.data import model_label, parse_int_list, read_classnames, read_labelled_images
     from openradio.eval.zero_shot import (evaluate_zero_shot, get_templates, write_zero_shot_report,
                                           zero_shot_classifier)
-    from openradio.text import attach_text_tower
+    from openradio.text import attach_text_tower, text_tower_problem, text_tower_source
 
     resolutions = parse_int_list(args.resolutions)
     device = pick_device(args.device)
@@ -64,13 +64,21 @@ def run(args: argparse.Namespace) -> int:
                             progress=progress).to(device).eval()
         adaptor = model.adaptors[args.adaptor]
         conf = dict(getattr(adaptor, "teacher_conf", {}) or {})
-        if args.text_model:
+        if args.text_model:  # replaces the teacher's own tower (and any tower the checkpoint names)
             conf["model"] = args.text_model
+            conf.pop("text_model", None)
+            conf.pop("text_weights", None)
         if conf.get("type", "open_clip") != "open_clip" and not args.text_model:
             raise ValueError(f"adaptor {args.adaptor!r} (teacher type {conf.get('type')!r}) has no open_clip text "
                              "tower; use --adaptor clip or siglip")
+        # a local checkpoint may name its own text towers, relative to its folder (openradio demo's)
+        base_dir = Path(version).parent if Path(version).is_file() else None
+        tower_name = text_tower_source(conf, base_dir)[0]
+        problem = text_tower_problem(adaptor, tower_name, args.adaptor) if tower_name else None
+        if problem:  # before any tower is built or downloaded
+            raise CLIError(problem)
         # lazy: when the classifier is cached the text tower is never loaded
-        attach_text_tower(adaptor, conf, weights=args.text_weights, lazy=True)
+        attach_text_tower(adaptor, conf, weights=args.text_weights, lazy=True, base_dir=base_dir)
         classifier = zero_shot_classifier(adaptor, data.classnames, templates, adaptor_name=args.adaptor,
                                           cache_dir=args.cache_dir, use_cache=not args.no_cache, progress=progress)
         name = model_label(version)
