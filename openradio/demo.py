@@ -90,6 +90,7 @@ class DemoSettings:
     mode_switch_resolutions: Sequence[int] = tuple(range(64, 257, 16))
     viz_resolutions: Sequence[int] = (64, 128, 256)
     viz_images: int = 3
+    zero_shot_resolutions: Sequence[int] = (64, 128, 256)
     bench_resolutions: Sequence[int] = (128, 256, 512)
     bench_batch_size: int = 8
     bench_iters: int = 5
@@ -121,6 +122,8 @@ class _Subject:
     notes: list = field(default_factory=list)
     facts: list = field(default_factory=list)  # (key, value) rows for the report's header table
     dry_run: bool = False               # the teacher is a small random network (--tiny-teacher)
+    zs_teachers: dict = field(default_factory=dict)  # open_clip teacher name -> network (image tower)
+    text_towers: dict = field(default_factory=dict)  # same name -> (config JSON, weights) of its text tower
 
 
 def _log(progress: bool, msg: str) -> None:
@@ -191,6 +194,11 @@ def _train_offline(out: Path, data_dir: Path, eval_images: list, settings: DemoS
     # heads, so its outputs live in the teachers' feature space): a fair "no training" line
     base_ckpt = save_checkpoint(train_dir / "untrained.pth.tar", trainer.args,
                                 export_state_dict(untrained, trainer.phi_s, cfg), epoch=0)
+    # a small random text tower for each open_clip teacher, named in the checkpoints' teacher entries,
+    # so `openradio zero-shot` runs on the demo's checkpoint with them
+    towers = _write_text_towers(out, cfg, trainer.teachers)
+    for path in (ckpt, base_ckpt):
+        _name_text_towers(path, towers)
     names = [t.name for t in cfg.teachers]
     student = openradio.radio_model(str(ckpt), adaptor_names=names, progress=False).to(device).eval()
     baseline = openradio.radio_model(str(base_ckpt), adaptor_names=names, progress=False).to(device).eval()
@@ -220,8 +228,91 @@ def _train_offline(out: Path, data_dir: Path, eval_images: list, settings: DemoS
         "'untrained' is the same architecture with the same initial weights before training, exported "
         "the same way (with the trained PHI-S inverse folded into its heads).",
     ]
+    zs_teachers = {n: trainer.teachers[n].eval() for n in towers}
     return _Subject("openradio demo (offline distillation)", {"trained": student, "untrained": baseline}, ckpt,
-                    teachers, train_metrics=train_dir / "metrics.csv", notes=notes, facts=facts)
+                    teachers, train_metrics=train_dir / "metrics.csv", notes=notes, facts=facts,
+                    zs_teachers=zs_teachers, text_towers=towers)
+
+
+def _write_text_towers(out: Path, cfg, teachers: dict) -> dict:
+    """{teacher: (config JSON, weights)}: a small random open_clip text tower per open_clip teacher,
+    embedding to that teacher's image-embedding width (its "own" text tower, as random as it is)."""
+    from openradio.text import write_random_text_tower
+
+    towers = {}
+    for i, t in enumerate(cfg.teachers):
+        if (t.type or t.name) != "open_clip":
+            continue
+        # open_clip gives any model whose name contains 'siglip' the SigLIP tokenizer from the HF hub;
+        # these towers use its bundled BPE tokenizer, so their names avoid that word
+        file_name = t.name.lower().replace("siglip", "sig_lip") + "-text"
+        towers[t.name] = write_random_text_tower(out / "text_towers", file_name,
+                                                 int(teachers[t.name].summary_dim), seed=cfg.seed + 1000 + i)
+    return towers
+
+
+def _name_text_towers(ckpt: Path, towers: dict) -> None:
+    """Record each tower in the checkpoint's teacher entry (``text_model``/``text_weights``, relative
+    to the checkpoint's folder); rewritten atomically."""
+    from openradio.checkpoint import load_checkpoint_file, save_checkpoint
+
+    chk = load_checkpoint_file(ckpt)
+    for entry in chk["args"].teachers:
+        if entry.get("name") in towers:
+            cfg_path, weights = towers[entry["name"]]
+            entry["text_model"] = os.path.relpath(cfg_path, ckpt.parent)
+            entry["text_weights"] = os.path.relpath(weights, ckpt.parent)
+    save_checkpoint(ckpt, chk["args"], chk["state_dict"], state_dict_ema=chk.get("state_dict_ema"),
+                    epoch=chk.get("epoch", 0), arch=chk.get("arch"))
+
+
+# The classes of the demo's zero-shot check: the held-out photographs' subjects and the training
+# photographs' (the random teachers' predictions among them are the labels, not the names' meaning).
+DEMO_CLASSNAMES = ("cat", "cup of coffee", "rocket", "flower", "astronaut", "motorcycle", "coins", "camera",
+                   "galaxy", "moon")
+
+
+def _zero_shot(subject: _Subject, images: list, settings: DemoSettings, device: torch.device, out: Path,
+               progress: bool) -> tuple[dict, list]:
+    """Each open_clip teacher's own zero-shot predictions (its image embedding against its text
+    tower's class embeddings) on the held-out photographs, then how often each model's adaptor,
+    through the same text tower, predicts the same class: {teacher: {model: [ZeroShotResult]}}."""
+    from openradio.eval.data import read_labelled_images
+    from openradio.eval.zero_shot import build_classifier, evaluate_zero_shot, get_templates, zero_shot_logits
+    from openradio.imageio import load_image, resize_center_crop
+    from openradio.text import load_text_tower
+
+    zs = out / "zero_shot"
+    zs.mkdir(parents=True, exist_ok=True)
+    classes = list(DEMO_CLASSNAMES)
+    _write_atomic(zs / "classnames.txt", "\n".join(classes) + "\n")
+    templates = get_templates("base")
+    results: dict = {}
+    for tname, teacher in subject.zs_teachers.items():
+        cfg_path, weights = subject.text_towers[tname]
+        tower = load_text_tower(str(cfg_path), weights=weights)
+        clf = build_classifier(tower.tokenize, tower.encode_text, classes, templates, progress=False)
+        rows = []
+        for p in images:
+            x = resize_center_crop(load_image(p), int(teacher.input_size))[None]
+            with torch.inference_mode():
+                s = teacher(x.to(teacher.pixel_mean.device)).summary.float().cpu()
+            pred = int(zero_shot_logits(s, clf)[0].argmax())
+            rows.append(f"{os.path.relpath(p, zs)}\t{classes[pred]}")
+        labels = zs / f"{tname}_teacher_labels.tsv"
+        _write_atomic(labels, "\n".join(rows) + "\n")
+        data = read_labelled_images(labels, classes)
+        results[tname] = {label: evaluate_zero_shot(model, clf, data, list(settings.zero_shot_resolutions),
+                                                    adaptor=tname, batch_size=settings.eval_batch_size,
+                                                    device=device, progress=False)
+                          for label, model in subject.models.items()}
+    return results, classes
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def _count_params(m: torch.nn.Module) -> int:
@@ -712,6 +803,32 @@ def _run(out_dir, version: Optional[str], dev: torch.device, progress: bool, set
     pic_items += [("img", p.relative_to(out).as_posix(), f"{p.stem}: rows = feature source, "
                    f"columns = input resolution") for p in pics]
     sections.append(("Feature pictures", pic_items))
+
+    if subject.zs_teachers:
+        t = time.perf_counter()
+        zs_results, classes = _zero_shot(subject, images, settings, dev, out, progress)
+        timings["zero-shot"] = time.perf_counter() - t
+        main_label = next(iter(subject.models))
+        zs_rows = [[tname, label, str(r.resolution), f"{r.top1:.0f}%", f"{r.top5:.0f}%"]
+                   for tname, per_model in zs_results.items() for label, rs in per_model.items() for r in rs]
+        first = next(iter(zs_results))
+        sections.append(("Zero-shot", [
+            ("p", f"Each language-aligned teacher ({', '.join(zs_results)}) comes with a small random text tower "
+                  f"(text_towers/, named in the checkpoint). The teacher classifies each of the {len(images)} "
+                  f"held-out photographs among {len(classes)} class prompts ('an image of a ...'); the student's "
+                  "adaptor, through the same text tower, should pick the same class. Agreement = how often it "
+                  "does (top-5: the teacher's class among the student's five best). With random teachers the "
+                  "class names mean nothing, but agreement still measures how faithfully the adaptor reproduces "
+                  "its teacher's embedding; 'untrained' is the chance-level line."),
+            ("table", ["teacher", "model", "input", "agreement (top-1)", "top-5"], zs_rows),
+            ("p", f"The same numbers from the command line: openradio zero-shot --version {subject.checkpoint.name} "
+                  f"--adaptor {first} --data zero_shot/{first}_teacher_labels.tsv --classnames zero_shot/classnames.txt "
+                  f"--templates base --resolutions {','.join(map(str, settings.zero_shot_resolutions))} "
+                  "--out zero_shot/cli (run in this folder).")]))
+        summary["zero_shot"] = {tname: {label: {str(r.resolution): {"top1": r.top1, "top5": r.top5} for r in rs}
+                                        for label, rs in per_model.items()}
+                                for tname, per_model in zs_results.items()}
+        summary["zero_shot_main_model"] = main_label
 
     t = time.perf_counter()
     bench_rows, _ = _throughput(subject, settings, dev, out, progress)

@@ -231,3 +231,27 @@ def test_bad_flags_fail_with_one_line(argv, message, tmp_path, capsys):
     rc = cli_main(["demo", "--out", str(tmp_path / "r"), "--no-progress", *argv])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and message in err
+
+
+def test_offline_zero_shot_agreement_and_the_cli_reproduces_it(offline_report, tmp_path):
+    """Issue 14 item 4: the demo's clip/siglip teachers come with text towers named in the checkpoint;
+    the report gives the adaptor's agreement with its teacher's own zero-shot predictions, and
+    `openradio zero-shot` on the demo's checkpoint (no --text-model) gives the same numbers."""
+    out = offline_report
+    summary = json.loads((out / "summary.json").read_text())["zero_shot"]
+    assert set(summary) == {"clip", "siglip"}
+    for per_model in summary.values():
+        assert set(per_model) == {"trained", "untrained"}
+        for per_res in per_model.values():
+            assert set(per_res) == {"64", "128", "256"}
+            assert all(0 <= v["top1"] <= v["top5"] <= 100 for v in per_res.values())
+    assert "## Zero-shot" in (out / "report.md").read_text()
+    for teacher in ("clip", "siglip"):
+        rc = cli_main(["zero-shot", "--version", str(out / "model.pth.tar"), "--adaptor", teacher,
+                       "--data", str(out / "zero_shot" / f"{teacher}_teacher_labels.tsv"),
+                       "--classnames", str(out / "zero_shot" / "classnames.txt"), "--templates", "base",
+                       "--resolutions", "64,128,256", "--no-cache", "--no-progress", "--out", str(tmp_path / teacher)])
+        assert rc == 0
+        rows = _read_csv(tmp_path / teacher / "zero_shot.csv")
+        assert {r["Resolution"]: float(r["Top1"]) for r in rows} == pytest.approx(
+            {res: v["top1"] for res, v in summary[teacher]["trained"].items()})
