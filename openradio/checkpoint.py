@@ -78,49 +78,90 @@ def sniff_file(path: str | os.PathLike) -> Optional[str]:
     return None
 
 
-def load_checkpoint_file(path: str | os.PathLike) -> dict:
-    """``torch.load(weights_only=True)`` with an allow-list: a pickle that asks to build any
-    other object (and so could run code) is refused before anything in it runs. A file that is
-    not a checkpoint at all (an image, JSON, an empty or truncated file) is one line saying so;
-    the reader's own message is kept as the exception's ``__cause__`` (``openradio --debug``)."""
+def verify_zip_checksums(path: str | os.PathLike) -> Optional[str]:
+    """The first member of a zip-format torch file whose data does not match its stored CRC-32
+    (``torch.load`` does not check them, so a flipped bit would load silently), or None."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            if all(info.CRC == 0 for info in z.infolist() if info.file_size):
+                return None  # written without checksums: nothing to verify against
+            return z.testzip()
+    except zipfile.BadZipFile:
+        return None  # not readable as a zip here: torch.load says why
+
+
+def safe_torch_load(path: str | os.PathLike, what: str = "PyTorch checkpoint") -> Any:
+    """``torch.load(weights_only=True)`` (allow-list :data:`SAFE_GLOBALS`) after cheap checks, with
+    every failure as a one-line :class:`CheckpointError`: an empty file, a file of another kind
+    (image, JSON, text...), a zip whose checksums fail, a truncated file, or a pickle that asks for
+    anything beyond tensors and plain containers (refused before any of it runs). The reader's own
+    message stays available as the exception's ``__cause__`` (``openradio --debug``)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise FileNotFoundError(f"{what} not found: {path}")
     size = path.stat().st_size
     if size == 0:
         raise CheckpointError(f"{path} is empty (0 bytes): an interrupted download or copy? Fetch it again.")
-    what = sniff_file(path)
-    if what is not None:
-        raise CheckpointError(f"{path} is not a PyTorch checkpoint: looks like {what}")
+    kind = sniff_file(path)
+    if kind is not None:
+        raise CheckpointError(f"{path} is not a {what}: looks like {kind}")
+    bad = verify_zip_checksums(path)
+    if bad is not None:
+        raise CheckpointError(f"{path} is corrupt: the data of {bad!r} does not match its stored checksum (a bit "
+                              "changed in storage or transfer); fetch the file again")
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
-            chk = torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         detail = _unsafe_detail(str(e))
         if detail is None:
-            raise CheckpointError(f"cannot read {path} ({size:,} bytes): not a PyTorch checkpoint, or a corrupt "
-                                  "one (openradio --debug shows the reader's message)") from e
+            raise CheckpointError(f"cannot read {path} ({size:,} bytes): not a {what}, or a corrupt one "
+                                  "(openradio --debug shows the reader's message)") from e
         raise CheckpointError(
-            f"refusing to load {path}: its pickle references {detail}, which is not on the allow-list "
-            "(official RADIO checkpoints need only tensors, dtypes and argparse.Namespace). "
-            "Only load checkpoints from sources you trust.") from None
+            f"refusing to load {path}: its pickle asks for {detail}, which is not on the allow-list (it could run "
+            "code); RADIO files hold only tensors, dtypes and argparse.Namespace. Load files only from sources you "
+            "trust") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, IndexError, ValueError, KeyError) as e:
         raise CheckpointError(f"cannot read {path} ({size:,} bytes): the file is truncated or corrupt; "
                               "delete it and fetch it again (openradio --debug shows the reader's message)") from e
+
+
+def load_checkpoint_file(path: str | os.PathLike) -> dict:
+    """``torch.load(weights_only=True)`` with an allow-list: a pickle that asks to build any
+    other object (and so could run code) is refused before anything in it runs. A file that is
+    not a checkpoint at all (an image, JSON, an empty, truncated or bit-flipped file) or whose
+    weights are not floating point is one line saying so (see :func:`safe_torch_load`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    chk = safe_torch_load(path)
     if not isinstance(chk, dict) or "args" not in chk or not ("state_dict" in chk or "state_dict_ema" in chk):
         keys = sorted(map(str, chk))[:8] if isinstance(chk, dict) else type(chk).__name__
         raise CheckpointError(f"{path} is not an official RADIO checkpoint: expected a dict with 'args' and "
                               f"'state_dict', found {keys}")
+    for part in ("state_dict", "state_dict_ema"):
+        for k, v in (chk.get(part) or {}).items():
+            # integer buffers exist (a spectral norm's `_sn_version` counter); weights and biases,
+            # and anything boolean or complex, must be floating point
+            if not torch.is_tensor(v) or v.dtype == torch.bool or v.is_complex() or (
+                    not v.is_floating_point() and k.rsplit(".", 1)[-1] in ("weight", "bias")):
+                kind = str(v.dtype).replace("torch.", "") if torch.is_tensor(v) else type(v).__name__
+                raise CheckpointError(f"{path}: {part}[{k!r}] is {kind}, but RADIO weights are floating point "
+                                      "(float32, float16 or bfloat16): the file was written wrongly")
     return chk
 
 
 def _unsafe_detail(msg: str) -> Optional[str]:
-    """The object a refused pickle asked for (``GLOBAL posix.system``), or None when the error is
-    not about a refused object (a corrupt or foreign file)."""
+    """The object a refused pickle asked for (``posix.mkdir``), or None when the error is not
+    about a refused object (a corrupt or foreign file)."""
+    import re
+
+    m = re.search(r"GLOBAL ([\w.]+)", msg) or re.search(r"Unsupported global: ([\w.]+)", msg)
+    if m:
+        return m.group(1)
     for line in msg.splitlines():
-        line = line.strip()
-        if "Unsupported global" in line or "GLOBAL" in line:
-            return line.split(":", 1)[-1].strip().rstrip(".") or line
+        if "Unsupported global" in line:
+            return line.split(":", 1)[-1].strip().rstrip(".")
     return None
 
 

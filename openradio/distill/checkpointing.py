@@ -160,8 +160,12 @@ class CheckpointManager:
 
     def load(self, step: int, map_location: Any = "cpu") -> dict:
         """The state saved at ``step`` (raises if missing or unreadable)."""
+        from openradio.checkpoint import safe_torch_load
+
         path = self.path_for(step)
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        obj = safe_torch_load(path, "training checkpoint")  # one line for a corrupt or unsafe file
+        if map_location not in (None, "cpu"):
+            obj = _to_device(obj, map_location)
         if not isinstance(obj, dict) or obj.get("format") != FORMAT or "state" not in obj:
             raise ValueError(f"{path} is not an openradio training checkpoint (format {FORMAT})")
         if int(obj.get("step", step)) != int(step):
@@ -189,6 +193,16 @@ class CheckpointManager:
                               stacklevel=2)
         raise RuntimeError(f"none of the {len(steps)} checkpoints in {self.dir} can be read ("
                            + "; ".join(failures) + "); move them away to start the run afresh")
+
+
+def _to_device(obj: Any, device: Any) -> Any:
+    if torch.is_tensor(obj):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_device(v, device) for v in obj)
+    return obj
 
 
 # -- RNG state -------------------------------------------------------------------------------------

@@ -189,11 +189,16 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Teacher weights file not found: {path}")
+    from openradio.checkpoint import CheckpointError, safe_torch_load
+
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            return load_file(str(path))
+        except Exception as e:  # a pickle or anything else under a .safetensors name: never unpickled
+            raise CheckpointError(f"cannot read {path}: not a valid safetensors file ({str(e).splitlines()[0]})") from e
+    obj = safe_torch_load(path, "weights file")
     for key in ("state_dict", "model", "module"):
         if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
             obj = obj[key]
