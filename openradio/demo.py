@@ -819,7 +819,7 @@ def _run(out_dir, version: Optional[str], dev: torch.device, progress: bool, set
                   "adaptor, through the same text tower, should pick the same class. Agreement = how often it "
                   "does (top-5: the teacher's class among the student's five best). With random teachers the "
                   "class names mean nothing, but agreement still measures how faithfully the adaptor reproduces "
-                  "its teacher's embedding; 'untrained' is the chance-level line."),
+                  "its teacher's embedding; 'untrained' (the student before training) is the baseline."),
             ("table", ["teacher", "model", "input", "agreement (top-1)", "top-5"], zs_rows),
             ("p", f"The same numbers from the command line: openradio zero-shot --version {subject.checkpoint.name} "
                   f"--adaptor {first} --data zero_shot/{first}_teacher_labels.tsv --classnames zero_shot/classnames.txt "

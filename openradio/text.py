@@ -214,9 +214,14 @@ def write_random_text_tower(out_dir: str | os.PathLike, name: str, embed_dim: in
     import json
     _atomic_write_text(cfg_path, json.dumps(cfg, indent=2) + "\n")
     open_clip.add_model_config(cfg_path)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        oc = open_clip.create_model(name, pretrained=None)
+    import logging
+    logging.disable(logging.WARNING)  # open_clip logs "no pretrained weights loaded": random on purpose
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            oc = open_clip.create_model(name, pretrained=None)
+    finally:
+        logging.disable(logging.NOTSET)
     weights = out / f"{name}.safetensors"
     tmp = weights.with_name(weights.name + ".partial")
     save_file({k: v.contiguous() for k, v in oc.state_dict().items()}, str(tmp))
