@@ -155,6 +155,8 @@ class RADIOModel(nn.Module):
     def _check_resolution(self, x: torch.Tensor) -> None:
         if x.ndim != 4:
             raise ValueError(f"expected images shaped (B, C, H, W), got a tensor of shape {tuple(x.shape)}")
+        from openradio.inputs import check_image_values
+        check_image_values(x)  # integer, 2/4-channel, NaN/Inf or 0..255 images: a clear error
         step = self.min_resolution_step
         H, W = x.shape[-2:]
         if H % step or W % step:
