@@ -7,7 +7,7 @@ STAMP := $(VENV)/.openradio-installed
 # ones that lie on the CI machine's disk); pyproject declares wider ranges.
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test venv clean
+.PHONY: demo test test-slow test-all venv clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,7 +18,16 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# the fast suite (minutes); the long training/torchrun tests are marked `slow` and run by
+# `make test-slow` (CI, .ci/run, runs both)
 test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+	@echo "(the long tests marked slow were skipped: run them with \`make test-slow\`, or everything with \`make test-all\`)"
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+test-all: $(STAMP)
 	$(PY) -m pytest -q
 
 demo: $(STAMP)

@@ -17,6 +17,9 @@ from openradio.distill.checkpointing import CheckpointManager
 from openradio.distill.config import load_config
 from openradio.distill.trainer import DistEnv, Trainer
 
+# every test here starts torchrun processes and trains: 35-76 s each on 2 cores (`make test-slow`)
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 

@@ -53,6 +53,7 @@ def feature_losses(metrics_csv: Path) -> dict[str, list[float]]:
 LOSS_FACTOR = 1.5
 
 
+@pytest.mark.slow
 def test_tiny_recipe_learns_every_teacher_and_exports(tmp_path, image_dir):
     cfg = tiny_cfg(tmp_path / "run", image_dir, "log_every=1", "checkpoint_every=1000")
     trainer = Trainer(cfg, env=DistEnv())
@@ -86,6 +87,7 @@ def test_tiny_recipe_learns_every_teacher_and_exports(tmp_path, image_dir):
         torch.testing.assert_close(got[n].summary, want[n].summary, rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_resume_matches_uninterrupted_run(tmp_path, image_dir):
     common = ["stages.0.steps=6", "phi_s.update_every=2", "phi_s.freeze_after=4", "checkpoint_every=3",
               "optim.warmup_steps=2"]
@@ -105,6 +107,7 @@ def test_resume_matches_uninterrupted_run(tmp_path, image_dir):
         assert torch.equal(va, vc), k
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_skips_then_stops(tmp_path, image_dir, monkeypatch):
     cfg = tiny_cfg(tmp_path / "nan", image_dir, "stages.0.steps=5", "max_nonfinite=1")
     t = Trainer(cfg, env=DistEnv())
