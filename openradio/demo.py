@@ -310,9 +310,8 @@ def _zero_shot(subject: _Subject, images: list, settings: DemoSettings, device: 
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    from openradio.atomicio import write_text
+    write_text(path, text)
 
 
 def _count_params(m: torch.nn.Module) -> int:
@@ -421,8 +420,9 @@ def _mode_switch(subject: _Subject, images: list, settings: DemoSettings, device
             results[tname][label] = run_mode_switch(model, teacher, tname, images, res,
                                                     batch_size=settings.eval_batch_size, device=device,
                                                     progress=progress)
+    from openradio.atomicio import atomic_path
     csv_path = out / "mode_switch.csv"
-    with open(csv_path, "w", newline="") as f:
+    with atomic_path(csv_path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["teacher", "model", "resolution", "mse", "cos_error", "fidelity", "pred_variance",
                     "teacher_variance"])
@@ -468,7 +468,9 @@ def _plot_mode_switch(results: dict, path: Path) -> Path:
             ax.legend(fontsize=8)
     fig.suptitle("Mode switching: student adaptor vs. teacher across input resolutions")
     fig.tight_layout()
-    fig.savefig(path, format="png")
+    from openradio.atomicio import atomic_path
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
     return path
 
 
@@ -591,7 +593,9 @@ def _plot_training(metrics: list[dict], path: Path) -> Path:
     fig.suptitle("Training: feature losses (solid; MSE to PHI-S-normalised targets) and summary losses (dashed); "
                  "faint: every step, bold: running median")
     fig.tight_layout()
-    fig.savefig(path, format="png")
+    from openradio.atomicio import atomic_path
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
     return path
 
 
@@ -667,12 +671,13 @@ def _write_report(out: Path, subject: _Subject, sections: list[tuple[str, list]]
              "table{border-collapse:collapse;margin:1em 0;font-size:90%}td,th{border:1px solid #ccc;padding:3px 8px;"
              "text-align:left}th{background:#f3f3f3}img{max-width:100%;border:1px solid #eee}"
              "figure{margin:1em 0}figcaption{color:#555;font-size:90%}")
-    (out / "report.html").write_text(
+    from openradio.atomicio import write_text
+    write_text(out / "report.html",
         "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>" + html.escape(subject.title)
         + f"</title><style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
+    write_text(out / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
     report = out / "report.md"
-    report.write_text("\n".join(md) + "\n")
+    write_text(report, "\n".join(md) + "\n")
     return report
 
 

@@ -148,8 +148,10 @@ def save_hf(model: RADIOModel, folder: str | os.PathLike, version: Optional[str]
              "rot_per_layer": model.inter_feature_normalizer.rotation.ndim == 3}
             if model.inter_feature_normalizer is not None else None),
     }
-    (folder / "config.json").write_text(json.dumps(config, indent=2, default=str))
-    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    from openradio.atomicio import atomic_path, write_text
+    with atomic_path(folder / "model.safetensors") as tmp:  # weights first: config.json marks a complete folder
+        save_file(state, str(tmp), metadata={"format": "pt"})
+    write_text(folder / "config.json", json.dumps(config, indent=2, default=str))
     return folder
 
 

@@ -223,16 +223,15 @@ def write_random_text_tower(out_dir: str | os.PathLike, name: str, embed_dim: in
     finally:
         logging.disable(logging.NOTSET)
     weights = out / f"{name}.safetensors"
-    tmp = weights.with_name(weights.name + ".partial")
-    save_file({k: v.contiguous() for k, v in oc.state_dict().items()}, str(tmp))
-    os.replace(tmp, weights)
+    from openradio.atomicio import atomic_path
+    with atomic_path(weights) as tmp:
+        save_file({k: v.contiguous() for k, v in oc.state_dict().items()}, str(tmp))
     return cfg_path, weights
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    from openradio.atomicio import write_text
+    write_text(path, text)
 
 
 def _local_weights(weights: str | os.PathLike, model_name: str) -> Path:

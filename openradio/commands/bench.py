@@ -46,7 +46,8 @@ def write_csv(rows: list[dict], path: str | Path) -> Path:
     fields: list[str] = []
     for r in rows:
         fields += [k for k in r if k not in fields]
-    with open(path, "w", newline="") as f:
+    from openradio.atomicio import atomic_path
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
         w.writerows(rows)

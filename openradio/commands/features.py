@@ -186,9 +186,9 @@ def run(args: argparse.Namespace) -> int:
         "vitdet_window": args.vitdet_window,
         "amp": bool(args.amp),
     }
-    tmp = out.with_name(out.name + ".partial")
-    save_file(tensors, str(tmp), metadata={k: json.dumps(v) for k, v in metadata.items()})
-    os.replace(tmp, out)  # never leave a half-written file under the final name
+    from openradio.atomicio import atomic_path
+    with atomic_path(out) as tmp:  # never leave a half-written file under the final name
+        save_file(tensors, str(tmp), metadata={k: json.dumps(v) for k, v in metadata.items()})
     shapes = {name: tuple(tensors[f"{stems[0]}/{name}/features"].shape[1:2]) for name in output_names}
     print(f"wrote {len(images)} image(s) x {len(output_names)} output(s) to {out} "
           f"(channels: {', '.join(f'{n} {c[0]}' for n, c in shapes.items())})")

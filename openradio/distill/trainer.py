@@ -140,7 +140,8 @@ class Trainer:
         self.out_dir = Path(cfg.out_dir)
         if self.env.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            (self.out_dir / "config.yaml").write_text(dump_config(cfg))
+            from openradio.atomicio import write_text
+            write_text(self.out_dir / "config.yaml", dump_config(cfg))
         seed_everything(cfg.seed + self.env.rank)
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)

@@ -235,5 +235,7 @@ def plot_mode_switch(results: dict[str, Sequence[ModeSwitchRow]], path: str | os
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, format="png")
+    from openradio.atomicio import atomic_path
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
     return path

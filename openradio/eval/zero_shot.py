@@ -212,5 +212,6 @@ def write_zero_shot_report(results: dict[str, list[ZeroShotResult]], out_dir: st
         cells = [f"{table[(rl, m)]:.3f}" if (rl, m) in table else "-" for m in models]
         lines.append(f"| {rl} | " + " | ".join(cells) + " |")
     md_path = out_dir / f"{stem}.md"
-    md_path.write_text("Zero-shot top-1 accuracy (%)\n\n" + "\n".join(lines) + "\n", encoding="utf-8")
+    from openradio.atomicio import write_text
+    write_text(md_path, "Zero-shot top-1 accuracy (%)\n\n" + "\n".join(lines) + "\n")
     return csv_path, md_path

@@ -60,9 +60,11 @@ class Rendered:
         return [p for p in self.panels if p.kind == kind]
 
     def save(self, path: str | Path) -> Path:
+        from openradio.atomicio import atomic_path
+
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.image.save(path)
+        with atomic_path(path) as tmp:  # a killed run leaves no truncated picture
+            self.image.save(tmp, format=(path.suffix.lstrip(".") or "png").upper().replace("JPG", "JPEG"))
         return path
 
 

@@ -11,6 +11,8 @@ convention).
 """
 from __future__ import annotations
 
+import os
+
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -183,7 +185,10 @@ class VideoWriter:
         if self.fps <= 0:
             raise ValueError(f"fps must be positive, got {fps}")
         self.crf, self.codec, self.pix_fmt = crf, codec, pix_fmt
-        self._container = av.open(str(self.path), mode="w")
+        from openradio.atomicio import partial_name
+        # written under a temporary name, renamed by close(): a killed run leaves no truncated video
+        self._tmp = partial_name(self.path)
+        self._container = av.open(str(self._tmp), mode="w")  # the temporary name keeps the extension
         self._stream = None
         self.num_frames = 0
         self.size: tuple[int, int] | None = None  # (height, width) as written
@@ -215,18 +220,29 @@ class VideoWriter:
     def close(self) -> None:
         if self._container is None:
             return
+        ok = False
         try:
             if self._stream is not None:
                 for packet in self._stream.encode(None):  # flush delayed (B-)frames
                     self._container.mux(packet)
+            ok = True
         finally:
             self._container.close()
             self._container = None
+            if ok:
+                os.replace(self._tmp, self.path)
+            else:
+                self._tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> "VideoWriter":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is not None and self._container is not None:  # failed mid-way: no file at all
+            self._container.close()
+            self._container = None
+            self._tmp.unlink(missing_ok=True)
+            return
         self.close()
 
 
