@@ -117,8 +117,11 @@ def test_data_plumbing(tmp_path):
     assert data.labels == [1, 0] and data.classnames == ["a", "b"]
     (root / "rocket" / "broken.png").write_bytes(b"not a png")
     from openradio.eval.data import iterate_batches
-    with pytest.raises(ValueError, match="broken.png"):
-        list(iterate_batches(read_labelled_images(root), 32, batch_size=8))
+    skipped: list = []
+    with pytest.warns(UserWarning, match="broken.png"):  # skipped and counted, as in training (issue 14)
+        n = sum(len(lbl) for _, lbl, _ in iterate_batches(read_labelled_images(root), 32, batch_size=8,
+                                                          skipped=skipped))
+    assert n == 4 and len(skipped) == 1
 
 
 def test_amp_embeddings_close_to_fp32(tmp_path, tiny_checkpoint):

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import csv
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Optional, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from openradio.imageio import IMAGE_EXTENSIONS, load_image, resize_center_crop
+from openradio.imageio import IMAGE_EXTENSIONS, ImageLoadError, load_image, resize_center_crop
 
 __all__ = [
     "IMAGE_EXTENSIONS", "load_image", "resize_center_crop", "LabelledImages", "read_image_folder",
@@ -186,28 +187,64 @@ class ImageSetDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
-        img = load_image(self.paths[i])
+    def __getitem__(self, i: int) -> tuple[Optional[torch.Tensor], int, int]:
+        img = load_or_none(self.paths[i])
+        if img is None:
+            return None, self.labels[i], i  # unreadable: dropped (and counted) by collate_same_shape
         return resize_center_crop(img, self.resolution), self.labels[i], i
 
 
-def collate_same_shape(items: list[tuple[torch.Tensor, int, int]]) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Group a batch into sub-batches of one image shape (a model batch must have one shape)."""
+def load_or_none(path: str | os.PathLike) -> Optional[torch.Tensor]:
+    """The image, or None for a corrupt, truncated, non-image or missing file (skipped and counted by
+    the evaluation loops, as training does)."""
+    try:
+        return load_image(path)
+    except (ImageLoadError, OSError, ValueError):
+        return None
+
+
+class SubBatches(list):
+    """The sub-batches of one loader batch, plus the dataset indices of the unreadable images."""
+    skipped: list
+
+
+def collate_same_shape(items: list[tuple[Optional[torch.Tensor], int, int]]) -> SubBatches:
+    """Group a batch into sub-batches of one image shape (a model batch must have one shape);
+    unreadable images (``None``) are left out and listed in ``.skipped``."""
     groups: dict[tuple[int, ...], list] = {}
+    out = SubBatches()
+    out.skipped = [idx for img, _, idx in items if img is None]
     for img, lbl, idx in items:
-        groups.setdefault(tuple(img.shape), []).append((img, lbl, idx))
-    return [(torch.stack([g[0] for g in grp]), torch.tensor([g[1] for g in grp]), torch.tensor([g[2] for g in grp]))
-            for grp in groups.values()]
+        if img is not None:
+            groups.setdefault(tuple(img.shape), []).append((img, lbl, idx))
+    out.extend((torch.stack([g[0] for g in grp]), torch.tensor([g[1] for g in grp]),
+                torch.tensor([g[2] for g in grp])) for grp in groups.values())
+    return out
+
+
+def warn_skipped(paths: Sequence[Path]) -> None:
+    """One warning per unreadable image, and the count."""
+    for p in paths:
+        warnings.warn(f"skipping unreadable image {p} (corrupt, truncated or not an image)", stacklevel=3)
 
 
 def iterate_batches(data: LabelledImages | Sequence[str | os.PathLike], resolution: int, batch_size: int = 32,
-                    num_workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Yield (images (B,3,R,R) in [0,1], labels (B,), dataset indices (B,)), each batch one shape."""
+                    num_workers: int = 0, skipped: Optional[list] = None,
+                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Yield (images (B,3,R,R) in [0,1], labels (B,), dataset indices (B,)), each batch one shape.
+
+    Unreadable images are skipped with a warning each; their dataset indices are appended to
+    ``skipped`` when a list is given (the count of what was left out)."""
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
-    loader = DataLoader(ImageSetDataset(data, resolution), batch_size=batch_size, shuffle=False,
+    dataset = ImageSetDataset(data, resolution)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
                         num_workers=num_workers, collate_fn=collate_same_shape)
     for sub_batches in loader:
+        if sub_batches.skipped:
+            warn_skipped([dataset.paths[i] for i in sub_batches.skipped])
+            if skipped is not None:
+                skipped.extend(sub_batches.skipped)
         yield from sub_batches
 
 

@@ -23,17 +23,21 @@ def extract_embeddings(model: torch.nn.Module, data: LabelledImages, resolution:
                        batch_size: int = 32, device: torch.device | str | None = None, amp: bool = False,
                        num_workers: int = 0, progress: bool = True, desc: str = "embeddings"
                        ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, D) L2-normalised float32 summaries on the CPU, in dataset order, and the (N,) labels."""
+    """(N, D) L2-normalised float32 summaries on the CPU, in dataset order, and the (N,) labels;
+    unreadable images are skipped (with a warning each) and not in either."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     embs: list[torch.Tensor] = [None] * len(data)  # type: ignore[list-item]
-    for images, _, idx in tqdm(iterate_batches(data, resolution, batch_size, num_workers),
+    for images, _, idx in tqdm(iterate_batches(data, resolution, batch_size, num_workers, skipped=[]),
                                total=-(-len(data) // batch_size), desc=desc, disable=not progress, unit="batch"):
         with autocast_context(device, amp):
             out = model(images.to(device, non_blocking=True))
         s = F.normalize(select_output(out, adaptor).summary.float(), dim=-1).cpu()
         for j, i in enumerate(idx.tolist()):
             embs[i] = s[j]
-    return torch.stack(embs), torch.tensor(data.labels, dtype=torch.long)
+    keep = [i for i, e in enumerate(embs) if e is not None]
+    if not keep:
+        raise ValueError(f"none of the {len(data)} images could be read")
+    return torch.stack([embs[i] for i in keep]), torch.tensor([data.labels[i] for i in keep], dtype=torch.long)
 
 
 def knn_scores(train_emb: torch.Tensor, train_labels: torch.Tensor, query_emb: torch.Tensor, *, k: int = 20,

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from openradio.eval.data import autocast_context, load_image, resize_center_crop, select_output, write_csv
+from openradio.eval.data import autocast_context, resize_center_crop, select_output, write_csv
 
 __all__ = [
     "resolution_range", "parse_resolution_range", "teacher_resolution", "align_teacher", "FeatureAgreement",
@@ -151,9 +151,22 @@ class _PairDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        img = load_image(self.paths[i])
+    def __getitem__(self, i: int):
+        from openradio.eval.data import load_or_none
+
+        img = load_or_none(self.paths[i])
+        if img is None:  # unreadable: dropped and counted by _collate_pairs
+            return i
         return resize_center_crop(img, self.res), resize_center_crop(img, self.teacher_res)
+
+
+def _collate_pairs(items):
+    """Stack readable (student, teacher) pairs; unreadable images come as their index, listed last."""
+    pairs = [it for it in items if not isinstance(it, int)]
+    bad = [it for it in items if isinstance(it, int)]
+    if not pairs:
+        return None, None, bad
+    return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs]), bad
 
 
 def _teacher_is_multires(teacher) -> bool:
@@ -189,8 +202,13 @@ def run_mode_switch(model: torch.nn.Module, teacher, adaptor: str, image_paths: 
         t_res = teacher_resolution(res, sp, tp) if multires else _input_side(teacher.input_size)
         stats = FeatureAgreement()
         loader = DataLoader(_PairDataset(image_paths, res, t_res), batch_size=batch_size, shuffle=False,
-                            num_workers=num_workers)
-        for s_img, t_img in loader:
+                            num_workers=num_workers, collate_fn=_collate_pairs)
+        for s_img, t_img, bad in loader:
+            if bad and res == resolutions[0]:  # the same files at every resolution: say it once
+                from openradio.eval.data import warn_skipped
+                warn_skipped([Path(image_paths[i]) for i in bad])
+            if s_img is None:
+                continue
             with autocast_context(device, amp):
                 out = model(s_img.to(device), feature_fmt="NCHW")
                 t_out = teacher(t_img.to(device), resolution=t_res)
