@@ -222,3 +222,39 @@ def test_wrong_dtype_is_one_line(tmp_path, good_checkpoint, dtype):
         openradio.radio_model(str(path), progress=False)
     text = _one_line(info.value)
     assert "blocks.0.attn.qkv.weight" in text and str(dtype).replace("torch.", "") in text
+
+
+def _loaders(tmp_path):
+    """Each loader as path -> result, with where it expects its file."""
+    from openradio.distill.checkpointing import CheckpointManager
+    from openradio.teachers import load_state_dict_file
+    mgr = CheckpointManager(tmp_path / "ckpts")
+
+    def training_state(src: Path):
+        mgr.dir.mkdir(exist_ok=True)
+        mgr.path_for(7).write_bytes(src.read_bytes())
+        return mgr.load(7)
+    return {"official": load_checkpoint_file, "radio_model": lambda p: openradio.radio_model(str(p), progress=False),
+            "training state": training_state, "teacher weights": load_state_dict_file}
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "bit flip", "png"])
+def test_every_loader_gives_one_line_for_a_damaged_file(tmp_path, good_checkpoint, damage):
+    data = good_checkpoint.read_bytes()
+    bad = tmp_path / "damaged.pth.tar"
+    if damage == "empty":
+        bad.write_bytes(b"")
+    elif damage == "truncated":
+        bad.write_bytes(data[: len(data) // 2])
+    elif damage == "bit flip":
+        d = bytearray(data)
+        d[len(d) // 2] ^= 0x04
+        bad.write_bytes(bytes(d))
+    else:
+        _png(bad)
+    for name, load in _loaders(tmp_path).items():
+        with pytest.raises(CheckpointError) as info:
+            load(bad)
+        text = _one_line(info.value)
+        assert {"empty": "empty", "truncated": "truncated", "bit flip": "checksum", "png": "PNG"}[damage] in text, \
+            (name, text)
