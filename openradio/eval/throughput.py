@@ -224,8 +224,7 @@ def bench_model(model: nn.Module, resolutions: Sequence[int], *, batch_size: int
     device = torch.device(device) if device is not None else module_device(model)
     if device != module_device(model):
         model = model.to(device)
-    saved_window = getattr(model, "window_size", None)
-    window = vitdet_window if vitdet_window is not None else saved_window
+    window = vitdet_window if vitdet_window is not None else getattr(model, "window_size", None)
     if baseline == "global" and window is None:
         raise ValueError("baseline 'global' compares ViTDet with global attention: give a ViTDet window "
                          "(--vitdet-window W)")
@@ -233,15 +232,14 @@ def bench_model(model: nn.Module, resolutions: Sequence[int], *, batch_size: int
 
     def radio_fn(x: torch.Tensor):
         with _autocast(device, amp):
-            return model(x)
+            return model(x, vitdet_window=window)
 
     dtype = getattr(model, "dtype", torch.float32)
     rows = []
     bar = tqdm(total=len(resolutions), desc="bench", unit="resolution", disable=not progress)
     try:
-        model.set_vitdet_window(window)
         for r in resolutions:
-            h, w = (int(v) for v in model.get_nearest_supported_resolution(int(r), int(r)))
+            h, w = (int(v) for v in model.get_nearest_supported_resolution(int(r), int(r), vitdet_window=window))
 
             def make_input(h=h, w=w):
                 # fixed seed: identical input for the model and its baseline
@@ -251,11 +249,8 @@ def bench_model(model: nn.Module, resolutions: Sequence[int], *, batch_size: int
             vit = None
             if baseline == "global":
                 def base_fn(x: torch.Tensor):
-                    model.set_vitdet_window(None)
-                    try:
-                        return radio_fn(x)
-                    finally:
-                        model.set_vitdet_window(window)
+                    with _autocast(device, amp):
+                        return model(x, vitdet_window=None)
             elif baseline == "timm":
                 vit = make_timm_baseline(model, h, w)
 
@@ -284,7 +279,6 @@ def bench_model(model: nn.Module, resolutions: Sequence[int], *, batch_size: int
             rows.append(row)
             base_fn = vit = None  # free a timm baseline before building the next resolution's
     finally:
-        model.set_vitdet_window(saved_window)
         bar.close()
     return rows
 
