@@ -157,24 +157,32 @@ def _autocast(device: torch.device, amp: bool):
 
 
 def make_timm_baseline(model: nn.Module, height: int, width: int) -> nn.Module:
-    """A plain timm ViT with the RADIO model's architecture (``args.model`` and ``args.model_kwargs``)
+    """A plain timm ViT with the RADIO model's architecture (its backbone name and model_kwargs)
     at a fixed ``height x width`` input: learned position embedding, one class token, no registers,
     no CPE. Same device and dtype as ``model``; weights are PyTorch's default initialisation
     (their values do not matter for timing).
     """
     import timm
 
-    args = getattr(model, "args", None)
-    name = getattr(args, "model", None) if args is not None else None
-    if name is None:
-        raise ValueError("the timm baseline needs the checkpoint's args (model name and model_kwargs); "
-                         "this model has no .args — use baseline='global' or 'none'")
-    kwargs = dict(getattr(args, "model_kwargs", None) or {})
+    from openradio.model import vit_families
+
+    cfg = getattr(model, "config", None)
+    if cfg is None:
+        raise ValueError("the timm baseline needs the model's config (backbone name and model_kwargs); "
+                         "this model has none — use baseline='global' or 'none'")
+    name = cfg.backbone.arch
+    kwargs = dict(cfg.backbone.model_kwargs or {})
     kwargs.pop("weight_init", None)
     # timm's own re-initialisation (trunc-normal over every weight) is slow for big models
     # and irrelevant to speed; 'skip' keeps PyTorch's default initialisation
-    vit = timm.create_model(name, pretrained=False, num_classes=0, img_size=(height, width),
-                            weight_init="skip", **kwargs)
+    if name in vit_families.FAMILIES:
+        if vit_families.FAMILIES[name].kind != "vit":
+            raise ValueError(f"no plain timm ViT baseline for {name!r} (a DINOv2 student); use baseline='global'")
+        vit = vit_families.build_family_vit(name, kwargs, num_classes=0, img_size=(height, width),
+                                            weight_init="skip")
+    else:
+        vit = timm.create_model(name, pretrained=False, num_classes=0, img_size=(height, width),
+                                weight_init="skip", **kwargs)
     if getattr(vit, "patch_embed", None) is None or not hasattr(vit, "blocks"):
         raise ValueError(f"{name!r} is not a timm VisionTransformer")
     p = getattr(model, "patch_size", None)
