@@ -173,7 +173,6 @@ def save_transformers(model: RADIOModel, folder: str | os.PathLike, version: Opt
 
     kwargs = native_config(model)
     state = native_state_dict(model)
-    dtype = model.dtype
     args = getattr(model, "args", None)
     meta: dict[str, Any] = {
         "format": 1,
@@ -200,7 +199,6 @@ def save_transformers(model: RADIOModel, folder: str | os.PathLike, version: Opt
     with torch.device("meta"):
         hf = HFRadioModel(config)
     hf.load_state_dict(state, strict=True, assign=True)
-    hf.to(dtype)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     hf.save_pretrained(folder)
