@@ -6,6 +6,9 @@ of the official ``RADIOModel`` under ``radio_model.*``. Only safetensors are rea
 runs no code from the repository (``trust_remote_code`` is never needed). Keys are converted
 to the ``.pth.tar`` layout at this edge and the model is built by the same code as every other
 checkpoint, so ViTDet works too (the official Hugging Face model ignores the window size).
+
+Folders of transformers' own native ``RadioModel`` (``model_type="radio"`` with ``hidden_size`` and no
+``args``) are recognised here too and read by ``openradio.hf_native``; ``save_transformers`` writes them.
 """
 from __future__ import annotations
 
