@@ -171,8 +171,8 @@ def probe_segmentation(model, train: SegmentationSet, val: SegmentationSet, *, r
     step = model.min_resolution_step
     if resolution % step:
         raise ValueError(f"resolution {resolution} must be a multiple of the model's step {step}")
-    g = resolution // model.patch_size
-    dim = _feature_dim(model, adaptor, device)
+    dim, per_step = _feature_shape(model, adaptor, device)
+    g = per_step * resolution // step  # feature grid side (an upsampling adaptor head gives more)
     gb = len(train) * dim * g * g * 2 / 2 ** 30
     if gb > max_cache_gb:
         raise ValueError(f"caching {len(train)} training feature maps needs {gb:.1f} GiB (> max_cache_gb="
@@ -223,11 +223,13 @@ def probe_segmentation(model, train: SegmentationSet, val: SegmentationSet, *, r
     return SegProbeResult(float(miou), acc, iou.tolist(), names, resolution, len(train), len(val), head.cpu())
 
 
-def _feature_dim(model, adaptor: Optional[str], device) -> int:
+def _feature_shape(model, adaptor: Optional[str], device) -> tuple[int, int]:
+    """(channels, feature-grid side per resolution step) of the chosen output."""
     step = model.min_resolution_step
     with torch.no_grad():
         out = model(torch.zeros(1, 3, step, step, device=device), feature_fmt="NCHW")
-    return select_output(out, adaptor).features.shape[1]
+    f = select_output(out, adaptor).features
+    return f.shape[1], f.shape[-1]
 
 
 # -- classification -----------------------------------------------------------------------------------
