@@ -119,3 +119,15 @@ def test_export_command_transformers_format(tiny, tmp_path):
     with torch.no_grad():
         assert _max_diff(hf(pixel_values=x).features, ref(x).features) <= TOL
     assert list(openradio.radio_model(str(out), adaptor_names=["dino_v2"]).adaptors) == ["dino_v2"]
+
+
+def test_bf16_model_keeps_its_dtype(tmp_path):
+    ckpt = make_tiny_checkpoint(tmp_path / "bf.pth.tar", depth=2, dtype=torch.bfloat16)
+    ref = openradio.radio_model(str(ckpt), text_towers=False)
+    folder = save_transformers(ref, tmp_path / "bf")
+    assert json.loads((folder / "config.json").read_text())["dtype"] == "bfloat16"
+    assert transformers.RadioModel.from_pretrained(folder).dtype == torch.bfloat16
+    back = openradio.radio_model(str(folder))
+    x = torch.rand(1, 3, 32, 48)
+    with torch.no_grad():
+        assert back.dtype == torch.bfloat16 and torch.equal(back(x).features, ref(x).features)
