@@ -18,6 +18,7 @@ COMMANDS = {
     "viz-video": "openradio.commands.viz_video",
     "zero-shot": "openradio.commands.zero_shot",
     "knn": "openradio.commands.knn",
+    "probe": "openradio.commands.probe",
     "mode-switch": "openradio.commands.mode_switch",
     "train": "openradio.commands.train",
     "export": "openradio.commands.export",

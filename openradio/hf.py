@@ -6,6 +6,9 @@ of the official ``RADIOModel`` under ``radio_model.*``. Only safetensors are rea
 runs no code from the repository (``trust_remote_code`` is never needed). Keys are converted
 to the ``.pth.tar`` layout at this edge and the model is built by the same code as every other
 checkpoint, so ViTDet works too (the official Hugging Face model ignores the window size).
+
+Folders of transformers' own native ``RadioModel`` (``model_type="radio"`` with ``hidden_size`` and no
+``args``) are recognised here too and read by ``openradio.hf_native``; ``save_transformers`` writes them.
 """
 from __future__ import annotations
 
@@ -98,6 +101,13 @@ def load_hf(reference: str, adaptor_names: Optional[Sequence[str]] = None, vitde
             revision: Optional[str] = None, cache_dir: Optional[str] = None) -> RADIOModel:
     """``hf-hub:nvidia/RADIO-B`` or a local folder with config.json + model.safetensors."""
     folder = snapshot(reference[len(HF_PREFIX):], revision, cache_dir) if reference.startswith(HF_PREFIX) else Path(reference)
+    from openradio.hf_native import is_native_config, load_native
+    cfg_path = Path(folder) / "config.json"
+    if cfg_path.is_file() and is_native_config(native := json.loads(cfg_path.read_text())):
+        model = load_native(folder, native, adaptor_names=adaptor_names, vitdet_window_size=vitdet_window_size)
+        if reference.startswith(HF_PREFIX):
+            model.version = reference
+        return model
     config, state = read_hf_folder(folder)
     args = dict(config["args"])
     if isinstance(args.get("dtype"), str):
@@ -153,4 +163,11 @@ def save_hf(model: RADIOModel, folder: str | os.PathLike, version: Optional[str]
     return folder
 
 
-__all__ = ["load_hf", "save_hf", "read_hf_folder", "hf_to_official", "is_hf_reference", "official_state_dict"]
+def save_transformers(model: RADIOModel, folder: str | os.PathLike, version: Optional[str] = None) -> Path:
+    """Write a folder that transformers' native ``RadioModel.from_pretrained`` loads (no remote code);
+    adaptor heads and PHI-S normalisers go to ``openradio.safetensors`` beside it (see openradio.hf_native)."""
+    from openradio.hf_native import save_transformers as _save
+    return _save(model, folder, version=version)
+
+
+__all__ = ["load_hf", "save_hf", "save_transformers", "read_hf_folder", "hf_to_official", "is_hf_reference", "official_state_dict"]

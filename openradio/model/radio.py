@@ -239,6 +239,12 @@ class RADIOModel(nn.Module):
             out[name] = RadioOutput(a_summary, a_feat).to(torch.float32)
         return out
 
+    def vlm_tokens(self, x: torch.Tensor, layers: Optional[Sequence[int]] = None, compress: Optional[str] = None,
+                   **kwargs):
+        """Tokens for a language model (multi-layer, pixel shuffle, ToMe merging): see openradio.model.vlm."""
+        from openradio.model.vlm import vlm_tokens
+        return vlm_tokens(self, x, layers=layers, compress=compress, **kwargs)
+
     # -- intermediates --------------------------------------------------------------------------
     def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, Sequence[int]]] = None,
                               return_prefix_tokens: bool = False, norm: bool = False, stop_early: bool = False,
