@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from openradio.checkpoint import CheckpointError, build_radio, official_state_dict
+from openradio.checkpoint import CheckpointError, backbone_state_to_official, build_radio, official_state_dict
 from openradio.model.radio import RADIOModel, Resolution
 
 HF_PREFIX = "hf-hub:"
@@ -140,8 +140,13 @@ def save_hf(model: RADIOModel, folder: str | os.PathLike, version: Optional[str]
     for field in ("dtype", "amp_dtype"):
         if a.get(field) is not None:
             a[field] = str(a[field]).split(".")[-1]
-    state = {f"radio_model.{k}": v.detach().cpu().contiguous()
-             for k, v in model.state_dict().items() if ".text_tower." not in k}
+    # backbone keys in the official names (e.g. the DINOv2 student's w12/w3), as NVIDIA's repos
+    backbone = backbone_state_to_official(model.model.state_dict(), getattr(args, "model", "") if not isinstance(args, dict)
+                                          else args.get("model", ""))
+    state = {f"radio_model.model.{k}": v for k, v in backbone.items()}
+    state.update({f"radio_model.{k}": v for k, v in model.state_dict().items()
+                  if not k.startswith("model.") and ".text_tower." not in k})
+    state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     config = {
         "architectures": ["RADIOModel"], "model_type": "radio", "args": a,
         "version": version or getattr(model, "version", None),

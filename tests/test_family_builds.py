@@ -158,3 +158,19 @@ def test_load_by_released_name_from_the_cache(tmp_path, monkeypatch, version, fi
     assert isinstance(model.preferred_resolution, openradio.Resolution)
     assert list(model.adaptors) == list(v.adaptors)
     assert model.windowed_block_indices == windowed
+
+
+def test_hf_layout_round_trip_of_the_dinov2_student(tmp_path):
+    """The Hugging Face layout keeps the official key names (w12/w3) and loads back identically."""
+    from safetensors.torch import load_file
+
+    from openradio.hf import save_hf
+    path = make_tiny_checkpoint(tmp_path / "d.pth.tar", arch="dino_v2_g_student", embed_dim=32, depth=2,
+                                num_heads=2, cls_token_per_teacher=False, cpe_num_registers=4)
+    model = openradio.radio_model(str(path), adaptor_names=["clip"], text_towers=False)
+    save_hf(model, tmp_path / "hf")
+    keys = set(load_file(str(tmp_path / "hf" / "model.safetensors")))
+    assert "radio_model.model.inner.blocks.0.mlp.w12.weight" in keys
+    again = openradio.radio_model(str(tmp_path / "hf"), adaptor_names=["clip"], text_towers=False)
+    x = torch.rand(1, 3, 56, 84)
+    assert torch.equal(model(x)["clip"].features, again(x)["clip"].features)
