@@ -46,7 +46,6 @@ def snapshot(repo_id: str, revision: Optional[str] = None, cache_dir: Optional[s
 
 
 def read_hf_folder(folder: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
-    from safetensors.torch import load_file
 
     folder = Path(folder)
     cfg_path = folder / "config.json"
@@ -55,8 +54,21 @@ def read_hf_folder(folder: str | os.PathLike) -> tuple[dict, dict[str, torch.Ten
     config = json.loads(cfg_path.read_text())
     if "args" not in config:
         raise CheckpointError(f"{cfg_path} has no 'args': not a RADIO config")
+    return config, read_weights(folder)
+
+
+def read_weights(folder: Path, default_files: Optional[Sequence[str]] = None) -> dict[str, torch.Tensor]:
+    """The tensors of a Hugging Face folder: the shards its ``model.safetensors.index.json``
+    names, else ``default_files`` (default: ``model.safetensors``)."""
+    from safetensors.torch import load_file
+
     index = folder / "model.safetensors.index.json"
-    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else ["model.safetensors"]
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    else:
+        files = list(default_files) if default_files is not None else ["model.safetensors"]
+    if not files:
+        raise FileNotFoundError(f"{folder} has no model.safetensors")
     state: dict[str, torch.Tensor] = {}
     for name in files:
         path = folder / name
@@ -66,7 +78,7 @@ def read_hf_folder(folder: str | os.PathLike) -> tuple[dict, dict[str, torch.Ten
             state.update(load_file(str(path)))
         except Exception as e:
             raise CheckpointError(f"cannot read {path}: the file is truncated or corrupt ({e})") from None
-    return config, state
+    return state
 
 
 def hf_to_official(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], Optional[torch.Tensor]]:

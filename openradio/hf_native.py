@@ -211,25 +211,9 @@ def save_transformers(model: RADIOModel, folder: str | os.PathLike, version: Opt
 
 # -- native -> openradio -----------------------------------------------------------------------------
 def _read_safetensors(folder: Path, exclude: Sequence[str] = (EXTRAS_FILE,)) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
+    from openradio.hf import read_weights
 
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-    else:
-        files = [p.name for p in sorted(folder.glob("*.safetensors")) if p.name not in exclude]
-    if not files:
-        raise FileNotFoundError(f"{folder} has no model.safetensors")
-    state: dict[str, torch.Tensor] = {}
-    for name in files:
-        path = folder / name
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing")
-        try:
-            state.update(load_file(str(path)))
-        except Exception as e:
-            raise CheckpointError(f"cannot read {path}: the file is truncated or corrupt ({e})") from None
-    return state
+    return read_weights(folder, [p.name for p in sorted(folder.glob("*.safetensors")) if p.name not in exclude])
 
 
 _MODULE_TO_OFFICIAL = [
