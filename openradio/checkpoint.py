@@ -456,7 +456,3 @@ def save_checkpoint(path: str | os.PathLike, args: argparse.Namespace, state_dic
         os.fsync(f.fileno())
     os.replace(tmp, path)
     return path
-
-
-def warn_once(msg: str) -> None:
-    warnings.warn(msg, stacklevel=3)
