@@ -174,3 +174,30 @@ def test_hf_layout_round_trip_of_the_dinov2_student(tmp_path):
     again = openradio.radio_model(str(tmp_path / "hf"), adaptor_names=["clip"], text_towers=False)
     x = torch.rand(1, 3, 56, 84)
     assert torch.equal(model(x)["clip"].features, again(x)["clip"].features)
+
+
+def test_versions_name_existing_fixtures_for_their_construction_path():
+    """`openradio versions` says which parity fixture covers each release; every fixture it
+    names exists (vendored in tests/fixtures) and was made with that backbone name."""
+    from conftest import REPO
+    from openradio.checkpoint import load_checkpoint_file
+    from openradio.commands.versions import version_records
+
+    records = {r["name"]: r for r in version_records()}
+    assert records["c-radio_v4-h"]["default"]
+    assert "attn" in records["c-radio_v4-so400m"]["construction"]
+    named = {f for r in records.values() for f in r["parity_fixtures"]}
+    assert "official-families/radio_v25g_dinov2" in records["radio_v2.5-g"]["parity_fixtures"]
+    for ref in named:
+        folder, variant = ref.split("/")
+        d = REPO / "tests" / "fixtures" / folder
+        if not (d / "expected.pt").is_file():
+            d = REPO.parent / "shared" / "fixtures" / folder
+        if not (d / "expected.pt").is_file():
+            continue  # not vendored in this checkout
+        chk = load_checkpoint_file(d / f"{variant}.pth.tar")
+        covering = [r for r in records.values() if ref in r["parity_fixtures"]]
+        fixture_arch = chk["args"].model
+        same_path = [r for r in covering if r["arch"] == fixture_arch
+                     or (not vit_families.is_family(r["arch"]) and not vit_families.is_family(fixture_arch))]
+        assert same_path or any("attn" in r["construction"] for r in covering), ref
