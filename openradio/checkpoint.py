@@ -13,6 +13,7 @@ import os
 import pickle
 import warnings
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -21,9 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from openradio.model import vit_families
-from openradio.model.adaptors import GenericAdaptor, create_mlp, head_versions, mlp_dims_from_state
-from openradio.model.backbone import (BackboneConfig, arg, create_backbone, parse_dtype, teacher_names,
-                                      unique_names)
+from openradio.model.adaptors import GenericAdaptor, head_versions, make_adaptor, mlp_dims_from_state
+from openradio.model.backbone import create_backbone
+from openradio.model.config import BackboneConfig, RadioConfig
 from openradio.model.conditioner import InputConditioner
 from openradio.model.normalizers import FeatureNormalizer, IntermediateFeatureNormalizer
 from openradio.model.radio import RADIOModel
@@ -235,7 +236,76 @@ def materialize_parametrizations(state: dict[str, torch.Tensor], *, eps: float, 
     return out
 
 
-# -- backbone: official args and keys <-> openradio --------------------------------------------------
+# -- official args <-> typed configs ------------------------------------------------------------------
+def arg(args: Any, name: str, default: Any = None) -> Any:
+    """Read an ``args`` field from a Namespace or a dict."""
+    if isinstance(args, dict):
+        return args.get(name, default)
+    return getattr(args, name, default)
+
+
+def parse_dtype(value: Any) -> torch.dtype:
+    """``args.dtype`` may be a torch.dtype or its string form ('torch.bfloat16' / 'bfloat16')."""
+    if value is None:
+        return torch.float32
+    if isinstance(value, torch.dtype):
+        return value
+    name = str(value).replace("torch.", "")
+    dt = getattr(torch, name, None)
+    if not isinstance(dt, torch.dtype):
+        raise ValueError(f"unknown dtype {value!r} in checkpoint args")
+    return dt
+
+
+def teacher_names(args: Any) -> list[str]:
+    return [t["name"] for t in (arg(args, "teachers") or [])]
+
+
+def unique_names(args: Any) -> list[str]:
+    return list(dict.fromkeys(teacher_names(args)))
+
+
+def make_args(model: str = "vit_base_patch16_224", teachers: list[dict] | None = None, **overrides) -> argparse.Namespace:
+    """``args`` in the official checkpoint layout (RADIOv2.5-b recipe by default)."""
+    base = dict(
+        model=model, in_chans=None, input_size=None, pretrained=False, num_classes=None, drop=0.0,
+        drop_path=None, drop_block=None, gp=None, bn_momentum=None, bn_eps=None, initial_checkpoint="",
+        torchscript=False, cls_token_per_teacher=True, cpe_max_size=2048, model_kwargs={},
+        teachers=teachers or [], register_multiple=8, spectral_reparam=False, model_norm=False,
+        mlp_version="v2", mlp_hidden_size=1520, mlp_num_inner=1, dtype=torch.float32,
+    )
+    base.update(overrides)
+    return argparse.Namespace(**base)
+
+
+def radio_config(args: Any, backbone_state: Optional[dict[str, torch.Tensor]] = None) -> RadioConfig:
+    """The typed config an official ``args`` describes (see :func:`backbone_config`)."""
+    return RadioConfig(
+        backbone=backbone_config(args, backbone_state), teachers=[dict(t) for t in (arg(args, "teachers") or [])],
+        cls_token_per_teacher=bool(arg(args, "cls_token_per_teacher", True)),
+        mlp_version=arg(args, "mlp_version") or "v2", spatial_mlp_version=arg(args, "spatial_mlp_version"),
+        mlp_hidden_size=arg(args, "mlp_hidden_size", 1520), mlp_num_inner=arg(args, "mlp_num_inner", 1))
+
+
+def official_args(cfg: RadioConfig, **extra: Any) -> argparse.Namespace:
+    """The official checkpoint ``args`` for a typed config (the inverse of :func:`radio_config`);
+    ``extra`` adds recipe fields the official loader ignores (e.g. ``amp_dtype``)."""
+    b = cfg.backbone
+    fields = dict(teachers=[dict(t) for t in cfg.teachers], model_kwargs=dict(b.model_kwargs),
+                  cpe_max_size=b.cpe_max_size, register_multiple=b.register_multiple, model_norm=b.model_norm,
+                  cls_token_per_teacher=cfg.cls_token_per_teacher, mlp_version=cfg.mlp_version,
+                  mlp_hidden_size=cfg.mlp_hidden_size, mlp_num_inner=cfg.mlp_num_inner, dtype=b.dtype,
+                  drop=b.drop_rate or 0.0, drop_path=b.drop_path_rate, gp=b.global_pool)
+    if b.in_chans != 3:
+        fields["in_chans"] = b.in_chans
+    if b.num_registers is not None:
+        fields["cpe_num_registers"] = b.num_registers
+    if cfg.spatial_mlp_version:
+        fields["spatial_mlp_version"] = cfg.spatial_mlp_version
+    fields.update(extra)
+    return make_args(b.arch, **fields)
+
+
 def backbone_config(args: Any, backbone_state: Optional[dict[str, torch.Tensor]] = None) -> BackboneConfig:
     """The typed backbone config an official ``args`` describes.
 
@@ -291,24 +361,12 @@ def backbone_state_to_official(state: dict[str, torch.Tensor], arch: str) -> dic
 
 # -- building the model ------------------------------------------------------------------------------
 def summary_indices(args: Any) -> list[int]:
-    """Sorted index of the first teacher of each name that has a summary (CLS per teacher)."""
-    if not arg(args, "cls_token_per_teacher", True):
-        return [0]
-    seen, idxs = set(), []
-    for i, t in enumerate(arg(args, "teachers") or []):
-        if t["name"] in seen:
-            continue
-        seen.add(t["name"])
-        if t.get("use_summary", True):
-            idxs.append(i)
-    return sorted(idxs)
+    """Which CLS tokens form the backbone summary (see :meth:`RadioConfig.summary_indices`)."""
+    return radio_config(args).summary_indices()
 
 
 def _find_teacher(args: Any, name: str) -> tuple[int, dict]:
-    for i, t in enumerate(arg(args, "teachers") or []):
-        if t["name"] == name:
-            return i, t
-    raise ValueError(f"Unable to find the specified adaptor name. Known names: {teacher_names(args)}")
+    return radio_config(args).find_teacher(name)
 
 
 def _head_state(rest: dict, family: str, index: int, name: str) -> dict:
@@ -317,8 +375,10 @@ def _head_state(rest: dict, family: str, index: int, name: str) -> dict:
     return state
 
 
-def build_adaptor(args: Any, rest: dict, name: str, *, spectral_heads: bool) -> GenericAdaptor:
-    tidx, tconf = _find_teacher(args, name)
+def build_adaptor(cfg: RadioConfig, rest: dict, name: str, *, spectral_heads: bool,
+                  mlp_version_known: bool = True) -> GenericAdaptor:
+    """The adaptor ``name`` with its weights from an official state dict (sizes from the weights)."""
+    tidx, tconf = cfg.find_teacher(name)
     summary_state = _head_state(rest, "_heads", tidx, name)
     feature_state = _head_state(rest, "_feature_projections", tidx, name)
     if not summary_state or not feature_state:
@@ -330,25 +390,24 @@ def build_adaptor(args: Any, rest: dict, name: str, *, spectral_heads: bool) -> 
         feature_state = materialize_parametrizations(feature_state, eps=1e-6, n_iter=1, allow_identity=False,
                                                      where=f"{name} feature head")
     upsample = int(tconf.get("fd_upsample_factor") or 1)
-    base = arg(args, "mlp_version") or _infer_version(summary_state)
-    s_version, f_version = head_versions(tconf, base, arg(args, "spatial_mlp_version"))
-    head = _mlp_from_state(s_version, summary_state, 1, f"{name} summary head")
-    feat = _mlp_from_state(f_version, feature_state, upsample, f"{name} feature head")
-    head_idx = tconf.get("token_slot", tidx) if arg(args, "cls_token_per_teacher", True) else 0
-    return GenericAdaptor(name, head, feat, head_idx=head_idx, upsample_factor=upsample, teacher_conf=tconf)
+    if not mlp_version_known:  # old args without mlp_version: the weights tell
+        cfg = replace(cfg, mlp_version=_infer_version(summary_state))
+    s_version, f_version = head_versions(tconf, cfg.mlp_version, cfg.spatial_mlp_version)
+    try:
+        s_in, s_hidden, s_out, s_inner = mlp_dims_from_state(s_version, summary_state, 1)
+        f_in, f_hidden, f_out, f_inner = mlp_dims_from_state(f_version, feature_state, upsample)
+    except ValueError as e:
+        raise CheckpointError(f"{name} adaptor: {e}") from None
+    adaptor = make_adaptor(cfg, name, s_in, summary=(s_hidden, s_out, s_inner), features=(f_hidden, f_out, f_inner))
+    _strict_load(adaptor.head_mlp, summary_state, f"{name} summary head")
+    _strict_load(adaptor.feat_mlp, feature_state, f"{name} feature head")
+    return adaptor
 
 
 def _infer_version(state: dict) -> str:
     if "mlp.final.2.weight" in state:
         return "attn"
     return "v2" if "final.2.weight" in state else "v1"
-
-
-def _mlp_from_state(version: str, state: dict, upsample: int, where: str) -> nn.Module:
-    inp, hidden, out, n_inner = mlp_dims_from_state(version, state, upsample)
-    mlp = create_mlp(version, inp, hidden, out, n_inner, upsample_factor=upsample)
-    _strict_load(mlp, {k: v for k, v in state.items()}, where)
-    return mlp
 
 
 def _strict_load(module: nn.Module, state: dict, where: str) -> None:
@@ -386,11 +445,11 @@ def build_radio(args: Any, state: dict[str, torch.Tensor], *, adaptor_names: Opt
         eps, n_iter = (sr.get("eps", 1e-12), sr.get("n_power_iterations", 1)) if isinstance(sr, dict) else (1e-6, 1)
         backbone_state = materialize_parametrizations(backbone_state, eps=eps, n_iter=n_iter,
                                                       allow_identity=True, where="backbone")
-    for name in adaptor_names or []:  # fail on a bad name before building anything large
-        _find_teacher(args, name)
-
     backbone_state = backbone_state_from_official(backbone_state, arg(args, "model"))
-    cfg = backbone_config(args, backbone_state)
+    rcfg = radio_config(args, backbone_state)
+    for name in adaptor_names or []:  # fail on a bad name before building anything large
+        rcfg.find_teacher(name)
+    cfg = rcfg.backbone
     model = create_backbone(cfg)
     _strict_load(model, backbone_state, "backbone")
     _check_prefix_layout(model, cfg)
@@ -407,7 +466,8 @@ def build_radio(args: Any, state: dict[str, torch.Tensor], *, adaptor_names: Opt
     adaptors = {}
     spectral_heads = bool(arg(args, "spectral_heads", False)) and not is_ema
     for name in adaptor_names or []:
-        adaptors[name] = build_adaptor(args, rest, name, spectral_heads=spectral_heads)
+        adaptors[name] = build_adaptor(rcfg, rest, name, spectral_heads=spectral_heads,
+                                       mlp_version_known=bool(arg(args, "mlp_version")))
         if getattr(model, "summary_is_first_token", False):
             adaptors[name].head_idx = 0  # the DINOv2 student hands every head token 0
 
@@ -423,11 +483,12 @@ def build_radio(args: Any, state: dict[str, torch.Tensor], *, adaptor_names: Opt
                                                    rot_per_layer=rot.ndim == 3, dtype=dtype)
         _strict_load(inter_norm, in_state, "intermediate feature normaliser")
 
-    radio = RADIOModel(model, conditioner, summary_indices(args), patch_size=patch_size,
+    radio = RADIOModel(model, conditioner, rcfg.summary_indices(), patch_size=patch_size,
                        max_resolution=max_resolution, window_size=None,
                        preferred_resolution=preferred_resolution, adaptors=adaptors,
                        feature_normalizer=feat_norm, inter_feature_normalizer=inter_norm,
                        vitdet_num_windowed=vitdet_num_windowed, vitdet_num_global=vitdet_num_global)
+    radio.config = rcfg
     radio.args = args
     if vitdet_window_size is not None:
         radio.set_vitdet_window(vitdet_window_size)
@@ -448,14 +509,16 @@ def _check_prefix_layout(model: nn.Module, cfg: BackboneConfig) -> None:
 def official_state_dict(radio: RADIOModel, heads_by_name: bool = True) -> dict[str, torch.Tensor]:
     """The inverse mapping: RADIOModel -> official state dict keys."""
     out: dict[str, torch.Tensor] = {}
-    arch = arg(getattr(radio, "args", None) or {}, "model") or ""
+    cfg = getattr(radio, "config", None)
+    args = getattr(radio, "args", None) or {}
+    arch = cfg.backbone.arch if cfg is not None else (arg(args, "model") or "")
     for k, v in backbone_state_to_official(radio.model.state_dict(), arch).items():
         out[f"base_model.{k}"] = v
     cond = radio.input_conditioner
     if isinstance(cond, InputConditioner):
         out["input_conditioner.norm_mean"] = cond.norm_mean
         out["input_conditioner.norm_std"] = cond.norm_std
-    names = teacher_names(getattr(radio, "args", None) or {})
+    names = cfg.teacher_names if cfg is not None else teacher_names(args)
     for name, ad in radio.adaptors.items():
         key = name if heads_by_name or name not in names else str(names.index(name))
         for k, v in ad.head_mlp.state_dict().items():
@@ -486,7 +549,3 @@ def save_checkpoint(path: str | os.PathLike, args: argparse.Namespace, state_dic
         os.fsync(f.fileno())
     os.replace(tmp, path)
     return path
-
-
-def warn_once(msg: str) -> None:
-    warnings.warn(msg, stacklevel=3)

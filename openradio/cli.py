@@ -20,6 +20,7 @@ COMMANDS = {
     "viz-video": "openradio.commands.viz_video",
     "zero-shot": "openradio.commands.zero_shot",
     "knn": "openradio.commands.knn",
+    "probe": "openradio.commands.probe",
     "mode-switch": "openradio.commands.mode_switch",
     "train": "openradio.commands.train",
     "export": "openradio.commands.export",
@@ -63,7 +64,6 @@ INPUT_PATHS = {
     "data": ("data", "pass an ImageFolder directory (DIR/<class>/<image>) or a list file"),
     "train": ("data", "pass an ImageFolder directory (DIR/<class>/<image>) or a list file"),
     "val": ("data", "pass an ImageFolder directory (DIR/<class>/<image>) or a list file"),
-    "run_dir": ("run folder", "give a training run's out_dir"),
     "text_weights": ("text weights file", ""),
     "teacher_weights": ("teacher weights file", ""),
 }

@@ -353,7 +353,7 @@ def _load_release(version: str, path: Path, device: torch.device, progress: bool
 
     t = time.perf_counter()
     from openradio.checkpoint import load_checkpoint_file
-    from openradio.model.backbone import unique_names
+    from openradio.checkpoint import unique_names
 
     available = unique_names(load_checkpoint_file(path)["args"])
     # by name when released, so the model gets the version's resolution settings (the file is cached)

@@ -6,6 +6,9 @@ of the official ``RADIOModel`` under ``radio_model.*``. Only safetensors are rea
 runs no code from the repository (``trust_remote_code`` is never needed). Keys are converted
 to the ``.pth.tar`` layout at this edge and the model is built by the same code as every other
 checkpoint, so ViTDet works too (the official Hugging Face model ignores the window size).
+
+Folders of transformers' own native ``RadioModel`` (``model_type="radio"`` with ``hidden_size`` and no
+``args``) are recognised here too and read by ``openradio.hf_native``; ``save_transformers`` writes them.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from openradio.checkpoint import CheckpointError, build_radio, official_state_dict
+from openradio.checkpoint import CheckpointError, backbone_state_to_official, build_radio, official_state_dict
 from openradio.model.radio import RADIOModel, Resolution
 
 HF_PREFIX = "hf-hub:"
@@ -43,7 +46,6 @@ def snapshot(repo_id: str, revision: Optional[str] = None, cache_dir: Optional[s
 
 
 def read_hf_folder(folder: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
-    from safetensors.torch import load_file
 
     folder = Path(folder)
     cfg_path = folder / "config.json"
@@ -52,8 +54,21 @@ def read_hf_folder(folder: str | os.PathLike) -> tuple[dict, dict[str, torch.Ten
     config = json.loads(cfg_path.read_text())
     if "args" not in config:
         raise CheckpointError(f"{cfg_path} has no 'args': not a RADIO config")
+    return config, read_weights(folder)
+
+
+def read_weights(folder: Path, default_files: Optional[Sequence[str]] = None) -> dict[str, torch.Tensor]:
+    """The tensors of a Hugging Face folder: the shards its ``model.safetensors.index.json``
+    names, else ``default_files`` (default: ``model.safetensors``)."""
+    from safetensors.torch import load_file
+
     index = folder / "model.safetensors.index.json"
-    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else ["model.safetensors"]
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    else:
+        files = list(default_files) if default_files is not None else ["model.safetensors"]
+    if not files:
+        raise FileNotFoundError(f"{folder} has no model.safetensors")
     state: dict[str, torch.Tensor] = {}
     for name in files:
         path = folder / name
@@ -63,7 +78,7 @@ def read_hf_folder(folder: str | os.PathLike) -> tuple[dict, dict[str, torch.Ten
             state.update(load_file(str(path)))
         except Exception as e:
             raise CheckpointError(f"cannot read {path}: the file is truncated or corrupt ({e})") from None
-    return config, state
+    return state
 
 
 def hf_to_official(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], Optional[torch.Tensor]]:
@@ -98,6 +113,13 @@ def load_hf(reference: str, adaptor_names: Optional[Sequence[str]] = None, vitde
             revision: Optional[str] = None, cache_dir: Optional[str] = None) -> RADIOModel:
     """``hf-hub:nvidia/RADIO-B`` or a local folder with config.json + model.safetensors."""
     folder = snapshot(reference[len(HF_PREFIX):], revision, cache_dir) if reference.startswith(HF_PREFIX) else Path(reference)
+    from openradio.hf_native import is_native_config, load_native
+    cfg_path = Path(folder) / "config.json"
+    if cfg_path.is_file() and is_native_config(native := json.loads(cfg_path.read_text())):
+        model = load_native(folder, native, adaptor_names=adaptor_names, vitdet_window_size=vitdet_window_size)
+        if reference.startswith(HF_PREFIX):
+            model.version = reference
+        return model
     config, state = read_hf_folder(folder)
     args = dict(config["args"])
     if isinstance(args.get("dtype"), str):
@@ -130,8 +152,13 @@ def save_hf(model: RADIOModel, folder: str | os.PathLike, version: Optional[str]
     for field in ("dtype", "amp_dtype"):
         if a.get(field) is not None:
             a[field] = str(a[field]).split(".")[-1]
-    state = {f"radio_model.{k}": v.detach().cpu().contiguous()
-             for k, v in model.state_dict().items() if ".text_tower." not in k}
+    # backbone keys in the official names (e.g. the DINOv2 student's w12/w3), as NVIDIA's repos
+    backbone = backbone_state_to_official(model.model.state_dict(), getattr(args, "model", "") if not isinstance(args, dict)
+                                          else args.get("model", ""))
+    state = {f"radio_model.model.{k}": v for k, v in backbone.items()}
+    state.update({f"radio_model.{k}": v for k, v in model.state_dict().items()
+                  if not k.startswith("model.") and ".text_tower." not in k})
+    state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     config = {
         "architectures": ["RADIOModel"], "model_type": "radio", "args": a,
         "version": version or getattr(model, "version", None),
@@ -155,4 +182,11 @@ def save_hf(model: RADIOModel, folder: str | os.PathLike, version: Optional[str]
     return folder
 
 
-__all__ = ["load_hf", "save_hf", "read_hf_folder", "hf_to_official", "is_hf_reference", "official_state_dict"]
+def save_transformers(model: RADIOModel, folder: str | os.PathLike, version: Optional[str] = None) -> Path:
+    """Write a folder that transformers' native ``RadioModel.from_pretrained`` loads (no remote code);
+    adaptor heads and PHI-S normalisers go to ``openradio.safetensors`` beside it (see openradio.hf_native)."""
+    from openradio.hf_native import save_transformers as _save
+    return _save(model, folder, version=version)
+
+
+__all__ = ["load_hf", "save_hf", "save_transformers", "read_hf_folder", "hf_to_official", "is_hf_reference", "official_state_dict"]

@@ -65,6 +65,9 @@ TRAIN_IMAGES: tuple[str, ...] = tuple(n for n in SAMPLE_IMAGES if n not in EVAL_
 
 def _load_raw(spec: SampleImage) -> np.ndarray:
     if spec.source == "skimage":
+        from openradio.extras import require
+
+        skimage = require("skimage", "the bundled sample photographs")
         import skimage.data
 
         fn_name, _, index = spec.loader.partition(":")
@@ -73,9 +76,10 @@ def _load_raw(spec: SampleImage) -> np.ndarray:
             out = out[int(index)]
         return np.asarray(out)
     if spec.source == "sklearn":
-        from sklearn.datasets import load_sample_image as sk_load
+        from openradio.extras import require
 
-        return np.asarray(sk_load(spec.loader))
+        datasets = require("sklearn.datasets", "the bundled sample photographs")
+        return np.asarray(datasets.load_sample_image(spec.loader))
     raise ValueError(f"unknown sample-image source {spec.source!r}")
 
 

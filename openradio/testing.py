@@ -6,8 +6,7 @@ from typing import Optional
 
 import torch
 
-from openradio.checkpoint import official_state_dict, save_checkpoint
-from openradio.model.backbone import make_args
+from openradio.checkpoint import make_args, official_state_dict, radio_config, save_checkpoint
 from openradio.model.factory import create_radio
 
 # name, type, model, pretrained, input size, (summary dim, feature dim), extra
@@ -40,7 +39,8 @@ def make_tiny_checkpoint(path: str | Path, *, teachers: Optional[list[dict]] = N
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        radio = create_radio(args, head_dims)
+        radio = create_radio(radio_config(args), head_dims)
+        radio.args = args
         # timm zero-initialises biases and some heads; give every tensor some signal so tests
         # can tell layers apart
         with torch.no_grad():

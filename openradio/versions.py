@@ -7,7 +7,7 @@ construction path (and which parity fixture) covers it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 HF = "https://huggingface.co"

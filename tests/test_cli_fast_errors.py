@@ -26,7 +26,7 @@ PROBE = ("import sys, openradio.cli as c\n"
     (["zero-shot", "--version", "radio_v2.5-b", "--data", "/nope/val", "--out", "{tmp}/zs"], "data not found: /nope/val"),
     (["knn", "--train", "/nope/train", "--val", "/nope/val", "--version", "radio_v2.5-b"], "data not found: /nope/train"),
     (["mode-switch", "--version", "radio_v2.5-b", "--data", "/nope/d", "--out", "{tmp}/ms"], "data not found: /nope/d"),
-    (["export", "/nope/run", "--out", "{tmp}/x.pth.tar"], "run folder not found: /nope/run"),
+    (["export", "/nope/run", "--out", "{tmp}/x.pth.tar"], "/nope/run has no config.yaml"),
     (["bench", "--version", "/nope/m.pth"], "checkpoint file not found: /nope/m.pth"),
     (["demo", "--version", "/nope/m.pth.tar", "--out", "{tmp}/d"], "checkpoint file not found: /nope/m.pth.tar"),
     (["train", "/nope/c.yaml"], "config file not found: /nope/c.yaml"),

@@ -8,7 +8,6 @@ rounding elsewhere (the fixture README explains why the bits follow the CPU kind
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 

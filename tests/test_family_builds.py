@@ -158,3 +158,46 @@ def test_load_by_released_name_from_the_cache(tmp_path, monkeypatch, version, fi
     assert isinstance(model.preferred_resolution, openradio.Resolution)
     assert list(model.adaptors) == list(v.adaptors)
     assert model.windowed_block_indices == windowed
+
+
+def test_hf_layout_round_trip_of_the_dinov2_student(tmp_path):
+    """The Hugging Face layout keeps the official key names (w12/w3) and loads back identically."""
+    from safetensors.torch import load_file
+
+    from openradio.hf import save_hf
+    path = make_tiny_checkpoint(tmp_path / "d.pth.tar", arch="dino_v2_g_student", embed_dim=32, depth=2,
+                                num_heads=2, cls_token_per_teacher=False, cpe_num_registers=4)
+    model = openradio.radio_model(str(path), adaptor_names=["clip"], text_towers=False)
+    save_hf(model, tmp_path / "hf")
+    keys = set(load_file(str(tmp_path / "hf" / "model.safetensors")))
+    assert "radio_model.model.inner.blocks.0.mlp.w12.weight" in keys
+    again = openradio.radio_model(str(tmp_path / "hf"), adaptor_names=["clip"], text_towers=False)
+    x = torch.rand(1, 3, 56, 84)
+    assert torch.equal(model(x)["clip"].features, again(x)["clip"].features)
+
+
+def test_versions_name_existing_fixtures_for_their_construction_path():
+    """`openradio versions` says which parity fixture covers each release; every fixture it
+    names exists (vendored in tests/fixtures) and was made with that backbone name."""
+    from conftest import REPO
+    from openradio.checkpoint import load_checkpoint_file
+    from openradio.commands.versions import version_records
+
+    records = {r["name"]: r for r in version_records()}
+    assert records["c-radio_v4-h"]["default"]
+    assert "attn" in records["c-radio_v4-so400m"]["construction"]
+    named = {f for r in records.values() for f in r["parity_fixtures"]}
+    assert "official-families/radio_v25g_dinov2" in records["radio_v2.5-g"]["parity_fixtures"]
+    for ref in named:
+        folder, variant = ref.split("/")
+        d = REPO / "tests" / "fixtures" / folder
+        if not (d / "expected.pt").is_file():
+            d = REPO.parent / "shared" / "fixtures" / folder
+        if not (d / "expected.pt").is_file():
+            continue  # not vendored in this checkout
+        chk = load_checkpoint_file(d / f"{variant}.pth.tar")
+        covering = [r for r in records.values() if ref in r["parity_fixtures"]]
+        fixture_arch = chk["args"].model
+        same_path = [r for r in covering if r["arch"] == fixture_arch
+                     or (not vit_families.is_family(r["arch"]) and not vit_families.is_family(fixture_arch))]
+        assert same_path or any("attn" in r["construction"] for r in covering), ref

@@ -1,20 +1,60 @@
-"""``openradio export``: training checkpoint -> official ``.pth.tar`` that radio_model loads."""
+"""``openradio export``: a training run (or any loadable model) -> .pth.tar, HF folder, transformers, ONNX."""
 from __future__ import annotations
 
-HELP = "export a training run's newest checkpoint to the official .pth.tar format"
+HELP = "export a training run's newest checkpoint (or a model) to .pth.tar, a Hugging Face folder, transformers or ONNX"
 EXAMPLES = """\
   openradio export runs/tiny --out tiny_radio.pth.tar
   openradio export runs/radio_v2.5-b --out radio_b.pth.tar --no-ema
   openradio export runs/tiny --out tiny_radio_hf --format hf
+  openradio export runs/tiny --out tiny_radio_native --format transformers
+  openradio export radio_v2.5-b --out radio_b.onnx --format onnx --adaptor clip
+  openradio export radio_v2.5-b --out radio_b_vitdet.onnx --format onnx --vitdet-window 16
 """
+
+FORMATS = ["pth", "hf", "transformers", "onnx"]
 
 
 def add_arguments(p) -> None:
-    p.add_argument("run_dir", help="a training run's out_dir (holds config.yaml and checkpoints/)")
-    p.add_argument("--out", required=True, help="output .pth.tar")
+    p.add_argument("run_dir", help="a training run's out_dir (holds config.yaml and checkpoints/); for the hf, "
+                                   "transformers and onnx formats also a released version, checkpoint or HF folder")
+    p.add_argument("--out", required=True, help="output file (.pth.tar, .onnx) or folder (hf, transformers)")
     p.add_argument("--no-ema", action="store_true", help="export the raw student weights only")
-    p.add_argument("--format", choices=["pth", "hf"], default="pth",
-                   help="pth: official .pth.tar (default); hf: a Hugging Face folder (config.json + model.safetensors)")
+    p.add_argument("--format", choices=FORMATS, default="pth",
+                   help="pth: official .pth.tar (default); hf: a Hugging Face folder (config.json + model.safetensors); "
+                        "transformers: a folder transformers.RadioModel loads natively (adaptors in a side file); "
+                        "onnx: one .onnx file with dynamic batch/height/width")
+    p.add_argument("--adaptor", action="append", default=None, metavar="NAME",
+                   help="onnx: adaptor heads to include (repeatable; default none); hf/transformers from a "
+                        "model: adaptors to keep (default: a run's teachers)")
+    p.add_argument("--vitdet-window", type=int, default=None, metavar="W", help="onnx: bake in ViTDet mode")
+    p.add_argument("--opset", type=int, default=18, help="onnx: opset version (>= 17; default 18)")
+    p.add_argument("--feature-fmt", choices=["NCHW", "NLC"], default="NCHW", help="onnx: spatial feature layout")
+
+
+def _model_from_run(run_dir, args, adaptor_names):
+    import tempfile
+    from pathlib import Path
+
+    from openradio.loader import radio_model
+    trainer, cfg = _trainer(run_dir)
+    names = adaptor_names if adaptor_names is not None else [t.name for t in cfg.teachers]
+    with tempfile.TemporaryDirectory() as tmp:
+        pth = trainer.export(Path(tmp) / "model.pth.tar", use_ema=not args.no_ema)
+        model = radio_model(str(pth), adaptor_names=names, text_towers=False,
+                            vitdet_window_size=args.vitdet_window)
+    return model, trainer.step
+
+
+def _trainer(run_dir):
+    from openradio.cli import CLIError
+    from openradio.distill.config import load_config
+    from openradio.distill.trainer import DistEnv, Trainer
+
+    cfg = load_config(run_dir / "config.yaml", [f"out_dir={run_dir}", "tensorboard=false", "progress=false"])
+    trainer = Trainer(cfg, env=DistEnv())
+    if not trainer.resume(quiet=True):  # reading a checkpoint to export it resumes nothing
+        raise CLIError(f"no readable checkpoint in {run_dir / 'checkpoints'}")
+    return trainer, cfg
 
 
 def run(args) -> int:
@@ -23,25 +63,32 @@ def run(args) -> int:
     from openradio.cli import CLIError
 
     run_dir = Path(args.run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise CLIError(f"{run_dir} has no config.yaml: is it a training run's out_dir?")
-    from openradio.distill.config import load_config
-    from openradio.distill.trainer import DistEnv, Trainer
-
-    cfg = load_config(run_dir / "config.yaml", [f"out_dir={run_dir}", "tensorboard=false", "progress=false"])
-    trainer = Trainer(cfg, env=DistEnv())
-    if not trainer.resume(quiet=True):
-        raise CLIError(f"no readable checkpoint in {run_dir / 'checkpoints'}")
-    if args.format == "hf":
-        import tempfile
-
-        from openradio.hf import save_hf
-        from openradio.loader import radio_model
-        with tempfile.TemporaryDirectory() as tmp:
-            pth = trainer.export(Path(tmp) / "model.pth.tar", use_ema=not args.no_ema)
-            model = radio_model(str(pth), adaptor_names=[t.name for t in cfg.teachers], text_towers=False)
-            path = save_hf(model, args.out, version=str(run_dir))
-    else:
+    is_run = (run_dir / "config.yaml").is_file()
+    if args.format == "pth":
+        if not is_run:
+            raise CLIError(f"{run_dir} has no config.yaml: is it a training run's out_dir?")
+        trainer, _ = _trainer(run_dir)
         path = trainer.export(args.out, use_ema=not args.no_ema)
-    print(f"exported step {trainer.step} to {path}")
+        print(f"exported step {trainer.step} to {path}")
+        return 0
+    onnx_names = list(args.adaptor or [])
+    load_names = onnx_names if args.format == "onnx" else args.adaptor
+    if is_run:
+        model, step = _model_from_run(run_dir, args, load_names)
+        source = f"step {step}"
+    else:
+        from openradio.loader import radio_model
+        model = radio_model(args.run_dir, adaptor_names=load_names, text_towers=False,
+                            vitdet_window_size=args.vitdet_window)
+        source = args.run_dir
+    if args.format == "hf":
+        from openradio.hf import save_hf
+        path = save_hf(model, args.out, version=str(run_dir))
+    elif args.format == "transformers":
+        from openradio.hf import save_transformers
+        path = save_transformers(model, args.out, version=str(run_dir))
+    else:
+        from openradio.onnx_export import export_onnx
+        path = export_onnx(model, args.out, adaptor_names=onnx_names, opset=args.opset, feature_fmt=args.feature_fmt)
+    print(f"exported {source} to {path}")
     return 0

@@ -34,6 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from openradio.cli import CLIError, pick_device
+    from openradio.extras import require
+
+    require("av", "openradio viz-video")  # before any model is loaded
 
     for flag, value, low in (("--batch-size", args.batch_size, 1), ("--key-frames", args.key_frames, 1),
                              ("--skip-components", args.skip_components, 0)):

@@ -34,7 +34,7 @@ from openradio.distill.config import PartitionConfig, TrainConfig, dump_config
 from openradio.distill.losses import distill_loss
 from openradio.distill.mosaic import pack_mosaic, unpack_features
 from openradio.distill.phi_s import PhiSNormalizer, fold_inverse_into_linear
-from openradio.model.backbone import make_args
+from openradio.checkpoint import make_args, radio_config
 from openradio.model.factory import create_radio
 from openradio.model.radio import RADIOModel
 
@@ -159,7 +159,7 @@ class Trainer:
         # identical initial weights on every rank, whatever the rank's seed
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
-            student = create_radio(self.args, head_dims)
+            student = create_radio(radio_config(self.args), head_dims)
         student.patch_generator.pos_dropout = cfg.student.pos_dropout
         student.patch_generator.random_crop = cfg.student.cpe_random_crop
         self.student: RADIOModel = student.to(self.device)

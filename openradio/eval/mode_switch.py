@@ -232,7 +232,9 @@ def plot_mode_switch(results: dict[str, Sequence[ModeSwitchRow]], path: str | os
                      teacher: str = "dino_v2", metric: str = "mse", size_px: tuple[int, int] = (1000, 600),
                      dpi: int = 100) -> Path:
     """PNG of the error against resolution, one line per model (the tech report's figure)."""
-    import matplotlib
+    from openradio.extras import require
+
+    matplotlib = require("matplotlib", "plotting the mode-switch curve")
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend needed
 

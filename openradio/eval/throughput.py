@@ -155,24 +155,32 @@ def _autocast(device: torch.device, amp: bool):
 
 
 def make_timm_baseline(model: nn.Module, height: int, width: int) -> nn.Module:
-    """A plain timm ViT with the RADIO model's architecture (``args.model`` and ``args.model_kwargs``)
+    """A plain timm ViT with the RADIO model's architecture (its backbone name and model_kwargs)
     at a fixed ``height x width`` input: learned position embedding, one class token, no registers,
     no CPE. Same device and dtype as ``model``; weights are PyTorch's default initialisation
     (their values do not matter for timing).
     """
     import timm
 
-    args = getattr(model, "args", None)
-    name = getattr(args, "model", None) if args is not None else None
-    if name is None:
-        raise ValueError("the timm baseline needs the checkpoint's args (model name and model_kwargs); "
-                         "this model has no .args — use baseline='global' or 'none'")
-    kwargs = dict(getattr(args, "model_kwargs", None) or {})
+    from openradio.model import vit_families
+
+    cfg = getattr(model, "config", None)
+    if cfg is None:
+        raise ValueError("the timm baseline needs the model's config (backbone name and model_kwargs); "
+                         "this model has none — use baseline='global' or 'none'")
+    name = cfg.backbone.arch
+    kwargs = dict(cfg.backbone.model_kwargs or {})
     kwargs.pop("weight_init", None)
     # timm's own re-initialisation (trunc-normal over every weight) is slow for big models
     # and irrelevant to speed; 'skip' keeps PyTorch's default initialisation
-    vit = timm.create_model(name, pretrained=False, num_classes=0, img_size=(height, width),
-                            weight_init="skip", **kwargs)
+    if name in vit_families.FAMILIES:
+        if vit_families.FAMILIES[name].kind != "vit":
+            raise ValueError(f"no plain timm ViT baseline for {name!r} (a DINOv2 student); use baseline='global'")
+        vit = vit_families.build_family_vit(name, kwargs, num_classes=0, img_size=(height, width),
+                                            weight_init="skip")
+    else:
+        vit = timm.create_model(name, pretrained=False, num_classes=0, img_size=(height, width),
+                                weight_init="skip", **kwargs)
     if getattr(vit, "patch_embed", None) is None or not hasattr(vit, "blocks"):
         raise ValueError(f"{name!r} is not a timm VisionTransformer")
     p = getattr(model, "patch_size", None)
@@ -222,8 +230,7 @@ def bench_model(model: nn.Module, resolutions: Sequence[int], *, batch_size: int
     device = torch.device(device) if device is not None else module_device(model)
     if device != module_device(model):
         model = model.to(device)
-    saved_window = getattr(model, "window_size", None)
-    window = vitdet_window if vitdet_window is not None else saved_window
+    window = vitdet_window if vitdet_window is not None else getattr(model, "window_size", None)
     if baseline == "global" and window is None:
         raise ValueError("baseline 'global' compares ViTDet with global attention: give a ViTDet window "
                          "(--vitdet-window W)")
@@ -231,15 +238,14 @@ def bench_model(model: nn.Module, resolutions: Sequence[int], *, batch_size: int
 
     def radio_fn(x: torch.Tensor):
         with _autocast(device, amp):
-            return model(x)
+            return model(x, vitdet_window=window)
 
     dtype = getattr(model, "dtype", torch.float32)
     rows = []
     bar = tqdm(total=len(resolutions), desc="bench", unit="resolution", disable=not progress)
     try:
-        model.set_vitdet_window(window)
         for r in resolutions:
-            h, w = (int(v) for v in model.get_nearest_supported_resolution(int(r), int(r)))
+            h, w = (int(v) for v in model.get_nearest_supported_resolution(int(r), int(r), vitdet_window=window))
 
             def make_input(h=h, w=w):
                 # fixed seed: identical input for the model and its baseline
@@ -249,11 +255,8 @@ def bench_model(model: nn.Module, resolutions: Sequence[int], *, batch_size: int
             vit = None
             if baseline == "global":
                 def base_fn(x: torch.Tensor):
-                    model.set_vitdet_window(None)
-                    try:
-                        return radio_fn(x)
-                    finally:
-                        model.set_vitdet_window(window)
+                    with _autocast(device, amp):
+                        return model(x, vitdet_window=None)
             elif baseline == "timm":
                 vit = make_timm_baseline(model, h, w)
 
@@ -282,7 +285,6 @@ def bench_model(model: nn.Module, resolutions: Sequence[int], *, batch_size: int
             rows.append(row)
             base_fn = vit = None  # free a timm baseline before building the next resolution's
     finally:
-        model.set_vitdet_window(saved_window)
         bar.close()
     return rows
 

@@ -197,3 +197,19 @@ class GenericAdaptor(nn.Module):
 
     def forward_features(self, features: torch.Tensor, images: torch.Tensor, patch_size: int) -> torch.Tensor:
         return self.feat_mlp(features, images=images, patch_size=patch_size)
+
+
+def make_adaptor(cfg, name: str, embed_dim: int, summary: tuple[int, int, int],
+                 features: tuple[int, int, int]) -> GenericAdaptor:
+    """The one adaptor factory (new students and loaded checkpoints alike).
+
+    ``cfg`` is the model's :class:`~openradio.model.config.RadioConfig`; ``summary`` and
+    ``features`` are (hidden width, output width, inner blocks) of the two heads (for an 'attn'
+    feature head: its number of transformer blocks). Which head class, the upsampling factor and
+    the prefix token of the summary head come from the teacher's entry in ``cfg``."""
+    _, teacher = cfg.find_teacher(name)
+    u = int(teacher.get("fd_upsample_factor") or 1)
+    s_version, f_version = head_versions(teacher, cfg.mlp_version, cfg.spatial_mlp_version)
+    head = create_mlp(s_version, embed_dim, summary[0], summary[1], summary[2])
+    feat = create_mlp(f_version, embed_dim, features[0], features[1], features[2], upsample_factor=u)
+    return GenericAdaptor(name, head, feat, head_idx=cfg.head_idx(name), upsample_factor=u, teacher_conf=teacher)

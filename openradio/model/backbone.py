@@ -1,68 +1,12 @@
 """Build the backbone ViT from a typed config and fit it with the CPE patch generator."""
 from __future__ import annotations
 
-import argparse
-from dataclasses import dataclass, field
-from typing import Any, Optional
-
 import timm
-import torch
 from torch import nn
 
 from openradio.model import vit_families
+from openradio.model.config import BackboneConfig
 from openradio.model.patch_generator import ViTPatchGenerator, num_registers_for
-
-
-def arg(args: Any, name: str, default: Any = None) -> Any:
-    """Read an ``args`` field from a Namespace or a dict."""
-    if isinstance(args, dict):
-        return args.get(name, default)
-    return getattr(args, name, default)
-
-
-def parse_dtype(value: Any) -> torch.dtype:
-    """``args.dtype`` may be a torch.dtype or its string form ('torch.bfloat16' / 'bfloat16')."""
-    if value is None:
-        return torch.float32
-    if isinstance(value, torch.dtype):
-        return value
-    name = str(value).replace("torch.", "")
-    dt = getattr(torch, name, None)
-    if not isinstance(dt, torch.dtype):
-        raise ValueError(f"unknown dtype {value!r} in checkpoint args")
-    return dt
-
-
-def teacher_names(args: Any) -> list[str]:
-    return [t["name"] for t in (arg(args, "teachers") or [])]
-
-
-def unique_names(args: Any) -> list[str]:
-    return list(dict.fromkeys(teacher_names(args)))
-
-
-@dataclass
-class BackboneConfig:
-    """What builds a RADIO backbone: the official backbone name plus CPE and prefix-token settings.
-
-    ``arch`` is the official ``args.model`` (a timm name such as ``vit_base_patch16_224`` or one of
-    :data:`openradio.model.vit_families.FAMILIES`); ``model_kwargs`` overlay the name's defaults
-    (for the DINOv2 students, whose official builder ignores them, the sizes read from the
-    weights). Conversion from and to the official checkpoint ``args`` is in
-    :mod:`openradio.checkpoint`.
-    """
-    arch: str = "vit_base_patch16_224"
-    model_kwargs: dict = field(default_factory=dict)
-    cpe_max_size: int = 2048
-    num_cls_tokens: int = 4
-    register_multiple: Optional[int] = 8
-    num_registers: Optional[int] = None
-    model_norm: bool = False
-    in_chans: int = 3
-    drop_rate: Optional[float] = None
-    drop_path_rate: Optional[float] = None
-    global_pool: Optional[str] = None
-    dtype: torch.dtype = torch.float32
 
 
 def create_backbone(cfg: BackboneConfig, *, init_weights: bool = False) -> nn.Module:
@@ -133,16 +77,3 @@ def enable_cpe(model: nn.Module, max_img_size: int, num_cls_tokens: int, registe
     model.num_cls_tokens = gen.num_cls_tokens
     model.num_registers = gen.num_registers
     model.num_summary_tokens = gen.num_skip
-
-
-def make_args(model: str = "vit_base_patch16_224", teachers: list[dict] | None = None, **overrides) -> argparse.Namespace:
-    """``args`` in the official checkpoint layout (RADIOv2.5-b recipe by default)."""
-    base = dict(
-        model=model, in_chans=None, input_size=None, pretrained=False, num_classes=None, drop=0.0,
-        drop_path=None, drop_block=None, gp=None, bn_momentum=None, bn_eps=None, initial_checkpoint="",
-        torchscript=False, cls_token_per_teacher=True, cpe_max_size=2048, model_kwargs={},
-        teachers=teachers or [], register_multiple=8, spectral_reparam=False, model_norm=False,
-        mlp_version="v2", mlp_hidden_size=1520, mlp_num_inner=1, dtype=torch.float32,
-    )
-    base.update(overrides)
-    return argparse.Namespace(**base)

@@ -30,6 +30,16 @@ class RadioOutput(NamedTuple):
 FEATURE_FORMATS = ("NLC", "NCHW")
 
 
+class _Loaded:
+    """Default of the ``vitdet_window`` call argument: the window the model was loaded with."""
+
+    def __repr__(self) -> str:
+        return "LOADED"
+
+
+LOADED = _Loaded()
+
+
 class RADIOModel(nn.Module):
     """The official RADIO API (``model(x)``, ``forward_intermediates``, resolution helpers).
 
@@ -122,8 +132,10 @@ class RADIOModel(nn.Module):
     def windowed_block_indices(self) -> list[int]:
         return [i for i, w in enumerate(self._schedule()) if w] if self._window_size else []
 
-    def get_nearest_supported_resolution(self, height: int, width: int) -> Resolution:
-        step = self.min_resolution_step
+    def get_nearest_supported_resolution(self, height: int, width: int, vitdet_window=LOADED) -> Resolution:
+        """The nearest size both sides of which are multiples of the patch size times the ViTDet
+        window (the loaded one by default, or the one a call will use)."""
+        step = self.patch_size * (self._window(vitdet_window) or 1)
         # Python's round (half to even) on purpose: the official helper gives 40 -> 32, 56 -> 64
         return Resolution(max(round(height / step) * step, step), max(round(width / step) * step, step))
 
@@ -146,21 +158,23 @@ class RADIOModel(nn.Module):
             yield
 
     def set_vitdet_window(self, window_size: Optional[int]) -> None:
-        """Switch ViTDet on (window in patches) or off (None). Explicit and stateless per call."""
-        if window_size is not None and window_size < 1:
-            raise ValueError(f"vitdet window size must be a positive number of patches, got {window_size}")
-        self._window_size = window_size
+        """Change the default ViTDet window (in patches; None: global attention). A single call
+        can use another window without changing the model: ``model(x, vitdet_window=...)``."""
+        self._window_size = _check_window(window_size)
+
+    def _window(self, vitdet_window) -> Optional[int]:
+        return self._window_size if vitdet_window is LOADED else _check_window(vitdet_window)
 
     # -- forward --------------------------------------------------------------------------------
-    def _check_resolution(self, x: torch.Tensor) -> None:
+    def _check_resolution(self, x: torch.Tensor, window: Optional[int] = None) -> None:
         if x.ndim != 4:
             raise ValueError(f"expected images shaped (B, C, H, W), got a tensor of shape {tuple(x.shape)}")
         from openradio.inputs import check_image_values
         check_image_values(x)  # integer, 2/4-channel, NaN/Inf or 0..255 images: a clear error
-        step = self.min_resolution_step
+        step = self.patch_size * (window or 1)
         H, W = x.shape[-2:]
         if H % step or W % step:
-            nearest = self.get_nearest_supported_resolution(H, W)
+            nearest = Resolution(max(round(H / step) * step, step), max(round(W / step) * step, step))
             raise ValueError(
                 f"The input resolution must be a multiple of `self.min_resolution_step={step}`. "
                 "`self.get_nearest_supported_resolution(<height>, <width>) is provided as a convenience API. "
@@ -169,19 +183,20 @@ class RADIOModel(nn.Module):
     def _schedule(self) -> list[bool]:
         return windowed_blocks(len(self.blocks), self._vitdet_num_windowed, self._vitdet_num_global)
 
-    def _runner(self, tokens: torch.Tensor, h: int, w: int):
-        if self._window_size is None:
+    def _runner(self, tokens: torch.Tensor, h: int, w: int, window: Optional[int]):
+        if window is None:
             return None
-        layout = WindowLayout(tokens.shape[0], h, w, self._window_size)
+        layout = WindowLayout(tokens.shape[0], h, w, window)
         return WindowedRunner(tokens, self.num_summary_tokens, layout, self._schedule())
 
-    def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_tokens(self, x: torch.Tensor, vitdet_window=LOADED) -> torch.Tensor:
         """Conditioned image -> (B, prefix + h*w, D) after the last block and the final norm."""
+        window = self._window(vitdet_window)
         p = self.patch_size
         h, w = x.shape[-2] // p, x.shape[-1] // p
         # the official CPE forward is patch_generator -> blocks -> norm (timm's norm_pre unused)
         tokens = self.patch_generator(x)
-        runner = self._runner(tokens, h, w)
+        runner = self._runner(tokens, h, w, window)
         if runner is None:
             tokens = self.blocks(tokens)
         else:
@@ -190,11 +205,14 @@ class RADIOModel(nn.Module):
             tokens = runner.raster()
         return self.model.norm(tokens)
 
-    def forward(self, x: torch.Tensor, feature_fmt: str = "NLC", num_tokens=None):
-        self._check_resolution(x)
+    def forward(self, x: torch.Tensor, feature_fmt: str = "NLC", vitdet_window=LOADED):
+        """``vitdet_window``: ViTDet window side in patches for this call (None: global
+        attention); by default the window the model was loaded with."""
+        window = self._window(vitdet_window)
+        self._check_resolution(x, window)
         check_feature_fmt(feature_fmt)
         xc = self.input_conditioner(x)
-        y = self.forward_tokens(xc)
+        y = self.forward_tokens(xc, window)
         return self._extract_final(x, y, feature_fmt)
 
     def _extract_final(self, x: torch.Tensor, y: torch.Tensor, feature_fmt: str = "NLC"):
@@ -223,12 +241,18 @@ class RADIOModel(nn.Module):
             out[name] = RadioOutput(a_summary, a_feat).to(torch.float32)
         return out
 
+    def vlm_tokens(self, x: torch.Tensor, layers: Optional[Sequence[int]] = None, compress: Optional[str] = None,
+                   **kwargs):
+        """Tokens for a language model (multi-layer, pixel shuffle, ToMe merging): see openradio.model.vlm."""
+        from openradio.model.vlm import vlm_tokens
+        return vlm_tokens(self, x, layers=layers, compress=compress, **kwargs)
+
     # -- intermediates --------------------------------------------------------------------------
     def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, Sequence[int]]] = None,
                               return_prefix_tokens: bool = False, norm: bool = False, stop_early: bool = False,
                               output_fmt: str = "NCHW", intermediates_only: bool = False,
                               aggregation: Optional[str] = "sparse",
-                              norm_alpha_scheme: Optional[str] = "post-alpha"):
+                              norm_alpha_scheme: Optional[str] = "post-alpha", vitdet_window=LOADED):
         """Outputs of selected blocks (timm's API, RADIO's aggregation modes).
 
         ``aggregation='sparse'`` emits the taken blocks; ``'dense'`` emits, at each taken block,
@@ -236,9 +260,10 @@ class RADIOModel(nn.Module):
         checkpoint's intermediate PHI-S normaliser: 'post-alpha' (average, then scale by the mean
         alpha), 'pre-alpha' (scale each block, then average) or 'none'. Works in ViTDet mode.
         Returns the list of intermediates, or ``(final, intermediates)`` unless
-        ``intermediates_only``.
+        ``intermediates_only``. ``vitdet_window`` as in :meth:`forward`.
         """
-        self._check_resolution(x)
+        window = self._window(vitdet_window)
+        self._check_resolution(x, window)
         check_feature_fmt(output_fmt)
         if aggregation not in ("sparse", "dense"):
             raise ValueError(f"Unsupported aggregation: {aggregation!r}. Must be 'sparse' or 'dense'")
@@ -259,7 +284,7 @@ class RADIOModel(nn.Module):
 
         xc = self.input_conditioner(x)
         tokens = self.patch_generator(xc)
-        runner = self._runner(tokens, h, w)
+        runner = self._runner(tokens, h, w, window)
 
         intermediates = []
         accum, alpha_sum, num_accum = 0, 0, 0
@@ -320,6 +345,13 @@ class RADIOModel(nn.Module):
         else:
             summary = prefix.flatten(1)
         return RadioOutput(summary, feats)
+
+
+def _check_window(window_size: Optional[int]) -> Optional[int]:
+    if window_size is not None and (isinstance(window_size, bool) or int(window_size) != window_size
+                                    or window_size < 1):
+        raise ValueError(f"vitdet window size must be a positive number of patches (or None), got {window_size!r}")
+    return None if window_size is None else int(window_size)
 
 
 def check_feature_fmt(fmt: str) -> None:

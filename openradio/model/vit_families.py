@@ -13,7 +13,6 @@ are converted where checkpoints are read (``openradio.checkpoint``), not here.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, Callable, Optional
 
 import timm

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from openradio.extras import require
 from openradio.imageio import tensor_to_uint8
 from openradio.viz.features import default_resolution, model_features, prepare_input, supported_resolution
 from openradio.viz.pca import PCAStats, apply_pca, get_robust_pca, upsample_rgb
@@ -65,7 +66,7 @@ class VideoSummary:
 
 
 def _open_input(path: str | Path):
-    import av
+    av = require("av", "reading video")
 
     path = Path(path)
     if not path.exists():
@@ -102,7 +103,7 @@ def probe_video(path: str | Path) -> VideoInfo:
 
 
 def _decode(path: str | Path, max_frames: int | None = None) -> Iterator[np.ndarray]:
-    import av
+    av = require("av", "reading video")
 
     container = _open_input(path)
     try:
@@ -175,7 +176,7 @@ class VideoWriter:
 
     def __init__(self, path: str | Path, fps: float | Fraction = DEFAULT_FPS, crf: int = 23,
                  codec: str = "libx264", pix_fmt: str = "yuv420p"):
-        import av
+        av = require("av", "writing video")
 
         if not 0 <= crf <= 51:
             raise ValueError(f"crf must be in 0..51 (lower = better quality), got {crf}")
@@ -201,7 +202,7 @@ class VideoWriter:
         self.size = (self._stream.height, self._stream.width)
 
     def write(self, frames) -> None:
-        import av
+        av = require("av", "writing video")
 
         arr = _as_uint8_frames(frames)
         if self._stream is None:
