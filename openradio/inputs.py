@@ -3,8 +3,9 @@
 ``RADIOModel`` expects float images in [0, 1], shaped (B, 3, H, W) (one channel is taken as grey
 and broadcast, as the official code does). Integer tensors (0..255), other channel counts, and on
 CPU NaN/Inf values or values that look like 0..255 are refused with a message saying what to do.
-On GPUs the value checks are skipped: they would force a device synchronisation on every call
-(NaN/Inf inputs then show as NaN outputs).
+On GPUs (and while tracing for export or compilation) the value checks are skipped: they would
+force a device synchronisation on every call, or a data-dependent branch into the graph (NaN/Inf
+inputs then show as NaN outputs).
 """
 from __future__ import annotations
 
@@ -17,6 +18,11 @@ __all__ = ["check_image_values"]
 MAX_ABS = 10.0
 
 
+def _tracing() -> bool:
+    """Inside torch.export / torch.compile / ONNX export / TorchScript tracing: no data-dependent checks."""
+    return bool(torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export())
+
+
 def check_image_values(x: torch.Tensor) -> None:
     """Raise ``ValueError`` for images the model would turn into a silently wrong answer."""
     if not torch.is_floating_point(x):
@@ -27,7 +33,7 @@ def check_image_values(x: torch.Tensor) -> None:
     if c not in (1, 3):
         hint = ": drop the alpha channel (x[:, :3])" if c == 4 else ""
         raise ValueError(f"expected RGB images with 3 channels (or 1 for grey), got {c} channels{hint}")
-    if x.device.type != "cpu" or x.numel() == 0:
+    if x.device.type != "cpu" or x.numel() == 0 or _tracing():
         return
     peak = x.detach().abs().amax()
     if not torch.isfinite(peak):
