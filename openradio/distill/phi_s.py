@@ -177,14 +177,23 @@ class PhiSEstimator(nn.Module):
 class PhiSNormalizer(nn.Module):
     """PHI-S state for one teacher (at one teacher resolution) during training.
 
-    Call ``update(features)`` with every batch of raw teacher features and ``step()`` once per
-    optimiser step.  ``step()`` all-reduces the statistics and recomputes the transform on the
-    first step and then every ``update_every`` steps; after ``freeze_after`` steps the transform is
-    frozen (updates are ignored), so the student's targets stop moving.  Before the first
-    computation the transform is the identity.
+    Its schedule counts *its own* steps: the optimiser steps in which it saw a batch, not the
+    global step. A teacher resolution that enters in a later stage of a recipe therefore gets the
+    same ``update_every`` / ``freeze_after`` schedule as one that was there from the start (with a
+    global count it would be frozen after its very first batch).
 
-    Every rank must call ``step()`` at the same steps when running distributed (it holds a
-    collective).  The whole state (statistics, transform, step counter) is in ``state_dict``.
+    Use: ``update(features)`` with every batch of raw teacher features it normalises;
+    ``initialize()`` once, before its first loss (the trainer does this on the batches of the step
+    in which the normaliser first appears, so no loss is ever taken against raw targets); and
+    ``step()`` once at the end of every step in which it saw data. ``step()`` all-reduces the
+    statistics and recomputes the transform at its own steps 0, ``update_every``,
+    ``2 * update_every``, ... (step 0 only if ``initialize()`` was not called), and freezes the
+    transform after ``freeze_after`` own steps (later updates are ignored), so the student's
+    targets stop moving. Before the first computation the transform is the identity.
+
+    ``initialize()`` and the recomputing ``step()`` calls hold a collective: when running
+    distributed every rank must call them for the same normalisers in the same order. The whole
+    state (statistics, transform, own step count) is in ``state_dict``.
     """
 
     def __init__(self, dim: int, update_every: int = 100, freeze_after: int = 3000, hadamard_seed: int = 0) -> None:
@@ -202,7 +211,7 @@ class PhiSNormalizer(nn.Module):
         self.register_buffer("mean", torch.zeros(dim, dtype=torch.float64))
         self.register_buffer("tx", torch.eye(dim, dtype=torch.float64))
         self.register_buffer("inv_tx", torch.eye(dim, dtype=torch.float64))
-        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))  # own steps (batches seen)
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
 
     @property
@@ -216,12 +225,23 @@ class PhiSNormalizer(nn.Module):
             self.estimator.update(x, fmt)
 
     @torch.no_grad()
+    def initialize(self, group: dist.ProcessGroup | None = None) -> None:
+        """All-reduce what was seen so far and compute the first transform (a collective)."""
+        self.estimator.all_reduce_(group)
+        if self.estimator.count < 2:
+            raise RuntimeError(
+                f"PHI-S normaliser ({self.dim} channels) cannot be initialised from {int(self.estimator.count)} "
+                "feature vectors; it needs at least 2 (update() it with a batch of teacher features first)."
+            )
+        self.recompute()
+
+    @torch.no_grad()
     def step(self, group: dist.ProcessGroup | None = None) -> bool:
-        """Advance one training step; returns True if the transform was recomputed."""
+        """Advance one of this normaliser's own steps; returns True if the transform was recomputed."""
         if self.frozen:
-            self.steps += 1
             return False
-        recompute = (not bool(self.initialized)) or int(self.steps) % self.update_every == 0
+        own = int(self.steps)
+        recompute = (not bool(self.initialized)) or (own % self.update_every == 0 and own > 0)
         self.steps += 1
         if not recompute:
             return False

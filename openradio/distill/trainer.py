@@ -254,11 +254,21 @@ class Trainer:
         if not self.cfg.phi_s.enabled:
             return []
         keys = {}
-        for st in self.cfg.stages:
-            for p in st.partitions:
-                for t in self._partition_teachers(p):
-                    keys[f"{t}@{self.teacher_resolution(p, t)}"] = t
+        for si in range(len(self.cfg.stages)):
+            for key, t in self.stage_phi_s_keys(si).items():
+                keys[key] = t
         return sorted(keys.items())
+
+    def stage_phi_s_keys(self, stage: int) -> dict[str, str]:
+        """The PHI-S normalisers (``teacher@resolution`` -> teacher) that stage ``stage`` uses, over
+        every partition of every rank: the same on every rank, so all ranks step them together."""
+        if not self.cfg.phi_s.enabled:
+            return {}
+        keys = {}
+        for p in self.cfg.stages[stage].partitions:
+            for t in self._partition_teachers(p):
+                keys[f"{t}@{self.teacher_resolution(p, t)}"] = t
+        return dict(sorted(keys.items()))
 
     def _partition_teachers(self, part: PartitionConfig) -> list[str]:
         return list(part.teachers) if part.teachers is not None else [t.name for t in self.cfg.teachers]
@@ -309,7 +319,9 @@ class Trainer:
         return self.streams[key]
 
     # -- one step ----------------------------------------------------------------------------------
-    def _targets(self, part: PartitionConfig, images: torch.Tensor) -> dict:
+    def _teacher_outputs(self, part: PartitionConfig, images: torch.Tensor) -> dict:
+        """Raw teacher outputs ``{name: (summary, features_NCHW)}``; the features also go into
+        their PHI-S normaliser's statistics (once per batch)."""
         out = {}
         for name in self._partition_teachers(part):
             teacher = self.teachers[name]
@@ -324,15 +336,28 @@ class Trainer:
             key = f"{name}@{res}"
             if key in self.phi_s:
                 self.phi_s[key].update(feats, "NCHW")
-                feats = self.phi_s[key].normalize(feats, "NCHW").float()
             out[name] = (summary.float() if summary is not None else None, feats)
         return out
 
-    def _partition_loss(self, part: PartitionConfig, images: torch.Tensor, scales: dict, metrics: dict):
+    def _targets(self, part: PartitionConfig, raw: dict) -> dict:
+        """Loss targets: features in their normaliser's PHI-S space."""
+        out = {}
+        for name, (summary, feats) in raw.items():
+            key = f"{name}@{self.teacher_resolution(part, name)}"
+            if key in self.phi_s:
+                norm = self.phi_s[key]
+                if not bool(norm.initialized):  # train_step initialises before any loss
+                    raise RuntimeError(f"PHI-S normaliser {key} is used before it has statistics")
+                feats = norm.normalize(feats, "NCHW").float()
+            out[name] = (summary, feats)
+        return out
+
+    def _partition_loss(self, part: PartitionConfig, images: torch.Tensor, scales: dict, metrics: dict,
+                        raw: Optional[dict] = None):
         amp = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp)
         with amp:
             out = self.model(images, feature_fmt="NCHW")
-        targets = self._targets(part, images)
+        targets = self._targets(part, raw if raw is not None else self._teacher_outputs(part, images))
         names = list(targets)
         student = {n: (out[n].summary, out[n].features.float()) for n in names}
         weights = {n: (self.cfg.teacher(n).summary_weight, self.cfg.teacher(n).feature_weight) for n in names}
@@ -363,6 +388,28 @@ class Trainer:
             return None
         return options[int(torch.randint(len(options), ()))]
 
+    def _initialize_new_normalizers(self, stage: int, passes: list, batches: list) -> dict:
+        """Give every PHI-S normaliser that this stage introduces its statistics before its first loss.
+
+        The choice: the estimation pass is the first step of the stage that introduces the
+        normaliser, on that step's own batches (all ranks, all accumulation passes), run through the
+        teachers before the student's loss. The alternative, keeping a teacher-resolution's loss off
+        for its first batches while it estimates, would silently drop supervision and make the
+        switch-on step a config-dependent special case; an extra pass over fresh batches would cost
+        teacher forwards for nothing. The first transform comes from one global batch (e.g. 512
+        images x 729 tokens in the B/L recipes' stage 2), is recomputed every ``update_every`` of the
+        normaliser's own steps and frozen after ``freeze_after`` of them.
+
+        Returns the raw teacher outputs computed here, by pass index, so the loss reuses them
+        (each batch enters the statistics once)."""
+        new = [k for k in self.stage_phi_s_keys(stage) if not bool(self.phi_s[k].initialized)]
+        if not new:
+            return {}
+        raw = {i: self._teacher_outputs(part, images) for i, ((_, part), images) in enumerate(zip(passes, batches))}
+        for key in new:  # same order on every rank: each holds a collective
+            self.phi_s[key].initialize()
+        return raw
+
     def train_step(self) -> dict:
         stage = self.stage_at(self.step)
         parts = self.my_partitions(stage)
@@ -375,8 +422,10 @@ class Trainer:
         loss_sum = 0.0
         t0 = time.perf_counter()
         passes = [(m, p) for m in range(accum) for p in parts]
+        batches = [next(self._stream(stage, part))["image"].to(self.device, non_blocking=True) for _, part in passes]
+        raw = self._initialize_new_normalizers(stage, passes, batches)
         for i, (_, part) in enumerate(passes):
-            images = next(self._stream(stage, part))["image"].to(self.device, non_blocking=True)
+            images = batches[i]
             n_images += images.shape[0]
             window = self._maybe_vitdet(part.resolution)
             self.student.set_vitdet_window(window)
@@ -384,7 +433,7 @@ class Trainer:
                 sync = i == len(passes) - 1
                 ctx = self.model.no_sync() if (not sync and hasattr(self.model, "no_sync")) else _null()
                 with ctx:
-                    loss = self._partition_loss(part, images, scales, metrics) / accum
+                    loss = self._partition_loss(part, images, scales, metrics, raw.pop(i, None)) / accum
                     loss.backward()
             finally:
                 self.student.set_vitdet_window(None)
@@ -411,8 +460,8 @@ class Trainer:
         with warnings.catch_warnings():  # a skipped step still advances the schedule, on purpose
             warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
             self.scheduler.step()
-        for norm in self.phi_s.values():
-            norm.step()
+        for key in self.stage_phi_s_keys(stage):  # each counts the steps in which it saw data
+            self.phi_s[key].step()
         self.step += 1
         dt = time.perf_counter() - t0
         metrics.update(loss=loss_sum, images_per_s=n_images / max(dt, 1e-9), skipped_images=self.skipped_images,
