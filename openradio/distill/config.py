@@ -100,8 +100,12 @@ class OptimConfig:
 @dataclass
 class PhiSConfig:
     enabled: bool = True
-    update_every: int = 100
-    freeze_after: int = 3000
+    update_every: int = 100              # own steps (batches that normaliser saw) between recomputes
+    freeze_after: int = 3000             # own steps after which the transform is frozen
+    # keep the target basis continuous across recomputes: 'procrustes' (signs, and rotation inside
+    # groups of eigenvalues within align_tol * mean eigenvalue), 'sign', or 'none' (raw eigh)
+    align: str = "procrustes"
+    align_tol: float = 0.05
 
 
 @dataclass
@@ -282,6 +286,8 @@ def validate(cfg: TrainConfig) -> None:
                 if cfg.teacher(t).summary_weight:
                     raise ValueError(f"partition {p.name!r}: mosaic teacher {t!r} must have summary_weight 0 "
                                      "(a canvas of several views has no per-view summary)")
+    if cfg.phi_s.align not in ("procrustes", "sign", "none"):
+        raise ValueError(f"phi_s.align must be 'procrustes', 'sign' or 'none', got {cfg.phi_s.align!r}")
     if cfg.feature_loss not in ("mse", "hybrid"):
         raise ValueError(f"feature_loss must be 'mse' or 'hybrid', got {cfg.feature_loss!r}")
     if cfg.parallel not in ("ddp", "fsdp"):
