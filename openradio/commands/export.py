@@ -6,11 +6,12 @@ EXAMPLES = """\
   openradio export runs/tiny --out tiny_radio.pth.tar
   openradio export runs/radio_v2.5-b --out radio_b.pth.tar --no-ema
   openradio export runs/tiny --out tiny_radio_hf --format hf
+Reads only the run's newest checkpoint: no teacher is built, nothing downloaded or written there.
 """
 
 
 def add_arguments(p) -> None:
-    p.add_argument("run_dir", help="a training run's out_dir (holds config.yaml and checkpoints/)")
+    p.add_argument("run_dir", help="a training run's out_dir (holds checkpoints/)")
     p.add_argument("--out", required=True, help="output .pth.tar")
     p.add_argument("--no-ema", action="store_true", help="export the raw student weights only")
     p.add_argument("--format", choices=["pth", "hf"], default="pth",
@@ -18,29 +19,29 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    """Reads the newest checkpoint only: no teacher is built, nothing is downloaded, nothing is
+    written into the run directory."""
+    import tempfile
     from pathlib import Path
 
     from openradio.cli import CLIError
-    from openradio.distill.config import load_config
-    from openradio.distill.trainer import DistEnv, Trainer
+    from openradio.distill.export import export_run
 
     run_dir = Path(args.run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise CLIError(f"{run_dir} has no config.yaml: is it a training run's out_dir?")
-    cfg = load_config(run_dir / "config.yaml", [f"out_dir={run_dir}", "tensorboard=false", "progress=false"])
-    trainer = Trainer(cfg, env=DistEnv())
-    if not trainer.resume():
-        raise CLIError(f"no readable checkpoint in {run_dir / 'checkpoints'}")
-    if args.format == "hf":
-        import tempfile
-
-        from openradio.hf import save_hf
-        from openradio.loader import radio_model
-        with tempfile.TemporaryDirectory() as tmp:
-            pth = trainer.export(Path(tmp) / "model.pth.tar", use_ema=not args.no_ema)
-            model = radio_model(str(pth), adaptor_names=[t.name for t in cfg.teachers], text_towers=False)
-            path = save_hf(model, args.out, version=str(run_dir))
-    else:
-        path = trainer.export(args.out, use_ema=not args.no_ema)
-    print(f"exported step {trainer.step} to {path}")
+    if not (run_dir / "checkpoints").is_dir():
+        raise CLIError(f"{run_dir} has no checkpoints/ folder: is it a training run's out_dir?")
+    try:
+        if args.format == "hf":
+            from openradio.hf import save_hf
+            from openradio.loader import radio_model
+            with tempfile.TemporaryDirectory() as tmp:
+                pth, step, names = export_run(run_dir, Path(tmp) / "model.pth.tar", use_ema=not args.no_ema)
+                model = radio_model(str(pth), adaptor_names=names, text_towers=False)
+                path = save_hf(model, args.out, version=str(run_dir))
+        else:
+            path, step, _ = export_run(run_dir, args.out, use_ema=not args.no_ema)
+    except (FileNotFoundError, ValueError) as e:
+        raise CLIError(str(e)) from None
+    print(f"exported step {step} to {path}")
     return 0
+

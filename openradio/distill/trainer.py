@@ -33,9 +33,11 @@ from torch import nn
 from openradio.distill.config import PartitionConfig, TrainConfig, dump_config
 from openradio.distill.losses import distill_loss
 from openradio.distill.mosaic import pack_mosaic, unpack_features
-from openradio.distill.phi_s import PhiSNormalizer, fold_inverse_into_linear
+from openradio.distill.export import args_to_state, build_student, write_export
+from openradio.distill.export import export_normalizer_key  # noqa: F401  (re-exported)
+from openradio.distill.export import export_state_dict as _export_state_dict
+from openradio.distill.phi_s import PhiSNormalizer
 from openradio.model.backbone import make_args
-from openradio.model.factory import create_radio
 from openradio.model.radio import RADIOModel
 
 
@@ -149,10 +151,11 @@ class Trainer:
         self.args = self._student_args()
         head_dims = {t.name: (self.teachers[t.name].summary_dim, self.teachers[t.name].feature_dim)
                      for t in cfg.teachers}
+        self.head_dims = head_dims
         # identical initial weights on every rank, whatever the rank's seed
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
-            student = create_radio(self.args, head_dims)
+            student = build_student(self.args, head_dims)
         student.patch_generator.pos_dropout = cfg.student.pos_dropout
         student.patch_generator.random_crop = cfg.student.cpe_random_crop
         self.student: RADIOModel = student.to(self.device)
@@ -166,8 +169,9 @@ class Trainer:
         self.model = self._wrap(self.student)
         self.optimizer = self._optimizer()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_lambda)
-        self.phi_s = nn.ModuleDict({key: PhiSNormalizer(self.teachers[t].feature_dim, cfg.phi_s.update_every,
-                                                        cfg.phi_s.freeze_after)
+        ps = cfg.phi_s
+        self.phi_s = nn.ModuleDict({key: PhiSNormalizer(self.teachers[t].feature_dim, ps.update_every, ps.freeze_after,
+                                                        align=ps.align, align_tol=ps.align_tol)
                                     for key, t in self._phi_s_keys()}).to(self.device)
         self.step = 0
         self.nonfinite = 0
@@ -530,6 +534,9 @@ class Trainer:
             "per_rank": gathered,
             "nonfinite": self.nonfinite,
             "world_size": self.env.world_size,
+            # what export needs without the teachers (openradio.distill.export.export_run)
+            "student_args": args_to_state(self.args),
+            "head_dims": {k: list(v) for k, v in self.head_dims.items()},
         }
 
     @property
@@ -623,7 +630,6 @@ class Trainer:
         """Write an official-format ``.pth.tar`` that ``openradio.radio_model`` loads: the student
         (EMA weights as ``state_dict_ema`` when configured) with every feature head's PHI-S inverse
         folded into its final Linear, so adaptors emit raw teacher features."""
-        from openradio.checkpoint import save_checkpoint
         use_ema = self.cfg.export_ema if use_ema is None else use_ema
         student = self.student
         if self._sharded:  # gather the full weights (a collective; rank 0 receives them)
@@ -634,9 +640,8 @@ class Trainer:
             student.load_state_dict(full)
         if not self.env.is_main:
             return Path(path)
-        plain = export_state_dict(student, self.phi_s, self.cfg)
-        ema = export_state_dict(self.ema, self.phi_s, self.cfg) if (use_ema and self.ema is not None) else None
-        return save_checkpoint(path, self.args, plain, state_dict_ema=ema, epoch=self.step)
+        ema = self.ema if use_ema else None
+        return write_export(path, self.args, student, self.phi_s, ema=ema, step=self.step)
 
 
 def merge_rank_metrics(local: dict, world_size: int) -> dict:
@@ -689,36 +694,9 @@ class _null:
         return False
 
 
-def export_normalizer_key(phi_s: nn.ModuleDict, teacher: str, teacher_input_size: int) -> Optional[str]:
-    """Which of a teacher's PHI-S normalisers to fold into its (shared) head: the one at the
-    teacher's native input size when it exists, else the one that saw the most features."""
-    keys = [k for k in phi_s.keys() if k.split("@")[0] == teacher]
-    if not keys:
-        return None
-    native = f"{teacher}@{teacher_input_size}"
-    if native in keys:
-        return native
-    return max(keys, key=lambda k: float(phi_s[k].estimator.count))
-
-
-def export_state_dict(model: RADIOModel, phi_s: nn.ModuleDict, cfg: TrainConfig) -> dict:
-    from openradio.checkpoint import official_state_dict
-    model = copy.deepcopy(model).cpu().float()
-    for name, adaptor in model.adaptors.items():
-        t_input = adaptor.teacher_conf.get("input_size")
-        key = export_normalizer_key(phi_s, name, t_input)
-        if key is None:
-            continue
-        norm = phi_s[key]
-        mlp = adaptor.feat_mlp
-        final = mlp.final[2] if hasattr(mlp, "final") else mlp.fc2
-        folded = fold_inverse_into_linear(final, norm.mean.cpu(), inv_tx=norm.inv_tx.cpu(),
-                                          upsample_factor=adaptor.upsample_factor)
-        if hasattr(mlp, "final"):
-            mlp.final[2] = folded
-        else:
-            mlp.fc2 = folded
-    return official_state_dict(model, heads_by_name=True)
+def export_state_dict(model: RADIOModel, phi_s: nn.ModuleDict, cfg: Optional[TrainConfig] = None) -> dict:
+    """``openradio.distill.export.export_state_dict`` (``cfg`` is not needed; kept for old callers)."""
+    return _export_state_dict(model, phi_s)
 
 
 def peak_memory_mb(device: torch.device) -> float:
