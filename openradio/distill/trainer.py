@@ -330,12 +330,14 @@ class Trainer:
         for name in self._partition_teachers(part):
             teacher = self.teachers[name]
             res = self.teacher_resolution(part, name)
-            if name in part.mosaic:
-                canvases, layout = pack_mosaic(images, res, teacher.patch_size)
-                t_out = teacher(canvases)
-                summary, feats = None, unpack_features(t_out.features, layout)
-            else:
-                summary, feats = teacher(images, resolution=res)
+            # bf16 autocast for the teachers too: they are most of a step's FLOPs in the B/L recipes
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp):
+                if name in part.mosaic:
+                    canvases, layout = pack_mosaic(images, res, teacher.patch_size)
+                    t_out = teacher(canvases)
+                    summary, feats = None, unpack_features(t_out.features, layout)
+                else:
+                    summary, feats = teacher(images, resolution=res)
             feats = feats.float()
             key = f"{name}@{res}"
             if key in self.phi_s:
