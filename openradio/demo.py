@@ -154,7 +154,8 @@ def _train_offline(out: Path, data_dir: Path, eval_images: list, settings: DemoS
     import openradio
     from openradio.checkpoint import save_checkpoint
     from openradio.distill.config import TrainConfig, from_dict, validate
-    from openradio.distill.trainer import Trainer, export_state_dict
+    from openradio.distill.export import export_state_dict
+    from openradio.distill.trainer import Trainer
 
     recipe = tiny_recipe()
     recipe_steps = sum(int(st["steps"]) for st in recipe["stages"])
@@ -189,7 +190,7 @@ def _train_offline(out: Path, data_dir: Path, eval_images: list, settings: DemoS
     # the untrained student through the same export (with the trained PHI-S inverse folded into its
     # heads, so its outputs live in the teachers' feature space): a fair "no training" line
     base_ckpt = save_checkpoint(train_dir / "untrained.pth.tar", trainer.args,
-                                export_state_dict(untrained, trainer.phi_s, cfg), epoch=0)
+                                export_state_dict(untrained, trainer.phi_s), epoch=0)
     names = [t.name for t in cfg.teachers]
     student = openradio.radio_model(str(ckpt), adaptor_names=names, progress=False).to(device).eval()
     baseline = openradio.radio_model(str(base_ckpt), adaptor_names=names, progress=False).to(device).eval()

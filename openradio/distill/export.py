@@ -9,37 +9,17 @@ from __future__ import annotations
 import argparse
 import copy
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple, Optional
+from typing import Mapping, NamedTuple, Optional
 
 import torch
 from torch import nn
 
 from openradio.distill.phi_s import PhiSNormalizer, fold_inverse_into_linear
+from openradio.distill.student import args_from_state, build_student
 from openradio.model.radio import RADIOModel
 
-__all__ = ["build_student", "export_normalizer_key", "export_state_dict", "write_export", "phi_s_from_state",
-           "student_from_state", "export_run", "ExportResult", "args_to_state", "args_from_state"]
-
-
-def build_student(args: Any, head_dims: Mapping[str, tuple[Optional[int], int]]) -> RADIOModel:
-    """A fresh student from its (official-layout) ``args`` and head widths.
-
-    The one place the trainer and export create a student, so that the student's construction
-    (today ``openradio.model.factory.create_radio`` on a ``make_args`` namespace) can be swapped
-    for a typed model config in one line.
-    """
-    from openradio.model.factory import create_radio
-    return create_radio(args, {k: (v[0], v[1]) for k, v in head_dims.items()})
-
-
-def args_to_state(args: argparse.Namespace) -> dict:
-    """The student's ``args`` as plain data a ``weights_only`` checkpoint can hold."""
-    return dict(vars(args))
-
-
-def args_from_state(state: Mapping) -> argparse.Namespace:
-    """Back to the official checkpoint's ``argparse.Namespace`` (conversion at the edge)."""
-    return argparse.Namespace(**dict(state))
+__all__ = ["export_normalizer_key", "export_state_dict", "write_export", "phi_s_from_state",
+           "student_from_state", "export_run", "ExportResult"]
 
 
 def export_normalizer_key(phi_s: Mapping[str, PhiSNormalizer], teacher: str, teacher_input_size: Optional[int]) -> Optional[str]:
