@@ -63,6 +63,9 @@ class StudentConfig:
     drop_path: float = 0.0
     pos_dropout: float = 0.1
     cpe_random_crop: bool = True         # CPE's random position crop in training mode
+    # sigma-reparametrisation of the ViT blocks' Linear layers during training:
+    # W_eff = W * (softplus(scale) + 0.05) / sigma_max(W) (power iteration); export folds it
+    spectral_reparam: bool = False
 
 
 @dataclass
@@ -77,6 +80,10 @@ class PartitionConfig:
     # per-teacher override of TeacherConfig.resolution_mode for this partition:
     # 'native' | 'match' | a side length in pixels
     teacher_resolution: dict = field(default_factory=dict)
+    # sample the student's side for each step from this set (C-RADIOv4); crops are made at
+    # `resolution` and resized; 'match' teachers follow the sampled side, PHI-S keeps the
+    # normaliser of `resolution`. None: always `resolution`
+    resolutions: Optional[list] = None
 
 
 @dataclass
@@ -128,6 +135,7 @@ class TrainConfig:
     ema_decay: float = 0.9996            # 0 disables EMA
     export_ema: bool = True
     amp: bool = False                    # bf16 autocast (GPU)
+    mosaic_pad: str = "zero"             # zero | teacher_mean (zero in each teacher's normalised space)
     vitdet_aug_prob: float = 0.0         # windowed-attention augmentation
     vitdet_aug_windows: list = field(default_factory=lambda: list(range(6, 17)))
     seed: int = 0
@@ -282,10 +290,16 @@ def validate(cfg: TrainConfig) -> None:
                 if mode not in ("native", "match") and not (isinstance(mode, int) and mode > 0):
                     raise ValueError(f"partition {p.name!r}: teacher_resolution[{t!r}] must be 'native', 'match' "
                                      f"or a size in pixels, got {mode!r}")
+            if p.resolutions is not None and (not p.resolutions or not all(
+                    isinstance(r, int) and not isinstance(r, bool) and r > 0 for r in p.resolutions)):
+                raise ValueError(f"partition {p.name!r}: resolutions must be a non-empty list of sizes in pixels, "
+                                 f"got {p.resolutions!r}")
             for t in p.mosaic:
                 if cfg.teacher(t).summary_weight:
                     raise ValueError(f"partition {p.name!r}: mosaic teacher {t!r} must have summary_weight 0 "
                                      "(a canvas of several views has no per-view summary)")
+    if cfg.mosaic_pad not in ("zero", "teacher_mean"):
+        raise ValueError(f"mosaic_pad must be 'zero' or 'teacher_mean', got {cfg.mosaic_pad!r}")
     if cfg.phi_s.align not in ("procrustes", "sign", "none"):
         raise ValueError(f"phi_s.align must be 'procrustes', 'sign' or 'none', got {cfg.phi_s.align!r}")
     if cfg.feature_loss not in ("mse", "hybrid"):

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from openradio.distill.phi_s import PhiSNormalizer, fold_inverse_into_linear
-from openradio.distill.student import args_from_state, build_student
+from openradio.distill.student import args_from_state, build_student, fold_spectral_reparam, has_spectral_reparam
 from openradio.model.radio import RADIOModel
 
 __all__ = ["export_normalizer_key", "export_state_dict", "write_export", "phi_s_from_state",
@@ -36,9 +36,10 @@ def export_normalizer_key(phi_s: Mapping[str, PhiSNormalizer], teacher: str, tea
 
 def export_state_dict(model: RADIOModel, phi_s: Mapping[str, PhiSNormalizer]) -> dict:
     """The official state dict of ``model`` with each feature head's PHI-S inverse folded into
-    its final Linear (so the released adaptors emit raw teacher features)."""
+    its final Linear (so the released adaptors emit raw teacher features) and any spectral
+    reparametrisation folded into plain weights."""
     from openradio.checkpoint import official_state_dict
-    model = copy.deepcopy(model).cpu().float()
+    model = fold_spectral_reparam(copy.deepcopy(model).cpu().float())
     for name, adaptor in model.adaptors.items():
         key = export_normalizer_key(phi_s, name, adaptor.teacher_conf.get("input_size"))
         if key is None:
@@ -82,7 +83,8 @@ def student_from_state(state: Mapping, weights: str = "model") -> RADIOModel:
         raise ValueError(f"the training checkpoint has no {', '.join(missing)}: it was written by an older openradio "
                          "(or without EMA); export it with that version, or resume training once with this one")
     with torch.random.fork_rng(devices=[]):  # construction draws initial weights: keep the caller's RNG
-        model = build_student(args_from_state(state["student_args"]), state["head_dims"])
+        model = build_student(args_from_state(state["student_args"]), state["head_dims"],
+                              spectral_reparam=has_spectral_reparam(state[weights]))
     model.load_state_dict(state[weights])
     return model.eval()
 

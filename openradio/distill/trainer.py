@@ -72,7 +72,7 @@ class Trainer:
                           for t in cfg.teachers}
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
-            student = build_student(self.args, self.head_dims)
+            student = build_student(self.args, self.head_dims, spectral_reparam=cfg.student.spectral_reparam)
         student.patch_generator.pos_dropout = cfg.student.pos_dropout
         student.patch_generator.random_crop = cfg.student.cpe_random_crop
         self.student: RADIOModel = student.to(self.device)
@@ -93,6 +93,7 @@ class Trainer:
         self.ckpt = CheckpointManager(self.out_dir / "checkpoints", keep_last=cfg.keep_checkpoints,
                                       is_writer=self.env.is_main)
         self.logger = MetricsLogger(self.out_dir, cfg, enabled=self.env.is_main, world_size=self.env.world_size)
+        self._check_resolutions()
 
     def _build_teachers(self) -> dict:
         from openradio.teachers import build_teacher
@@ -103,9 +104,35 @@ class Trainer:
         return self.env.distributed and self.cfg.parallel == "fsdp"
 
     # -- what each stage trains (openradio.distill.partitions) -------------------------------------
-    def teacher_resolution(self, part: PartitionConfig, name: str) -> int:
+    def teacher_resolution(self, part: PartitionConfig, name: str, student_resolution: Optional[int] = None) -> int:
+        """The side teacher ``name`` runs at in ``part`` (for a student side other than the
+        partition's own when the partition samples its resolution)."""
         t = self.teachers[name]
-        return P.teacher_resolution(self.cfg, part, name, t.input_size, t.patch_size, self.student.patch_size)
+        return P.teacher_resolution(self.cfg, part, name, t.input_size, t.patch_size, self.student.patch_size,
+                                    student_resolution)
+
+    def _phi_s_key(self, part: PartitionConfig, name: str) -> str:
+        """The normaliser of ``name`` in ``part``: keyed by the partition's nominal resolution, so a
+        partition that samples its resolution per step keeps one normaliser per teacher."""
+        return f"{name}@{self.teacher_resolution(part, name)}"
+
+    def _student_resolution(self, stage: int, part: PartitionConfig, pass_index: int) -> int:
+        """The partition's side for this step: fixed, or drawn from ``part.resolutions`` with a
+        generator keyed by (seed, step, stage, pass), so every rank of the partition draws the same
+        side and a resumed run draws what the uninterrupted one did, without touching the global RNG."""
+        if not part.resolutions:
+            return part.resolution
+        g = torch.Generator().manual_seed(((self.cfg.seed * 1_000_003 + self.step) * 1009 + stage) * 101 + pass_index)
+        return int(part.resolutions[int(torch.randint(len(part.resolutions), (), generator=g))])
+
+    def _check_resolutions(self) -> None:
+        p = self.student.patch_size
+        for si, st in enumerate(self.cfg.stages):
+            for part in st.partitions:
+                bad = [r for r in [part.resolution, *(part.resolutions or [])] if r % p]
+                if bad:
+                    raise ValueError(f"stages[{si}] partition {part.name!r}: student sides {bad} are not multiples of "
+                                     f"the student's patch size {p}")
 
     def stage_phi_s_keys(self, stage: int) -> dict[str, str]:
         """The PHI-S normalisers (``teacher@resolution`` -> teacher) that stage ``stage`` uses, over
@@ -115,7 +142,7 @@ class Trainer:
         keys = {}
         for p in self.cfg.stages[stage].partitions:
             for t in P.partition_teachers(self.cfg, p):
-                keys[f"{t}@{self.teacher_resolution(p, t)}"] = t
+                keys[self._phi_s_key(p, t)] = t
         return dict(sorted(keys.items()))
 
     def _phi_s_keys(self) -> list[tuple[str, str]]:
@@ -131,16 +158,18 @@ class Trainer:
         out = {}
         for name in P.partition_teachers(self.cfg, part):
             teacher = self.teachers[name]
-            res = self.teacher_resolution(part, name)
+            res = self.teacher_resolution(part, name, images.shape[-1])
             # bf16 autocast for the teachers too: they are most of a step's FLOPs in the B/L recipes
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp):
                 if name in part.mosaic:
-                    canvases, layout = pack_mosaic(images, res, teacher.patch_size)
+                    # 'teacher_mean': the teacher's mean colour, i.e. zero after its input normalisation
+                    pad = teacher.pixel_mean.flatten() if self.cfg.mosaic_pad == "teacher_mean" else 0.0
+                    canvases, layout = pack_mosaic(images, res, teacher.patch_size, pad_value=pad)
                     summary, feats = None, unpack_features(teacher(canvases).features, layout)
                 else:
                     summary, feats = teacher(images, resolution=res)
             feats = feats.float()
-            key = f"{name}@{res}"
+            key = self._phi_s_key(part, name)
             if key in self.phi_s:
                 self.phi_s[key].update(feats, "NCHW")
             out[name] = (summary.float() if summary is not None else None, feats)
@@ -150,7 +179,7 @@ class Trainer:
         """Loss targets: features in their normaliser's PHI-S space."""
         out = {}
         for name, (summary, feats) in raw.items():
-            key = f"{name}@{self.teacher_resolution(part, name)}"
+            key = self._phi_s_key(part, name)
             if key in self.phi_s:
                 norm = self.phi_s[key]
                 if not bool(norm.initialized):  # train_step initialises before any loss
@@ -163,7 +192,7 @@ class Trainer:
                         raw: Optional[dict] = None) -> torch.Tensor:
         """This partition's loss: every teacher's summary and feature terms, each weighted once (in
         ``distill_loss``) by the teacher's weight times its partition-layout scale."""
-        self.student.set_vitdet_window(self._vitdet_window(part.resolution))
+        self.student.set_vitdet_window(self._vitdet_window(images.shape[-1]))
         try:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp):
                 out = self.model(images, feature_fmt="NCHW")
@@ -217,7 +246,8 @@ class Trainer:
         scales = P.loss_scales(self.cfg, stage, self.env.world_size)
         accum = max(self.cfg.optim.accumulation, 1)
         passes = [p for _ in range(accum) for p in P.rank_partitions(self.cfg, stage, self.env.rank, self.env.world_size)]
-        batches = [self.data.next_batch(stage, p).to(self.device, non_blocking=True) for p in passes]
+        batches = [_resize(self.data.next_batch(stage, p).to(self.device, non_blocking=True),
+                           self._student_resolution(stage, p, i)) for i, p in enumerate(passes)]
         raw = self._initialize_new_normalizers(stage, passes, batches)
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
@@ -399,3 +429,11 @@ class Trainer:
         if not self.env.is_main:
             return Path(path)
         return write_export(path, self.args, student, self.phi_s, ema=self.ema if use_ema else None, step=self.step)
+
+
+def _resize(images: torch.Tensor, side: int) -> torch.Tensor:
+    """A batch of square crops at ``side`` pixels (antialiased bilinear; unchanged when it already is)."""
+    if images.shape[-1] == side and images.shape[-2] == side:
+        return images
+    return torch.nn.functional.interpolate(images, size=(side, side), mode="bilinear", align_corners=False,
+                                           antialias=True)
