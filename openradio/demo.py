@@ -158,7 +158,8 @@ def _train_offline(out: Path, data_dir: Path, eval_images: list, settings: DemoS
     import openradio
     from openradio.checkpoint import save_checkpoint
     from openradio.distill.config import TrainConfig, from_dict, validate
-    from openradio.distill.trainer import Trainer, export_state_dict
+    from openradio.distill.export import export_state_dict
+    from openradio.distill.trainer import Trainer
 
     recipe = tiny_recipe()
     recipe_steps = sum(int(st["steps"]) for st in recipe["stages"])
@@ -193,7 +194,7 @@ def _train_offline(out: Path, data_dir: Path, eval_images: list, settings: DemoS
     # the untrained student through the same export (with the trained PHI-S inverse folded into its
     # heads, so its outputs live in the teachers' feature space): a fair "no training" line
     base_ckpt = save_checkpoint(train_dir / "untrained.pth.tar", trainer.args,
-                                export_state_dict(untrained, trainer.phi_s, cfg), epoch=0)
+                                export_state_dict(untrained, trainer.phi_s), epoch=0)
     # a small random text tower for each open_clip teacher, named in the checkpoints' teacher entries,
     # so `openradio zero-shot` runs on the demo's checkpoint with them
     towers = _write_text_towers(out, cfg, trainer.teachers)

@@ -13,6 +13,7 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "av": ("viz", "av"),
     "matplotlib": ("viz", "matplotlib"),
     "skimage": ("demo", "scikit-image"),
+    "skimage.data": ("demo", "scikit-image"),
     "sklearn": ("demo", "scikit-learn"),
     "sklearn.datasets": ("demo", "scikit-learn"),
     "torch.utils.tensorboard": ("train", "tensorboard"),

@@ -67,11 +67,9 @@ def _load_raw(spec: SampleImage) -> np.ndarray:
     if spec.source == "skimage":
         from openradio.extras import require
 
-        skimage = require("skimage", "the bundled sample photographs")
-        import skimage.data
-
+        data = require("skimage.data", "the bundled sample photographs")
         fn_name, _, index = spec.loader.partition(":")
-        out = getattr(skimage.data, fn_name)()
+        out = getattr(data, fn_name)()
         if index:
             out = out[int(index)]
         return np.asarray(out)

@@ -82,3 +82,12 @@ def pytest_terminal_summary(terminalreporter):
         f"parity with the official outputs: {s['exact']}/{s['tensors']} tensors bit-exact, "
         f"{s['within_noise']}/{s['tensors']} within float32 noise, largest difference {s['max_abs_diff']:.3g} "
         f"({cpu_model()}, ATen {torch.backends.cpu.get_cpu_capability()}; {how})")
+
+
+@pytest.fixture(scope="session")
+def train_image_dir(tmp_path_factory) -> Path:
+    """A folder of the bundled photographs (at most 256 px a side) for short training runs."""
+    from openradio.sample_data import write_sample_images
+    d = tmp_path_factory.mktemp("train_images")
+    write_sample_images(d, max_side=256)
+    return d

@@ -1,7 +1,6 @@
 """Inference beyond the shared fixtures: ViTDet intermediates, other configurations, API details."""
 from __future__ import annotations
 
-import argparse
 
 import pytest
 import torch

@@ -52,7 +52,7 @@ def test_nothing_recorded_is_none_as_documented():
 
 def test_trainer_export_records_its_training_resolution(tmp_path):
     """The trainer's export writes args.preferred_resolution (the largest resolution of the last stage)."""
-    from openradio.distill.trainer import preferred_resolution_of
+    from openradio.distill.student import preferred_resolution_of
     from openradio.distill.config import load_config
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml")
     assert preferred_resolution_of(cfg) == [128, 128]

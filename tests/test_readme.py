@@ -6,7 +6,6 @@ import re
 import shlex
 from pathlib import Path
 
-import pytest
 import torch
 
 from _evalutils import make_tiny_text_model

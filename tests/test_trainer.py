@@ -129,10 +129,12 @@ def test_loss_scales_follow_rank_partitions(tmp_path, image_dir):
     cfg.stages[0].partitions[0].ranks = [0, 1, 2]
     cfg.stages[0].partitions[1].ranks = [3]
     cfg.stages[0].partitions[1].teachers = ["sam"]
-    t = Trainer.__new__(Trainer)
-    t.cfg, t.env = cfg, DistEnv(rank=0, world_size=4)
-    scales = t.loss_scales(0)
+    from openradio.distill import partitions as P
+    scales = P.loss_scales(cfg, 0, world_size=4)
     assert scales == {"clip": 4 / 3, "siglip": 4 / 3, "dino_v2": 4 / 3, "sam": 1.0}
+    assert [p.name for p in P.rank_partitions(cfg, 0, rank=3, world_size=4)] == ["high"]
+    with pytest.raises(ValueError, match="world size is 2"):
+        P.loss_scales(cfg, 0, world_size=2)
 
 
 NO_RANDOM = ["student.cpe_random_crop=false", "student.pos_dropout=0.0", "ema_decay=0.0"]

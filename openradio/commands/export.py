@@ -9,13 +9,15 @@ EXAMPLES = """\
   openradio export runs/tiny --out tiny_radio_native --format transformers
   openradio export radio_v2.5-b --out radio_b.onnx --format onnx --adaptor clip
   openradio export radio_v2.5-b --out radio_b_vitdet.onnx --format onnx --vitdet-window 16
+From a run, export reads only its newest checkpoint: no teacher is built, nothing is downloaded,
+nothing is written into the run directory.
 """
 
 FORMATS = ["pth", "hf", "transformers", "onnx"]
 
 
 def add_arguments(p) -> None:
-    p.add_argument("run_dir", help="a training run's out_dir (holds config.yaml and checkpoints/); for the hf, "
+    p.add_argument("run_dir", help="a training run's out_dir (holds checkpoints/); for the hf, "
                                    "transformers and onnx formats also a released version, checkpoint or HF folder")
     p.add_argument("--out", required=True, help="output file (.pth.tar, .onnx) or folder (hf, transformers)")
     p.add_argument("--no-ema", action="store_true", help="export the raw student weights only")
@@ -31,56 +33,40 @@ def add_arguments(p) -> None:
     p.add_argument("--feature-fmt", choices=["NCHW", "NLC"], default="NCHW", help="onnx: spatial feature layout")
 
 
-def _model_from_run(run_dir, args, adaptor_names):
+def run(args) -> int:
     import tempfile
     from pathlib import Path
 
+    from openradio.cli import CLIError
+    from openradio.distill.export import export_run
     from openradio.loader import radio_model
-    trainer, cfg = _trainer(run_dir)
-    names = adaptor_names if adaptor_names is not None else [t.name for t in cfg.teachers]
-    with tempfile.TemporaryDirectory() as tmp:
-        pth = trainer.export(Path(tmp) / "model.pth.tar", use_ema=not args.no_ema)
-        model = radio_model(str(pth), adaptor_names=names, text_towers=False,
-                            vitdet_window_size=args.vitdet_window)
-    return model, trainer.step
-
-
-def _trainer(run_dir):
-    from openradio.cli import CLIError
-    from openradio.distill.config import load_config
-    from openradio.distill.trainer import DistEnv, Trainer
-
-    cfg = load_config(run_dir / "config.yaml", [f"out_dir={run_dir}", "tensorboard=false", "progress=false"])
-    trainer = Trainer(cfg, env=DistEnv())
-    if not trainer.resume(quiet=True):  # reading a checkpoint to export it resumes nothing
-        raise CLIError(f"no readable checkpoint in {run_dir / 'checkpoints'}")
-    return trainer, cfg
-
-
-def run(args) -> int:
-    from pathlib import Path
-
-    from openradio.cli import CLIError
 
     run_dir = Path(args.run_dir)
-    is_run = (run_dir / "config.yaml").is_file()
+    is_run = (run_dir / "checkpoints").is_dir()
     if args.format == "pth":
         if not is_run:
-            raise CLIError(f"{run_dir} has no config.yaml: is it a training run's out_dir?")
-        trainer, _ = _trainer(run_dir)
-        path = trainer.export(args.out, use_ema=not args.no_ema)
-        print(f"exported step {trainer.step} to {path}")
+            raise CLIError(f"{run_dir} has no checkpoints/ folder: is it a training run's out_dir?")
+        try:
+            path, step, _ = export_run(run_dir, args.out, use_ema=not args.no_ema)
+        except (FileNotFoundError, ValueError) as e:
+            raise CLIError(str(e)) from None
+        print(f"exported step {step} to {path}")
         return 0
     onnx_names = list(args.adaptor or [])
     load_names = onnx_names if args.format == "onnx" else args.adaptor
-    if is_run:
-        model, step = _model_from_run(run_dir, args, load_names)
-        source = f"step {step}"
-    else:
-        from openradio.loader import radio_model
-        model = radio_model(args.run_dir, adaptor_names=load_names, text_towers=False,
-                            vitdet_window_size=args.vitdet_window)
-        source = args.run_dir
+    with tempfile.TemporaryDirectory() as tmp:
+        if is_run:
+            try:
+                pth, step, names = export_run(run_dir, Path(tmp) / "model.pth.tar", use_ema=not args.no_ema)
+            except (FileNotFoundError, ValueError) as e:
+                raise CLIError(str(e)) from None
+            model = radio_model(str(pth), adaptor_names=load_names if load_names is not None else names,
+                                text_towers=False, vitdet_window_size=args.vitdet_window)
+            source = f"step {step}"
+        else:
+            model = radio_model(args.run_dir, adaptor_names=load_names, text_towers=False,
+                                vitdet_window_size=args.vitdet_window)
+            source = args.run_dir
     if args.format == "hf":
         from openradio.hf import save_hf
         path = save_hf(model, args.out, version=str(run_dir))

@@ -64,6 +64,9 @@ class StudentConfig:
     drop_path: float = 0.0
     pos_dropout: float = 0.1
     cpe_random_crop: bool = True         # CPE's random position crop in training mode
+    # sigma-reparametrisation of the ViT blocks' Linear layers during training:
+    # W_eff = W * (softplus(scale) + 0.05) / sigma_max(W) (power iteration); export folds it
+    spectral_reparam: bool = False
 
 
 @dataclass
@@ -78,6 +81,10 @@ class PartitionConfig:
     # per-teacher override of TeacherConfig.resolution_mode for this partition:
     # 'native' | 'match' | a side length in pixels
     teacher_resolution: dict = field(default_factory=dict)
+    # sample the student's side for each step from this set (C-RADIOv4); crops are made at
+    # `resolution` and resized; 'match' teachers follow the sampled side, PHI-S keeps the
+    # normaliser of `resolution`. None: always `resolution`
+    resolutions: Optional[list] = None
 
 
 @dataclass
@@ -101,8 +108,12 @@ class OptimConfig:
 @dataclass
 class PhiSConfig:
     enabled: bool = True
-    update_every: int = 100
-    freeze_after: int = 3000
+    update_every: int = 100              # own steps (batches that normaliser saw) between recomputes
+    freeze_after: int = 3000             # own steps after which the transform is frozen
+    # keep the target basis continuous across recomputes: 'procrustes' (signs, and rotation inside
+    # groups of eigenvalues within align_tol * mean eigenvalue), 'sign', or 'none' (raw eigh)
+    align: str = "procrustes"
+    align_tol: float = 0.05
 
 
 @dataclass
@@ -125,6 +136,7 @@ class TrainConfig:
     ema_decay: float = 0.9996            # 0 disables EMA
     export_ema: bool = True
     amp: bool = False                    # bf16 autocast (GPU)
+    mosaic_pad: str = "zero"             # zero | teacher_mean (zero in each teacher's normalised space)
     vitdet_aug_prob: float = 0.0         # windowed-attention augmentation
     vitdet_aug_windows: list = field(default_factory=lambda: list(range(6, 17)))
     seed: int = 0
@@ -455,6 +467,12 @@ def validate(cfg: TrainConfig) -> None:
                 if mode not in ("native", "match") and not (isinstance(mode, int) and mode > 0):
                     raise ConfigError(at + ("teacher_resolution", t), "must be 'native', 'match' or a size in "
                                       "pixels", mode)
+            if p.resolutions is not None and (not p.resolutions or not all(
+                    isinstance(r, int) and not isinstance(r, bool) and r > 0 for r in p.resolutions)):
+                raise ConfigError(at + ("resolutions",), "must be a non-empty list of sizes in pixels", p.resolutions)
+            if p.resolutions is not None and ps and any(r % ps for r in p.resolutions):
+                raise ConfigError(at + ("resolutions",), f"every size must be a multiple of {ps} (the student's "
+                                  "patch size)", p.resolutions)
             for t in p.mosaic:
                 if cfg.teacher(t).summary_weight:
                     raise ConfigError(at + ("mosaic",), f"mosaic teacher {t!r} must have summary_weight 0 "
@@ -480,6 +498,12 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.data.kind not in ("auto", "folder", "list", "shards"):
         raise ConfigError(("data", "kind"), "must be one of auto, folder, list, shards", cfg.data.kind)
     _at_least(("data", "num_workers"), cfg.data.num_workers, 0)
+    if cfg.mosaic_pad not in ("zero", "teacher_mean"):
+        raise ConfigError(("mosaic_pad",), "must be 'zero' or 'teacher_mean'", cfg.mosaic_pad)
+    if cfg.phi_s.align not in ("procrustes", "sign", "none"):
+        raise ConfigError(("phi_s", "align"), "must be 'procrustes', 'sign' or 'none'", cfg.phi_s.align)
+    if not cfg.phi_s.align_tol >= 0:
+        raise ConfigError(("phi_s", "align_tol"), "must be >= 0", cfg.phi_s.align_tol)
     if cfg.feature_loss not in ("mse", "hybrid"):
         raise ConfigError(("feature_loss",), "must be 'mse' or 'hybrid'", cfg.feature_loss)
     if cfg.parallel not in ("ddp", "fsdp"):

@@ -497,9 +497,14 @@ def make_loader(dataset: Dataset, batch_size: int, sampler: Optional[ResumableSa
         sampler = ResumableSampler(len(dataset))
     elif sampler.num_items != len(dataset):
         raise ValueError(f"the sampler covers {sampler.num_items} items but the dataset has {len(dataset)}")
+    # A loader's own generator: starting an iterator draws a worker base seed, and from the global
+    # generator that draw would make the training RNG depend on when iterators were (re)started,
+    # so a run resumed mid-epoch would drift from the uninterrupted one. Augmentations do not
+    # need it: they are seeded per sample (sample_seed).
+    gen = torch.Generator().manual_seed(sampler.seed)
     return DataLoader(dataset, batch_sampler=BatchSampler(sampler, batch_size, drop_last),
                       num_workers=num_workers, collate_fn=collate_fn or collate_skip_none,
-                      pin_memory=pin_memory, **extra)
+                      pin_memory=pin_memory, generator=gen, **extra)
 
 
 def _looks_like_shards(path: str) -> bool:

@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Mapping
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 

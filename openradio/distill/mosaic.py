@@ -106,15 +106,24 @@ def pack_mosaic(
     views: Tensor,
     canvas_size: int | tuple[int, int],
     patch_size: int,
-    pad_value: float = 0.0,
+    pad_value: float | Tensor = 0.0,
 ) -> tuple[Tensor, MosaicLayout]:
-    """Tile ``views`` (B, 3, h, w) onto canvases (ceil(B / k^2), 3, H, W) filled with ``pad_value``."""
+    """Tile ``views`` (B, 3, h, w) onto canvases (ceil(B / k^2), 3, H, W) filled with ``pad_value``:
+    a number, or one value per channel (e.g. the teacher's mean colour, which its input
+    normalisation maps to zero)."""
     if views.ndim != 4:
         raise ValueError(f"pack_mosaic expects views shaped (B, C, H, W), got {tuple(views.shape)}.")
     layout = plan_mosaic(views.shape[0], tuple(views.shape[2:]), canvas_size, patch_size)
     ch, cw = layout.canvas_size
     vh, vw = layout.view_size
-    canvases = views.new_full((layout.num_canvases, views.shape[1], ch, cw), pad_value)
+    shape = (layout.num_canvases, views.shape[1], ch, cw)
+    if isinstance(pad_value, Tensor):
+        if pad_value.numel() != views.shape[1]:
+            raise ValueError(f"pad_value has {pad_value.numel()} values for {views.shape[1]} channels; "
+                             "give one per channel or a single number.")
+        canvases = pad_value.to(views).reshape(1, -1, 1, 1).expand(shape).clone()
+    else:
+        canvases = views.new_full(shape, pad_value)
     for i, (c, top, left) in enumerate(layout.positions):
         canvases[c, :, top:top + vh, left:left + vw] = views[i]
     return canvases, layout

@@ -15,7 +15,7 @@ In code the transform is stored as ``(mean, tx)`` with ``y = (x - mean) @ tx.T``
 from __future__ import annotations
 
 import warnings
-from typing import Literal
+from typing import Literal, Optional
 
 import torch
 import torch.distributed as dist
@@ -25,6 +25,7 @@ from openradio.distill.hadamard import get_hadamard_matrix
 
 __all__ = [
     "phi_s_matrix",
+    "align_eigenbasis",
     "phi_s_inverse",
     "apply_transform",
     "PhiSEstimator",
@@ -35,10 +36,67 @@ __all__ = [
 FeatureFormat = Literal["NLC", "NCHW"]
 
 
-def phi_s_matrix(mean: Tensor, cov: Tensor, hadamard_seed: int = 0) -> tuple[Tensor, Tensor]:
+AlignMode = Literal["procrustes", "sign", "none"]
+
+
+def align_eigenbasis(eigvals: Tensor, eigvecs: Tensor, prev: Optional[Tensor], mode: AlignMode = "procrustes",
+                     tol: float = 0.05) -> Tensor:
+    """The eigenbasis ``eigvecs`` (columns, for ascending ``eigvals``) turned as close to ``prev``
+    as the new covariance allows.
+
+    An eigendecomposition fixes each eigenvector only up to its sign, and a group of (near-)equal
+    eigenvalues only up to a rotation inside the group; ``eigh`` picks among them arbitrarily, so
+    two recomputes on almost the same statistics can give very different PHI-S targets. Here:
+
+    * ``'sign'``: each vector gets the sign that points it along its predecessor (column i of
+      ``prev``);
+    * ``'procrustes'``: the eigenvalues are cut into groups whose spread is at most
+      ``tol * mean(eigvals)``, and each group's vectors are rotated by the orthogonal Procrustes
+      solution ``R = argmin ||V R - P||`` (``V`` the group's new vectors, ``P`` the same columns of
+      ``prev``; ``R = A B^T`` from the SVD ``V^T P = A S B^T``). A group of one is the sign rule.
+      Inside a group the rotated basis diagonalises the covariance up to the group's spread, so
+      every PHI-S channel keeps unit variance to within ``tol`` (the deviation of channel i is
+      ``sum_G h_G^T E_G h_G / mean(eigvals)`` with ``||E_G|| <= spread_G`` and
+      ``sum_G ||h_G||^2 = 1``), while the isotropic scale and the exact inverse are untouched;
+    * ``'none'``: ``eigvecs`` as ``eigh`` returned them.
+
+    With no ``prev`` (a first computation) each vector's largest entry is made positive, so the
+    result does not depend on the sign ``eigh`` happened to choose either.
+    """
+    if mode not in ("procrustes", "sign", "none"):
+        raise ValueError(f"PHI-S basis alignment must be 'procrustes', 'sign' or 'none', got {mode!r}.")
+    if mode == "none":
+        return eigvecs
+    if prev is None:
+        idx = eigvecs.abs().argmax(dim=0, keepdim=True)
+        signs = torch.sign(torch.gather(eigvecs, 0, idx))
+        return eigvecs * torch.where(signs == 0, torch.ones_like(signs), signs)
+    prev = prev.to(eigvecs)
+    if mode == "sign":
+        dots = (eigvecs * prev).sum(dim=0)
+        return eigvecs * torch.where(dots < 0, -1.0, 1.0).to(eigvecs)
+    out = eigvecs.clone()
+    width = float(tol) * float(eigvals.clamp_min(0).mean())
+    start = 0
+    n = eigvals.shape[0]
+    while start < n:
+        stop = start + 1
+        while stop < n and float(eigvals[stop] - eigvals[start]) <= width:
+            stop += 1
+        v, p = eigvecs[:, start:stop], prev[:, start:stop]
+        a, _, bt = torch.linalg.svd(v.T @ p)
+        out[:, start:stop] = v @ (a @ bt)
+        start = stop
+    return out
+
+
+def phi_s_matrix(mean: Tensor, cov: Tensor, hadamard_seed: int = 0, *, prev_tx: Optional[Tensor] = None,
+                 align: AlignMode = "procrustes", align_tol: float = 0.05) -> tuple[Tensor, Tensor]:
     """PHI-S transform ``(mean, tx)`` from a mean (C,) and covariance (C, C); both float64.
 
-    ``(x - mean) @ tx.T`` has unit variance in every channel.
+    ``(x - mean) @ tx.T`` has unit variance in every channel. ``prev_tx``: the transform this one
+    replaces; the new eigenbasis is aligned to the one inside it (``align_eigenbasis``) so that
+    the normalised targets move only as much as the statistics changed.
     """
     if cov.ndim != 2 or cov.shape[0] != cov.shape[1] or mean.shape != cov.shape[:1]:
         raise ValueError(
@@ -59,6 +117,12 @@ def phi_s_matrix(mean: Tensor, cov: Tensor, hadamard_seed: int = 0) -> tuple[Ten
     else:
         alpha = mean_eig.rsqrt()
     h = get_hadamard_matrix(cov.shape[0], seed=hadamard_seed).to(cov.device)
+    prev_u = None
+    if prev_tx is not None:
+        # prev_tx = alpha' H U'^T with orthogonal H U'^T: every row has norm alpha'
+        prev = prev_tx.to(device=cov.device, dtype=torch.float64)
+        prev_u = (prev.T @ h) / prev[0].norm()
+    eigvecs = align_eigenbasis(eigvals, eigvecs, prev_u, align, align_tol)
     tx = alpha * (h @ eigvecs.T)
     return mean.to(torch.float64), tx
 
@@ -163,10 +227,11 @@ class PhiSEstimator(nn.Module):
         return mean, cov
 
     @torch.no_grad()
-    def compute(self, hadamard_seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
-        """``(mean, tx, inv_tx)`` in float64 from the statistics so far."""
+    def compute(self, hadamard_seed: int = 0, **align) -> tuple[Tensor, Tensor, Tensor]:
+        """``(mean, tx, inv_tx)`` in float64 from the statistics so far (``align``: the
+        ``prev_tx`` / ``align`` / ``align_tol`` options of ``phi_s_matrix``)."""
         mean, cov = self.mean_cov()
-        mean, tx = phi_s_matrix(mean, cov, hadamard_seed=hadamard_seed)
+        mean, tx = phi_s_matrix(mean, cov, hadamard_seed=hadamard_seed, **align)
         return mean, tx, phi_s_inverse(tx)
 
     def reset(self) -> None:
@@ -177,18 +242,33 @@ class PhiSEstimator(nn.Module):
 class PhiSNormalizer(nn.Module):
     """PHI-S state for one teacher (at one teacher resolution) during training.
 
-    Call ``update(features)`` with every batch of raw teacher features and ``step()`` once per
-    optimiser step.  ``step()`` all-reduces the statistics and recomputes the transform on the
-    first step and then every ``update_every`` steps; after ``freeze_after`` steps the transform is
-    frozen (updates are ignored), so the student's targets stop moving.  Before the first
-    computation the transform is the identity.
+    Its schedule counts *its own* steps: the optimiser steps in which it saw a batch, not the
+    global step. A teacher resolution that enters in a later stage of a recipe therefore gets the
+    same ``update_every`` / ``freeze_after`` schedule as one that was there from the start (with a
+    global count it would be frozen after its very first batch).
 
-    Every rank must call ``step()`` at the same steps when running distributed (it holds a
-    collective).  The whole state (statistics, transform, step counter) is in ``state_dict``.
+    Use: ``update(features)`` with every batch of raw teacher features it normalises;
+    ``initialize()`` once, before its first loss (the trainer does this on the batches of the step
+    in which the normaliser first appears, so no loss is ever taken against raw targets); and
+    ``step()`` once at the end of every step in which it saw data. ``step()`` all-reduces the
+    statistics and recomputes the transform at its own steps 0, ``update_every``,
+    ``2 * update_every``, ... (step 0 only if ``initialize()`` was not called), and freezes the
+    transform after ``freeze_after`` own steps (later updates are ignored), so the student's
+    targets stop moving. Before the first computation the transform is the identity.
+
+    ``initialize()`` and the recomputing ``step()`` calls hold a collective: when running
+    distributed every rank must call them for the same normalisers in the same order. The whole
+    state (statistics, transform, own step count) is in ``state_dict``.
     """
 
-    def __init__(self, dim: int, update_every: int = 100, freeze_after: int = 3000, hadamard_seed: int = 0) -> None:
+    def __init__(self, dim: int, update_every: int = 100, freeze_after: int = 3000, hadamard_seed: int = 0,
+                 align: AlignMode = "procrustes", align_tol: float = 0.05) -> None:
         super().__init__()
+        if align not in ("procrustes", "sign", "none"):
+            raise ValueError(f"align must be 'procrustes', 'sign' or 'none', got {align!r}.")
+        if align_tol < 0:
+            raise ValueError(f"align_tol must be >= 0, got {align_tol}.")
+        self.align, self.align_tol = align, float(align_tol)
         if update_every < 1:
             raise ValueError(f"update_every must be >= 1, got {update_every}.")
         if freeze_after < 0:
@@ -202,7 +282,7 @@ class PhiSNormalizer(nn.Module):
         self.register_buffer("mean", torch.zeros(dim, dtype=torch.float64))
         self.register_buffer("tx", torch.eye(dim, dtype=torch.float64))
         self.register_buffer("inv_tx", torch.eye(dim, dtype=torch.float64))
-        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))  # own steps (batches seen)
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
 
     @property
@@ -216,12 +296,23 @@ class PhiSNormalizer(nn.Module):
             self.estimator.update(x, fmt)
 
     @torch.no_grad()
+    def initialize(self, group: dist.ProcessGroup | None = None) -> None:
+        """All-reduce what was seen so far and compute the first transform (a collective)."""
+        self.estimator.all_reduce_(group)
+        if self.estimator.count < 2:
+            raise RuntimeError(
+                f"PHI-S normaliser ({self.dim} channels) cannot be initialised from {int(self.estimator.count)} "
+                "feature vectors; it needs at least 2 (update() it with a batch of teacher features first)."
+            )
+        self.recompute()
+
+    @torch.no_grad()
     def step(self, group: dist.ProcessGroup | None = None) -> bool:
-        """Advance one training step; returns True if the transform was recomputed."""
+        """Advance one of this normaliser's own steps; returns True if the transform was recomputed."""
         if self.frozen:
-            self.steps += 1
             return False
-        recompute = (not bool(self.initialized)) or int(self.steps) % self.update_every == 0
+        own = int(self.steps)
+        recompute = (not bool(self.initialized)) or (own % self.update_every == 0 and own > 0)
         self.steps += 1
         if not recompute:
             return False
@@ -234,7 +325,11 @@ class PhiSNormalizer(nn.Module):
     @torch.no_grad()
     def recompute(self) -> None:
         """Recompute the transform now from the statistics gathered so far."""
-        mean, tx, inv = self.estimator.compute(self.hadamard_seed)
+        # each recompute continues the previous basis (align_eigenbasis), so targets move only as
+        # much as the statistics did
+        prev = self.tx.clone() if bool(self.initialized) else None
+        mean, tx, inv = self.estimator.compute(self.hadamard_seed, prev_tx=prev, align=self.align,
+                                               align_tol=self.align_tol)
         self.mean.copy_(mean)
         self.tx.copy_(tx)
         self.inv_tx.copy_(inv)
@@ -252,7 +347,8 @@ class PhiSNormalizer(nn.Module):
         return self.normalize(x, fmt)
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, update_every={self.update_every}, freeze_after={self.freeze_after}"
+        return (f"dim={self.dim}, update_every={self.update_every}, freeze_after={self.freeze_after}, "
+                f"align={self.align!r}, align_tol={self.align_tol}")
 
 
 @torch.no_grad()

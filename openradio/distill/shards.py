@@ -469,6 +469,8 @@ class ShardLoader:
         self.workers: list[Optional[list[int]]] = [None] * slots
         self.next_worker = 0  # whose batch comes next (round-robin)
         self.skipped = 0
+        # own generator: starting an iterator must not draw from the global (checkpointed) RNG
+        dataloader_kwargs.setdefault("generator", torch.Generator().manual_seed(int(dataset.seed)))
         self._loader = DataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers,
                                   collate_fn=collate_shard_batch, drop_last=drop_last, pin_memory=pin_memory,
                                   **dataloader_kwargs)

@@ -1,137 +1,55 @@
 """Multi-teacher distillation trainer (the RADIOv2.5 recipe), from one CPU to many GPUs.
 
-One step = for every partition this rank trains: a batch at the partition's resolution, the
-student forward in training mode (CPE random crop, position dropout), each supervising teacher's
-targets (PHI-S-normalised features, summaries), the losses, backward; then one optimiser step,
-EMA and PHI-S updates. Components (teachers, PHI-S, losses, mosaic, data, checkpointing) live in
-their own modules; this file only composes them.
+The ``Trainer`` composes components that each live, and are tested, on their own:
 
-Distributed: run under ``torchrun``; DDP by default (FSDP2 ``fully_shard`` as an option). Every
-(rank, partition) pair is a slot; teacher t's loss in a slot is scaled by world_size / n_t
-(n_t = slots that see t), so DDP's gradient average equals each teacher's mean over the slots
-that see it, whatever the partition layout.
+* ``runtime``     process group, device, seeding, DDP / FSDP2 wrapping
+* ``partitions``  which rank trains which partition at which step; per-teacher loss scales
+* ``streams``     this rank's resumable data stream per (stage, partition)
+* ``optim``       AdamW, warmup + cosine schedule
+* ``phi_s``       one PHI-S normaliser per teacher and teacher resolution
+* ``losses``      summary cosine + feature MSE, per-teacher weights (the only place they apply)
+* ``metrics``     rank merge, CSV and TensorBoard
+* ``checkpointing`` atomic, resumable training state; ``export`` the official ``.pth.tar``
+* ``faults``      fault injection for recovery tests
+
+One step = for every partition this rank trains: a batch at the partition's resolution, the
+teachers' targets (PHI-S-normalised features, summaries), the student forward in training mode
+(CPE random crop, position dropout), the losses, backward; then one optimiser step, EMA and PHI-S
+updates. Run under ``torchrun`` for several processes.
 """
 from __future__ import annotations
 
 import copy
-import csv
 import math
-import os
-import random
 import re
 import time
 import warnings
-from dataclasses import dataclass
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from openradio.distill import partitions as P
+from openradio.distill.checkpointing import CheckpointManager, capture_rng_state, restore_rng_state
 from openradio.distill.config import PartitionConfig, TrainConfig, dump_config
+from openradio.distill.export import write_export
+from openradio.distill.faults import maybe_inject_fault
 from openradio.distill.losses import distill_loss
+from openradio.distill.metrics import MetricsLogger, merge_rank_metrics
 from openradio.distill.mosaic import pack_mosaic, unpack_features
-from openradio.distill.phi_s import PhiSNormalizer, fold_inverse_into_linear
-from openradio.checkpoint import make_args, radio_config
-from openradio.model.factory import create_radio
+from openradio.distill.optim import build_optimizer, build_scheduler
+from openradio.distill.phi_s import PhiSNormalizer
+from openradio.distill.runtime import DistEnv, full_tensor, init_distributed, peak_memory_mb, seed_everything, wrap_model
+from openradio.distill.streams import PartitionStreams
+from openradio.distill.student import args_to_state, build_student, student_args, student_config
 from openradio.model.radio import RADIOModel
 
-
-# -- distributed environment -----------------------------------------------------------------------
-@dataclass
-class DistEnv:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = torch.device("cpu")
-    initialized_here: bool = False
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
+__all__ = ["Trainer", "DistEnv", "init_distributed"]
 
 
-def init_distributed(device: str = "", timeout_s: Optional[float] = None) -> DistEnv:
-    """Join the process group torchrun describes (env:// rendezvous); single process otherwise.
-    nccl on GPUs, gloo on CPUs."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if device:
-        dev = torch.device(device)
-    elif torch.cuda.is_available():
-        dev = torch.device("cuda", local)
-    else:
-        dev = torch.device("cpu")
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)
-    here = False
-    if world > 1 and not dist.is_initialized():
-        from datetime import timedelta
-        kwargs = {"timeout": timedelta(seconds=timeout_s)} if timeout_s else {}
-        backend = "nccl" if dev.type == "cuda" else "gloo"
-        store = _attempt_store(timeout_s)
-        if store is not None:
-            dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world, **kwargs)
-        else:
-            dist.init_process_group(backend=backend, **kwargs)
-        here = True
-    if dist.is_initialized():
-        world, rank = dist.get_world_size(), dist.get_rank()
-    return DistEnv(rank, world, local, dev, here)
-
-
-def _attempt_store(timeout_s: Optional[float]):
-    """Under torchrun, the agent's key-value store outlives a restart: keys that the killed
-    workers published (their gloo addresses) are still there, and a restarted rank can read a
-    dead peer's address before the new peer overwrites it (seen as 'connection refused' or a
-    hang in the process-group setup). Each restart attempt therefore gets its own namespace."""
-    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
-    if attempt is None or os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() != "true":
-        return None
-    from datetime import timedelta
-    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
-                          timeout=timedelta(seconds=timeout_s or 1800))
-    return dist.PrefixStore(f"openradio/attempt_{attempt}", store)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-# -- per-partition data streams --------------------------------------------------------------------
-def partition_stream(cfg: TrainConfig, part: PartitionConfig, group_rank: int, group_size: int, seed: int):
-    """Endless, resumable batches of ``part.resolution`` crops for this rank's share of the data."""
-    from openradio.distill import data as D
-    from openradio.distill.shards import ShardDataset
-
-    transform = D.make_train_transform(part.resolution, scale=tuple(part.crop_scale), flip=cfg.data.flip)
-    ds = D.build_dataset(cfg.data.path, kind=cfg.data.kind, transform=transform, seed=seed,
-                         rank=group_rank, world_size=group_size)
-    sampler = None
-    if not isinstance(ds, ShardDataset):
-        sampler = D.ResumableSampler(len(ds), rank=group_rank, world_size=group_size, seed=seed)
-    try:
-        return D.BatchStream(ds, part.batch_size, sampler, num_workers=cfg.data.num_workers)
-    except ValueError as e:
-        raise ValueError(f"partition {part.name!r}: {e}") from None
-
-
-def preferred_resolution_of(cfg: TrainConfig) -> list[int]:
-    """[H, W] the student was last trained at: the largest partition resolution of the last stage."""
-    res = max(p.resolution for p in cfg.stages[-1].partitions)
-    return [res, res]
-
-
-# -- the trainer -----------------------------------------------------------------------------------
 class Trainer:
     def __init__(self, cfg: TrainConfig, env: Optional[DistEnv] = None, teachers: Optional[dict] = None):
         self.cfg = cfg
@@ -145,268 +63,223 @@ class Trainer:
         seed_everything(cfg.seed + self.env.rank)
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
-
-        if teachers is None:
-            # randomly initialised teachers (tests, demo) must be the same network on every rank
-            # and in every restart
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(cfg.seed)
-                teachers = self._build_teachers()
-        self.teachers = teachers
-        self.args = self._student_args()
-        head_dims = {t.name: (self.teachers[t.name].summary_dim, self.teachers[t.name].feature_dim)
-                     for t in cfg.teachers}
-        # identical initial weights on every rank, whatever the rank's seed
+        # randomly initialised teachers (tests, demo) and the student's initial weights must be the
+        # same on every rank and in every restart, whatever the rank's seed
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
-            student = create_radio(radio_config(self.args), head_dims)
+            self.teachers = teachers if teachers is not None else self._build_teachers()
+        self.args = student_args(cfg, self.teachers)
+        self.head_dims = {t.name: (self.teachers[t.name].summary_dim, self.teachers[t.name].feature_dim)
+                          for t in cfg.teachers}
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            student = build_student(student_config(cfg, self.teachers), self.head_dims,
+                                    spectral_reparam=cfg.student.spectral_reparam)
         student.patch_generator.pos_dropout = cfg.student.pos_dropout
         student.patch_generator.random_crop = cfg.student.cpe_random_crop
         self.student: RADIOModel = student.to(self.device)
         self.ema: Optional[RADIOModel] = None
         if cfg.ema_decay > 0:
-            self.ema = copy.deepcopy(self.student).eval()
-            for p in self.ema.parameters():
-                p.requires_grad_(False)
-        self._template = copy.deepcopy(self.student) if (self.env.distributed and cfg.parallel == "fsdp"
-                                                         and self.ema is None) else None
-        self.model = self._wrap(self.student)
-        self.optimizer = self._optimizer()
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_lambda)
-        self.phi_s = nn.ModuleDict({key: PhiSNormalizer(self.teachers[t].feature_dim, cfg.phi_s.update_every,
-                                                        cfg.phi_s.freeze_after)
+            self.ema = copy.deepcopy(self.student).eval().requires_grad_(False)
+        self._template = copy.deepcopy(self.student) if (self._sharded and self.ema is None) else None
+        self.model = wrap_model(self.student, self.env, cfg.parallel)
+        self.optimizer = build_optimizer(self.student, cfg.optim)
+        self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.total_steps)
+        ps = cfg.phi_s
+        self.phi_s = nn.ModuleDict({key: PhiSNormalizer(self.teachers[t].feature_dim, ps.update_every, ps.freeze_after,
+                                                        align=ps.align, align_tol=ps.align_tol)
                                     for key, t in self._phi_s_keys()}).to(self.device)
         self.step = 0
         self.nonfinite = 0
-        self.streams: dict = {}
-        self._stream_state: dict[str, dict] = {}
-        from openradio.distill.checkpointing import CheckpointManager
+        self.data = PartitionStreams(cfg, self.env.rank, self.env.world_size)
         self.ckpt = CheckpointManager(self.out_dir / "checkpoints", keep_last=cfg.keep_checkpoints,
                                       is_writer=self.env.is_main)
         self.logger = MetricsLogger(self.out_dir, cfg, enabled=self.env.is_main, world_size=self.env.world_size)
+        self._check_resolutions()
 
-    # -- construction helpers ----------------------------------------------------------------------
     def _build_teachers(self) -> dict:
         from openradio.teachers import build_teacher
-        out = {}
-        for t in self.cfg.teachers:
-            out[t.name] = build_teacher(t.build_kwargs()).to(self.device)
-        return out
-
-    def _student_args(self):
-        s = self.cfg.student
-        teachers = []
-        for t in self.cfg.teachers:
-            teacher = self.teachers[t.name]
-            d = {"name": t.name, "type": t.type or t.name, "model": t.model, "pretrained": t.pretrained,
-                 "input_size": teacher.input_size,
-                 "use_summary": bool(t.summary_weight) and teacher.summary_dim is not None}
-            if t.fd_upsample_factor > 1:
-                d["fd_upsample_factor"] = t.fd_upsample_factor
-            teachers.append(d)
-        kwargs = dict(s.model_kwargs)
-        return make_args(s.model, teachers=teachers, model_kwargs=kwargs, cpe_max_size=s.cpe_max_size,
-                         register_multiple=s.register_multiple, mlp_version=s.mlp_version,
-                         mlp_hidden_size=s.mlp_hidden_size, mlp_num_inner=s.mlp_num_inner,
-                         drop_path=s.drop_path or None, feature_normalization="PHI_S" if self.cfg.phi_s.enabled else None,
-                         amp_dtype="bfloat16" if self.cfg.amp else None)
-
-    def _wrap(self, student: nn.Module) -> nn.Module:
-        if not self.env.distributed:
-            return student
-        if self.cfg.parallel == "fsdp":
-            from torch.distributed.fsdp import fully_shard
-            for block in student.model.blocks:
-                fully_shard(block)
-            fully_shard(student)
-            return student
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        return DDP(student, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-
-    def _optimizer(self) -> torch.optim.Optimizer:
-        decay, no_decay = [], []
-        for name, p in self.student.named_parameters():
-            if not p.requires_grad:
-                continue
-            # norms, biases, position grid and prefix tokens are not decayed
-            (no_decay if p.ndim <= 1 or "pos_embed" in name or "cls_token" in name else decay).append(p)
-        o = self.cfg.optim
-        return torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
-                                  {"params": no_decay, "weight_decay": 0.0}], lr=o.lr, betas=tuple(o.betas), eps=o.eps)
-
-    def _lr_lambda(self, step: int) -> float:
-        o = self.cfg.optim
-        total = max(self.cfg.total_steps, 1)
-        if step < o.warmup_steps:
-            return (step + 1) / max(o.warmup_steps, 1)
-        t = min((step - o.warmup_steps) / max(total - o.warmup_steps, 1), 1.0)
-        floor = o.min_lr / o.lr if o.lr else 0.0
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
-
-    def teacher_resolution(self, part: PartitionConfig, name: str) -> int:
-        teacher = self.teachers[name]
-        if name in part.mosaic:  # the canvas is the teacher's native input
-            return teacher.input_size
-        mode = part.teacher_resolution.get(name, self.cfg.teacher(name).resolution_mode)
-        if mode == "native":
-            return teacher.input_size
-        if mode == "match":  # the teacher's token grid lines up with the student's
-            return part.resolution * teacher.patch_size // self.student.patch_size
-        if isinstance(mode, int) and mode > 0 and mode % teacher.patch_size == 0:
-            return mode
-        raise ValueError(f"teacher {name!r} in partition {part.name!r}: resolution must be 'native', 'match' or "
-                         f"a multiple of the teacher's patch size {teacher.patch_size}, got {mode!r}")
-
-    def _phi_s_keys(self):
-        if not self.cfg.phi_s.enabled:
-            return []
-        keys = {}
-        for st in self.cfg.stages:
-            for p in st.partitions:
-                for t in self._partition_teachers(p):
-                    keys[f"{t}@{self.teacher_resolution(p, t)}"] = t
-        return sorted(keys.items())
-
-    def _partition_teachers(self, part: PartitionConfig) -> list[str]:
-        return list(part.teachers) if part.teachers is not None else [t.name for t in self.cfg.teachers]
-
-    # -- stages and partitions ---------------------------------------------------------------------
-    def stage_at(self, step: int) -> int:
-        acc = 0
-        for i, st in enumerate(self.cfg.stages):
-            acc += st.steps
-            if step < acc:
-                return i
-        return len(self.cfg.stages) - 1
-
-    def _ranks_of(self, part: PartitionConfig) -> list[int]:
-        ranks = list(range(self.env.world_size)) if part.ranks is None else [int(r) for r in part.ranks]
-        bad = [r for r in ranks if not 0 <= r < self.env.world_size]
-        if bad:
-            raise ValueError(f"partition {part.name!r} names ranks {bad} but the world size is {self.env.world_size}")
-        return ranks
-
-    def my_partitions(self, stage: int) -> list[PartitionConfig]:
-        parts = [p for p in self.cfg.stages[stage].partitions if self.env.rank in self._ranks_of(p)]
-        return parts
-
-    def loss_scales(self, stage: int) -> dict[str, float]:
-        """world_size / (number of (rank, partition) slots that see teacher t)."""
-        slots = {t.name: 0 for t in self.cfg.teachers}
-        for p in self.cfg.stages[stage].partitions:
-            for t in self._partition_teachers(p):
-                slots[t] += len(self._ranks_of(p))
-        return {t: self.env.world_size / n for t, n in slots.items() if n}
+        return {t.name: build_teacher(t.build_kwargs()).to(self.device) for t in self.cfg.teachers}
 
     @property
-    def skipped_images(self) -> int:
-        """Unreadable images skipped so far on this rank (all partitions)."""
-        return sum(s.skipped for s in self.streams.values()) + sum(
-            int(st.get("skipped", 0)) for st in self._stream_state.values())
+    def _sharded(self) -> bool:
+        return self.env.distributed and self.cfg.parallel == "fsdp"
 
-    def _stream(self, stage: int, part: PartitionConfig):
-        key = f"{stage}/{part.name}"
-        if key not in self.streams:
-            ranks = self._ranks_of(part)
-            s = partition_stream(self.cfg, part, ranks.index(self.env.rank), len(ranks),
-                                 seed=self.cfg.seed * 1000 + stage * 100 + self.cfg.stages[stage].partitions.index(part))
-            if key in self._stream_state:
-                s.load_state_dict(self._stream_state.pop(key))
-            self.streams[key] = s
-        return self.streams[key]
+    # -- what each stage trains (openradio.distill.partitions) -------------------------------------
+    def teacher_resolution(self, part: PartitionConfig, name: str, student_resolution: Optional[int] = None) -> int:
+        """The side teacher ``name`` runs at in ``part`` (for a student side other than the
+        partition's own when the partition samples its resolution)."""
+        t = self.teachers[name]
+        return P.teacher_resolution(self.cfg, part, name, t.input_size, t.patch_size, self.student.patch_size,
+                                    student_resolution)
 
-    # -- one step ----------------------------------------------------------------------------------
-    def _targets(self, part: PartitionConfig, images: torch.Tensor) -> dict:
+    def _phi_s_key(self, part: PartitionConfig, name: str) -> str:
+        """The normaliser of ``name`` in ``part``: keyed by the partition's nominal resolution, so a
+        partition that samples its resolution per step keeps one normaliser per teacher."""
+        return f"{name}@{self.teacher_resolution(part, name)}"
+
+    def _student_resolution(self, stage: int, part: PartitionConfig, pass_index: int) -> int:
+        """The partition's side for this step: fixed, or drawn from ``part.resolutions`` with a
+        generator keyed by (seed, step, stage, pass), so every rank of the partition draws the same
+        side and a resumed run draws what the uninterrupted one did, without touching the global RNG."""
+        if not part.resolutions:
+            return part.resolution
+        g = torch.Generator().manual_seed(((self.cfg.seed * 1_000_003 + self.step) * 1009 + stage) * 101 + pass_index)
+        return int(part.resolutions[int(torch.randint(len(part.resolutions), (), generator=g))])
+
+    def _check_resolutions(self) -> None:
+        p = self.student.patch_size
+        for si, st in enumerate(self.cfg.stages):
+            for part in st.partitions:
+                bad = [r for r in [part.resolution, *(part.resolutions or [])] if r % p]
+                if bad:
+                    raise ValueError(f"stages[{si}] partition {part.name!r}: student sides {bad} are not multiples of "
+                                     f"the student's patch size {p}")
+
+    def stage_phi_s_keys(self, stage: int) -> dict[str, str]:
+        """The PHI-S normalisers (``teacher@resolution`` -> teacher) that stage ``stage`` uses, over
+        every partition of every rank: the same on every rank, so all ranks step them together."""
+        if not self.cfg.phi_s.enabled:
+            return {}
+        keys = {}
+        for p in self.cfg.stages[stage].partitions:
+            for t in P.partition_teachers(self.cfg, p):
+                keys[self._phi_s_key(p, t)] = t
+        return dict(sorted(keys.items()))
+
+    def _phi_s_keys(self) -> list[tuple[str, str]]:
+        keys: dict[str, str] = {}
+        for si in range(len(self.cfg.stages)):
+            keys.update(self.stage_phi_s_keys(si))
+        return sorted(keys.items())
+
+    # -- targets and losses ------------------------------------------------------------------------
+    def _teacher_outputs(self, part: PartitionConfig, images: torch.Tensor) -> dict:
+        """Raw teacher outputs ``{name: (summary, features_NCHW)}``; the features also go into
+        their PHI-S normaliser's statistics (once per batch)."""
         out = {}
-        for name in self._partition_teachers(part):
+        for name in P.partition_teachers(self.cfg, part):
             teacher = self.teachers[name]
-            res = self.teacher_resolution(part, name)
-            if name in part.mosaic:
-                canvases, layout = pack_mosaic(images, res, teacher.patch_size)
-                t_out = teacher(canvases)
-                summary, feats = None, unpack_features(t_out.features, layout)
-            else:
-                summary, feats = teacher(images, resolution=res)
+            res = self.teacher_resolution(part, name, images.shape[-1])
+            # bf16 autocast for the teachers too: they are most of a step's FLOPs in the B/L recipes
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp):
+                if name in part.mosaic:
+                    # 'teacher_mean': the teacher's mean colour, i.e. zero after its input normalisation
+                    pad = teacher.pixel_mean.flatten() if self.cfg.mosaic_pad == "teacher_mean" else 0.0
+                    canvases, layout = pack_mosaic(images, res, teacher.patch_size, pad_value=pad)
+                    summary, feats = None, unpack_features(teacher(canvases).features, layout)
+                else:
+                    summary, feats = teacher(images, resolution=res)
             feats = feats.float()
-            key = f"{name}@{res}"
+            key = self._phi_s_key(part, name)
             if key in self.phi_s:
                 self.phi_s[key].update(feats, "NCHW")
-                feats = self.phi_s[key].normalize(feats, "NCHW").float()
             out[name] = (summary.float() if summary is not None else None, feats)
         return out
 
-    def _partition_loss(self, part: PartitionConfig, images: torch.Tensor, scales: dict, metrics: dict):
+    def _targets(self, part: PartitionConfig, raw: dict) -> dict:
+        """Loss targets: features in their normaliser's PHI-S space."""
+        out = {}
+        for name, (summary, feats) in raw.items():
+            key = self._phi_s_key(part, name)
+            if key in self.phi_s:
+                norm = self.phi_s[key]
+                if not bool(norm.initialized):  # train_step initialises before any loss
+                    raise RuntimeError(f"PHI-S normaliser {key} is used before it has statistics")
+                feats = norm.normalize(feats, "NCHW").float()
+            out[name] = (summary, feats)
+        return out
+
+    def _partition_loss(self, part: PartitionConfig, images: torch.Tensor, scales: dict, metrics: dict,
+                        raw: Optional[dict] = None) -> torch.Tensor:
+        """This partition's loss: every teacher's summary and feature terms, each weighted once (in
+        ``distill_loss``) by the teacher's weight times its partition-layout scale."""
         if self.cfg.amp:
             from openradio.devices import warn_if_slow_bf16
             warn_if_slow_bf16(self.device)
-        amp = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp)
-        with amp:
-            out = self.model(images, feature_fmt="NCHW")
-        targets = self._targets(part, images)
-        names = list(targets)
-        student = {n: (out[n].summary, out[n].features.float()) for n in names}
-        weights = {n: (self.cfg.teacher(n).summary_weight, self.cfg.teacher(n).feature_weight) for n in names}
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp):
+            out = self.model(images, feature_fmt="NCHW", vitdet_window=self._vitdet_window(images.shape[-1]))
+        targets = self._targets(part, raw if raw is not None else self._teacher_outputs(part, images))
+        student = {n: (out[n].summary, out[n].features.float()) for n in targets}
+        weights = {n: (scales[n] * self.cfg.teacher(n).summary_weight, scales[n] * self.cfg.teacher(n).feature_weight)
+                   for n in targets}
         losses = distill_loss(student, targets, weights, feature_loss_kind=self.cfg.feature_loss)
-        total = images.new_zeros(())
-        for n in names:
-            w_s, w_f = weights[n]
-            term = 0.0
-            if f"{n}/summary" in losses:
-                term = term + w_s * losses[f"{n}/summary"]
-                metrics[f"{part.name}/{n}/summary"] = losses[f"{n}/summary"].item()
-            if f"{n}/features" in losses:
-                term = term + w_f * losses[f"{n}/features"]
-                metrics[f"{part.name}/{n}/features"] = losses[f"{n}/features"].item()
-            total = total + scales[n] * term
+        for k, v in losses.items():
+            if k != "total":
+                metrics[f"{part.name}/{k}"] = v.item()
         # every head takes part in the graph on every rank (zero gradient where unsupervised),
         # so DDP's reducer sees the same parameters everywhere
-        total = total + sum(0.0 * (o.summary.float().sum() + o.features.float().sum())
-                            for k, o in out.items() if k != "backbone")
-        return total
+        return losses["total"] + sum(0.0 * (o.summary.float().sum() + o.features.float().sum())
+                                     for k, o in out.items() if k != "backbone")
 
-    def _maybe_vitdet(self, res: int) -> Optional[int]:
+    def _vitdet_window(self, res: int) -> Optional[int]:
         if self.cfg.vitdet_aug_prob <= 0 or torch.rand(()) >= self.cfg.vitdet_aug_prob:
             return None
         grid = res // self.student.patch_size
         options = [w for w in self.cfg.vitdet_aug_windows if grid % w == 0 and w < grid]
-        if not options:
-            return None
-        return options[int(torch.randint(len(options), ()))]
+        return options[int(torch.randint(len(options), ()))] if options else None
 
+    def _initialize_new_normalizers(self, stage: int, passes: list, batches: list) -> dict:
+        """Give every PHI-S normaliser that this stage introduces its statistics before its first loss.
+
+        The choice: the estimation pass is the first step of the stage that introduces the
+        normaliser, on that step's own batches (all ranks, all accumulation passes), run through the
+        teachers before the student's loss. The alternative, keeping a teacher-resolution's loss off
+        for its first batches while it estimates, would silently drop supervision and make the
+        switch-on step a config-dependent special case; an extra pass over fresh batches would cost
+        teacher forwards for nothing. The first transform comes from one global batch (e.g. 512
+        images x 729 tokens in the B/L recipes' stage 2), is recomputed every ``update_every`` of the
+        normaliser's own steps and frozen after ``freeze_after`` of them.
+
+        Returns the raw teacher outputs computed here, by pass index, so the loss reuses them
+        (each batch enters the statistics once)."""
+        new = [k for k in self.stage_phi_s_keys(stage) if not bool(self.phi_s[k].initialized)]
+        if not new:
+            return {}
+        raw = {i: self._teacher_outputs(part, images) for i, (part, images) in enumerate(zip(passes, batches))}
+        for key in new:  # same order on every rank: each holds a collective
+            self.phi_s[key].initialize()
+        return raw
+
+    # -- one step ----------------------------------------------------------------------------------
     def train_step(self) -> dict:
-        stage = self.stage_at(self.step)
-        parts = self.my_partitions(stage)
-        scales = self.loss_scales(stage)
+        stage, t0 = P.stage_at(self.cfg, self.step), time.perf_counter()
+        scales = P.loss_scales(self.cfg, stage, self.env.world_size)
+        accum = max(self.cfg.optim.accumulation, 1)
+        passes = [p for _ in range(accum) for p in P.rank_partitions(self.cfg, stage, self.env.rank, self.env.world_size)]
+        batches = [_resize(self.data.next_batch(stage, p).to(self.device, non_blocking=True),
+                           self._student_resolution(stage, p, i)) for i, p in enumerate(passes)]
+        raw = self._initialize_new_normalizers(stage, passes, batches)
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         metrics: dict[str, float] = {}
-        n_images = 0
-        accum = max(self.cfg.optim.accumulation, 1)
         loss_sum = 0.0
-        t0 = time.perf_counter()
-        passes = [(m, p) for m in range(accum) for p in parts]
-        for i, (_, part) in enumerate(passes):
-            images = next(self._stream(stage, part))["image"].to(self.device, non_blocking=True)
-            n_images += images.shape[0]
-            window = self._maybe_vitdet(part.resolution)
-            self.student.set_vitdet_window(window)
-            try:
-                sync = i == len(passes) - 1
-                ctx = self.model.no_sync() if (not sync and hasattr(self.model, "no_sync")) else _null()
-                with ctx:
-                    loss = self._partition_loss(part, images, scales, metrics) / accum
-                    loss.backward()
-            finally:
-                self.student.set_vitdet_window(None)
+        for i, (part, images) in enumerate(zip(passes, batches)):
+            last = i == len(passes) - 1  # DDP all-reduces gradients on the last backward only
+            with nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync():
+                loss = self._partition_loss(part, images, scales, metrics, raw.pop(i, None)) / accum
+                loss.backward()
             loss_sum += float(loss.detach())
         if not passes:  # a rank without partitions in this stage still joins the collectives
-            loss = sum(0.0 * p.sum() for p in self.student.parameters())
-            loss.backward()
-        finite = torch.tensor([1.0 if math.isfinite(loss_sum) else 0.0], device=self.device)
-        if self.env.distributed:
-            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+            sum(0.0 * p.sum() for p in self.student.parameters()).backward()
         lr = self.optimizer.param_groups[0]["lr"]
-        if finite.item() < 1:
+        self._optimizer_step(math.isfinite(loss_sum))
+        for key in self.stage_phi_s_keys(stage):  # each counts the steps in which it saw data
+            self.phi_s[key].step()
+        self.step += 1
+        metrics.update(loss=loss_sum, images_per_s=sum(b.shape[0] for b in batches) / max(time.perf_counter() - t0, 1e-9),
+                       skipped_images=self.data.skipped, peak_mem_mb=peak_memory_mb(self.device))
+        if self.env.distributed and (self.step % self.cfg.log_every == 0 or self.step == self.cfg.total_steps):
+            metrics = merge_rank_metrics(metrics, self.env.world_size)
+        metrics.update(step=self.step, stage=stage, lr=lr, nonfinite=self.nonfinite)
+        return metrics
+
+    def _optimizer_step(self, finite: bool) -> None:
+        """Clip, step and update the EMA, or skip the step everywhere if any rank's loss is not finite."""
+        ok = torch.tensor([1.0 if finite else 0.0], device=self.device)
+        if self.env.distributed:
+            dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+        if ok.item() < 1:
             self.optimizer.zero_grad(set_to_none=True)
             self.nonfinite += 1
             warnings.warn(f"step {self.step}: non-finite loss, step skipped ({self.nonfinite} so far)")
@@ -421,28 +294,17 @@ class Trainer:
         with warnings.catch_warnings():  # a skipped step still advances the schedule, on purpose
             warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
             self.scheduler.step()
-        for norm in self.phi_s.values():
-            norm.step()
-        self.step += 1
-        dt = time.perf_counter() - t0
-        metrics.update(loss=loss_sum, images_per_s=n_images / max(dt, 1e-9), skipped_images=self.skipped_images,
-                       peak_mem_mb=peak_memory_mb(self.device))
-        if self.env.distributed and (self.step % self.cfg.log_every == 0 or self.step == self.cfg.total_steps):
-            metrics = merge_rank_metrics(metrics, self.env.world_size)
-        metrics.update(step=self.step, stage=stage, lr=lr, nonfinite=self.nonfinite)
-        return metrics
 
     @torch.no_grad()
     def _update_ema(self) -> None:
         if self.ema is None:
             return
-        d = self.cfg.ema_decay
         for pe, p in zip(self.ema.parameters(), self.student.parameters()):
-            pe.lerp_(_full(p.detach()), 1 - d)
+            pe.lerp_(full_tensor(p.detach()), 1 - self.cfg.ema_decay)
         for be, b in zip(self.ema.buffers(), self.student.buffers()):
             be.copy_(b)
 
-    # -- loop --------------------------------------------------------------------------------------
+    # -- the loop ----------------------------------------------------------------------------------
     def train(self, max_steps: Optional[int] = None, resume: bool = True) -> dict:
         """Train to the end of the schedule (or ``max_steps``); resumes from the newest readable
         checkpoint in ``out_dir/checkpoints`` when there is one."""
@@ -453,19 +315,18 @@ class Trainer:
         if self.cfg.progress and self.env.is_main:
             from tqdm.auto import tqdm
             bar = tqdm(total=self.cfg.total_steps, initial=self.step, desc="distill", unit="step", dynamic_ncols=True)
-        last = {}
+        last: dict = {}
         try:
             while self.step < end:
                 last = self.train_step()
-                if self.env.is_main:
-                    if self.step % self.cfg.log_every == 0 or self.step == end:
-                        self.logger.log(last)
-                    if bar is not None:
-                        bar.update(1)
-                        bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{last['lr']:.2e}")
+                if self.env.is_main and (self.step % self.cfg.log_every == 0 or self.step == end):
+                    self.logger.log(last)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{last['lr']:.2e}")
                 if self.step % self.cfg.checkpoint_every == 0 or self.step == end:
                     self.save_checkpoint()
-                _maybe_inject_fault(self.step, self.env.rank)
+                maybe_inject_fault(self.step, self.env.rank)
         finally:
             if bar is not None:
                 bar.close()
@@ -474,13 +335,12 @@ class Trainer:
 
     # -- state -------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        from openradio.distill.checkpointing import capture_rng_state
-        rng = capture_rng_state()
+        """The whole training state (a collective: every rank contributes its RNG and data position)."""
+        mine = {"rng": capture_rng_state(), "streams": self.data.state_dict()}
+        gathered = [mine]
         if self.env.distributed:
             gathered = [None] * self.env.world_size
-            dist.all_gather_object(gathered, {"rng": rng, "streams": self._streams_state()})
-        else:
-            gathered = [{"rng": rng, "streams": self._streams_state()}]
+            dist.all_gather_object(gathered, mine)
         return {
             "step": self.step,
             "model": self._model_state(),
@@ -491,55 +351,37 @@ class Trainer:
             "per_rank": gathered,
             "nonfinite": self.nonfinite,
             "world_size": self.env.world_size,
+            # what export needs without the teachers (openradio.distill.export.export_run)
+            "student_args": args_to_state(self.args),
+            "head_dims": {k: list(v) for k, v in self.head_dims.items()},
         }
-
-    @property
-    def _sharded(self) -> bool:
-        return self.env.distributed and self.cfg.parallel == "fsdp"
-
-    def _dcp_options(self):
-        from torch.distributed.checkpoint.state_dict import StateDictOptions
-        return StateDictOptions(full_state_dict=True, cpu_offload=True)
 
     def _model_state(self) -> dict:
         if self._sharded:
-            from torch.distributed.checkpoint.state_dict import get_model_state_dict
-            return get_model_state_dict(self.student, options=self._dcp_options())
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+            return get_model_state_dict(self.student, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         return self.student.state_dict()
 
     def _optim_state(self) -> dict:
         if self._sharded:
-            from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
-            return get_optimizer_state_dict(self.student, self.optimizer, options=self._dcp_options())
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+            return get_optimizer_state_dict(self.student, self.optimizer,
+                                            options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         return self.optimizer.state_dict()
 
-    def _load_model_state(self, state: dict) -> None:
-        if self._sharded:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-            set_model_state_dict(self.student, state, options=StateDictOptions(full_state_dict=True))
-        else:
-            self.student.load_state_dict(state)
-
-    def _load_optim_state(self, state: dict) -> None:
-        if self._sharded:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-            set_optimizer_state_dict(self.student, self.optimizer, state,
-                                     options=StateDictOptions(full_state_dict=True))
-        else:
-            self.optimizer.load_state_dict(state)
-
-    def _streams_state(self) -> dict:
-        state = dict(self._stream_state)
-        state.update({k: s.state_dict() for k, s in self.streams.items()})
-        return state
-
     def load_state_dict(self, state: dict) -> None:
-        from openradio.distill.checkpointing import restore_rng_state
         self.step = int(state["step"])
-        self._load_model_state(state["model"])
+        if self._sharded:
+            from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                                 set_optimizer_state_dict)
+            opts = StateDictOptions(full_state_dict=True)
+            set_model_state_dict(self.student, state["model"], options=opts)
+            set_optimizer_state_dict(self.student, self.optimizer, state["optimizer"], options=opts)
+        else:
+            self.student.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
         if self.ema is not None and state.get("ema") is not None:
             self.ema.load_state_dict(state["ema"])
-        self._load_optim_state(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.phi_s.load_state_dict(state["phi_s"])
         self.nonfinite = int(state.get("nonfinite", 0))
@@ -549,35 +391,28 @@ class Trainer:
                           "data positions and random streams restart from the checkpoint's rank 0")
         mine = per_rank[self.env.rank] if self.env.rank < len(per_rank) else per_rank[0]
         restore_rng_state(mine["rng"])
-        self.streams = {}
-        self._stream_state = dict(mine["streams"])
+        self.data.load_state_dict(mine["streams"])
 
     def save_checkpoint(self) -> None:
-        state = self.state_dict()  # collective: every rank takes part
-        self.ckpt.save(state, self.step)
+        self.ckpt.save(self.state_dict(), self.step)  # state_dict is collective: every rank takes part
 
     def resume(self, quiet: bool = False) -> bool:
         """Load the newest readable checkpoint (an unreadable newest one is skipped with a
         warning). Rank 0 chooses and every rank loads that same step. ``quiet``: no "resumed"
-        line (e.g. when a checkpoint is only read for export)."""
+        line."""
+        found = self.ckpt.load_latest(map_location="cpu") if self.env.is_main or not self.env.distributed else None
         if self.env.distributed:
-            choice = [None]
-            if self.env.is_main:
-                found = self.ckpt.load_latest(map_location="cpu")
-                choice = [found[1] if found else None]
+            choice = [found[1] if found else None]
             dist.broadcast_object_list(choice, src=0)
-            step = choice[0]
-            if step is None:
+            if choice[0] is None:
                 return False
-            state = found[0] if self.env.is_main else self.ckpt.load(step, map_location="cpu")
-        else:
-            found = self.ckpt.load_latest(map_location="cpu")
-            if found is None:
-                return False
-            state, step = found
-        self.load_state_dict(state)
+            if not self.env.is_main:
+                found = (self.ckpt.load(choice[0], map_location="cpu"), choice[0])
+        if found is None:
+            return False
+        self.load_state_dict(found[0])
         if self.env.is_main and not quiet:
-            print(f"resumed from step {step} ({self.ckpt.dir})")
+            print(f"resumed from step {found[1]} ({self.ckpt.dir})")
         return True
 
     # -- export ------------------------------------------------------------------------------------
@@ -585,7 +420,6 @@ class Trainer:
         """Write an official-format ``.pth.tar`` that ``openradio.radio_model`` loads: the student
         (EMA weights as ``state_dict_ema`` when configured) with every feature head's PHI-S inverse
         folded into its final Linear, so adaptors emit raw teacher features."""
-        from openradio.checkpoint import save_checkpoint
         use_ema = self.cfg.export_ema if use_ema is None else use_ema
         student = self.student
         if self._sharded:  # gather the full weights (a collective; rank 0 receives them)
@@ -596,162 +430,12 @@ class Trainer:
             student.load_state_dict(full)
         if not self.env.is_main:
             return Path(path)
-        plain = export_state_dict(student, self.phi_s, self.cfg)
-        ema = export_state_dict(self.ema, self.phi_s, self.cfg) if (use_ema and self.ema is not None) else None
-        args = copy.copy(self.args)
-        args.preferred_resolution = preferred_resolution_of(self.cfg)  # model.preferred_resolution on load
-        return save_checkpoint(path, args, plain, state_dict_ema=ema, epoch=self.step)
+        return write_export(path, self.args, student, self.phi_s, ema=self.ema if use_ema else None, step=self.step)
 
 
-def merge_rank_metrics(local: dict, world_size: int) -> dict:
-    """Every rank's metrics on every rank: per-partition losses averaged over the ranks that
-    computed them, throughput summed (and kept per rank), peak memory as the maximum."""
-    gathered: list = [None] * world_size
-    dist.all_gather_object(gathered, local)
-    out: dict = {}
-    sums: dict = {}
-    for r, m in enumerate(gathered):
-        out[f"images_per_s/rank{r}"] = m["images_per_s"]
-        out[f"peak_mem_mb/rank{r}"] = m["peak_mem_mb"]
-        for k, v in m.items():
-            if "/" in k:
-                sums.setdefault(k, []).append(v)
-    out.update({k: sum(v) / len(v) for k, v in sums.items()})
-    out["loss"] = sum(m["loss"] for m in gathered) / world_size
-    out["images_per_s"] = sum(m["images_per_s"] for m in gathered)
-    out["peak_mem_mb"] = max(m["peak_mem_mb"] for m in gathered)
-    out["skipped_images"] = sum(m["skipped_images"] for m in gathered)
-    return out
-
-
-FAULT_ENV = "OPENRADIO_FAULT_KILL"
-
-
-def _maybe_inject_fault(step: int, rank: int) -> None:
-    """Fault injection for recovery tests: ``OPENRADIO_FAULT_KILL=STEP:RANK:MARKER`` SIGKILLs that
-    rank once, right after STEP, unless MARKER exists (it is created first, so a restarted
-    worker runs on)."""
-    spec = os.environ.get(FAULT_ENV)
-    if not spec:
-        return
-    k, r, marker = spec.split(":", 2)
-    if step == int(k) and rank == int(r) and not os.path.exists(marker):
-        Path(marker).touch()
-        os.kill(os.getpid(), 9)
-
-
-def _full(t: torch.Tensor) -> torch.Tensor:
-    """The whole tensor of a (possibly FSDP-sharded) parameter."""
-    return t.full_tensor() if hasattr(t, "full_tensor") else t
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
-
-
-def export_normalizer_key(phi_s: nn.ModuleDict, teacher: str, teacher_input_size: int) -> Optional[str]:
-    """Which of a teacher's PHI-S normalisers to fold into its (shared) head: the one at the
-    teacher's native input size when it exists, else the one that saw the most features."""
-    keys = [k for k in phi_s.keys() if k.split("@")[0] == teacher]
-    if not keys:
-        return None
-    native = f"{teacher}@{teacher_input_size}"
-    if native in keys:
-        return native
-    return max(keys, key=lambda k: float(phi_s[k].estimator.count))
-
-
-def export_state_dict(model: RADIOModel, phi_s: nn.ModuleDict, cfg: TrainConfig) -> dict:
-    from openradio.checkpoint import official_state_dict
-    model = copy.deepcopy(model).cpu().float()
-    for name, adaptor in model.adaptors.items():
-        t_input = adaptor.teacher_conf.get("input_size")
-        key = export_normalizer_key(phi_s, name, t_input)
-        if key is None:
-            continue
-        norm = phi_s[key]
-        mlp = adaptor.feat_mlp
-        final = mlp.final[2] if hasattr(mlp, "final") else mlp.fc2
-        folded = fold_inverse_into_linear(final, norm.mean.cpu(), inv_tx=norm.inv_tx.cpu(),
-                                          upsample_factor=adaptor.upsample_factor)
-        if hasattr(mlp, "final"):
-            mlp.final[2] = folded
-        else:
-            mlp.fc2 = folded
-    return official_state_dict(model, heads_by_name=True)
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    try:
-        import resource
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-    except Exception:  # pragma: no cover - non-Linux
-        return float("nan")
-
-
-class MetricsLogger:
-    """Rank 0's metrics: a wide CSV (one row per logged step) and TensorBoard scalars."""
-
-    BASE = ["step", "stage", "lr", "loss", "images_per_s", "skipped_images", "nonfinite", "peak_mem_mb"]
-
-    def __init__(self, out_dir: Path, cfg: TrainConfig, enabled: bool = True, world_size: int = 1):
-        self.enabled = enabled
-        self.path = out_dir / "metrics.csv"
-        cols = list(self.BASE)
-        if world_size > 1:
-            cols += [f"{k}/rank{r}" for k in ("images_per_s", "peak_mem_mb") for r in range(world_size)]
-        for st in cfg.stages:
-            for p in st.partitions:
-                names = p.teachers if p.teachers is not None else [t.name for t in cfg.teachers]
-                for n in names:
-                    for kind in ("summary", "features"):
-                        c = f"{p.name}/{n}/{kind}"
-                        if c not in cols:
-                            cols.append(c)
-        self.columns = cols
-        self.tb = None
-        if not enabled:
-            return
-        new = not self.path.exists()
-        self._f = open(self.path, "a", newline="")
-        self._w = csv.DictWriter(self._f, fieldnames=cols, extrasaction="ignore")
-        if new:
-            self._w.writeheader()
-        if cfg.tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-                self.tb = SummaryWriter(str(out_dir / "tensorboard"))
-            except Exception as e:  # tensorboard missing or broken: CSV still works
-                warnings.warn(f"TensorBoard logging disabled: {e}")
-
-    def log(self, metrics: dict) -> None:
-        if not self.enabled:
-            return
-        self._w.writerow(metrics)
-        self._f.flush()
-        if self.tb is not None:
-            for k, v in metrics.items():
-                if k != "step" and isinstance(v, (int, float)):
-                    self.tb.add_scalar(k, v, metrics["step"])
-
-    def flush(self) -> None:
-        if not self.enabled:
-            return
-        self._f.flush()
-        if self.tb is not None:
-            self.tb.flush()
-
-
-def train(cfg: TrainConfig, max_steps: Optional[int] = None, export: Optional[str] = None) -> Trainer:
-    """Build a Trainer, run it, optionally export; returns the trainer."""
-    trainer = Trainer(cfg)
-    trainer.train(max_steps=max_steps)
-    if export and trainer.step >= cfg.total_steps:
-        trainer.export(export)
-    return trainer
+def _resize(images: torch.Tensor, side: int) -> torch.Tensor:
+    """A batch of square crops at ``side`` pixels (antialiased bilinear; unchanged when it already is)."""
+    if images.shape[-1] == side and images.shape[-2] == side:
+        return images
+    return torch.nn.functional.interpolate(images, size=(side, side), mode="bilinear", align_corners=False,
+                                           antialias=True)

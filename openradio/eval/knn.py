@@ -7,7 +7,6 @@ cosine-similar training embeddings vote for their labels with weight ``exp(simil
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -2,10 +2,8 @@
 runs, and every broken file is one line that says what the file is and what to do."""
 from __future__ import annotations
 
-import io
 import os
 import pickle
-import zipfile
 from pathlib import Path
 
 import pytest

@@ -2,13 +2,11 @@
 evaluation (kNN, zero-shot, mode switching) as in training; they never stop the run."""
 from __future__ import annotations
 
-import io
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 
 import openradio
 from _evalutils import make_image_folder
