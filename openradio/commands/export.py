@@ -37,15 +37,18 @@ def run(args) -> int:
     import tempfile
     from pathlib import Path
 
-    from openradio.cli import CLIError
-    from openradio.distill.export import export_run
-    from openradio.loader import radio_model
+    from openradio.cli import CLIError, check_version
 
     run_dir = Path(args.run_dir)
     is_run = (run_dir / "checkpoints").is_dir()
-    if args.format == "pth":
-        if not is_run:
+    if not is_run:  # before any heavy import: a wrong path fails at once
+        if args.format == "pth":
             raise CLIError(f"{run_dir} has no checkpoints/ folder: is it a training run's out_dir?")
+        check_version(args.run_dir)
+    from openradio.distill.export import export_run
+    from openradio.loader import radio_model
+
+    if args.format == "pth":
         try:
             path, step, _ = export_run(run_dir, args.out, use_ema=not args.no_ema)
         except (FileNotFoundError, ValueError) as e:
