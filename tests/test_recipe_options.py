@@ -104,7 +104,7 @@ def test_stochastic_student_resolution(tmp_path, train_image_dir, monkeypatch):
                       "stages.0.partitions=[{name: p, resolution: 64, batch_size: 2, mosaic: [sam], "
                       "resolutions: [32, 48, 64]}]"), env=DistEnv())
     assert t2._student_resolution(0, t2.cfg.stages[0].partitions[0], 0) == sizes[0]
-    with pytest.raises(ValueError, match="multiples of the student's patch size 16"):
+    with pytest.raises(ValueError, match="every size must be a multiple of 16"):
         Trainer(_cfg(tmp_path / "bad", train_image_dir,
                      "stages.0.partitions=[{name: p, resolution: 64, batch_size: 2, resolutions: [40]}]"), env=DistEnv())
     with pytest.raises(ValueError, match="resolutions"):
