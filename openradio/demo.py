@@ -35,6 +35,8 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from openradio.runtime import pick_device
+
 __all__ = ["TINY_RECIPE_YAML", "tiny_recipe", "DemoSettings", "run_demo"]
 
 # The tiny recipe, kept identical (as parsed YAML) to configs/tiny.yaml — a test checks that. It is
@@ -129,12 +131,6 @@ class _Subject:
 def _log(progress: bool, msg: str) -> None:
     if progress:
         print(msg, flush=True)
-
-
-def _device(name: Optional[str]) -> torch.device:
-    if name:
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 # -- offline: distil a student -----------------------------------------------------------------------
@@ -348,7 +344,7 @@ def _resolve_checkpoint(version: str, progress: bool) -> Path:
 def _load_release(version: str, path: Path, device: torch.device, progress: bool, tiny_teacher: bool,
                   timings: dict) -> _Subject:
     import openradio
-    from openradio.commands.mode_switch import TEACHER_KEYS
+    from openradio.eval.mode_switch import TEACHER_KEYS
     from openradio.teachers import build_teacher
     from openradio.versions import VERSIONS
 
@@ -527,14 +523,14 @@ def _pictures(subject: _Subject, images: list, settings: DemoSettings, out: Path
 def _throughput(subject: _Subject, settings: DemoSettings, device: torch.device, out: Path,
                 progress: bool) -> tuple[list[dict], Path]:
     import openradio
-    from openradio.commands.bench import write_csv
+    from openradio.eval.throughput import write_rows_csv
     from openradio.eval.throughput import bench_model
 
     # backbone only: the timm baseline has no adaptor heads either
     model = openradio.radio_model(str(subject.checkpoint), progress=False).to(device).eval()
     rows = bench_model(model, list(settings.bench_resolutions), batch_size=settings.bench_batch_size,
                        baseline="timm", iters=settings.bench_iters, warmup=1, device=device, progress=progress)
-    return rows, write_csv(rows, out / "throughput.csv")
+    return rows, write_rows_csv(rows, out / "throughput.csv")
 
 
 def _read_metrics(path: Path) -> list[dict]:
@@ -705,7 +701,7 @@ def run_demo(out_dir: str | os.PathLike = "demo-report", steps: Optional[int] = 
         if version is not None:
             raise ValueError("--steps applies to the offline demo's training; a released --version is not trained")
         settings.steps = steps
-    dev = _device(device)
+    dev = pick_device(device)
     threads = torch.get_num_threads()
     if dev.type == "cpu" and settings.cpu_threads:
         torch.set_num_threads(int(settings.cpu_threads))

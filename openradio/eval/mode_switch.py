@@ -30,7 +30,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from openradio.eval.data import autocast_context, resize_center_crop, select_output, write_csv
+from openradio.eval.data import resize_center_crop, write_csv
+from openradio.runtime import autocast, select_output
+
+# the fields of a checkpoint teacher entry that say which teacher to build for the comparison
+TEACHER_KEYS = ("name", "type", "model", "pretrained", "input_size")
 
 __all__ = [
     "resolution_range", "parse_resolution_range", "teacher_resolution", "align_teacher", "FeatureAgreement",
@@ -209,7 +213,7 @@ def run_mode_switch(model: torch.nn.Module, teacher, adaptor: str, image_paths: 
                 warn_skipped([Path(image_paths[i]) for i in bad])
             if s_img is None:
                 continue
-            with autocast_context(device, amp):
+            with autocast(device, amp):
                 out = model(s_img.to(device), feature_fmt="NCHW")
                 t_out = teacher(t_img.to(device), resolution=t_res)
             s_feat = select_output(out, adaptor).features.float()
