@@ -95,11 +95,15 @@ def check_inputs(args: argparse.Namespace) -> None:
         check_version(v)
 
 
-def pick_device(name: str | None):
-    import torch
-    if name:
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def parse_adaptors(values: "list[str] | None") -> list[str]:
+    """``--adaptor a --adaptor b,c`` -> ['a', 'b', 'c'] (order kept, duplicates dropped)."""
+    out: list[str] = []
+    for v in values or []:
+        for name in v.split(","):
+            name = name.strip()
+            if name and name not in out:
+                out.append(name)
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,12 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="show full tracebacks on errors (with the underlying library's message)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, modname in COMMANDS.items():
-        try:
-            mod = importlib.import_module(modname)
-        except ModuleNotFoundError as e:
-            if e.name != modname:
-                raise
-            continue  # command not built in this checkout
+        mod = importlib.import_module(modname)
         p = sub.add_parser(name, help=mod.HELP, description=mod.HELP,
                            epilog="examples:\n" + mod.EXAMPLES if getattr(mod, "EXAMPLES", "") else None,
                            formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -1,7 +1,7 @@
 """``openradio demo``: distil, export, evaluate and report, end to end, on one machine.
 
 Offline (the default): the bundled sample photographs (:mod:`openradio.sample_data`) train a
-small student with the tiny v2.5 recipe (:data:`TINY_RECIPE_YAML`: four small, randomly
+small student with the tiny v2.5 recipe (``configs/tiny.yaml``: four small, randomly
 initialised teachers of the real architectures, two partitions in one step, SAM mosaic, PHI-S,
 EMA). The student is exported in the official checkpoint format, loaded back with
 :func:`openradio.radio_model`, and evaluated on held-out photographs:
@@ -35,47 +35,18 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-__all__ = ["TINY_RECIPE_YAML", "tiny_recipe", "DemoSettings", "run_demo"]
+from openradio.atomicio import write_text
+from openradio.runtime import pick_device
 
-# The tiny recipe, kept identical (as parsed YAML) to configs/tiny.yaml — a test checks that. It is
-# embedded here because configs/ is not part of an installed package.
-TINY_RECIPE_YAML = """\
-# A tiny CPU recipe with the v2.5 structure: four teachers of the real architectures (small,
-# randomly initialised), two partitions trained in the same step (low-res with SAM mosaic,
-# high-res), PHI-S, EMA. Runs in minutes on 2 CPU cores; used by tests and `openradio demo`.
-student:
-  model: vit_tiny_patch16_224
-  model_kwargs: {embed_dim: 96, depth: 4, num_heads: 3}
-  cpe_max_size: 512            # 32 x 32 position grid
-  register_multiple: 8
-  mlp_hidden_size: 128
-  mlp_num_inner: 1
-teachers:
-  - {name: clip, type: open_clip, model: ViT-H-14-378-quickgelu, tiny: true}
-  - {name: siglip, type: open_clip, model: ViT-SO400M-14-SigLIP-384, tiny: true}
-  - {name: dino_v2, type: dino_v2, model: dinov2_vitg14_reg, tiny: true}
-  - {name: sam, type: sam, model: samvit_huge_patch16, tiny: true, overrides: {img_size: 128},
-     summary_weight: 0.0}
-stages:
-  - steps: 60
-    partitions:
-      - {name: low, resolution: 64, batch_size: 4, mosaic: [sam]}   # 4 views on one 128 px SAM canvas
-      - {name: high, resolution: 128, batch_size: 2}
-optim: {lr: 2.0e-3, min_lr: 1.0e-5, warmup_steps: 10, weight_decay: 0.02, grad_clip: 1.0}
-phi_s: {enabled: true, update_every: 10, freeze_after: 40}
-data: {path: "", num_workers: 0}
-ema_decay: 0.9
-log_every: 5
-checkpoint_every: 30
-out_dir: runs/tiny
-"""
-
+__all__ = ["tiny_recipe", "DemoSettings", "run_demo"]
 
 def tiny_recipe() -> dict:
-    """The tiny recipe as a plain dict (a fresh copy each call)."""
-    import yaml
+    """The tiny recipe (``configs/tiny.yaml``, shipped with the package) as a plain dict (a fresh
+    copy each call)."""
+    from openradio.distill.config import shipped_recipe
 
-    return yaml.safe_load(TINY_RECIPE_YAML)
+    import yaml
+    return yaml.safe_load(shipped_recipe("tiny").read_text())
 
 
 @dataclass
@@ -129,12 +100,6 @@ class _Subject:
 def _log(progress: bool, msg: str) -> None:
     if progress:
         print(msg, flush=True)
-
-
-def _device(name: Optional[str]) -> torch.device:
-    if name:
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 # -- offline: distil a student -----------------------------------------------------------------------
@@ -286,7 +251,7 @@ def _zero_shot(subject: _Subject, images: list, settings: DemoSettings, device: 
     zs = out / "zero_shot"
     zs.mkdir(parents=True, exist_ok=True)
     classes = list(DEMO_CLASSNAMES)
-    _write_atomic(zs / "classnames.txt", "\n".join(classes) + "\n")
+    write_text(zs / "classnames.txt", "\n".join(classes) + "\n")
     templates = get_templates("base")
     results: dict = {}
     for tname, teacher in subject.zs_teachers.items():
@@ -301,18 +266,13 @@ def _zero_shot(subject: _Subject, images: list, settings: DemoSettings, device: 
             pred = int(zero_shot_logits(s, clf)[0].argmax())
             rows.append(f"{os.path.relpath(p, zs)}\t{classes[pred]}")
         labels = zs / f"{tname}_teacher_labels.tsv"
-        _write_atomic(labels, "\n".join(rows) + "\n")
+        write_text(labels, "\n".join(rows) + "\n")
         data = read_labelled_images(labels, classes)
         results[tname] = {label: evaluate_zero_shot(model, clf, data, list(settings.zero_shot_resolutions),
                                                     adaptor=tname, batch_size=settings.eval_batch_size,
                                                     device=device, progress=False)
                           for label, model in subject.models.items()}
     return results, classes
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    from openradio.atomicio import write_text
-    write_text(path, text)
 
 
 def _count_params(m: torch.nn.Module) -> int:
@@ -327,28 +287,21 @@ def _params(m: torch.nn.Module) -> str:
 
 # -- online: a released model ------------------------------------------------------------------------
 def _resolve_checkpoint(version: str, progress: bool) -> Path:
-    """The checkpoint file of a released name (downloaded once) or a local path; one-line errors."""
-    from openradio.loader import download_checkpoint
-    from openradio.versions import VERSIONS, get_version
+    """The checkpoint of a released name (downloaded once) or a local path (the loader's
+    resolution), with the demo's advice when the download fails."""
+    from openradio.loader import resolve_checkpoint
 
-    if version in VERSIONS:
-        try:
-            return download_checkpoint(version, progress=progress)
-        except RuntimeError as e:
-            raise RuntimeError(f"cannot run the demo on {version}: {str(e).splitlines()[0]} "
-                               "(without a network, run `openradio demo` with no --version)") from None
-    if os.path.isfile(version):
-        return Path(version)
-    if any(sep in version for sep in ("/", os.sep)) or version.endswith((".pth", ".tar", ".pt")):
-        raise FileNotFoundError(f"checkpoint file not found: {version}")
-    get_version(version)  # raises with the list of known versions
-    raise AssertionError("unreachable")
+    try:
+        return resolve_checkpoint(version, progress=progress)[0]
+    except RuntimeError as e:
+        raise RuntimeError(f"cannot run the demo on {version}: {str(e).splitlines()[0]} "
+                           "(without a network, run `openradio demo` with no --version)") from None
 
 
 def _load_release(version: str, path: Path, device: torch.device, progress: bool, tiny_teacher: bool,
                   timings: dict) -> _Subject:
     import openradio
-    from openradio.commands.mode_switch import TEACHER_KEYS
+    from openradio.eval.mode_switch import TEACHER_KEYS
     from openradio.teachers import build_teacher
     from openradio.versions import VERSIONS
 
@@ -410,7 +363,7 @@ def _load_release(version: str, path: Path, device: torch.device, progress: bool
 def _mode_switch(subject: _Subject, images: list, settings: DemoSettings, device: torch.device, out: Path,
                  progress: bool) -> tuple[dict, list[Path]]:
     """{teacher: {model label: rows}}; writes mode_switch.csv and mode_switch.png."""
-    from openradio.eval.mode_switch import run_mode_switch
+    from openradio.eval.mode_switch import plot_mode_switch_grid, run_mode_switch, write_mode_switch_table
 
     results: dict[str, dict[str, list]] = {}
     for tname, teacher in subject.teachers.items():
@@ -421,58 +374,9 @@ def _mode_switch(subject: _Subject, images: list, settings: DemoSettings, device
             results[tname][label] = run_mode_switch(model, teacher, tname, images, res,
                                                     batch_size=settings.eval_batch_size, device=device,
                                                     progress=progress)
-    from openradio.atomicio import atomic_path
-    csv_path = out / "mode_switch.csv"
-    with atomic_path(csv_path) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["teacher", "model", "resolution", "mse", "cos_error", "fidelity", "pred_variance",
-                    "teacher_variance"])
-        for tname, per_model in results.items():
-            for label, rows in per_model.items():
-                for r in rows:
-                    w.writerow([tname, label, r.resolution, f"{r.mse:.8g}", f"{r.cos_error:.8g}",
-                                f"{r.fidelity:.8g}", f"{r.pred_variance:.8g}", f"{r.teacher_variance:.8g}"])
-    png = _plot_mode_switch(results, out / "mode_switch.png")
+    csv_path = write_mode_switch_table(results, out / "mode_switch.csv")
+    png = plot_mode_switch_grid(results, out / "mode_switch.png")
     return results, [csv_path, png]
-
-
-def _figure(width_px: int, height_px: int, dpi: int = 100):
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
-
-    return Figure(figsize=(width_px / dpi, height_px / dpi), dpi=dpi)
-
-
-def _plot_mode_switch(results: dict, path: Path) -> Path:
-    """Two rows (MSE, 1 - cosine) x one column per teacher; one line per model, plus the MSE of
-    predicting each teacher channel's mean (the teacher's variance) for scale."""
-    n = len(results)
-    fig = _figure(520 * n + 80, 760)
-    for j, (tname, per_model) in enumerate(results.items()):
-        ax_mse = fig.add_subplot(2, n, j + 1)
-        ax_cos = fig.add_subplot(2, n, n + j + 1)
-        for k, (label, rows) in enumerate(per_model.items()):
-            xs = [r.resolution for r in rows]
-            style = dict(marker="o", markersize=3, linewidth=1.8, linestyle="-" if k == 0 else "--")
-            ax_mse.plot(xs, [r.mse for r in rows], label=label, **style)
-            ax_cos.plot(xs, [r.cos_error for r in rows], label=label, **style)
-        first = next(iter(per_model.values()))
-        ax_mse.plot([r.resolution for r in first], [r.teacher_variance for r in first], color="grey",
-                    linestyle=":", linewidth=1.2, label="predict the channel mean")
-        ax_mse.set_yscale("log")
-        ax_mse.set_title(f"{tname}: MSE to the teacher's features")
-        ax_cos.set_title(f"{tname}: 1 - cosine similarity")
-        for ax in (ax_mse, ax_cos):
-            ax.set_xlabel("input resolution (px)")
-            ax.grid(True, alpha=0.3, which="both")
-            ax.legend(fontsize=8)
-    fig.suptitle("Mode switching: student adaptor vs. teacher across input resolutions")
-    fig.tight_layout()
-    from openradio.atomicio import atomic_path
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    return path
 
 
 def _pictures(subject: _Subject, images: list, settings: DemoSettings, out: Path, progress: bool) -> list[Path]:
@@ -527,14 +431,14 @@ def _pictures(subject: _Subject, images: list, settings: DemoSettings, out: Path
 def _throughput(subject: _Subject, settings: DemoSettings, device: torch.device, out: Path,
                 progress: bool) -> tuple[list[dict], Path]:
     import openradio
-    from openradio.commands.bench import write_csv
+    from openradio.eval.throughput import write_rows_csv
     from openradio.eval.throughput import bench_model
 
     # backbone only: the timm baseline has no adaptor heads either
     model = openradio.radio_model(str(subject.checkpoint), progress=False).to(device).eval()
     rows = bench_model(model, list(settings.bench_resolutions), batch_size=settings.bench_batch_size,
                        baseline="timm", iters=settings.bench_iters, warmup=1, device=device, progress=progress)
-    return rows, write_csv(rows, out / "throughput.csv")
+    return rows, write_rows_csv(rows, out / "throughput.csv")
 
 
 def _read_metrics(path: Path) -> list[dict]:
@@ -560,7 +464,8 @@ def _plot_training(metrics: list[dict], path: Path) -> Path:
     """One panel per partition (feature and summary losses per teacher) and one for the total loss."""
     cols = [c for c in metrics[0] if c.count("/") == 2]
     parts = list(dict.fromkeys(c.split("/")[0] for c in cols))
-    fig = _figure(460 * (len(parts) + 1), 420)
+    from openradio.viz.plots import new_figure, save_figure
+    fig = new_figure(460 * (len(parts) + 1), 420)
     steps = [_num(m["step"]) for m in metrics]
     colours = {}
     for j, part in enumerate(parts):
@@ -594,10 +499,7 @@ def _plot_training(metrics: list[dict], path: Path) -> Path:
     fig.suptitle("Training: feature losses (solid; MSE to PHI-S-normalised targets) and summary losses (dashed); "
                  "faint: every step, bold: running median")
     fig.tight_layout()
-    from openradio.atomicio import atomic_path
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    return path
+    return save_figure(fig, path)
 
 
 # -- report ------------------------------------------------------------------------------------------
@@ -705,7 +607,7 @@ def run_demo(out_dir: str | os.PathLike = "demo-report", steps: Optional[int] = 
         if version is not None:
             raise ValueError("--steps applies to the offline demo's training; a released --version is not trained")
         settings.steps = steps
-    dev = _device(device)
+    dev = pick_device(device)
     threads = torch.get_num_threads()
     if dev.type == "cpu" and settings.cpu_threads:
         torch.set_num_threads(int(settings.cpu_threads))

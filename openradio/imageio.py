@@ -46,6 +46,78 @@ class ImageLoadError(ValueError):
     """An image file exists but cannot be decoded (corrupt, truncated or not an image)."""
 
 
+def is_image_name(name: str) -> bool:
+    """An image file by its extension (hidden files excluded)."""
+    return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
+
+
+def list_images(source: Union[PathLike, Sequence[PathLike]], check_exists: bool = False) -> list[Path]:
+    """The image files named by ``source`` (the one listing used by training and evaluation).
+
+    * a directory: every image file below it (recursive, sorted by relative path, so the order,
+      and hence a sampler's permutation, is the same on every machine);
+    * a text file: one path per line (a ``path<TAB>label`` line counts by its first column),
+      relative paths taken from the list file's folder; blank lines and ``#`` lines ignored.
+      ``check_exists``: every listed file must exist (evaluation); training skips and counts a
+      missing one when it is loaded instead (a list may name millions);
+    * a sequence of paths: used as given.
+    """
+    import os
+
+    if not isinstance(source, (str, os.PathLike)):
+        paths = [Path(p) for p in source]
+        if not paths:
+            raise ValueError("the image list is empty; pass at least one image path")
+        return paths
+    src = Path(source)
+    if src.is_dir():
+        found: list[Path] = []
+        for root, dirs, files in os.walk(src, followlinks=True):
+            dirs.sort()
+            found += [Path(root) / f for f in sorted(files) if is_image_name(f)]
+        if not found:
+            raise ValueError(f"no images found under {src} (looked recursively for {', '.join(IMAGE_EXTENSIONS)})")
+        return found
+    if src.is_file():
+        if is_image_name(src.name):
+            raise ValueError(f"{src} is an image, not a folder or a file list; pass the folder that holds it "
+                             "or a text file listing image paths one per line")
+        paths = []
+        with open(src, encoding="utf-8") as f:
+            for line in f:
+                line = line.strip()
+                if not line or line.startswith("#"):
+                    continue
+                p = Path(line.split("\t")[0].strip()).expanduser()
+                paths.append(p if p.is_absolute() else src.parent / p)
+        if not paths:
+            raise ValueError(f"file list {src} names no images (one path per line, relative to {src.parent})")
+        if check_exists:
+            missing = [str(p) for p in paths if not p.is_file()]
+            if missing:
+                raise FileNotFoundError(f"{len(missing)} image(s) listed in {src} do not exist, e.g. {missing[0]!r}")
+        return paths
+    raise FileNotFoundError(f"data not found: {src} (expected an image folder or a file list)")
+
+
+def expand_image_args(items: Sequence[str]) -> list[Path]:
+    """Image arguments of a command: files as given, directories expanded to the image files
+    directly inside them (sorted)."""
+    paths: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir() if is_image_name(q.name) and q.is_file())
+            if not found:
+                raise ValueError(f"directory {p} contains no images ({', '.join(IMAGE_EXTENSIONS)})")
+            paths += found
+        elif p.exists():
+            paths.append(p)
+        else:
+            raise FileNotFoundError(f"image not found: {p}")
+    return paths
+
+
 def image_to_tensor(image) -> Tensor:
     """Convert a PIL image or an ``(H, W[, C])`` uint8/float array to a float ``(3, H, W)`` tensor in [0, 1].
 

@@ -61,6 +61,20 @@ def _file_preferred(args, path: Path) -> Optional[Resolution]:
     return None
 
 
+def resolve_checkpoint(version: str, progress: bool = True) -> tuple[Path, Optional[Version]]:
+    """The checkpoint file of a local path or a released name (downloaded once into torch.hub's
+    cache), with the release's settings (None for a local file). Errors name what to do."""
+    if os.path.isfile(version):
+        return Path(version), None
+    if version in VERSIONS:
+        info = VERSIONS[version]
+        return download_checkpoint(info, progress=progress), info
+    if any(sep in version for sep in ("/", os.sep)) or version.endswith((".pth", ".tar", ".pt")):
+        raise FileNotFoundError(f"checkpoint file not found: {version}")
+    get_version(version)  # raises with the list of known versions
+    raise AssertionError("unreachable")
+
+
 def radio_model(version: str = "", progress: bool = True, adaptor_names: Optional[Sequence[str] | str] = None,
                 vitdet_window_size: Optional[int] = None, return_checkpoint: bool = False,
                 text_towers: bool | str = "lazy", **kwargs) -> RADIOModel:
@@ -84,7 +98,6 @@ def radio_model(version: str = "", progress: bool = True, adaptor_names: Optiona
     version = version or DEFAULT_VERSION
     if isinstance(adaptor_names, str):
         adaptor_names = [adaptor_names]
-    info: Optional[Version] = None
     from openradio.hf import is_hf_reference, load_hf
     if is_hf_reference(version):
         model = load_hf(version, adaptor_names=adaptor_names, vitdet_window_size=vitdet_window_size)
@@ -92,19 +105,10 @@ def radio_model(version: str = "", progress: bool = True, adaptor_names: Optiona
             from openradio.text import attach_text_towers
             attach_text_towers(model, lazy=text_towers == "lazy")
         return (model, None) if return_checkpoint else model
-    if os.path.isfile(version):
-        path = Path(version)
-    elif version in VERSIONS:
-        info = VERSIONS[version]
-        if vitdet_window_size is not None and not info.supports_vitdet:
-            raise ValueError(f"vitdet_window_size is not supported for {version}. "
-                             "Please set it to None or use a different version.")
-        path = download_checkpoint(info, progress=progress)
-    elif any(sep in version for sep in ("/", os.sep)) or version.endswith((".pth", ".tar", ".pt")):
-        raise FileNotFoundError(f"checkpoint file not found: {version}")
-    else:
-        get_version(version)  # raises with the list of known versions
-        raise AssertionError("unreachable")
+    if version in VERSIONS and vitdet_window_size is not None and not VERSIONS[version].supports_vitdet:
+        raise ValueError(f"vitdet_window_size is not supported for {version}. "
+                         "Please set it to None or use a different version.")
+    path, info = resolve_checkpoint(version, progress=progress)
 
     chk = load_checkpoint_file(path)
     state, is_ema = select_state(chk)

@@ -24,7 +24,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-from openradio.devices import module_device
+from openradio.runtime import module_device
 
 __all__ = [
     "TextTower",

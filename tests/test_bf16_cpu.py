@@ -7,52 +7,52 @@ import warnings
 import pytest
 import torch
 
-from openradio import devices
+from openradio import runtime
 
 
 @pytest.fixture(autouse=True)
 def fresh_warning_state(monkeypatch):
-    monkeypatch.setattr(devices, "_WARNED_SLOW_BF16", False)
+    monkeypatch.setattr(runtime, "_WARNED_SLOW_BF16", False)
 
 
 @pytest.mark.parametrize("flags,native", [({"avx2", "fma"}, False), ({"avx2", "avx512f"}, False),
                                           ({"avx512f", "avx512_bf16"}, True), ({"avx2", "amx_bf16", "amx_tile"}, True)])
 def test_native_bf16_detection_from_cpu_flags(monkeypatch, flags, native):
-    monkeypatch.setattr(devices, "_cpu_flags", lambda: flags)
-    assert devices.cpu_has_native_bf16() is native
+    monkeypatch.setattr(runtime, "_cpu_flags", lambda: flags)
+    assert runtime.cpu_has_native_bf16() is native
 
 
 def test_this_avx2_machine_warns_once(monkeypatch):
-    monkeypatch.setattr(devices, "_cpu_flags", lambda: {"avx2", "fma"})
+    monkeypatch.setattr(runtime, "_cpu_flags", lambda: {"avx2", "fma"})
     with pytest.warns(UserWarning, match=r"bf16 autocast on this CPU .* float32") as rec:
-        with devices.autocast(torch.device("cpu"), True):
+        with runtime.autocast(torch.device("cpu"), True):
             torch.ones(2, 2) @ torch.ones(2, 2)
     assert len([w for w in rec if "bf16" in str(w.message)]) == 1
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a second use says nothing more
-        with devices.autocast(torch.device("cpu"), True):
+        with runtime.autocast(torch.device("cpu"), True):
             y = torch.ones(2, 2) @ torch.ones(2, 2)
     assert y.dtype == torch.bfloat16  # autocast is still applied: the warning does not change results
 
 
 def test_native_bf16_cpu_and_amp_off_are_silent(monkeypatch):
-    monkeypatch.setattr(devices, "_cpu_flags", lambda: {"avx512_bf16"})
+    monkeypatch.setattr(runtime, "_cpu_flags", lambda: {"avx512_bf16"})
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        with devices.autocast(torch.device("cpu"), True):
+        with runtime.autocast(torch.device("cpu"), True):
             pass
-        monkeypatch.setattr(devices, "_cpu_flags", lambda: {"avx2"})
-        with devices.autocast(torch.device("cpu"), False):
+        monkeypatch.setattr(runtime, "_cpu_flags", lambda: {"avx2"})
+        with runtime.autocast(torch.device("cpu"), False):
             y = torch.ones(2, 2) @ torch.ones(2, 2)
     assert y.dtype == torch.float32
-    assert not devices.slow_bf16(torch.device("cuda"))
+    assert not runtime.slow_bf16(torch.device("cuda"))
 
 
 def test_amp_flag_prints_one_warning_line(monkeypatch, tmp_path, tiny_checkpoint, capsys):
     from PIL import Image
 
     from openradio.cli import main
-    monkeypatch.setattr(devices, "_cpu_flags", lambda: {"avx2"})
+    monkeypatch.setattr(runtime, "_cpu_flags", lambda: {"avx2"})
     img = tmp_path / "a.png"
     Image.new("RGB", (40, 32), (90, 120, 200)).save(img)
     rc = main(["features", str(img), "--version", str(tiny_checkpoint), "--device", "cpu", "--amp",

@@ -10,7 +10,7 @@ import torch
 
 import openradio
 from openradio.cli import main
-from openradio.commands.features import read_features
+from openradio.feature_files import read_features
 from openradio.imageio import load_image
 from openradio.viz.features import prepare_input
 

@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from openradio.distill.data import (BatchStream, ImageListDataset, ResumableSampler, SampleKey, build_dataset,
-                                    collate_skip_none, list_images, make_loader, make_train_transform, sample_seed)
+                                    collate_skip_none, make_loader, make_train_transform)
+from openradio.distill.sampling import sample_seed
+from openradio.imageio import list_images
 
 
 @functools.lru_cache(maxsize=1)

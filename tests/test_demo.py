@@ -31,10 +31,20 @@ SMALL = dict(mode_switch_resolutions=(64, 96, 128), viz_resolutions=(64, 128), v
 
 
 # -- sample photographs --------------------------------------------------------------------------------
-def test_embedded_recipe_matches_configs_tiny():
-    # the demo embeds the recipe (configs/ is not installed with the package): keep both in step
-    assert tiny_recipe() == yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text()), \
-        "configs/tiny.yaml changed: copy it into openradio/demo.py's TINY_RECIPE_YAML"
+def test_demo_reads_the_shipped_recipe_which_is_package_data():
+    """One tiny recipe: the repository's configs/ is the package's openradio/configs/, which the
+    package ships (so an installed demo reads the same file)."""
+    import tomllib
+
+    from openradio.distill.config import shipped_recipe
+    assert (REPO / "configs").resolve() == (REPO / "openradio" / "configs").resolve()
+    assert shipped_recipe("tiny") == (REPO / "openradio" / "configs" / "tiny.yaml")
+    assert tiny_recipe() == yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
+    data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    assert "configs/*.yaml" in data["openradio"]
+    with pytest.raises(FileNotFoundError, match="shipped: radio_v2.5-b, radio_v2.5-l, tiny"):
+        shipped_recipe("nope")
+    assert "TINY_RECIPE_YAML" not in (REPO / "openradio" / "demo.py").read_text()
 
 
 def test_sample_split_is_disjoint_real_rgb_and_capped(tmp_path):

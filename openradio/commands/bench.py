@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
-from pathlib import Path
 
 HELP = "measure inference throughput per resolution against a baseline run in the same process"
 EXAMPLES = """\
@@ -39,29 +37,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, metavar="FILE.csv", help="also write the rows as CSV")
 
 
-def write_csv(rows: list[dict], path: str | Path) -> Path:
-    """Write :func:`openradio.eval.throughput.bench_model` rows as CSV (columns: the union of keys)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fields: list[str] = []
-    for r in rows:
-        fields += [k for k in r if k not in fields]
-    from openradio.atomicio import atomic_path
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        w.writerows(rows)
-    return path
-
-
 def run(args: argparse.Namespace) -> int:
     import openradio
-    from openradio.cli import CLIError, pick_device
-    from openradio.commands.features import parse_adaptors
-    from openradio.commands.viz import parse_resolutions
-    from openradio.eval.throughput import bench_model, format_table
+    from openradio.cli import CLIError, parse_adaptors
+    from openradio.runtime import parse_int_list, pick_device
+    from openradio.eval.throughput import bench_model, format_table, write_rows_csv
 
-    resolutions = parse_resolutions(args.resolutions)
+    resolutions = parse_int_list(args.resolutions, "--resolutions") if args.resolutions else None
     for flag in ("batch_size", "iters"):
         if getattr(args, flag) < 1:
             raise CLIError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
@@ -85,5 +67,5 @@ def run(args: argparse.Namespace) -> int:
           f"{args.warmup} warm-up; speed ratio = median of per-pair baseline time / model time")
     print(format_table(rows))
     if args.out:
-        print(f"wrote {write_csv(rows, args.out)}")
+        print(f"wrote {write_rows_csv(rows, args.out)}")
     return 0

@@ -10,13 +10,12 @@ and ``<output>`` is ``backbone`` or an adaptor name. The file's metadata holds, 
 JSON-encoded string: ``format``, ``version``, ``feature_fmt`` ("NCHW"), ``adaptors``,
 ``outputs``, ``resolution`` (per image: the model input ``[height, width]``), ``images``
 (per image: the source path), ``requested_resolution``, ``square``, ``vitdet_window``,
-``amp``. :func:`read_features` reads it back.
+``amp``. :func:`openradio.feature_files.read_features` reads it back.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -53,17 +52,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="FILE.safetensors", help="output file")
 
 
-def parse_adaptors(values: Sequence[str] | None) -> list[str]:
-    """``--adaptor a --adaptor b,c`` -> ['a', 'b', 'c'] (order kept, duplicates dropped)."""
-    out: list[str] = []
-    for v in values or []:
-        for name in v.split(","):
-            name = name.strip()
-            if name and name not in out:
-                out.append(name)
-    return out
-
-
 def unique_stems(paths: Sequence[Path]) -> list[str]:
     """File stems, made unique with ``_1``, ``_2``... ('/' cannot occur in a stem, so keys stay
     ``stem/output/kind``)."""
@@ -80,24 +68,6 @@ def unique_stems(paths: Sequence[Path]) -> list[str]:
     return out
 
 
-def read_features(path: str | os.PathLike) -> tuple[dict[str, dict[str, dict[str, "object"]]], dict]:
-    """Read a file written by ``openradio features``: ``({image: {output: {'summary', 'features'}}}, metadata)``."""
-    from safetensors import safe_open
-
-    nested: dict = {}
-    with safe_open(str(path), framework="pt") as f:
-        meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
-        for key in f.keys():
-            image, output, kind = key.rsplit("/", 2)
-            nested.setdefault(image, {}).setdefault(output, {})[kind] = f.get_tensor(key)
-    return nested, meta
-
-
-def _autocast(device, amp: bool):
-    from openradio.devices import autocast
-    return autocast(device, amp)
-
-
 def _check_out(out: Path) -> None:
     from openradio.cli import CLIError
 
@@ -112,10 +82,10 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     import openradio
-    from openradio.cli import CLIError, pick_device
-    from openradio.commands.viz import expand_images
-    from openradio.imageio import load_image
-    from openradio.viz.features import default_resolution, prepare_input, supported_resolution
+    from openradio.cli import CLIError, parse_adaptors
+    from openradio.imageio import expand_image_args, load_image
+    from openradio.runtime import autocast, default_resolution, pick_device, supported_resolution
+    from openradio.viz.features import prepare_input
 
     if args.batch_size < 1:
         raise CLIError(f"--batch-size must be at least 1, got {args.batch_size}")
@@ -126,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError("'backbone' is always stored; --adaptor takes teacher adaptor names (e.g. clip, sam)")
     out = Path(args.out)
     _check_out(out)
-    images = expand_images(args.images)
+    images = expand_image_args(args.images)
     # decode every image before any model work, so a bad file fails fast and names itself
     for path in tqdm(images, desc="checking images", unit="image", disable=len(images) < 16 or args.no_progress):
         load_image(path)
@@ -149,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         if not items:
             return
         x = torch.stack([t for _, t in items]).to(device)
-        with torch.inference_mode(), _autocast(device, args.amp):
+        with torch.inference_mode(), autocast(device, args.amp):
             y = model(x, feature_fmt="NCHW")
         outs = y if isinstance(y, dict) else {"backbone": y}
         for i, (stem, _) in enumerate(items):

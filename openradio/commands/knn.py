@@ -27,8 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from openradio import radio_model
-    from openradio.cli import pick_device
-    from openradio.eval.data import model_label, read_labelled_images, supported_resolution, write_csv
+    from openradio.runtime import pick_device
+    from openradio.eval.data import read_labelled_images, write_csv
+    from openradio.runtime import model_label, supported_resolution
     from openradio.eval.knn import evaluate_knn
 
     device = pick_device(args.device)

@@ -40,11 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 # Teacher-config keys taken from the checkpoint's args.teachers entry; the rest of that entry (head
 # versions, token slots, ...) describes the student's adaptor, not the teacher network.
-TEACHER_KEYS = ("name", "type", "model", "pretrained", "input_size")
-
-
 def teacher_config(conf: dict, args: argparse.Namespace, adaptor=None) -> dict:
     """The teacher config: the checkpoint's entry with the CLI overrides applied."""
+    from openradio.eval.mode_switch import TEACHER_KEYS
     conf = {k: v for k, v in dict(conf).items() if k in TEACHER_KEYS}
     conf.setdefault("name", args.teacher)
     if args.teacher_model:
@@ -62,14 +60,15 @@ def teacher_config(conf: dict, args: argparse.Namespace, adaptor=None) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from openradio import radio_model
-    from openradio.cli import pick_device
-    from openradio.eval.data import list_images, model_label
+    from openradio.runtime import pick_device
+    from openradio.imageio import list_images
+    from openradio.runtime import model_label
     from openradio.eval.mode_switch import (parse_resolution_range, plot_mode_switch, run_mode_switch,
                                             write_mode_switch_csv)
 
     device = pick_device(args.device)
     progress = not args.no_progress
-    paths = list_images(args.data)
+    paths = list_images(args.data, check_exists=True)
     if args.num_images and len(paths) > args.num_images:
         paths = sorted(random.Random(args.seed).sample(paths, args.num_images))
     out_dir = Path(args.out)

@@ -49,8 +49,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from openradio import radio_model
-    from openradio.cli import pick_device
-    from openradio.eval.data import model_label, read_classnames, supported_resolution, write_csv
+    from openradio.runtime import pick_device
+    from openradio.eval.data import read_classnames, write_csv
+    from openradio.runtime import model_label, supported_resolution
 
     device = pick_device(args.device)
     progress = not args.no_progress

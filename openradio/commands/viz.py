@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import re
 from pathlib import Path
 
 HELP = "colour images' spatial features by robust PCA (side-by-side PNGs, resolution strips, model grids)"
@@ -40,55 +39,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="height of each panel in strips (grids use 2/3 of it)")
 
 
-def parse_resolutions(text: str | None) -> list[int] | None:
-    from openradio.cli import CLIError
-
-    if text is None:
-        return None
-    try:
-        values = [int(t) for t in text.replace(" ", "").split(",") if t]
-    except ValueError:
-        raise CLIError(f"--resolutions must be comma-separated integers like 512,768,1024, got {text!r}") from None
-    if not values or any(v < 1 for v in values):
-        raise CLIError(f"--resolutions needs positive pixel sizes like 512,768,1024, got {text!r}")
-    return values
-
-
-def expand_images(items: list[str]) -> list[Path]:
-    """Files as given; directories expanded to the image files directly inside them (sorted)."""
-    from openradio.cli import CLIError
-    from openradio.imageio import IMAGE_EXTENSIONS
-
-    paths: list[Path] = []
-    for item in items:
-        p = Path(item)
-        if p.is_dir():
-            found = sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_EXTENSIONS and q.is_file())
-            if not found:
-                raise CLIError(f"directory {p} contains no images ({', '.join(IMAGE_EXTENSIONS)})")
-            paths += found
-        elif p.exists():
-            paths.append(p)
-        else:
-            raise CLIError(f"image not found: {p}")
-    return paths
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "x"
-
-
-def model_label(version: str) -> str:
-    """A short, file-name-safe label: a released name as is, a checkpoint path by its file name."""
-    p = Path(version)
-    name = p.name
-    for suffix in (".pth.tar", ".pth", ".pt", ".safetensors", ".tar"):
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    return _safe(name)
-
-
 def _unique(names: list[str]) -> list[str]:
     seen: dict[str, int] = {}
     out = []
@@ -103,7 +53,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from openradio.cli import CLIError, pick_device
+    from openradio.cli import CLIError
+    from openradio.imageio import expand_image_args
+    from openradio.runtime import model_label, parse_int_list, pick_device, safe_name
     import numpy as np
 
     from openradio.imageio import load_image, resize_center_crop, tensor_to_uint8
@@ -111,15 +63,15 @@ def run(args: argparse.Namespace) -> int:
     from openradio.viz.pca import pca_rgb
     from openradio.viz.render import model_grid, resolution_strip, side_by_side
 
-    requested = parse_resolutions(args.resolutions)
+    requested = parse_int_list(args.resolutions, "--resolutions") if args.resolutions is not None else None
     if args.skip_components < 0:
         raise CLIError("--skip-components must be >= 0")
     if args.panel_height < 16:
         raise CLIError("--panel-height must be at least 16 pixels")
-    images = expand_images(args.images)
+    images = expand_image_args(args.images)
     for path in images:  # fail before loading any model if an image is unreadable
         load_image(path)
-    stems = _unique([_safe(p.stem) for p in images])
+    stems = _unique([safe_name(p.stem) for p in images])
     labels = _unique([model_label(v) for v in args.version])
     out = Path(args.out)
     device = pick_device(args.device)

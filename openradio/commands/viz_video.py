@@ -33,7 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from openradio.cli import CLIError, pick_device
+    from openradio.cli import CLIError
+    from openradio.runtime import pick_device
     from openradio.extras import require
 
     require("av", "openradio viz-video")  # before any model is loaded

@@ -45,13 +45,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from openradio import radio_model
-    from openradio.cli import CLIError, pick_device
-    from openradio.eval.data import model_label, parse_int_list, read_classnames, read_labelled_images
+    from openradio.cli import CLIError
+    from openradio.runtime import pick_device
+    from openradio.eval.data import read_classnames, read_labelled_images
+    from openradio.runtime import model_label, parse_int_list
     from openradio.eval.zero_shot import (evaluate_zero_shot, get_templates, write_zero_shot_report,
                                           zero_shot_classifier)
     from openradio.text import attach_text_tower, text_tower_problem, text_tower_source
 
-    resolutions = parse_int_list(args.resolutions)
+    resolutions = parse_int_list(args.resolutions, "--resolutions")
     device = pick_device(args.device)
     data = read_labelled_images(args.data, read_classnames(args.classnames))
     templates = get_templates(args.templates)

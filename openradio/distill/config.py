@@ -167,6 +167,18 @@ class TrainConfig:
 
 
 # -- construction from plain data ------------------------------------------------------------------
+def shipped_recipe(name: str) -> Path:
+    """A recipe shipped with the package (``openradio/configs/<name>.yaml``: tiny, radio_v2.5-b,
+    radio_v2.5-l); the repository's ``configs/`` is the same folder."""
+    from importlib import resources
+
+    path = Path(str(resources.files("openradio") / "configs" / f"{name.removesuffix('.yaml')}.yaml"))
+    if not path.is_file():
+        known = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise FileNotFoundError(f"no shipped recipe {name!r}; shipped: {', '.join(known)}")
+    return path
+
+
 class ConfigError(ValueError):
     """A mistake in a config, located by its dotted path (``stages.0.partitions.1.resolution``).
 

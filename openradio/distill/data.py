@@ -41,102 +41,28 @@ import torch
 from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
-from openradio.imageio import IMAGE_EXTENSIONS, ImageLoadError, load_image
+from openradio.distill.sampling import apply_transform, sample_seed
+from openradio.imageio import ImageLoadError, list_images, load_image
 
 __all__ = [
     "SampleKey",
-    "sample_seed",
-    "list_images",
     "RandomResizedCropFlip",
     "make_train_transform",
-    "apply_transform",
     "ImageListDataset",
     "collate_skip_none",
     "ResumableSampler",
     "make_loader",
     "build_dataset",
     "BatchStream",
-    "gather_states",
 ]
 
 logger = logging.getLogger("openradio.data")
 PathLike = Union[str, Path]
 
-_MASK64 = (1 << 64) - 1
-
-
-def _splitmix64(x: int) -> int:
-    # A well-mixed 64-bit hash step: nearby inputs (index 7 vs 8) give unrelated outputs.
-    x = (x + 0x9E3779B97F4A7C15) & _MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return x ^ (x >> 31)
-
-
-def sample_seed(*parts: int) -> int:
-    """A 63-bit seed from integers, e.g. ``sample_seed(seed, epoch, index)``.
-
-    Hashing (rather than ``seed + epoch``) keeps streams apart: ``(seed=1, epoch=0)`` and
-    ``(seed=0, epoch=1)`` get unrelated seeds.
-    """
-    h = 0x6A09E667F3BCC908
-    for p in parts:
-        h = _splitmix64(h ^ (int(p) & _MASK64))
-    return h & ((1 << 63) - 1)
-
-
 class SampleKey(NamedTuple):
     """What :class:`ResumableSampler` yields: the item index and the epoch it is drawn in."""
     index: int
     epoch: int
-
-
-# -- image lists -----------------------------------------------------------------------------------
-def _is_image(name: str) -> bool:
-    return name.lower().endswith(IMAGE_EXTENSIONS)
-
-
-def list_images(source: Union[PathLike, Sequence[PathLike]]) -> list[Path]:
-    """The image files named by ``source``.
-
-    * a directory: every image file below it (recursive, by extension, sorted by relative path so
-      the order, and hence the sampler's permutation, is the same on every machine);
-    * a text file: one path per line, relative paths taken from the list file's folder; blank lines
-      and lines starting with ``#`` are ignored. Files are not checked here (a list may name
-      millions); a missing one is skipped and counted when it is loaded;
-    * a sequence of paths: used as given.
-    """
-    if not isinstance(source, (str, os.PathLike)):
-        paths = [Path(p) for p in source]
-        if not paths:
-            raise ValueError("the image list is empty; pass at least one image path")
-        return paths
-    src = Path(source)
-    if src.is_dir():
-        found: list[Path] = []
-        for root, dirs, files in os.walk(src, followlinks=True):
-            dirs.sort()
-            found += [Path(root) / f for f in sorted(files) if _is_image(f) and not f.startswith(".")]
-        if not found:
-            raise ValueError(f"no images found under {src} (looked recursively for {', '.join(IMAGE_EXTENSIONS)})")
-        return found
-    if src.is_file():
-        if _is_image(src.name):
-            raise ValueError(f"{src} is an image, not a folder or a file list; pass the folder that holds it "
-                             "or a text file listing image paths one per line")
-        base = src.parent
-        paths = []
-        with open(src, encoding="utf-8") as f:
-            for line in f:
-                line = line.strip()
-                if not line or line.startswith("#"):
-                    continue
-                p = Path(line).expanduser()
-                paths.append(p if p.is_absolute() else base / p)
-        if not paths:
-            raise ValueError(f"file list {src} names no images (one path per line, relative to {base})")
-        return paths
-    raise FileNotFoundError(f"image source not found: {src} (expected an image folder or a file list)")
 
 
 # -- augmentation ----------------------------------------------------------------------------------
@@ -234,22 +160,6 @@ def make_train_transform(size: Union[int, Sequence[int]], scale: Sequence[float]
     ``scale`` is the range of the crop's area as a fraction of the image (RADIO: 0.35 to 1).
     """
     return RandomResizedCropFlip(size, scale=scale, ratio=ratio, flip=flip, interpolation=interpolation)
-
-
-def apply_transform(transform: Optional[Callable], img: Tensor, seed: int) -> Tensor:
-    """Run ``transform(img)`` with randomness fixed by ``seed``.
-
-    Transforms that declare ``accepts_generator`` get their own ``torch.Generator``; any other
-    callable (e.g. a ``torchvision.transforms.v2.Compose``) runs under a forked global torch RNG
-    seeded with ``seed``, which leaves the caller's RNG untouched.
-    """
-    if transform is None:
-        return img
-    if getattr(transform, "accepts_generator", False):
-        return transform(img, generator=torch.Generator().manual_seed(seed))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return transform(img)
 
 
 # -- datasets --------------------------------------------------------------------------------------
@@ -569,8 +479,8 @@ class BatchStream:
 
     ``state_dict()``: map-style ``{'kind': 'sampler', 'sampler': ResumableSampler.state_dict(),
     'skipped': int}``; shards ``{'kind': 'shards', 'loader': ShardLoader.state_dict(),
-    'skipped': int}``. Each rank has its own state; gather them (:func:`gather_states`) into the
-    checkpoint and give each rank its own back.
+    'skipped': int}``. Each rank has its own state: the trainer keeps every rank's state in the
+    checkpoint and gives each rank its own back.
     """
 
     def __init__(self, dataset: Dataset, batch_size: int, sampler: Optional[ResumableSampler] = None,
@@ -647,18 +557,3 @@ class BatchStream:
         else:
             self.sampler.load_state_dict(state["sampler"])
         self.skipped = int(state.get("skipped", 0))
-
-
-def gather_states(state: Any) -> list:
-    """Every rank's ``state`` as a list indexed by rank (``[state]`` without torch.distributed).
-
-    A collective: all ranks must call it. Use it to put each rank's data position into the
-    checkpoint rank 0 writes; on resume, rank ``r`` loads entry ``r``.
-    """
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return [state]
-    out: list = [None] * dist.get_world_size()
-    dist.all_gather_object(out, state)
-    return out

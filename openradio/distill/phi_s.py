@@ -234,10 +234,6 @@ class PhiSEstimator(nn.Module):
         mean, tx = phi_s_matrix(mean, cov, hadamard_seed=hadamard_seed, **align)
         return mean, tx, phi_s_inverse(tx)
 
-    def reset(self) -> None:
-        for b in self.buffers():
-            b.zero_()
-
 
 class PhiSNormalizer(nn.Module):
     """PHI-S state for one teacher (at one teacher resolution) during training.

@@ -54,8 +54,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from openradio.distill.data import apply_transform, list_images, sample_seed
-from openradio.imageio import ImageLoadError, image_to_tensor
+from openradio.distill.sampling import apply_transform, sample_seed
+from openradio.imageio import ImageLoadError, image_to_tensor, list_images
 
 __all__ = [
     "SHARD_PATTERN",

@@ -195,7 +195,7 @@ class Trainer:
         """This partition's loss: every teacher's summary and feature terms, each weighted once (in
         ``distill_loss``) by the teacher's weight times its partition-layout scale."""
         if self.cfg.amp:
-            from openradio.devices import warn_if_slow_bf16
+            from openradio.runtime import warn_if_slow_bf16
             warn_if_slow_bf16(self.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp):
             out = self.model(images, feature_fmt="NCHW", vitdet_window=self._vitdet_window(images.shape[-1]))

@@ -1,5 +1,5 @@
 """Data plumbing shared by the evaluations: labelled image sets, the resize+centre-crop transform,
-same-shape batching, device/autocast selection, and small output helpers.
+same-shape batching and CSV output (running a model: :mod:`openradio.runtime`).
 
 Datasets come in two forms:
 
@@ -20,13 +20,12 @@ from typing import Iterable, Iterator, Optional, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from openradio.imageio import IMAGE_EXTENSIONS, ImageLoadError, load_image, resize_center_crop
+from openradio.imageio import IMAGE_EXTENSIONS, ImageLoadError, is_image_name, load_image, resize_center_crop
 
 __all__ = [
     "IMAGE_EXTENSIONS", "load_image", "resize_center_crop", "LabelledImages", "read_image_folder",
-    "read_image_list", "read_labelled_images", "read_classnames", "list_images", "ImageSetDataset", "collate_same_shape",
-    "iterate_batches", "autocast_context", "supported_resolution", "select_output", "parse_int_list",
-    "model_label", "write_csv",
+    "read_image_list", "read_labelled_images", "read_classnames", "ImageSetDataset", "collate_same_shape",
+    "iterate_batches", "write_csv",
 ]
 
 # ----------------------------------------------------------------------------------------------------------
@@ -49,10 +48,6 @@ class LabelledImages:
         return len(self.classnames)
 
 
-def _is_image(p: Path) -> bool:
-    return p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-
-
 def read_image_folder(root: str | os.PathLike) -> LabelledImages:
     root = Path(root)
     if not root.is_dir():
@@ -63,7 +58,7 @@ def read_image_folder(root: str | os.PathLike) -> LabelledImages:
                          "layout) or a list file with 'path<TAB>label' lines")
     paths, labels = [], []
     for idx, c in enumerate(classes):
-        files = sorted(p for p in (root / c).rglob("*") if _is_image(p))
+        files = sorted(p for p in (root / c).rglob("*") if is_image_name(p.name) and p.is_file())
         paths += files
         labels += [idx] * len(files)
     if not paths:
@@ -150,30 +145,6 @@ def read_classnames(spec: str | None) -> list[str] | None:
     return names
 
 
-def list_images(path: str | os.PathLike) -> list[Path]:
-    """Unlabelled image paths: every image under a folder (recursively, sorted), or the first column of a
-    list file (``path`` or ``path<TAB>label`` lines, relative to the file's folder)."""
-    path = Path(path)
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if _is_image(p))
-        if not files:
-            raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {str(path)!r}")
-        return files
-    if path.is_file():
-        out = []
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.strip() and not line.lstrip().startswith("#"):
-                p = Path(line.split("\t")[0].strip())
-                out.append(p if p.is_absolute() else path.parent / p)
-        if not out:
-            raise ValueError(f"list file {str(path)!r} names no images")
-        missing = [str(p) for p in out if not p.is_file()]
-        if missing:
-            raise FileNotFoundError(f"{len(missing)} image(s) listed in {path} do not exist, e.g. {missing[0]!r}")
-        return out
-    raise FileNotFoundError(f"data {str(path)!r} not found; pass an image folder or a list file")
-
-
 class ImageSetDataset(Dataset):
     """Loads each image and resizes/centre-crops it to ``resolution`` x ``resolution``."""
 
@@ -250,59 +221,6 @@ def iterate_batches(data: LabelledImages | Sequence[str | os.PathLike], resoluti
 
 # ----------------------------------------------------------------------------------------------------------
 # model running helpers
-
-
-def autocast_context(device: torch.device, amp: bool):
-    """bf16 autocast when asked (the official examples' ``--amp``), else a no-op."""
-    from openradio.devices import autocast
-    return autocast(device, amp)
-
-
-def supported_resolution(model: torch.nn.Module, res: int) -> int:
-    """The nearest square resolution the model accepts (multiples of patch size x ViTDet window)."""
-    fn = getattr(model, "get_nearest_supported_resolution", None)
-    if fn is None:
-        return int(res)
-    out = fn(res, res)
-    h, w = (out.height, out.width) if hasattr(out, "height") else out
-    return int(h)
-
-
-def select_output(out, adaptor: str | None):
-    """``RadioOutput`` of the backbone (``adaptor=None``/'backbone') or of an adaptor from a model call."""
-    if isinstance(out, dict):
-        key = adaptor or "backbone"
-        if key not in out:
-            raise KeyError(f"model output has no {key!r}; available: {sorted(out)} (load the model with "
-                           f"adaptor_names=[{key!r}])")
-        return out[key]
-    if adaptor not in (None, "backbone"):
-        raise KeyError(f"the model was loaded without adaptors, so {adaptor!r} outputs are not available; "
-                       f"load it with adaptor_names=[{adaptor!r}]")
-    return out
-
-
-def parse_int_list(text: str) -> list[int]:
-    """'224,432' -> [224, 432]."""
-    try:
-        vals = [int(t) for t in text.replace(" ", "").split(",") if t]
-    except ValueError:
-        raise ValueError(f"expected comma-separated integers like 224,432,768; got {text!r}") from None
-    if not vals or any(v <= 0 for v in vals):
-        raise ValueError(f"expected positive comma-separated integers like 224,432,768; got {text!r}")
-    return vals
-
-
-def model_label(version: str) -> str:
-    """A short column name for a model: released name as is, a checkpoint path by its file stem."""
-    p = Path(version)
-    if p.suffix in (".tar", ".pth", ".pt") or os.sep in version:
-        name = p.name
-        for suf in (".pth.tar", ".pth", ".pt", ".tar"):
-            if name.endswith(suf):
-                return name[: -len(suf)]
-        return name
-    return version
 
 
 def write_csv(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Sequence]) -> Path:

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from openradio.eval.data import LabelledImages, autocast_context, iterate_batches, select_output
+from openradio.eval.data import LabelledImages, iterate_batches
+from openradio.runtime import autocast, select_output
 
 __all__ = ["extract_embeddings", "knn_scores", "knn_predict", "KNNResult", "evaluate_knn"]
 
@@ -28,7 +29,7 @@ def extract_embeddings(model: torch.nn.Module, data: LabelledImages, resolution:
     embs: list[torch.Tensor] = [None] * len(data)  # type: ignore[list-item]
     for images, _, idx in tqdm(iterate_batches(data, resolution, batch_size, num_workers, skipped=[]),
                                total=-(-len(data) // batch_size), desc=desc, disable=not progress, unit="batch"):
-        with autocast_context(device, amp):
+        with autocast(device, amp):
             out = model(images.to(device, non_blocking=True))
         s = F.normalize(select_output(out, adaptor).summary.float(), dim=-1).cpu()
         for j, i in enumerate(idx.tolist()):

@@ -30,7 +30,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from openradio.eval.data import autocast_context, resize_center_crop, select_output, write_csv
+from openradio.eval.data import resize_center_crop, write_csv
+from openradio.runtime import autocast, select_output
+
+# the fields of a checkpoint teacher entry that say which teacher to build for the comparison
+TEACHER_KEYS = ("name", "type", "model", "pretrained", "input_size")
 
 __all__ = [
     "resolution_range", "parse_resolution_range", "teacher_resolution", "align_teacher", "FeatureAgreement",
@@ -209,7 +213,7 @@ def run_mode_switch(model: torch.nn.Module, teacher, adaptor: str, image_paths: 
                 warn_skipped([Path(image_paths[i]) for i in bad])
             if s_img is None:
                 continue
-            with autocast_context(device, amp):
+            with autocast(device, amp):
                 out = model(s_img.to(device), feature_fmt="NCHW")
                 t_out = teacher(t_img.to(device), resolution=t_res)
             s_feat = select_output(out, adaptor).features.float()
@@ -232,16 +236,12 @@ def plot_mode_switch(results: dict[str, Sequence[ModeSwitchRow]], path: str | os
                      teacher: str = "dino_v2", metric: str = "mse", size_px: tuple[int, int] = (1000, 600),
                      dpi: int = 100) -> Path:
     """PNG of the error against resolution, one line per model (the tech report's figure)."""
-    from openradio.extras import require
-
-    matplotlib = require("matplotlib", "plotting the mode-switch curve")
-    matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend needed
+    from openradio.viz.plots import new_figure, save_figure
 
     label = {"mse": "MSE", "cos_error": "1 - cosine similarity", "fidelity": "Fidelity (Var / MSE)"}
     if metric not in label:
         raise ValueError(f"unknown metric {metric!r}; use one of {sorted(label)}")
-    fig = Figure(figsize=(size_px[0] / dpi, size_px[1] / dpi), dpi=dpi)
+    fig = new_figure(size_px[0], size_px[1], dpi)
     ax = fig.add_subplot(1, 1, 1)
     for name, rows in results.items():
         xs = [r.resolution for r in rows]
@@ -253,9 +253,46 @@ def plot_mode_switch(results: dict[str, Sequence[ModeSwitchRow]], path: str | os
     ax.grid(True, alpha=0.3)
     ax.legend(title="Model")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    from openradio.atomicio import atomic_path
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=dpi, format="png")
-    return path
+    return save_figure(fig, path, dpi=dpi)
+
+
+MODE_SWITCH_TABLE_COLUMNS = ("teacher", "model", "resolution", "mse", "cos_error", "fidelity", "pred_variance",
+                             "teacher_variance")
+
+
+def write_mode_switch_table(results: dict[str, dict[str, Sequence[ModeSwitchRow]]], path: str | os.PathLike) -> Path:
+    """One CSV for several teachers and models: ``results[teacher][model] = rows``."""
+    rows = [[tname, label, r.resolution, f"{r.mse:.8g}", f"{r.cos_error:.8g}", f"{r.fidelity:.8g}",
+             f"{r.pred_variance:.8g}", f"{r.teacher_variance:.8g}"]
+            for tname, per_model in results.items() for label, rs in per_model.items() for r in rs]
+    return write_csv(path, MODE_SWITCH_TABLE_COLUMNS, rows)
+
+
+def plot_mode_switch_grid(results: dict[str, dict[str, Sequence[ModeSwitchRow]]], path: str | os.PathLike) -> Path:
+    """Two rows (MSE, 1 - cosine) x one column per teacher; one line per model, plus the MSE of
+    predicting each teacher channel's mean (the teacher's variance) for scale."""
+    from openradio.viz.plots import new_figure, save_figure
+
+    n = len(results)
+    fig = new_figure(520 * n + 80, 760)
+    for j, (tname, per_model) in enumerate(results.items()):
+        ax_mse = fig.add_subplot(2, n, j + 1)
+        ax_cos = fig.add_subplot(2, n, n + j + 1)
+        for k, (label, rows) in enumerate(per_model.items()):
+            xs = [r.resolution for r in rows]
+            style = dict(marker="o", markersize=3, linewidth=1.8, linestyle="-" if k == 0 else "--")
+            ax_mse.plot(xs, [r.mse for r in rows], label=label, **style)
+            ax_cos.plot(xs, [r.cos_error for r in rows], label=label, **style)
+        first = next(iter(per_model.values()))
+        ax_mse.plot([r.resolution for r in first], [r.teacher_variance for r in first], color="grey",
+                    linestyle=":", linewidth=1.2, label="predict the channel mean")
+        ax_mse.set_yscale("log")
+        ax_mse.set_title(f"{tname}: MSE to the teacher's features")
+        ax_cos.set_title(f"{tname}: 1 - cosine similarity")
+        for ax in (ax_mse, ax_cos):
+            ax.set_xlabel("input resolution (px)")
+            ax.grid(True, alpha=0.3, which="both")
+            ax.legend(fontsize=8)
+    fig.suptitle("Mode switching: student adaptor vs. teacher across input resolutions")
+    fig.tight_layout()
+    return save_figure(fig, path)

@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from openradio.eval.data import (IMAGE_EXTENSIONS, LabelledImages, autocast_context, iterate_batches, load_image,
-                                 select_output)
+from openradio.eval.data import IMAGE_EXTENSIONS, LabelledImages, iterate_batches, load_image
+from openradio.runtime import autocast, select_output
 
 __all__ = ["SegmentationSet", "read_segmentation_folder", "load_mask", "probe_segmentation", "SegProbeResult",
            "LinearSegHead",
@@ -96,7 +96,7 @@ def _extract_spatial(model, paths: Sequence[Path], resolution: int, *, batch_siz
     chunks = []
     for i in tqdm(range(0, len(paths), batch_size), desc=desc, disable=not progress, unit="batch"):
         x = _images_tensor(paths[i:i + batch_size], resolution).to(device)
-        with autocast_context(device, amp):
+        with autocast(device, amp):
             out = model(x, feature_fmt="NCHW")
         chunks.append(select_output(out, adaptor).features.float().cpu().to(torch.float16))
     return torch.cat(chunks)
@@ -251,7 +251,7 @@ def _extract_summaries(model, data: LabelledImages, resolution: int, *, adaptor,
     embs: list[torch.Tensor] = [None] * len(data)  # type: ignore[list-item]
     for images, _, idx in tqdm(iterate_batches(data, resolution, batch_size, num_workers),
                                total=-(-len(data) // batch_size), desc=desc, disable=not progress, unit="batch"):
-        with autocast_context(device, amp):
+        with autocast(device, amp):
             out = model(images.to(device))
         s = select_output(out, adaptor).summary.float().cpu()
         for j, i in enumerate(idx.tolist()):

@@ -16,14 +16,16 @@ calls by default (``stat='min'``: the least disturbed call).
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import time
+from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
 
 import torch
 from torch import nn
 
-from openradio.devices import module_device
+from openradio.runtime import autocast, module_device
 
 __all__ = ["measure_throughput", "measure_pair", "bench_model", "make_timm_baseline", "BASELINES", "format_table"]
 
@@ -149,11 +151,6 @@ def measure_pair(fn: Callable[[Any], Any], baseline_fn: Callable[[Any], Any], ma
 
 
 # -- RADIO benchmark ------------------------------------------------------------------------------
-def _autocast(device: torch.device, amp: bool):
-    from openradio.devices import autocast
-    return autocast(device, amp)
-
-
 def make_timm_baseline(model: nn.Module, height: int, width: int) -> nn.Module:
     """A plain timm ViT with the RADIO model's architecture (its backbone name and model_kwargs)
     at a fixed ``height x width`` input: learned position embedding, one class token, no registers,
@@ -237,7 +234,7 @@ def bench_model(model: nn.Module, resolutions: Sequence[int], *, batch_size: int
     mode = f"vitdet-{window}" if window is not None else "global"
 
     def radio_fn(x: torch.Tensor):
-        with _autocast(device, amp):
+        with autocast(device, amp):
             return model(x, vitdet_window=window)
 
     dtype = getattr(model, "dtype", torch.float32)
@@ -255,13 +252,13 @@ def bench_model(model: nn.Module, resolutions: Sequence[int], *, batch_size: int
             vit = None
             if baseline == "global":
                 def base_fn(x: torch.Tensor):
-                    with _autocast(device, amp):
+                    with autocast(device, amp):
                         return model(x, vitdet_window=None)
             elif baseline == "timm":
                 vit = make_timm_baseline(model, h, w)
 
                 def base_fn(x: torch.Tensor, vit=vit):
-                    with _autocast(device, amp):
+                    with autocast(device, amp):
                         return vit.forward_features(x.to(dtype))
             else:
                 base_fn = None
@@ -315,3 +312,14 @@ def format_table(rows: Iterable[dict]) -> str:
         if k == 0:
             out.append("  ".join("-" * wd for wd in widths))
     return "\n".join(out)
+
+
+def write_rows_csv(rows: list[dict], path: str | os.PathLike) -> Path:
+    """Write :func:`bench_model` rows as CSV (columns: the union of the rows' keys, first seen first)."""
+    from openradio.eval.data import write_csv
+
+    fields: list[str] = []
+    for r in rows:
+        fields += [k for k in r if k not in fields]
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return write_csv(path, fields, ([r.get(k, "") for k in fields] for r in rows))

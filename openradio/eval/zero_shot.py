@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from openradio.eval.data import (LabelledImages, autocast_context, iterate_batches, select_output,
-                                 supported_resolution, write_csv)
+from openradio.eval.data import LabelledImages, iterate_batches, write_csv
+from openradio.runtime import autocast, select_output, supported_resolution
 
 Template = Union[str, Callable[[str], str]]
 
@@ -181,7 +181,7 @@ def evaluate_zero_shot(model: torch.nn.Module, classifier: torch.Tensor, data: L
                                       total=-(-len(data) // batch_size), desc=f"zero-shot @{res}",
                                       disable=not progress, unit="batch"):
             images = images.to(device, non_blocking=True)
-            with autocast_context(device, amp):
+            with autocast(device, amp):
                 out = model(images)
             logits = zero_shot_logits(select_output(out, adaptor).summary.float(), classifier.to(device))
             a, b = topk_correct(logits, labels)

@@ -11,25 +11,19 @@ from typing import NamedTuple, Sequence
 import torch
 from torch import Tensor, nn
 
-from openradio.devices import module_device
+from openradio.runtime import autocast, default_resolution, module_device, supported_resolution
 from openradio.imageio import resize_center_crop, resize_to_multiple
 from openradio.viz.pca import PCAStats, fit_pca_on_maps, pca_rgb
 
 __all__ = [
     "FeatureImage",
     "model_device",
-    "default_resolution",
-    "supported_resolution",
     "prepare_input",
     "model_features",
     "visualize_image",
     "resolution_features",
     "colour_maps",
 ]
-
-# Inputs used when a model does not advertise a preferred resolution (e.g. loaded from a file).
-FALLBACK_RESOLUTION = 512
-
 
 class FeatureImage(NamedTuple):
     image: Tensor  # (3, H, W) model input in [0, 1]
@@ -38,23 +32,6 @@ class FeatureImage(NamedTuple):
 
 
 model_device = module_device
-
-
-def default_resolution(model: nn.Module) -> int:
-    """The model's preferred input side (its height for a (h, w) preference), else 512."""
-    pref = getattr(model, "preferred_resolution", None)
-    if pref is None:
-        return FALLBACK_RESOLUTION
-    if isinstance(pref, int):
-        return pref
-    return int(pref[0])
-
-
-def supported_resolution(model: nn.Module, resolution: int) -> int:
-    """``resolution`` rounded to the model's resolution step (``get_nearest_supported_resolution``)."""
-    if resolution < 1:
-        raise ValueError(f"resolution must be a positive number of pixels, got {resolution}")
-    return int(model.get_nearest_supported_resolution(resolution, resolution)[0])
 
 
 def prepare_input(image: Tensor, model: nn.Module, resolution: int, square: bool = False) -> Tensor:
@@ -70,11 +47,6 @@ def prepare_input(image: Tensor, model: nn.Module, resolution: int, square: bool
     return resize_to_multiple(image, resolution, int(model.min_resolution_step))
 
 
-def _autocast(device: torch.device, amp: bool):
-    from openradio.devices import autocast
-    return autocast(device, amp)
-
-
 def model_features(model: nn.Module, x: Tensor, adaptor: str | None = None, amp: bool = False) -> Tensor:
     """Spatial features ``(B, C, h, w)`` (float32) of a ``(B, 3, H, W)`` [0, 1] batch.
 
@@ -85,7 +57,7 @@ def model_features(model: nn.Module, x: Tensor, adaptor: str | None = None, amp:
     if x.ndim == 3:
         x = x[None]
     x = x.to(device=device, dtype=torch.float32)
-    with torch.inference_mode(), _autocast(device, amp):
+    with torch.inference_mode(), autocast(device, amp):
         out = model(x, feature_fmt="NCHW")
     if isinstance(out, dict):
         key = adaptor or "backbone"

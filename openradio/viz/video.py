@@ -24,7 +24,8 @@ from torch import Tensor, nn
 
 from openradio.extras import require
 from openradio.imageio import tensor_to_uint8
-from openradio.viz.features import default_resolution, model_features, prepare_input, supported_resolution
+from openradio.runtime import default_resolution, supported_resolution
+from openradio.viz.features import model_features, prepare_input
 from openradio.viz.pca import PCAStats, apply_pca, get_robust_pca, upsample_rgb
 
 __all__ = [

@@ -1,0 +1,69 @@
+"""The one home of the helpers every front room uses (openradio.runtime, openradio.imageio listing)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from openradio import runtime
+from openradio.imageio import expand_image_args, list_images
+from openradio.model.radio import RadioOutput
+
+
+def test_model_label_and_safe_names():
+    assert runtime.model_label("radio_v2.5-b") == "radio_v2.5-b"
+    assert runtime.model_label("/runs/a b/student.pth.tar") == "student"
+    assert runtime.model_label("runs/model.safetensors") == "model"
+    assert runtime.safe_name("a b/c?") == "a_b_c"
+
+
+def test_parse_int_list_names_the_argument():
+    assert runtime.parse_int_list("224, 432,768") == [224, 432, 768]
+    for bad in ("", "a,b", "0,16", "-16"):
+        with pytest.raises(ValueError, match="--resolutions must be"):
+            runtime.parse_int_list(bad, "--resolutions")
+
+
+class _Model(torch.nn.Module):
+    preferred_resolution = None
+
+    def get_nearest_supported_resolution(self, h, w):
+        return (round(h / 32) * 32, round(w / 32) * 32)
+
+
+def test_resolutions():
+    m = _Model()
+    assert runtime.default_resolution(m) == runtime.FALLBACK_RESOLUTION == 512
+    m.preferred_resolution = (768, 1024)
+    assert runtime.default_resolution(m) == 768
+    assert runtime.supported_resolution(m, 500) == 512
+    with pytest.raises(ValueError, match="positive"):
+        runtime.supported_resolution(m, 0)
+
+
+def test_select_output_and_device():
+    out = RadioOutput(torch.zeros(1), torch.zeros(1))
+    assert runtime.select_output(out, None) is out
+    assert runtime.select_output({"backbone": out, "clip": out}, "clip") is out
+    with pytest.raises(KeyError, match="adaptor_names"):
+        runtime.select_output({"backbone": out}, "sam")
+    with pytest.raises(KeyError, match="without adaptors"):
+        runtime.select_output(out, "sam")
+    assert runtime.pick_device("cpu") == torch.device("cpu")
+    assert runtime.pick_device(None).type in ("cpu", "cuda")
+
+
+def test_one_image_listing(tmp_path):
+    (tmp_path / "d" / "sub").mkdir(parents=True)
+    for rel in ("d/b.png", "d/a.jpg", "d/sub/c.webp", "d/.hidden.png", "d/notes.txt"):
+        (tmp_path / rel).write_bytes(b"x")
+    found = list_images(tmp_path / "d")
+    assert [p.relative_to(tmp_path / "d").as_posix() for p in found] == ["a.jpg", "b.png", "sub/c.webp"]
+    lst = tmp_path / "list.txt"
+    lst.write_text("d/a.jpg\t3\n# comment\n\nd/missing.png\n")
+    assert list_images(lst) == [tmp_path / "d/a.jpg", tmp_path / "d/missing.png"]
+    with pytest.raises(FileNotFoundError, match="1 image"):
+        list_images(lst, check_exists=True)
+    assert [p.name for p in expand_image_args([str(tmp_path / "d"), str(tmp_path / "d/sub/c.webp")])] == \
+        ["a.jpg", "b.png", "c.webp"]
+    with pytest.raises(FileNotFoundError, match="image not found"):
+        expand_image_args([str(tmp_path / "nope.png")])
