@@ -3,7 +3,7 @@
 A fixtures folder holds official-format checkpoints and ``expected.pt`` (layout
 ``radio-parity-fixtures/1``: inputs, and per checkpoint the cases with their official outputs).
 :func:`compare_fixtures` runs every case through :func:`openradio.radio_model` and yields one
-:class:`Comparison` per stored tensor. The test suite (``tests/test_parity.py``) and
+:class:`Comparison` per stored tensor. The test suite (``tests/parity/test_parity.py``) and
 ``openradio parity`` both use it, so there is one definition of "the same as the official".
 
 Bit equality of float32 outputs also depends on the CPU's kernels (BLAS code path, vector width

@@ -59,6 +59,7 @@ __all__ = [
 logger = logging.getLogger("openradio.data")
 PathLike = Union[str, Path]
 
+
 class SampleKey(NamedTuple):
     """What :class:`ResumableSampler` yields: the item index and the epoch it is drawn in."""
     index: int

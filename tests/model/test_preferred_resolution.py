@@ -11,7 +11,7 @@ import torch
 import openradio
 from openradio.versions import VERSIONS
 
-MINI = Path(__file__).resolve().parent / "fixtures" / "official-mini" / "tiny_radio_v25_norm.pth.tar"
+MINI = Path(__file__).resolve().parents[1] / "fixtures" / "official-mini" / "tiny_radio_v25_norm.pth.tar"
 
 
 def _rewrite(dst: Path, **args) -> Path:
@@ -46,7 +46,7 @@ def test_a_released_file_by_path_gets_its_versions_resolution(tmp_path):
 def test_nothing_recorded_is_none_as_documented():
     """As the official loader: a file that records no resolution has none (README says so)."""
     assert openradio.radio_model(str(MINI), progress=False).preferred_resolution is None
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     assert "`preferred_resolution` is `None`" in readme
 
 
@@ -54,5 +54,5 @@ def test_trainer_export_records_its_training_resolution(tmp_path):
     """The trainer's export writes args.preferred_resolution (the largest resolution of the last stage)."""
     from openradio.distill.student import preferred_resolution_of
     from openradio.distill.config import load_config
-    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml")
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml")
     assert preferred_resolution_of(cfg) == [128, 128]

@@ -14,7 +14,7 @@ from openradio.distill.config import load_config
 from openradio.distill.phi_s import PhiSNormalizer
 from openradio.distill.trainer import DistEnv, Trainer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # stage 1: student 64 px, DINOv2 at 56 (grids line up); stage 2: student 128 px, DINOv2 at 112
 TWO_STAGES = ("stages=[{steps: 6, partitions: [{name: a, resolution: 64, batch_size: 2, mosaic: [sam]}]},"
               " {steps: 6, partitions: [{name: b, resolution: 128, batch_size: 2}]}]")

@@ -8,7 +8,7 @@ import pytest
 
 from openradio.cli import COMMANDS, build_parser, main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _subparsers():

@@ -11,7 +11,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 OPTIONAL = ["av", "matplotlib", "tensorboard", "skimage", "sklearn", "transformers", "onnx", "onnxruntime"]
 
 # Makes the optional packages unimportable, as in a `pip install .` without extras (a None entry in

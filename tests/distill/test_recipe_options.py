@@ -14,7 +14,7 @@ from openradio.distill.mosaic import pack_mosaic
 from openradio.distill.student import apply_spectral_reparam, fold_spectral_reparam
 from openradio.distill.trainer import DistEnv, Trainer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ONE_PART = "stages.0.partitions=[{name: p, resolution: 64, batch_size: 2, mosaic: [sam]}]"
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PROBE = ("import sys, openradio.cli as c\n"
          "rc = c.main(sys.argv[1:])\n"
          "heavy = sorted(m for m in ('torch', 'timm', 'open_clip', 'numpy') if m in sys.modules)\n"

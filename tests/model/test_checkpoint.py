@@ -137,7 +137,7 @@ def test_vitdet_refused_for_versions_without_it():
 
 def test_torch_hub_local_entry_point(tiny_checkpoint):
     from pathlib import Path
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     m = torch.hub.load(str(repo), "radio_model", source="local", version=str(tiny_checkpoint),
                        adaptor_names=["clip"])
     assert isinstance(m, openradio.RADIOModel) and "clip" in m.adaptors and not m.training

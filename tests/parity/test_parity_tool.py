@@ -14,7 +14,7 @@ import torch
 from openradio import parity
 from openradio.cli import main as cli_main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CASE = "global_NLC/16x16"
 
 

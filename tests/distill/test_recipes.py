@@ -20,7 +20,7 @@ import openradio
 from openradio.distill.config import load_config
 from openradio.distill.trainer import DistEnv, Trainer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RECIPES = sorted(p.name for p in (REPO / "configs").glob("radio_*.yaml"))
 assert RECIPES, "no shipped recipes found in configs/"
 STEPS_PER_STAGE = 3

@@ -16,7 +16,7 @@ from openradio.distill.metrics import MetricsLogger, combine_rank_metrics
 from openradio.distill.optim import build_optimizer, build_scheduler, lr_factor
 from openradio.distill.runtime import DistEnv, seed_everything, wrap_model
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _cfg(tmp_path, *overrides):

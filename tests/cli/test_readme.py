@@ -10,7 +10,7 @@ import torch
 
 from _evalutils import make_tiny_text_model
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 README = (REPO / "README.md").read_text()
 
 

@@ -20,7 +20,7 @@ from openradio.distill.trainer import DistEnv, Trainer
 # every test here starts torchrun processes and trains: 35-76 s each on 2 cores (`make test-slow`)
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from openradio.distill.config import dump_config, load_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("recipe", ["tiny", "radio_v2.5-b", "radio_v2.5-l"])

@@ -12,7 +12,7 @@ import openradio
 from openradio.distill.config import load_config
 from openradio.distill.trainer import DistEnv, Trainer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from openradio.demo import DemoSettings, run_demo, tiny_recipe
 from openradio.sample_data import (EVAL_IMAGES, SAMPLE_IMAGES, available_images, load_sample_image,
                                    write_sample_images, write_sample_split)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 SMALL = dict(mode_switch_resolutions=(64, 96, 128), viz_resolutions=(64, 128), viz_images=1,
              bench_resolutions=(64,), bench_batch_size=2, bench_iters=1, eval_batch_size=4)

@@ -7,17 +7,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # the tests that took the longest on the 2-core development machine (seconds, measured with
 # `pytest --durations=0` on a busy machine): trainer 460, 240, 50; torchrun 35-76 each
-LONG = ["tests/test_trainer.py::test_resume_matches_uninterrupted_run",
-        "tests/test_trainer.py::test_tiny_recipe_learns_every_teacher_and_exports",
-        "tests/test_trainer.py::test_nonfinite_loss_skips_then_stops",
-        "tests/test_distributed.py::test_torchrun_max_restarts_recovers_a_killed_worker",
-        "tests/test_distributed.py::test_two_process_run_equals_one_process_with_same_global_batch[ddp]",
-        "tests/test_distributed.py::test_two_process_run_equals_one_process_with_same_global_batch[fsdp]",
-        "tests/test_distributed.py::test_two_partitions_on_different_ranks",
-        "tests/test_distributed.py::test_kill_minus_9_then_restart_matches_uninterrupted"]
+LONG = ["tests/distill/test_trainer.py::test_resume_matches_uninterrupted_run",
+        "tests/distill/test_trainer.py::test_tiny_recipe_learns_every_teacher_and_exports",
+        "tests/distill/test_trainer.py::test_nonfinite_loss_skips_then_stops",
+        "tests/distill/test_distributed.py::test_torchrun_max_restarts_recovers_a_killed_worker",
+        "tests/distill/test_distributed.py::test_two_process_run_equals_one_process_with_same_global_batch[ddp]",
+        "tests/distill/test_distributed.py::test_two_process_run_equals_one_process_with_same_global_batch[fsdp]",
+        "tests/distill/test_distributed.py::test_two_partitions_on_different_ranks",
+        "tests/distill/test_distributed.py::test_kill_minus_9_then_restart_matches_uninterrupted"]
 
 
 def _target(makefile: str, name: str) -> str:
@@ -41,7 +41,7 @@ def test_ci_runs_the_fast_and_the_slow_suite():
 
 def test_long_tests_are_marked_slow():
     p = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "slow",
-                        "tests/test_trainer.py", "tests/test_distributed.py"],
+                        "tests/distill/test_trainer.py", "tests/distill/test_distributed.py"],
                        capture_output=True, text=True, cwd=REPO, timeout=300)
     selected = {ln.strip() for ln in p.stdout.splitlines() if "::" in ln}
     missing = [t for t in LONG if t not in selected]
