@@ -39,3 +39,22 @@ def test_vitdet_flop_bound():
     assert bv.flops(1024, 768, 12, sched, None, 8) == 12 * (24 * 1032 * 768 ** 2 + 4 * 1032 ** 2 * 768)
     bound = [bv.flops(n, 768, 12, sched, None, 8) / bv.flops(n, 768, 12, sched, 16, 8) for n in (1024, 4096, 16384)]
     assert 1.0 < bound[0] < bound[1] < bound[2] < 12 / 4  # bounded by the global blocks' share
+
+
+def test_compare_flops_and_one_cell(tmp_path, capsys):
+    bc = _load("bench_compare")
+    sched = windowed_blocks(12, None, 4)
+    bv = _load("bench_vitdet")
+    n = (512 // 16) ** 2
+    embed = 2 * n * 3 * 16 * 16 * 768
+    for window in (None, 16):
+        assert bc.model_flops(768, 12, 16, 512, 2, 8, sched, window) == 2 * (embed + bv.flops(n, 768, 12, sched,
+                                                                                             window, 8))
+    ok, where = bc.native_bf16()
+    assert isinstance(ok, bool) and where
+    from openradio.eval.throughput import make_timm_baseline
+    model = openradio.radio_model(str(make_tiny_checkpoint(tmp_path / "m.pth.tar")), text_towers=False)
+    vit = make_timm_baseline(model, 64, 64)
+    bc.cell(model, vit, None, 64, 1, None, torch.float32, 1, 1e9, 1, 64, 4)
+    line = capsys.readouterr().out.strip().splitlines()[-1].split()
+    assert line[:5] == ["1", "64", "1", "global", "float32"] and line[6].startswith("x")
