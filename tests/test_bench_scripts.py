@@ -58,3 +58,13 @@ def test_compare_flops_and_one_cell(tmp_path, capsys):
     bc.cell(model, vit, None, 64, 1, None, torch.float32, 1, 1e9, 1, 64, 4)
     line = capsys.readouterr().out.strip().splitlines()[-1].split()
     assert line[:5] == ["1", "64", "1", "global", "float32"] and line[6].startswith("x")
+
+
+def test_gpu_script_parses_and_says_when_there_is_no_gpu():
+    import subprocess
+    import sys
+    subprocess.run(["bash", "-n", str(BENCH / "gpu.sh")], check=True)
+    if torch.cuda.is_available():
+        return
+    out = subprocess.run([sys.executable, str(BENCH / "bench_gpu.py")], capture_output=True, text=True, check=True)
+    assert "no CUDA device" in out.stdout
