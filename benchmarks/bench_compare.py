@@ -6,7 +6,8 @@ t(X) / t(openradio) (> 1: openradio is faster). Also printed per cell:
 
 * MFU: model FLOPs per second (matmuls of every block + patch embedding, counted from the
   shape: 24*N*D^2 + 4*N*L*D per block, L the keys a query sees) over the float32 matmul peak
-  measured in this run at the same thread count (best of several 2048^3 ``torch.mm``);
+  measured in the same rounds (a 2048^3 ``torch.mm`` timed next to each openradio call, so a
+  machine whose load changes still gives a fair ratio); median over rounds;
 * peak memory: the rise of the process's peak RSS (Linux ``VmHWM``, reset before the cell
   through /proc/self/clear_refs) while openradio runs the cell.
 
@@ -127,7 +128,8 @@ def main(argv=None) -> int:
             for threads in threads_list:
                 torch.set_num_threads(threads)
                 peak = matmul_peak()
-                print(f"# {threads} thread(s): float32 matmul peak {peak / 1e9:.1f} GFLOP/s (2048^3 torch.mm, best of 5)")
+                print(f"# {threads} thread(s): float32 matmul peak {peak / 1e9:.1f} GFLOP/s at the start "
+                      "(2048^3 torch.mm, best of 5; MFU uses the one measured in each cell's rounds)")
                 for res in [int(r) for r in a.resolutions.split(",")]:
                     vit = timm_for(res)
                     for bs in [int(b) for b in a.batches.split(",")]:
@@ -154,6 +156,8 @@ def cell(model, vit, hf, res, bs, window, dtype, rounds, peak, threads, dim, dep
         fns["timm"] = lambda: vit(x)
         if hf is not None:
             fns["hf"] = lambda: hf(pixel_values=x)
+    mm_a, mm_b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    fns["matmul"] = lambda: torch.mm(mm_a, mm_b)
     times = {k: [] for k in fns}
     names = list(fns)
     with torch.inference_mode(), ctx():
@@ -167,17 +171,21 @@ def cell(model, vit, hf, res, bs, window, dtype, rounds, peak, threads, dim, dep
         mem = _rss("VmHWM") - before
         for k in names[1:]:
             fns[k]()
+        names = [k for k in names if k != "matmul"]
         for r in range(rounds):
             for k in (names if r % 2 == 0 else names[::-1]):
+                if k == "openradio":  # the matmul peak right next to the model call
+                    times["matmul"].append(min(_t(fns["matmul"]) for _ in range(2)))
                 times[k].append(_t(fns[k]))
     t = statistics.median(times["openradio"])
     ratio = {k: statistics.median(b / o for b, o in zip(times[k], times["openradio"])) for k in names[1:]}
     fl = model_flops(dim, depth, 16, res, bs, model.num_summary_tokens, model._schedule(), window)
+    mfu = statistics.median(fl / o / (2 * 2048 ** 3 / m) for o, m in zip(times["openradio"], times["matmul"]))
     mode = "global" if window is None else f"vitdet-{window}"
     vs_t = f"x{ratio['timm']:.2f}" if "timm" in ratio else "-"
     vs_h = f"x{ratio['hf']:.2f}" if "hf" in ratio else "-"
     print(f"{threads:3d} {res:5d} {bs:3d} {mode:9} {str(dtype).replace('torch.', ''):8} {t * 1e3:12.0f} {vs_t:>8} "
-          f"{vs_h:>7} {100 * fl / t / peak:5.0f}% {mem / 2 ** 20:9.0f}", flush=True)
+          f"{vs_h:>7} {100 * mfu:5.0f}% {mem / 2 ** 20:9.0f}", flush=True)
 
 
 if __name__ == "__main__":
