@@ -68,8 +68,9 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("bench_gpu: no CUDA device here; nothing to run")
         return 0
-    import openradio
     from bench_compare import SHAPES, model_flops
+
+    import openradio
     from openradio.testing import make_tiny_checkpoint
 
     dim, depth, heads = SHAPES[a.shape]
@@ -99,7 +100,7 @@ def main() -> int:
         opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
         step_model = torch.compile(model, dynamic=False) if a.compile else model
 
-        def step():
+        def step(opt=opt):
             with torch.autocast("cuda", dtype=torch.bfloat16), flash_only():
                 out = step_model(x)
                 out = out["backbone"] if isinstance(out, dict) else out

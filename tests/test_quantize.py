@@ -18,9 +18,10 @@ def model(tmp_path_factory):
 
 
 def test_int8_close_to_float32_on_photographs(model):
-    from openradio.sample_data import load_sample_image
-    from PIL import Image
     import numpy as np
+    from PIL import Image
+
+    from openradio.sample_data import load_sample_image
     x = torch.stack([torch.from_numpy(np.array(Image.fromarray(load_sample_image(n)).convert("RGB")
                                                .resize((128, 96)))).permute(2, 0, 1).float() / 255
                      for n in ("chelsea", "coffee")])

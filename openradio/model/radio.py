@@ -238,7 +238,7 @@ class RADIOModel(nn.Module):
             xs.append(x)
         if not xs:
             return []
-        can_pack = supports_packing(self.blocks) and not (self.training and torch.is_grad_enabled())
+        can_pack = supports_packing(self.blocks) and not self.training  # no dropout in the packed path
         if packed is None:
             packed = can_pack
         if not packed or not can_pack or len(xs) == 1:
