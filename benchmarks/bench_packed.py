@@ -32,6 +32,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--vitdet-window", type=int, default=0, help="also time ViTDet with this window (0: no)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-tokens", type=int, default=0, help="also time packs of at most this many tokens (0: no)")
     a = ap.parse_args()
 
     import openradio
@@ -97,6 +98,8 @@ def run(model, hf, a) -> None:
                 "loop": lambda: [model(im[None], vitdet_window=win) for im in images],
                 "packed": lambda: model.forward_images(images, vitdet_window=win),
             }
+            if a.max_tokens:
+                fns["packs"] = lambda: model.forward_images(images, vitdet_window=win, max_tokens=a.max_tokens)
             if hf is not None and win is None:
                 fns["transformers"] = lambda: hf(pixel_values=hp, image_grid_hw=grid)
             times = {k: [] for k in fns}
@@ -118,6 +121,9 @@ def run(model, hf, a) -> None:
             line += f" | speed-up of packed: x{ratio('loop'):.2f} over the loop"
             if "transformers" in times:
                 line += f", x{ratio('transformers'):.2f} over transformers"
+            if "packs" in times:
+                line += (f"; packs of <= {a.max_tokens} tokens: x"
+                         f"{statistics.median(b / t for b, t in zip(times['loop'], times['packs'])):.2f} over the loop")
             print(line, flush=True)
 
 

@@ -55,6 +55,18 @@ def test_packed_images_do_not_see_each_other(model):
         assert same == (i != 1), i
 
 
+def test_packs_of_bounded_size_give_the_same_outputs(model):
+    images = _images()
+    with torch.no_grad():
+        whole = model.forward_images(images, vitdet_window=2)
+        parts = model.forward_images(images, vitdet_window=2, max_tokens=60)  # several packs
+    for a, b in zip(whole, parts):
+        assert (a["clip"].features - b["clip"].features).abs().max() <= 1e-5
+        assert (a["backbone"].summary - b["backbone"].summary).abs().max() <= 1e-5
+    with pytest.raises(ValueError, match="max_tokens"):
+        model.forward_images(images, max_tokens=0)
+
+
 def test_unpacked_fallback_and_bad_input(model):
     images = _images()[:2]
     with torch.no_grad():
