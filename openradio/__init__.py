@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 
 __version__ = "0.1.0"
-__all__ = ["radio_model", "RADIOModel", "RadioOutput", "Resolution", "versions"]
+__all__ = ["radio_model", "RADIOModel", "RadioOutput", "Resolution", "versions", "quantize_dynamic"]
 
 _LAZY = {
     "radio_model": ("openradio.loader", "radio_model"),
@@ -17,6 +17,7 @@ _LAZY = {
     "RadioOutput": ("openradio.model.radio", "RadioOutput"),
     "Resolution": ("openradio.model.radio", "Resolution"),
     "versions": ("openradio.versions", None),
+    "quantize_dynamic": ("openradio.quantize", "quantize_dynamic"),
 }
 
 

@@ -91,12 +91,17 @@ def verify_zip_checksums(path: str | os.PathLike) -> Optional[str]:
         return None  # not readable as a zip here: torch.load says why
 
 
-def safe_torch_load(path: str | os.PathLike, what: str = "PyTorch checkpoint") -> Any:
+def safe_torch_load(path: str | os.PathLike, what: str = "PyTorch checkpoint", mmap: bool = False) -> Any:
     """``torch.load(weights_only=True)`` (allow-list :data:`SAFE_GLOBALS`) after cheap checks, with
     every failure as a one-line :class:`CheckpointError`: an empty file, a file of another kind
     (image, JSON, text...), a zip whose checksums fail, a truncated file, or a pickle that asks for
     anything beyond tensors and plain containers (refused before any of it runs). The reader's own
-    message stays available as the exception's ``__cause__`` (``openradio --debug``)."""
+    message stays available as the exception's ``__cause__`` (``openradio --debug``).
+
+    ``mmap=True`` maps the tensors from the file (copy-on-write) instead of reading them into
+    memory: pages are read on first use, and a model built with ``build_radio(..., assign=True)``
+    keeps them as its weights, so loading needs no second copy. Files in the pre-1.6 (non-zip)
+    format cannot be mapped and are read normally."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found: {path}")
@@ -112,7 +117,7 @@ def safe_torch_load(path: str | os.PathLike, what: str = "PyTorch checkpoint") -
                               "changed in storage or transfer); fetch the file again")
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
     except pickle.UnpicklingError as e:
         detail = _unsafe_detail(str(e))
         if detail is None:
@@ -127,15 +132,16 @@ def safe_torch_load(path: str | os.PathLike, what: str = "PyTorch checkpoint") -
                               "delete it and fetch it again (openradio --debug shows the reader's message)") from e
 
 
-def load_checkpoint_file(path: str | os.PathLike) -> dict:
+def load_checkpoint_file(path: str | os.PathLike, mmap: bool = False) -> dict:
     """``torch.load(weights_only=True)`` with an allow-list: a pickle that asks to build any
     other object (and so could run code) is refused before anything in it runs. A file that is
     not a checkpoint at all (an image, JSON, an empty, truncated or bit-flipped file) or whose
-    weights are not floating point is one line saying so (see :func:`safe_torch_load`)."""
+    weights are not floating point is one line saying so (see :func:`safe_torch_load`; ``mmap``
+    as there)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    chk = safe_torch_load(path)
+    chk = safe_torch_load(path, mmap=mmap)
     if not isinstance(chk, dict) or "args" not in chk or not ("state_dict" in chk or "state_dict_ema" in chk):
         keys = sorted(map(str, chk))[:8] if isinstance(chk, dict) else type(chk).__name__
         raise CheckpointError(f"{path} is not an official RADIO checkpoint: expected a dict with 'args' and "
@@ -410,7 +416,7 @@ def _infer_version(state: dict) -> str:
     return "v2" if "final.2.weight" in state else "v1"
 
 
-def _strict_load(module: nn.Module, state: dict, where: str) -> None:
+def _strict_load(module: nn.Module, state: dict, where: str, assign: bool = False) -> None:
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -425,15 +431,21 @@ def _strict_load(module: nn.Module, state: dict, where: str) -> None:
         if own[k].shape != v.shape:
             raise CheckpointError(f"{where}: {k} has shape {tuple(v.shape)} in the checkpoint, "
                                   f"the model expects {tuple(own[k].shape)}")
-    module.load_state_dict(state, strict=True)
+    module.load_state_dict(state, strict=True, assign=assign)
 
 
 def build_radio(args: Any, state: dict[str, torch.Tensor], *, adaptor_names: Optional[Sequence[str]] = None,
                 vitdet_window_size: Optional[int] = None, is_ema: bool = False,
                 patch_size: Optional[int] = None, max_resolution: Optional[int] = None,
                 preferred_resolution=None, vitdet_num_windowed: Optional[int] = None,
-                vitdet_num_global: Optional[int] = None) -> RADIOModel:
-    """A RADIOModel (in eval mode) from ``args`` and an official-format state dict."""
+                vitdet_num_global: Optional[int] = None, assign: bool = False) -> RADIOModel:
+    """A RADIOModel (in eval mode) from ``args`` and an official-format state dict.
+
+    ``assign=True`` builds the backbone on the meta device (no allocation, no initialisation)
+    and adopts the state dict's tensors as its weights instead of copying them (converted only
+    where the dtype differs): loading then peaks near the model's own size instead of twice or
+    three times it (benchmarks/load_memory.py). The model then shares storage with ``state``:
+    pass it only a state dict nobody else will modify (e.g. a freshly ``mmap``-loaded file)."""
     if isinstance(args, dict):
         args = argparse.Namespace(**args)
     dtype = parse_dtype(arg(args, "dtype"))
@@ -450,8 +462,14 @@ def build_radio(args: Any, state: dict[str, torch.Tensor], *, adaptor_names: Opt
     for name in adaptor_names or []:  # fail on a bad name before building anything large
         rcfg.find_teacher(name)
     cfg = rcfg.backbone
-    model = create_backbone(cfg)
-    _strict_load(model, backbone_state, "backbone")
+    if assign:
+        with torch.device("meta"):
+            model = create_backbone(cfg)
+        _strict_load(model, backbone_state, "backbone", assign=True)
+        _check_materialized(model, cfg)
+    else:
+        model = create_backbone(cfg)
+        _strict_load(model, backbone_state, "backbone")
     _check_prefix_layout(model, cfg)
 
     conditioner = InputConditioner()
@@ -493,6 +511,15 @@ def build_radio(args: Any, state: dict[str, torch.Tensor], *, adaptor_names: Opt
     if vitdet_window_size is not None:
         radio.set_vitdet_window(vitdet_window_size)
     return radio.eval()
+
+
+def _check_materialized(model: nn.Module, cfg: BackboneConfig) -> None:
+    """Every tensor of a meta-built backbone must have come from the checkpoint (a buffer that
+    is not saved, e.g. a computed table, would stay an empty meta tensor)."""
+    left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if left:
+        raise CheckpointError(f"{cfg.arch}: {left[:5]} are not in the checkpoint and cannot be built on the meta "
+                              "device; load with build_radio(..., assign=False)")
 
 
 def _check_prefix_layout(model: nn.Module, cfg: BackboneConfig) -> None:

@@ -110,10 +110,13 @@ def radio_model(version: str = "", progress: bool = True, adaptor_names: Optiona
                          "Please set it to None or use a different version.")
     path, info = resolve_checkpoint(version, progress=progress)
 
-    chk = load_checkpoint_file(path)
+    # the file is memory-mapped and its tensors become the model's weights (no second copy);
+    # a caller who asks for the checkpoint too gets a model with its own copy
+    chk = load_checkpoint_file(path, mmap=True)
     state, is_ema = select_state(chk)
     model = build_radio(
         chk["args"], state, adaptor_names=adaptor_names, vitdet_window_size=vitdet_window_size, is_ema=is_ema,
+        assign=not return_checkpoint,
         patch_size=info.patch_size if info else None,
         max_resolution=info.max_resolution if info else None,
         preferred_resolution=Resolution(*info.preferred_resolution) if info else _file_preferred(chk["args"], path),

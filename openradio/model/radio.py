@@ -215,6 +215,61 @@ class RADIOModel(nn.Module):
         y = self.forward_tokens(xc, window)
         return self._extract_final(x, y, feature_fmt)
 
+    def forward_images(self, images: Sequence[torch.Tensor], feature_fmt: str = "NLC", vitdet_window=LOADED,
+                       packed: Optional[bool] = None, max_tokens: Optional[int] = None) -> list:
+        """Images of different sizes in one call: a list of (3, H, W) or (1, 3, H, W) tensors ->
+        the list of what ``model(image[None])`` returns for each (adaptors included).
+
+        The tokens of all images run as one packed sequence (each image with its own CPE grid,
+        prefix tokens and ViTDet windows; attention stays within an image): see
+        :mod:`openradio.model.packed`. ``packed=False`` (or a backbone whose blocks are not
+        timm's plain ``Block``, or training mode) runs the images one by one instead.
+        ``max_tokens``: pack consecutive images up to this many tokens per pack (None: all in
+        one), to keep a pack's activations within the CPU caches."""
+        from openradio.model.packed import PackedImages, PackedRunner, supports_packing
+
+        window = self._window(vitdet_window)
+        check_feature_fmt(feature_fmt)
+        if isinstance(images, torch.Tensor) and images.ndim == 3:
+            raise ValueError("forward_images takes a list of images; for one image call model(image[None])")
+        xs = []
+        for i, im in enumerate(images):
+            if not isinstance(im, torch.Tensor) or im.ndim not in (3, 4) or (im.ndim == 4 and im.shape[0] != 1):
+                shape = tuple(im.shape) if isinstance(im, torch.Tensor) else type(im).__name__
+                raise ValueError(f"forward_images: image {i} must be a (3, H, W) or (1, 3, H, W) tensor, got {shape}")
+            x = im if im.ndim == 4 else im.unsqueeze(0)
+            self._check_resolution(x, window)
+            xs.append(x)
+        if not xs:
+            return []
+        can_pack = supports_packing(self.blocks) and not self.training  # no dropout in the packed path
+        if packed is None:
+            packed = can_pack
+        if not packed or not can_pack or len(xs) == 1:
+            return [self(x, feature_fmt=feature_fmt, vitdet_window=window) for x in xs]
+        p = self.patch_size
+        if max_tokens is not None and max_tokens < 1:
+            raise ValueError(f"max_tokens must be a positive number of tokens (or None), got {max_tokens}")
+        groups, current, count = [], [], 0
+        for x in xs:
+            n = x.shape[-2] // p * (x.shape[-1] // p) + self.num_summary_tokens
+            if current and max_tokens is not None and count + n > max_tokens:
+                groups.append(current)
+                current, count = [], 0
+            current.append(x)
+            count += n
+        groups.append(current)
+        outs = []
+        for group in groups:
+            pack = PackedImages(self.num_summary_tokens, [(x.shape[-2] // p, x.shape[-1] // p) for x in group], window)
+            seqs = [self.patch_generator(self.input_conditioner(x)) for x in group]
+            runner = PackedRunner(seqs, pack, self._schedule())
+            for i, block in enumerate(self.blocks):
+                runner.run(i, block)
+            runner.x = self.model.norm(runner.x)  # token-wise: once on the packed sequence
+            outs += [self._extract_final(x, yi, feature_fmt) for x, yi in zip(group, runner.sequences())]
+        return outs
+
     def _extract_final(self, x: torch.Tensor, y: torch.Tensor, feature_fmt: str = "NLC"):
         check_feature_fmt(feature_fmt)
         p = self.patch_size

@@ -1,0 +1,192 @@
+"""openradio vs a plain timm ViT vs transformers' native RadioModel, same shape, one process.
+
+For every cell (shape, resolution, batch, mode, dtype) the contestants are called round-robin
+on the same input (order reversed every round); the ratio "vs X" is the median over rounds of
+t(X) / t(openradio) (> 1: openradio is faster). Also printed per cell:
+
+* MFU: model FLOPs per second (matmuls of every block + patch embedding, counted from the
+  shape: 24*N*D^2 + 4*N*L*D per block, L the keys a query sees) over the float32 matmul peak
+  measured in the same rounds (a 2048^3 ``torch.mm`` timed next to each openradio call, so a
+  machine whose load changes still gives a fair ratio); median over rounds;
+* peak memory: the rise of the process's peak RSS (Linux ``VmHWM``, reset before the cell
+  through /proc/self/clear_refs) while openradio runs the cell.
+
+bf16 cells run only where the CPU has native bf16 matmuls (AVX512-BF16 or AMX; on CUDA always);
+elsewhere the script says so and skips them (AVX2 CPUs emulate bf16, tens of times slower).
+The contestants share the weights: the timm ViT is built with the same name and sizes and
+copied from openradio's blocks; transformers' model is openradio's saved as a native folder.
+
+    python benchmarks/bench_compare.py                         # B/16, 224 and 512, batch 1: quick
+    python benchmarks/bench_compare.py --shapes b16,l16 --resolutions 224,512,1024,2048 --batches 1,8
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+SHAPES = {"b16": (768, 12, 12), "l16": (1024, 24, 16)}
+
+
+def native_bf16() -> tuple[bool, str]:
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported(), "CUDA"
+    flags = ""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        pass
+    have = any(f in flags for f in ("avx512_bf16", "amx_bf16"))
+    return have, ("CPU with " + ("AVX512-BF16/AMX" if have else f"no native bf16 ({torch.backends.cpu.get_cpu_capability()})"))
+
+
+def matmul_peak(dtype=torch.float32, n: int = 2048, reps: int = 5) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    torch.mm(a, b)
+    best = min(_t(lambda: torch.mm(a, b)) for _ in range(reps))
+    return 2 * n ** 3 / best
+
+
+def _t(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def model_flops(dim: int, depth: int, patch: int, res: int, batch: int, prefix: int, schedule, window) -> float:
+    n = (res // patch) ** 2
+    total = 2 * n * 3 * patch * patch * dim
+    for windowed in schedule:
+        if window and windowed:
+            total += 24 * n * dim * dim + 4 * n * window * window * dim
+        else:
+            total += 24 * (n + prefix) * dim * dim + 4 * (n + prefix) ** 2 * dim
+    return total * batch
+
+
+def _rss(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def build(shape: str, tmp: Path):
+    import openradio
+    from openradio.eval.throughput import make_timm_baseline
+    from openradio.testing import make_tiny_checkpoint
+
+    dim, depth, heads = SHAPES[shape]
+    ckpt = make_tiny_checkpoint(tmp / f"{shape}.pth.tar", embed_dim=dim, depth=depth, num_heads=heads,
+                                cpe_max_size=2048, arch="vit_base_patch16_224", head_hidden=64)
+    model = openradio.radio_model(str(ckpt), text_towers=False)
+    hf = None
+    try:
+        import transformers
+
+        from openradio.hf_native import save_transformers
+        if hasattr(transformers, "RadioModel"):
+            folder = save_transformers(model, tmp / f"{shape}_native")
+            hf = transformers.RadioModel.from_pretrained(folder, attn_implementation="sdpa").eval()
+    except ImportError:
+        pass
+
+    def timm_for(res: int):
+        vit = make_timm_baseline(model, res, res)
+        vit.blocks.load_state_dict(model.model.blocks.state_dict())
+        return vit
+    return model, timm_for, hf
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--shapes", default="b16")
+    ap.add_argument("--resolutions", default="224,512")
+    ap.add_argument("--batches", default="1")
+    ap.add_argument("--modes", default="global,vitdet", help="vitdet: window 16 (only where the size allows)")
+    ap.add_argument("--dtypes", default="float32,bfloat16")
+    ap.add_argument("--threads", default="", help="comma-separated torch thread counts (default: torch's)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--window", type=int, default=16)
+    a = ap.parse_args(argv)
+    bf16_ok, bf16_where = native_bf16()
+    print(f"torch {torch.__version__}; {bf16_where}: bf16 cells {'run' if bf16_ok else 'skipped'}")
+    threads_list = [int(t) for t in a.threads.split(",") if t] or [torch.get_num_threads()]
+    with tempfile.TemporaryDirectory() as tmp:
+        for shape in a.shapes.split(","):
+            model, timm_for, hf = build(shape, Path(tmp))
+            dim, depth, _ = SHAPES[shape]
+            print(f"\nshape {shape}: dim {dim}, depth {depth}, patch 16; contestants: openradio, timm"
+                  f"{', transformers' if hf is not None else ' (transformers RadioModel not available)'}")
+            print(f"{'thr':>3} {'res':>5} {'bs':>3} {'mode':9} {'dtype':8} {'openradio ms':>12} {'vs timm':>8} "
+                  f"{'vs hf':>7} {'MFU':>6} {'peak MiB':>9}")
+            for threads in threads_list:
+                torch.set_num_threads(threads)
+                peak = matmul_peak()
+                print(f"# {threads} thread(s): float32 matmul peak {peak / 1e9:.1f} GFLOP/s at the start "
+                      "(2048^3 torch.mm, best of 5; MFU uses the one measured in each cell's rounds)")
+                for res in [int(r) for r in a.resolutions.split(",")]:
+                    vit = timm_for(res)
+                    for bs in [int(b) for b in a.batches.split(",")]:
+                        for mode in a.modes.split(","):
+                            window = a.window if mode == "vitdet" else None
+                            if window and res % (16 * window):
+                                continue
+                            for dt in a.dtypes.split(","):
+                                dtype = getattr(torch, dt)
+                                if dtype == torch.bfloat16 and not bf16_ok:
+                                    continue
+                                cell(model, vit, hf, res, bs, window, dtype, a.rounds, peak, threads, dim, depth)
+                    del vit
+    return 0
+
+
+def cell(model, vit, hf, res, bs, window, dtype, rounds, peak, threads, dim, depth) -> None:
+    import gc
+    x = torch.rand(bs, 3, res, res)
+    ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if dtype == torch.bfloat16 else \
+        (lambda: torch.autocast("cpu", enabled=False))
+    fns = {"openradio": lambda: model(x, vitdet_window=window)}
+    if window is None:  # the baselines have no windowed mode: they are compared at global attention
+        fns["timm"] = lambda: vit(x)
+        if hf is not None:
+            fns["hf"] = lambda: hf(pixel_values=x)
+    mm_a, mm_b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    fns["matmul"] = lambda: torch.mm(mm_a, mm_b)
+    times = {k: [] for k in fns}
+    names = list(fns)
+    with torch.inference_mode(), ctx():
+        gc.collect()
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            pass
+        before = _rss("VmRSS")
+        fns["openradio"]()
+        mem = _rss("VmHWM") - before
+        for k in names[1:]:
+            fns[k]()
+        names = [k for k in names if k != "matmul"]
+        for r in range(rounds):
+            for k in (names if r % 2 == 0 else names[::-1]):
+                if k == "openradio":  # the matmul peak right next to the model call
+                    times["matmul"].append(min(_t(fns["matmul"]) for _ in range(2)))
+                times[k].append(_t(fns[k]))
+    t = statistics.median(times["openradio"])
+    ratio = {k: statistics.median(b / o for b, o in zip(times[k], times["openradio"])) for k in names[1:]}
+    fl = model_flops(dim, depth, 16, res, bs, model.num_summary_tokens, model._schedule(), window)
+    mfu = statistics.median(fl / o / (2 * 2048 ** 3 / m) for o, m in zip(times["openradio"], times["matmul"]))
+    mode = "global" if window is None else f"vitdet-{window}"
+    vs_t = f"x{ratio['timm']:.2f}" if "timm" in ratio else "-"
+    vs_h = f"x{ratio['hf']:.2f}" if "hf" in ratio else "-"
+    print(f"{threads:3d} {res:5d} {bs:3d} {mode:9} {str(dtype).replace('torch.', ''):8} {t * 1e3:12.0f} {vs_t:>8} "
+          f"{vs_h:>7} {100 * mfu:5.0f}% {mem / 2 ** 20:9.0f}", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""The benchmark scripts measure what they claim (no timings asserted)."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+import openradio
+from openradio.model.vitdet import windowed_blocks
+from openradio.testing import make_tiny_checkpoint
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_vitdet_breakdown_runs_the_model_steps(tmp_path):
+    bv = _load("bench_vitdet")
+    model = openradio.radio_model(str(make_tiny_checkpoint(tmp_path / "m.pth.tar")), text_towers=False)
+    x = torch.rand(1, 3, 128, 64)
+    with torch.no_grad():
+        parts, y = bv.breakdown(model, x, 2)
+        ref = model.forward_tokens(model.input_conditioner(x), 2)
+    assert torch.equal(y, ref)
+    assert set(parts) == {"windowed blocks", "global blocks", "layout changes", "rest"}
+    assert all(v >= 0 for v in parts.values())
+
+
+def test_vitdet_flop_bound():
+    bv = _load("bench_vitdet")
+    sched = windowed_blocks(12, None, 4)
+    # all-global: the window argument changes nothing
+    assert bv.flops(1024, 768, 12, sched, None, 8) == 12 * (24 * 1032 * 768 ** 2 + 4 * 1032 ** 2 * 768)
+    bound = [bv.flops(n, 768, 12, sched, None, 8) / bv.flops(n, 768, 12, sched, 16, 8) for n in (1024, 4096, 16384)]
+    assert 1.0 < bound[0] < bound[1] < bound[2] < 12 / 4  # bounded by the global blocks' share
+
+
+def test_compare_flops_and_one_cell(tmp_path, capsys):
+    bc = _load("bench_compare")
+    sched = windowed_blocks(12, None, 4)
+    bv = _load("bench_vitdet")
+    n = (512 // 16) ** 2
+    embed = 2 * n * 3 * 16 * 16 * 768
+    for window in (None, 16):
+        assert bc.model_flops(768, 12, 16, 512, 2, 8, sched, window) == 2 * (embed + bv.flops(n, 768, 12, sched,
+                                                                                             window, 8))
+    ok, where = bc.native_bf16()
+    assert isinstance(ok, bool) and where
+    from openradio.eval.throughput import make_timm_baseline
+    model = openradio.radio_model(str(make_tiny_checkpoint(tmp_path / "m.pth.tar")), text_towers=False)
+    vit = make_timm_baseline(model, 64, 64)
+    bc.cell(model, vit, None, 64, 1, None, torch.float32, 1, 1e9, 1, 64, 4)
+    line = capsys.readouterr().out.strip().splitlines()[-1].split()
+    assert line[:5] == ["1", "64", "1", "global", "float32"] and line[6].startswith("x")
+
+
+def test_gpu_script_parses_and_says_when_there_is_no_gpu():
+    import subprocess
+    import sys
+    subprocess.run(["bash", "-n", str(BENCH / "gpu.sh")], check=True)
+    if torch.cuda.is_available():
+        return
+    out = subprocess.run([sys.executable, str(BENCH / "bench_gpu.py")], capture_output=True, text=True, check=True)
+    assert "no CUDA device" in out.stdout
