@@ -118,6 +118,7 @@ def test_download_writes_cache_and_offline_error_names_path(tiny_checkpoint, tmp
     monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download)
     m = openradio.radio_model("radio_v2.5-l", progress=False)
     assert calls and "radio-v2.5-l_half.pth.tar" in calls[0][0] and calls[0][1] is False
+    assert m.version == "radio_v2.5-l" and m.max_resolution == 2048  # the release's settings
     assert cached_checkpoint_path("radio_v2.5-l").is_file()
 
     def offline(url, dst, progress=True):
