@@ -285,12 +285,14 @@ def make_args(model: str = "vit_base_patch16_224", teachers: list[dict] | None =
 
 
 def radio_config(args: Any, backbone_state: Optional[dict[str, torch.Tensor]] = None) -> RadioConfig:
-    """The typed config an official ``args`` describes (see :func:`backbone_config`)."""
+    """The typed config an official ``args`` describes. For the DINOv2 students (whose official
+    builder ignores ``model_kwargs``) the sizes come from ``backbone_state`` (openradio keys)."""
     return RadioConfig(
-        backbone=backbone_config(args, backbone_state), teachers=[dict(t) for t in (arg(args, "teachers") or [])],
+        backbone=_backbone_config(args, backbone_state), teachers=[dict(t) for t in (arg(args, "teachers") or [])],
         cls_token_per_teacher=bool(arg(args, "cls_token_per_teacher", True)),
         mlp_version=arg(args, "mlp_version") or "v2", spatial_mlp_version=arg(args, "spatial_mlp_version"),
-        mlp_hidden_size=arg(args, "mlp_hidden_size", 1520), mlp_num_inner=arg(args, "mlp_num_inner", 1))
+        mlp_hidden_size=arg(args, "mlp_hidden_size", 1520),
+        mlp_num_inner=arg(args, "mlp_num_inner", 1)).with_backbone_tokens()
 
 
 def official_args(cfg: RadioConfig, **extra: Any) -> argparse.Namespace:
@@ -312,21 +314,20 @@ def official_args(cfg: RadioConfig, **extra: Any) -> argparse.Namespace:
     return make_args(b.arch, **fields)
 
 
-def backbone_config(args: Any, backbone_state: Optional[dict[str, torch.Tensor]] = None) -> BackboneConfig:
-    """The typed backbone config an official ``args`` describes.
+def _backbone_config(args: Any, backbone_state: Optional[dict[str, torch.Tensor]] = None) -> BackboneConfig:
+    """The typed backbone config an official ``args`` describes (its CLS-token count is set from
+    the teachers by :func:`radio_config`).
 
     For the DINOv2 students the official builder ignores ``model_kwargs`` and always builds the
     released size; their sizes are read from ``backbone_state`` (openradio keys) when given."""
     name = arg(args, "model")
     kwargs = dict(arg(args, "model_kwargs") or {})
-    fam = vit_families.FAMILIES.get(name)
-    if fam is not None and not fam.honours_model_kwargs and backbone_state:
+    if vit_families.is_dinov2_student(name) and backbone_state:
         # the weights decide; without weights (a new student) model_kwargs are honoured, which
         # the official builder would not do
         kwargs = vit_families.dinov2_sizes_from_state(backbone_state)
     return BackboneConfig(
         arch=name, model_kwargs=kwargs, cpe_max_size=arg(args, "cpe_max_size"),
-        num_cls_tokens=len(unique_names(args)) if arg(args, "cls_token_per_teacher", True) else 1,
         register_multiple=arg(args, "register_multiple"), num_registers=arg(args, "cpe_num_registers"),
         model_norm=bool(arg(args, "model_norm", False)), in_chans=arg(args, "in_chans") or 3,
         drop_rate=arg(args, "drop"), drop_path_rate=arg(args, "drop_path"), global_pool=arg(args, "gp"),
@@ -340,7 +341,7 @@ def backbone_state_from_official(state: dict[str, torch.Tensor], arch: str) -> d
     """Official backbone keys (``base_model.`` stripped) -> openradio's: LayerScale ``grandma``
     (the official LayerScale class) is timm's ``gamma``; the DINOv2 student's SwiGLU ``w12``/``w3``
     are timm's ``fc1``/``fc2`` (same [gate | value] packing)."""
-    dinov2 = arch in vit_families.FAMILIES and vit_families.FAMILIES[arch].kind == "dinov2_student"
+    dinov2 = vit_families.is_dinov2_student(arch)
     out = {}
     for k, v in state.items():
         if k.endswith((".ls1.grandma", ".ls2.grandma")):
@@ -355,7 +356,7 @@ def backbone_state_from_official(state: dict[str, torch.Tensor], arch: str) -> d
 def backbone_state_to_official(state: dict[str, torch.Tensor], arch: str) -> dict[str, torch.Tensor]:
     """The inverse of :func:`backbone_state_from_official` (``gamma`` stays: the official loader
     accepts it)."""
-    if not (arch in vit_families.FAMILIES and vit_families.FAMILIES[arch].kind == "dinov2_student"):
+    if not vit_families.is_dinov2_student(arch):
         return dict(state)
     out = {}
     for k, v in state.items():
@@ -366,15 +367,6 @@ def backbone_state_to_official(state: dict[str, torch.Tensor], arch: str) -> dic
 
 
 # -- building the model ------------------------------------------------------------------------------
-def summary_indices(args: Any) -> list[int]:
-    """Which CLS tokens form the backbone summary (see :meth:`RadioConfig.summary_indices`)."""
-    return radio_config(args).summary_indices()
-
-
-def _find_teacher(args: Any, name: str) -> tuple[int, dict]:
-    return radio_config(args).find_teacher(name)
-
-
 def _head_state(rest: dict, family: str, index: int, name: str) -> dict:
     state = prefixed(rest, f"{family}.{index}")
     state.update(prefixed(rest, f"{family}.{name}"))

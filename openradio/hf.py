@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from openradio.checkpoint import CheckpointError, backbone_state_to_official, build_radio, official_state_dict
+from openradio.checkpoint import CheckpointError, arg, backbone_state_to_official, build_radio, official_state_dict
 from openradio.model.radio import RADIOModel, Resolution
 
 HF_PREFIX = "hf-hub:"
@@ -139,6 +139,15 @@ def load_hf(reference: str, adaptor_names: Optional[Sequence[str]] = None, vitde
     return model
 
 
+def jsonable_args(args) -> dict:
+    """Checkpoint ``args`` (a Namespace or dict) as JSON-ready data: dtypes by name."""
+    a = dict(vars(args)) if isinstance(args, argparse.Namespace) else dict(args)
+    for field in ("dtype", "amp_dtype"):
+        if a.get(field) is not None:
+            a[field] = str(a[field]).split(".")[-1]
+    return json.loads(json.dumps(a, default=str))
+
+
 def save_hf(model: RADIOModel, folder: str | os.PathLike, version: Optional[str] = None) -> Path:
     """Write ``model`` in the Hugging Face layout (config.json + model.safetensors)."""
     from safetensors.torch import save_file
@@ -148,13 +157,9 @@ def save_hf(model: RADIOModel, folder: str | os.PathLike, version: Optional[str]
         raise ValueError("the model has no checkpoint args; load it with openradio.radio_model first")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    a = dict(vars(args)) if isinstance(args, argparse.Namespace) else dict(args)
-    for field in ("dtype", "amp_dtype"):
-        if a.get(field) is not None:
-            a[field] = str(a[field]).split(".")[-1]
+    a = jsonable_args(args)
     # backbone keys in the official names (e.g. the DINOv2 student's w12/w3), as NVIDIA's repos
-    backbone = backbone_state_to_official(model.model.state_dict(), getattr(args, "model", "") if not isinstance(args, dict)
-                                          else args.get("model", ""))
+    backbone = backbone_state_to_official(model.model.state_dict(), arg(args, "model") or "")
     state = {f"radio_model.model.{k}": v for k, v in backbone.items()}
     state.update({f"radio_model.{k}": v for k, v in model.state_dict().items()
                   if not k.startswith("model.") and ".text_tower." not in k})

@@ -150,14 +150,6 @@ def native_state_dict(model: RADIOModel) -> dict[str, torch.Tensor]:
     return {k: t.detach().cpu().clone() for k, t in out.items()}  # clones: no shared storage
 
 
-def _jsonable_args(args: Any) -> dict:
-    a = dict(vars(args)) if isinstance(args, argparse.Namespace) else dict(args)
-    for field in ("dtype", "amp_dtype"):
-        if a.get(field) is not None:
-            a[field] = str(a[field]).split(".")[-1]
-    return json.loads(json.dumps(a, default=str))
-
-
 def save_transformers(model: RADIOModel, folder: str | os.PathLike, version: Optional[str] = None) -> Path:
     """Write ``model`` as a folder that ``transformers.RadioModel.from_pretrained(folder)`` loads natively
     (no ``trust_remote_code``) and that ``openradio.radio_model(folder)`` loads completely.
@@ -170,13 +162,15 @@ def save_transformers(model: RADIOModel, folder: str | os.PathLike, version: Opt
     from transformers import RadioConfig
     from transformers import RadioModel as HFRadioModel
 
+    from openradio.hf import jsonable_args
+
     kwargs = native_config(model)
     state = native_state_dict(model)
     args = getattr(model, "args", None)
     meta: dict[str, Any] = {
         "format": 1,
         "version": version or getattr(model, "version", None),
-        "args": _jsonable_args(args) if args is not None else None,
+        "args": jsonable_args(args) if args is not None else None,
         "patch_size": model.patch_size, "max_resolution": model.max_resolution,
         "preferred_resolution": list(model.preferred_resolution) if model.preferred_resolution else None,
         "vitdet_num_windowed": model._vitdet_num_windowed, "vitdet_num_global": model._vitdet_num_global,

@@ -22,7 +22,7 @@ def create_backbone(cfg: BackboneConfig, *, init_weights: bool = False) -> nn.Mo
     weight_init = "" if init_weights else "skip"
     if cfg.cpe_max_size is None:
         raise ValueError("checkpoints without CPE (args.cpe_max_size=None) are not supported")
-    if vit_families.is_family(cfg.arch) and vit_families.FAMILIES[cfg.arch].kind == "dinov2_student":
+    if vit_families.is_dinov2_student(cfg.arch):
         model = vit_families.build_dinov2_student(cfg.arch, kwargs, in_chans=cfg.in_chans,
                                                    drop_path_rate=optional.get("drop_path_rate", 0.0),
                                                    weight_init=weight_init)

@@ -95,7 +95,11 @@ class RADIOModel(nn.Module):
 
     @property
     def min_resolution_step(self) -> int:
-        return self.patch_size * (self._window_size or 1)
+        return self._step(self._window_size)
+
+    def _step(self, window: Optional[int]) -> int:
+        """Input sides must be multiples of this: the patch size times the ViTDet window."""
+        return self.patch_size * (window or 1)
 
     @property
     def blocks(self) -> nn.Sequential:
@@ -135,7 +139,7 @@ class RADIOModel(nn.Module):
     def get_nearest_supported_resolution(self, height: int, width: int, vitdet_window=LOADED) -> Resolution:
         """The nearest size both sides of which are multiples of the patch size times the ViTDet
         window (the loaded one by default, or the one a call will use)."""
-        step = self.patch_size * (self._window(vitdet_window) or 1)
+        step = self._step(self._window(vitdet_window))
         # Python's round (half to even) on purpose: the official helper gives 40 -> 32, 56 -> 64
         return Resolution(max(round(height / step) * step, step), max(round(width / step) * step, step))
 
@@ -171,10 +175,10 @@ class RADIOModel(nn.Module):
             raise ValueError(f"expected images shaped (B, C, H, W), got a tensor of shape {tuple(x.shape)}")
         from openradio.inputs import check_image_values
         check_image_values(x)  # integer, 2/4-channel, NaN/Inf or 0..255 images: a clear error
-        step = self.patch_size * (window or 1)
+        step = self._step(window)
         H, W = x.shape[-2:]
         if H % step or W % step:
-            nearest = Resolution(max(round(H / step) * step, step), max(round(W / step) * step, step))
+            nearest = self.get_nearest_supported_resolution(H, W, vitdet_window=window)
             raise ValueError(
                 f"The input resolution must be a multiple of `self.min_resolution_step={step}`. "
                 "`self.get_nearest_supported_resolution(<height>, <width>) is provided as a convenience API. "

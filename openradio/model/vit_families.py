@@ -64,9 +64,8 @@ class Family:
     name: str
     defaults: dict
     released_as: str
-    kind: str = "vit"                    # 'vit' (timm VisionTransformer) or 'dinov2_student'
+    kind: str = "vit"  # 'vit' (timm VisionTransformer) or 'dinov2_student' (sizes read from the weights)
     mlp: Optional[Callable] = None       # timm mlp_layer override
-    honours_model_kwargs: bool = True
     extra_kwargs: tuple[str, ...] = field(default=())  # keywords this name accepts beyond timm's
 
 
@@ -89,14 +88,19 @@ FAMILIES: dict[str, Family] = {f.name: f for f in [
     # the DINOv2 architecture (SwiGLU, LayerScale, patch bias, final norm always); the official
     # builder ignores model_kwargs, so sizes come from the state dict
     Family("dino_v2_g_student", dict(patch_size=14, embed_dim=1536, depth=40, num_heads=24, mlp="swiglu"),
-           "radio_v2.5-g", kind="dinov2_student", honours_model_kwargs=False),
+           "radio_v2.5-g", kind="dinov2_student"),
     Family("dino_v2_l_student", dict(patch_size=14, embed_dim=1024, depth=24, num_heads=16, mlp="gelu"),
-           "-", kind="dinov2_student", honours_model_kwargs=False),
+           "-", kind="dinov2_student"),
 ]}
 
 
 def is_family(name: str) -> bool:
     return name in FAMILIES
+
+
+def is_dinov2_student(name: str) -> bool:
+    """A DINOv2-architecture student (keys under ``inner.``, SwiGLU ``w12``/``w3``, sizes from the weights)."""
+    return name in FAMILIES and FAMILIES[name].kind == "dinov2_student"
 
 
 def build_family_vit(name: str, model_kwargs: dict, **timm_kwargs: Any) -> VisionTransformer:

@@ -106,30 +106,11 @@ def test_checkpoint_sha256(official_fixtures, expected, variant):
     assert digest == V["checkpoint_sha256"]
 
 
-def _props(model):
-    return {
-        "patch_size": model.patch_size, "max_resolution": model.max_resolution,
-        "preferred_resolution": model.preferred_resolution, "window_size": model.window_size,
-        "min_resolution_step": model.min_resolution_step, "num_summary_tokens": model.num_summary_tokens,
-        "num_cls_tokens": model.num_cls_tokens, "num_registers": model.num_registers,
-        "embed_dim": model.embed_dim, "summary_dim": model.summary_dim,
-        "summary_idxs": model.summary_idxs.tolist(), "adaptor_names": list(model.adaptors),
-        "adaptor_head_idx": {k: a.head_idx for k, a in model.adaptors.items()},
-        "adaptor_upsample_factor": {k: a.upsample_factor for k, a in model.adaptors.items()},
-        "num_blocks": len(model.blocks), "num_heads": model.blocks[0].attn.num_heads,
-        "pos_embed_grid": [model.patch_generator.grid_size] * 2,
-        "has_final_norm": not isinstance(model.model.norm, torch.nn.Identity),
-        "has_feature_normalizer": not isinstance(model.feature_normalizer, torch.nn.Identity),
-        "has_intermediate_feature_normalizer": model.inter_feature_normalizer is not None,
-        "backbone_dtype": str(model.dtype),
-    }
-
-
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_properties(official_fixtures, expected, variant):
     V = expected["variants"][variant]
     model = load(official_fixtures, variant, V["adaptor_names"], None)
-    got = _props(model)
+    got = parity.model_properties(model)
     for k, want in V["properties"].items():
         g = got[k]
         if isinstance(want, dict):
@@ -138,8 +119,7 @@ def test_properties(official_fixtures, expected, variant):
     for tag, P in V["properties_vitdet"].items():
         win = P["window_size"]
         m = load(official_fixtures, variant, V["adaptor_names"], win)
-        got = _props(m)
-        got["windowed_blocks"] = m.windowed_block_indices
+        got = parity.model_properties(m)
         for k, want in P.items():
             want = dict(want) if isinstance(want, dict) else want
             assert got[k] == want, f"{tag}/{k}: {got[k]!r} != {want!r}"
