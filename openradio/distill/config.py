@@ -122,6 +122,12 @@ class DataConfig:
     kind: str = "auto"                   # auto | folder | list | shards
     num_workers: int = 0
     flip: bool = True
+    # false: no augmentation, every partition sees each image resized (shorter side) and centre-cropped
+    # to its resolution, never flipped (the student's CPE random crop still applies)
+    augment: bool = True
+    # a folder written by `openradio data cache-teachers`: targets are read from it and the teachers
+    # are neither built nor run (needs augment: false)
+    teacher_cache: str = ""
 
 
 @dataclass
@@ -510,6 +516,10 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.data.kind not in ("auto", "folder", "list", "shards"):
         raise ConfigError(("data", "kind"), "must be one of auto, folder, list, shards", cfg.data.kind)
     _at_least(("data", "num_workers"), cfg.data.num_workers, 0)
+    if cfg.data.teacher_cache and cfg.data.augment:
+        raise ConfigError(("data", "teacher_cache"), "cached teacher targets are per image, so they need "
+                          "data.augment=false (resize + centre crop, no flip); set data.augment=false or drop "
+                          "data.teacher_cache to run the teachers live", cfg.data.teacher_cache)
     if cfg.mosaic_pad not in ("zero", "teacher_mean"):
         raise ConfigError(("mosaic_pad",), "must be 'zero' or 'teacher_mean'", cfg.mosaic_pad)
     if cfg.phi_s.align not in ("procrustes", "sign", "none"):

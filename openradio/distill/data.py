@@ -48,6 +48,8 @@ __all__ = [
     "SampleKey",
     "RandomResizedCropFlip",
     "make_train_transform",
+    "ResizeCenterCrop",
+    "make_partition_transform",
     "ImageListDataset",
     "collate_skip_none",
     "ResumableSampler",
@@ -163,12 +165,51 @@ def make_train_transform(size: Union[int, Sequence[int]], scale: Sequence[float]
     return RandomResizedCropFlip(size, scale=scale, ratio=ratio, flip=flip, interpolation=interpolation)
 
 
+class ResizeCenterCrop:
+    """The deterministic input (``data.augment: false``): resize so the shorter side is ``size``
+    (antialiased), then the centred ``size x size`` crop; no flip. A function of the image alone,
+    which is what a teacher-feature cache needs (one target per image and resolution)."""
+
+    accepts_generator = True  # takes (and ignores) the per-sample generator of apply_transform
+
+    def __init__(self, size: int, interpolation: str = "bilinear"):
+        if int(size) < 1:
+            raise ValueError(f"crop size must be a positive int, got {size}")
+        if interpolation not in _INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {_INTERPOLATIONS}, got {interpolation!r}")
+        import torchvision.transforms.v2.functional  # noqa: F401  (see RandomResizedCropFlip)
+        self.size, self.interpolation = int(size), interpolation
+
+    def __repr__(self) -> str:
+        return f"ResizeCenterCrop(size={self.size}, interpolation={self.interpolation!r})"
+
+    def __call__(self, img: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+        from torchvision.transforms.v2 import InterpolationMode
+        from torchvision.transforms.v2 import functional as TF
+
+        out = TF.resize(img, [self.size], interpolation=InterpolationMode(self.interpolation), antialias=True)
+        out = TF.center_crop(out, [self.size, self.size])
+        if out.is_floating_point() and self.interpolation == "bicubic":
+            out = out.clamp_(0.0, 1.0)
+        return out.contiguous()
+
+
+def make_partition_transform(size: int, augment: bool = True, scale: Sequence[float] = (0.35, 1.0),
+                             flip: bool = True) -> Callable:
+    """A partition's input transform: the training augmentation, or with ``augment=False`` the
+    deterministic :class:`ResizeCenterCrop` (``scale`` and ``flip`` unused)."""
+    if not augment:
+        return ResizeCenterCrop(size)
+    return make_train_transform(size, scale=scale, flip=flip)
+
+
 # -- datasets --------------------------------------------------------------------------------------
 class ImageListDataset(Dataset):
     """Images from a folder (recursive), a file list, or a sequence of paths.
 
     ``dataset[key]`` takes an ``int`` or a :class:`SampleKey` ``(index, epoch)`` and returns
-    ``{'image': float (3, S, S) tensor in [0, 1], 'index': int}``, or ``None`` when the file is
+    ``{'image': float (3, S, S) tensor in [0, 1], 'index': int, 'key': str}`` (``key``: the file's
+    path relative to the folder, or as listed; what a teacher-feature cache is keyed by), or ``None`` when the file is
     corrupt or missing (logged, and counted in :attr:`skipped` of the process that loaded it;
     the batch-level count is ``batch['skipped']`` from :func:`collate_skip_none`).
 
@@ -182,6 +223,7 @@ class ImageListDataset(Dataset):
         # One numpy bytes array instead of a list of Path objects: DataLoader workers are forked,
         # and reading millions of Python objects would touch (and so copy) every refcounted page.
         self._paths = np.array([os.fsencode(str(p)) for p in paths])
+        self._root = str(source) if isinstance(source, (str, os.PathLike)) and Path(source).is_dir() else None
         self.transform = transform
         self.seed = int(seed)
         self.epoch = 0
@@ -192,6 +234,16 @@ class ImageListDataset(Dataset):
 
     def path(self, index: int) -> Path:
         return Path(os.fsdecode(self._paths[index]))
+
+    def sample_key(self, index: int) -> str:
+        """The image's stable name: its path relative to the folder (posix), or the path as listed."""
+        p = self.path(index)
+        if getattr(self, "_root", None) is not None:
+            try:
+                return p.relative_to(self._root).as_posix()
+            except ValueError:
+                pass
+        return str(p)
 
     @property
     def paths(self) -> list[Path]:
@@ -226,7 +278,7 @@ class ImageListDataset(Dataset):
             logger.warning("skipping image %s: %s", path, str(e).splitlines()[0] if str(e) else type(e).__name__)
             return None
         img = apply_transform(self.transform, img, sample_seed(self.seed, epoch, index))
-        return {"image": img, "index": index}
+        return {"image": img, "index": index, "key": self.sample_key(index)}
 
 
 def collate_skip_none(batch: Sequence[Optional[dict]]) -> dict:
@@ -240,7 +292,8 @@ def collate_skip_none(batch: Sequence[Optional[dict]]) -> dict:
     items = [b for b in batch if b is not None]
     skipped = len(batch) - len(items)
     if not items:
-        return {"image": torch.empty(0, 3, 0, 0), "index": torch.empty(0, dtype=torch.long), "skipped": skipped}
+        return {"image": torch.empty(0, 3, 0, 0), "index": torch.empty(0, dtype=torch.long), "key": [],
+                "skipped": skipped}
     out = default_collate(items)
     out["skipped"] = skipped
     return out

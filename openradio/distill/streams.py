@@ -13,7 +13,8 @@ def partition_stream(cfg: TrainConfig, part: PartitionConfig, group_rank: int, g
     from openradio.distill import data as D
     from openradio.distill.shards import ShardDataset
 
-    transform = D.make_train_transform(part.resolution, scale=tuple(part.crop_scale), flip=cfg.data.flip)
+    transform = D.make_partition_transform(part.resolution, augment=cfg.data.augment,
+                                           scale=tuple(part.crop_scale), flip=cfg.data.flip)
     ds = D.build_dataset(cfg.data.path, kind=cfg.data.kind, transform=transform, seed=seed,
                          rank=group_rank, world_size=group_size)
     sampler = None
@@ -26,7 +27,9 @@ def partition_stream(cfg: TrainConfig, part: PartitionConfig, group_rank: int, g
 
 
 class PartitionStreams:
-    """The streams of one rank. ``next_batch(stage, part)`` -> images (B, 3, H, W) in [0, 1]."""
+    """The streams of one rank. ``next_batch(stage, part)`` -> images (B, 3, H, W) in [0, 1];
+    ``with_keys=True``: ``(images, keys)``, each sample's stable name (shard ``__key__`` or the
+    image's relative path), which a teacher-feature cache is looked up by."""
 
     def __init__(self, cfg: TrainConfig, rank: int, world_size: int):
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
@@ -44,8 +47,9 @@ class PartitionStreams:
             self.streams[key] = s
         return self.streams[key]
 
-    def next_batch(self, stage: int, part: PartitionConfig):
-        return next(self._stream(stage, part))["image"]
+    def next_batch(self, stage: int, part: PartitionConfig, with_keys: bool = False):
+        batch = next(self._stream(stage, part))
+        return (batch["image"], list(batch["key"])) if with_keys else batch["image"]
 
     @property
     def skipped(self) -> int:

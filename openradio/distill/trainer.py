@@ -65,9 +65,17 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
         # randomly initialised teachers (tests, demo) and the student's initial weights must be the
         # same on every rank and in every restart, whatever the rank's seed
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
-            self.teachers = teachers if teachers is not None else self._build_teachers()
+        self.cache = None  # data.teacher_cache: targets read by sample key, no teacher is built or run
+        if cfg.data.teacher_cache:
+            if teachers is not None:
+                raise ValueError("pass teachers or set data.teacher_cache, not both")
+            from openradio.distill.teacher_cache import TeacherCache
+            self.cache = TeacherCache(cfg.data.teacher_cache)
+            self.teachers = self.cache.teacher_specs(cfg)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(cfg.seed)
+                self.teachers = teachers if teachers is not None else self._build_teachers()
         self.args = student_args(cfg, self.teachers)
         self.head_dims = {t.name: (self.teachers[t.name].summary_dim, self.teachers[t.name].feature_dim)
                           for t in cfg.teachers}
@@ -78,6 +86,8 @@ class Trainer:
         student.patch_generator.pos_dropout = cfg.student.pos_dropout
         student.patch_generator.random_crop = cfg.student.cpe_random_crop
         self.student: RADIOModel = student.to(self.device)
+        if self.cache is not None:
+            self.cache.check(cfg, self.student.patch_size)
         self.ema: Optional[RADIOModel] = None
         if cfg.ema_decay > 0:
             self.ema = copy.deepcopy(self.student).eval().requires_grad_(False)
@@ -154,22 +164,27 @@ class Trainer:
         return sorted(keys.items())
 
     # -- targets and losses ------------------------------------------------------------------------
-    def _teacher_outputs(self, part: PartitionConfig, images: torch.Tensor) -> dict:
-        """Raw teacher outputs ``{name: (summary, features_NCHW)}``; the features also go into
-        their PHI-S normaliser's statistics (once per batch)."""
+    def _teacher_outputs(self, part: PartitionConfig, images: torch.Tensor, keys: Optional[list] = None) -> dict:
+        """Raw teacher outputs ``{name: (summary, features_NCHW)}`` (run, or read from the teacher
+        cache by the samples' ``keys``); the features also go into their PHI-S normaliser's
+        statistics (once per batch)."""
         out = {}
         for name in P.partition_teachers(self.cfg, part):
             teacher = self.teachers[name]
             res = self.teacher_resolution(part, name, images.shape[-1])
-            # bf16 autocast for the teachers too: they are most of a step's FLOPs in the B/L recipes
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp):
-                if name in part.mosaic:
-                    # 'teacher_mean': the teacher's mean colour, i.e. zero after its input normalisation
-                    pad = teacher.pixel_mean.flatten() if self.cfg.mosaic_pad == "teacher_mean" else 0.0
-                    canvases, layout = pack_mosaic(images, res, teacher.patch_size, pad_value=pad)
-                    summary, feats = None, unpack_features(teacher(canvases).features, layout)
-                else:
-                    summary, feats = teacher(images, resolution=res)
+            if self.cache is not None:  # per view alone for mosaic teachers (see teacher_cache)
+                summary, feats = self.cache.lookup(keys, name, part.resolution, images.shape[-1], res,
+                                                   name in part.mosaic, device=self.device)
+            else:
+                # bf16 autocast for the teachers too: they are most of a step's FLOPs in the B/L recipes
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp):
+                    if name in part.mosaic:
+                        # 'teacher_mean': the teacher's mean colour, i.e. zero after its input normalisation
+                        pad = teacher.pixel_mean.flatten() if self.cfg.mosaic_pad == "teacher_mean" else 0.0
+                        canvases, layout = pack_mosaic(images, res, teacher.patch_size, pad_value=pad)
+                        summary, feats = None, unpack_features(teacher(canvases).features, layout)
+                    else:
+                        summary, feats = teacher(images, resolution=res)
             feats = feats.float()
             key = self._phi_s_key(part, name)
             if key in self.phi_s:
@@ -191,7 +206,7 @@ class Trainer:
         return out
 
     def _partition_loss(self, part: PartitionConfig, images: torch.Tensor, scales: dict, metrics: dict,
-                        raw: Optional[dict] = None) -> torch.Tensor:
+                        raw: Optional[dict] = None, keys: Optional[list] = None) -> torch.Tensor:
         """This partition's loss: every teacher's summary and feature terms, each weighted once (in
         ``distill_loss``) by the teacher's weight times its partition-layout scale."""
         if self.cfg.amp:
@@ -199,7 +214,7 @@ class Trainer:
             warn_if_slow_bf16(self.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp):
             out = self.model(images, feature_fmt="NCHW", vitdet_window=self._vitdet_window(images.shape[-1]))
-        targets = self._targets(part, raw if raw is not None else self._teacher_outputs(part, images))
+        targets = self._targets(part, raw if raw is not None else self._teacher_outputs(part, images, keys))
         student = {n: (out[n].summary, out[n].features.float()) for n in targets}
         weights = {n: (scales[n] * self.cfg.teacher(n).summary_weight, scales[n] * self.cfg.teacher(n).feature_weight)
                    for n in targets}
@@ -219,7 +234,7 @@ class Trainer:
         options = [w for w in self.cfg.vitdet_aug_windows if grid % w == 0 and w < grid]
         return options[int(torch.randint(len(options), ()))] if options else None
 
-    def _initialize_new_normalizers(self, stage: int, passes: list, batches: list) -> dict:
+    def _initialize_new_normalizers(self, stage: int, passes: list, batches: list, keys: Optional[list] = None) -> dict:
         """Give every PHI-S normaliser that this stage introduces its statistics before its first loss.
 
         The choice: the estimation pass is the first step of the stage that introduces the
@@ -236,7 +251,8 @@ class Trainer:
         new = [k for k in self.stage_phi_s_keys(stage) if not bool(self.phi_s[k].initialized)]
         if not new:
             return {}
-        raw = {i: self._teacher_outputs(part, images) for i, (part, images) in enumerate(zip(passes, batches))}
+        keys = keys or [None] * len(passes)
+        raw = {i: self._teacher_outputs(part, images, keys[i]) for i, (part, images) in enumerate(zip(passes, batches))}
         for key in new:  # same order on every rank: each holds a collective
             self.phi_s[key].initialize()
         return raw
@@ -247,9 +263,11 @@ class Trainer:
         scales = P.loss_scales(self.cfg, stage, self.env.world_size)
         accum = max(self.cfg.optim.accumulation, 1)
         passes = [p for _ in range(accum) for p in P.rank_partitions(self.cfg, stage, self.env.rank, self.env.world_size)]
-        batches = [_resize(self.data.next_batch(stage, p).to(self.device, non_blocking=True),
-                           self._student_resolution(stage, p, i)) for i, p in enumerate(passes)]
-        raw = self._initialize_new_normalizers(stage, passes, batches)
+        fetched = [self.data.next_batch(stage, p, with_keys=True) for p in passes]  # (images, sample keys)
+        batches = [_resize(images.to(self.device, non_blocking=True), self._student_resolution(stage, p, i))
+                   for i, (p, (images, _)) in enumerate(zip(passes, fetched))]
+        keys = [k for _, k in fetched]
+        raw = self._initialize_new_normalizers(stage, passes, batches, keys)
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         metrics: dict[str, float] = {}
@@ -257,7 +275,7 @@ class Trainer:
         for i, (part, images) in enumerate(zip(passes, batches)):
             last = i == len(passes) - 1  # DDP all-reduces gradients on the last backward only
             with nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync():
-                loss = self._partition_loss(part, images, scales, metrics, raw.pop(i, None)) / accum
+                loss = self._partition_loss(part, images, scales, metrics, raw.pop(i, None), keys[i]) / accum
                 loss.backward()
             loss_sum += float(loss.detach())
         if not passes:  # a rank without partitions in this stage still joins the collectives
