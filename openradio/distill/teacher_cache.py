@@ -302,8 +302,7 @@ def build_cache(cfg: TrainConfig, out_dir: PathLike, *, data_path: Optional[Path
             raise FileExistsError(f"{out} holds a teacher cache made for other teachers, data or settings (or not a "
                                   "teacher cache); choose an empty folder or pass --overwrite (overwrite=True)")
         if (out / INDEX_NAME).exists():
-            if progress:
-                print(f"{out} is complete already (pass --overwrite to rebuild it)")
+            print(f"{out} is complete already (pass --overwrite to rebuild it)")
             return out / INDEX_NAME
     _write_json(out / META_NAME, meta)
 
@@ -316,7 +315,7 @@ def build_cache(cfg: TrainConfig, out_dir: PathLike, *, data_path: Optional[Path
             p.unlink()
     skip = done[-1]["consumed"] if done else 0
     seen = {k for d in done for k in d["keys"]}
-    if skip and progress:
+    if skip:
         print(f"resuming: {len(done)} finished shards ({len(seen)} images) kept")
 
     samples, total = _source(path, cfg.data.kind)
