@@ -39,7 +39,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, NamedTuple, Optional, Union
@@ -378,7 +377,7 @@ class TeacherCache:
     (one line that says what to do); ``lookup(keys, ...)`` returns the batch's ``(summary or None,
     features NCHW)`` as float32."""
 
-    def __init__(self, path: PathLike, memo: int = 512):
+    def __init__(self, path: PathLike):
         self.dir = Path(path)
         if self.dir.suffix == ".json":
             self.dir = self.dir.parent
@@ -396,8 +395,9 @@ class TeacherCache:
             for j, k in enumerate(s["keys"]):
                 self.where[k] = (si, j)
         self._files: dict[int, Any] = {}
-        self._memo: OrderedDict = OrderedDict()
-        self._memo_size = int(memo)
+        # the members of the batch looked up last: a partition's teachers read one member per
+        # sample once; memory stays at one batch of members
+        self._memo: dict[tuple[str, int], dict[str, Tensor]] = {}
 
     def __len__(self) -> int:
         return len(self.where)
@@ -441,7 +441,6 @@ class TeacherCache:
 
         memo_key = (key, crop)
         if memo_key in self._memo:
-            self._memo.move_to_end(memo_key)
             return self._memo[memo_key]
         if key not in self.where:
             raise KeyError(f"sample {key!r} is not in teacher cache {self.dir}: the data changed since the cache was "
@@ -458,8 +457,6 @@ class TeacherCache:
         f.seek(offset)
         tensors = load(f.read(size))
         self._memo[memo_key] = tensors
-        if len(self._memo) > self._memo_size:
-            self._memo.popitem(last=False)
         return tensors
 
     def lookup(self, keys: list[str], teacher: str, crop: int, student: int, teacher_res: int, mosaic: bool,
@@ -468,6 +465,9 @@ class TeacherCache:
         if keys is None:
             raise ValueError("a cached run needs each batch's sample keys")
         name = CacheEntry(teacher, crop, student, teacher_res, mosaic).name
+        wanted = {(k, crop) for k in keys}
+        if not wanted <= self._memo.keys():  # a new batch: forget the previous one
+            self._memo = {k: v for k, v in self._memo.items() if k in wanted}
         blobs = [self._read(k, crop) for k in keys]
         if f"{name}/features" not in blobs[0]:
             raise self._rebuild(f"lacks {CacheEntry(teacher, crop, student, teacher_res, mosaic).describe()}")
