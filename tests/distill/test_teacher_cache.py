@@ -185,15 +185,27 @@ def test_killed_cache_build_resumes_and_refuses_another_recipe(shards, tmp_path,
     assert json.loads((tmp_path / "c" / "index.json").read_text())["identity"]["seed"] == 3
 
 
-def test_cache_teachers_command(shards, tmp_path, capsys):
+def test_cache_teachers_command_then_train_from_it(shards, tmp_path, capsys):
+    """The commands of the README, on an image folder (keys: the images' relative paths)."""
     from openradio.cli import main
+    from openradio.sample_data import write_sample_images
+    write_sample_images(tmp_path / "img" / "sub", ["astronaut", "chelsea", "coffee"], max_side=96)
     out = tmp_path / "c"
-    args = ["data", "cache-teachers", "--config", "tiny", "--data", str(shards), "--out", str(out), "--no-progress",
-            "--dtype", "float32", *MOSAIC_ONLY]
+    args = ["data", "cache-teachers", "--config", "tiny", "--data", str(tmp_path / "img"), "--out", str(out),
+            "--no-progress", *MOSAIC_ONLY]
     assert main(args) == 0
     said = capsys.readouterr().out
-    assert "cached 1 teacher targets for 6 images" in said and "data.teacher_cache=" in said
+    assert "cached 1 teacher targets for 3 images" in said and "data.teacher_cache=" in said
+    index = json.loads((out / "index.json").read_text())
+    assert sorted(index["shards"][0]["keys"]) == ["sub/astronaut.png", "sub/chelsea.png", "sub/coffee.png"]
     assert main(args) == 0 and "complete already" in capsys.readouterr().out
+    assert main(["train", str(REPO / "configs" / "tiny.yaml"), f"data.path={tmp_path / 'img'}", *MOSAIC_ONLY,
+                 f"data.teacher_cache={out}", f"out_dir={tmp_path / 'run'}", "stages.0.steps=1"]) == 0
+    assert "step 1/1" in capsys.readouterr().out
     assert main(["data", "cache-teachers", "--config", "no-such-recipe", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "recipe not found" in err and len(err.strip().splitlines()) == 1
+    assert main(["train", str(REPO / "configs" / "tiny.yaml"), f"data.path={tmp_path / 'img'}",
+                 f"data.teacher_cache={out}", "progress=false"]) == 2
+    err = capsys.readouterr().err
+    assert "data.augment=false" in err and len(err.strip().splitlines()) == 1
