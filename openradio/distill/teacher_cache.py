@@ -113,11 +113,22 @@ def _random_weights(t) -> bool:
     return t.weights is None and (t.tiny or bool(t.overrides) or t.pretrained in (False, "", "none"))
 
 
+def _file_sha256(path: PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def teacher_identity(cfg: TrainConfig) -> dict:
     """What decides the teachers' outputs, from the config alone (training checks it without
-    building a teacher): each teacher's build arguments, the seed when weights are random, and the
-    settings of the path from image to teacher."""
+    building a teacher): each teacher's build arguments (and the sha256 of a local ``weights``
+    file), the seed when weights are random, and the settings of the path from image to teacher."""
     teachers = {t.name: {"build": _json(t.build_kwargs()), "random_weights": _random_weights(t)} for t in cfg.teachers}
+    for t in cfg.teachers:
+        if t.weights and Path(t.weights).is_file():
+            teachers[t.name]["weights_sha256"] = _file_sha256(t.weights)
     return {"teachers": teachers, "seed": cfg.seed if any(v["random_weights"] for v in teachers.values()) else None,
             "mosaic_pad": cfg.mosaic_pad, "amp": bool(cfg.amp), "transform": TRANSFORM}
 
@@ -414,9 +425,11 @@ class TeacherCache:
             mine, theirs = ident["teachers"][t.name], have["teachers"].get(t.name)
             if theirs is None:
                 raise self._rebuild(f"has no teacher {t.name!r} (it holds {sorted(have['teachers'])})")
-            if mine != theirs:
+            if mine["build"] != theirs["build"]:
                 raise self._rebuild(f"was made with another {t.name!r} teacher ({theirs['build']} there, "
                                     f"{mine['build']} here)")
+            if mine != theirs:
+                raise self._rebuild(f"was made with other {t.name!r} weights (the weights file {t.weights} changed)")
             if mine["random_weights"] and ident["seed"] != have["seed"]:
                 raise self._rebuild(f"holds the randomly initialised {t.name!r} of seed {have['seed']}, "
                                     f"this run's seed is {ident['seed']}")

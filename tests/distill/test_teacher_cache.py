@@ -209,3 +209,22 @@ def test_cache_teachers_command_then_train_from_it(shards, tmp_path, capsys):
                  f"data.teacher_cache={out}", "progress=false"]) == 2
     err = capsys.readouterr().err
     assert "data.augment=false" in err and len(err.strip().splitlines()) == 1
+
+
+def test_cache_refuses_a_changed_weights_file(shards, tmp_path):
+    from safetensors.torch import save_file
+
+    from openradio.distill.teacher_cache import build_teachers
+    base = load_config(REPO / "configs" / "tiny.yaml", [f"data.path={shards}", *MOSAIC_ONLY])
+    sam = build_teachers(base, torch.device("cpu"))["sam"]
+    weights = tmp_path / "sam.safetensors"
+    save_file({k: v.contiguous() for k, v in sam.state_dict().items()}, weights)
+    over = [f"data.path={shards}", f"out_dir={tmp_path / 'r'}", *MOSAIC_ONLY, f"teachers.3.weights={weights}"]
+    cfg = load_config(REPO / "configs" / "tiny.yaml", over)
+    build_cache(cfg, tmp_path / "c", progress=False)
+    index = json.loads((tmp_path / "c" / "index.json").read_text())
+    assert not index["identity"]["teachers"]["sam"]["random_weights"]  # the seed no longer matters
+    save_file({k: v.contiguous() + 1 for k, v in sam.state_dict().items()}, weights)  # same path, new weights
+    with pytest.raises(ValueError, match="other 'sam' weights"):
+        Trainer(load_config(REPO / "configs" / "tiny.yaml", over + [f"data.teacher_cache={tmp_path / 'c'}"]),
+                env=DistEnv())
