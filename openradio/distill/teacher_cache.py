@@ -36,6 +36,7 @@ run, rerun with the same recipe and data, keeps the finished shards and continue
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -203,26 +204,44 @@ def _member_offsets(tar_path: Path) -> dict[str, list[int]]:
         return {m.name: [int(m.offset_data), int(m.size)] for m in tf.getmembers() if m.isfile()}
 
 
-def _write_shard(out: Path, number: int, samples: list, crops: list[int], consumed: int, left_out: list) -> dict:
-    """Write one shard atomically, then its sidecar (keys, member offsets, data position)."""
-    import webdataset as wds
+class _ShardWriter:
+    """One cache shard being written: samples go straight into a temporary tar (memory holds one
+    batch of targets, not a shard), renamed into place and described by its sidecar (keys, member
+    offsets, data position) when the shard is complete."""
 
-    from openradio.atomicio import atomic_path
+    def __init__(self, out: Path, number: int, crops: list[int]):
+        import webdataset as wds
 
-    name = SHARD_PATTERN % number
-    with atomic_path(out / name) as tmp:
-        with wds.TarWriter(str(tmp)) as w:
-            for j, (key, blobs) in enumerate(samples):
-                rec = {"__key__": f"{number:06d}{j:06d}", "key.txt": key}
-                rec.update({f"c{c}.safetensors": blobs[c] for c in crops})
-                w.write(rec)
-    offsets = _member_offsets(out / name)
-    side = {"name": name, "count": len(samples), "keys": [k for k, _ in samples], "consumed": consumed,
-            "left_out": left_out,
-            "members": {str(c): [offsets[f"{number:06d}{j:06d}.c{c}.safetensors"] for j in range(len(samples))]
-                        for c in crops}}
-    _write_json(out / name.replace(".tar", ".json"), side)
-    return side
+        from openradio.atomicio import atomic_path
+        self.out, self.number, self.crops = out, number, crops
+        self.name = SHARD_PATTERN % number
+        self._stack = contextlib.ExitStack()
+        self.tmp = self._stack.enter_context(atomic_path(out / self.name))
+        self._tar = self._stack.enter_context(wds.TarWriter(str(self.tmp)))
+        self.keys: list[str] = []
+
+    def _member(self, j: int) -> str:
+        return f"{self.number:06d}{j:06d}"
+
+    def write(self, key: str, blobs: dict[int, bytes]) -> None:
+        rec: dict[str, Any] = {"__key__": self._member(len(self.keys)), "key.txt": key}
+        rec.update({f"c{c}.safetensors": blobs[c] for c in self.crops})
+        self._tar.write(rec)
+        self.keys.append(key)
+
+    def finish(self, consumed: int, left_out: list) -> dict:
+        self._stack.close()  # closes the tar, then renames it into place
+        offsets = _member_offsets(self.out / self.name)
+        side = {"name": self.name, "count": len(self.keys), "keys": self.keys, "consumed": consumed,
+                "left_out": left_out,
+                "members": {str(c): [offsets[f"{self._member(j)}.c{c}.safetensors"] for j in range(len(self.keys))]
+                            for c in self.crops}}
+        _write_json(self.out / self.name.replace(".tar", ".json"), side)
+        return side
+
+    def abort(self) -> None:
+        self._tar.close()
+        self.tmp.unlink(missing_ok=True)
 
 
 @torch.no_grad()
@@ -331,24 +350,27 @@ def build_cache(cfg: TrainConfig, out_dir: PathLike, *, data_path: Optional[Path
     samples, total = _source(path, cfg.data.kind)
     torch_dtype = getattr(torch, dtype)
     bar = tqdm(total=total, initial=skip, desc="cache-teachers", unit="img", disable=not progress, dynamic_ncols=True)
-    shard: list = []
+    writer: Optional[_ShardWriter] = None
     pending: list = []
     left_out: list = []
     consumed = 0
 
     def flush() -> None:
+        nonlocal writer
         if pending:
             blobs = _targets([img for _, img in pending], entries, teachers, cfg, dev, torch_dtype)
-            shard.extend((k, b) for (k, _), b in zip(pending, blobs))
+            if writer is None:
+                writer = _ShardWriter(out, len(done), crops)
+            for (k, _), b in zip(pending, blobs):
+                writer.write(k, b)
             bar.update(len(pending))
             pending.clear()
 
     def close_shard() -> None:
-        nonlocal left_out
-        if shard:
-            done.append(_write_shard(out, len(done), shard, crops, consumed, left_out))
-            shard.clear()
-            left_out = []
+        nonlocal left_out, writer
+        if writer is not None:
+            done.append(writer.finish(consumed, left_out))
+            writer, left_out = None, []
 
     try:
         for key, img in samples:
@@ -364,12 +386,17 @@ def build_cache(cfg: TrainConfig, out_dir: PathLike, *, data_path: Optional[Path
                                  "the data with `openradio data make-shards`, which numbers samples uniquely")
             seen.add(key)
             pending.append((key, img))
-            if len(pending) >= batch_size or len(shard) + len(pending) >= max_count:
+            written = len(writer.keys) if writer is not None else 0
+            if len(pending) >= batch_size or written + len(pending) >= max_count:
                 flush()
-                if len(shard) >= max_count:
+                if writer is not None and len(writer.keys) >= max_count:
                     close_shard()
         flush()
         close_shard()
+    except BaseException:
+        if writer is not None:  # the unfinished shard goes; finished ones stay for a rerun
+            writer.abort()
+        raise
     finally:
         bar.close()
     if not done:

@@ -101,6 +101,11 @@ def test_cache_holds_every_resolution_of_the_recipe(caches):
     assert ("dino_v2", 64, 64, 56) in got and ("sam", 64, 64, 128) in got
     assert len(index["fingerprint"]) == 4 and all(len(h) == 64 for h in index["fingerprint"].values())
     assert sorted(k for s in index["shards"] for k in s["keys"]) == [f"{i:09d}" for i in range(6)]
+    import webdataset as wds  # the shards are plain webdataset tars
+    from safetensors.torch import load
+    first = next(iter(wds.WebDataset(str(caches / "f32" / index["shards"][0]["name"]), shardshuffle=False)))
+    assert first["key.txt"].decode() == index["shards"][0]["keys"][0]
+    assert load(first["c128.safetensors"])["clip/96/56/features"].dtype == torch.float32
 
 
 def test_mosaic_teacher_is_cached_per_view_alone(shards, tmp_path):
@@ -155,22 +160,23 @@ def test_cache_refuses_other_teachers_data_and_augmentation(shards, caches, tmp_
 def test_killed_cache_build_resumes_and_refuses_another_recipe(shards, tmp_path, monkeypatch):
     from openradio.distill import teacher_cache as tc
     cfg = load_config(REPO / "configs" / "tiny.yaml", [f"data.path={shards}", *MOSAIC_ONLY])
-    real = tc._write_shard
+    real = tc._ShardWriter.finish
     calls = []
 
-    def dies_after_two(*a, **k):
+    def dies_at_the_third(self, *a, **k):
         if len(calls) == 2:
-            raise KeyboardInterrupt  # killed while computing the third shard
-        calls.append(a[1])
-        return real(*a, **k)
-    monkeypatch.setattr(tc, "_write_shard", dies_after_two)
+            raise KeyboardInterrupt  # killed while writing the third shard
+        calls.append(self.name)
+        return real(self, *a, **k)
+    monkeypatch.setattr(tc._ShardWriter, "finish", dies_at_the_third)
     with pytest.raises(KeyboardInterrupt):
         build_cache(cfg, tmp_path / "c", max_count=2, progress=False)
+    assert not list((tmp_path / "c").glob(".*partial*"))  # the unfinished shard was removed
     assert not (tmp_path / "c" / "index.json").exists() and (tmp_path / "c" / "cache-000001.json").exists()
     with pytest.raises(FileNotFoundError, match="unfinished: rerun the same command"):
         TeacherCache(tmp_path / "c")
     kept = (tmp_path / "c" / "cache-000000.tar").stat().st_ino
-    monkeypatch.setattr(tc, "_write_shard", real)
+    monkeypatch.setattr(tc._ShardWriter, "finish", real)
     resumed, real_targets = [], tc._targets
     monkeypatch.setattr(tc, "_targets", lambda batch, *a, **k: resumed.extend(batch) or real_targets(batch, *a, **k))
     build_cache(cfg, tmp_path / "c", max_count=2, progress=False)
