@@ -77,7 +77,7 @@ def test_cached_run_equals_live_run_and_resumes(shards, caches, tmp_path):
     rest, more = run(cfg_of(shards, tmp_path / "cached", f"data.teacher_cache={caches / 'f32'}"))
     assert rest.step == 3 and len(losses + more) == 3
     torch.testing.assert_close(torch.tensor(losses + more), torch.tensor(live_losses), rtol=1e-5, atol=1e-6)
-    assert_states_close(live, rest, rtol=1e-4, atol=1e-5)
+    assert_states_close(live, rest, rtol=1e-4, atol=5e-5)
     assert any(bool(n.initialized) for n in rest.phi_s.values())  # PHI-S came from the cached features
     assert live_losses[0] != live_losses[-1]  # it trained
 
@@ -87,7 +87,7 @@ def test_float16_cache_is_close(shards, caches, tmp_path):
     half, half_losses = run(cfg_of(shards, tmp_path / "half", "stages.0.steps=2",
                                    f"data.teacher_cache={caches / 'f16'}"))
     # float16 targets: ~5e-4 relative rounding, through PHI-S and two Adam steps
-    torch.testing.assert_close(torch.tensor(half_losses), torch.tensor(live_losses), rtol=1e-2, atol=1e-3)
+    torch.testing.assert_close(torch.tensor(half_losses), torch.tensor(live_losses), rtol=1e-3, atol=1e-4)
     index = json.loads((caches / "f16" / "index.json").read_text())
     assert index["dtype"] == "float16" and index["total"] == 6
     assert sum(p.stat().st_size for p in (caches / "f16").glob("*.tar")) < \
