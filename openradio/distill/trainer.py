@@ -13,7 +13,8 @@ The ``Trainer`` composes components that each live, and are tested, on their own
 * ``faults``      fault injection for recovery tests
 
 One step = for every partition this rank trains: a batch at the partition's resolution, the
-teachers' targets (PHI-S-normalised features, summaries), the student forward in training mode
+teachers' targets (PHI-S-normalised features, summaries; run live, or read by sample key from a
+``data.teacher_cache``, see ``teacher_cache``), the student forward in training mode
 (CPE random crop, position dropout), the losses, backward; then one optimiser step, EMA and PHI-S
 updates. Run under ``torchrun`` for several processes.
 """
