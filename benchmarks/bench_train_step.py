@@ -97,10 +97,11 @@ def shrink_teachers(teachers: list, width: int, depth: int) -> list:
 
 def recipe_config(shape: str, data_dir: str | Path, out_dir: str | Path, recipe: Optional[str | Path] = None,
                   stage: Optional[int] = None, batch: Optional[int] = None, teacher_width: int = 128,
-                  teacher_depth: int = 4) -> TrainConfig:
+                  teacher_depth: int = 4, shrink: bool = True) -> TrainConfig:
     """The training config of ``shape`` ('tiny' or 'b16'), reading ``recipe`` (default: the shipped
     one), keeping one stage (``stage``; default 0 for tiny, 1 for b16) with ``batch`` images per
-    partition when given."""
+    partition when given. ``shrink=False`` keeps b16's full-size teachers (for FLOP counts on the
+    meta device; pretrained weights are not downloaded)."""
     if shape not in ("tiny", "b16"):
         raise ValueError(f"unknown shape {shape!r}: use 'tiny' or 'b16'")
     recipe = Path(recipe or REPO / "configs" / ("tiny.yaml" if shape == "tiny" else "radio_v2.5-b.yaml"))
@@ -114,7 +115,8 @@ def recipe_config(shape: str, data_dir: str | Path, out_dir: str | Path, recipe:
             p["batch_size"] = batch
     data["stages"] = [st]
     if shape == "b16":
-        data["teachers"] = shrink_teachers(data["teachers"], teacher_width, teacher_depth)
+        data["teachers"] = (shrink_teachers(data["teachers"], teacher_width, teacher_depth) if shrink else
+                            [{**t, "pretrained": False} for t in data["teachers"]])
         data["amp"] = False
     data["data"] = {**data.get("data", {}), "path": str(data_dir), "num_workers": 0}
     data.update(out_dir=str(out_dir), progress=False, tensorboard=False, device="cpu")
@@ -277,15 +279,17 @@ def mosaic_paths(teacher: torch.nn.Module, canvas: int, pad: float | torch.Tenso
 
 
 def compare_mosaic(teacher: torch.nn.Module, views: torch.Tensor, canvas: int, rounds: int = 3,
-                   pad: float | torch.Tensor = 0.0) -> dict:
+                   pad: float | torch.Tensor = 0.0, min_s: float = 0.0) -> dict:
     """Time the three paths of :func:`mosaic_paths` on the same ``views`` (interleaved, rotating
-    order each round; one untimed call each first). Returns per path the outputs, median seconds,
-    FLOPs, and the median over rounds of (path time / mosaic time)."""
+    order each round; one untimed call each first): ``rounds`` rounds, more while under ``min_s``
+    seconds in all. Returns per path the outputs, median seconds, FLOPs, and the median over
+    rounds of (path time / mosaic time)."""
     paths = mosaic_paths(teacher, canvas, pad)
     names = list(paths)
     res = {n: {"out": paths[n](views), "flops": count_flops(lambda f=paths[n]: f(views)), "s": []} for n in names}
     ratios: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(rounds):
+    r, start = 0, time.perf_counter()
+    while r < rounds or time.perf_counter() - start < min_s:
         t = {}
         for n in names[r % len(names):] + names[:r % len(names)]:
             t0 = time.perf_counter()
@@ -294,6 +298,7 @@ def compare_mosaic(teacher: torch.nn.Module, views: torch.Tensor, canvas: int, r
             res[n]["s"].append(t[n])
         for n in names:
             ratios[n].append(t[n] / t["mosaic"])
+        r += 1
     layout = pack_mosaic(views[:1], canvas, teacher.patch_size)[1]
     for n in names:
         res[n]["median_s"] = statistics.median(res[n]["s"])
@@ -302,6 +307,51 @@ def compare_mosaic(teacher: torch.nn.Module, views: torch.Tensor, canvas: int, r
     res["views"], res["canvases"] = views.shape[0], -(-views.shape[0] // layout.views_per_canvas)
     res["views_per_canvas"] = layout.views_per_canvas
     return res
+
+
+def step_flops(trainer: Trainer, teachers: Optional[dict] = None) -> dict:
+    """FLOPs of one step of ``trainer``'s stage, counted on the meta device (nothing runs):
+    ``student`` (forward + backward of every partition's batch), ``teachers`` (per teacher, as the
+    trainer calls it: mosaic canvases or the batch at its resolution) and ``per view`` (per mosaic
+    teacher: one pass per view at the teacher's native side instead). ``teachers``: other teachers
+    (e.g. full-size ones built on the meta device) with the same names; default the trainer's."""
+    from openradio.distill import partitions as P
+    meta = torch.device("meta")
+    if teachers is None:
+        student = copy.deepcopy(trainer.student).to(meta).train()
+    else:  # the student's heads as wide as these teachers' outputs
+        from openradio.distill.student import build_student, student_config
+        dims = {n: (t.summary_dim, t.feature_dim) for n, t in teachers.items()}
+        with meta:
+            student = build_student(student_config(trainer.cfg, teachers), dims,
+                                    spectral_reparam=trainer.cfg.student.spectral_reparam).train()
+    teachers = {n: copy.deepcopy(t).to(meta) for n, t in (teachers or trainer.teachers).items()}
+    out: dict = {"student": 0.0, "teachers": {}, "per view": {}}
+    for part in trainer.cfg.stages[0].partitions:
+        views = torch.zeros(part.batch_size, 3, part.resolution, part.resolution, device=meta)
+
+        def fwd_bwd():
+            o = student(views, feature_fmt="NCHW")
+            sum(v.summary.float().sum() + v.features.float().sum() for k, v in o.items() if k != "backbone").backward()
+        out["student"] += count_flops(fwd_bwd)
+        for name in P.partition_teachers(trainer.cfg, part):
+            t = teachers[name]
+            if name in part.mosaic:
+                f = count_flops(lambda: mosaic_paths(t, t.input_size)["mosaic"](views))
+                out["per view"][name] = out["per view"].get(name, 0.0) + count_flops(
+                    lambda: mosaic_paths(t, t.input_size)["per view native"](views))
+            else:
+                res = P.teacher_resolution(trainer.cfg, part, name, t.input_size, t.patch_size, student.patch_size)
+                f = count_flops(lambda: t(views, resolution=res))
+            out["teachers"][name] = out["teachers"].get(name, 0.0) + f
+    return out
+
+
+def full_size_teachers(cfg: TrainConfig) -> dict:
+    """The config's teachers at full size with random weights, on the meta device (no memory, no download)."""
+    from openradio.teachers import build_teacher
+    with torch.device("meta"):
+        return {t.name: build_teacher(t.build_kwargs()) for t in cfg.teachers}
 
 
 def mosaic_partition(trainer: Trainer):
@@ -336,6 +386,33 @@ def describe(cfg: TrainConfig, trainer: Trainer) -> str:
             f"  teachers (random weights): {'; '.join(teachers)}")
 
 
+def _gflop(f: float) -> str:
+    if f < 1e9:
+        return f"{f / 1e6:.0f} MFLOP"
+    return f"{f / 1e9:.1f} GFLOP" if f < 1e12 else f"{f / 1e12:.2f} TFLOP"
+
+
+def _ms(s: float) -> str:
+    return f"{s * 1e3:.1f} ms" if s < 0.1 else f"{s * 1e3:.0f} ms"
+
+
+def report_flops(flops: dict, full: Optional[dict], measured_teacher_share: float) -> None:
+    st, te = flops["student"], sum(flops["teachers"].values())
+    print(f"  FLOPs per step (torch.utils.flop_counter on the meta device): student forward+backward {_gflop(st)}, "
+          f"teachers as run here {_gflop(te)} = {te / (st + te):.0%} of the step's FLOPs "
+          f"(their measured time share {measured_teacher_share:.0%})")
+    if full is None:
+        return
+    fs, ft = full["student"], sum(full["teachers"].values())
+    each = ", ".join(f"{n} {_gflop(v)}" for n, v in full["teachers"].items())
+    print(f"    with the recipe's full-size teachers (counted, not run): teachers {_gflop(ft)} ({each}), student "
+          f"{_gflop(fs)} (heads as wide as the teachers): teachers {ft / (fs + ft):.0%} of the step's FLOPs")
+    for name, pv in full["per view"].items():
+        alt = ft - full["teachers"][name] + pv
+        print(f"    {name} once per view at its native side instead of the mosaic: teachers {_gflop(alt)}; "
+              f"the mosaic saves {1 - ft / alt:.0%} of the teacher FLOPs ({1 - (fs + ft) / (fs + alt):.0%} of the step's)")
+
+
 def report(shape: str, threads: int, run: dict, mosaic: Optional[dict], trainer: Trainer) -> None:
     n = len(run["step_s"])
     med = statistics.median(run["step_s"])
@@ -358,18 +435,18 @@ def report(shape: str, threads: int, run: dict, mosaic: Optional[dict], trainer:
     print(f"  {name} mosaic in partition {part}: {mosaic['views']} views of {mosaic['view_side']} px on "
           f"{mosaic['canvases']} canvas(es) of {mosaic['canvas']} px ({mosaic['views_per_canvas']} per canvas); "
           f"median of {len(m['s'])} interleaved rounds")
-    print(f"    mosaic {m['median_s'] * 1e3:.0f} ms; per view at {mosaic['canvas']} px {nat['median_s'] * 1e3:.0f} ms: "
+    print(f"    mosaic {_ms(m['median_s'])}; per view at {mosaic['canvas']} px {_ms(nat['median_s'])}: "
           f"mosaic x{nat['ratio']:.2f} faster (FLOP ratio x{nat['flop_ratio']:.2f})")
-    print(f"    per view at its own {mosaic['view_side']} px {own['median_s'] * 1e3:.0f} ms: mosaic x{own['ratio']:.2f} "
+    print(f"    per view at its own {mosaic['view_side']} px {_ms(own['median_s'])}: mosaic x{own['ratio']:.2f} "
           f"(FLOP ratio x{own['flop_ratio']:.2f}; < 1: the mosaic costs more than SAM on the bare views)")
-    # what the measured step would cost with SAM once per view at its native side instead
-    sam = parts.get(f"teacher {name}", 0.0)
-    teach = sh["teachers"] * total
-    without = sam * nat["ratio"]
-    saved = without - sam
-    print(f"    in the step: {name} {sam / n * 1e3:.0f} ms of {teach / n * 1e3:.0f} ms teacher time per step; once per view "
-          f"it would be ~{without / n * 1e3:.0f} ms: the mosaic saves {saved / (teach + saved):.0%} of the teacher time "
-          f"and {saved / (total + saved):.0%} of the step")
+    # what the measured step would cost with SAM once per view at its native side instead: the
+    # standalone difference added to the step (the in-step SAM time itself runs higher than the
+    # standalone one: its memory is touched afresh after the student's activations come and go)
+    sam, teach = parts.get(f"teacher {name}", 0.0) / n, sh["teachers"] * total / n
+    extra = nat["median_s"] - m["median_s"]
+    print(f"    in the step: {name} {_ms(sam)} of {_ms(teach)} teacher time per step; once per view it "
+          f"would add ~{_ms(extra)}: the mosaic saves {extra / (teach + extra):.0%} of the teacher time and "
+          f"{extra / (total / n + extra):.0%} of the step")
 
 
 def machine() -> str:
@@ -403,9 +480,16 @@ def run_shape(shape: str, threads: int, args: argparse.Namespace, data_dir: Path
         teacher = trainer.teachers[name]
         views = trainer_module._resize(trainer.data.next_batch(0, part), part.resolution)
         pad = teacher.pixel_mean.flatten() if cfg.mosaic_pad == "teacher_mean" else 0.0
-        mosaic = compare_mosaic(teacher, views, teacher.input_size, args.mosaic_rounds, pad)
+        mosaic = compare_mosaic(teacher, views, teacher.input_size, args.mosaic_rounds, pad, min_s=2.0)
         mosaic.update(teacher=name, partition=part.name, view_side=part.resolution, canvas=teacher.input_size)
     report(shape, threads, run, mosaic, trainer)
+    if args.flops:
+        full = None
+        if shape == "b16":
+            full_cfg = recipe_config(shape, data_dir, tmp / f"{shape}-full", stage=args.stage, batch=args.batch,
+                                     shrink=False)
+            full = step_flops(trainer, full_size_teachers(full_cfg))
+        report_flops(step_flops(trainer), full, shares(run["parts"])["teachers"])
     print(f"  ({time.perf_counter() - t0:.0f} s for this shape)", flush=True)
 
 
@@ -421,7 +505,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--batch", type=int, default=4, help="images per partition for b16 (default 4: one full canvas)")
     ap.add_argument("--teacher-width", type=int, default=128, help="b16: shrunk teachers' width (default 128)")
     ap.add_argument("--teacher-depth", type=int, default=4, help="b16: shrunk teachers' depth (default 4)")
-    ap.add_argument("--mosaic-rounds", type=int, default=3, help="interleaved rounds of the mosaic comparison (0: skip)")
+    ap.add_argument("--mosaic-rounds", type=int, default=5, help="interleaved rounds of the mosaic comparison, at least 2 s of them (0: skip)")
+    ap.add_argument("--no-flops", dest="flops", action="store_false",
+                    help="skip the FLOP counts (student, teachers; b16 also with the full-size teachers)")
     ap.add_argument("--data", default=None, help="image folder (default: the bundled photographs in a temp folder)")
     args = ap.parse_args(argv)
     args.shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
