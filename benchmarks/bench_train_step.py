@@ -50,9 +50,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Optional
 
 import torch
 import yaml
@@ -61,10 +61,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from openradio.distill import trainer as trainer_module  # noqa: E402
-from openradio.distill.config import TrainConfig, load_config  # noqa: E402
-from openradio.distill.mosaic import pack_mosaic, unpack_features  # noqa: E402
-from openradio.distill.trainer import DistEnv, Trainer  # noqa: E402
+from openradio.distill import trainer as trainer_module
+from openradio.distill.config import TrainConfig, load_config
+from openradio.distill.mosaic import pack_mosaic, unpack_features
+from openradio.distill.trainer import DistEnv, Trainer
 
 # printed in this order; "teacher <name>" rows are summed into "teachers"
 CATEGORIES = ("teachers", "student forward", "student backward", "losses", "optimiser", "EMA", "PHI-S", "data",
@@ -95,8 +95,8 @@ def shrink_teachers(teachers: list, width: int, depth: int) -> list:
     return out
 
 
-def recipe_config(shape: str, data_dir: str | Path, out_dir: str | Path, recipe: Optional[str | Path] = None,
-                  stage: Optional[int] = None, batch: Optional[int] = None, teacher_width: int = 128,
+def recipe_config(shape: str, data_dir: str | Path, out_dir: str | Path, recipe: str | Path | None = None,
+                  stage: int | None = None, batch: int | None = None, teacher_width: int = 128,
                   teacher_depth: int = 4, shrink: bool = True) -> TrainConfig:
     """The training config of ``shape`` ('tiny' or 'b16'), reading ``recipe`` (default: the shipped
     one), keeping one stage (``stage``; default 0 for tiny, 1 for b16) with ``batch`` images per
@@ -309,7 +309,7 @@ def compare_mosaic(teacher: torch.nn.Module, views: torch.Tensor, canvas: int, r
     return res
 
 
-def step_flops(trainer: Trainer, teachers: Optional[dict] = None) -> dict:
+def step_flops(trainer: Trainer, teachers: dict | None = None) -> dict:
     """FLOPs of one step of ``trainer``'s stage, counted on the meta device (nothing runs):
     ``student`` (forward + backward of every partition's batch), ``teachers`` (per teacher, as the
     trainer calls it: mosaic canvases or the batch at its resolution) and ``per view`` (per mosaic
@@ -330,19 +330,20 @@ def step_flops(trainer: Trainer, teachers: Optional[dict] = None) -> dict:
     for part in trainer.cfg.stages[0].partitions:
         views = torch.zeros(part.batch_size, 3, part.resolution, part.resolution, device=meta)
 
-        def fwd_bwd():
+        def fwd_bwd(views=views):
             o = student(views, feature_fmt="NCHW")
             sum(v.summary.float().sum() + v.features.float().sum() for k, v in o.items() if k != "backbone").backward()
         out["student"] += count_flops(fwd_bwd)
         for name in P.partition_teachers(trainer.cfg, part):
             t = teachers[name]
             if name in part.mosaic:
-                f = count_flops(lambda: mosaic_paths(t, t.input_size)["mosaic"](views))
+                paths = mosaic_paths(t, t.input_size)
+                f = count_flops(lambda p=paths, v=views: p["mosaic"](v))
                 out["per view"][name] = out["per view"].get(name, 0.0) + count_flops(
-                    lambda: mosaic_paths(t, t.input_size)["per view native"](views))
+                    lambda p=paths, v=views: p["per view native"](v))
             else:
                 res = P.teacher_resolution(trainer.cfg, part, name, t.input_size, t.patch_size, student.patch_size)
-                f = count_flops(lambda: t(views, resolution=res))
+                f = count_flops(lambda t=t, v=views, r=res: t(v, resolution=r))
             out["teachers"][name] = out["teachers"].get(name, 0.0) + f
     return out
 
@@ -396,7 +397,7 @@ def _ms(s: float) -> str:
     return f"{s * 1e3:.1f} ms" if s < 0.1 else f"{s * 1e3:.0f} ms"
 
 
-def report_flops(flops: dict, full: Optional[dict], measured_teacher_share: float) -> None:
+def report_flops(flops: dict, full: dict | None, measured_teacher_share: float) -> None:
     st, te = flops["student"], sum(flops["teachers"].values())
     print(f"  FLOPs per step (torch.utils.flop_counter on the meta device): student forward+backward {_gflop(st)}, "
           f"teachers as run here {_gflop(te)} = {te / (st + te):.0%} of the step's FLOPs "
@@ -410,10 +411,11 @@ def report_flops(flops: dict, full: Optional[dict], measured_teacher_share: floa
     for name, pv in full["per view"].items():
         alt = ft - full["teachers"][name] + pv
         print(f"    {name} once per view at its native side instead of the mosaic: teachers {_gflop(alt)}; "
-              f"the mosaic saves {1 - ft / alt:.0%} of the teacher FLOPs ({1 - (fs + ft) / (fs + alt):.0%} of the step's)")
+              f"the mosaic saves {1 - ft / alt:.0%} of the teacher FLOPs "
+              f"({1 - (fs + ft) / (fs + alt):.0%} of the step's)")
 
 
-def report(shape: str, threads: int, run: dict, mosaic: Optional[dict], trainer: Trainer) -> None:
+def report(shape: str, threads: int, run: dict, mosaic: dict | None, trainer: Trainer) -> None:
     n = len(run["step_s"])
     med = statistics.median(run["step_s"])
     imgs = run["images"][0]
@@ -453,23 +455,24 @@ def report(shape: str, threads: int, run: dict, mosaic: Optional[dict], trainer:
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
     except OSError:
         pass
     load = ""
     if hasattr(os, "getloadavg"):
         load = f", load average {os.getloadavg()[0]:.1f}"
-    return f"{cpu}, {os.cpu_count()} cores visible{load}"
+    return f"{cpu} ({platform.system()} {platform.machine()}), {os.cpu_count()} cores visible{load}"
 
 
 def run_shape(shape: str, threads: int, args: argparse.Namespace, data_dir: Path, tmp: Path) -> None:
     torch.set_num_threads(threads)
-    cfg = recipe_config(shape, data_dir, tmp / f"{shape}-{threads}", recipe=args.recipe if shape == args.shapes[0]
-                        and args.recipe else None, stage=args.stage, batch=args.batch if shape == "b16" else None,
-                        teacher_width=args.teacher_width, teacher_depth=args.teacher_depth)
+    cfg = recipe_config(shape, data_dir, tmp / f"{shape}-{threads}", recipe=args.recipe, stage=args.stage,
+                        batch=args.batch if shape == "b16" else None, teacher_width=args.teacher_width,
+                        teacher_depth=args.teacher_depth)
     t0 = time.perf_counter()
     trainer = Trainer(cfg, env=DistEnv())
     print(describe(cfg, trainer), flush=True)
@@ -487,26 +490,27 @@ def run_shape(shape: str, threads: int, args: argparse.Namespace, data_dir: Path
     if args.flops:
         full = None
         if shape == "b16":
-            full_cfg = recipe_config(shape, data_dir, tmp / f"{shape}-full", stage=args.stage, batch=args.batch,
-                                     shrink=False)
+            full_cfg = recipe_config(shape, data_dir, tmp / f"{shape}-full", recipe=args.recipe, stage=args.stage,
+                                     batch=args.batch, shrink=False)
             full = step_flops(trainer, full_size_teachers(full_cfg))
         report_flops(step_flops(trainer), full, shares(run["parts"])["teachers"])
     print(f"  ({time.perf_counter() - t0:.0f} s for this shape)", flush=True)
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--shapes", default="tiny,b16", help="comma list of tiny, b16 (default both)")
     ap.add_argument("--threads", default="1", help="comma list of torch thread counts (default 1)")
     ap.add_argument("--steps", type=int, default=8, help="timed steps of the tiny recipe (default 8)")
     ap.add_argument("--b16-steps", type=int, default=3, help="timed steps of the B/16 shape (default 3)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps first (default 1)")
-    ap.add_argument("--recipe", default=None, help="YAML recipe for the first shape instead of the shipped one")
+    ap.add_argument("--recipe", default=None, help="a YAML recipe instead of the shipped one (with a single --shapes)")
     ap.add_argument("--stage", type=int, default=None, help="the recipe stage to run (default: 0 tiny, 1 b16)")
     ap.add_argument("--batch", type=int, default=4, help="images per partition for b16 (default 4: one full canvas)")
     ap.add_argument("--teacher-width", type=int, default=128, help="b16: shrunk teachers' width (default 128)")
     ap.add_argument("--teacher-depth", type=int, default=4, help="b16: shrunk teachers' depth (default 4)")
-    ap.add_argument("--mosaic-rounds", type=int, default=5, help="interleaved rounds of the mosaic comparison, at least 2 s of them (0: skip)")
+    ap.add_argument("--mosaic-rounds", type=int, default=5,
+                    help="interleaved rounds of the mosaic comparison, at least 2 s of them (0: skip)")
     ap.add_argument("--no-flops", dest="flops", action="store_false",
                     help="skip the FLOP counts (student, teachers; b16 also with the full-size teachers)")
     ap.add_argument("--data", default=None, help="image folder (default: the bundled photographs in a temp folder)")
@@ -517,6 +521,10 @@ def main(argv: Optional[list[str]] = None) -> None:
     bad = [s for s in args.shapes if s not in ("tiny", "b16")]
     if bad:
         ap.error(f"unknown shape(s) {bad}: use tiny, b16")
+    if args.recipe and len(args.shapes) != 1:
+        ap.error("--recipe replaces one shape's recipe: give a single --shapes (tiny or b16) with it")
+    if args.recipe and not Path(args.recipe).is_file():
+        ap.error(f"--recipe {args.recipe}: no such file")
     threads = [int(t) for t in args.threads.split(",")]
     print(f"torch {torch.__version__}; {machine()}; float32; threads {args.threads}; warm-up {args.warmup} step(s)")
     with tempfile.TemporaryDirectory(prefix="bench_train_step_") as tmp:
