@@ -505,7 +505,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--b16-steps", type=int, default=3, help="timed steps of the B/16 shape (default 3)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps first (default 1)")
     ap.add_argument("--recipe", default=None, help="a YAML recipe instead of the shipped one (with a single --shapes)")
-    ap.add_argument("--stage", type=int, default=None, help="the recipe stage to run (default: 0 tiny, 1 b16)")
+    ap.add_argument("--stage", type=int, default=None, help="the recipe stage to run, 0-based (default: 0 tiny; 1 b16: the 432 px stage)")
     ap.add_argument("--batch", type=int, default=4, help="images per partition for b16 (default 4: one full canvas)")
     ap.add_argument("--teacher-width", type=int, default=128, help="b16: shrunk teachers' width (default 128)")
     ap.add_argument("--teacher-depth", type=int, default=4, help="b16: shrunk teachers' depth (default 4)")

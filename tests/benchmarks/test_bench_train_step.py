@@ -21,7 +21,16 @@ def bt():
     return mod
 
 
-def test_step_parts_add_up_and_leave_the_trainer_as_it_was(bt, tmp_path, train_image_dir):
+@pytest.fixture
+def one_thread():
+    # the tiny recipe's operations are too small for two threads on a shared machine
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_step_parts_add_up_and_leave_the_trainer_as_it_was(bt, tmp_path, train_image_dir, one_thread):
     cfg = bt.recipe_config("tiny", train_image_dir, tmp_path / "a")
     timed, plain = Trainer(cfg, env=DistEnv()), Trainer(bt.recipe_config("tiny", train_image_dir, tmp_path / "b"),
                                                         env=DistEnv())
