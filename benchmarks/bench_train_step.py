@@ -100,7 +100,7 @@ def recipe_config(shape: str, data_dir: str | Path, out_dir: str | Path, recipe:
                   teacher_depth: int = 4, shrink: bool = True) -> TrainConfig:
     """The training config of ``shape`` ('tiny' or 'b16'), reading ``recipe`` (default: the shipped
     one), keeping one stage (``stage``; default 0 for tiny, 1 for b16) with ``batch`` images per
-    partition when given. ``shrink=False`` keeps b16's full-size teachers (for FLOP counts on the
+    partition when given, every partition on this one process. ``shrink=False`` keeps b16's full-size teachers (for FLOP counts on the
     meta device; pretrained weights are not downloaded)."""
     if shape not in ("tiny", "b16"):
         raise ValueError(f"unknown shape {shape!r}: use 'tiny' or 'b16'")
@@ -110,8 +110,9 @@ def recipe_config(shape: str, data_dir: str | Path, out_dir: str | Path, recipe:
     if not 0 <= stage < len(data["stages"]):
         raise ValueError(f"{recipe.name} has {len(data['stages'])} stages; --stage {stage} does not exist")
     st = copy.deepcopy(data["stages"][stage])
-    if batch:
-        for p in st["partitions"]:
+    for p in st["partitions"]:
+        p["ranks"] = None  # one process trains every partition of the stage
+        if batch:
             p["batch_size"] = batch
     data["stages"] = [st]
     if shape == "b16":
@@ -256,10 +257,10 @@ def count_flops(fn: Callable[[], object]) -> float:
         return sdpa_flop_count(query_shape, key_shape, value_shape)
 
     mapping = {}
-    for name in ("_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_attention_math"):
-        op = getattr(torch.ops.aten, name, None)
-        if op is not None:
-            mapping[op] = sdpa
+    # (the math fallback decomposes into matmuls, which the counter sees on their own)
+    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if op is not None:
+        mapping[op] = sdpa
     with FlopCounterMode(display=False, custom_mapping=mapping) as fc:
         fn()
     return float(fc.get_total_flops())

@@ -108,5 +108,8 @@ def test_b16_config_keeps_the_student_and_shrinks_the_teachers(bt, tmp_path):
         teacher = build_teacher(t.build_kwargs())
         sizes[t.name] = (teacher.patch_size, teacher.input_size, teacher.feature_dim)
     assert sizes == {"clip": (14, 378, 64), "siglip": (14, 378, 64), "dino_v2": (14, 378, 64), "sam": (16, 1024, 64)}
+    # the recipe's last stage spreads its partitions over 8 ranks: here one process trains both
+    last = bt.recipe_config("b16", tmp_path, tmp_path / "run", stage=2).stages[0].partitions
+    assert [(p.name, p.resolution, p.ranks) for p in last] == [("low", 432, None), ("high", 1024, None)]
     with pytest.raises(ValueError, match="stages"):
         bt.recipe_config("b16", tmp_path, tmp_path / "run", stage=7)
