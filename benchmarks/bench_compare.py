@@ -113,6 +113,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", default="", help="comma-separated torch thread counts (default: torch's)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--window", type=int, default=16)
+    ap.add_argument("--chunk-tokens", type=int, default=None,
+                    help="openradio's cpu_chunk_tokens (0: the whole batch in one pass; default: the model's)")
     a = ap.parse_args(argv)
     bf16_ok, bf16_where = native_bf16()
     print(f"torch {torch.__version__}; {bf16_where}: bf16 cells {'run' if bf16_ok else 'skipped'}")
@@ -120,8 +122,12 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for shape in a.shapes.split(","):
             model, timm_for, hf = build(shape, Path(tmp))
+            if a.chunk_tokens is not None:
+                model.cpu_chunk_tokens = a.chunk_tokens
             dim, depth, _ = SHAPES[shape]
-            print(f"\nshape {shape}: dim {dim}, depth {depth}, patch 16; contestants: openradio, timm"
+            print(f"\nshape {shape}: dim {dim}, depth {depth}, patch 16; openradio's CPU inference runs its blocks on "
+                  f"groups of <= {model.cpu_chunk_tokens} tokens (whole images; --chunk-tokens)")
+            print(f"contestants: openradio, timm"
                   f"{', transformers' if hf is not None else ' (transformers RadioModel not available)'}")
             print(f"{'thr':>3} {'res':>5} {'bs':>3} {'mode':9} {'dtype':8} {'openradio ms':>12} {'vs timm':>8} "
                   f"{'vs hf':>7} {'MFU':>6} {'peak MiB':>9}")

@@ -48,6 +48,8 @@ def main() -> None:
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--pca", default="", help="write the PCA pictures (float32 | int8) to this PNG")
+    ap.add_argument("--engines", default="", help="quantised engines to compare, e.g. onednn,x86 "
+                    "(default: quantize_dynamic's default engine)")
     a = ap.parse_args()
 
     import openradio
@@ -58,38 +60,50 @@ def main() -> None:
                                                     num_heads=a.heads, cpe_max_size=2048,
                                                     arch="vit_base_patch16_224"))
         model = openradio.radio_model(src, text_towers=False).float()
-    q = openradio.quantize_dynamic(model)
+    engines = [e for e in a.engines.split(",") if e] or [None]
+    qs = {}
+    for e in engines:
+        qm = openradio.quantize_dynamic(model, engine=e)
+        qs[qm.quantized.split("(")[-1].rstrip(")")] = qm
     names = a.photos.split(",")
     photos = load_photos(names, a.resolution)
     print(f"model: {a.version or f'random ViT dim {a.embed_dim}, depth {a.depth}, heads {a.heads}, patch 16'}; "
           f"{a.resolution}px; int8 = torch.ao dynamic quantisation of the blocks' linear layers "
-          f"(engine {torch.backends.quantized.engine}); torch {torch.__version__}")
+          f"(engines {', '.join(qs)}); torch {torch.__version__}")
     pcs = []
     with torch.inference_mode():
         for n, x in zip(names, photos):
-            f, i = model(x[None], feature_fmt="NCHW"), q(x[None], feature_fmt="NCHW")
-            f, i = (f["backbone"], i["backbone"]) if isinstance(f, dict) else (f, i)
-            cs = F.cosine_similarity(f.summary, i.summary).item()
-            cf = F.cosine_similarity(f.features, i.features, dim=1).mean().item()
-            print(f"  {n:12} summary cosine {cs:.5f}   feature cosine (mean over tokens) {cf:.5f}")
-            pcs.append((x, f.features, i.features))
+            f = model(x[None], feature_fmt="NCHW")
+            f = f["backbone"] if isinstance(f, dict) else f
+            for e, q in qs.items():
+                i = q(x[None], feature_fmt="NCHW")
+                i = i["backbone"] if isinstance(i, dict) else i
+                cs = F.cosine_similarity(f.summary, i.summary).item()
+                cf = F.cosine_similarity(f.features, i.features, dim=1).mean().item()
+                print(f"  {n:12} {e:7} summary cosine {cs:.5f}   feature cosine (mean over tokens) {cf:.5f}")
+                if e == next(iter(qs)):
+                    pcs.append((x, f.features, i.features))
     if a.pca:
         write_pca(pcs, a.pca)
-        print(f"PCA pictures (photo | float32 | int8, one PCA per photo fitted on float32): {a.pca}")
+        print(f"PCA pictures (photo | float32 | int8 {next(iter(qs))}, one PCA per photo fitted on float32): {a.pca}")
     x = torch.stack(photos[:1] * a.batch_size)
+    fns = {"float32": model, **qs}
     for threads in [int(t) for t in a.threads.split(",")]:
         torch.set_num_threads(threads)
-        tf, ti = [], []
+        times = {k: [] for k in fns}
         with torch.inference_mode():
-            model(x), q(x)
+            for fn in fns.values():
+                fn(x)
             for r in range(a.rounds):
-                for which in (("f", "i") if r % 2 == 0 else ("i", "f")):
+                for k in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
                     t0 = time.perf_counter()
-                    (model if which == "f" else q)(x)
-                    (tf if which == "f" else ti).append(time.perf_counter() - t0)
-        print(f"threads {threads} batch {a.batch_size}: int8 x{statistics.median(f / i for f, i in zip(tf, ti)):.2f} "
-              f"faster than float32 (float32 {statistics.median(tf) * 1e3:.0f} ms, int8 "
-              f"{statistics.median(ti) * 1e3:.0f} ms per call)", flush=True)
+                    fns[k](x)
+                    times[k].append(time.perf_counter() - t0)
+        for e in qs:
+            ratio = statistics.median(f / i for f, i in zip(times["float32"], times[e]))
+            print(f"threads {threads} batch {a.batch_size}: int8 ({e}) x{ratio:.2f} faster than float32 "
+                  f"(float32 {statistics.median(times['float32']) * 1e3:.0f} ms, int8 "
+                  f"{statistics.median(times[e]) * 1e3:.0f} ms per call)", flush=True)
 
 
 def write_pca(items, path: str) -> None:

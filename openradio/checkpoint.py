@@ -557,14 +557,10 @@ def save_checkpoint(path: str | os.PathLike, args: argparse.Namespace, state_dic
                     *, state_dict_ema: Optional[dict] = None, epoch: int = 0, arch: Optional[str] = None) -> Path:
     """Write an official-format ``.pth.tar`` atomically (temporary file, fsync, rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     chk = {"arch": arch or arg(args, "model"), "epoch": epoch, "state_dict": state_dict, "args": args}
     if state_dict_ema is not None:
         chk["state_dict_ema"] = state_dict_ema
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(chk, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    from openradio.atomicio import atomic_path
+    with atomic_path(path, fsync=True) as tmp:
+        torch.save(chk, tmp)
     return path

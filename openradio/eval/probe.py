@@ -30,6 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from openradio.eval.data import IMAGE_EXTENSIONS, LabelledImages, iterate_batches, load_image
+from openradio.imageio import is_image_name
 from openradio.runtime import autocast, select_output
 
 __all__ = ["SegmentationSet", "read_segmentation_folder", "load_mask", "probe_segmentation", "SegProbeResult",
@@ -63,7 +64,7 @@ def read_segmentation_folder(root: str | os.PathLike) -> SegmentationSet:
     masks = {p.stem: p for p in mask_dir.iterdir() if p.suffix.lower() == ".png"}
     images, paired = [], []
     for p in sorted(img_dir.iterdir()):
-        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file():
+        if is_image_name(p.name) and p.is_file():
             if p.stem not in masks:
                 raise FileNotFoundError(f"image {p} has no mask {mask_dir / (p.stem + '.png')}")
             images.append(p)

@@ -39,6 +39,9 @@ class _Loaded:
 
 LOADED = _Loaded()
 
+# tokens per block pass in CPU inference (benchmarks/bench_compare.py --chunk-tokens measures it)
+CPU_CHUNK_TOKENS = 2560
+
 
 class RADIOModel(nn.Module):
     """The official RADIO API (``model(x)``, ``forward_intermediates``, resolution helpers).
@@ -69,6 +72,9 @@ class RADIOModel(nn.Module):
         self._vitdet_num_windowed = vitdet_num_windowed
         self._vitdet_num_global = vitdet_num_global
         self.version: Optional[str] = None
+        # CPU inference runs the blocks on groups of images of at most this many tokens
+        # (0 or None: the whole batch at once); see _chunk_size
+        self.cpu_chunk_tokens: Optional[int] = CPU_CHUNK_TOKENS
 
     # -- properties -----------------------------------------------------------------------------
     @property
@@ -193,6 +199,19 @@ class RADIOModel(nn.Module):
         layout = WindowLayout(tokens.shape[0], h, w, window)
         return WindowedRunner(tokens, self.num_summary_tokens, layout, self._schedule())
 
+    def _chunk_size(self, tokens: torch.Tensor) -> int:
+        """Images per block pass: all of them, except in CPU inference where a batch holds more
+        than ``cpu_chunk_tokens`` tokens; then the blocks run on groups of whole images of at most
+        that many tokens (at least one image), so each block's activations stay in the CPU caches
+        (at 512 px batch 8 the block-wide activations are ~100 MB and the MLP's GELU, the
+        attention's layout copies and the residual adds become memory-bound). Every image's
+        tokens meet only its own tokens, so this changes no arithmetic: see the model tests."""
+        B, N = tokens.shape[:2]
+        limit = self.cpu_chunk_tokens
+        if (not limit or B == 1 or B * N <= limit or tokens.device.type != "cpu" or torch.is_grad_enabled()):
+            return B
+        return max(1, limit // N)
+
     def forward_tokens(self, x: torch.Tensor, vitdet_window=LOADED) -> torch.Tensor:
         """Conditioned image -> (B, prefix + h*w, D) after the last block and the final norm."""
         window = self._window(vitdet_window)
@@ -200,6 +219,12 @@ class RADIOModel(nn.Module):
         h, w = x.shape[-2] // p, x.shape[-1] // p
         # the official CPE forward is patch_generator -> blocks -> norm (timm's norm_pre unused)
         tokens = self.patch_generator(x)
+        chunk = self._chunk_size(tokens)
+        if chunk < tokens.shape[0]:
+            return torch.cat([self._blocks_and_norm(t, h, w, window) for t in tokens.split(chunk)])
+        return self._blocks_and_norm(tokens, h, w, window)
+
+    def _blocks_and_norm(self, tokens: torch.Tensor, h: int, w: int, window: Optional[int]) -> torch.Tensor:
         runner = self._runner(tokens, h, w, window)
         if runner is None:
             tokens = self.blocks(tokens)
