@@ -32,13 +32,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny.yaml"
 COMMON = ["data.augment=false", "progress=false", "tensorboard=false", "checkpoint_every=100000", "log_every=100000"]
-SHRUNK = {"embed_dim": 384, "depth": 6, "num_heads": 6}
 B16 = [
     "student.model=vit_base_patch16_224", "student.model_kwargs={}", "student.cpe_max_size=1024",
     "student.mlp_hidden_size=1520",
-    f"teachers.0.overrides={{width: 384, layers: 6, head_width: 64, image_size: 224}}",
-    f"teachers.1.overrides={{embed_dim: 384, depth: 6, num_heads: 6, img_size: 224}}",
-    f"teachers.2.overrides={{embed_dim: 384, depth: 6, num_heads: 6, img_size: 224}}",
+    "teachers.0.overrides={width: 384, layers: 6, head_width: 64, image_size: 224}",
+    "teachers.1.overrides={embed_dim: 384, depth: 6, num_heads: 6, img_size: 224}",
+    "teachers.2.overrides={embed_dim: 384, depth: 6, num_heads: 6, img_size: 224}",
     "teachers.3.overrides={embed_dim: 384, depth: 6, num_heads: 6, img_size: 256, window_size: 4, "
     "global_attn_indexes: [2, 5]}",
     "stages.0.partitions=[{name: low, resolution: 128, batch_size: 4, mosaic: [sam]}, "
@@ -63,8 +62,8 @@ def cfg(data: Path, out: Path, *overrides: str):
 def bench(name: str, data: Path, root: Path, overrides: list, steps: int, warmup: int) -> None:
     import torch
 
-    from openradio.distill.teacher_cache import build_cache, build_teachers
-    from openradio.distill.trainer import DistEnv, Trainer
+    from openradio.distill.teacher_cache import build_cache
+    from openradio.distill.trainer import DistEnv, Trainer, build_teachers
 
     live_cfg = cfg(data, root / f"{name}-live", *overrides)
     teachers = build_teachers(live_cfg, torch.device("cpu"))  # built once, as a trainer does: not timed

@@ -63,7 +63,7 @@ if str(REPO) not in sys.path:
 
 from openradio.distill import trainer as trainer_module
 from openradio.distill.config import TrainConfig, load_config
-from openradio.distill.mosaic import pack_mosaic, unpack_features
+from openradio.distill.mosaic import mosaic_pad_value, pack_mosaic, unpack_features
 from openradio.distill.trainer import DistEnv, Trainer
 
 # printed in this order; "teacher <name>" rows are summed into "teachers"
@@ -484,7 +484,7 @@ def run_shape(shape: str, threads: int, args: argparse.Namespace, data_dir: Path
         part, name = found
         teacher = trainer.teachers[name]
         views = trainer_module._resize(trainer.data.next_batch(0, part), part.resolution)
-        pad = teacher.pixel_mean.flatten() if cfg.mosaic_pad == "teacher_mean" else 0.0
+        pad = mosaic_pad_value(teacher, cfg.mosaic_pad)
         mosaic = compare_mosaic(teacher, views, teacher.input_size, args.mosaic_rounds, pad, min_s=2.0)
         mosaic.update(teacher=name, partition=part.name, view_side=part.resolution, canvas=teacher.input_size)
     report(shape, threads, run, mosaic, trainer)

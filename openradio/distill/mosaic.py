@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["MosaicLayout", "plan_mosaic", "pack_mosaic", "unpack_features"]
+__all__ = ["MosaicLayout", "plan_mosaic", "pack_mosaic", "unpack_features", "mosaic_pad_value"]
 
 
 def _pair(v: int | tuple[int, int], what: str) -> tuple[int, int]:
@@ -146,3 +146,9 @@ def unpack_features(canvas_feats: Tensor, layout: MosaicLayout) -> Tensor:
         for c, top, left in layout.positions
     ]
     return torch.stack(windows)
+
+
+def mosaic_pad_value(teacher, mode: str):
+    """What fills a canvas outside its views (``TrainConfig.mosaic_pad``): ``'zero'``, or
+    ``'teacher_mean'``: the teacher's mean colour, i.e. zero after its input normalisation."""
+    return teacher.pixel_mean.flatten() if mode == "teacher_mean" else 0.0

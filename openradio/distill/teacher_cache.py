@@ -161,15 +161,6 @@ def weights_fingerprint(teachers: Mapping[str, torch.nn.Module]) -> dict[str, st
     return out
 
 
-def build_teachers(cfg: TrainConfig, device: torch.device) -> dict:
-    """The recipe's teachers exactly as :class:`~openradio.distill.trainer.Trainer` builds them
-    (random weights drawn from ``cfg.seed``, whatever the caller's RNG)."""
-    from openradio.teachers import build_teacher
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        return {t.name: build_teacher(t.build_kwargs()).to(device) for t in cfg.teachers}
-
-
 def _specs_of(teachers: Mapping[str, Any]) -> dict[str, TeacherSpec]:
     return {n: TeacherSpec(n, int(t.patch_size), int(t.input_size),
                            None if t.summary_dim is None else int(t.summary_dim), int(t.feature_dim))
@@ -251,7 +242,7 @@ def _targets(batch: list[Tensor], entries: list[CacheEntry], teachers: Mapping[s
     from safetensors.torch import save
 
     from openradio.distill.data import ResizeCenterCrop
-    from openradio.distill.mosaic import pack_mosaic, unpack_features
+    from openradio.distill.mosaic import mosaic_pad_value, pack_mosaic, unpack_features
     from openradio.distill.trainer import _resize
 
     tensors: list[dict[int, dict[str, Tensor]]] = [dict() for _ in batch]
@@ -263,7 +254,7 @@ def _targets(batch: list[Tensor], entries: list[CacheEntry], teachers: Mapping[s
             teacher = teachers[e.teacher]
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
                 if e.mosaic:  # each view alone on its canvas (see the module doc)
-                    pad = teacher.pixel_mean.flatten() if cfg.mosaic_pad == "teacher_mean" else 0.0
+                    pad = mosaic_pad_value(teacher, cfg.mosaic_pad)
                     packed = [pack_mosaic(xs[i:i + 1], e.teacher_res, teacher.patch_size, pad_value=pad)
                               for i in range(len(batch))]
                     canv = teacher(torch.cat([c for c, _ in packed])).features
@@ -290,6 +281,8 @@ def build_cache(cfg: TrainConfig, out_dir: PathLike, *, data_path: Optional[Path
     A partial cache of the same recipe and data in ``out_dir`` is resumed; a complete one is left
     as is (``overwrite=True`` rebuilds either); one made for anything else is refused."""
     from tqdm.auto import tqdm
+
+    from openradio.distill.trainer import build_teachers
 
     if dtype not in ("float16", "float32"):
         raise ValueError(f"cache dtype must be float16 or float32, got {dtype!r}")

@@ -40,7 +40,7 @@ from openradio.distill.export import write_export
 from openradio.distill.faults import maybe_inject_fault
 from openradio.distill.losses import distill_loss
 from openradio.distill.metrics import MetricsLogger, merge_rank_metrics
-from openradio.distill.mosaic import pack_mosaic, unpack_features
+from openradio.distill.mosaic import mosaic_pad_value, pack_mosaic, unpack_features
 from openradio.distill.optim import build_optimizer, build_scheduler
 from openradio.distill.phi_s import PhiSNormalizer
 from openradio.distill.runtime import DistEnv, full_tensor, init_distributed, peak_memory_mb, seed_everything, wrap_model
@@ -48,7 +48,7 @@ from openradio.distill.streams import PartitionStreams
 from openradio.distill.student import args_to_state, build_student, student_args, student_config
 from openradio.model.radio import RADIOModel
 
-__all__ = ["Trainer", "DistEnv", "init_distributed"]
+__all__ = ["Trainer", "DistEnv", "init_distributed", "build_teachers"]
 
 
 class Trainer:
@@ -74,9 +74,7 @@ class Trainer:
             self.cache = TeacherCache(cfg.data.teacher_cache)
             self.teachers = self.cache.teacher_specs(cfg)
         else:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(cfg.seed)
-                self.teachers = teachers if teachers is not None else self._build_teachers()
+            self.teachers = teachers if teachers is not None else build_teachers(cfg, self.device)
         self.args = student_args(cfg, self.teachers)
         self.head_dims = {t.name: (self.teachers[t.name].summary_dim, self.teachers[t.name].feature_dim)
                           for t in cfg.teachers}
@@ -107,10 +105,6 @@ class Trainer:
                                       is_writer=self.env.is_main)
         self.logger = MetricsLogger(self.out_dir, cfg, enabled=self.env.is_main, world_size=self.env.world_size)
         self._check_resolutions()
-
-    def _build_teachers(self) -> dict:
-        from openradio.teachers import build_teacher
-        return {t.name: build_teacher(t.build_kwargs()).to(self.device) for t in self.cfg.teachers}
 
     @property
     def _sharded(self) -> bool:
@@ -180,8 +174,7 @@ class Trainer:
                 # bf16 autocast for the teachers too: they are most of a step's FLOPs in the B/L recipes
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp):
                     if name in part.mosaic:
-                        # 'teacher_mean': the teacher's mean colour, i.e. zero after its input normalisation
-                        pad = teacher.pixel_mean.flatten() if self.cfg.mosaic_pad == "teacher_mean" else 0.0
+                        pad = mosaic_pad_value(teacher, self.cfg.mosaic_pad)
                         canvases, layout = pack_mosaic(images, res, teacher.patch_size, pad_value=pad)
                         summary, feats = None, unpack_features(teacher(canvases).features, layout)
                     else:
@@ -450,6 +443,16 @@ class Trainer:
         if not self.env.is_main:
             return Path(path)
         return write_export(path, self.args, student, self.phi_s, ema=self.ema if use_ema else None, step=self.step)
+
+
+def build_teachers(cfg: TrainConfig, device: torch.device) -> dict:
+    """The recipe's teachers, ``{name: teacher}`` on ``device``. Randomly initialised teachers
+    (tests, demo) draw their weights from ``cfg.seed`` whatever the caller's RNG, so they are the
+    same on every rank, in every restart and in ``openradio data cache-teachers``."""
+    from openradio.teachers import build_teacher
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return {t.name: build_teacher(t.build_kwargs()).to(device) for t in cfg.teachers}
 
 
 def _resize(images: torch.Tensor, side: int) -> torch.Tensor:
