@@ -15,6 +15,8 @@ bf16 cells run only where the CPU has native bf16 matmuls (AVX512-BF16 or AMX; o
 elsewhere the script says so and skips them (AVX2 CPUs emulate bf16, tens of times slower).
 The contestants share the weights: the timm ViT is built with the same name and sizes and
 copied from openradio's blocks; transformers' model is openradio's saved as a native folder.
+All three run sequences of one length: the timm ViT carries timm register tokens so that its
+class token and registers are as many as openradio's prefix tokens (``make_timm_baseline``).
 
     python benchmarks/bench_compare.py                         # B/16, 224 and 512, batch 1: quick
     python benchmarks/bench_compare.py --shapes b16,l16 --resolutions 224,512,1024,2048 --batches 1,8
@@ -127,7 +129,8 @@ def main(argv=None) -> int:
             dim, depth, _ = SHAPES[shape]
             print(f"\nshape {shape}: dim {dim}, depth {depth}, patch 16; openradio's CPU inference runs its blocks on "
                   f"groups of <= {model.cpu_chunk_tokens} tokens (whole images; --chunk-tokens)")
-            print(f"contestants: openradio, timm"
+            print(f"contestants: openradio, timm (class token + {model.num_summary_tokens - 1} registers = "
+                  f"openradio's {model.num_summary_tokens} prefix tokens)"
                   f"{', transformers' if hf is not None else ' (transformers RadioModel not available)'}")
             print(f"{'thr':>3} {'res':>5} {'bs':>3} {'mode':9} {'dtype':8} {'openradio ms':>12} {'vs timm':>8} "
                   f"{'vs hf':>7} {'MFU':>6} {'peak MiB':>9}")

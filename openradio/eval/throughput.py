@@ -151,11 +151,16 @@ def measure_pair(fn: Callable[[Any], Any], baseline_fn: Callable[[Any], Any], ma
 
 
 # -- RADIO benchmark ------------------------------------------------------------------------------
-def make_timm_baseline(model: nn.Module, height: int, width: int) -> nn.Module:
+def make_timm_baseline(model: nn.Module, height: int, width: int, match_prefix: bool = True) -> nn.Module:
     """A plain timm ViT with the RADIO model's architecture (its backbone name and model_kwargs)
-    at a fixed ``height x width`` input: learned position embedding, one class token, no registers,
-    no CPE. Same device and dtype as ``model``; weights are PyTorch's default initialisation
-    (their values do not matter for timing).
+    at a fixed ``height x width`` input: learned position embedding, no CPE. Same device and dtype
+    as ``model``; weights are PyTorch's default initialisation (their values do not matter for
+    timing).
+
+    ``match_prefix`` (default): the class token plus timm register tokens (``reg_tokens``) make as
+    many prefix tokens as the model has summary tokens and registers, so both run sequences of
+    the same length: the same FLOPs, a like-for-like workload. ``False``: timm's default one class
+    token (a RADIO model with 8 prefix tokens then does 4 % more work at 224 px than its baseline).
     """
     import timm
 
@@ -168,6 +173,12 @@ def make_timm_baseline(model: nn.Module, height: int, width: int) -> nn.Module:
     name = cfg.backbone.arch
     kwargs = dict(cfg.backbone.model_kwargs or {})
     kwargs.pop("weight_init", None)
+    prefix = int(getattr(model, "num_summary_tokens", 0) or 0)
+    if match_prefix and prefix:
+        cls = 1 if kwargs.get("class_token", True) else 0
+        if prefix < cls:
+            raise ValueError(f"the model has {prefix} prefix tokens, fewer than timm's class token")
+        kwargs["reg_tokens"] = prefix - cls
     # timm's own re-initialisation (trunc-normal over every weight) is slow for big models
     # and irrelevant to speed; 'skip' keeps PyTorch's default initialisation
     if name in vit_families.FAMILIES:
@@ -181,6 +192,9 @@ def make_timm_baseline(model: nn.Module, height: int, width: int) -> nn.Module:
     if getattr(vit, "patch_embed", None) is None or not hasattr(vit, "blocks"):
         raise ValueError(f"{name!r} is not a timm VisionTransformer")
     p = getattr(model, "patch_size", None)
+    if match_prefix and prefix and getattr(vit, "num_prefix_tokens", prefix) != prefix:
+        raise ValueError(f"timm's {name} has {vit.num_prefix_tokens} prefix tokens, the model {prefix}: "
+                         "no like-for-like baseline (match_prefix=False for timm's default)")
     vit_p = vit.patch_embed.patch_size[0]
     if p is not None and vit_p != p:
         raise ValueError(f"timm's {name} has patch size {vit_p} but the model uses {p}; no like-for-like baseline")

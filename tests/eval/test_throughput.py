@@ -125,11 +125,17 @@ def test_timm_baseline_has_the_models_width_and_depth(tiny_model):
     assert len(vit.blocks) == len(tiny_model.blocks)
     assert vit.embed_dim == tiny_model.embed_dim
     assert vit.patch_embed.patch_size[0] == tiny_model.patch_size
+    x = torch.rand(1, 3, 64, 96)
     with torch.inference_mode():
-        tokens = vit.forward_features(torch.rand(1, 3, 64, 96))
-    # a plain ViT: one class token and 4 x 6 patches; RADIO adds more prefix tokens
-    assert tokens.shape == (1, 1 + 4 * 6, tiny_model.embed_dim)
+        tokens = vit.forward_features(x)
+        plain = make_timm_baseline(tiny_model, 64, 96, match_prefix=False).forward_features(x)
+        radio = tiny_model.forward_tokens(tiny_model.input_conditioner(x), None)
+    # like for like: as many prefix tokens (class + timm registers) as RADIO's summary tokens and
+    # registers, so the sequences have one length; timm's default is one class token
     assert tiny_model.num_summary_tokens > 1
+    assert tokens.shape == radio.shape == (1, tiny_model.num_summary_tokens + 4 * 6, tiny_model.embed_dim)
+    assert vit.num_prefix_tokens == tiny_model.num_summary_tokens
+    assert plain.shape == (1, 1 + 4 * 6, tiny_model.embed_dim)
 
 
 def test_bench_model_rows_ratios_and_window_restored(tiny_model):
