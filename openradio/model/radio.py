@@ -253,8 +253,11 @@ class RADIOModel(nn.Module):
         prefix tokens and ViTDet windows; attention stays within an image): see
         :mod:`openradio.model.packed`. ``packed=False`` (or a backbone whose blocks are not
         timm's plain ``Block``, or training mode) runs the images one by one instead.
-        ``max_tokens``: pack consecutive images up to this many tokens per pack (None: all in
-        one), to keep a pack's activations within the CPU caches."""
+        ``max_tokens``: pack consecutive images up to this many tokens per pack, to keep a pack's
+        activations within the CPU caches; ``0``: all in one pack; ``None`` (default): in CPU
+        inference (no grad) the model's ``cpu_chunk_tokens`` (the limit of its block passes, 2560
+        by default), elsewhere one pack. One image larger than the limit is a pack of its own.
+        Packing changes no arithmetic: the grouping leaves the outputs as they are."""
         from openradio.model.packed import PackedImages, PackedRunner, supports_packing
 
         window = self._window(vitdet_window)
@@ -277,12 +280,16 @@ class RADIOModel(nn.Module):
         if not packed or not can_pack or len(xs) == 1:
             return [self(x, feature_fmt=feature_fmt, vitdet_window=window) for x in xs]
         p = self.patch_size
-        if max_tokens is not None and max_tokens < 1:
-            raise ValueError(f"max_tokens must be a positive number of tokens (or None), got {max_tokens}")
+        if max_tokens is None:
+            cpu_inference = xs[0].device.type == "cpu" and not torch.is_grad_enabled()
+            max_tokens = (self.cpu_chunk_tokens or 0) if cpu_inference else 0
+        if max_tokens < 0:
+            raise ValueError(f"max_tokens must be a number of tokens (0: one pack; None: the default), "
+                             f"got {max_tokens}")
         groups, current, count = [], [], 0
         for x in xs:
             n = x.shape[-2] // p * (x.shape[-1] // p) + self.num_summary_tokens
-            if current and max_tokens is not None and count + n > max_tokens:
+            if current and max_tokens and count + n > max_tokens:
                 groups.append(current)
                 current, count = [], 0
             current.append(x)

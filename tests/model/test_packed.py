@@ -55,16 +55,68 @@ def test_packed_images_do_not_see_each_other(model):
         assert same == (i != 1), i
 
 
-def test_packs_of_bounded_size_give_the_same_outputs(model):
+def test_packs_of_bounded_size_give_the_same_outputs(model, monkeypatch):
+    import openradio.model.packed as packed_mod
+
+    sizes = []
+    real = packed_mod.PackedRunner
+
+    def counting(seqs, pack, schedule):
+        sizes.append(sum(s.shape[1] for s in seqs))
+        return real(seqs, pack, schedule)
+
+    monkeypatch.setattr(packed_mod, "PackedRunner", counting)
     images = _images()
     with torch.no_grad():
-        whole = model.forward_images(images, vitdet_window=2)
+        whole = model.forward_images(images, vitdet_window=2, max_tokens=0)  # one pack
+        assert len(sizes) == 1
         parts = model.forward_images(images, vitdet_window=2, max_tokens=60)  # several packs
+        # the same tokens in several packs; a pack over 60 tokens is one image larger than that
+        assert len(sizes) > 2 and sum(sizes[1:]) == sizes[0] and min(sizes[1:]) < 60
     for a, b in zip(whole, parts):
         assert (a["clip"].features - b["clip"].features).abs().max() <= 1e-5
         assert (a["backbone"].summary - b["backbone"].summary).abs().max() <= 1e-5
     with pytest.raises(ValueError, match="max_tokens"):
-        model.forward_images(images, max_tokens=0)
+        model.forward_images(images, max_tokens=-1)
+
+
+def test_cpu_inference_packs_up_to_the_models_block_pass_limit(model, monkeypatch):
+    """The default ``max_tokens``: in CPU inference the model's ``cpu_chunk_tokens``; with grad
+    (or with the limit off) one pack."""
+    import openradio.model.packed as packed_mod
+
+    sizes = []
+    real = packed_mod.PackedRunner
+
+    def counting(seqs, pack, schedule):
+        sizes.append(sum(s.shape[1] for s in seqs))
+        return real(seqs, pack, schedule)
+
+    monkeypatch.setattr(packed_mod, "PackedRunner", counting)
+    images = _images()
+    p = model.patch_size
+    total = sum(im.shape[-2] // p * (im.shape[-1] // p) + model.num_summary_tokens for im in images)
+    old = model.cpu_chunk_tokens
+    try:
+        model.cpu_chunk_tokens = 60
+        with torch.no_grad():
+            ref = model.forward_images(images, vitdet_window=None, max_tokens=0)
+            sizes.clear()
+            out = model.forward_images(images, vitdet_window=None)
+        assert len(sizes) > 1 and sum(sizes) == total
+        for a, b in zip(ref, out):
+            assert torch.equal(a["backbone"].features, b["backbone"].features)
+        sizes.clear()
+        with torch.enable_grad():
+            model.forward_images(images, vitdet_window=None)
+        assert sizes == [total]
+        model.cpu_chunk_tokens = None
+        sizes.clear()
+        with torch.no_grad():
+            model.forward_images(images, vitdet_window=None)
+        assert sizes == [total]
+    finally:
+        model.cpu_chunk_tokens = old
 
 
 def test_unpacked_fallback_and_bad_input(model):
