@@ -6,6 +6,12 @@ of its features with the float32 model's, and the speed-up: median over interlea
 writes the PCA pictures of both models side by side (one PCA fitted on the float32 features
 and applied to both, so equal colours mean equal features).
 
+It also times the quantised linear layers alone (one block's qkv, proj, fc1, fc2 at the token
+count of the timed forward, interleaved with the float32 ``F.linear`` on the same weights): their
+speed-up is the int8 kernels' own on this CPU, and with the float32 forward's share of time in
+those layers gives the whole-model speed-up to expect when the rest (attention, norms, GELU)
+stays float32 (Amdahl). Without VNNI (AVX2 only) int8 matrix kernels are about 1.9x float32's.
+
 By default the weights are random (a ViT-B/16-shaped checkpoint, no download); ``--version``
 takes a released name or checkpoint file for the real thing.
 
@@ -99,11 +105,59 @@ def main() -> None:
                     t0 = time.perf_counter()
                     fns[k](x)
                     times[k].append(time.perf_counter() - t0)
+        lin = linear_times(model, qs, x, a.rounds)
+        t32 = statistics.median(times["float32"])
         for e in qs:
             ratio = statistics.median(f / i for f, i in zip(times["float32"], times[e]))
             print(f"threads {threads} batch {a.batch_size}: int8 ({e}) x{ratio:.2f} faster than float32 "
-                  f"(float32 {statistics.median(times['float32']) * 1e3:.0f} ms, int8 "
+                  f"(float32 {t32 * 1e3:.0f} ms, int8 "
                   f"{statistics.median(times[e]) * 1e3:.0f} ms per call)", flush=True)
+            share = lin["float32"] / t32
+            amdahl = t32 / (t32 - lin["float32"] + lin[e])
+            print(f"threads {threads} batch {a.batch_size}: int8 ({e}) linear layers alone x{lin['float32'] / lin[e]:.2f} "
+                  f"over float32; they are {100 * share:.0f} % of the float32 forward, so int8 linears with the rest "
+                  f"float32 give x{amdahl:.2f}", flush=True)
+
+
+def linear_times(model, qs: dict, x: torch.Tensor, rounds: int) -> dict[str, float]:
+    """Seconds per forward spent in the blocks' qkv/proj/fc1/fc2, float32 and each int8 engine:
+    block 0's four layers timed at the token count a forward of ``x`` gives them, times depth."""
+    shapes = {}
+    b0 = model.model.blocks[0]
+    layers = {"qkv": b0.attn.qkv, "proj": b0.attn.proj, "fc1": b0.mlp.fc1, "fc2": b0.mlp.fc2}
+
+    def keep(k):
+        def hook(module, inputs, output):
+            shapes.setdefault(k, inputs[0].shape)
+        return hook
+
+    hooks = [m.register_forward_hook(keep(k)) for k, m in layers.items()]
+    with torch.inference_mode():
+        model(x)
+    for h in hooks:
+        h.remove()
+    inputs = {k: torch.randn(shapes[k]) for k in layers}
+    depth = len(model.model.blocks)
+
+    def run_f32():
+        for k, m in layers.items():
+            F.linear(inputs[k], m.weight, m.bias)
+
+    fns = {"float32": run_f32}
+    for e, q in qs.items():
+        qb = q.model.blocks[0]
+        ql = {"qkv": qb.attn.qkv, "proj": qb.attn.proj, "fc1": qb.mlp.fc1, "fc2": qb.mlp.fc2}
+        fns[e] = lambda ql=ql: [m(inputs[k]) for k, m in ql.items()]
+    times = {k: [] for k in fns}
+    with torch.inference_mode():
+        for f in fns.values():
+            f()
+        for r in range(max(3, rounds)):
+            for k in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
+                t0 = time.perf_counter()
+                fns[k]()
+                times[k].append(time.perf_counter() - t0)
+    return {k: depth * min(v) for k, v in times.items()}
 
 
 def write_pca(items, path: str) -> None:
