@@ -99,12 +99,7 @@ class RandomResizedCropFlip:
         ratio = tuple(float(r) for r in ratio)
         if len(ratio) != 2 or not 0 < ratio[0] <= ratio[1]:
             raise ValueError(f"ratio must be (min, max) aspect ratios with 0 < min <= max, got {ratio}")
-        if interpolation not in _INTERPOLATIONS:
-            raise ValueError(f"interpolation must be one of {_INTERPOLATIONS}, got {interpolation!r}")
-        # Import torchvision here, not at the first call: DataLoader workers are forked from this
-        # process, and a first import in every worker costs seconds each.
-        import torchvision.transforms.v2.functional  # noqa: F401
-
+        _check_interpolation(interpolation)
         self.size, self.scale, self.ratio = size, scale, ratio
         self.flip, self.interpolation = bool(flip), interpolation
 
@@ -142,14 +137,11 @@ class RandomResizedCropFlip:
         from torchvision.transforms.v2 import InterpolationMode
         from torchvision.transforms.v2 import functional as TF
 
-        if not isinstance(img, Tensor) or img.ndim != 3:
-            raise TypeError(f"expected a (C, H, W) image tensor, got {type(img).__name__}"
-                            f"{'' if not isinstance(img, Tensor) else ' of shape ' + str(tuple(img.shape))}")
+        _check_image(img)
         top, left, ch, cw = self.get_params(img.shape[-2], img.shape[-1], generator)
         out = TF.resized_crop(img, top, left, ch, cw, list(self.size),
                               interpolation=InterpolationMode(self.interpolation), antialias=True)
-        if out.is_floating_point() and self.interpolation == "bicubic":
-            out = out.clamp_(0.0, 1.0)  # bicubic overshoots; inputs are [0, 1] images
+        out = _clamp_bicubic(out, self.interpolation)
         # Draw the flip coin even when flipping is off, so turning flips on or off leaves the
         # crop boxes of later samples (drawn from their own generators anyway) unchanged.
         coin = float(torch.rand(1, generator=generator))
@@ -178,9 +170,7 @@ class ResizeCenterCrop:
     def __init__(self, size: int, interpolation: str = "bilinear"):
         if int(size) < 1:
             raise ValueError(f"crop size must be a positive int, got {size}")
-        if interpolation not in _INTERPOLATIONS:
-            raise ValueError(f"interpolation must be one of {_INTERPOLATIONS}, got {interpolation!r}")
-        import torchvision.transforms.v2.functional  # noqa: F401  (see RandomResizedCropFlip)
+        _check_interpolation(interpolation)
         self.size, self.interpolation = int(size), interpolation
 
     def __repr__(self) -> str:
@@ -190,11 +180,32 @@ class ResizeCenterCrop:
         from torchvision.transforms.v2 import InterpolationMode
         from torchvision.transforms.v2 import functional as TF
 
+        _check_image(img)
         out = TF.resize(img, [self.size], interpolation=InterpolationMode(self.interpolation), antialias=True)
         out = TF.center_crop(out, [self.size, self.size])
-        if out.is_floating_point() and self.interpolation == "bicubic":
-            out = out.clamp_(0.0, 1.0)
-        return out.contiguous()
+        return _clamp_bicubic(out, self.interpolation).contiguous()
+
+
+def _check_interpolation(interpolation: str) -> None:
+    """Both transforms' constructor check; also imports torchvision here, not at the first call:
+    DataLoader workers are forked from this process, and a first import in every worker costs
+    seconds each."""
+    if interpolation not in _INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {_INTERPOLATIONS}, got {interpolation!r}")
+    import torchvision.transforms.v2.functional  # noqa: F401
+
+
+def _check_image(img) -> None:
+    if not isinstance(img, Tensor) or img.ndim != 3:
+        raise TypeError(f"expected a (C, H, W) image tensor, got {type(img).__name__}"
+                        f"{'' if not isinstance(img, Tensor) else ' of shape ' + str(tuple(img.shape))}")
+
+
+def _clamp_bicubic(out: Tensor, interpolation: str) -> Tensor:
+    """Bicubic overshoots; the inputs are [0, 1] float images (uint8 saturates by itself)."""
+    if out.is_floating_point() and interpolation == "bicubic":
+        out = out.clamp_(0.0, 1.0)
+    return out
 
 
 def make_partition_transform(size: int, augment: bool = True, scale: Sequence[float] = (0.35, 1.0),

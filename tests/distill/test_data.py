@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from openradio.distill.data import (BatchStream, ImageListDataset, ResumableSampler, SampleKey, build_dataset,
-                                    collate_skip_none, make_loader, make_train_transform)
+from openradio.distill.data import (BatchStream, ImageListDataset, ResizeCenterCrop, ResumableSampler, SampleKey,
+                                    build_dataset, collate_skip_none, make_loader, make_train_transform)
 from openradio.distill.sampling import sample_seed
 from openradio.imageio import list_images
 
@@ -96,6 +96,25 @@ def test_transform_shapes_range_and_seed(sample_images):
     assert mirrored > 0 and same > 0 and mirrored + same == 20
     with pytest.raises(ValueError, match="scale"):
         make_train_transform(32, scale=(0.5, 0.2))
+
+
+def test_resize_center_crop_is_a_function_of_the_image_and_checks_like_the_random_crop(sample_images):
+    img = torch.nn.functional.interpolate(sample_images["astronaut"][None], size=(96, 128), mode="area")[0]
+    for interp in ("bilinear", "bicubic"):
+        t = ResizeCenterCrop(48, interpolation=interp)
+        a = t(img, generator=torch.Generator().manual_seed(1))
+        b = t(img, generator=torch.Generator().manual_seed(2))
+        assert a.shape == (3, 48, 48) and torch.equal(a, b)
+        assert 0.0 <= float(a.min()) and float(a.max()) <= 1.0
+    # the centre crop of the resized image: its middle column equals the resized image's middle
+    full = torch.nn.functional.interpolate(img[None], size=(48, 64), mode="bilinear", antialias=True,
+                                           align_corners=False)[0]
+    assert torch.allclose(ResizeCenterCrop(48)(img)[:, :, 24], full[:, :, 32], atol=1e-5)
+    for make in (lambda i: ResizeCenterCrop(32, interpolation=i), lambda i: make_train_transform(32, interpolation=i)):
+        with pytest.raises(ValueError, match="interpolation must be one of"):
+            make("lanczos")
+        with pytest.raises(TypeError, match=r"\(C, H, W\) image tensor"):
+            make("bilinear")(img[None])
 
 
 def test_corrupt_image_is_skipped_and_counted(image_dir, caplog):
