@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+from types import SimpleNamespace
 from pathlib import Path
 
 import torch
@@ -68,3 +69,28 @@ def test_gpu_script_parses_and_says_when_there_is_no_gpu():
         return
     out = subprocess.run([sys.executable, str(BENCH / "bench_gpu.py")], capture_output=True, text=True, check=True)
     assert "no CUDA device" in out.stdout
+
+
+def test_packed_flops_are_the_sum_over_images_and_the_script_prints_the_ceiling(tmp_path, capsys):
+    bp = _load("bench_packed")
+    bc = _load("bench_compare")
+    sched = [False] * 12
+    one = bc.model_flops(768, 12, 16, 512, 1, 8, sched, None)
+    assert bp.pack_flops([(32, 32)], 768, 12, 8) == one
+    assert bp.pack_flops([(32, 32), (32, 32), (14, 14)], 768, 12, 8) == (
+        2 * one + bc.model_flops(768, 12, 16, 224, 1, 8, sched, None))
+    # a non-square grid costs what its token count costs
+    assert bp.pack_flops([(16, 64)], 768, 12, 8) == one
+
+    model = openradio.radio_model(str(make_tiny_checkpoint(tmp_path / "m.pth.tar")), text_towers=False)
+    args = SimpleNamespace(seed=0, min_side=32, max_side=64, vitdet_window=0, images=3, embed_dim=64, depth=4,
+                           heads=4, threads="1", max_tokens=-1, rounds=1)
+    bp.run(model, None, args)
+    out = capsys.readouterr().out
+    assert "max |packed - per image|" in out
+    mfu_line = [ln for ln in out.splitlines() if "ceiling of packing" in ln]
+    assert len(mfu_line) == 1
+    loop_mfu = float(mfu_line[0].split("MFU loop ")[1].split(" %")[0])
+    ceiling = float(mfu_line[0].rsplit("x", 1)[1])
+    # both printed rounded: MFU to 0.05 points, the ceiling to 0.005
+    assert loop_mfu > 0 and abs(ceiling - 100 / loop_mfu) <= ceiling * 0.05 / loop_mfu + 0.006
