@@ -55,10 +55,9 @@ def test_packed_images_do_not_see_each_other(model):
         assert same == (i != 1), i
 
 
-def test_packs_of_bounded_size_give_the_same_outputs(model, monkeypatch):
-    import openradio.model.packed as packed_mod
-
-    sizes = []
+def _count_packs(monkeypatch) -> list[int]:
+    """A list that receives the token count of every pack forward_images runs."""
+    sizes: list[int] = []
     real = packed_mod.PackedRunner
 
     def counting(seqs, pack, schedule):
@@ -66,6 +65,11 @@ def test_packs_of_bounded_size_give_the_same_outputs(model, monkeypatch):
         return real(seqs, pack, schedule)
 
     monkeypatch.setattr(packed_mod, "PackedRunner", counting)
+    return sizes
+
+
+def test_packs_of_bounded_size_give_the_same_outputs(model, monkeypatch):
+    sizes = _count_packs(monkeypatch)
     images = _images()
     with torch.no_grad():
         whole = model.forward_images(images, vitdet_window=2, max_tokens=0)  # one pack
@@ -83,16 +87,7 @@ def test_packs_of_bounded_size_give_the_same_outputs(model, monkeypatch):
 def test_cpu_inference_packs_up_to_the_models_block_pass_limit(model, monkeypatch):
     """The default ``max_tokens``: in CPU inference the model's ``cpu_chunk_tokens``; with grad
     (or with the limit off) one pack."""
-    import openradio.model.packed as packed_mod
-
-    sizes = []
-    real = packed_mod.PackedRunner
-
-    def counting(seqs, pack, schedule):
-        sizes.append(sum(s.shape[1] for s in seqs))
-        return real(seqs, pack, schedule)
-
-    monkeypatch.setattr(packed_mod, "PackedRunner", counting)
+    sizes = _count_packs(monkeypatch)
     images = _images()
     p = model.patch_size
     total = sum(im.shape[-2] // p * (im.shape[-1] // p) + model.num_summary_tokens for im in images)
