@@ -119,12 +119,17 @@ def main() -> None:
                   f"float32 give x{amdahl:.2f}", flush=True)
 
 
+def _linears(model) -> dict:
+    """Block 0's four linear layers (float32 ``nn.Linear`` or their int8 replacements)."""
+    b0 = model.model.blocks[0]
+    return {"qkv": b0.attn.qkv, "proj": b0.attn.proj, "fc1": b0.mlp.fc1, "fc2": b0.mlp.fc2}
+
+
 def linear_times(model, qs: dict, x: torch.Tensor, rounds: int) -> dict[str, float]:
     """Seconds per forward spent in the blocks' qkv/proj/fc1/fc2, float32 and each int8 engine:
     block 0's four layers timed at the token count a forward of ``x`` gives them, times depth."""
     shapes = {}
-    b0 = model.model.blocks[0]
-    layers = {"qkv": b0.attn.qkv, "proj": b0.attn.proj, "fc1": b0.mlp.fc1, "fc2": b0.mlp.fc2}
+    layers = _linears(model)
 
     def keep(k):
         def hook(module, inputs, output):
@@ -145,9 +150,7 @@ def linear_times(model, qs: dict, x: torch.Tensor, rounds: int) -> dict[str, flo
 
     fns = {"float32": run_f32}
     for e, q in qs.items():
-        qb = q.model.blocks[0]
-        ql = {"qkv": qb.attn.qkv, "proj": qb.attn.proj, "fc1": qb.mlp.fc1, "fc2": qb.mlp.fc2}
-        fns[e] = lambda ql=ql: [m(inputs[k]) for k, m in ql.items()]
+        fns[e] = lambda ql=_linears(q): [m(inputs[k]) for k, m in ql.items()]
     times = {k: [] for k in fns}
     with torch.inference_mode():
         for f in fns.values():

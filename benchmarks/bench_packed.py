@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_compare import _t  # noqa: E402
 from bench_vitdet import flops as block_flops  # noqa: E402
 
 
@@ -135,7 +136,7 @@ def run(model, hf, a) -> None:
                 for f in fns.values():  # warm-up
                     f()
                 for r in range(a.rounds):
-                    mm.append(min(_time(lambda: torch.mm(mm_a, mm_b)) for _ in range(3)))
+                    mm.append(min(_t(lambda: torch.mm(mm_a, mm_b)) for _ in range(3)))
                     for k in (names if r % 2 == 0 else names[::-1]):
                         t0 = time.perf_counter()
                         fns[k]()
@@ -160,12 +161,6 @@ def run(model, hf, a) -> None:
                 print(f"threads {threads} global    matmul peak {peak / 1e9:.0f} GFLOP/s, {flops / 1e9:.0f} GFLOP per "
                       f"pass: MFU loop {100 * mfu['loop']:.1f} %, packed {100 * mfu['packed']:.1f} % | ceiling of "
                       f"packing here (1 / MFU of the loop): x{1 / mfu['loop']:.2f}", flush=True)
-
-
-def _time(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
 
 
 if __name__ == "__main__":

@@ -3,9 +3,10 @@
 Weights become int8 (one scale per output channel); activations are quantised on the fly per
 call (per tensor), so no calibration data is needed. This is torch's eager-mode dynamic
 quantisation (``torch.ao.quantization.quantize_dynamic``; oneDNN int8 kernels by default,
-fbgemm/x86 on request). torch marks the eager ``torch.ao`` API as deprecated in favour of ``torchao``'s ``quantize_``; it is still the
-one whose int8 kernels run fast on a plain CPU without ``torch.compile``, so it is used here and
-the deprecation warnings it raises are silenced once, here.
+fbgemm/x86 on request). torch marks the eager ``torch.ao`` API as deprecated in favour of
+``torchao``'s ``quantize_``; it is still the one whose int8 kernels run fast on a plain CPU
+without ``torch.compile``, so it is used here and the deprecation warnings it raises are
+silenced once, here.
 
 Only the blocks' ``qkv``, ``proj``, ``fc1`` and ``fc2`` are quantised: they hold almost all the
 FLOPs. The patch embedding, the CPE position grid, the norms and the adaptor heads stay float32

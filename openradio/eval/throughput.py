@@ -191,10 +191,10 @@ def make_timm_baseline(model: nn.Module, height: int, width: int, match_prefix: 
                                 weight_init="skip", **kwargs)
     if getattr(vit, "patch_embed", None) is None or not hasattr(vit, "blocks"):
         raise ValueError(f"{name!r} is not a timm VisionTransformer")
-    p = getattr(model, "patch_size", None)
     if match_prefix and prefix and getattr(vit, "num_prefix_tokens", prefix) != prefix:
         raise ValueError(f"timm's {name} has {vit.num_prefix_tokens} prefix tokens, the model {prefix}: "
                          "no like-for-like baseline (match_prefix=False for timm's default)")
+    p = getattr(model, "patch_size", None)
     vit_p = vit.patch_embed.patch_size[0]
     if p is not None and vit_p != p:
         raise ValueError(f"timm's {name} has patch size {vit_p} but the model uses {p}; no like-for-like baseline")

@@ -39,6 +39,11 @@ class _Loaded:
 
 LOADED = _Loaded()
 
+
+def _cpu_inference(x: torch.Tensor) -> bool:
+    """Where ``cpu_chunk_tokens`` applies (block passes of a batch, packs of forward_images)."""
+    return x.device.type == "cpu" and not torch.is_grad_enabled()
+
 # tokens per block pass in CPU inference (benchmarks/bench_compare.py --chunk-tokens measures it)
 CPU_CHUNK_TOKENS = 2560
 
@@ -208,7 +213,7 @@ class RADIOModel(nn.Module):
         tokens meet only its own tokens, so this changes no arithmetic: see the model tests."""
         B, N = tokens.shape[:2]
         limit = self.cpu_chunk_tokens
-        if (not limit or B == 1 or B * N <= limit or tokens.device.type != "cpu" or torch.is_grad_enabled()):
+        if not limit or B == 1 or B * N <= limit or not _cpu_inference(tokens):
             return B
         return max(1, limit // N)
 
@@ -281,8 +286,7 @@ class RADIOModel(nn.Module):
             return [self(x, feature_fmt=feature_fmt, vitdet_window=window) for x in xs]
         p = self.patch_size
         if max_tokens is None:
-            cpu_inference = xs[0].device.type == "cpu" and not torch.is_grad_enabled()
-            max_tokens = (self.cpu_chunk_tokens or 0) if cpu_inference else 0
+            max_tokens = (self.cpu_chunk_tokens or 0) if _cpu_inference(xs[0]) else 0
         if max_tokens < 0:
             raise ValueError(f"max_tokens must be a number of tokens (0: one pack; None: the default), "
                              f"got {max_tokens}")
