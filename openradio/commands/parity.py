@@ -18,8 +18,9 @@ EXAMPLES = """\
 
 A fixtures folder holds official-format checkpoints and expected.pt (the official code's outputs
 for them). Every stored tensor is compared; the table lists each case's largest difference.
-Without --strict a difference within float32 rounding noise (4e-6 x the tensor's largest
-magnitude) passes; with --strict only bit equality does.
+Without --strict a difference within the rounding noise of the dtype the model computes in
+passes (float32: 4e-6 x the tensor's largest magnitude; bfloat16/float16: a bound that grows with
+depth, see openradio.parity.low_precision_bound); with --strict only bit equality does.
 
 Bit equality also depends on the CPU's kernels (MKL code path, ATen's vector width). --matrix
 reruns the comparison in a fresh process for each kernel setting this CPU supports
@@ -52,7 +53,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _print_single(results, summary, info, strict: bool, every: bool) -> None:
-    from openradio.parity import NOISE, platform_line
+    from openradio.parity import platform_line
     print(platform_line(info))
     rows: dict[str, list] = {}
     for r in results:
@@ -66,8 +67,10 @@ def _print_single(results, summary, info, strict: bool, every: bool) -> None:
         bad = [r for r in rs if not (r.dtype_ok and r.shape_ok)]
         verdict = "ok" if ok else ("WRONG dtype/shape" if bad else ("not bit-exact" if strict else "ABOVE NOISE"))
         print(f"{key.ljust(width)}  {len(rs):7d}  {sum(r.exact for r in rs):5d}  {diff:9.3g}   {verdict}")
+    bounds = sorted({r.bound for r in results})
     print(f"\n{summary['exact']}/{summary['tensors']} tensors bit-exact; {summary['within_noise']}/"
-          f"{summary['tensors']} within float32 noise ({NOISE:g} x max magnitude); largest difference "
+          f"{summary['tensors']} within the rounding noise of the compute dtype ({'; '.join(bounds)}); "
+          f"largest difference "
           f"{summary['max_abs_diff']:.3g}; outputs digest {summary['outputs_digest']}")
 
 
