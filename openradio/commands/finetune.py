@@ -51,6 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     seg.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
     seg.add_argument("--seed", type=int, default=0)
     seg.add_argument("--resume", action="store_true", help="continue from OUT/last.pt if it exists")
+    seg.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
 def _num_classes(train, val, ignore: int) -> int:
