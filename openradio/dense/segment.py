@@ -289,14 +289,17 @@ def write_segmentation(result: SegmentationResult, image, out_dir: str | os.Path
     colour = pal[result.labels.numpy()].astype(np.float32)
     blend = ((1 - alpha) * rgb + alpha * colour).clip(0, 255).astype(np.uint8)
     h, w = blend.shape[:2]
-    fig = plt.figure(figsize=(max(w / 100, 3) + 2.2, max(h / 100, 2)), dpi=100)
-    ax = fig.add_axes([0, 0, w / 100 / (max(w / 100, 3) + 2.2), 1])
+    zoom = max(1.0, 300 / w)  # small images are shown at least 300 px wide
+    img_w, img_h, legend_w = w * zoom / 100, h * zoom / 100, 1.6
+    fig = plt.figure(figsize=(img_w + legend_w, img_h), dpi=100)
+    ax = fig.add_axes([0, 0, img_w / (img_w + legend_w), 1])
     ax.imshow(blend)
     ax.axis("off")
     present = [k for k in range(len(result.prompts) + 1) if (result.labels == k).any()]
     names = ["background"] + list(result.prompts)
     handles = [Patch(color=pal[k] / 255, label=names[k]) for k in present]
-    fig.legend(handles=handles, loc="center right", frameon=False, fontsize=9)
+    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(img_w / (img_w + legend_w), 0.5), frameon=False,
+               fontsize=9)
     with atomic_path(paths["overlay"]) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
