@@ -433,7 +433,8 @@ def load_segmenter(out_dir: str | os.PathLike, version: Optional[str] = None, de
 def write_prediction_picture(model: SegmentationModel, data: SegData, resolution: int, path: Path, n: int = 4,
                              amp: bool = False) -> Path:
     """Rows of (image, ground truth, prediction) for the first ``n`` images of ``data``."""
-    import matplotlib
+    from openradio.extras import require
+    matplotlib = require("matplotlib", "the prediction picture")
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 

@@ -255,9 +255,8 @@ def segment(model, image, prompts: Union[str, Sequence[str]], *, adaptor: str = 
 
 def label_palette(n: int) -> np.ndarray:
     """(n + 1, 3) uint8 colours: black for background (0), then matplotlib's tab20."""
-    import matplotlib
-
-    cmap = matplotlib.colormaps["tab20"]
+    from openradio.extras import require
+    cmap = require("matplotlib", "label colours").colormaps["tab20"]
     cols = [(0, 0, 0)] + [tuple(int(255 * c) for c in cmap(i % 20)[:3]) for i in range(n)]
     return np.array(cols, dtype=np.uint8)
 
@@ -266,7 +265,8 @@ def write_segmentation(result: SegmentationResult, image, out_dir: str | os.Path
                        alpha: float = 0.5) -> dict[str, Path]:
     """Writes ``STEM_labels.png`` (palette PNG: pixel value = label), ``STEM_overlay.png``
     (the image under the colour-coded labels, with a legend) and ``STEM_scores.json``."""
-    import matplotlib
+    from openradio.extras import require
+    matplotlib = require("matplotlib", "the segmentation overlay")
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch

@@ -104,17 +104,29 @@ def test_faster_rcnn_train_step(tiny_model):
     assert bb.model.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
 
 
-def test_feature_info_same_across_formats(tiny_checkpoint, tmp_path):
-    from openradio.hf import save_hf
-
+@pytest.mark.parametrize("route", ["hf", "transformers"])
+def test_feature_info_same_across_formats(tiny_checkpoint, tmp_path, route):
+    """.pth.tar, the Hugging Face layout and a transformers-native folder: the same dense interface."""
     a = openradio.radio_model(str(tiny_checkpoint), text_towers=False)
-    b = openradio.radio_model(str(save_hf(a, tmp_path / "hf")), text_towers=False)
+    if route == "hf":
+        from openradio.hf import save_hf
+        folder = save_hf(a, tmp_path / "hf")
+    else:
+        pytest.importorskip("transformers")
+        from openradio.hf import save_transformers
+        folder = save_transformers(a, tmp_path / "native")
+    b = openradio.radio_model(str(folder), text_towers=False)
     assert a.feature_info == b.feature_info == [dict(module=f"blocks.{i}", num_chs=64, reduction=16) for i in range(4)]
     x = torch.rand(1, 3, 64, 64)
-    ba, bb = RadioBackbone(a, out_indices=2, pyramid=False).eval(), RadioBackbone(b, out_indices=2, pyramid=False).eval()
+    ba = RadioBackbone(a, out_indices=2, pyramid=False).eval()
+    bb = openradio.backbone(str(folder), out_indices=2, pyramid=False).eval()
     assert ba.feature_info == bb.feature_info
     with torch.no_grad():
-        torch.testing.assert_close(ba(x)["block2"], bb(x)["block2"])
+        torch.testing.assert_close(ba(x)["block2"], bb(x)["block2"], rtol=1e-5, atol=1e-5)
+        want = a.forward_intermediates(x, indices=[1, 3], intermediates_only=True)
+        got = b.forward_intermediates(x, indices=[1, 3], intermediates_only=True)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
 
 
 def test_dinov2_block_indices():

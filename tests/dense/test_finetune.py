@@ -106,3 +106,11 @@ def test_full_mode_layer_decay_groups(tiny_model):
     assert len(lrs) == sum(p.requires_grad for p in model.parameters())
     with pytest.raises(ValueError, match="1..4"):
         build_segmentation_model(tiny_model, _cfg(mode="last:9"))
+
+
+def test_bf16_autocast_runs(tiny_model, tmp_path):
+    """The bf16 autocast path (the default on CUDA) on the CPU: losses finite, logits float32."""
+    root = write_layout(tmp_path / "f", "folders", n_train=4, n_val=2)
+    r = finetune_segmentation(tiny_model, read_split(root, "folders", "train"), read_split(root, "folders", "val"),
+                              _cfg(epochs=1, amp=True, head="pyramid", mode="last:1"), progress=False)
+    assert r.history[0]["loss"] == r.history[0]["loss"] and 0 <= r.miou <= 1

@@ -102,6 +102,9 @@ def test_planted_model_gives_the_exact_label_map(tiny_checkpoint, attention, tra
     # threshold: nothing reaches a cosine above 1, everything reaches -1
     assert (segment(m, img, list(COLOURS), resolution=64, threshold=1.01, templates="base").labels == 0).all()
     assert torch.equal(segment(m, img, list(COLOURS), resolution=64, threshold=-1.0, templates="base").labels, want)
+    # ViTDet mode (2 x 2-patch windows): the same map
+    r3 = segment(m, img, list(COLOURS), attention=attention, resolution=64, vitdet_window=2, templates="base")
+    assert torch.equal(r3.labels, want)
 
 
 def test_self_correlating_attention_formula_and_model_restored(tiny_checkpoint):
