@@ -114,3 +114,13 @@ def test_bf16_autocast_runs(tiny_model, tmp_path):
     r = finetune_segmentation(tiny_model, read_split(root, "folders", "train"), read_split(root, "folders", "val"),
                               _cfg(epochs=1, amp=True, head="pyramid", mode="last:1"), progress=False)
     assert r.history[0]["loss"] == r.history[0]["loss"] and 0 <= r.miou <= 1
+
+
+@pytest.mark.parametrize("head,mode,lr", [("linear4", "frozen", 0.05), ("pyramid", "frozen", 3e-3),
+                                          ("linear", "full", 0.05)])
+def test_heads_and_modes_learn(tiny_checkpoint, tmp_path, head, mode, lr):
+    root = write_layout(tmp_path / "f", "folders")
+    model = openradio.radio_model(str(tiny_checkpoint), text_towers=False)
+    r = finetune_segmentation(model, read_split(root, "folders", "train"), read_split(root, "folders", "val"),
+                              _cfg(head=head, mode=mode, lr=lr, backbone_lr=1e-4), progress=False)
+    assert r.miou >= 0.95, r.history[-1]
