@@ -25,7 +25,17 @@ from torch import nn
 from openradio.model.neck import SimpleFeaturePyramid
 from openradio.model.radio import LOADED, RADIOModel, take_indices
 
-__all__ = ["RadioBackbone", "backbone", "dinov2_block_indices"]
+__all__ = ["RadioBackbone", "backbone", "dinov2_block_indices", "call_window", "resolution_step"]
+
+
+def call_window(model: RADIOModel, vitdet_window=LOADED) -> Optional[int]:
+    """The ViTDet window a call with ``vitdet_window`` uses (``LOADED``: the model's own)."""
+    return model.window_size if vitdet_window is LOADED else vitdet_window
+
+
+def resolution_step(model: RADIOModel, vitdet_window=LOADED) -> int:
+    """Input sides must be multiples of this in such a call: the patch size times the window."""
+    return model.patch_size * (call_window(model, vitdet_window) or 1)
 
 
 def dinov2_block_indices(depth: int) -> list[int]:
@@ -93,7 +103,7 @@ class RadioBackbone(nn.Module):
     def block_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The chosen blocks' (B, C, h, w) maps of ``x``, padded to the model's step as needed."""
         model = self.model
-        step = model._step(model._window(self.vitdet_window))
+        step = resolution_step(model, self.vitdet_window)
         H, W = x.shape[-2:]
         ph, pw = -H % step, -W % step
         if ph or pw:

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from openradio.dense.backbone import call_window, resolution_step
 from openradio.model.radio import LOADED
 
 __all__ = ["segment", "SegmentationResult", "SelfCorrelatingAttention", "self_correlating_last_block",
@@ -101,8 +102,11 @@ def dense_text_features(model, x: torch.Tensor, adaptor: str = "clip", attention
     if attention not in ATTENTIONS:
         raise ValueError(f"unknown attention {attention!r}; use one of {list(ATTENTIONS)}")
     head = _adaptor(model, adaptor)
-    window = model._window(vitdet_window)
-    model._check_resolution(x, window)
+    window = call_window(model, vitdet_window)
+    step = resolution_step(model, vitdet_window)
+    if x.ndim != 4 or x.shape[-2] % step or x.shape[-1] % step:
+        raise ValueError(f"images must be (B, 3, H, W) with H, W multiples of {step} (patch size x ViTDet window); got "
+                         f"{tuple(x.shape)}: resize to model.get_nearest_supported_resolution(H, W) first")
     p = model.patch_size
     xc = model.input_conditioner(x)
     if attention == "scra":
@@ -207,7 +211,7 @@ def segment(model, image, prompts: Union[str, Sequence[str]], *, adaptor: str = 
     if text.shape[0] != len(prompts):
         raise ValueError(f"{text.shape[0]} text embeddings for {len(prompts)} prompts")
     text = text.to(device)
-    step = model._step(model._window(vitdet_window))
+    step = resolution_step(model, vitdet_window)
     if resolution is None:
         pref = model.preferred_resolution
         resolution = min(pref) if pref else 512
