@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 
 __version__ = "0.1.0"
-__all__ = ["radio_model", "RADIOModel", "RadioOutput", "Resolution", "versions", "quantize_dynamic"]
+__all__ = ["radio_model", "RADIOModel", "RadioOutput", "Resolution", "versions", "quantize_dynamic", "backbone", "segment"]
 
 _LAZY = {
     "radio_model": ("openradio.loader", "radio_model"),
@@ -18,6 +18,8 @@ _LAZY = {
     "Resolution": ("openradio.model.radio", "Resolution"),
     "versions": ("openradio.versions", None),
     "quantize_dynamic": ("openradio.quantize", "quantize_dynamic"),
+    "backbone": ("openradio.dense.backbone", "backbone"),
+    "segment": ("openradio.dense.segment", "segment"),
 }
 
 

@@ -22,6 +22,8 @@ COMMANDS = {
     "knn": "openradio.commands.knn",
     "probe": "openradio.commands.probe",
     "mode-switch": "openradio.commands.mode_switch",
+    "segment": "openradio.commands.segment",
+    "finetune": "openradio.commands.finetune",
     "train": "openradio.commands.train",
     "export": "openradio.commands.export",
     "data": "openradio.commands.data",

@@ -144,6 +144,13 @@ class RADIOModel(nn.Module):
         return self.patch_generator.pos_embed.dtype
 
     @property
+    def feature_info(self) -> list[dict]:
+        """timm's ``feature_info``: per block (what ``forward_intermediates`` emits) its width and
+        stride in pixels, e.g. ``[{'module': 'blocks.0', 'num_chs': 768, 'reduction': 16}, ...]``."""
+        return [dict(module=f"blocks.{i}", num_chs=self.embed_dim, reduction=self.patch_size)
+                for i in range(len(self.blocks))]
+
+    @property
     def windowed_block_indices(self) -> list[int]:
         return [i for i, w in enumerate(self._schedule()) if w] if self._window_size else []
 
