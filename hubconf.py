@@ -1,7 +1,7 @@
 """torch.hub entry point: ``torch.hub.load('<repo or local checkout>', 'radio_model', version=...)``."""
 dependencies = ["torch", "timm", "einops"]
 
-from openradio.loader import radio_model as _radio_model  # noqa: E402
+from openradio.formats.resolve import radio_model as _radio_model  # noqa: E402
 
 
 def radio_model(version: str = "", progress: bool = True, adaptor_names=None, vitdet_window_size=None,

@@ -81,7 +81,7 @@ def _rss(field: str) -> int:
 def build(shape: str, tmp: Path):
     import openradio
     from openradio.eval.throughput import make_timm_baseline
-    from openradio.testing import make_tiny_checkpoint
+    from openradio.verify.testing import make_tiny_checkpoint
 
     dim, depth, heads = SHAPES[shape]
     ckpt = make_tiny_checkpoint(tmp / f"{shape}.pth.tar", embed_dim=dim, depth=depth, num_heads=heads,
@@ -91,7 +91,7 @@ def build(shape: str, tmp: Path):
     try:
         import transformers
 
-        from openradio.hf_native import save_transformers
+        from openradio.formats.native import save_transformers
         if hasattr(transformers, "RadioModel"):
             folder = save_transformers(model, tmp / f"{shape}_native")
             hf = transformers.RadioModel.from_pretrained(folder, attn_implementation="sdpa").eval()

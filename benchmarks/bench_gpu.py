@@ -71,7 +71,7 @@ def main() -> int:
     from bench_compare import SHAPES, model_flops
 
     import openradio
-    from openradio.testing import make_tiny_checkpoint
+    from openradio.verify.testing import make_tiny_checkpoint
 
     dim, depth, heads = SHAPES[a.shape]
     with tempfile.TemporaryDirectory() as tmp:

@@ -61,7 +61,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def load_model(args: argparse.Namespace, tmp: str):
     if args.version:
         return openradio.radio_model(args.version), args.version
-    from openradio.testing import make_tiny_checkpoint
+    from openradio.verify.testing import make_tiny_checkpoint
 
     # cpe_max_size 2048 as in the released v2.5 models: the CPE grid that is resampled per call
     # has the released size, so its share of the cost is representative for this width

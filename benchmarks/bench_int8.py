@@ -34,7 +34,7 @@ import torch.nn.functional as F
 def load_photos(names: list[str], size: int) -> list[torch.Tensor]:
     from PIL import Image
 
-    from openradio.sample_data import load_sample_image
+    from openradio.inputs.sample_data import load_sample_image
     out = []
     for n in names:
         im = Image.fromarray(load_sample_image(n)).convert("RGB").resize((size, size), Image.BICUBIC)
@@ -59,7 +59,7 @@ def main() -> None:
     a = ap.parse_args()
 
     import openradio
-    from openradio.testing import make_tiny_checkpoint
+    from openradio.verify.testing import make_tiny_checkpoint
 
     with tempfile.TemporaryDirectory() as tmp:
         src = a.version or str(make_tiny_checkpoint(Path(tmp) / "m.pth.tar", embed_dim=a.embed_dim, depth=a.depth,

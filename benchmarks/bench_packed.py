@@ -49,7 +49,7 @@ def main() -> None:
     a = ap.parse_args()
 
     import openradio
-    from openradio.testing import make_tiny_checkpoint
+    from openradio.verify.testing import make_tiny_checkpoint
 
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = make_tiny_checkpoint(Path(tmp) / "m.pth.tar", embed_dim=a.embed_dim, depth=a.depth,
@@ -59,7 +59,7 @@ def main() -> None:
         try:
             import transformers
 
-            from openradio.hf_native import save_transformers
+            from openradio.formats.native import save_transformers
             if hasattr(transformers, "RadioModel"):
                 folder = save_transformers(model, Path(tmp) / "native")
                 hf = transformers.RadioModel.from_pretrained(folder, attn_implementation="sdpa").eval()

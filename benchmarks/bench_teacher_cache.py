@@ -48,7 +48,7 @@ EQUAL = ["stages.0.steps=3", "stages.0.partitions.0.mosaic=[]", "phi_s.update_ev
 
 def make_data(root: Path) -> Path:
     from openradio.distill.shards import write_shards
-    from openradio.sample_data import write_sample_images
+    from openradio.inputs.sample_data import write_sample_images
     write_sample_images(root / "img", max_side=320)
     write_shards(root / "img", root / "shards", max_count_per_shard=8, progress=False)
     return root / "shards"

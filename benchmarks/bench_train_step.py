@@ -13,7 +13,7 @@ For each shape (``--shapes``):
   (4; SAM's last block global, the others windowed). float32 (the recipe's bf16 autocast is off:
   CPUs without native bf16 run it ~50x slower).
 
-It runs real ``Trainer.train_step()`` calls on the bundled photographs (``openradio.sample_data``)
+It runs real ``Trainer.train_step()`` calls on the bundled photographs (``openradio.inputs.sample_data``)
 after ``--warmup`` untimed steps and prints images/s and the share of the step time in each part,
 measured with wrappers around the trainer's own calls (nothing in the trainer changes):
 
@@ -129,7 +129,7 @@ def recipe_config(shape: str, data_dir: str | Path, out_dir: str | Path, recipe:
 
 def write_images(directory: str | Path, max_side: int = 640) -> Path:
     """The bundled photographs (scikit-image, scikit-learn) as files in ``directory``."""
-    from openradio.sample_data import write_sample_images
+    from openradio.inputs.sample_data import write_sample_images
     write_sample_images(directory, max_side=max_side)
     return Path(directory)
 

@@ -168,7 +168,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
 
     import openradio
-    from openradio.parity import platform_info, platform_line
+    from openradio.verify.parity import platform_info, platform_line
 
     torch.set_num_threads(args.threads)
     print(platform_line(platform_info()))
@@ -176,7 +176,7 @@ def main(argv=None) -> None:
         if args.version:
             model, label = openradio.radio_model(args.version, text_towers=False), args.version
         else:
-            from openradio.testing import make_tiny_checkpoint
+            from openradio.verify.testing import make_tiny_checkpoint
             path = make_tiny_checkpoint(Path(tmp) / "tiny.pth.tar", embed_dim=128, depth=4, num_heads=4)
             model, label = openradio.radio_model(str(path), text_towers=False), "random ViT (128 wide, 4 blocks)"
     res = args.resolution or args.size

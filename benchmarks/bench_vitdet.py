@@ -84,7 +84,7 @@ def main() -> None:
     a = ap.parse_args()
 
     import openradio
-    from openradio.testing import make_tiny_checkpoint
+    from openradio.verify.testing import make_tiny_checkpoint
 
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = make_tiny_checkpoint(Path(tmp) / "m.pth.tar", embed_dim=a.embed_dim, depth=a.depth, num_heads=a.heads,

@@ -29,7 +29,7 @@ def main() -> int:
         print("gpu_check: no CUDA device here; nothing to check")
         return 0
     import openradio
-    from openradio.testing import make_tiny_checkpoint
+    from openradio.verify.testing import make_tiny_checkpoint
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False

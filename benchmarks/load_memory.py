@@ -42,7 +42,7 @@ def child(path: str, which: str) -> None:
     import torch
 
     import openradio
-    from openradio.checkpoint import build_radio, load_checkpoint_file, select_state
+    from openradio.formats.official import build_radio, load_checkpoint_file, select_state
 
     gc.collect()
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
@@ -70,7 +70,7 @@ def child(path: str, which: str) -> None:
 def make_checkpoint(folder: Path, dtype: str, embed_dim: int, depth: int, heads: int) -> Path:
     import torch
 
-    from openradio.testing import make_tiny_checkpoint
+    from openradio.verify.testing import make_tiny_checkpoint
 
     return make_tiny_checkpoint(folder / f"vit_{dtype}.pth.tar", embed_dim=embed_dim, depth=depth, num_heads=heads,
                                 head_hidden=256, cpe_max_size=2048, arch="vit_base_patch16_224",

@@ -110,7 +110,7 @@ def main(argv=None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="phi_s_stability_"))
     data = args.data
     if data is None:
-        from openradio.sample_data import write_sample_images
+        from openradio.inputs.sample_data import write_sample_images
         data = tmp / "images"
         write_sample_images(data, max_side=256)
     results = {}

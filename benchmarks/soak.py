@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     import openradio
-    from openradio.testing import make_tiny_checkpoint
+    from openradio.verify.testing import make_tiny_checkpoint
 
     tmp = None
     version = args.version

@@ -12,12 +12,12 @@ __version__ = "0.1.0"
 __all__ = ["radio_model", "RADIOModel", "RadioOutput", "Resolution", "versions", "quantize_dynamic", "backbone", "segment"]
 
 _LAZY = {
-    "radio_model": ("openradio.loader", "radio_model"),
+    "radio_model": ("openradio.formats.resolve", "radio_model"),
     "RADIOModel": ("openradio.model.radio", "RADIOModel"),
     "RadioOutput": ("openradio.model.radio", "RadioOutput"),
     "Resolution": ("openradio.model.radio", "Resolution"),
     "versions": ("openradio.versions", None),
-    "quantize_dynamic": ("openradio.quantize", "quantize_dynamic"),
+    "quantize_dynamic": ("openradio.model.quantize", "quantize_dynamic"),
     "backbone": ("openradio.dense.backbone", "backbone"),
     "segment": ("openradio.dense.segment", "segment"),
 }

@@ -43,7 +43,7 @@ def module_device(module: nn.Module) -> torch.device:
 
 
 def _cpu_flags() -> set[str]:
-    from openradio.parity import _cpuinfo, cpu_flags
+    from openradio.verify.parity import _cpuinfo, cpu_flags
     return cpu_flags() | set((_cpuinfo("Features") or "").split())  # x86 'flags', Arm 'Features'
 
 
@@ -63,7 +63,7 @@ def warn_if_slow_bf16(device: torch.device | str) -> None:
     if _WARNED_SLOW_BF16 or not slow_bf16(device):
         return
     _WARNED_SLOW_BF16 = True
-    from openradio.parity import cpu_model
+    from openradio.verify.parity import cpu_model
     warnings.warn(f"bf16 autocast on this CPU ({cpu_model()}: no AVX512-BF16 or AMX) is emulated and about 50x "
                   "slower than float32; drop --amp (amp=False) here: bf16 pays off on GPUs and CPUs with "
                   "AVX512-BF16/AMX", UserWarning, stacklevel=3)

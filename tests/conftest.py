@@ -49,7 +49,7 @@ def expected(official_fixtures):
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A small random checkpoint in the official format (teachers clip, siglip, dino_v2, sam)."""
-    from openradio.testing import make_tiny_checkpoint
+    from openradio.verify.testing import make_tiny_checkpoint
     return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny_radio.pth.tar")
 
 
@@ -73,7 +73,7 @@ def pytest_terminal_summary(terminalreporter):
         return
     import torch
 
-    from openradio.parity import cpu_model, summarize
+    from openradio.verify.parity import cpu_model, summarize
     s = summarize(results)
     mode = getattr(mod, "MODE", {})
     how = ("compared bit for bit" if mode.get("strict") else "compared within float32 noise") + \
@@ -87,7 +87,7 @@ def pytest_terminal_summary(terminalreporter):
 @pytest.fixture(scope="session")
 def train_image_dir(tmp_path_factory) -> Path:
     """A folder of the bundled photographs (at most 256 px a side) for short training runs."""
-    from openradio.sample_data import write_sample_images
+    from openradio.inputs.sample_data import write_sample_images
     d = tmp_path_factory.mktemp("train_images")
     write_sample_images(d, max_side=256)
     return d

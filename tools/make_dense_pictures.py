@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _photo(size: int) -> torch.Tensor:
-    from openradio.sample_data import load_sample_image
+    from openradio.inputs.sample_data import load_sample_image
     img = torch.from_numpy(load_sample_image("chelsea")).permute(2, 0, 1).float() / 255
     h, w = img.shape[-2:]
     s = size / max(h, w)
@@ -42,8 +42,8 @@ def main(argv=None) -> None:
     import openradio
     from openradio.dense.segment import segment, write_segmentation
     from openradio.dense.upsample import upsample_features
-    from openradio.imageio import tensor_to_uint8
-    from openradio.text import attach_text_tower, text_tower_from_model
+    from openradio.inputs.imageio import tensor_to_uint8
+    from openradio.model.text import attach_text_tower, text_tower_from_model
     from openradio.viz.pca import get_robust_pca, pca_rgb
 
     torch.manual_seed(0)
@@ -54,12 +54,12 @@ def main(argv=None) -> None:
             model = openradio.radio_model(args.version, adaptor_names=["clip"])
             label = args.version
         else:
-            from openradio.testing import make_tiny_checkpoint
-            from openradio.text import write_random_text_tower
+            from openradio.verify.testing import make_tiny_checkpoint
+            from openradio.model.text import write_random_text_tower
             path = make_tiny_checkpoint(Path(tmp) / "tiny.pth.tar")
             model = openradio.radio_model(str(path), adaptor_names=["clip"], text_towers=False)
             cfg, weights = write_random_text_tower(Path(tmp) / "text", "tiny-text", embed_dim=32)
-            from openradio.text import load_text_tower
+            from openradio.model.text import load_text_tower
             attach_text_tower(model.adaptors["clip"], {}, model=load_text_tower(str(cfg), weights=weights))
             label = "small random model"
         model.eval()

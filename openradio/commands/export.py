@@ -46,7 +46,7 @@ def run(args) -> int:
             raise CLIError(f"{run_dir} has no checkpoints/ folder: is it a training run's out_dir?")
         check_version(args.run_dir)
     from openradio.distill.export import export_run
-    from openradio.loader import radio_model
+    from openradio.formats.resolve import radio_model
 
     if args.format == "pth":
         try:
@@ -71,13 +71,13 @@ def run(args) -> int:
                                 vitdet_window_size=args.vitdet_window)
             source = args.run_dir
     if args.format == "hf":
-        from openradio.hf import save_hf
+        from openradio.formats.hf import save_hf
         path = save_hf(model, args.out, version=str(run_dir))
     elif args.format == "transformers":
-        from openradio.hf import save_transformers
+        from openradio.formats.hf import save_transformers
         path = save_transformers(model, args.out, version=str(run_dir))
     else:
-        from openradio.onnx_export import export_onnx
+        from openradio.formats.onnx import export_onnx
         path = export_onnx(model, args.out, adaptor_names=onnx_names, opset=args.opset, feature_fmt=args.feature_fmt)
     print(f"exported {source} to {path}")
     return 0

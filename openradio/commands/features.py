@@ -10,7 +10,7 @@ and ``<output>`` is ``backbone`` or an adaptor name. The file's metadata holds, 
 JSON-encoded string: ``format``, ``version``, ``feature_fmt`` ("NCHW"), ``adaptors``,
 ``outputs``, ``resolution`` (per image: the model input ``[height, width]``), ``images``
 (per image: the source path), ``requested_resolution``, ``square``, ``vitdet_window``,
-``amp``. :func:`openradio.feature_files.read_features` reads it back.
+``amp``. :func:`openradio.formats.features.read_features` reads it back.
 """
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
 
     import openradio
     from openradio.cli import CLIError, parse_adaptors
-    from openradio.imageio import expand_image_args, load_image
+    from openradio.inputs.imageio import expand_image_args, load_image
     from openradio.runtime import autocast, default_resolution, pick_device, supported_resolution
     from openradio.viz.features import prepare_input
 

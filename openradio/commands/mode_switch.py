@@ -61,7 +61,7 @@ def teacher_config(conf: dict, args: argparse.Namespace, adaptor=None) -> dict:
 def run(args: argparse.Namespace) -> int:
     from openradio import radio_model
     from openradio.runtime import pick_device
-    from openradio.imageio import list_images
+    from openradio.inputs.imageio import list_images
     from openradio.runtime import model_label
     from openradio.eval.mode_switch import (parse_resolution_range, plot_mode_switch, run_mode_switch,
                                             write_mode_switch_csv)

@@ -20,7 +20,7 @@ A fixtures folder holds official-format checkpoints and expected.pt (the officia
 for them). Every stored tensor is compared; the table lists each case's largest difference.
 Without --strict a difference within the rounding noise of the dtype the model computes in
 passes (float32: 4e-6 x the tensor's largest magnitude; bfloat16/float16: a bound that grows with
-depth, see openradio.parity.low_precision_bound); with --strict only bit equality does.
+depth, see openradio.verify.parity.low_precision_bound); with --strict only bit equality does.
 
 Bit equality also depends on the CPU's kernels (MKL code path, ATen's vector width). --matrix
 reruns the comparison in a fresh process for each kernel setting this CPU supports
@@ -53,7 +53,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _print_single(results, summary, info, strict: bool, every: bool) -> None:
-    from openradio.parity import platform_line
+    from openradio.verify.parity import platform_line
     print(platform_line(info))
     rows: dict[str, list] = {}
     for r in results:
@@ -75,7 +75,7 @@ def _print_single(results, summary, info, strict: bool, every: bool) -> None:
 
 
 def _run_matrix(args) -> int:
-    from openradio.parity import describe_env, env_settings, platform_info, platform_line
+    from openradio.verify.parity import describe_env, env_settings, platform_info, platform_line
     settings = env_settings() if not args.setting else [parse_setting(s) for s in args.setting]
     info = platform_info()
     print(platform_line(info))
@@ -137,7 +137,7 @@ def _write_json(dest: str, obj: dict) -> None:
 
 
 def run(args) -> int:
-    from openradio.parity import as_dicts, compare_fixtures, load_expected, platform_info, select_cases, summarize
+    from openradio.verify.parity import as_dicts, compare_fixtures, load_expected, platform_info, select_cases, summarize
     if args.matrix:
         return _run_matrix(args)
     quiet = args.json == "-"

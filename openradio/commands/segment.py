@@ -49,9 +49,9 @@ def run(args: argparse.Namespace) -> int:
     from openradio import radio_model
     from openradio.cli import CLIError
     from openradio.dense.segment import prompt_embeddings, segment, write_segmentation
-    from openradio.imageio import expand_image_args, load_image
+    from openradio.inputs.imageio import expand_image_args, load_image
     from openradio.runtime import pick_device, safe_name
-    from openradio.text import attach_text_tower, text_tower_problem, text_tower_source
+    from openradio.model.text import attach_text_tower, text_tower_problem, text_tower_source
 
     prompts = [s.strip() for s in args.prompts.split(",") if s.strip()]
     if not prompts:

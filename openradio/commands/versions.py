@@ -25,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def version_records() -> list[dict]:
     """One dict per released version: name, family, patch_size, preferred_resolution [h, w],
     max_resolution, vitdet, adaptors, cached, path (the cache file), url, note."""
-    from openradio.loader import cached_checkpoint_path
+    from openradio.formats.resolve import cached_checkpoint_path
     from openradio.versions import DEFAULT_VERSION, list_versions
 
     out = []
@@ -72,7 +72,7 @@ def format_table(records: list[dict]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from openradio.loader import checkpoint_cache_dir
+    from openradio.formats.resolve import checkpoint_cache_dir
 
     records = version_records()
     if args.json:

@@ -54,11 +54,11 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from openradio.cli import CLIError
-    from openradio.imageio import expand_image_args
+    from openradio.inputs.imageio import expand_image_args
     from openradio.runtime import model_label, parse_int_list, pick_device, safe_name
     import numpy as np
 
-    from openradio.imageio import load_image, resize_center_crop, tensor_to_uint8
+    from openradio.inputs.imageio import load_image, resize_center_crop, tensor_to_uint8
     from openradio.viz.features import colour_maps, default_resolution, resolution_features
     from openradio.viz.pca import pca_rgb
     from openradio.viz.render import model_grid, resolution_strip, side_by_side

@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from openradio.runtime import model_label, parse_int_list
     from openradio.eval.zero_shot import (evaluate_zero_shot, get_templates, write_zero_shot_report,
                                           zero_shot_classifier)
-    from openradio.text import attach_text_tower, text_tower_problem, text_tower_source
+    from openradio.model.text import attach_text_tower, text_tower_problem, text_tower_source
 
     resolutions = parse_int_list(args.resolutions, "--resolutions")
     device = pick_device(args.device)

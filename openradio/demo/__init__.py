@@ -1,6 +1,6 @@
 """``openradio demo``: distil, export, evaluate and report, end to end, on one machine.
 
-Offline (the default): the bundled sample photographs (:mod:`openradio.sample_data`) train a
+Offline (the default): the bundled sample photographs (:mod:`openradio.inputs.sample_data`) train a
 small student with the tiny v2.5 recipe (``configs/tiny.yaml``: four small, randomly
 initialised teachers of the real architectures, two partitions in one step, SAM mosaic, PHI-S,
 EMA). The student is exported in the official checkpoint format, loaded back with
@@ -121,7 +121,7 @@ def _prepare_train_dir(train_dir: Path) -> None:
 def _train_offline(out: Path, data_dir: Path, eval_images: list, settings: DemoSettings, device: torch.device,
                    progress: bool, timings: dict) -> _Subject:
     import openradio
-    from openradio.checkpoint import save_checkpoint
+    from openradio.formats.official import save_checkpoint
     from openradio.distill.config import TrainConfig, from_dict, validate
     from openradio.distill.export import export_state_dict
     from openradio.distill.trainer import Trainer
@@ -203,7 +203,7 @@ def _train_offline(out: Path, data_dir: Path, eval_images: list, settings: DemoS
 def _write_text_towers(out: Path, cfg, teachers: dict) -> dict:
     """{teacher: (config JSON, weights)}: a small random open_clip text tower per open_clip teacher,
     embedding to that teacher's image-embedding width (its "own" text tower, as random as it is)."""
-    from openradio.text import write_random_text_tower
+    from openradio.model.text import write_random_text_tower
 
     towers = {}
     for i, t in enumerate(cfg.teachers):
@@ -220,7 +220,7 @@ def _write_text_towers(out: Path, cfg, teachers: dict) -> dict:
 def _name_text_towers(ckpt: Path, towers: dict) -> None:
     """Record each tower in the checkpoint's teacher entry (``text_model``/``text_weights``, relative
     to the checkpoint's folder); rewritten atomically."""
-    from openradio.checkpoint import load_checkpoint_file, save_checkpoint
+    from openradio.formats.official import load_checkpoint_file, save_checkpoint
 
     chk = load_checkpoint_file(ckpt)
     for entry in chk["args"].teachers:
@@ -245,8 +245,8 @@ def _zero_shot(subject: _Subject, images: list, settings: DemoSettings, device: 
     through the same text tower, predicts the same class: {teacher: {model: [ZeroShotResult]}}."""
     from openradio.eval.data import read_labelled_images
     from openradio.eval.zero_shot import build_classifier, evaluate_zero_shot, get_templates, zero_shot_logits
-    from openradio.imageio import load_image, resize_center_crop
-    from openradio.text import load_text_tower
+    from openradio.inputs.imageio import load_image, resize_center_crop
+    from openradio.model.text import load_text_tower
 
     zs = out / "zero_shot"
     zs.mkdir(parents=True, exist_ok=True)
@@ -289,7 +289,7 @@ def _params(m: torch.nn.Module) -> str:
 def _resolve_checkpoint(version: str, progress: bool) -> Path:
     """The checkpoint of a released name (downloaded once) or a local path (the loader's
     resolution), with the demo's advice when the download fails."""
-    from openradio.loader import resolve_checkpoint
+    from openradio.formats.resolve import resolve_checkpoint
 
     try:
         return resolve_checkpoint(version, progress=progress)[0]
@@ -306,8 +306,8 @@ def _load_release(version: str, path: Path, device: torch.device, progress: bool
     from openradio.versions import VERSIONS
 
     t = time.perf_counter()
-    from openradio.checkpoint import load_checkpoint_file
-    from openradio.checkpoint import unique_names
+    from openradio.formats.official import load_checkpoint_file
+    from openradio.formats.official import unique_names
 
     available = unique_names(load_checkpoint_file(path)["args"])
     # by name when released, so the model gets the version's resolution settings (the file is cached)
@@ -390,7 +390,7 @@ def _pictures(subject: _Subject, images: list, settings: DemoSettings, out: Path
     from tqdm.auto import tqdm
 
     from openradio.eval.mode_switch import align_teacher, teacher_resolution
-    from openradio.imageio import load_image
+    from openradio.inputs.imageio import load_image
     from openradio.viz.features import model_features, prepare_input, supported_resolution
     from openradio.viz.pca import fit_pca_on_maps, pca_rgb
     from openradio.viz.render import model_grid
@@ -619,7 +619,7 @@ def run_demo(out_dir: str | os.PathLike = "demo-report", steps: Optional[int] = 
 
 def _run(out_dir, version: Optional[str], dev: torch.device, progress: bool, settings: DemoSettings,
          tiny_teacher: bool, start: float, cpu_start: float) -> Path:
-    from openradio.sample_data import write_sample_split
+    from openradio.inputs.sample_data import write_sample_split
     from openradio.versions import VERSIONS
 
     out = Path(out_dir)

@@ -134,6 +134,6 @@ def backbone(version_or_path: Union[str, RADIOModel] = "", out_indices: Optional
         if vitdet_window is not None:
             kwargs.setdefault("vitdet_window", vitdet_window)
     else:
-        from openradio.loader import radio_model
+        from openradio.formats.resolve import radio_model
         model = radio_model(version_or_path, vitdet_window_size=vitdet_window, text_towers=False, progress=progress)
     return RadioBackbone(model, out_indices=out_indices, pyramid=pyramid, out_channels=out_channels, **kwargs)

@@ -29,7 +29,7 @@ from typing import Optional
 import torch
 
 from openradio.eval.probe import load_mask, read_segmentation_folder
-from openradio.imageio import is_image_name
+from openradio.inputs.imageio import is_image_name
 
 __all__ = ["LAYOUTS", "SegData", "read_split", "detect_layout", "CITYSCAPES_CLASSES", "VOC_CLASSES"]
 

@@ -239,7 +239,7 @@ class _Pairs(torch.utils.data.Dataset):
         return len(self.order)
 
     def __getitem__(self, j: int):
-        from openradio.imageio import load_image
+        from openradio.inputs.imageio import load_image
         i, flip = self.order[j]
         r = self.res
         img = F.interpolate(load_image(self.data.images[i])[None], size=(r, r), mode="bilinear", align_corners=False,
@@ -266,7 +266,7 @@ class FinetuneResult:
 def evaluate(model: SegmentationModel, data: SegData, resolution: int, num_classes: int, device,
              amp: bool = False, progress: bool = False) -> tuple[torch.Tensor, float, float]:
     """Confusion matrix over ``data`` at the masks' own sizes; returns (per-class IoU, mIoU, pixel acc)."""
-    from openradio.imageio import load_image
+    from openradio.inputs.imageio import load_image
     from openradio.runtime import autocast
 
     model.eval()
@@ -396,7 +396,7 @@ def export_segmenter(model: SegmentationModel, cfg: FinetuneConfig, out_dir: str
         save_file({k: v.detach().cpu().contiguous() for k, v in model.head_state_dict().items()}, str(tmp))
     meta = _jsonable(cfg)
     if not model.frozen:
-        from openradio.checkpoint import official_state_dict, save_checkpoint
+        from openradio.formats.official import official_state_dict, save_checkpoint
         radio = model.radio
         if getattr(radio, "args", None) is None:
             raise ValueError("the fine-tuned backbone has no checkpoint args to export with; load it with "
@@ -412,7 +412,7 @@ def load_segmenter(out_dir: str | os.PathLike, version: Optional[str] = None, de
     ``backbone.pth.tar`` or, for a frozen run, on ``version`` (default: the one trained on)."""
     from safetensors.torch import load_file
 
-    from openradio.loader import radio_model
+    from openradio.formats.resolve import radio_model
     out = Path(out_dir)
     meta = json.loads((out / "head.json").read_text())
     source = str(out / meta["backbone"]) if meta.get("backbone") else (version or meta.get("version"))
@@ -440,7 +440,7 @@ def write_prediction_picture(model: SegmentationModel, data: SegData, resolution
 
     from openradio.atomicio import atomic_path
     from openradio.dense.segment import label_palette
-    from openradio.imageio import load_image, tensor_to_uint8
+    from openradio.inputs.imageio import load_image, tensor_to_uint8
     from openradio.runtime import autocast
 
     n = min(n, len(data))

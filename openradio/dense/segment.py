@@ -129,7 +129,7 @@ def prompt_embeddings(model, prompts: Sequence[str], adaptor: str = "clip", temp
     head = _adaptor(model, adaptor)
     if not hasattr(head, "encode_text"):
         raise ValueError(f"the {adaptor!r} adaptor has no text tower; load the model with text_towers='lazy' "
-                         "(the default) or attach one (openradio.text.attach_text_tower)")
+                         "(the default) or attach one (openradio.model.text.attach_text_tower)")
     return build_classifier(head.tokenizer, head.encode_text, list(prompts), get_templates(templates),
                             progress=progress).T.contiguous()
 
@@ -155,7 +155,7 @@ class SegmentationResult:
 
 
 def _as_image(image) -> torch.Tensor:
-    from openradio.imageio import image_to_tensor, load_image
+    from openradio.inputs.imageio import image_to_tensor, load_image
     if isinstance(image, (str, os.PathLike)):
         return load_image(image)
     if isinstance(image, torch.Tensor):
@@ -277,7 +277,7 @@ def write_segmentation(result: SegmentationResult, image, out_dir: str | os.Path
     from PIL import Image
 
     from openradio.atomicio import atomic_path, write_text
-    from openradio.imageio import tensor_to_uint8
+    from openradio.inputs.imageio import tensor_to_uint8
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

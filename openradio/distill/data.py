@@ -45,7 +45,7 @@ from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
 from openradio.distill.sampling import apply_transform, sample_seed
-from openradio.imageio import ImageLoadError, list_images, load_image
+from openradio.inputs.imageio import ImageLoadError, list_images, load_image
 
 __all__ = [
     "SampleKey",

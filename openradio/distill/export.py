@@ -38,7 +38,7 @@ def export_state_dict(model: RADIOModel, phi_s: Mapping[str, PhiSNormalizer]) ->
     """The official state dict of ``model`` with each feature head's PHI-S inverse folded into
     its final Linear (so the released adaptors emit raw teacher features) and any spectral
     reparametrisation folded into plain weights."""
-    from openradio.checkpoint import official_state_dict
+    from openradio.formats.official import official_state_dict
     model = fold_spectral_reparam(copy.deepcopy(model).cpu().float())
     for name, adaptor in model.adaptors.items():
         key = export_normalizer_key(phi_s, name, adaptor.teacher_conf.get("input_size"))
@@ -59,7 +59,7 @@ def export_state_dict(model: RADIOModel, phi_s: Mapping[str, PhiSNormalizer]) ->
 def write_export(path: str | Path, args: argparse.Namespace, student: RADIOModel, phi_s: Mapping[str, PhiSNormalizer],
                  ema: Optional[RADIOModel] = None, step: int = 0) -> Path:
     """Write the official ``.pth.tar`` (``state_dict``, and ``state_dict_ema`` when ``ema``)."""
-    from openradio.checkpoint import save_checkpoint
+    from openradio.formats.official import save_checkpoint
     plain = export_state_dict(student, phi_s)
     ema_sd = export_state_dict(ema, phi_s) if ema is not None else None
     return save_checkpoint(path, args, plain, state_dict_ema=ema_sd, epoch=step)

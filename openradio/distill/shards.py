@@ -55,7 +55,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from openradio.distill.sampling import apply_transform, sample_seed
-from openradio.imageio import ImageLoadError, image_to_tensor, list_images
+from openradio.inputs.imageio import ImageLoadError, image_to_tensor, list_images
 
 __all__ = [
     "SHARD_PATTERN",

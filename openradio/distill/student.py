@@ -2,7 +2,7 @@
 
 The one place the trainer and export create a student: from a typed
 :class:`~openradio.model.config.RadioConfig`; the official checkpoint ``args`` are derived from it
-at the edge (:func:`openradio.checkpoint.official_args`) only to be written into checkpoints.
+at the edge (:func:`openradio.formats.official.official_args`) only to be written into checkpoints.
 """
 from __future__ import annotations
 
@@ -51,9 +51,9 @@ def preferred_resolution_of(cfg: TrainConfig) -> list[int]:
 
 def student_args(cfg: TrainConfig, teachers: Mapping[str, Any]) -> argparse.Namespace:
     """The official checkpoint ``args`` of the student (converted at the edge, in
-    :func:`openradio.checkpoint.official_args`), with the recipe fields the official format
+    :func:`openradio.formats.official.official_args`), with the recipe fields the official format
     carries and the resolution the student was trained at (``model.preferred_resolution`` on load)."""
-    from openradio.checkpoint import official_args
+    from openradio.formats.official import official_args
     return official_args(student_config(cfg, teachers),
                          feature_normalization="PHI_S" if cfg.phi_s.enabled else None,
                          amp_dtype="bfloat16" if cfg.amp else None,
@@ -67,7 +67,7 @@ def build_student(config: RadioConfig | argparse.Namespace, head_dims: Mapping[s
     ``spectral_reparam``: train the ViT blocks' Linear layers sigma-reparametrised."""
     from openradio.model.factory import create_radio
     if not isinstance(config, RadioConfig):
-        from openradio.checkpoint import radio_config
+        from openradio.formats.official import radio_config
         config = radio_config(config)
     model = create_radio(config, {k: (v[0], v[1]) for k, v in head_dims.items()})
     if spectral_reparam:

@@ -20,7 +20,7 @@ from typing import Iterable, Iterator, Optional, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from openradio.imageio import IMAGE_EXTENSIONS, ImageLoadError, is_image_name, load_image, resize_center_crop
+from openradio.inputs.imageio import IMAGE_EXTENSIONS, ImageLoadError, is_image_name, load_image, resize_center_crop
 
 __all__ = [
     "IMAGE_EXTENSIONS", "load_image", "resize_center_crop", "LabelledImages", "read_image_folder",

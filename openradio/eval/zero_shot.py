@@ -99,7 +99,7 @@ def zero_shot_classifier(adaptor: torch.nn.Module, classnames: Sequence[str], te
                          adaptor_name: str = "clip", model_key: str | None = None,
                          cache_dir: str | os.PathLike | None = None, use_cache: bool = True,
                          batch_size: int = 256, progress: bool = True) -> torch.Tensor:
-    """Classifier for an adaptor carrying ``tokenizer``/``encode_text`` (see ``openradio.text``), cached.
+    """Classifier for an adaptor carrying ``tokenizer``/``encode_text`` (see ``openradio.model.text``), cached.
 
     ``model_key`` identifies the text weights; default: the attached text tower's key. When no key is
     known (e.g. a randomly initialised tower) the classifier is computed and not cached.
@@ -107,9 +107,9 @@ def zero_shot_classifier(adaptor: torch.nn.Module, classnames: Sequence[str], te
     if not callable(getattr(adaptor, "encode_text", None)) or not callable(getattr(adaptor, "tokenizer", None)):
         raise ValueError(f"adaptor {adaptor_name!r} has no text tower (tokenizer/encode_text); zero-shot needs a "
                          "language-aligned adaptor such as 'clip' or 'siglip' "
-                         "(see openradio.text.attach_text_tower)")
+                         "(see openradio.model.text.attach_text_tower)")
     if model_key is None:
-        # set by openradio.text when a tower is attached (also by a lazy attach, before the tower is built)
+        # set by openradio.model.text when a tower is attached (also by a lazy attach, before the tower is built)
         model_key = getattr(adaptor, "text_tower_key", None)
     path = None
     if use_cache and model_key:

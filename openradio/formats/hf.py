@@ -8,7 +8,7 @@ to the ``.pth.tar`` layout at this edge and the model is built by the same code 
 checkpoint, so ViTDet works too (the official Hugging Face model ignores the window size).
 
 Folders of transformers' own native ``RadioModel`` (``model_type="radio"`` with ``hidden_size`` and no
-``args``) are recognised here too and read by ``openradio.hf_native``; ``save_transformers`` writes them.
+``args``) are recognised here too and read by ``openradio.formats.native``; ``save_transformers`` writes them.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from openradio.checkpoint import CheckpointError, arg, backbone_state_to_official, build_radio, official_state_dict
+from openradio.formats.official import CheckpointError, arg, backbone_state_to_official, build_radio, official_state_dict
 from openradio.model.radio import RADIOModel, Resolution
 
 HF_PREFIX = "hf-hub:"
@@ -113,7 +113,7 @@ def load_hf(reference: str, adaptor_names: Optional[Sequence[str]] = None, vitde
             revision: Optional[str] = None, cache_dir: Optional[str] = None) -> RADIOModel:
     """``hf-hub:nvidia/RADIO-B`` or a local folder with config.json + model.safetensors."""
     folder = snapshot(reference[len(HF_PREFIX):], revision, cache_dir) if reference.startswith(HF_PREFIX) else Path(reference)
-    from openradio.hf_native import is_native_config, load_native
+    from openradio.formats.native import is_native_config, load_native
     cfg_path = Path(folder) / "config.json"
     if cfg_path.is_file() and is_native_config(native := json.loads(cfg_path.read_text())):
         model = load_native(folder, native, adaptor_names=adaptor_names, vitdet_window_size=vitdet_window_size)
@@ -189,8 +189,8 @@ def save_hf(model: RADIOModel, folder: str | os.PathLike, version: Optional[str]
 
 def save_transformers(model: RADIOModel, folder: str | os.PathLike, version: Optional[str] = None) -> Path:
     """Write a folder that transformers' native ``RadioModel.from_pretrained`` loads (no remote code);
-    adaptor heads and PHI-S normalisers go to ``openradio.safetensors`` beside it (see openradio.hf_native)."""
-    from openradio.hf_native import save_transformers as _save
+    adaptor heads and PHI-S normalisers go to ``openradio.safetensors`` beside it (see openradio.formats.native)."""
+    from openradio.formats.native import save_transformers as _save
     return _save(model, folder, version=version)
 
 

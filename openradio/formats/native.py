@@ -33,7 +33,7 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 
-from openradio.checkpoint import CheckpointError, build_radio, make_args, official_state_dict, parse_dtype
+from openradio.formats.official import CheckpointError, build_radio, make_args, official_state_dict, parse_dtype
 from openradio.model.conditioner import InputConditioner
 from openradio.model.radio import RADIOModel, Resolution
 
@@ -162,7 +162,7 @@ def save_transformers(model: RADIOModel, folder: str | os.PathLike, version: Opt
     from transformers import RadioConfig
     from transformers import RadioModel as HFRadioModel
 
-    from openradio.hf import jsonable_args
+    from openradio.formats.hf import jsonable_args
 
     kwargs = native_config(model)
     state = native_state_dict(model)
@@ -205,7 +205,7 @@ def save_transformers(model: RADIOModel, folder: str | os.PathLike, version: Opt
 
 # -- native -> openradio -----------------------------------------------------------------------------
 def _read_safetensors(folder: Path, exclude: Sequence[str] = (EXTRAS_FILE,)) -> dict[str, torch.Tensor]:
-    from openradio.hf import read_weights
+    from openradio.formats.hf import read_weights
 
     return read_weights(folder, [p.name for p in sorted(folder.glob("*.safetensors")) if p.name not in exclude])
 

@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from openradio.checkpoint import build_radio, load_checkpoint_file, select_state
+from openradio.formats.official import build_radio, load_checkpoint_file, select_state
 from openradio.model.radio import RADIOModel, Resolution
 from openradio.versions import VERSIONS, Version, get_version
 
@@ -98,11 +98,11 @@ def radio_model(version: str = "", progress: bool = True, adaptor_names: Optiona
     version = version or DEFAULT_VERSION
     if isinstance(adaptor_names, str):
         adaptor_names = [adaptor_names]
-    from openradio.hf import is_hf_reference, load_hf
+    from openradio.formats.hf import is_hf_reference, load_hf
     if is_hf_reference(version):
         model = load_hf(version, adaptor_names=adaptor_names, vitdet_window_size=vitdet_window_size)
         if text_towers and adaptor_names:
-            from openradio.text import attach_text_towers
+            from openradio.model.text import attach_text_towers
             attach_text_towers(model, lazy=text_towers == "lazy")
         return (model, None) if return_checkpoint else model
     if version in VERSIONS and vitdet_window_size is not None and not VERSIONS[version].supports_vitdet:
@@ -125,7 +125,7 @@ def radio_model(version: str = "", progress: bool = True, adaptor_names: Optiona
     )
     model.version = info.name if info else str(path)
     if text_towers and adaptor_names:
-        from openradio.text import attach_text_towers
+        from openradio.model.text import attach_text_towers
         attach_text_towers(model, lazy=text_towers == "lazy")
     if return_checkpoint:
         return model, chk

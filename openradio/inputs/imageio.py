@@ -212,7 +212,7 @@ def nearest_multiple(value: float, multiple: int) -> int:
 def _check_image(img: Tensor) -> None:
     if not isinstance(img, Tensor):
         raise TypeError(f"expected a torch.Tensor image (C, H, W) or (B, C, H, W), got {type(img).__name__}; "
-                        "use openradio.imageio.load_image or image_to_tensor first")
+                        "use openradio.inputs.imageio.load_image or image_to_tensor first")
     if img.ndim not in (3, 4):
         raise ValueError(f"expected a (C, H, W) or (B, C, H, W) image tensor, got shape {tuple(img.shape)}")
 

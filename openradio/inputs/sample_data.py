@@ -5,7 +5,7 @@ handful of photographs inside its wheel (``skimage/data/*.png|jpg``); the other
 ``skimage.data`` images are fetched with ``pooch`` on first use, so they are not used here.
 scikit-learn's ``load_sample_images`` adds two more (``china``, ``flower``) when it is installed.
 
-    from openradio.sample_data import write_sample_images, write_sample_split
+    from openradio.inputs.sample_data import write_sample_images, write_sample_split
     paths = write_sample_images("images/")            # every available photograph
     split = write_sample_split("data/")               # data/train/*.png + data/eval/*.png
 

@@ -1,7 +1,7 @@
 """Typed configs that build a RADIO model (the model's own constructor arguments).
 
 The official checkpoints describe a model with an ``argparse`` namespace (``args``); converting
-that namespace to and from these dataclasses happens at the edge, in :mod:`openradio.checkpoint`.
+that namespace to and from these dataclasses happens at the edge, in :mod:`openradio.formats.official`.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ class BackboneConfig:
     :data:`openradio.model.vit_families.FAMILIES`); ``model_kwargs`` overlay the name's defaults
     (for the DINOv2 students, whose official builder ignores them, the sizes read from the
     weights). Conversion from and to the official checkpoint ``args`` is in
-    :mod:`openradio.checkpoint`.
+    :mod:`openradio.formats.official`.
     """
     arch: str = "vit_base_patch16_224"
     model_kwargs: dict = field(default_factory=dict)

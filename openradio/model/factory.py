@@ -17,7 +17,7 @@ def create_radio(cfg: RadioConfig, head_dims: Mapping[str, tuple[Optional[int], 
     ``head_dims[name] = (summary_dim, feature_dim)``: output widths of that teacher's summary and
     feature heads (summary_dim None -> same as feature_dim; such a head is kept so the official
     layout stays complete, and its loss weight is what turns it off). The official checkpoint
-    ``args`` for the result are :func:`openradio.checkpoint.official_args` of ``cfg``.
+    ``args`` for the result are :func:`openradio.formats.official.official_args` of ``cfg``.
     """
     cfg.with_backbone_tokens()
     model = create_backbone(cfg.backbone, init_weights=True)

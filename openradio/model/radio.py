@@ -191,7 +191,7 @@ class RADIOModel(nn.Module):
     def _check_resolution(self, x: torch.Tensor, window: Optional[int] = None) -> None:
         if x.ndim != 4:
             raise ValueError(f"expected images shaped (B, C, H, W), got a tensor of shape {tuple(x.shape)}")
-        from openradio.inputs import check_image_values
+        from openradio.inputs.checks import check_image_values
         check_image_values(x)  # integer, 2/4-channel, NaN/Inf or 0..255 images: a clear error
         step = self._step(window)
         H, W = x.shape[-2:]

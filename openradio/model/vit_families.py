@@ -8,7 +8,7 @@ the same network from timm's own building blocks (``VisionTransformer``, ``Block
 into timm's global registry.
 
 Key names that differ from timm's (LayerScale ``grandma``, the DINOv2 student's ``w12``/``w3``)
-are converted where checkpoints are read (``openradio.checkpoint``), not here.
+are converted where checkpoints are read (``openradio.formats.official``), not here.
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ from typing import Optional
 
 import torch
 
-from openradio.checkpoint import make_args, official_state_dict, radio_config, save_checkpoint
+from openradio.formats.official import make_args, official_state_dict, radio_config, save_checkpoint
 from openradio.model.factory import create_radio
 
 # name, type, model, pretrained, input size, (summary dim, feature dim), extra

@@ -3,7 +3,7 @@
 Notebook use::
 
     import openradio
-    from openradio.imageio import load_image
+    from openradio.inputs.imageio import load_image
     from openradio.viz import visualize_image, side_by_side
 
     model = openradio.radio_model("radio_v2.5-b")

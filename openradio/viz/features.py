@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from openradio.runtime import autocast, default_resolution, module_device, supported_resolution
-from openradio.imageio import resize_center_crop, resize_to_multiple
+from openradio.inputs.imageio import resize_center_crop, resize_to_multiple
 from openradio.viz.pca import PCAStats, fit_pca_on_maps, pca_rgb
 
 __all__ = [

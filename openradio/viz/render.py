@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 from torch import Tensor
 
-from openradio.imageio import tensor_to_uint8
+from openradio.inputs.imageio import tensor_to_uint8
 
 __all__ = ["Panel", "Cell", "Rendered", "compose", "side_by_side", "resolution_strip", "model_grid"]
 

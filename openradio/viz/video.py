@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from openradio.extras import require
-from openradio.imageio import tensor_to_uint8
+from openradio.inputs.imageio import tensor_to_uint8
 from openradio.runtime import default_resolution, supported_resolution
 from openradio.viz.features import model_features, prepare_input
 from openradio.viz.pca import PCAStats, apply_pca, get_robust_pca, upsample_rgb

@@ -9,7 +9,7 @@ import torch
 
 import openradio
 from openradio.model.vitdet import windowed_blocks
-from openradio.testing import make_tiny_checkpoint
+from openradio.verify.testing import make_tiny_checkpoint
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 

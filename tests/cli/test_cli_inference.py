@@ -10,8 +10,8 @@ import torch
 
 import openradio
 from openradio.cli import main
-from openradio.feature_files import read_features
-from openradio.imageio import load_image
+from openradio.formats.features import read_features
+from openradio.inputs.imageio import load_image
 from openradio.viz.features import prepare_input
 
 
@@ -123,7 +123,7 @@ def test_features_unknown_adaptor_is_a_one_line_error(tmp_path, photos, tiny_che
 
 
 def test_versions_json_and_cache_status(tmp_path, capsys, monkeypatch):
-    from openradio.loader import cached_checkpoint_path
+    from openradio.formats.resolve import cached_checkpoint_path
     from openradio.versions import VERSIONS
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))

@@ -21,7 +21,7 @@ import openradio
 from openradio import demo as demo_mod
 from openradio.cli import main as cli_main
 from openradio.demo import DemoSettings, run_demo, tiny_recipe
-from openradio.sample_data import (EVAL_IMAGES, SAMPLE_IMAGES, available_images, load_sample_image,
+from openradio.inputs.sample_data import (EVAL_IMAGES, SAMPLE_IMAGES, available_images, load_sample_image,
                                    write_sample_images, write_sample_split)
 
 REPO = Path(__file__).resolve().parents[2]

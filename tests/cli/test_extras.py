@@ -41,7 +41,7 @@ def test_base_dependencies_leave_out_video_plots_tensorboard_and_sample_images()
 def test_inference_runs_without_any_extra(tmp_path):
     r = _run(f"""
         import torch, openradio
-        from openradio.testing import make_tiny_checkpoint
+        from openradio.verify.testing import make_tiny_checkpoint
         p = make_tiny_checkpoint({str(tmp_path / 't.pth.tar')!r})
         out = openradio.radio_model(str(p), adaptor_names=["clip"])(torch.rand(1, 3, 64, 64))
         assert out["clip"].features.shape[1] == 16

@@ -28,7 +28,7 @@ def test_readme_has_the_two_commands_first():
 def test_readme_python_examples_run(tiny_checkpoint, monkeypatch):
     import open_clip
 
-    import openradio.text as text
+    import openradio.model.text as text
 
     def tiny_tower(model_name, pretrained=None, **kw):
         tok = open_clip.tokenizer.SimpleTokenizer(context_length=24)

@@ -1,11 +1,11 @@
-"""The one home of the helpers every front room uses (openradio.runtime, openradio.imageio listing)."""
+"""The one home of the helpers every front room uses (openradio.runtime, openradio.inputs.imageio listing)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from openradio import runtime
-from openradio.imageio import expand_image_args, list_images
+from openradio.inputs.imageio import expand_image_args, list_images
 from openradio.model.radio import RadioOutput
 
 

@@ -109,11 +109,11 @@ def test_feature_info_same_across_formats(tiny_checkpoint, tmp_path, route):
     """.pth.tar, the Hugging Face layout and a transformers-native folder: the same dense interface."""
     a = openradio.radio_model(str(tiny_checkpoint), text_towers=False)
     if route == "hf":
-        from openradio.hf import save_hf
+        from openradio.formats.hf import save_hf
         folder = save_hf(a, tmp_path / "hf")
     else:
         pytest.importorskip("transformers")
-        from openradio.hf import save_transformers
+        from openradio.formats.hf import save_transformers
         folder = save_transformers(a, tmp_path / "native")
     b = openradio.radio_model(str(folder), text_towers=False)
     assert a.feature_info == b.feature_info == [dict(module=f"blocks.{i}", num_chs=64, reduction=16) for i in range(4)]

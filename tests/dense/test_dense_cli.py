@@ -12,8 +12,8 @@ from openradio.cli import main
 
 
 def test_segment_command_on_photographs(tiny_checkpoint, tmp_path, capsys):
-    from openradio.sample_data import write_sample_images
-    from openradio.text import write_random_text_tower
+    from openradio.inputs.sample_data import write_sample_images
+    from openradio.model.text import write_random_text_tower
 
     imgs = tmp_path / "photos"
     write_sample_images(imgs, names=["chelsea", "coffee"], max_side=96)

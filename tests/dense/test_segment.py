@@ -13,7 +13,7 @@ from torch import nn
 
 import openradio
 from openradio.dense.segment import SelfCorrelatingAttention, dense_text_features, segment, write_segmentation
-from openradio.text import attach_text_tower
+from openradio.model.text import attach_text_tower
 
 COLOURS = {"red": (1.0, 0.0, 0.0), "green": (0.0, 1.0, 0.0), "blue": (0.0, 0.0, 1.0)}
 

@@ -12,7 +12,7 @@ import torch
 from openradio.distill.data import (BatchStream, ImageListDataset, ResizeCenterCrop, ResumableSampler, SampleKey,
                                     build_dataset, collate_skip_none, make_loader, make_train_transform)
 from openradio.distill.sampling import sample_seed
-from openradio.imageio import list_images
+from openradio.inputs.imageio import list_images
 
 
 @functools.lru_cache(maxsize=1)

@@ -28,7 +28,7 @@ MOSAIC_ONLY = ["data.augment=false", "stages.0.steps=2", "progress=false", "tens
 def shards(tmp_path_factory):
     """Six bundled photographs as make-shards tars (two shards): samples keyed by __key__."""
     from openradio.distill.shards import write_shards
-    from openradio.sample_data import write_sample_images
+    from openradio.inputs.sample_data import write_sample_images
     d = tmp_path_factory.mktemp("tc")
     write_sample_images(d / "img", ["astronaut", "chelsea", "coffee", "rocket", "camera", "coins"], max_side=160)
     write_shards(d / "img", d / "shards", max_count_per_shard=3, progress=False)
@@ -144,7 +144,7 @@ def test_cache_refuses_other_teachers_data_and_augmentation(shards, caches, tmp_
         Trainer(cfg_of(shards, tmp_path / "c", f"data.teacher_cache={c}", "stages.0.partitions.1.resolutions=[144]"),
                 env=DistEnv())
     other = tmp_path / "other"
-    from openradio.sample_data import write_sample_images
+    from openradio.inputs.sample_data import write_sample_images
     write_sample_images(other, ["astronaut", "chelsea"], max_side=96)
     with pytest.raises(ValueError, match="made from other data"):
         Trainer(cfg_of(other, tmp_path / "d", f"data.teacher_cache={c}"), env=DistEnv())
@@ -194,7 +194,7 @@ def test_killed_cache_build_resumes_and_refuses_another_recipe(shards, tmp_path,
 def test_cache_teachers_command_then_train_from_it(shards, tmp_path, capsys):
     """The commands of the README, on an image folder (keys: the images' relative paths)."""
     from openradio.cli import main
-    from openradio.sample_data import write_sample_images
+    from openradio.inputs.sample_data import write_sample_images
     write_sample_images(tmp_path / "img" / "sub", ["astronaut", "chelsea", "coffee"], max_side=96)
     out = tmp_path / "c"
     args = ["data", "cache-teachers", "--config", "tiny", "--data", str(tmp_path / "img"), "--out", str(out),

@@ -48,7 +48,7 @@ def test_knn_argument_errors():
 def test_knn_cli_matches_direct_computation(tmp_path, tiny_checkpoint, capsys):
     import openradio
     from openradio.cli import main
-    from openradio.imageio import load_image, resize_center_crop
+    from openradio.inputs.imageio import load_image, resize_center_crop
 
     train = make_image_folder(tmp_path / "train", variants=range(4))
     val = make_image_folder(tmp_path / "val", variants=range(4, 6))

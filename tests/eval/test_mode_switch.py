@@ -98,9 +98,9 @@ def _tiny_teacher_conf(model) -> dict:
 def test_cli_two_models_csv_matches_direct_computation(tmp_path, tiny_checkpoint):
     import openradio
     from openradio.cli import main
-    from openradio.imageio import load_image, resize_center_crop
+    from openradio.inputs.imageio import load_image, resize_center_crop
     from openradio.teachers import build_teacher
-    from openradio.testing import make_tiny_checkpoint
+    from openradio.verify.testing import make_tiny_checkpoint
 
     data = make_image_folder(tmp_path / "imgs", classes=("astronaut", "chelsea", "coffee"), variants=range(2))
     other = make_tiny_checkpoint(tmp_path / "other.pth.tar", seed=1)

@@ -45,7 +45,7 @@ def test_seg_probe_learns_colour_coded_patches(tiny_checkpoint, tmp_path):
     assert rows == {"0": "1.0000", "1": "1.0000", "2": "1.0000", "3": "1.0000", "mIoU": "1.0000"}
     # the saved head predicts every patch of an image it never saw
     from openradio.eval.probe import LinearSegHead
-    from openradio.imageio import load_image
+    from openradio.inputs.imageio import load_image
     model = openradio.radio_model(str(tiny_checkpoint), text_towers=False)
     head = LinearSegHead(model.embed_dim, 4)
     head.load_state_dict(torch.load(tmp_path / "out" / "probe_seg_head.pt"))

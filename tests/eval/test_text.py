@@ -1,4 +1,4 @@
-"""Text towers for the clip/siglip adaptors (openradio.text), with tiny random open_clip models."""
+"""Text towers for the clip/siglip adaptors (openradio.model.text), with tiny random open_clip models."""
 from __future__ import annotations
 
 import pytest
@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from _evalutils import TINY_CLIP_EMBED_DIM, make_tiny_text_model, save_tiny_text_tower
-from openradio.text import (TextTower, attach_text_tower, attach_text_towers, maybe_attach_text_tower,
+from openradio.model.text import (TextTower, attach_text_tower, attach_text_towers, maybe_attach_text_tower,
                             text_tower_key)
 
 TEXTS = ["a photo of a cat.", "a rocket on the launch pad", "coffee"]
@@ -111,8 +111,8 @@ def test_loader_text_towers_flag_uses_checkpoint_teachers(tiny_checkpoint, monke
     """`radio_model(..., text_towers=True)` builds each open_clip teacher's tower from the checkpoint's
     teacher entry (the download itself is replaced by a tiny tower here: no network in tests)."""
     import openradio
-    import openradio.text as text_mod
-    from openradio.text import text_tower_from_model
+    import openradio.model.text as text_mod
+    from openradio.model.text import text_tower_from_model
 
     asked = []
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from _evalutils import make_image_folder, make_tiny_text_model, save_tiny_text_tower
 from openradio.eval.zero_shot import (build_classifier, classifier_cache_key, get_templates, zero_shot_classifier,
                                       zero_shot_logits)
-from openradio.text import TextTower, attach_text_tower
+from openradio.model.text import TextTower, attach_text_tower
 
 CLASSES = ("astronaut", "chelsea", "coffee", "rocket")
 RESOLUTIONS = (32, 64)
@@ -114,7 +114,7 @@ def test_cli_matches_direct_computation_and_reuses_cache(tmp_path, tiny_checkpoi
                                                          monkeypatch, capsys):
     import openradio
     from openradio.cli import main
-    from openradio.imageio import load_image, resize_center_crop
+    from openradio.inputs.imageio import load_image, resize_center_crop
 
     out, cache = tmp_path / "out", tmp_path / "cache"
     assert main(_zs_argv(tiny_checkpoint, image_folder, text_files, out, cache)) == 0
@@ -151,7 +151,7 @@ def test_cli_matches_direct_computation_and_reuses_cache(tmp_path, tiny_checkpoi
     # second run: the classifier comes from the cache; the text tower is neither loaded nor called
     built = []
     monkeypatch.setattr(TextTower, "encode_text", lambda *a, **k: built.append("encode") or 1 / 0)
-    import openradio.text as text_mod
+    import openradio.model.text as text_mod
     orig_load = text_mod.load_text_tower
     monkeypatch.setattr(text_mod, "load_text_tower", lambda *a, **k: built.append("load") or orig_load(*a, **k))
     capsys.readouterr()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from _evalutils import make_image_folder
-from openradio.text import attach_text_tower, text_tower_problem
+from openradio.model.text import attach_text_tower, text_tower_problem
 
 
 @pytest.fixture()

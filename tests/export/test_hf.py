@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import openradio
-from openradio.checkpoint import CheckpointError
-from openradio.hf import save_hf
-from openradio.testing import make_tiny_checkpoint
+from openradio.formats.official import CheckpointError
+from openradio.formats.hf import save_hf
+from openradio.verify.testing import make_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")

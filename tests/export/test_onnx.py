@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import openradio
-from openradio.testing import make_tiny_checkpoint
+from openradio.verify.testing import make_tiny_checkpoint
 
 pytest.importorskip("onnxscript")
 ort = pytest.importorskip("onnxruntime")
@@ -25,7 +25,7 @@ def _max_diff(a, b) -> float:
 
 
 def test_onnx_backbone_and_adaptors_dynamic_size(tmp_path):
-    from openradio.onnx_export import export_onnx
+    from openradio.formats.onnx import export_onnx
     teachers = [dict(name="clip", type="open_clip"), dict(name="sam", type="sam", use_summary=False, fd_upsample_factor=2)]
     ckpt = make_tiny_checkpoint(tmp_path / "t.pth.tar", depth=2, teachers=teachers,
                                 head_dims={"clip": (8, 12), "sam": (None, 6)})

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import openradio
-from openradio.hf import save_transformers
+from openradio.formats.hf import save_transformers
 from openradio.model.normalizers import FeatureNormalizer
-from openradio.testing import make_tiny_checkpoint
+from openradio.verify.testing import make_tiny_checkpoint
 
 transformers = pytest.importorskip("transformers")
 if not hasattr(transformers, "RadioModel"):

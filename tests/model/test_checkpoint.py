@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import openradio
-from openradio.checkpoint import CheckpointError, load_checkpoint_file, save_checkpoint
-from openradio.loader import cached_checkpoint_path
-from openradio.testing import make_tiny_checkpoint
+from openradio.formats.official import CheckpointError, load_checkpoint_file, save_checkpoint
+from openradio.formats.resolve import cached_checkpoint_path
+from openradio.verify.testing import make_tiny_checkpoint
 
 
 def test_truncated_checkpoint_is_a_clear_error(tiny_checkpoint, tmp_path):

@@ -7,7 +7,7 @@ import torch
 
 import openradio
 from openradio.model.radio import CPU_CHUNK_TOKENS
-from openradio.testing import make_tiny_checkpoint
+from openradio.verify.testing import make_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")

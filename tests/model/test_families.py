@@ -5,7 +5,7 @@ v2.5-g DINOv2 student, C-RADIOv2-g, C-RADIOv3 with LayerScale/reg_token/DAMP key
 upsampling head, C-RADIOv4 SO400M with EMA weights, token_slot and the attention feature head).
 Outputs must be bit-identical where the recorded platform matches this machine, and within float32
 rounding elsewhere, or bfloat16 rounding for the family that computes in bf16 (the fixture README
-explains why the bits follow the CPU kind; openradio.parity.low_precision_bound derives the bound).
+explains why the bits follow the CPU kind; openradio.verify.parity.low_precision_bound derives the bound).
 """
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 import openradio
-from openradio import parity
-from openradio.checkpoint import (backbone_state_from_official, load_checkpoint_file, official_state_dict,
+from openradio.verify import parity
+from openradio.formats.official import (backbone_state_from_official, load_checkpoint_file, official_state_dict,
                                   select_state, split_state)
 
 from conftest import families_dir

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import openradio
-from openradio.checkpoint import backbone_state_to_official, load_checkpoint_file
+from openradio.formats.official import backbone_state_to_official, load_checkpoint_file
 from openradio.model import vit_families
-from openradio.testing import make_tiny_checkpoint
+from openradio.verify.testing import make_tiny_checkpoint
 
 V4_TEACHERS = [
     dict(name="siglip2-g", type="siglip2", model="siglip2-g-384", input_size=384),
@@ -120,7 +120,7 @@ def test_damp_keys_load_in_either_form(tmp_path):
 
 def test_backbone_key_conversion_round_trips():
     state = {"inner.blocks.0.mlp.w12.weight": torch.zeros(1), "inner.blocks.0.ls1.gamma": torch.zeros(1)}
-    from openradio.checkpoint import backbone_state_from_official
+    from openradio.formats.official import backbone_state_from_official
     ours = backbone_state_from_official(state, "dino_v2_g_student")
     assert set(ours) == {"inner.blocks.0.mlp.fc1.weight", "inner.blocks.0.ls1.gamma"}
     assert set(backbone_state_to_official(ours, "dino_v2_g_student")) == set(state)
@@ -139,7 +139,7 @@ def test_load_by_released_name_from_the_cache(tmp_path, monkeypatch, version, fi
     import shutil
 
     from conftest import families_dir
-    from openradio.loader import cached_checkpoint_path
+    from openradio.formats.resolve import cached_checkpoint_path
     from openradio.versions import VERSIONS
 
     if families_dir() is None:
@@ -164,7 +164,7 @@ def test_hf_layout_round_trip_of_the_dinov2_student(tmp_path):
     """The Hugging Face layout keeps the official key names (w12/w3) and loads back identically."""
     from safetensors.torch import load_file
 
-    from openradio.hf import save_hf
+    from openradio.formats.hf import save_hf
     path = make_tiny_checkpoint(tmp_path / "d.pth.tar", arch="dino_v2_g_student", embed_dim=32, depth=2,
                                 num_heads=2, cls_token_per_teacher=False, cpe_num_registers=4)
     model = openradio.radio_model(str(path), adaptor_names=["clip"], text_towers=False)
@@ -180,7 +180,7 @@ def test_versions_name_existing_fixtures_for_their_construction_path():
     """`openradio versions` says which parity fixture covers each release; every fixture it
     names exists (vendored in tests/fixtures) and was made with that backbone name."""
     from conftest import REPO
-    from openradio.checkpoint import load_checkpoint_file
+    from openradio.formats.official import load_checkpoint_file
     from openradio.commands.versions import version_records
 
     records = {r["name"]: r for r in version_records()}

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import openradio
-from openradio.checkpoint import load_checkpoint_file
-from openradio.testing import make_tiny_checkpoint
+from openradio.formats.official import load_checkpoint_file
+from openradio.verify.testing import make_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import torch
 
 import openradio
 import openradio.model.packed as packed_mod
-from openradio.testing import make_tiny_checkpoint
+from openradio.verify.testing import make_tiny_checkpoint
 
 SIZES = [(64, 96), (128, 128), (64, 96), (192, 64), (32, 32)]
 

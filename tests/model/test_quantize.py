@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import openradio
-from openradio.testing import make_tiny_checkpoint
+from openradio.verify.testing import make_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,7 @@ def test_int8_close_to_float32_on_photographs(model):
     import numpy as np
     from PIL import Image
 
-    from openradio.sample_data import load_sample_image
+    from openradio.inputs.sample_data import load_sample_image
     x = torch.stack([torch.from_numpy(np.array(Image.fromarray(load_sample_image(n)).convert("RGB")
                                                .resize((128, 96)))).permute(2, 0, 1).float() / 255
                      for n in ("chelsea", "coffee")])

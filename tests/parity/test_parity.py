@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import openradio
-from openradio import parity
+from openradio.verify import parity
 
 VARIANTS = ["tiny_radio_v25_half", "tiny_radio_v25_norm"]
 _caches: dict = {}
@@ -39,7 +39,7 @@ RESULTS: list = []
 
 def check(results, where_prefix=""):
     """Print every comparison, then fail on the first that is not the same (or, without STRICT,
-    not within float32 noise: openradio.parity.NOISE x the tensor's largest magnitude)."""
+    not within float32 noise: openradio.verify.parity.NOISE x the tensor's largest magnitude)."""
     assert results, "nothing was compared"
     for r in results:
         print(f"{where_prefix}{r.where}: max abs diff {r.max_abs_diff:.3g}{' (exact)' if r.exact else ''}")

@@ -1,4 +1,4 @@
-"""`openradio parity` and openradio.parity: the comparison catches wrong outputs, reports them per
+"""`openradio parity` and openradio.verify.parity: the comparison catches wrong outputs, reports them per
 case, and the kernel-settings matrix runs each setting in its own process."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from openradio import parity
+from openradio.verify import parity
 from openradio.cli import main as cli_main
 
 REPO = Path(__file__).resolve().parents[2]

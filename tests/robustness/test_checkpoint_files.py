@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 import openradio
-from openradio.checkpoint import CheckpointError, load_checkpoint_file
+from openradio.formats.official import CheckpointError, load_checkpoint_file
 
 
 def _one_line(e: BaseException) -> str:
@@ -151,7 +151,7 @@ def test_teacher_weights_loader_refuses_code_running_pickles(tmp_path):
 
 
 def test_hf_folder_with_a_pickle_for_weights_is_refused(tmp_path, good_checkpoint):
-    from openradio.hf import save_hf
+    from openradio.formats.hf import save_hf
     marker, files = _evil_files(tmp_path)
     folder = tmp_path / "hf"
     save_hf(openradio.radio_model(str(good_checkpoint), progress=False), folder, version="mini")

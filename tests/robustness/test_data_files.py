@@ -75,7 +75,7 @@ def test_zero_shot_skips_and_counts(folders, model):
 
 
 def test_mode_switch_skips_and_counts(folders, model):
-    from openradio.imageio import list_images
+    from openradio.inputs.imageio import list_images
     from openradio.eval.mode_switch import run_mode_switch
     from openradio.teachers import build_teacher
     _, val, bad = folders

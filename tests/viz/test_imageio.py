@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from openradio.imageio import (ImageLoadError, image_to_tensor, load_image, nearest_multiple, resize_center_crop,
+from openradio.inputs.imageio import (ImageLoadError, image_to_tensor, load_image, nearest_multiple, resize_center_crop,
                                resize_to_multiple, tensor_to_uint8)
 
 

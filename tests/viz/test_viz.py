@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from openradio.imageio import tensor_to_uint8
+from openradio.inputs.imageio import tensor_to_uint8
 from openradio.viz import (apply_pca, fit_pca_on_maps, get_robust_pca, key_frame_indices, model_grid, pca_rgb,
                            probe_video, read_video_frames, resolution_strip, side_by_side, visualize_image,
                            visualize_video, write_video)
@@ -313,8 +313,8 @@ def test_viz_command_writes_side_by_side_strips_and_grid(tmp_path, photos, tiny_
     from PIL import Image
 
     from openradio.cli import main
-    from openradio.imageio import load_image, resize_to_multiple
-    from openradio.testing import make_tiny_checkpoint
+    from openradio.inputs.imageio import load_image, resize_to_multiple
+    from openradio.verify.testing import make_tiny_checkpoint
 
     other = make_tiny_checkpoint(tmp_path / "other.pth.tar", seed=1)
     out = tmp_path / "viz"
