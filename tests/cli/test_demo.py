@@ -44,7 +44,7 @@ def test_demo_reads_the_shipped_recipe_which_is_package_data():
     assert "configs/*.yaml" in data["openradio"]
     with pytest.raises(FileNotFoundError, match="shipped: radio_v2.5-b, radio_v2.5-l, tiny"):
         shipped_recipe("nope")
-    assert "TINY_RECIPE_YAML" not in (REPO / "openradio" / "demo.py").read_text()
+    assert "TINY_RECIPE_YAML" not in (REPO / "openradio" / "demo" / "__init__.py").read_text()
 
 
 def test_sample_split_is_disjoint_real_rgb_and_capped(tmp_path):
