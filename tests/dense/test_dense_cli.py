@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from _synth import write_layout
+from ._synth import write_layout
 from openradio.cli import main
 
 

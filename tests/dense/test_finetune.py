@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import openradio
-from _synth import NUM_CLASSES, write_layout
+from ._synth import NUM_CLASSES, write_layout
 from openradio.dense.datasets import detect_layout, read_split
 from openradio.dense.finetune import (FinetuneConfig, finetune_segmentation, load_segmenter, param_groups,
                                       build_segmentation_model)
