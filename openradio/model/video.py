@@ -83,9 +83,13 @@ def forward_frames(model: nn.Module, frames: torch.Tensor, clip_frames: int = 1,
     if temporal is None:
         temporal = uses_temporal_packing(model, t)
     if temporal:
-        if getattr(model, "temporal_patch_size", None) != t:
-            raise ValueError(f"temporal packing needs clips of the model's temporal patch size "
-                             f"({getattr(model, 'temporal_patch_size', None)}), got clip_frames={t}")
+        size = getattr(model, "temporal_patch_size", None)
+        if size is None:
+            raise ValueError("temporal packing needs a model with a temporal (video) patch projection; this one has "
+                             "no temporal projection (run with temporal=False: frames share a CPE viewport per clip)")
+        if size != t:
+            raise ValueError(f"temporal packing needs clips of the model's temporal patch size ({size}), "
+                             f"got clip_frames={t}")
         out = model(frames.reshape(n // t, t, *frames.shape[1:]), feature_fmt=feature_fmt, vitdet_window=vitdet_window)
         return _repeat_rows(out, t)
     if t == 1:
