@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
 import re
 import warnings
 from pathlib import Path
@@ -42,9 +43,29 @@ def module_device(module: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def cpuinfo_field(field: str) -> str | None:
+    """The first ``field`` line of /proc/cpuinfo (Linux), else None."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(field):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def cpu_model() -> str:
+    """The CPU's model name (what benchmarks and parity reports print)."""
+    return cpuinfo_field("model name") or platform.processor() or platform.machine()
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's x86 feature flags (empty elsewhere)."""
+    return set((cpuinfo_field("flags") or "").split())
+
+
 def _cpu_flags() -> set[str]:
-    from openradio.verify.parity import _cpuinfo, cpu_flags
-    return cpu_flags() | set((_cpuinfo("Features") or "").split())  # x86 'flags', Arm 'Features'
+    return cpu_flags() | set((cpuinfo_field("Features") or "").split())  # x86 'flags', Arm 'Features'
 
 
 def cpu_has_native_bf16() -> bool:
@@ -63,7 +84,6 @@ def warn_if_slow_bf16(device: torch.device | str) -> None:
     if _WARNED_SLOW_BF16 or not slow_bf16(device):
         return
     _WARNED_SLOW_BF16 = True
-    from openradio.verify.parity import cpu_model
     warnings.warn(f"bf16 autocast on this CPU ({cpu_model()}: no AVX512-BF16 or AMX) is emulated and about 50x "
                   "slower than float32; drop --amp (amp=False) here: bf16 pays off on GPUs and CPUs with "
                   "AVX512-BF16/AMX", UserWarning, stacklevel=3)

@@ -33,15 +33,19 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 
-from openradio.formats.official import CheckpointError, build_radio, make_args, official_state_dict, parse_dtype
+from safetensors.torch import load_file, save_file
+
+from openradio.formats.build import build_radio, finish_loaded, preferred
+from openradio.formats.official import jsonable_args, make_args, official_state_dict, parse_dtype
+from openradio.formats.safeload import CheckpointError, read_safetensors
 from openradio.model.conditioner import InputConditioner
-from openradio.model.radio import RADIOModel, Resolution
+from openradio.model.radio import RADIOModel
 
 EXTRAS_FILE = "openradio.safetensors"
 _TIMM_LN_EPS = 1e-6  # timm's VisionTransformer LayerNorm eps; other values cannot be rebuilt from args
 
-__all__ = ["save_transformers", "load_native", "is_native_config", "native_config", "native_state_dict",
-           "EXTRAS_FILE"]
+__all__ = ["save_transformers", "load_native", "is_native_config", "is_native_folder", "native_config",
+           "native_state_dict", "EXTRAS_FILE"]
 
 
 def is_native_config(config: dict) -> bool:
@@ -49,7 +53,14 @@ def is_native_config(config: dict) -> bool:
     return config.get("model_type") == "radio" and "args" not in config and "hidden_size" in config
 
 
+def is_native_folder(folder: str | os.PathLike) -> bool:
+    """A folder whose ``config.json`` is a transformers ``RadioConfig`` (see :func:`is_native_config`)."""
+    cfg_path = Path(folder) / "config.json"
+    return cfg_path.is_file() and is_native_config(json.loads(cfg_path.read_text()))
+
+
 def _require_transformers():
+    # optional dependency (extra `hf`): imported only when writing a folder for transformers
     try:
         import transformers
         from transformers import RadioConfig, RadioModel  # noqa: F401
@@ -157,23 +168,18 @@ def save_transformers(model: RADIOModel, folder: str | os.PathLike, version: Opt
     The native weights come from transformers' own ``save_pretrained``; adaptor heads and PHI-S
     normalisers (which the native class has no place for) go to ``openradio.safetensors``.
     """
-    _require_transformers()
-    from safetensors.torch import save_file
-    from transformers import RadioConfig
-    from transformers import RadioModel as HFRadioModel
-
-    from openradio.formats.hf import jsonable_args
-
+    transformers = _require_transformers()
+    RadioConfig, HFRadioModel = transformers.RadioConfig, transformers.RadioModel
     kwargs = native_config(model)
     state = native_state_dict(model)
-    args = getattr(model, "args", None)
+    args = model.args
     meta: dict[str, Any] = {
         "format": 1,
-        "version": version or getattr(model, "version", None),
+        "version": version or model.version,
         "args": jsonable_args(args) if args is not None else None,
         "patch_size": model.patch_size, "max_resolution": model.max_resolution,
         "preferred_resolution": list(model.preferred_resolution) if model.preferred_resolution else None,
-        "vitdet_num_windowed": model._vitdet_num_windowed, "vitdet_num_global": model._vitdet_num_global,
+        "vitdet_num_windowed": model.vitdet_num_windowed, "vitdet_num_global": model.vitdet_num_global,
         "adaptor_names": list(model.adaptors),
         "adaptor_configs": {n: {"head_idx": a.head_idx, "upsample_factor": a.upsample_factor}
                             for n, a in model.adaptors.items()},
@@ -205,9 +211,7 @@ def save_transformers(model: RADIOModel, folder: str | os.PathLike, version: Opt
 
 # -- native -> openradio -----------------------------------------------------------------------------
 def _read_safetensors(folder: Path, exclude: Sequence[str] = (EXTRAS_FILE,)) -> dict[str, torch.Tensor]:
-    from openradio.formats.hf import read_weights
-
-    return read_weights(folder, [p.name for p in sorted(folder.glob("*.safetensors")) if p.name not in exclude])
+    return read_safetensors(folder, [p.name for p in sorted(folder.glob("*.safetensors")) if p.name not in exclude])
 
 
 _MODULE_TO_OFFICIAL = [
@@ -287,8 +291,10 @@ def _args_from_native(config: dict, use_layer_scale: bool) -> argparse.Namespace
 
 
 def load_native(folder: str | os.PathLike, config: Optional[dict] = None,
-                adaptor_names: Optional[Sequence[str]] = None, vitdet_window_size: Optional[int] = None) -> RADIOModel:
-    """A RADIOModel from a transformers-native RADIO folder (config.json + safetensors)."""
+                adaptor_names: Optional[Sequence[str]] = None, vitdet_window_size: Optional[int] = None,
+                version: Optional[str] = None) -> RADIOModel:
+    """A RADIOModel from a transformers-native RADIO folder (config.json + safetensors); its
+    ``version`` is ``version``, else the one the folder records, else the folder's path."""
     folder = Path(folder)
     if config is None:
         config = json.loads((folder / "config.json").read_text())
@@ -298,7 +304,6 @@ def load_native(folder: str | os.PathLike, config: Optional[dict] = None,
     meta = config.get("openradio") or {}
     extras_path = folder / EXTRAS_FILE
     if extras_path.is_file():
-        from safetensors.torch import load_file
         state.update(load_file(str(extras_path)))
     if adaptor_names and not meta.get("adaptor_names"):
         raise ValueError(f"{folder} holds no adaptor heads (a plain transformers RADIO folder); "
@@ -315,16 +320,10 @@ def load_native(folder: str | os.PathLike, config: Optional[dict] = None,
         has_ls = use_ls
     if has_ls:
         state.update(layer_scales)
-    pref = meta.get("preferred_resolution")
     model = build_radio(args, state, adaptor_names=adaptor_names, vitdet_window_size=vitdet_window_size,
+                        version=version or meta.get("version") or str(folder),
                         patch_size=meta.get("patch_size"), max_resolution=meta.get("max_resolution"),
-                        preferred_resolution=Resolution(*pref) if pref else None,
+                        preferred_resolution=preferred(meta.get("preferred_resolution")),
                         vitdet_num_windowed=meta.get("vitdet_num_windowed"),
                         vitdet_num_global=meta.get("vitdet_num_global"))
-    if summary_idxs is not None:
-        model.summary_idxs = summary_idxs.to(torch.int64)
-    for name, cfg in (meta.get("adaptor_configs") or {}).items():
-        if name in model.adaptors and "head_idx" in cfg:
-            model.adaptors[name].head_idx = int(cfg["head_idx"])
-    model.version = meta.get("version") or str(folder)
-    return model
+    return finish_loaded(model, summary_idxs=summary_idxs, adaptor_configs=meta.get("adaptor_configs"))

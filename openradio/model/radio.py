@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterable, NamedTuple, Optional, Sequence, Union
+from typing import Any, Iterable, NamedTuple, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
+from openradio.model.config import RadioConfig
 from openradio.model.normalizers import NullIntermediateFeatureNormalizer
 from openradio.model.vitdet import WindowedRunner, WindowLayout, windowed_blocks
 
@@ -64,7 +65,8 @@ class RADIOModel(nn.Module):
                  adaptors: Optional[dict[str, nn.Module]] = None,
                  feature_normalizer: Optional[nn.Module] = None,
                  inter_feature_normalizer: Optional[nn.Module] = None,
-                 vitdet_num_windowed: Optional[int] = None, vitdet_num_global: Optional[int] = None):
+                 vitdet_num_windowed: Optional[int] = None, vitdet_num_global: Optional[int] = None,
+                 config: Optional[RadioConfig] = None, args: Any = None, version: Optional[str] = None):
         super().__init__()
         self.model = model
         self.input_conditioner = input_conditioner
@@ -78,7 +80,11 @@ class RADIOModel(nn.Module):
         self.inter_feature_normalizer = inter_feature_normalizer
         self._vitdet_num_windowed = vitdet_num_windowed
         self._vitdet_num_global = vitdet_num_global
-        self.version: Optional[str] = None
+        # what the model was built from: the typed config, the official checkpoint ``args`` (kept
+        # to write the model back in the official formats) and the version or path it came from
+        self.config: Optional[RadioConfig] = config
+        self.args: Any = args
+        self.version: Optional[str] = version
         # CPU inference runs the blocks on groups of images of at most this many tokens
         # (0 or None: the whole batch at once); see _chunk_size
         self.cpu_chunk_tokens: Optional[int] = CPU_CHUNK_TOKENS
@@ -156,6 +162,16 @@ class RADIOModel(nn.Module):
         stride in pixels, e.g. ``[{'module': 'blocks.0', 'num_chs': 768, 'reduction': 16}, ...]``."""
         return [dict(module=f"blocks.{i}", num_chs=self.embed_dim, reduction=self.patch_size)
                 for i in range(len(self.blocks))]
+
+    @property
+    def vitdet_num_windowed(self) -> Optional[int]:
+        """The release's count of windowed blocks per ViTDet group (None: the default schedule)."""
+        return self._vitdet_num_windowed
+
+    @property
+    def vitdet_num_global(self) -> Optional[int]:
+        """The release's count of global-attention blocks per ViTDet group (None: the default schedule)."""
+        return self._vitdet_num_global
 
     @property
     def windowed_block_indices(self) -> list[int]:
