@@ -199,6 +199,8 @@ def official_args(cfg: RadioConfig, **extra: Any) -> argparse.Namespace:
         fields["cpe_num_registers"] = b.num_registers
     if cfg.spatial_mlp_version:
         fields["spatial_mlp_version"] = cfg.spatial_mlp_version
+    if b.video_temporal_patch_size:
+        fields["video_temporal_patch_size"] = b.video_temporal_patch_size
     fields.update(extra)
     return make_args(b.arch, **fields)
 
@@ -220,7 +222,20 @@ def _backbone_config(args: Any, backbone_state: Optional[dict[str, torch.Tensor]
         register_multiple=arg(args, "register_multiple"), num_registers=arg(args, "cpe_num_registers"),
         model_norm=bool(arg(args, "model_norm", False)), in_chans=arg(args, "in_chans") or 3,
         drop_rate=arg(args, "drop"), drop_path_rate=arg(args, "drop_path"), global_pool=arg(args, "gp"),
-        dtype=parse_dtype(arg(args, "dtype")))
+        dtype=parse_dtype(arg(args, "dtype")),
+        video_temporal_patch_size=arg(args, "video_temporal_patch_size") or _temporal_patch_size(backbone_state))
+
+
+def _temporal_patch_size(backbone_state: Optional[dict[str, torch.Tensor]]) -> Optional[int]:
+    """Frames per token of a video patch projection (``patch_generator.video_embedder``, the name
+    transformers' conversion gives Nemotron-3-Nano-Omni's), from its width over the image
+    projection's. openradio writes it with ``args.video_temporal_patch_size``; the official loader
+    ignores both (its backbone load is not strict: an unexpected-key warning) and runs images."""
+    for key, video in (backbone_state or {}).items():
+        if key.endswith("patch_generator.video_embedder.weight"):
+            image = backbone_state[key.replace("video_embedder", "embedder")]
+            return video.shape[1] // image.shape[1]
+    return None
 
 
 _DINOV2_MLP = {"mlp.w12.": "mlp.fc1.", "mlp.w3.": "mlp.fc2."}

@@ -65,7 +65,7 @@ def test_video_projection_survives_every_route(tmp_path):
 
 def test_clip_errors_say_what_to_do(tmp_path):
     model = load(tiny_openradio_checkpoint(tmp_path / "t.pth.tar", Case(temporal=2)))
-    with pytest.raises(ValueError, match=r"clips must hold 2 frames .* reshape\(-1, 2, C, H, W\)"):
+    with pytest.raises(ValueError, match=r"clips must hold 2 frames .*\.reshape\(-1, 2, C, H, W\)"):
         model(torch.rand(1, 4, 3, 32, 32))
     with pytest.raises(ValueError, match="get_nearest_supported_resolution"):
         model(torch.rand(1, 2, 3, 30, 32))
