@@ -31,7 +31,8 @@ def create_backbone(cfg: BackboneConfig, *, init_weights: bool = False) -> nn.Mo
         inner.head = nn.Identity()
         enable_cpe(inner, cfg.cpe_max_size, num_cls_tokens=cfg.num_cls_tokens,
                    register_multiple=cfg.register_multiple, num_registers=cfg.num_registers, patch_bias=True,
-                   always_cpe=True, temporal_patch_size=video)  # the DINOv2 wrapper compares with its patch grid: never equal
+                   # the DINOv2 wrapper compares with its patch grid: never equal
+                   always_cpe=True, temporal_patch_size=video)
         inner.reg_token = None  # the DINOv2 registers are replaced by the patch generator's prefix
         return model
     kwargs = vit_families.resolve_layer_kwargs(kwargs)

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from openradio.model.config import RadioConfig
+from openradio.model.clips import check_clip_list, clip_to_frames, output_row
 from openradio.model.normalizers import NullIntermediateFeatureNormalizer
 from openradio.model.vitdet import WindowedRunner, WindowLayout, windowed_blocks
 
@@ -239,22 +240,7 @@ class RADIOModel(nn.Module):
 
     def clip_frames(self, clips: torch.Tensor) -> torch.Tensor:
         """Clips (B, T, C, H, W) or packed (B, T*C, H, W) -> their frames (B*T, C, H, W)."""
-        T = self.temporal_patch_size
-        if T is None:
-            raise ValueError(f"got clips shaped {tuple(clips.shape)}, but this model has no temporal (video) patch "
-                             "projection: run frames as images, model(frames) with frames (N, 3, H, W) (inside "
-                             "model.cpe_video_mode(t) to share one position crop per clip in training)")
-        C = self.patch_generator.in_chans
-        if clips.ndim == 5:
-            if clips.shape[1] != T:
-                raise ValueError(f"clips must hold {T} frames (the model's temporal patch size), got "
-                                 f"{clips.shape[1]} in {tuple(clips.shape)}: split a video of N frames into "
-                                 f"clips with frames[:N // {T} * {T}].reshape(-1, {T}, C, H, W)")
-            return clips.reshape(-1, *clips.shape[2:])
-        if clips.ndim == 4 and clips.shape[1] == T * C:
-            return clips.reshape(clips.shape[0] * T, C, *clips.shape[2:])
-        raise ValueError(f"expected clips shaped (B, {T}, {C}, H, W) or packed (B, {T * C}, H, W), "
-                         f"got {tuple(clips.shape)}")
+        return clip_to_frames(clips, self.temporal_patch_size, getattr(self.patch_generator, "in_chans", 3))
 
     def _conditioned(self, x: torch.Tensor, window: Optional[int]) -> torch.Tensor:
         """Checked and normalised input: images (B, C, H, W) -> (B, 3, H, W); clips are checked
@@ -362,7 +348,7 @@ class RADIOModel(nn.Module):
         # so it runs as one batch (training) and is never split across packs
         t = self.patch_generator.num_video_frames or 1
         if t > 1:
-            _check_clips(xs, t)
+            check_clip_list(xs, t)
         can_pack = supports_packing(self.blocks) and not self.training  # no dropout in the packed path
         if packed is None:
             packed = can_pack
@@ -372,7 +358,7 @@ class RADIOModel(nn.Module):
             outs = []
             for j in range(0, len(xs), t):
                 out = self(torch.cat(xs[j:j + t]), feature_fmt=feature_fmt, vitdet_window=window)
-                outs += [_row(out, i) for i in range(t)]
+                outs += [output_row(out, i) for i in range(t)]
             return outs
         p = self.patch_size
         if max_tokens is None:
@@ -415,7 +401,8 @@ class RADIOModel(nn.Module):
         if not ok:
             shape = tuple(im.shape) if isinstance(im, torch.Tensor) else type(im).__name__
             clips = f", or a clip ({T}, 3, H, W)" if T is not None else ""
-            raise ValueError(f"forward_images: image {i} must be a (3, H, W) or (1, 3, H, W) tensor{clips}, got {shape}")
+            raise ValueError(f"forward_images: image {i} must be a (3, H, W) or (1, 3, H, W) tensor{clips}, "
+                             f"got {shape}")
         x = im if im.ndim >= 4 else im.unsqueeze(0)
         if self.is_clip(x):
             self._check_resolution(self.clip_frames(x), window)
@@ -552,24 +539,6 @@ class RADIOModel(nn.Module):
         else:
             summary = prefix.flatten(1)
         return RadioOutput(summary, feats)
-
-
-def _check_clips(xs: list[torch.Tensor], t: int) -> None:
-    if len(xs) % t:
-        raise ValueError(f"in cpe_video_mode({t}) forward_images takes whole clips of {t} frames, got {len(xs)} "
-                         "images: pass a multiple of the clip length")
-    for j in range(0, len(xs), t):
-        sizes = {tuple(x.shape[1:]) for x in xs[j:j + t]}
-        if len(sizes) > 1:
-            raise ValueError(f"the frames of clip {j // t} (images {j}..{j + t - 1}) differ in size {sorted(sizes)}: "
-                             "a clip shares one position crop, so its frames must share one size")
-
-
-def _row(out, i: int):
-    """Row ``i`` of a batch output (a RadioOutput or the adaptor dict) as a batch of one."""
-    if isinstance(out, dict):
-        return {k: _row(v, i) for k, v in out.items()}
-    return RadioOutput(out.summary[i:i + 1], out.features[i:i + 1])
 
 
 def _check_window(window_size: Optional[int]) -> Optional[int]:

@@ -24,6 +24,7 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
+from openradio.model.clips import repeat_rows
 from openradio.model.radio import LOADED, RadioOutput
 
 __all__ = ["forward_frames", "pad_to_clips", "uses_temporal_packing", "check_clip_frames"]
@@ -57,12 +58,6 @@ def pad_to_clips(frames: torch.Tensor, clip_frames: int) -> tuple[torch.Tensor, 
     return frames, n
 
 
-def _repeat_rows(out: Output, t: int) -> Output:
-    if isinstance(out, dict):
-        return {k: _repeat_rows(v, t) for k, v in out.items()}
-    return RadioOutput(out.summary.repeat_interleave(t, dim=0), out.features.repeat_interleave(t, dim=0))
-
-
 def forward_frames(model: nn.Module, frames: torch.Tensor, clip_frames: int = 1, *,
                    temporal: Optional[bool] = None, feature_fmt: str = "NLC", vitdet_window=LOADED) -> Output:
     """The frames of one video, (N, 3, H, W) in [0, 1] and in order, -> the model's output with one
@@ -91,7 +86,7 @@ def forward_frames(model: nn.Module, frames: torch.Tensor, clip_frames: int = 1,
             raise ValueError(f"temporal packing needs clips of the model's temporal patch size ({size}), "
                              f"got clip_frames={t}")
         out = model(frames.reshape(n // t, t, *frames.shape[1:]), feature_fmt=feature_fmt, vitdet_window=vitdet_window)
-        return _repeat_rows(out, t)
+        return repeat_rows(out, t)
     if t == 1:
         return model(frames, feature_fmt=feature_fmt, vitdet_window=vitdet_window)
     with model.cpe_video_mode(t):
