@@ -48,7 +48,7 @@ def test_openradio_video_model_to_transformers_exactly(case, tmp_path):
 
 
 def test_video_projection_survives_every_route(tmp_path):
-    """.pth.tar -> Hugging Face layout -> transformers native -> Hugging Face layout: the same clips, the same output."""
+    """.pth.tar -> Hugging Face layout -> transformers native -> Hugging Face layout: same clips, same output."""
     case = Case(temporal=2, swiglu=True, layerscale=True)
     ref = load(tiny_openradio_checkpoint(tmp_path / "t.pth.tar", case))
     hf_folder = save_hf(ref, tmp_path / "hf")
