@@ -9,6 +9,7 @@ import torch
 from _native_radio import Case, assert_same_outputs, load, random_hf_model, tiny_openradio_checkpoint
 
 from openradio.formats.hf import save_hf, save_transformers
+from openradio.formats.official import load_checkpoint_file, official_state_dict, save_checkpoint
 
 transformers = pytest.importorskip("transformers")
 if not hasattr(transformers, "RadioModel"):
@@ -55,10 +56,13 @@ def test_video_projection_survives_every_route(tmp_path):
     assert "radio_model.model.patch_generator.video_embedder.weight" in _keys(hf_folder / "model.safetensors")
     native = save_transformers(load(hf_folder), tmp_path / "native")
     again = save_hf(load(native), tmp_path / "hf2")
+    from_native = load(native)  # and back to the .pth.tar layout: args and weights carry the projection
+    pth = save_checkpoint(tmp_path / "back.pth.tar", from_native.args, official_state_dict(from_native))
+    assert load_checkpoint_file(pth)["args"].video_temporal_patch_size == 2
     clips = torch.rand(2, 2, 3, 32, 48)
     with torch.no_grad():
         want = ref(clips)
-        for folder in (hf_folder, native, again):
+        for folder in (hf_folder, native, again, pth):
             got = load(folder)(clips)
             assert torch.equal(got.features, want.features) and torch.equal(got.summary, want.summary), folder
 
