@@ -32,7 +32,8 @@ class Case:
 
     def id(self) -> str:
         return (f"{'swiglu' if self.swiglu else 'mlp'}-{'ls' if self.layerscale else 'nols'}-t{self.temporal or 1}"
-                f"-r{self.registers}-c{self.cls}" + ("" if self.hidden_act == "gelu" else f"-{self.hidden_act}"))
+                f"-r{self.registers}-c{self.cls}" + ("" if self.hidden_act == "gelu" else f"-{self.hidden_act}")
+                + ("" if self.mlp_ratio == 2.5 else f"-ratio{self.mlp_ratio:.3g}"))
 
     def hf_config(self, transformers):
         return transformers.RadioConfig(
