@@ -93,7 +93,7 @@ def _check_exportable(model: RADIOModel) -> None:
         raise ValueError("the input conditioner was detached (make_preprocessor_external); "
                          "save the model before detaching it")
     gen = model.patch_generator
-    if gen.cls_token.token is None:
+    if gen.cls_token.token is None and gen.cls_token.num_patches:
         raise ValueError("models without CLS tokens cannot be written as a transformers RadioModel")
     if not isinstance(gen.patch_normalizer, nn.Identity):
         raise ValueError("models with a patch normaliser cannot be written as a transformers RadioModel")
@@ -193,7 +193,9 @@ def native_state_dict(model: RADIOModel) -> dict[str, torch.Tensor]:
         "input_conditioner.norm_std": model.input_conditioner.norm_std,
         "embeddings.patch_projection.weight": gen.embedder.weight,
         "embeddings.position_embedding": gen.pos_embed,
-        "embeddings.cls_register_token": gen.cls_token.token,
+        # no prefix at all (0 CLS, 0 registers): transformers keeps an empty (0, D) table
+        "embeddings.cls_register_token": (gen.cls_token.token if gen.cls_token.token is not None
+                                          else torch.zeros(0, d, dtype=model.dtype)),
         "summary_idxs": model.summary_idxs,
     }
     if getattr(gen, "video_embedder", None) is not None:
@@ -304,6 +306,8 @@ def native_to_official(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.
         if k in ("summary_idxs", "radio_model.summary_idxs"):
             summary_idxs = v
             continue
+        if k.endswith("cls_register_token" if k.startswith("embeddings.") else "cls_token.token") and not v.numel():
+            continue  # no CLS tokens and no registers: openradio keeps no empty table
         for src, dst in _CKPT_TO_OFFICIAL + _MODULE_TO_OFFICIAL:
             if k.startswith(src):
                 k2 = dst + k[len(src):]
@@ -335,6 +339,9 @@ def _args_from_native(config: dict, use_layer_scale: bool) -> argparse.Namespace
     ``model_kwargs``: :func:`openradio.model.vit_families.resolve_layer_kwargs`)."""
     p = int(config.get("patch_size", 16))
     n_cls = int(config.get("num_cls_tokens", 3))
+    if int(config.get("num_channels", 3)) != 3:
+        raise ValueError(f"num_channels={config['num_channels']} is not supported: openradio's input conditioner "
+                         "and input checks take RGB images (3 channels)")
     d, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
     if config.get("head_dim") not in (None, d // heads) or d % heads:
         raise ValueError(f"head_dim={config.get('head_dim')} with hidden_size={d} and {heads} heads is not "

@@ -18,6 +18,7 @@ torch.set_num_threads(1)
 
 GRID = [Case(swiglu=s, layerscale=ls, temporal=t, registers=r, cls=c)
         for s, ls, t, r, c in itertools.product([False, True], [False, True], [None, 2, 4], [0, 3], [1, 2, 4])]
+GRID += [Case(cls=0, registers=0), Case(cls=0, registers=3, temporal=2, swiglu=True)]  # no summary at all
 
 
 @pytest.mark.parametrize("case", GRID, ids=Case.id)
