@@ -155,7 +155,7 @@ class RADIOModel(nn.Module):
     @property
     def temporal_patch_size(self) -> Optional[int]:
         """Frames per token of the temporally packed video projection (None: images only)."""
-        return getattr(self.patch_generator, "temporal_patch_size", None)
+        return self.patch_generator.temporal_patch_size
 
     @property
     def feature_info(self) -> list[dict]:
@@ -232,15 +232,11 @@ class RADIOModel(nn.Module):
     def is_clip(self, x: torch.Tensor) -> bool:
         """Whether ``x`` is a batch of clips: (B, T, C, H, W), or (B, T*C, H, W) on a model with a
         temporal patch projection of T frames."""
-        return x.ndim == 5 or (x.ndim == 4 and self.patch_generator_takes_clip(x))
-
-    def patch_generator_takes_clip(self, x: torch.Tensor) -> bool:
-        fn = getattr(self.patch_generator, "is_packed_video", None)
-        return bool(fn is not None and fn(x))
+        return x.ndim == 5 or (x.ndim == 4 and self.patch_generator.is_packed_video(x))
 
     def clip_frames(self, clips: torch.Tensor) -> torch.Tensor:
         """Clips (B, T, C, H, W) or packed (B, T*C, H, W) -> their frames (B*T, C, H, W)."""
-        return clip_to_frames(clips, self.temporal_patch_size, getattr(self.patch_generator, "in_chans", 3))
+        return clip_to_frames(clips, self.temporal_patch_size, self.patch_generator.in_chans)
 
     def _conditioned(self, x: torch.Tensor, window: Optional[int]) -> torch.Tensor:
         """Checked and normalised input: images (B, C, H, W) -> (B, 3, H, W); clips are checked
