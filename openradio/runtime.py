@@ -8,6 +8,7 @@ import contextlib
 import os
 import platform
 import re
+import time
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -160,3 +161,27 @@ def parse_int_list(text: str, what: str = "values") -> list[int]:
     if not vals or any(v <= 0 for v in vals):
         raise ValueError(f"{what} must be positive comma-separated integers like 224,432,768, got {text!r}")
     return vals
+
+
+class PhaseTimer:
+    """Wall time per phase of a run, in the order they ran: ``lap(name)`` closes the phase that
+    began at the previous lap (or at construction); ``timings`` maps names to seconds."""
+
+    def __init__(self) -> None:
+        self.start = self._last = time.perf_counter()
+        self.cpu_start = time.process_time()
+        self.timings: dict[str, float] = {}
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.timings[phase] = self.timings.get(phase, 0.0) + now - self._last
+        self._last = now
+
+    def total(self) -> float:
+        """Seconds since construction (also recorded as ``timings['total']``)."""
+        self.timings["total"] = time.perf_counter() - self.start
+        return self.timings["total"]
+
+    def cpu_time(self) -> float:
+        """This process's CPU seconds since construction."""
+        return time.process_time() - self.cpu_start

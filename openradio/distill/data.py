@@ -11,7 +11,8 @@ The pieces, and how they fit:
   flip on float ``[0, 1]`` tensors, through ``torchvision.transforms.v2.functional``). Each
   partition asks for its own crop size: build one dataset per partition with
   :meth:`ImageListDataset.with_transform` (the file list is shared, not copied).
-* :class:`~openradio.distill.transforms.ResizeCenterCrop` is the deterministic alternative (``data.augment: false``): shorter
+* :class:`~openradio.distill.transforms.ResizeCenterCrop` is the deterministic alternative
+  (``data.augment: false``): shorter
   side resized to the partition's size, centre crop, no flip; a function of the image alone, which
   the teacher-feature cache (:mod:`openradio.distill.teacher_cache`) requires.
 * :class:`ResumableSampler` gives each rank a disjoint slice of one global permutation per epoch

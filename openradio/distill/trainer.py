@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from openradio.atomicio import write_text
 from openradio.distill import partitions as P
 from openradio.distill.checkpointing import CheckpointManager, capture_rng_state, restore_rng_state
-from openradio.distill.config import PartitionConfig, TrainConfig, dump_config
+from openradio.distill.config import PartitionConfig, TrainConfig, dump_config, validate
 from openradio.distill.export import write_export
 from openradio.distill.faults import maybe_inject_fault
 from openradio.distill.losses import distill_loss
@@ -61,6 +61,7 @@ __all__ = ["Trainer", "DistEnv", "init_distributed", "build_teachers"]
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, env: Optional[DistEnv] = None, teachers: Optional[dict] = None):
+        validate(cfg)  # every value checked before anything is built (load_config does too; from_dict does not)
         self.cfg = cfg
         self.env = env or init_distributed(cfg.device, cfg.dist_timeout_s)
         self.device = self.env.device

@@ -31,7 +31,7 @@ from openradio.model.radio import RADIOModel
 __all__ = ["load_checkpoint_file", "save_checkpoint", "official_state_dict", "from_official", "radio_config",
            "official_args", "make_args", "jsonable_args", "arg", "parse_dtype", "teacher_names", "unique_names",
            "select_state", "split_state", "prefixed", "clean_key", "materialize_parametrizations",
-           "backbone_state_from_official", "backbone_state_to_official", "CheckpointError"]
+           "backbone_state_from_official", "backbone_state_to_official", "set_teacher_fields", "CheckpointError"]
 
 
 # -- reading -----------------------------------------------------------------------------------------
@@ -160,7 +160,8 @@ def unique_names(args: Any) -> list[str]:
     return list(dict.fromkeys(teacher_names(args)))
 
 
-def make_args(model: str = "vit_base_patch16_224", teachers: list[dict] | None = None, **overrides) -> argparse.Namespace:
+def make_args(model: str = "vit_base_patch16_224", teachers: list[dict] | None = None,
+              **overrides) -> argparse.Namespace:
     """``args`` in the official checkpoint layout (RADIOv2.5-b recipe by default)."""
     base = dict(
         model=model, in_chans=None, input_size=None, pretrained=False, num_classes=None, drop=0.0,
@@ -367,3 +368,13 @@ def save_checkpoint(path: str | os.PathLike, args: argparse.Namespace, state_dic
     with atomic_path(path, fsync=True) as tmp:
         torch.save(chk, tmp)
     return path
+
+
+def set_teacher_fields(path: str | os.PathLike, fields: dict[str, dict[str, Any]]) -> Path:
+    """Rewrite an official checkpoint (atomically) with ``fields[name]`` added to the entry of each
+    named teacher in ``args.teachers`` (e.g. the ``text_model``/``text_weights`` of its text tower)."""
+    chk = load_checkpoint_file(path)
+    for entry in chk["args"].teachers:
+        entry.update(fields.get(entry.get("name"), {}))
+    return save_checkpoint(path, chk["args"], chk["state_dict"], state_dict_ema=chk.get("state_dict_ema"),
+                           epoch=chk.get("epoch", 0), arch=chk.get("arch"))

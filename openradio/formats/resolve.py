@@ -129,7 +129,8 @@ def radio_model(version: str = "", progress: bool = True, adaptor_names: Optiona
     return (model, chk) if return_checkpoint else model
 
 
-def _load_folder(reference: str, adaptor_names: Optional[Sequence[str]], vitdet_window_size: Optional[int]) -> RADIOModel:
+def _load_folder(reference: str, adaptor_names: Optional[Sequence[str]],
+                 vitdet_window_size: Optional[int]) -> RADIOModel:
     """A Hugging Face reference or local folder: transformers-native, else the official remote-code layout."""
     folder = hf_folder(reference)
     if not is_native_folder(folder):

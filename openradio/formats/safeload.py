@@ -133,7 +133,8 @@ def _unsafe_detail(msg: str) -> Optional[str]:
     return None
 
 
-def read_safetensors(folder: str | os.PathLike, default_files: Optional[Sequence[str]] = None) -> dict[str, torch.Tensor]:
+def read_safetensors(folder: str | os.PathLike,
+                     default_files: Optional[Sequence[str]] = None) -> dict[str, torch.Tensor]:
     """The tensors of a folder of safetensors files: the shards its ``model.safetensors.index.json``
     names, else ``default_files`` (default: ``model.safetensors``); a missing, truncated or corrupt
     file is one :class:`CheckpointError` line."""
