@@ -65,6 +65,7 @@ from openradio.distill import trainer as trainer_module
 from openradio.distill.config import TrainConfig, load_config
 from openradio.distill.mosaic import mosaic_pad_value, pack_mosaic, unpack_features
 from openradio.distill.trainer import DistEnv, Trainer
+from openradio.distill.transforms import resize_square
 
 # printed in this order; "teacher <name>" rows are summed into "teachers"
 CATEGORIES = ("teachers", "student forward", "student backward", "losses", "optimiser", "EMA", "PHI-S", "data",
@@ -483,7 +484,7 @@ def run_shape(shape: str, threads: int, args: argparse.Namespace, data_dir: Path
     if found and args.mosaic_rounds > 0:
         part, name = found
         teacher = trainer.teachers[name]
-        views = trainer_module._resize(trainer.data.next_batch(0, part), part.resolution)
+        views = resize_square(trainer.data.next_batch(0, part), part.resolution)
         pad = mosaic_pad_value(teacher, cfg.mosaic_pad)
         mosaic = compare_mosaic(teacher, views, teacher.input_size, args.mosaic_rounds, pad, min_s=2.0)
         mosaic.update(teacher=name, partition=part.name, view_side=part.resolution, canvas=teacher.input_size)

@@ -42,7 +42,8 @@ def child(path: str, which: str) -> None:
     import torch
 
     import openradio
-    from openradio.formats.official import build_radio, load_checkpoint_file, select_state
+    from openradio.formats.build import build_radio
+    from openradio.formats.official import load_checkpoint_file, select_state
 
     gc.collect()
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
 import re
+import time
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -42,9 +44,29 @@ def module_device(module: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def cpuinfo_field(field: str) -> str | None:
+    """The first ``field`` line of /proc/cpuinfo (Linux), else None."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(field):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def cpu_model() -> str:
+    """The CPU's model name (what benchmarks and parity reports print)."""
+    return cpuinfo_field("model name") or platform.processor() or platform.machine()
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's x86 feature flags (empty elsewhere)."""
+    return set((cpuinfo_field("flags") or "").split())
+
+
 def _cpu_flags() -> set[str]:
-    from openradio.verify.parity import _cpuinfo, cpu_flags
-    return cpu_flags() | set((_cpuinfo("Features") or "").split())  # x86 'flags', Arm 'Features'
+    return cpu_flags() | set((cpuinfo_field("Features") or "").split())  # x86 'flags', Arm 'Features'
 
 
 def cpu_has_native_bf16() -> bool:
@@ -63,7 +85,6 @@ def warn_if_slow_bf16(device: torch.device | str) -> None:
     if _WARNED_SLOW_BF16 or not slow_bf16(device):
         return
     _WARNED_SLOW_BF16 = True
-    from openradio.verify.parity import cpu_model
     warnings.warn(f"bf16 autocast on this CPU ({cpu_model()}: no AVX512-BF16 or AMX) is emulated and about 50x "
                   "slower than float32; drop --amp (amp=False) here: bf16 pays off on GPUs and CPUs with "
                   "AVX512-BF16/AMX", UserWarning, stacklevel=3)
@@ -140,3 +161,27 @@ def parse_int_list(text: str, what: str = "values") -> list[int]:
     if not vals or any(v <= 0 for v in vals):
         raise ValueError(f"{what} must be positive comma-separated integers like 224,432,768, got {text!r}")
     return vals
+
+
+class PhaseTimer:
+    """Wall time per phase of a run, in the order they ran: ``lap(name)`` closes the phase that
+    began at the previous lap (or at construction); ``timings`` maps names to seconds."""
+
+    def __init__(self) -> None:
+        self.start = self._last = time.perf_counter()
+        self.cpu_start = time.process_time()
+        self.timings: dict[str, float] = {}
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.timings[phase] = self.timings.get(phase, 0.0) + now - self._last
+        self._last = now
+
+    def total(self) -> float:
+        """Seconds since construction (also recorded as ``timings['total']``)."""
+        self.timings["total"] = time.perf_counter() - self.start
+        return self.timings["total"]
+
+    def cpu_time(self) -> float:
+        """This process's CPU seconds since construction."""
+        return time.process_time() - self.cpu_start

@@ -42,19 +42,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 # versions, token slots, ...) describes the student's adaptor, not the teacher network.
 def teacher_config(conf: dict, args: argparse.Namespace, adaptor=None) -> dict:
     """The teacher config: the checkpoint's entry with the CLI overrides applied."""
-    from openradio.eval.mode_switch import TEACHER_KEYS
-    conf = {k: v for k, v in dict(conf).items() if k in TEACHER_KEYS}
-    conf.setdefault("name", args.teacher)
+    from openradio.eval.mode_switch import teacher_entry_config
+    width = getattr(getattr(adaptor, "feat_mlp", None), "output_dim", None)
+    conf = teacher_entry_config(conf, args.teacher, tiny=args.tiny_teacher, width=width)
     if args.teacher_model:
         conf["model"] = args.teacher_model
     if args.teacher_weights:
         conf["weights"] = args.teacher_weights
-    if args.tiny_teacher:
-        conf["tiny"] = True
-        # a small random teacher whose width matches the student's adaptor, so the two can be compared
-        dim = getattr(getattr(adaptor, "feat_mlp", None), "output_dim", None)
-        if dim:
-            conf["arch_overrides"] = {"embed_dim": int(dim)}
     return conf
 
 

@@ -9,9 +9,13 @@ EXAMPLES = """\
   openradio viz-video clip.mp4 --version radio_v2.5-b --resolution 512 --out clip_pca.mp4
   openradio viz-video clip.mp4 --version radio_v2.5-b --side-by-side --batch-size 8 --out sbs.mp4
   openradio viz-video clip.mp4 --version radio_v2.5-l --adaptor dino_v2 --max-frames 300 --out dino.mp4
+  openradio viz-video clip.mp4 --version ./nemotron-omni-radio --clip-frames 2 --out packed.mp4
 
 The PCA is fitted once on evenly spaced key frames (--key-frames) and colours every frame, so
-colours do not flicker. Frames keep their aspect: the shorter side becomes --resolution."""
+colours do not flicker. Frames keep their aspect: the shorter side becomes --resolution.
+--clip-frames T groups consecutive frames into clips of T that share one CPE viewport (the
+official cpe_video_mode); on a model with a temporal patch projection of T frames each clip runs
+temporally packed and its features colour all of its frames (see docs/video.md)."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -30,6 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--crf", type=int, default=23, help="H.264 quality, 0..51, lower is better")
     p.add_argument("--skip-components", type=int, default=0, metavar="K",
                    help="drop the first K principal components")
+    p.add_argument("--clip-frames", type=int, default=1, metavar="T",
+                   help="frames per clip: a clip shares one CPE viewport, and runs temporally packed on a model "
+                        "whose temporal patch size is T (default 1: frame by frame)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     require("av", "openradio viz-video")  # before any model is loaded
 
     for flag, value, low in (("--batch-size", args.batch_size, 1), ("--key-frames", args.key_frames, 1),
-                             ("--skip-components", args.skip_components, 0)):
+                             ("--skip-components", args.skip_components, 0), ("--clip-frames", args.clip_frames, 1)):
         if value < low:
             raise CLIError(f"{flag} must be >= {low}, got {value}")
     if args.max_frames is not None and args.max_frames < 1:
@@ -64,11 +71,17 @@ def run(args: argparse.Namespace) -> int:
     model = openradio.radio_model(args.version, adaptor_names=[args.adaptor] if args.adaptor else None,
                                   vitdet_window_size=args.vitdet_window, progress=not args.no_progress)
     model = model.to(pick_device(args.device)).eval()
+    if args.clip_frames > 1:
+        from openradio.model.video import uses_temporal_packing  # lazy: the CLI starts fast
+
+        how = ("temporally packed by the model's video projection" if uses_temporal_packing(model, args.clip_frames)
+               else "one CPE viewport per clip")
+        print(f"clips of {args.clip_frames} frames: {how}")
     summary = visualize_video(model, src, dst, resolution=args.resolution, adaptor=args.adaptor,
                               side_by_side=args.side_by_side, batch_size=args.batch_size,
                               num_key_frames=args.key_frames, interpolation=args.interpolation, crf=args.crf,
                               amp=args.amp, max_frames=args.max_frames, skip=args.skip_components,
-                              progress=not args.no_progress)
+                              progress=not args.no_progress, clip_frames=args.clip_frames)
     print(f"wrote {summary.path}: {summary.num_frames} frames, {summary.width}x{summary.height} "
           f"at {float(summary.fps):.3g} fps")
     return 0

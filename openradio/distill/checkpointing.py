@@ -160,7 +160,7 @@ class CheckpointManager:
 
     def load(self, step: int, map_location: Any = "cpu") -> dict:
         """The state saved at ``step`` (raises if missing or unreadable)."""
-        from openradio.formats.official import safe_torch_load
+        from openradio.formats.safeload import safe_torch_load
 
         path = self.path_for(step)
         obj = safe_torch_load(path, "training checkpoint")  # one line for a corrupt or unsafe file

@@ -2,19 +2,19 @@
 (stage, partition), created when first needed and restored from the checkpoint."""
 from __future__ import annotations
 
+from openradio.distill import data as D
 from openradio.distill.config import PartitionConfig, TrainConfig
 from openradio.distill.partitions import ranks_of
+from openradio.distill.shards import ShardDataset
+from openradio.distill.transforms import make_partition_transform
 
 __all__ = ["partition_stream", "PartitionStreams"]
 
 
 def partition_stream(cfg: TrainConfig, part: PartitionConfig, group_rank: int, group_size: int, seed: int):
     """Endless, resumable batches of ``part.resolution`` crops for this rank's share of the data."""
-    from openradio.distill import data as D
-    from openradio.distill.shards import ShardDataset
-
-    transform = D.make_partition_transform(part.resolution, augment=cfg.data.augment,
-                                           scale=tuple(part.crop_scale), flip=cfg.data.flip)
+    transform = make_partition_transform(part.resolution, augment=cfg.data.augment,
+                                         scale=tuple(part.crop_scale), flip=cfg.data.flip)
     ds = D.build_dataset(cfg.data.path, kind=cfg.data.kind, transform=transform, seed=seed,
                          rank=group_rank, world_size=group_size)
     sampler = None

@@ -40,15 +40,25 @@ import contextlib
 import hashlib
 import json
 import os
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, NamedTuple, Optional, Union
 
 import torch
+import webdataset as wds
+from safetensors.torch import load, save
 from torch import Tensor
+from tqdm.auto import tqdm
 
+from openradio.atomicio import atomic_path, write_text
 from openradio.distill import partitions as P
 from openradio.distill.config import TrainConfig, student_patch_size
+from openradio.distill.data import ImageListDataset, build_dataset
+from openradio.distill.mosaic import mosaic_pad_value, pack_mosaic, unpack_features
+from openradio.distill.shards import ShardDataset
+from openradio.distill.teachers import build_teachers
+from openradio.distill.transforms import ResizeCenterCrop, resize_square
 
 __all__ = ["FORMAT", "TeacherSpec", "CacheEntry", "recipe_entries", "teacher_identity", "data_signature",
            "weights_fingerprint", "build_cache", "TeacherCache"]
@@ -136,9 +146,6 @@ def teacher_identity(cfg: TrainConfig) -> dict:
 
 def data_signature(path: PathLike, kind: str = "auto") -> dict:
     """What identifies the training data: shard names and counts, or the image keys' hash."""
-    from openradio.distill.data import ImageListDataset, build_dataset
-    from openradio.distill.shards import ShardDataset
-
     ds = build_dataset(str(path), kind=kind, transform=None, repeat=False, shuffle=False)
     if isinstance(ds, ShardDataset):
         return {"kind": "shards", "shards": [[Path(u).name, c] for u, c in
@@ -170,9 +177,6 @@ def _specs_of(teachers: Mapping[str, Any]) -> dict[str, TeacherSpec]:
 def _source(path: str, kind: str) -> tuple[Iterator[tuple[Optional[str], Optional[Tensor]]], Optional[int]]:
     """``(key, image)`` of every sample of the data in a fixed order (``(key or None, None)`` when
     unreadable), and how many there are (None when unknown)."""
-    from openradio.distill.data import build_dataset
-    from openradio.distill.shards import ShardDataset
-
     ds = build_dataset(path, kind=kind, transform=None, repeat=False, shuffle=False)
     if isinstance(ds, ShardDataset):
         return ((it.get("key"), it["image"]) for it in ds), ds.num_samples
@@ -185,12 +189,10 @@ def _source(path: str, kind: str) -> tuple[Iterator[tuple[Optional[str], Optiona
 
 
 def _write_json(path: Path, data: Any) -> None:
-    from openradio.atomicio import write_text
     write_text(path, json.dumps(data, indent=1))
 
 
 def _member_offsets(tar_path: Path) -> dict[str, list[int]]:
-    import tarfile
     with tarfile.open(tar_path) as tf:
         return {m.name: [int(m.offset_data), int(m.size)] for m in tf.getmembers() if m.isfile()}
 
@@ -201,9 +203,6 @@ class _ShardWriter:
     offsets, data position) when the shard is complete."""
 
     def __init__(self, out: Path, number: int, crops: list[int]):
-        import webdataset as wds
-
-        from openradio.atomicio import atomic_path
         self.out, self.number, self.crops = out, number, crops
         self.name = SHARD_PATTERN % number
         self._stack = contextlib.ExitStack()
@@ -239,18 +238,12 @@ class _ShardWriter:
 def _targets(batch: list[Tensor], entries: list[CacheEntry], teachers: Mapping[str, Any], cfg: TrainConfig,
              device: torch.device, dtype: torch.dtype) -> list[dict[int, bytes]]:
     """Each image's members: ``{crop: safetensors bytes}``, computed on the path training takes."""
-    from safetensors.torch import save
-
-    from openradio.distill.data import ResizeCenterCrop
-    from openradio.distill.mosaic import mosaic_pad_value, pack_mosaic, unpack_features
-    from openradio.distill.trainer import _resize
-
     tensors: list[dict[int, dict[str, Tensor]]] = [dict() for _ in batch]
     for crop in sorted({e.crop for e in entries}):
         tf = ResizeCenterCrop(crop)
         x = torch.stack([tf(img) for img in batch]).to(device)  # what the data stream yields
         for e in (e for e in entries if e.crop == crop):
-            xs = _resize(x, e.student)
+            xs = resize_square(x, e.student)
             teacher = teachers[e.teacher]
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
                 if e.mosaic:  # each view alone on its canvas (see the module doc)
@@ -280,10 +273,6 @@ def build_cache(cfg: TrainConfig, out_dir: PathLike, *, data_path: Optional[Path
     ``teachers``: already built teachers (default: built from ``cfg`` as the trainer does).
     A partial cache of the same recipe and data in ``out_dir`` is resumed; a complete one is left
     as is (``overwrite=True`` rebuilds either); one made for anything else is refused."""
-    from tqdm.auto import tqdm
-
-    from openradio.distill.trainer import build_teachers
-
     if dtype not in ("float16", "float32"):
         raise ValueError(f"cache dtype must be float16 or float32, got {dtype!r}")
     if batch_size < 1 or max_count < 1:
@@ -470,8 +459,6 @@ class TeacherCache:
             raise self._rebuild(f"was made from other data ({self.index['data']['path']}), not {cfg.data.path}")
 
     def _read(self, key: str, crop: int) -> dict[str, Tensor]:
-        from safetensors.torch import load
-
         memo_key = (key, crop)
         if memo_key in self._memo:
             return self._memo[memo_key]

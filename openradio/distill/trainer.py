@@ -32,10 +32,14 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
+                                                     set_model_state_dict, set_optimizer_state_dict)
+from tqdm.auto import tqdm
 
+from openradio.atomicio import write_text
 from openradio.distill import partitions as P
 from openradio.distill.checkpointing import CheckpointManager, capture_rng_state, restore_rng_state
-from openradio.distill.config import PartitionConfig, TrainConfig, dump_config
+from openradio.distill.config import PartitionConfig, TrainConfig, dump_config, validate
 from openradio.distill.export import write_export
 from openradio.distill.faults import maybe_inject_fault
 from openradio.distill.losses import distill_loss
@@ -46,20 +50,24 @@ from openradio.distill.phi_s import PhiSNormalizer
 from openradio.distill.runtime import DistEnv, full_tensor, init_distributed, peak_memory_mb, seed_everything, wrap_model
 from openradio.distill.streams import PartitionStreams
 from openradio.distill.student import args_to_state, build_student, student_args, student_config
+from openradio.distill.teacher_cache import TeacherCache
+from openradio.distill.teachers import build_teachers
+from openradio.distill.transforms import resize_square
 from openradio.model.radio import RADIOModel
+from openradio.runtime import warn_if_slow_bf16
 
 __all__ = ["Trainer", "DistEnv", "init_distributed", "build_teachers"]
 
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, env: Optional[DistEnv] = None, teachers: Optional[dict] = None):
+        validate(cfg)  # every value checked before anything is built (load_config does too; from_dict does not)
         self.cfg = cfg
         self.env = env or init_distributed(cfg.device, cfg.dist_timeout_s)
         self.device = self.env.device
         self.out_dir = Path(cfg.out_dir)
         if self.env.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            from openradio.atomicio import write_text
             write_text(self.out_dir / "config.yaml", dump_config(cfg))
         seed_everything(cfg.seed + self.env.rank)
         if cfg.deterministic:
@@ -70,7 +78,6 @@ class Trainer:
         if cfg.data.teacher_cache:
             if teachers is not None:
                 raise ValueError("pass teachers or set data.teacher_cache, not both")
-            from openradio.distill.teacher_cache import TeacherCache
             self.cache = TeacherCache(cfg.data.teacher_cache)
             self.teachers = self.cache.teacher_specs(cfg)
         else:
@@ -204,7 +211,6 @@ class Trainer:
         """This partition's loss: every teacher's summary and feature terms, each weighted once (in
         ``distill_loss``) by the teacher's weight times its partition-layout scale."""
         if self.cfg.amp:
-            from openradio.runtime import warn_if_slow_bf16
             warn_if_slow_bf16(self.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp):
             out = self.model(images, feature_fmt="NCHW", vitdet_window=self._vitdet_window(images.shape[-1]))
@@ -258,7 +264,7 @@ class Trainer:
         accum = max(self.cfg.optim.accumulation, 1)
         passes = [p for _ in range(accum) for p in P.rank_partitions(self.cfg, stage, self.env.rank, self.env.world_size)]
         fetched = [self.data.next_batch(stage, p, with_keys=True) for p in passes]  # (images, sample keys)
-        batches = [_resize(images.to(self.device, non_blocking=True), self._student_resolution(stage, p, i))
+        batches = [resize_square(images.to(self.device, non_blocking=True), self._student_resolution(stage, p, i))
                    for i, (p, (images, _)) in enumerate(zip(passes, fetched))]
         keys = [k for _, k in fetched]
         raw = self._initialize_new_normalizers(stage, passes, batches, keys)
@@ -325,7 +331,6 @@ class Trainer:
         end = self.cfg.total_steps if max_steps is None else min(max_steps, self.cfg.total_steps)
         bar = None
         if self.cfg.progress and self.env.is_main:
-            from tqdm.auto import tqdm
             bar = tqdm(total=self.cfg.total_steps, initial=self.step, desc="distill", unit="step", dynamic_ncols=True)
         last: dict = {}
         try:
@@ -370,13 +375,11 @@ class Trainer:
 
     def _model_state(self) -> dict:
         if self._sharded:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
             return get_model_state_dict(self.student, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         return self.student.state_dict()
 
     def _optim_state(self) -> dict:
         if self._sharded:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
             return get_optimizer_state_dict(self.student, self.optimizer,
                                             options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         return self.optimizer.state_dict()
@@ -384,8 +387,6 @@ class Trainer:
     def load_state_dict(self, state: dict) -> None:
         self.step = int(state["step"])
         if self._sharded:
-            from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
-                                                                 set_optimizer_state_dict)
             opts = StateDictOptions(full_state_dict=True)
             set_model_state_dict(self.student, state["model"], options=opts)
             set_optimizer_state_dict(self.student, self.optimizer, state["optimizer"], options=opts)
@@ -443,21 +444,3 @@ class Trainer:
         if not self.env.is_main:
             return Path(path)
         return write_export(path, self.args, student, self.phi_s, ema=self.ema if use_ema else None, step=self.step)
-
-
-def build_teachers(cfg: TrainConfig, device: torch.device) -> dict:
-    """The recipe's teachers, ``{name: teacher}`` on ``device``. Randomly initialised teachers
-    (tests, demo) draw their weights from ``cfg.seed`` whatever the caller's RNG, so they are the
-    same on every rank, in every restart and in ``openradio data cache-teachers``."""
-    from openradio.teachers import build_teacher
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        return {t.name: build_teacher(t.build_kwargs()).to(device) for t in cfg.teachers}
-
-
-def _resize(images: torch.Tensor, side: int) -> torch.Tensor:
-    """A batch of square crops at ``side`` pixels (antialiased bilinear; unchanged when it already is)."""
-    if images.shape[-1] == side and images.shape[-2] == side:
-        return images
-    return torch.nn.functional.interpolate(images, size=(side, side), mode="bilinear", align_corners=False,
-                                           antialias=True)

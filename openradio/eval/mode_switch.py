@@ -23,7 +23,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -39,12 +39,28 @@ TEACHER_KEYS = ("name", "type", "model", "pretrained", "input_size")
 __all__ = [
     "resolution_range", "parse_resolution_range", "teacher_resolution", "align_teacher", "FeatureAgreement",
     "ModeSwitchRow", "CSV_COLUMNS", "run_mode_switch", "write_mode_switch_csv", "plot_mode_switch",
+    "teacher_entry_config", "run_mode_switch_grid", "summarize_mode_switch", "write_mode_switch_table",
+    "plot_mode_switch_grid",
 ]
 
 CSV_COLUMNS = ("Resolution", "MSE", "CosError", "Fidelity", "PredVariance", "TeacherVariance")
 
 # Teachers whose models accept many input sizes; others (e.g. CLIP) only run at their input_size.
 MULTI_RESOLUTION_TEACHERS = ("dino_v2", "dinov2", "dino_v3", "sam", "sam3")
+
+
+def teacher_entry_config(entry: Mapping, name: str, *, tiny: bool = False, width: Optional[int] = None) -> dict:
+    """The ``build_teacher`` config of the network an adaptor was distilled from, from the checkpoint's
+    teacher ``entry`` (:data:`TEACHER_KEYS` only: the rest describes the adaptor, not the teacher).
+    ``tiny``: a small random network of that kind, ``width`` wide (the adaptor's output width, so
+    the two can still be compared: dry runs, tests)."""
+    conf = {k: v for k, v in dict(entry or {}).items() if k in TEACHER_KEYS}
+    conf.setdefault("name", name)
+    if tiny:
+        conf["tiny"] = True
+        if width:
+            conf["arch_overrides"] = {"embed_dim": int(width)}
+    return conf
 
 
 def resolution_range(start: int = 192, stop: int = 1536, step: int = 16) -> list[int]:
@@ -226,6 +242,29 @@ def run_mode_switch(model: torch.nn.Module, teacher, adaptor: str, image_paths: 
         rows.append(ModeSwitchRow(res, r["MSE"], r["CosError"], r["Fidelity"], r["PredVariance"],
                                   r["TeacherVariance"]))
     return rows
+
+
+def run_mode_switch_grid(models: dict[str, torch.nn.Module], teachers: dict, image_paths: Sequence[str | os.PathLike],
+                         resolutions: Iterable[int], **kwargs) -> dict[str, dict[str, list[ModeSwitchRow]]]:
+    """:func:`run_mode_switch` for every teacher (by adaptor name) and every model (by label):
+    ``{teacher: {model: rows}}``, each model at the resolutions snapped to its own step
+    (``kwargs`` as there). What :func:`write_mode_switch_table` and :func:`plot_mode_switch_grid` take."""
+    resolutions = list(resolutions)
+    results: dict[str, dict[str, list[ModeSwitchRow]]] = {}
+    for tname, teacher in teachers.items():
+        results[tname] = {}
+        for label, model in models.items():
+            step = int(getattr(model, "min_resolution_step", model.patch_size))
+            res = sorted({max(step, round(r / step) * step) for r in resolutions})
+            results[tname][label] = run_mode_switch(model, teacher, tname, image_paths, res, **kwargs)
+    return results
+
+
+def summarize_mode_switch(results: dict[str, dict[str, Sequence[ModeSwitchRow]]]) -> dict:
+    """``{teacher: {model: {"mean_mse", "mean_cos_error"}}}``: the means over resolutions."""
+    return {t: {label: {"mean_mse": sum(r.mse for r in rows) / len(rows),
+                        "mean_cos_error": sum(r.cos_error for r in rows) / len(rows)}
+                for label, rows in pm.items()} for t, pm in results.items()}
 
 
 def write_mode_switch_csv(rows: Sequence[ModeSwitchRow], path: str | os.PathLike) -> Path:

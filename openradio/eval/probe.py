@@ -30,7 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from openradio.eval.data import IMAGE_EXTENSIONS, LabelledImages, iterate_batches, load_image
-from openradio.inputs.imageio import is_image_name
+from openradio.inputs.imageio import is_image_name, resize_image
 from openradio.runtime import autocast, select_output
 
 __all__ = ["SegmentationSet", "read_segmentation_folder", "load_mask", "probe_segmentation", "SegProbeResult",
@@ -87,8 +87,7 @@ def load_mask(path: str | os.PathLike) -> torch.Tensor:
 
 
 def _images_tensor(paths: Sequence[Path], resolution: int) -> torch.Tensor:
-    from openradio.inputs.imageio import _resize
-    return torch.stack([_resize(load_image(p), resolution, resolution) for p in paths])
+    return torch.stack([resize_image(load_image(p), resolution, resolution) for p in paths])
 
 
 @torch.no_grad()

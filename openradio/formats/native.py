@@ -14,8 +14,15 @@ What the native class does **not** carry, and where :func:`save_transformers` pu
   With a feature normaliser the native ``features`` are the raw (un-normalised) patch tokens.
 * ViTDet windowed attention: a run-time mode, not weights; load the folder with openradio
   (``vitdet_window_size=...``) to use it.
-* a final LayerNorm (``args.model_norm``), SwiGLU blocks, qk-norm: refused with a clear error
-  (no released RADIO ViT uses them with this class).
+* a final LayerNorm (``args.model_norm``), qk-norm, the DINOv2 student's block layout: refused
+  with a clear error (no released RADIO ViT uses them with this class).
+
+Everything ``RadioConfig`` describes is built, both ways: SwiGLU FFNs (``use_swiglu_ffn``: timm's
+``SwiGLU``, ``gate_proj``/``up_proj``/``down_proj`` = ``fc1_g``/``fc1_x``/``fc2``), layer scale
+(``layer_scaleN.lambda1`` = ``lsN.gamma``), ``hidden_act``, ``layer_norm_eps``, ``qkv_bias``, CLS
+and register counts, and the temporally packed video projection (``video_temporal_patch_size``:
+``embeddings.video_patch_projection`` = ``patch_generator.video_embedder``, the name Nemotron-3-
+Nano-Omni's checkpoint gives it; see docs/video.md).
 
 Reading a native folder needs only safetensors (no transformers, no repository code). Both key
 layouts are accepted: the checkpoint layout ``save_pretrained`` writes (``radio_model.model.blocks.N
@@ -26,22 +33,32 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import warnings
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
+from safetensors.torch import load_file, save_file
+from timm.layers import GELUTanh, QuickGELU
 from torch import nn
 
-from openradio.formats.official import CheckpointError, build_radio, make_args, official_state_dict, parse_dtype
+from openradio.formats.build import build_radio, finish_loaded, preferred
+from openradio.formats.official import jsonable_args, make_args, official_state_dict, parse_dtype
+from openradio.formats.safeload import CheckpointError, read_safetensors
 from openradio.model.conditioner import InputConditioner
-from openradio.model.radio import RADIOModel, Resolution
+from openradio.model.radio import RADIOModel
+from openradio.model.vit_families import swiglu_hidden_features
 
 EXTRAS_FILE = "openradio.safetensors"
-_TIMM_LN_EPS = 1e-6  # timm's VisionTransformer LayerNorm eps; other values cannot be rebuilt from args
+_TIMM_LN_EPS = 1e-6  # timm's VisionTransformer LayerNorm eps (other values go to model_kwargs' norm_eps)
+# transformers' hidden_act -> openradio's layer name (openradio.model.vit_families.ACT_LAYERS): the
+# same expression in the same order, so outputs match bit for bit
+HIDDEN_ACTS = {"gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "quick_gelu": "quick_gelu", "silu": "silu",
+               "swish": "silu", "relu": "relu"}
+# timm's SwiGLU names -> transformers' RadioSwiGLUFFN names
+_SWIGLU_NAMES = {"fc1_g": "gate_proj", "fc1_x": "up_proj", "fc2": "down_proj"}
 
-__all__ = ["save_transformers", "load_native", "is_native_config", "native_config", "native_state_dict",
-           "EXTRAS_FILE"]
+__all__ = ["save_transformers", "load_native", "is_native_config", "is_native_folder", "native_config",
+           "native_state_dict", "EXTRAS_FILE"]
 
 
 def is_native_config(config: dict) -> bool:
@@ -49,7 +66,14 @@ def is_native_config(config: dict) -> bool:
     return config.get("model_type") == "radio" and "args" not in config and "hidden_size" in config
 
 
+def is_native_folder(folder: str | os.PathLike) -> bool:
+    """A folder whose ``config.json`` is a transformers ``RadioConfig`` (see :func:`is_native_config`)."""
+    cfg_path = Path(folder) / "config.json"
+    return cfg_path.is_file() and is_native_config(json.loads(cfg_path.read_text()))
+
+
 def _require_transformers():
+    # optional dependency (extra `hf`): imported only when writing a folder for transformers
     try:
         import transformers
         from transformers import RadioConfig, RadioModel  # noqa: F401
@@ -69,22 +93,59 @@ def _check_exportable(model: RADIOModel) -> None:
         raise ValueError("the input conditioner was detached (make_preprocessor_external); "
                          "save the model before detaching it")
     gen = model.patch_generator
-    if gen.cls_token.token is None:
+    if gen.cls_token.token is None and gen.cls_token.num_patches:
         raise ValueError("models without CLS tokens cannot be written as a transformers RadioModel")
     if not isinstance(gen.patch_normalizer, nn.Identity):
         raise ValueError("models with a patch normaliser cannot be written as a transformers RadioModel")
+    first = _mlp_kind(model.blocks[0].mlp)
     for i, blk in enumerate(model.blocks):
         attn, mlp = getattr(blk, "attn", None), getattr(blk, "mlp", None)
-        ok = (type(blk).__name__ == "Block" and attn is not None and hasattr(attn, "qkv") and mlp is not None
-              and hasattr(mlp, "fc1") and isinstance(getattr(mlp, "act", None), nn.GELU)
-              and getattr(mlp.act, "approximate", "none") == "none"
-              and all(isinstance(getattr(attn, n, nn.Identity()), nn.Identity) for n in ("q_norm", "k_norm", "norm"))
-              and isinstance(getattr(mlp, "norm", nn.Identity()), nn.Identity))
+        kind = _mlp_kind(mlp)
+        ok = (type(blk).__name__ == "Block" and attn is not None and hasattr(attn, "qkv") and kind is not None
+              and all(isinstance(getattr(attn, n, nn.Identity()), nn.Identity) for n in ("q_norm", "k_norm", "norm")))
         if not ok:
-            raise ValueError(f"block {i} is not a plain pre-norm ViT block (qkv attention, GELU MLP, no qk-norm); "
-                             "transformers' RadioModel cannot express it")
+            raise ValueError(f"block {i} is not a plain pre-norm ViT block (qkv attention, an MLP with a GELU, "
+                             "quick-GELU, SiLU or ReLU, or timm's SwiGLU; no qk-norm); transformers' RadioModel "
+                             "cannot express it")
+        if kind != first:
+            raise ValueError(f"block {i} has a {kind} FFN but block 0 a {first}: transformers' RadioModel has one "
+                             "FFN kind and width for all blocks")
         if blk.norm1.eps != model.blocks[0].norm1.eps or blk.norm2.eps != blk.norm1.eps:
             raise ValueError("all LayerNorms must share one eps for transformers' RadioModel")
+
+
+def _hidden_act(act: nn.Module) -> Optional[str]:
+    """transformers' ``hidden_act`` for an MLP activation module (None: it has none)."""
+    if isinstance(act, nn.GELU):
+        return {"none": "gelu", "tanh": "gelu_pytorch_tanh"}.get(act.approximate)
+    for cls, name in ((GELUTanh, "gelu_pytorch_tanh"), (QuickGELU, "quick_gelu"), (nn.SiLU, "silu"),
+                      (nn.ReLU, "relu")):
+        if type(act) is cls:
+            return name
+    return "gelu" if type(act).__name__ == "GELU" and type(act).__module__.startswith("timm.") else None
+
+
+def _mlp_kind(mlp: Optional[nn.Module]) -> Optional[tuple]:
+    """("swiglu", width) for timm's SwiGLU, (hidden_act, width) for timm's Mlp, None otherwise."""
+    if mlp is None or not isinstance(getattr(mlp, "norm", nn.Identity()), nn.Identity):
+        return None
+    if type(mlp).__name__ == "SwiGLU" and type(mlp.act) is nn.SiLU:
+        return ("swiglu", mlp.fc1_g.out_features)
+    if type(mlp).__name__ == "Mlp" and hasattr(mlp, "fc1"):
+        act = _hidden_act(mlp.act)
+        return None if act is None else (act, mlp.fc1.out_features)
+    return None
+
+
+def _swiglu_ratio(d: int, hidden: int, hint: Any) -> float:
+    """An ``mlp_ratio`` from which transformers sizes this SwiGLU width (the recorded one if it does)."""
+    candidates = ([float(hint)] if hint else []) + [4.0] + [h0 / d for h0 in range(max(1, hidden * 3 // 2 - 16),
+                                                                                   hidden * 3 // 2 + 17)]
+    for r in candidates:
+        if int(d * r) and swiglu_hidden_features(d, r) == hidden:
+            return r
+    raise ValueError(f"SwiGLU width {hidden} is not what transformers' RadioModel makes of any mlp_ratio "
+                     "((int(int(D * ratio) * 2 / 3) + 7) // 8 * 8: a multiple of 8)")
 
 
 def native_config(model: RADIOModel) -> dict[str, Any]:
@@ -93,14 +154,21 @@ def native_config(model: RADIOModel) -> dict[str, Any]:
     gen = model.patch_generator
     blk = model.blocks[0]
     d = model.embed_dim
-    hidden = blk.mlp.fc1.out_features
-    mlp_ratio = hidden / d
-    if int(d * mlp_ratio) != hidden:
-        raise ValueError(f"MLP width {hidden} is not int(hidden_size * mlp_ratio) for any float ratio")
+    act, hidden = _mlp_kind(blk.mlp)
+    kwargs = (getattr(model.args, "model_kwargs", None) if model.args is not None else None) or {}
+    if act == "swiglu":  # transformers' SwiGLU ignores hidden_act (always SiLU): keep its default
+        act, mlp_ratio = "gelu", _swiglu_ratio(d, hidden, kwargs.get("mlp_ratio"))
+    else:
+        mlp_ratio = hidden / d
+        if int(d * mlp_ratio) != hidden:
+            raise ValueError(f"MLP width {hidden} is not int(hidden_size * mlp_ratio) for any float ratio")
+    has_ls = any(hasattr(getattr(b, f"ls{j}"), "gamma") for b in model.blocks for j in (1, 2))
     cond = model.input_conditioner
     return dict(
         hidden_size=d, num_hidden_layers=len(model.blocks), num_attention_heads=blk.attn.num_heads,
-        mlp_ratio=mlp_ratio, hidden_act="gelu", layer_norm_eps=float(blk.norm1.eps),
+        mlp_ratio=mlp_ratio, hidden_act=act, layer_norm_eps=float(blk.norm1.eps),
+        use_swiglu_ffn=type(blk.mlp).__name__ == "SwiGLU",
+        video_temporal_patch_size=getattr(gen, "temporal_patch_size", None),
         qkv_bias=blk.attn.qkv.bias is not None, num_channels=gen.embedder.in_features // gen.patch_size ** 2,
         patch_size=model.patch_size, image_size=(model.preferred_resolution.height
                                                  if model.preferred_resolution else 224),
@@ -109,7 +177,8 @@ def native_config(model: RADIOModel) -> dict[str, Any]:
         num_cls_tokens=gen.num_cls_tokens, num_registers=gen.num_registers,
         summary_idxs=[int(i) for i in model.summary_idxs.tolist()],
         norm_mean=[float(v) for v in cond.norm_mean.flatten()], norm_std=[float(v) for v in cond.norm_std.flatten()],
-        layerscale_value=1.0,
+        # only transformers' initial value (the weights carry the scales): the ViT's own init if it had one
+        layerscale_value=float(kwargs.get("init_values") or 1.0) if has_ls else 1.0,
     )
 
 
@@ -124,9 +193,13 @@ def native_state_dict(model: RADIOModel) -> dict[str, torch.Tensor]:
         "input_conditioner.norm_std": model.input_conditioner.norm_std,
         "embeddings.patch_projection.weight": gen.embedder.weight,
         "embeddings.position_embedding": gen.pos_embed,
-        "embeddings.cls_register_token": gen.cls_token.token,
+        # no prefix at all (0 CLS, 0 registers): transformers keeps an empty (0, D) table
+        "embeddings.cls_register_token": (gen.cls_token.token if gen.cls_token.token is not None
+                                          else torch.zeros(0, d, dtype=model.dtype)),
         "summary_idxs": model.summary_idxs,
     }
+    if getattr(gen, "video_embedder", None) is not None:
+        out["embeddings.video_patch_projection.weight"] = gen.video_embedder.weight
     for i, blk in enumerate(model.blocks):
         p = f"encoder.layer.{i}."
         q, k, v = blk.attn.qkv.weight.chunk(3, dim=0)
@@ -144,9 +217,13 @@ def native_state_dict(model: RADIOModel) -> dict[str, torch.Tensor]:
             out[p + f"layer_scale{j}.lambda1"] = ls.gamma if hasattr(ls, "gamma") else ones
             for kind in ("weight", "bias"):
                 out[p + f"norm{j}.{kind}"] = getattr(getattr(blk, f"norm{j}"), kind)
-        for name in ("fc1", "fc2"):
-            out[p + f"mlp.{name}.weight"] = getattr(blk.mlp, name).weight
-            out[p + f"mlp.{name}.bias"] = getattr(blk.mlp, name).bias
+        names = _SWIGLU_NAMES if type(blk.mlp).__name__ == "SwiGLU" else {"fc1": "fc1", "fc2": "fc2"}
+        for ours, theirs in names.items():
+            layer = getattr(blk.mlp, ours)
+            out[p + f"mlp.{theirs}.weight"] = layer.weight
+            # transformers' FFN layers always have biases: a zero bias adds exactly nothing
+            out[p + f"mlp.{theirs}.bias"] = (layer.bias if layer.bias is not None
+                                             else torch.zeros(layer.out_features, dtype=model.dtype))
     return {k: t.detach().cpu().clone() for k, t in out.items()}  # clones: no shared storage
 
 
@@ -157,23 +234,18 @@ def save_transformers(model: RADIOModel, folder: str | os.PathLike, version: Opt
     The native weights come from transformers' own ``save_pretrained``; adaptor heads and PHI-S
     normalisers (which the native class has no place for) go to ``openradio.safetensors``.
     """
-    _require_transformers()
-    from safetensors.torch import save_file
-    from transformers import RadioConfig
-    from transformers import RadioModel as HFRadioModel
-
-    from openradio.formats.hf import jsonable_args
-
+    transformers = _require_transformers()
+    RadioConfig, HFRadioModel = transformers.RadioConfig, transformers.RadioModel
     kwargs = native_config(model)
     state = native_state_dict(model)
-    args = getattr(model, "args", None)
+    args = model.args
     meta: dict[str, Any] = {
         "format": 1,
-        "version": version or getattr(model, "version", None),
+        "version": version or model.version,
         "args": jsonable_args(args) if args is not None else None,
         "patch_size": model.patch_size, "max_resolution": model.max_resolution,
         "preferred_resolution": list(model.preferred_resolution) if model.preferred_resolution else None,
-        "vitdet_num_windowed": model._vitdet_num_windowed, "vitdet_num_global": model._vitdet_num_global,
+        "vitdet_num_windowed": model.vitdet_num_windowed, "vitdet_num_global": model.vitdet_num_global,
         "adaptor_names": list(model.adaptors),
         "adaptor_configs": {n: {"head_idx": a.head_idx, "upsample_factor": a.upsample_factor}
                             for n, a in model.adaptors.items()},
@@ -205,13 +277,12 @@ def save_transformers(model: RADIOModel, folder: str | os.PathLike, version: Opt
 
 # -- native -> openradio -----------------------------------------------------------------------------
 def _read_safetensors(folder: Path, exclude: Sequence[str] = (EXTRAS_FILE,)) -> dict[str, torch.Tensor]:
-    from openradio.formats.hf import read_weights
-
-    return read_weights(folder, [p.name for p in sorted(folder.glob("*.safetensors")) if p.name not in exclude])
+    return read_safetensors(folder, [p.name for p in sorted(folder.glob("*.safetensors")) if p.name not in exclude])
 
 
 _MODULE_TO_OFFICIAL = [
     ("embeddings.patch_projection.", "base_model.patch_generator.embedder."),
+    ("embeddings.video_patch_projection.", "base_model.patch_generator.video_embedder."),
     ("embeddings.position_embedding", "base_model.patch_generator.pos_embed"),
     ("embeddings.cls_register_token", "base_model.patch_generator.cls_token.token"),
     ("encoder.layer.", "base_model.blocks."),
@@ -235,15 +306,16 @@ def native_to_official(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.
         if k in ("summary_idxs", "radio_model.summary_idxs"):
             summary_idxs = v
             continue
+        if k.endswith("cls_register_token" if k.startswith("embeddings.") else "cls_token.token") and not v.numel():
+            continue  # no CLS tokens and no registers: openradio keeps no empty table
         for src, dst in _CKPT_TO_OFFICIAL + _MODULE_TO_OFFICIAL:
             if k.startswith(src):
                 k2 = dst + k[len(src):]
                 break
         else:
             raise CheckpointError(f"unexpected key {k!r} in a transformers RADIO folder")
-        if ".patch_generator.video_" in k2 or "video_patch_projection" in k2:
-            warnings.warn("the folder's video patch projection is not used by openradio (image input only)")
-            continue
+        for ours, theirs in _SWIGLU_NAMES.items():
+            k2 = k2.replace(f".mlp.{theirs}.", f".mlp.{ours}.")
         k2 = k2.replace(".attention.o_proj.", ".attn.proj.")
         if ".attention." in k2 and "_proj." in k2:  # q/k/v projections -> one qkv
             head, rest = k2.split(".attention.", 1)
@@ -263,32 +335,52 @@ def native_to_official(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.
 
 
 def _args_from_native(config: dict, use_layer_scale: bool) -> argparse.Namespace:
-    if config.get("use_swiglu_ffn"):
-        raise ValueError("SwiGLU RADIO models (use_swiglu_ffn=True) are not supported by openradio's ViT")
-    if config.get("hidden_act", "gelu") != "gelu":
-        raise ValueError(f"hidden_act={config.get('hidden_act')!r} is not supported (only 'gelu')")
-    if abs(float(config.get("layer_norm_eps", _TIMM_LN_EPS)) - _TIMM_LN_EPS) > 1e-12:
-        raise ValueError(f"layer_norm_eps={config['layer_norm_eps']} is not supported (openradio's ViT uses 1e-6)")
+    """Checkpoint ``args`` for the ViT a ``RadioConfig`` describes (layers named as data in
+    ``model_kwargs``: :func:`openradio.model.vit_families.resolve_layer_kwargs`)."""
     p = int(config.get("patch_size", 16))
     n_cls = int(config.get("num_cls_tokens", 3))
+    if int(config.get("num_channels", 3)) != 3:
+        raise ValueError(f"num_channels={config['num_channels']} is not supported: openradio's input conditioner "
+                         "and input checks take RGB images (3 channels)")
+    d, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
+    if config.get("head_dim") not in (None, d // heads) or d % heads:
+        raise ValueError(f"head_dim={config.get('head_dim')} with hidden_size={d} and {heads} heads is not "
+                         "supported (openradio's ViT uses hidden_size / num_attention_heads)")
     summary_idxs = list(config.get("summary_idxs") or [0, 1])
-    kwargs = dict(embed_dim=int(config["hidden_size"]), depth=int(config["num_hidden_layers"]),
-                  num_heads=int(config["num_attention_heads"]), mlp_ratio=float(config.get("mlp_ratio", 4.0)),
+    ratio = float(config.get("mlp_ratio", 4.0))
+    kwargs = dict(embed_dim=d, depth=int(config["num_hidden_layers"]), num_heads=heads, mlp_ratio=ratio,
                   patch_size=p, qkv_bias=bool(config.get("qkv_bias", True)))
+    if config.get("use_swiglu_ffn"):  # transformers' SwiGLU gates with SiLU whatever hidden_act says
+        kwargs.update(mlp_layer="swiglu", mlp_hidden_features=swiglu_hidden_features(d, ratio))
+    else:
+        act = config.get("hidden_act", "gelu")
+        if act not in HIDDEN_ACTS:
+            raise ValueError(f"hidden_act={act!r} is not supported (openradio builds {', '.join(HIDDEN_ACTS)})")
+        if act != "gelu":
+            kwargs["act_layer"] = HIDDEN_ACTS[act]
+    eps = float(config.get("layer_norm_eps", _TIMM_LN_EPS))
+    if eps != _TIMM_LN_EPS:
+        kwargs["norm_eps"] = eps
     if use_layer_scale:
-        kwargs["init_values"] = 1.0
+        kwargs["init_values"] = float(config.get("layerscale_value") or 1.0)
+    video = config.get("video_temporal_patch_size")
+    if video is not None and int(video) < 2:
+        raise ValueError(f"video_temporal_patch_size={video} is not supported: clips are told from images by "
+                         "their channel count, so a video patch needs at least 2 frames (as transformers checks)")
     # one summary "teacher" per CLS token, so the token count and summary selection come out right
     teachers = [dict(name=f"cls{i}", use_summary=i in summary_idxs) for i in range(n_cls)]
     return make_args("vit_base_patch16_224", teachers=teachers, model_kwargs=kwargs,
                      cpe_max_size=(int(config.get("max_img_size", 2048)) // p) * p, register_multiple=None,
                      cpe_num_registers=int(config.get("num_registers", 0)), in_chans=int(config.get("num_channels", 3)),
                      dtype=parse_dtype(config.get("dtype") or config.get("torch_dtype") or "float32"),
-                     source="transformers")
+                     source="transformers", **({"video_temporal_patch_size": int(video)} if video else {}))
 
 
 def load_native(folder: str | os.PathLike, config: Optional[dict] = None,
-                adaptor_names: Optional[Sequence[str]] = None, vitdet_window_size: Optional[int] = None) -> RADIOModel:
-    """A RADIOModel from a transformers-native RADIO folder (config.json + safetensors)."""
+                adaptor_names: Optional[Sequence[str]] = None, vitdet_window_size: Optional[int] = None,
+                version: Optional[str] = None) -> RADIOModel:
+    """A RADIOModel from a transformers-native RADIO folder (config.json + safetensors); its
+    ``version`` is ``version``, else the one the folder records, else the folder's path."""
     folder = Path(folder)
     if config is None:
         config = json.loads((folder / "config.json").read_text())
@@ -298,7 +390,6 @@ def load_native(folder: str | os.PathLike, config: Optional[dict] = None,
     meta = config.get("openradio") or {}
     extras_path = folder / EXTRAS_FILE
     if extras_path.is_file():
-        from safetensors.torch import load_file
         state.update(load_file(str(extras_path)))
     if adaptor_names and not meta.get("adaptor_names"):
         raise ValueError(f"{folder} holds no adaptor heads (a plain transformers RADIO folder); "
@@ -315,16 +406,10 @@ def load_native(folder: str | os.PathLike, config: Optional[dict] = None,
         has_ls = use_ls
     if has_ls:
         state.update(layer_scales)
-    pref = meta.get("preferred_resolution")
     model = build_radio(args, state, adaptor_names=adaptor_names, vitdet_window_size=vitdet_window_size,
+                        version=version or meta.get("version") or str(folder),
                         patch_size=meta.get("patch_size"), max_resolution=meta.get("max_resolution"),
-                        preferred_resolution=Resolution(*pref) if pref else None,
+                        preferred_resolution=preferred(meta.get("preferred_resolution")),
                         vitdet_num_windowed=meta.get("vitdet_num_windowed"),
                         vitdet_num_global=meta.get("vitdet_num_global"))
-    if summary_idxs is not None:
-        model.summary_idxs = summary_idxs.to(torch.int64)
-    for name, cfg in (meta.get("adaptor_configs") or {}).items():
-        if name in model.adaptors and "head_idx" in cfg:
-            model.adaptors[name].head_idx = int(cfg["head_idx"])
-    model.version = meta.get("version") or str(folder)
-    return model
+    return finish_loaded(model, summary_idxs=summary_idxs, adaptor_configs=meta.get("adaptor_configs"))

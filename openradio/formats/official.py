@@ -1,137 +1,40 @@
-"""The official ``.pth.tar`` checkpoint format: safe reading, key mapping, writing.
+"""The official ``.pth.tar`` checkpoint format: its reader and writer, the key mapping, and the
+official ``args`` namespace <-> :class:`~openradio.model.config.RadioConfig`.
 
 Conversion lives here, at the edge; the modules in ``openradio.model`` know nothing about the
-file layout. Format (inference spec §1): a dict with ``args`` (argparse.Namespace),
-``state_dict`` (``base_model.*`` backbone, ``input_conditioner.*``, ``_heads.{i|name}.*``,
+file layout, and :mod:`openradio.formats.build` builds the model from what :func:`from_official`
+returns. Format (inference spec §1): a dict with ``args`` (argparse.Namespace), ``state_dict``
+(``base_model.*`` backbone, ``input_conditioner.*``, ``_heads.{i|name}.*``,
 ``_feature_projections.{i|name}.*``, optional ``_feature_normalizer.*`` and
 ``_intermediate_feature_normalizer.*``), optional ``state_dict_ema``, ``arch``, ``epoch``.
+Files are read through :func:`openradio.formats.safeload.safe_torch_load`.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import pickle
-import warnings
-import zipfile
-from dataclasses import replace
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from openradio.atomicio import atomic_path
+from openradio.formats.safeload import CheckpointError, safe_torch_load
 from openradio.model import vit_families
-from openradio.model.adaptors import GenericAdaptor, head_versions, make_adaptor, mlp_dims_from_state
-from openradio.model.backbone import create_backbone
 from openradio.model.config import BackboneConfig, RadioConfig
 from openradio.model.conditioner import InputConditioner
-from openradio.model.normalizers import FeatureNormalizer, IntermediateFeatureNormalizer
+from openradio.model.normalizers import FeatureNormalizer
 from openradio.model.radio import RADIOModel
 
-# What an official checkpoint's pickle may reference beyond tensors and plain containers.
-SAFE_GLOBALS = [argparse.Namespace]
+__all__ = ["load_checkpoint_file", "save_checkpoint", "official_state_dict", "from_official", "radio_config",
+           "official_args", "make_args", "jsonable_args", "arg", "parse_dtype", "teacher_names", "unique_names",
+           "select_state", "split_state", "prefixed", "clean_key", "materialize_parametrizations",
+           "backbone_state_from_official", "backbone_state_to_official", "set_teacher_fields", "CheckpointError"]
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used: corrupt, truncated, unsafe or inconsistent."""
-
-
-# -- reading ---------------------------------------------------------------------------------------
-_MAGIC = [(b"\x89PNG\r\n\x1a\n", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
-          (b"BM", "a BMP image"), (b"II*\x00", "a TIFF image"), (b"MM\x00*", "a TIFF image"),
-          (b"%PDF", "a PDF document"), (b"\x1f\x8b", "a gzip archive"), (b"7z\xbc\xaf", "a 7-zip archive"),
-          (b"\x1a\x45\xdf\xa3", "a Matroska/WebM video"), (b"\x89HDF", "an HDF5 file (Keras/h5py)"),
-          (b"\x93NUMPY", "a NumPy .npy array")]
-
-
-def sniff_file(path: str | os.PathLike) -> Optional[str]:
-    """What a file that cannot be a PyTorch checkpoint looks like ('a PNG image', 'a JSON
-    document', ...), or None when it may be one (a zip archive or a pickle)."""
-    with open(path, "rb") as f:
-        head = f.read(4096)
-    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
-        return None  # zip (torch.save) or a pickle (legacy torch.save)
-    for magic, what in _MAGIC:
-        if head.startswith(magic):
-            return what
-    if head[:4] == b"RIFF" and head[8:12] in (b"WEBP", b"AVI ", b"WAVE"):
-        return {b"WEBP": "a WebP image", b"AVI ": "an AVI video", b"WAVE": "a WAV file"}[head[8:12]]
-    if head[4:8] == b"ftyp":
-        return "an MP4/MOV video or HEIF image"
-    if len(head) > 8:
-        n = int.from_bytes(head[:8], "little")
-        if 0 < n < 100_000_000 and head[8:10] == b'{"':
-            return "a safetensors file (a Hugging Face folder holds it with config.json: pass the folder)"
-    if len(head) > 262 and head[257:262] == b"ustar":
-        return "a tar archive (a folder packed with tar, not a torch.save file)"
-    try:
-        text = head.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-    stripped = text.lstrip()
-    if stripped[:1] in ("{", "["):
-        return "a JSON document"
-    if stripped.startswith(("<!DOCTYPE", "<html", "<HTML", "<?xml")):
-        return "an HTML/XML page (a download that returned a web page?)"
-    if all(c.isprintable() or c in "\r\n\t" for c in text):
-        return "a text file"
-    return None
-
-
-def verify_zip_checksums(path: str | os.PathLike) -> Optional[str]:
-    """The first member of a zip-format torch file whose data does not match its stored CRC-32
-    (``torch.load`` does not check them, so a flipped bit would load silently), or None."""
-    try:
-        with zipfile.ZipFile(path) as z:
-            if all(info.CRC == 0 for info in z.infolist() if info.file_size):
-                return None  # written without checksums: nothing to verify against
-            return z.testzip()
-    except zipfile.BadZipFile:
-        return None  # not readable as a zip here: torch.load says why
-
-
-def safe_torch_load(path: str | os.PathLike, what: str = "PyTorch checkpoint", mmap: bool = False) -> Any:
-    """``torch.load(weights_only=True)`` (allow-list :data:`SAFE_GLOBALS`) after cheap checks, with
-    every failure as a one-line :class:`CheckpointError`: an empty file, a file of another kind
-    (image, JSON, text...), a zip whose checksums fail, a truncated file, or a pickle that asks for
-    anything beyond tensors and plain containers (refused before any of it runs). The reader's own
-    message stays available as the exception's ``__cause__`` (``openradio --debug``).
-
-    ``mmap=True`` maps the tensors from the file (copy-on-write) instead of reading them into
-    memory: pages are read on first use, and a model built with ``build_radio(..., assign=True)``
-    keeps them as its weights, so loading needs no second copy. Files in the pre-1.6 (non-zip)
-    format cannot be mapped and are read normally."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} not found: {path}")
-    size = path.stat().st_size
-    if size == 0:
-        raise CheckpointError(f"{path} is empty (0 bytes): an interrupted download or copy? Fetch it again.")
-    kind = sniff_file(path)
-    if kind is not None:
-        raise CheckpointError(f"{path} is not a {what}: looks like {kind}")
-    bad = verify_zip_checksums(path)
-    if bad is not None:
-        raise CheckpointError(f"{path} is corrupt: the data of {bad!r} does not match its stored checksum (a bit "
-                              "changed in storage or transfer); fetch the file again")
-    try:
-        with torch.serialization.safe_globals(SAFE_GLOBALS):
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
-    except pickle.UnpicklingError as e:
-        detail = _unsafe_detail(str(e))
-        if detail is None:
-            raise CheckpointError(f"cannot read {path} ({size:,} bytes): not a {what}, or a corrupt one "
-                                  "(openradio --debug shows the reader's message)") from e
-        raise CheckpointError(
-            f"refusing to load {path}: its pickle asks for {detail}, which is not on the allow-list (it could run "
-            "code); RADIO files hold only tensors, dtypes and argparse.Namespace. Load files only from sources you "
-            "trust") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, IndexError, ValueError, KeyError) as e:
-        raise CheckpointError(f"cannot read {path} ({size:,} bytes): the file is truncated or corrupt; "
-                              "delete it and fetch it again (openradio --debug shows the reader's message)") from e
-
-
+# -- reading -----------------------------------------------------------------------------------------
 def load_checkpoint_file(path: str | os.PathLike, mmap: bool = False) -> dict:
     """``torch.load(weights_only=True)`` with an allow-list: a pickle that asks to build any
     other object (and so could run code) is refused before anything in it runs. A file that is
@@ -156,20 +59,6 @@ def load_checkpoint_file(path: str | os.PathLike, mmap: bool = False) -> dict:
                 raise CheckpointError(f"{path}: {part}[{k!r}] is {kind}, but RADIO weights are floating point "
                                       "(float32, float16 or bfloat16): the file was written wrongly")
     return chk
-
-
-def _unsafe_detail(msg: str) -> Optional[str]:
-    """The object a refused pickle asked for (``posix.mkdir``), or None when the error is not
-    about a refused object (a corrupt or foreign file)."""
-    import re
-
-    m = re.search(r"GLOBAL ([\w.]+)", msg) or re.search(r"Unsupported global: ([\w.]+)", msg)
-    if m:
-        return m.group(1)
-    for line in msg.splitlines():
-        if "Unsupported global" in line:
-            return line.split(":", 1)[-1].strip().rstrip(".")
-    return None
 
 
 def clean_key(k: str) -> str:
@@ -271,7 +160,8 @@ def unique_names(args: Any) -> list[str]:
     return list(dict.fromkeys(teacher_names(args)))
 
 
-def make_args(model: str = "vit_base_patch16_224", teachers: list[dict] | None = None, **overrides) -> argparse.Namespace:
+def make_args(model: str = "vit_base_patch16_224", teachers: list[dict] | None = None,
+              **overrides) -> argparse.Namespace:
     """``args`` in the official checkpoint layout (RADIOv2.5-b recipe by default)."""
     base = dict(
         model=model, in_chans=None, input_size=None, pretrained=False, num_classes=None, drop=0.0,
@@ -310,6 +200,8 @@ def official_args(cfg: RadioConfig, **extra: Any) -> argparse.Namespace:
         fields["cpe_num_registers"] = b.num_registers
     if cfg.spatial_mlp_version:
         fields["spatial_mlp_version"] = cfg.spatial_mlp_version
+    if b.video_temporal_patch_size:
+        fields["video_temporal_patch_size"] = b.video_temporal_patch_size
     fields.update(extra)
     return make_args(b.arch, **fields)
 
@@ -331,7 +223,20 @@ def _backbone_config(args: Any, backbone_state: Optional[dict[str, torch.Tensor]
         register_multiple=arg(args, "register_multiple"), num_registers=arg(args, "cpe_num_registers"),
         model_norm=bool(arg(args, "model_norm", False)), in_chans=arg(args, "in_chans") or 3,
         drop_rate=arg(args, "drop"), drop_path_rate=arg(args, "drop_path"), global_pool=arg(args, "gp"),
-        dtype=parse_dtype(arg(args, "dtype")))
+        dtype=parse_dtype(arg(args, "dtype")),
+        video_temporal_patch_size=arg(args, "video_temporal_patch_size") or _temporal_patch_size(backbone_state))
+
+
+def _temporal_patch_size(backbone_state: Optional[dict[str, torch.Tensor]]) -> Optional[int]:
+    """Frames per token of a video patch projection (``patch_generator.video_embedder``, the name
+    transformers' conversion gives Nemotron-3-Nano-Omni's), from its width over the image
+    projection's. openradio writes it with ``args.video_temporal_patch_size``; the official loader
+    ignores both (its backbone load is not strict: an unexpected-key warning) and runs images."""
+    for key, video in (backbone_state or {}).items():
+        if key.endswith("patch_generator.video_embedder.weight"):
+            image = backbone_state[key.replace("video_embedder", "embedder")]
+            return video.shape[1] // image.shape[1]
+    return None
 
 
 _DINOV2_MLP = {"mlp.w12.": "mlp.fc1.", "mlp.w3.": "mlp.fc2."}
@@ -366,81 +271,19 @@ def backbone_state_to_official(state: dict[str, torch.Tensor], arch: str) -> dic
     return out
 
 
-# -- building the model ------------------------------------------------------------------------------
-def _head_state(rest: dict, family: str, index: int, name: str) -> dict:
-    state = prefixed(rest, f"{family}.{index}")
-    state.update(prefixed(rest, f"{family}.{name}"))
-    return state
+# -- official layout -> RADIOModel's layout (what openradio.formats.build reads) ---------------------
+_NORMALIZERS = [("_feature_normalizer", "feature_normalizer"),
+                ("_intermediate_feature_normalizer", "inter_feature_normalizer")]
 
 
-def build_adaptor(cfg: RadioConfig, rest: dict, name: str, *, spectral_heads: bool,
-                  mlp_version_known: bool = True) -> GenericAdaptor:
-    """The adaptor ``name`` with its weights from an official state dict (sizes from the weights)."""
-    tidx, tconf = cfg.find_teacher(name)
-    summary_state = _head_state(rest, "_heads", tidx, name)
-    feature_state = _head_state(rest, "_feature_projections", tidx, name)
-    if not summary_state or not feature_state:
-        raise CheckpointError(f"the checkpoint has no weights for the {name!r} adaptor "
-                              f"(looked for _heads.{tidx}.*/_heads.{name}.* and _feature_projections.*)")
-    if spectral_heads:
-        summary_state = materialize_parametrizations(summary_state, eps=1e-6, n_iter=1, allow_identity=False,
-                                                     where=f"{name} summary head")
-        feature_state = materialize_parametrizations(feature_state, eps=1e-6, n_iter=1, allow_identity=False,
-                                                     where=f"{name} feature head")
-    upsample = int(tconf.get("fd_upsample_factor") or 1)
-    if not mlp_version_known:  # old args without mlp_version: the weights tell
-        cfg = replace(cfg, mlp_version=_infer_version(summary_state))
-    s_version, f_version = head_versions(tconf, cfg.mlp_version, cfg.spatial_mlp_version)
-    try:
-        s_in, s_hidden, s_out, s_inner = mlp_dims_from_state(s_version, summary_state, 1)
-        f_in, f_hidden, f_out, f_inner = mlp_dims_from_state(f_version, feature_state, upsample)
-    except ValueError as e:
-        raise CheckpointError(f"{name} adaptor: {e}") from None
-    adaptor = make_adaptor(cfg, name, s_in, summary=(s_hidden, s_out, s_inner), features=(f_hidden, f_out, f_inner))
-    _strict_load(adaptor.head_mlp, summary_state, f"{name} summary head")
-    _strict_load(adaptor.feat_mlp, feature_state, f"{name} feature head")
-    return adaptor
-
-
-def _infer_version(state: dict) -> str:
-    if "mlp.final.2.weight" in state:
-        return "attn"
-    return "v2" if "final.2.weight" in state else "v1"
-
-
-def _strict_load(module: nn.Module, state: dict, where: str, assign: bool = False) -> None:
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing keys: {missing[:20]}{' ...' if len(missing) > 20 else ''}")
-        if unexpected:
-            parts.append(f"unexpected keys: {unexpected[:20]}{' ...' if len(unexpected) > 20 else ''}")
-        raise CheckpointError(f"{where} does not match the checkpoint: " + "; ".join(parts))
-    for k, v in state.items():
-        if own[k].shape != v.shape:
-            raise CheckpointError(f"{where}: {k} has shape {tuple(v.shape)} in the checkpoint, "
-                                  f"the model expects {tuple(own[k].shape)}")
-    module.load_state_dict(state, strict=True, assign=assign)
-
-
-def build_radio(args: Any, state: dict[str, torch.Tensor], *, adaptor_names: Optional[Sequence[str]] = None,
-                vitdet_window_size: Optional[int] = None, is_ema: bool = False,
-                patch_size: Optional[int] = None, max_resolution: Optional[int] = None,
-                preferred_resolution=None, vitdet_num_windowed: Optional[int] = None,
-                vitdet_num_global: Optional[int] = None, assign: bool = False) -> RADIOModel:
-    """A RADIOModel (in eval mode) from ``args`` and an official-format state dict.
-
-    ``assign=True`` builds the backbone on the meta device (no allocation, no initialisation)
-    and adopts the state dict's tensors as its weights instead of copying them (converted only
-    where the dtype differs): loading then peaks near the model's own size instead of twice or
-    three times it (benchmarks/load_memory.py). The model then shares storage with ``state``:
-    pass it only a state dict nobody else will modify (e.g. a freshly ``mmap``-loaded file)."""
+def from_official(args: Any, state: dict[str, torch.Tensor], *, adaptor_names: Optional[list[str]] = None,
+                  is_ema: bool = False) -> tuple[RadioConfig, dict[str, torch.Tensor], argparse.Namespace]:
+    """Official ``args`` and an official-format state dict -> the typed config, the state dict in
+    :class:`RADIOModel`'s own layout (only the adaptors named; spectral parametrisations folded
+    into plain weights, official backbone names made openradio's) and ``args`` as a Namespace.
+    No tensor is copied except those the folding computes."""
     if isinstance(args, dict):
         args = argparse.Namespace(**args)
-    dtype = parse_dtype(arg(args, "dtype"))
     backbone_state, rest = split_state(state)
     spectral = arg(args, "spectral_reparam", False) and not is_ema
     damp = arg(args, "damp") and not is_ema
@@ -450,86 +293,48 @@ def build_radio(args: Any, state: dict[str, torch.Tensor], *, adaptor_names: Opt
         backbone_state = materialize_parametrizations(backbone_state, eps=eps, n_iter=n_iter,
                                                       allow_identity=True, where="backbone")
     backbone_state = backbone_state_from_official(backbone_state, arg(args, "model"))
-    rcfg = radio_config(args, backbone_state)
-    for name in adaptor_names or []:  # fail on a bad name before building anything large
-        rcfg.find_teacher(name)
-    cfg = rcfg.backbone
-    if assign:
-        with torch.device("meta"):
-            model = create_backbone(cfg)
-        _strict_load(model, backbone_state, "backbone", assign=True)
-        _check_materialized(model, cfg)
-    else:
-        model = create_backbone(cfg)
-        _strict_load(model, backbone_state, "backbone")
-    _check_prefix_layout(model, cfg)
-
-    conditioner = InputConditioner()
-    cond_state = prefixed(rest, "input_conditioner")
-    if set(cond_state) != {"norm_mean", "norm_std"}:
-        raise CheckpointError(f"input_conditioner.norm_mean/norm_std missing from the checkpoint "
-                              f"(found {sorted(cond_state)})")
-    conditioner.load_state_dict(cond_state, strict=True)
-    model.to(dtype=dtype)
-    conditioner.dtype = dtype
-
-    adaptors = {}
+    cfg = radio_config(args, backbone_state)
+    own = {f"model.{k}": v for k, v in backbone_state.items()}
+    own.update({f"input_conditioner.{k}": v for k, v in prefixed(rest, "input_conditioner").items()})
     spectral_heads = bool(arg(args, "spectral_heads", False)) and not is_ema
     for name in adaptor_names or []:
-        adaptors[name] = build_adaptor(rcfg, rest, name, spectral_heads=spectral_heads,
-                                       mlp_version_known=bool(arg(args, "mlp_version")))
-        if getattr(model, "summary_is_first_token", False):
-            adaptors[name].head_idx = 0  # the DINOv2 student hands every head token 0
-
-    feat_norm = inter_norm = None
-    fn_state = prefixed(rest, "_feature_normalizer")
-    if fn_state:
-        feat_norm = FeatureNormalizer(fn_state["mean"].shape[0], dtype=dtype)
-        _strict_load(feat_norm, fn_state, "feature normaliser")
-    in_state = prefixed(rest, "_intermediate_feature_normalizer")
-    if in_state:
-        rot = in_state["rotation"]
-        inter_norm = IntermediateFeatureNormalizer(in_state["alphas"].shape[0], in_state["means"].shape[-1],
-                                                   rot_per_layer=rot.ndim == 3, dtype=dtype)
-        _strict_load(inter_norm, in_state, "intermediate feature normaliser")
-
-    radio = RADIOModel(model, conditioner, rcfg.summary_indices(), patch_size=patch_size,
-                       max_resolution=max_resolution, window_size=None,
-                       preferred_resolution=preferred_resolution, adaptors=adaptors,
-                       feature_normalizer=feat_norm, inter_feature_normalizer=inter_norm,
-                       vitdet_num_windowed=vitdet_num_windowed, vitdet_num_global=vitdet_num_global)
-    radio.config = rcfg
-    radio.args = args
-    if vitdet_window_size is not None:
-        radio.set_vitdet_window(vitdet_window_size)
-    return radio.eval()
+        tidx, _ = cfg.find_teacher(name)
+        for family, part, what in (("_heads", "head_mlp", "summary"), ("_feature_projections", "feat_mlp", "feature")):
+            head = prefixed(rest, f"{family}.{tidx}")
+            head.update(prefixed(rest, f"{family}.{name}"))
+            if spectral_heads and head:
+                head = materialize_parametrizations(head, eps=1e-6, n_iter=1, allow_identity=False,
+                                                    where=f"{name} {what} head")
+            if part == "head_mlp" and head and not arg(args, "mlp_version"):
+                cfg.mlp_version = _infer_mlp_version(head)  # old args without mlp_version: the weights tell
+            own.update({f"adaptors.{name}.{part}.{k}": v for k, v in head.items()})
+    for src, dst in _NORMALIZERS:
+        own.update({f"{dst}.{k}": v for k, v in prefixed(rest, src).items()})
+    return cfg, own, args
 
 
-def _check_materialized(model: nn.Module, cfg: BackboneConfig) -> None:
-    """Every tensor of a meta-built backbone must have come from the checkpoint (a buffer that
-    is not saved, e.g. a computed table, would stay an empty meta tensor)."""
-    left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
-    if left:
-        raise CheckpointError(f"{cfg.arch}: {left[:5]} are not in the checkpoint and cannot be built on the meta "
-                              "device; load with build_radio(..., assign=False)")
+def _infer_mlp_version(summary_head: dict[str, torch.Tensor]) -> str:
+    if "mlp.final.2.weight" in summary_head:
+        return "attn"
+    return "v2" if "final.2.weight" in summary_head else "v1"
 
 
-def _check_prefix_layout(model: nn.Module, cfg: BackboneConfig) -> None:
-    gen = model.patch_generator
-    if getattr(model, "summary_is_first_token", False) and gen.num_skip != model.num_summary_tokens:
-        warnings.warn(
-            f"{cfg.arch}: the patch generator has {gen.num_skip} prefix tokens but the DINOv2 student "
-            f"reads features from token {model.num_summary_tokens} (as the official code does): NLC features "
-            "will include or lose prefix tokens and NCHW output will fail. The checkpoint's args "
-            "(cls_token_per_teacher / cpe_num_registers) do not match the released layout.", stacklevel=3)
+def jsonable_args(args: Any) -> dict:
+    """Checkpoint ``args`` (a Namespace or dict) as JSON-ready data: dtypes by name (the form the
+    Hugging Face and transformers-native folders store)."""
+    a = dict(vars(args)) if isinstance(args, argparse.Namespace) else dict(args)
+    for field in ("dtype", "amp_dtype"):
+        if a.get(field) is not None:
+            a[field] = str(a[field]).split(".")[-1]
+    return json.loads(json.dumps(a, default=str))
 
 
 # -- writing -----------------------------------------------------------------------------------------
 def official_state_dict(radio: RADIOModel, heads_by_name: bool = True) -> dict[str, torch.Tensor]:
     """The inverse mapping: RADIOModel -> official state dict keys."""
     out: dict[str, torch.Tensor] = {}
-    cfg = getattr(radio, "config", None)
-    args = getattr(radio, "args", None) or {}
+    cfg = radio.config
+    args = radio.args or {}
     arch = cfg.backbone.arch if cfg is not None else (arg(args, "model") or "")
     for k, v in backbone_state_to_official(radio.model.state_dict(), arch).items():
         out[f"base_model.{k}"] = v
@@ -560,7 +365,16 @@ def save_checkpoint(path: str | os.PathLike, args: argparse.Namespace, state_dic
     chk = {"arch": arch or arg(args, "model"), "epoch": epoch, "state_dict": state_dict, "args": args}
     if state_dict_ema is not None:
         chk["state_dict_ema"] = state_dict_ema
-    from openradio.atomicio import atomic_path
     with atomic_path(path, fsync=True) as tmp:
         torch.save(chk, tmp)
     return path
+
+
+def set_teacher_fields(path: str | os.PathLike, fields: dict[str, dict[str, Any]]) -> Path:
+    """Rewrite an official checkpoint (atomically) with ``fields[name]`` added to the entry of each
+    named teacher in ``args.teachers`` (e.g. the ``text_model``/``text_weights`` of its text tower)."""
+    chk = load_checkpoint_file(path)
+    for entry in chk["args"].teachers:
+        entry.update(fields.get(entry.get("name"), {}))
+    return save_checkpoint(path, chk["args"], chk["state_dict"], state_dict_ema=chk.get("state_dict_ema"),
+                           epoch=chk.get("epoch", 0), arch=chk.get("arch"))

@@ -1,16 +1,26 @@
-"""``openradio.radio_model``: a released name or a local file -> RADIOModel in eval mode."""
+"""``openradio.radio_model``: what it is given -> the route that reads it -> RADIOModel in eval mode.
+
+The routes: a released name (downloaded once into torch.hub's cache) or a local official
+``.pth.tar`` (:mod:`openradio.formats.official`); a Hugging Face repository or folder in the
+official remote-code layout (:mod:`openradio.formats.hf`); a transformers-native folder
+(:mod:`openradio.formats.native`). Each ends in :mod:`openradio.formats.build`.
+"""
 from __future__ import annotations
 
 import os
 import urllib.error
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Literal, Optional, Sequence, overload
 
 import torch
 
-from openradio.formats.official import build_radio, load_checkpoint_file, select_state
+from openradio.formats.build import build_radio
+from openradio.formats.hf import HF_PREFIX, hf_folder, is_hf_reference, load_hf
+from openradio.formats.native import is_native_folder, load_native
+from openradio.formats.official import load_checkpoint_file, select_state
 from openradio.model.radio import RADIOModel, Resolution
-from openradio.versions import VERSIONS, Version, get_version
+from openradio.model.text import attach_text_towers
+from openradio.versions import DEFAULT_VERSION, VERSIONS, Version, get_version
 
 
 def checkpoint_cache_dir() -> Path:
@@ -75,58 +85,79 @@ def resolve_checkpoint(version: str, progress: bool = True) -> tuple[Path, Optio
     raise AssertionError("unreachable")
 
 
+@overload
+def radio_model(version: str = "", progress: bool = True, adaptor_names: Optional[Sequence[str] | str] = None,
+                vitdet_window_size: Optional[int] = None, return_checkpoint: Literal[False] = False,
+                text_towers: bool | str = "lazy") -> RADIOModel: ...
+
+
+@overload
+def radio_model(version: str = "", progress: bool = True, adaptor_names: Optional[Sequence[str] | str] = None,
+                vitdet_window_size: Optional[int] = None, *, return_checkpoint: Literal[True],
+                text_towers: bool | str = "lazy") -> tuple[RADIOModel, Optional[dict]]: ...
+
+
 def radio_model(version: str = "", progress: bool = True, adaptor_names: Optional[Sequence[str] | str] = None,
                 vitdet_window_size: Optional[int] = None, return_checkpoint: bool = False,
-                text_towers: bool | str = "lazy", **kwargs) -> RADIOModel:
+                text_towers: bool | str = "lazy", **kwargs) -> RADIOModel | tuple[RADIOModel, Optional[dict]]:
     """Load a RADIO model (eval mode).
 
     Args:
         version: a released name (``openradio.versions.VERSIONS``: 'radio_v2.5-b', 'radio_v2.5-l',
             ...), the path of a local official-format checkpoint, a Hugging Face repository
             ('hf-hub:nvidia/RADIO-B') or a local folder in that layout (config.json +
-            model.safetensors). Empty: the default version.
+            model.safetensors) or in transformers' native layout. Empty: the default version.
         adaptor_names: teacher adaptors to attach (e.g. ['clip', 'sam']); their outputs come back
             in a dict next to 'backbone'.
         vitdet_window_size: run in ViTDet mode with this window side (in patches).
         text_towers: give open_clip-type adaptors ('clip', 'siglip') ``adaptor.tokenizer`` and
             ``adaptor.encode_text`` (the teacher's text tower through open_clip). 'lazy' (default):
             nothing is downloaded until the first call; True: load now; False: none.
-        return_checkpoint: also return the raw checkpoint dict.
+        return_checkpoint: also return the raw checkpoint dict (None for the folder routes):
+            ``(model, checkpoint)``.
     """
-    from openradio.versions import DEFAULT_VERSION
-
     version = version or DEFAULT_VERSION
     if isinstance(adaptor_names, str):
         adaptor_names = [adaptor_names]
-    from openradio.formats.hf import is_hf_reference, load_hf
+    chk = None
     if is_hf_reference(version):
-        model = load_hf(version, adaptor_names=adaptor_names, vitdet_window_size=vitdet_window_size)
-        if text_towers and adaptor_names:
-            from openradio.model.text import attach_text_towers
-            attach_text_towers(model, lazy=text_towers == "lazy")
-        return (model, None) if return_checkpoint else model
+        model = _load_folder(version, adaptor_names, vitdet_window_size)
+    else:
+        model, chk = _load_file(version, adaptor_names, vitdet_window_size, progress, keep_checkpoint=return_checkpoint)
+    if text_towers and adaptor_names:
+        attach_text_towers(model, lazy=text_towers == "lazy")
+    return (model, chk) if return_checkpoint else model
+
+
+def _load_folder(reference: str, adaptor_names: Optional[Sequence[str]],
+                 vitdet_window_size: Optional[int]) -> RADIOModel:
+    """A Hugging Face reference or local folder: transformers-native, else the official remote-code layout."""
+    folder = hf_folder(reference)
+    if not is_native_folder(folder):
+        return load_hf(str(folder), adaptor_names=adaptor_names, vitdet_window_size=vitdet_window_size,
+                       version=reference)
+    return load_native(folder, adaptor_names=adaptor_names, vitdet_window_size=vitdet_window_size,
+                       version=reference if reference.startswith(HF_PREFIX) else None)
+
+
+def _load_file(version: str, adaptor_names: Optional[Sequence[str]], vitdet_window_size: Optional[int],
+               progress: bool, keep_checkpoint: bool) -> tuple[RADIOModel, Optional[dict]]:
+    """A released name or a local official ``.pth.tar``."""
     if version in VERSIONS and vitdet_window_size is not None and not VERSIONS[version].supports_vitdet:
         raise ValueError(f"vitdet_window_size is not supported for {version}. "
                          "Please set it to None or use a different version.")
     path, info = resolve_checkpoint(version, progress=progress)
-
     # the file is memory-mapped and its tensors become the model's weights (no second copy);
     # a caller who asks for the checkpoint too gets a model with its own copy
     chk = load_checkpoint_file(path, mmap=True)
     state, is_ema = select_state(chk)
     model = build_radio(
         chk["args"], state, adaptor_names=adaptor_names, vitdet_window_size=vitdet_window_size, is_ema=is_ema,
-        assign=not return_checkpoint,
+        assign=not keep_checkpoint, version=info.name if info else str(path),
         patch_size=info.patch_size if info else None,
         max_resolution=info.max_resolution if info else None,
         preferred_resolution=Resolution(*info.preferred_resolution) if info else _file_preferred(chk["args"], path),
         vitdet_num_windowed=info.vitdet_num_windowed if info else None,
         vitdet_num_global=info.vitdet_num_global if info else None,
     )
-    model.version = info.name if info else str(path)
-    if text_towers and adaptor_names:
-        from openradio.model.text import attach_text_towers
-        attach_text_towers(model, lazy=text_towers == "lazy")
-    if return_checkpoint:
-        return model, chk
-    return model
+    return model, (chk if keep_checkpoint else None)

@@ -217,7 +217,8 @@ def _check_image(img: Tensor) -> None:
         raise ValueError(f"expected a (C, H, W) or (B, C, H, W) image tensor, got shape {tuple(img.shape)}")
 
 
-def _resize(img: Tensor, height: int, width: int) -> Tensor:
+def resize_image(img: Tensor, height: int, width: int) -> Tensor:
+    """``img`` at exactly ``height`` x ``width`` (bicubic, antialiased; float images clamped to [0, 1])."""
     from torchvision.transforms.v2 import InterpolationMode
     from torchvision.transforms.v2 import functional as TF
 
@@ -258,7 +259,7 @@ def resize_center_crop(img: Tensor, res: Size, multiple: int = 1) -> Tensor:
     # Never below the target, or the crop would have to pad.
     nh = max(th, nearest_multiple(h * scale, multiple))
     nw = max(tw, nearest_multiple(w * scale, multiple))
-    out = _resize(img, nh, nw)
+    out = resize_image(img, nh, nw)
     return TF.center_crop(out, [th, tw])
 
 
@@ -273,4 +274,4 @@ def resize_to_multiple(img: Tensor, size: int, multiple: int) -> Tensor:
         raise ValueError(f"size must be positive, got {size}")
     h, w = img.shape[-2:]
     scale = size / min(h, w)
-    return _resize(img, nearest_multiple(h * scale, multiple), nearest_multiple(w * scale, multiple))
+    return resize_image(img, nearest_multiple(h * scale, multiple), nearest_multiple(w * scale, multiple))

@@ -17,6 +17,7 @@ def create_backbone(cfg: BackboneConfig, *, init_weights: bool = False) -> nn.Mo
     """
     kwargs = dict(cfg.model_kwargs or {})
     kwargs.pop("weight_init", None)
+    video = cfg.video_temporal_patch_size
     optional = {"drop_rate": cfg.drop_rate, "drop_path_rate": cfg.drop_path_rate, "global_pool": cfg.global_pool}
     optional = {k: v for k, v in optional.items() if v is not None}
     weight_init = "" if init_weights else "skip"
@@ -30,9 +31,11 @@ def create_backbone(cfg: BackboneConfig, *, init_weights: bool = False) -> nn.Mo
         inner.head = nn.Identity()
         enable_cpe(inner, cfg.cpe_max_size, num_cls_tokens=cfg.num_cls_tokens,
                    register_multiple=cfg.register_multiple, num_registers=cfg.num_registers, patch_bias=True,
-                   always_cpe=True)  # the DINOv2 wrapper compares with its patch grid: never equal
+                   # the DINOv2 wrapper compares with its patch grid: never equal
+                   always_cpe=True, temporal_patch_size=video)
         inner.reg_token = None  # the DINOv2 registers are replaced by the patch generator's prefix
         return model
+    kwargs = vit_families.resolve_layer_kwargs(kwargs)
     try:
         if vit_families.is_family(cfg.arch):
             model = vit_families.build_family_vit(cfg.arch, kwargs, in_chans=cfg.in_chans,
@@ -50,13 +53,15 @@ def create_backbone(cfg: BackboneConfig, *, init_weights: bool = False) -> nn.Mo
         model.norm = nn.Identity()
     model.head = nn.Identity()
     enable_cpe(model, cfg.cpe_max_size, num_cls_tokens=cfg.num_cls_tokens,
-               register_multiple=cfg.register_multiple, num_registers=cfg.num_registers)
+               register_multiple=cfg.register_multiple, num_registers=cfg.num_registers, temporal_patch_size=video)
     return model
 
 
 def enable_cpe(model: nn.Module, max_img_size: int, num_cls_tokens: int, register_multiple: int | None,
-               num_registers: int | None, patch_bias: bool = False, always_cpe: bool = False) -> None:
-    """Replace timm's patch_embed / cls_token / pos_embed by one ViTPatchGenerator."""
+               num_registers: int | None, patch_bias: bool = False, always_cpe: bool = False,
+               temporal_patch_size: int | None = None) -> None:
+    """Replace timm's patch_embed / cls_token / pos_embed by one ViTPatchGenerator (with a second,
+    temporally packed projection for clips of ``temporal_patch_size`` frames when that is set)."""
     p = model.patch_embed.patch_size[0]
     grid = round(max_img_size / p)  # Python rounding, as the official code (512 -> 32, 2048 -> 128)
     has_cls = getattr(model, "cls_token", None) is not None
@@ -67,7 +72,7 @@ def enable_cpe(model: nn.Module, max_img_size: int, num_cls_tokens: int, registe
     cpe_mode = always_cpe or (grid * p, grid * p) != img
     gen = ViTPatchGenerator(p, model.embed_dim, grid, num_cls_tokens if has_cls else 0, regs,
                             cls_token=has_cls, in_chans=model.patch_embed.proj.in_channels,
-                            patch_bias=patch_bias, cpe_mode=cpe_mode)
+                            patch_bias=patch_bias, cpe_mode=cpe_mode, temporal_patch_size=temporal_patch_size)
     model.patch_generator = gen
     model.patch_embed = None
     model.cls_token = None

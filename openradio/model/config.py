@@ -20,6 +20,11 @@ class BackboneConfig:
     (for the DINOv2 students, whose official builder ignores them, the sizes read from the
     weights). Conversion from and to the official checkpoint ``args`` is in
     :mod:`openradio.formats.official`.
+
+    ``video_temporal_patch_size=T`` adds the temporally packed video projection (clips of T frames
+    stacked on the channel axis, see :mod:`openradio.model.patch_generator`); None: images only.
+    ``model_kwargs`` may name layers as data (they travel in checkpoint args):
+    :func:`openradio.model.vit_families.resolve_layer_kwargs`.
     """
     arch: str = "vit_base_patch16_224"
     model_kwargs: dict = field(default_factory=dict)
@@ -29,6 +34,7 @@ class BackboneConfig:
     num_registers: Optional[int] = None
     model_norm: bool = False
     in_chans: int = 3
+    video_temporal_patch_size: Optional[int] = None
     drop_rate: Optional[float] = None
     drop_path_rate: Optional[float] = None
     global_pool: Optional[str] = None

@@ -1,7 +1,7 @@
 """Fresh (randomly initialised) RADIO students: what training starts from."""
 from __future__ import annotations
 
-from typing import Mapping, Optional
+from typing import Any, Mapping, Optional
 
 from openradio.model.adaptors import make_adaptor
 from openradio.model.backbone import create_backbone
@@ -11,13 +11,14 @@ from openradio.model.radio import RADIOModel
 
 
 def create_radio(cfg: RadioConfig, head_dims: Mapping[str, tuple[Optional[int], int]], *,
-                 adaptor_names: Optional[list[str]] = None) -> RADIOModel:
+                 adaptor_names: Optional[list[str]] = None, args: Any = None) -> RADIOModel:
     """A RADIOModel built from a typed config with new weights and one adaptor per teacher name.
 
     ``head_dims[name] = (summary_dim, feature_dim)``: output widths of that teacher's summary and
     feature heads (summary_dim None -> same as feature_dim; such a head is kept so the official
     layout stays complete, and its loss weight is what turns it off). The official checkpoint
-    ``args`` for the result are :func:`openradio.formats.official.official_args` of ``cfg``.
+    ``args`` for the result are :func:`openradio.formats.official.official_args` of ``cfg``
+    (``args``: those to keep on the model, when the caller has them).
     """
     cfg.with_backbone_tokens()
     model = create_backbone(cfg.backbone, init_weights=True)
@@ -31,6 +32,5 @@ def create_radio(cfg: RadioConfig, head_dims: Mapping[str, tuple[Optional[int], 
         adaptors[name] = make_adaptor(cfg, name, model.embed_dim, summary=(dims[0], s_dim or f_dim, dims[1]),
                                       features=(dims[0], f_dim, dims[1]))
     model.to(dtype=cfg.dtype)
-    radio = RADIOModel(model, InputConditioner(dtype=cfg.dtype), cfg.summary_indices(), adaptors=adaptors)
-    radio.config = cfg
-    return radio
+    return RADIOModel(model, InputConditioner(dtype=cfg.dtype), cfg.summary_indices(), adaptors=adaptors,
+                      config=cfg, args=args)

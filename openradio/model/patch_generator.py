@@ -3,6 +3,14 @@
 Cropped Position Embedding (CPE, AM-RADIO): one R x R grid of position embeddings is learned for
 the largest supported image. At inference the grid is resampled to the token grid; in training
 each sample sees a random crop of it, so the model learns to work at any resolution.
+
+Temporally packed video (the vision encoder of Nemotron-3-Nano-Omni; transformers'
+``RadioConfig.video_temporal_patch_size``): a generator built with ``temporal_patch_size=T`` has a
+second projection, ``video_embedder`` (D, T*C*p*p), for clips of T frames stacked on the channel
+axis, frame-major: ``(B, T, C, H, W).reshape(B, T*C, H, W)``. Each token is then a p x p x T
+tube whose vector is ordered ``(t, c, dy, dx)``, the column order of the checkpoint's
+``video_embedder``; the position grid, CLS tokens and registers are those of images. Which
+projection runs is told by the channel count (C: images, T*C: clips), as transformers does.
 """
 from __future__ import annotations
 
@@ -49,13 +57,20 @@ def num_registers_for(num_cls: int, register_multiple: int | None, num_registers
 class ViTPatchGenerator(nn.Module):
     """Image (B,3,H,W) -> token sequence (B, prefix + H/p * W/p, D).
 
-    State dict keys: ``pos_embed`` (1, R*R, D), ``embedder.weight`` (D, 3p^2), ``cls_token.token``.
+    State dict keys: ``pos_embed`` (1, R*R, D), ``embedder.weight`` (D, 3p^2), ``cls_token.token``,
+    and with ``temporal_patch_size=T`` ``video_embedder.weight`` (D, T*3p^2) for packed clips
+    (B, T*3, H, W) -> (B, prefix + H/p * W/p, D).
     """
 
     def __init__(self, patch_size: int, embed_dim: int, grid_size: int, num_cls_tokens: int,
                  num_registers: int, cls_token: bool = True, pos_dropout: float = 0.1,
-                 in_chans: int = 3, patch_bias: bool = False, cpe_mode: bool = True):
+                 in_chans: int = 3, patch_bias: bool = False, cpe_mode: bool = True,
+                 temporal_patch_size: int | None = None):
         super().__init__()
+        if temporal_patch_size is not None and (isinstance(temporal_patch_size, bool) or temporal_patch_size < 2):
+            # transformers tells clips from images by their channel count: one frame would be an image
+            raise ValueError(f"temporal_patch_size must be at least 2 frames (or None: images only), "
+                             f"got {temporal_patch_size!r}")
         self.patch_size = patch_size
         self.embed_dim = embed_dim
         self.grid_size = grid_size  # R: the position grid is R x R
@@ -66,6 +81,10 @@ class ViTPatchGenerator(nn.Module):
         # the official code multiplies this way, and only this order is bit-exact.
         # (The DINOv2 student's embedder has a bias: one F.linear, i.e. an addmm, as officially.)
         self.embedder = nn.Linear(in_chans * patch_size * patch_size, embed_dim, bias=patch_bias)
+        self.in_chans = in_chans
+        self.temporal_patch_size = temporal_patch_size
+        self.video_embedder = (nn.Linear(temporal_patch_size * in_chans * patch_size * patch_size, embed_dim,
+                                         bias=patch_bias) if temporal_patch_size else None)
         # cpe_mode False only when the largest size equals the ViT's own img_size: the official
         # generator then crops the grid instead of resampling it (see eval_position_encoding)
         self.cpe_mode = cpe_mode
@@ -85,10 +104,17 @@ class ViTPatchGenerator(nn.Module):
     def num_skip(self) -> int:
         return self.cls_token.num_patches
 
+    def is_packed_video(self, x: torch.Tensor) -> bool:
+        """Whether ``x`` (B, channels, H, W) holds temporally packed clips (T*C channels)."""
+        return self.video_embedder is not None and x.shape[1] == self.in_chans * self.temporal_patch_size
+
     @contextmanager
     def video_mode(self, num_frames: int):
-        """Inputs are (B*T, C, H, W): every frame of a clip gets the same random position crop."""
-        prev, self.num_video_frames = self.num_video_frames, num_frames
+        """Consecutive groups of ``num_frames`` samples (the frames of a clip, or packed clips of
+        one video) share one random position crop: inputs are (B*num_frames, C, H, W)."""
+        if isinstance(num_frames, bool) or int(num_frames) != num_frames or num_frames < 1:
+            raise ValueError(f"cpe video mode needs a positive number of frames per clip, got {num_frames!r}")
+        prev, self.num_video_frames = self.num_video_frames, int(num_frames)
         try:
             yield
         finally:
@@ -96,8 +122,17 @@ class ViTPatchGenerator(nn.Module):
 
     def embed_patches(self, x: torch.Tensor) -> torch.Tensor:
         p = self.patch_size
+        if x.shape[1] == self.in_chans:
+            embedder = self.embedder
+        elif self.is_packed_video(x):
+            embedder = self.video_embedder
+        else:
+            clips = (f" or {self.in_chans * self.temporal_patch_size} (clips of {self.temporal_patch_size} frames)"
+                     if self.video_embedder is not None else "")
+            raise ValueError(f"the patch generator takes {self.in_chans} channels{clips}, got {x.shape[1]}")
+        # frames stacked on the channel axis flatten (t, c, dy, dx): the video_embedder's column order
         patches = rearrange(x, "b c (py yy) (px xx) -> b (py px) (c yy xx)", yy=p, xx=p)
-        return self.embedder(patches)
+        return embedder(patches)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size

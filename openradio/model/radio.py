@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterable, NamedTuple, Optional, Sequence, Union
+from typing import Any, Iterable, NamedTuple, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
+from openradio.model.config import RadioConfig
+from openradio.model.clips import check_clip_list, clip_to_frames, output_row
 from openradio.model.normalizers import NullIntermediateFeatureNormalizer
 from openradio.model.vitdet import WindowedRunner, WindowLayout, windowed_blocks
 
@@ -54,6 +56,8 @@ class RADIOModel(nn.Module):
     ``x`` is (B, 3, H, W) in [0, 1] with H, W multiples of ``min_resolution_step``. Without
     adaptors ``forward`` returns ``RadioOutput(summary, features)``; with adaptors a dict
     ``{'backbone': RadioOutput, name: RadioOutput, ...}`` whose adaptor entries are float32.
+    A model with a temporal patch projection (``temporal_patch_size`` T) also takes clips of T
+    frames, (B, T, 3, H, W) or packed (B, T*3, H, W): see :meth:`forward_video`.
     """
 
     def __init__(self, model: nn.Module, input_conditioner: nn.Module, summary_idxs: Sequence[int],
@@ -62,7 +66,8 @@ class RADIOModel(nn.Module):
                  adaptors: Optional[dict[str, nn.Module]] = None,
                  feature_normalizer: Optional[nn.Module] = None,
                  inter_feature_normalizer: Optional[nn.Module] = None,
-                 vitdet_num_windowed: Optional[int] = None, vitdet_num_global: Optional[int] = None):
+                 vitdet_num_windowed: Optional[int] = None, vitdet_num_global: Optional[int] = None,
+                 config: Optional[RadioConfig] = None, args: Any = None, version: Optional[str] = None):
         super().__init__()
         self.model = model
         self.input_conditioner = input_conditioner
@@ -76,7 +81,11 @@ class RADIOModel(nn.Module):
         self.inter_feature_normalizer = inter_feature_normalizer
         self._vitdet_num_windowed = vitdet_num_windowed
         self._vitdet_num_global = vitdet_num_global
-        self.version: Optional[str] = None
+        # what the model was built from: the typed config, the official checkpoint ``args`` (kept
+        # to write the model back in the official formats) and the version or path it came from
+        self.config: Optional[RadioConfig] = config
+        self.args: Any = args
+        self.version: Optional[str] = version
         # CPU inference runs the blocks on groups of images of at most this many tokens
         # (0 or None: the whole batch at once); see _chunk_size
         self.cpu_chunk_tokens: Optional[int] = CPU_CHUNK_TOKENS
@@ -144,11 +153,26 @@ class RADIOModel(nn.Module):
         return self.patch_generator.pos_embed.dtype
 
     @property
+    def temporal_patch_size(self) -> Optional[int]:
+        """Frames per token of the temporally packed video projection (None: images only)."""
+        return self.patch_generator.temporal_patch_size
+
+    @property
     def feature_info(self) -> list[dict]:
         """timm's ``feature_info``: per block (what ``forward_intermediates`` emits) its width and
         stride in pixels, e.g. ``[{'module': 'blocks.0', 'num_chs': 768, 'reduction': 16}, ...]``."""
         return [dict(module=f"blocks.{i}", num_chs=self.embed_dim, reduction=self.patch_size)
                 for i in range(len(self.blocks))]
+
+    @property
+    def vitdet_num_windowed(self) -> Optional[int]:
+        """The release's count of windowed blocks per ViTDet group (None: the default schedule)."""
+        return self._vitdet_num_windowed
+
+    @property
+    def vitdet_num_global(self) -> Optional[int]:
+        """The release's count of global-attention blocks per ViTDet group (None: the default schedule)."""
+        return self._vitdet_num_global
 
     @property
     def windowed_block_indices(self) -> list[int]:
@@ -175,7 +199,10 @@ class RADIOModel(nn.Module):
 
     @contextmanager
     def cpe_video_mode(self, num_frames: int):
-        """Inputs are (B*T, 3, H, W) clips: in training mode each clip shares one position crop."""
+        """Inputs are clips of ``num_frames`` consecutive samples, (B*T, 3, H, W): in training mode
+        each clip shares one position crop (one CPE viewport) instead of one per frame. In eval
+        mode the positions are the same for every frame anyway, so outputs do not change (as
+        officially). ``forward_images`` then takes whole clips (a clip is never split)."""
         with self.patch_generator.video_mode(num_frames):
             yield
 
@@ -201,6 +228,27 @@ class RADIOModel(nn.Module):
                 f"The input resolution must be a multiple of `self.min_resolution_step={step}`. "
                 "`self.get_nearest_supported_resolution(<height>, <width>) is provided as a convenience API. "
                 f"Input: {x.shape[-2:]}, Nearest: {nearest}")
+
+    def is_clip(self, x: torch.Tensor) -> bool:
+        """Whether ``x`` is a batch of clips: (B, T, C, H, W), or (B, T*C, H, W) on a model with a
+        temporal patch projection of T frames."""
+        return x.ndim == 5 or (x.ndim == 4 and self.patch_generator.is_packed_video(x))
+
+    def clip_frames(self, clips: torch.Tensor) -> torch.Tensor:
+        """Clips (B, T, C, H, W) or packed (B, T*C, H, W) -> their frames (B*T, C, H, W)."""
+        return clip_to_frames(clips, self.temporal_patch_size, self.patch_generator.in_chans)
+
+    def _conditioned(self, x: torch.Tensor, window: Optional[int]) -> torch.Tensor:
+        """Checked and normalised input: images (B, C, H, W) -> (B, 3, H, W); clips are checked
+        and normalised frame by frame (the conditioner's mean and std are per RGB channel), then
+        packed frame-major -> (B, T*3, H, W), what the video projection reads."""
+        if not self.is_clip(x):
+            self._check_resolution(x, window)
+            return self.input_conditioner(x)
+        frames = self.clip_frames(x)
+        self._check_resolution(frames, window)
+        y = self.input_conditioner(frames)
+        return y.reshape(x.shape[0], -1, *y.shape[-2:])
 
     def _schedule(self) -> list[bool]:
         return windowed_blocks(len(self.blocks), self._vitdet_num_windowed, self._vitdet_num_global)
@@ -248,13 +296,26 @@ class RADIOModel(nn.Module):
 
     def forward(self, x: torch.Tensor, feature_fmt: str = "NLC", vitdet_window=LOADED):
         """``vitdet_window``: ViTDet window side in patches for this call (None: global
-        attention); by default the window the model was loaded with."""
+        attention); by default the window the model was loaded with. Clips go to
+        :meth:`forward_video`."""
         window = self._window(vitdet_window)
-        self._check_resolution(x, window)
         check_feature_fmt(feature_fmt)
-        xc = self.input_conditioner(x)
+        xc = self._conditioned(x, window)
         y = self.forward_tokens(xc, window)
-        return self._extract_final(x, y, feature_fmt)
+        return self._extract_final(xc, y, feature_fmt)
+
+    def forward_video(self, clips: torch.Tensor, feature_fmt: str = "NLC", vitdet_window=LOADED):
+        """Temporally packed video: clips of T = ``temporal_patch_size`` frames in [0, 1] like
+        images, shaped (B, T, 3, H, W) or already packed (B, T*3, H, W) with the frames stacked
+        frame-major on the channel axis (``clips.flatten(1, 2)``: channel ``t*3 + c``, the column
+        order ``(t, c, dy, dx)`` of the checkpoint's video projection). Each frame is normalised
+        by the conditioner, then every p x p x T tube becomes one token: one output per clip,
+        ``RadioOutput(summary (B, ...), features (B, h*w, D))``, as for one image (adaptors too).
+        transformers' ``RadioModel`` gives the same for the same clips normalised frame by frame
+        (its conditioner handles 3 channels, so its video path takes normalised clips)."""
+        if not self.is_clip(clips):
+            raise ValueError(f"forward_video takes clips (B, T, C, H, W) or (B, T*C, H, W), got {tuple(clips.shape)}")
+        return self(clips, feature_fmt=feature_fmt, vitdet_window=vitdet_window)
 
     def forward_images(self, images: Sequence[torch.Tensor], feature_fmt: str = "NLC", vitdet_window=LOADED,
                        packed: Optional[bool] = None, max_tokens: Optional[int] = None) -> list:
@@ -276,21 +337,25 @@ class RADIOModel(nn.Module):
         check_feature_fmt(feature_fmt)
         if isinstance(images, torch.Tensor) and images.ndim == 3:
             raise ValueError("forward_images takes a list of images; for one image call model(image[None])")
-        xs = []
-        for i, im in enumerate(images):
-            if not isinstance(im, torch.Tensor) or im.ndim not in (3, 4) or (im.ndim == 4 and im.shape[0] != 1):
-                shape = tuple(im.shape) if isinstance(im, torch.Tensor) else type(im).__name__
-                raise ValueError(f"forward_images: image {i} must be a (3, H, W) or (1, 3, H, W) tensor, got {shape}")
-            x = im if im.ndim == 4 else im.unsqueeze(0)
-            self._check_resolution(x, window)
-            xs.append(x)
+        xs = [self._item(i, im, window) for i, im in enumerate(images)]
         if not xs:
             return []
+        # in cpe_video_mode(t) the list is clips of t frames: each clip keeps one position crop,
+        # so it runs as one batch (training) and is never split across packs
+        t = self.patch_generator.num_video_frames or 1
+        if t > 1:
+            check_clip_list(xs, t)
         can_pack = supports_packing(self.blocks) and not self.training  # no dropout in the packed path
         if packed is None:
             packed = can_pack
-        if not packed or not can_pack or len(xs) == 1:
-            return [self(x, feature_fmt=feature_fmt, vitdet_window=window) for x in xs]
+        if not packed or not can_pack or len(xs) == t:
+            if t == 1:
+                return [self(x, feature_fmt=feature_fmt, vitdet_window=window) for x in xs]
+            outs = []
+            for j in range(0, len(xs), t):
+                out = self(torch.cat(xs[j:j + t]), feature_fmt=feature_fmt, vitdet_window=window)
+                outs += [output_row(out, i) for i in range(t)]
+            return outs
         p = self.patch_size
         if max_tokens is None:
             max_tokens = (self.cpu_chunk_tokens or 0) if _cpu_inference(xs[0]) else 0
@@ -298,24 +363,48 @@ class RADIOModel(nn.Module):
             raise ValueError(f"max_tokens must be a number of tokens (0: one pack; None: the default), "
                              f"got {max_tokens}")
         groups, current, count = [], [], 0
-        for x in xs:
-            n = x.shape[-2] // p * (x.shape[-1] // p) + self.num_summary_tokens
+        for j in range(0, len(xs), t):  # whole clips (t = 1: single images)
+            clip = xs[j:j + t]
+            n = t * (clip[0].shape[-2] // p * (clip[0].shape[-1] // p) + self.num_summary_tokens)
             if current and max_tokens and count + n > max_tokens:
                 groups.append(current)
                 current, count = [], 0
-            current.append(x)
+            current += clip
             count += n
         groups.append(current)
         outs = []
         for group in groups:
             pack = PackedImages(self.num_summary_tokens, [(x.shape[-2] // p, x.shape[-1] // p) for x in group], window)
-            seqs = [self.patch_generator(self.input_conditioner(x)) for x in group]
+            conds = [self._conditioned(x, window) for x in group]
+            seqs = [self.patch_generator(c) for c in conds]
             runner = PackedRunner(seqs, pack, self._schedule())
             for i, block in enumerate(self.blocks):
                 runner.run(i, block)
             runner.x = self.model.norm(runner.x)  # token-wise: once on the packed sequence
-            outs += [self._extract_final(x, yi, feature_fmt) for x, yi in zip(group, runner.sequences())]
+            outs += [self._extract_final(c, yi, feature_fmt) for c, yi in zip(conds, runner.sequences())]
         return outs
+
+    def _item(self, i: int, im, window: Optional[int]) -> torch.Tensor:
+        """One entry of ``forward_images`` as a batch of one: an image (3, H, W) / (1, 3, H, W), or
+        on a video model a clip (T, 3, H, W) / (T*3, H, W) / (1, T, 3, H, W), checked."""
+        T = self.temporal_patch_size
+        ok = isinstance(im, torch.Tensor) and im.ndim in (3, 4, 5)
+        if ok and im.ndim == 5:
+            ok = im.shape[0] == 1
+        elif ok and im.ndim == 4 and im.shape[0] != 1:
+            ok = T is not None and im.shape[0] == T  # one clip of T frames
+            im = im.unsqueeze(0) if ok else im
+        if not ok:
+            shape = tuple(im.shape) if isinstance(im, torch.Tensor) else type(im).__name__
+            clips = f", or a clip ({T}, 3, H, W)" if T is not None else ""
+            raise ValueError(f"forward_images: image {i} must be a (3, H, W) or (1, 3, H, W) tensor{clips}, "
+                             f"got {shape}")
+        x = im if im.ndim >= 4 else im.unsqueeze(0)
+        if self.is_clip(x):
+            self._check_resolution(self.clip_frames(x), window)
+        else:
+            self._check_resolution(x, window)
+        return x
 
     def _extract_final(self, x: torch.Tensor, y: torch.Tensor, feature_fmt: str = "NLC"):
         check_feature_fmt(feature_fmt)
@@ -365,7 +454,6 @@ class RADIOModel(nn.Module):
         ``intermediates_only``. ``vitdet_window`` as in :meth:`forward`.
         """
         window = self._window(vitdet_window)
-        self._check_resolution(x, window)
         check_feature_fmt(output_fmt)
         if aggregation not in ("sparse", "dense"):
             raise ValueError(f"Unsupported aggregation: {aggregation!r}. Must be 'sparse' or 'dense'")
@@ -376,7 +464,8 @@ class RADIOModel(nn.Module):
         take = take_indices(depth, indices)
         last = take[-1]
         p = self.patch_size
-        B, _, H, W = x.shape
+        xc = self._conditioned(x, window)  # images, or clips of a video model (one output per clip)
+        B, _, H, W = xc.shape
         h, w = H // p, W // p
         S = self.patch_generator.num_skip
         inter_norm = self.inter_feature_normalizer
@@ -384,7 +473,6 @@ class RADIOModel(nn.Module):
             inter_norm = NullIntermediateFeatureNormalizer()
         final_norm = self.model.norm
 
-        xc = self.input_conditioner(x)
         tokens = self.patch_generator(xc)
         runner = self._runner(tokens, h, w, window)
 
@@ -427,7 +515,7 @@ class RADIOModel(nn.Module):
         last_tokens = tokens if runner is None else runner.raster()
         if norm:
             last_tokens = final_norm(last_tokens)
-        final = self._extract_final(x, last_tokens, feature_fmt=output_fmt)
+        final = self._extract_final(xc, last_tokens, feature_fmt=output_fmt)
         return final, intermediates
 
     def _split(self, out: torch.Tensor, norm: Optional[nn.Module], return_prefix_tokens: bool,

@@ -229,6 +229,19 @@ def write_random_text_tower(out_dir: str | os.PathLike, name: str, embed_dim: in
     return cfg_path, weights
 
 
+def write_random_text_towers(out_dir: str | os.PathLike, embed_dims: Mapping[str, int], *, seed: int = 0
+                             ) -> dict[str, tuple[Path, Path]]:
+    """:func:`write_random_text_tower` for each teacher name (``{name: embed_dim}``, seeds
+    ``seed``, ``seed + 1``, ...): ``{name: (config JSON, weights)}``."""
+    towers = {}
+    for i, (name, dim) in enumerate(embed_dims.items()):
+        # open_clip gives any model whose name contains 'siglip' the SigLIP tokenizer from the HF hub;
+        # these towers use its bundled BPE tokenizer, so their names avoid that word
+        file_name = name.lower().replace("siglip", "sig_lip") + "-text"
+        towers[name] = write_random_text_tower(out_dir, file_name, int(dim), seed=seed + i)
+    return towers
+
+
 def _atomic_write_text(path: Path, text: str) -> None:
     from openradio.atomicio import write_text
     write_text(path, text)

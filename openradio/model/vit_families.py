@@ -13,11 +13,12 @@ are converted where checkpoints are read (``openradio.formats.official``), not h
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Callable, Optional
 
 import timm
 import torch
-from timm.layers import Mlp, SwiGLUPacked
+from timm.layers import GELUTanh, Mlp, QuickGELU, SwiGLU, SwiGLUPacked
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
@@ -92,6 +93,69 @@ FAMILIES: dict[str, Family] = {f.name: f for f in [
     Family("dino_v2_l_student", dict(patch_size=14, embed_dim=1024, depth=24, num_heads=16, mlp="gelu"),
            "-", kind="dinov2_student"),
 ]}
+
+
+# -- layer choices as data ---------------------------------------------------------------------------
+# model_kwargs travel in checkpoint args (a .pth.tar's Namespace, the JSON of Hugging Face and
+# transformers folders), so layers are named there, not pickled as classes. The names are those
+# of transformers' RadioConfig (hidden_act, use_swiglu_ffn, layer_norm_eps); each maps to the
+# timm/torch layer computing the same expression in the same order (bit-exact with transformers).
+ACT_LAYERS: dict[str, type] = {
+    "gelu": nn.GELU,                   # erf GELU: transformers' "gelu"
+    "gelu_tanh": GELUTanh,             # F.gelu(approximate="tanh"): transformers' "gelu_pytorch_tanh"
+    "quick_gelu": QuickGELU,           # x * sigmoid(1.702 x)
+    "silu": nn.SiLU,
+    "relu": nn.ReLU,
+}
+MLP_LAYERS = ("mlp", "swiglu")
+
+
+def swiglu_hidden_features(embed_dim: int, mlp_ratio: float) -> int:
+    """Hidden width of a SwiGLU FFN as transformers' RadioConfig (and DINOv2) size it: two thirds
+    of int(D * mlp_ratio), rounded up to a multiple of 8."""
+    return (int(int(embed_dim * mlp_ratio) * 2 / 3) + 7) // 8 * 8
+
+
+def _swiglu_layer(hidden: int):
+    """timm's SwiGLU (separate gate ``fc1_g`` and value ``fc1_x``, SiLU, then ``fc2``) at a fixed
+    hidden width, whatever width and activation the block asks for (SwiGLU always gates with SiLU)."""
+    def make(in_features: int, hidden_features: Optional[int] = None, act_layer: Any = None, **kwargs) -> nn.Module:
+        return SwiGLU(in_features, hidden, act_layer=nn.SiLU, **kwargs)
+    return make
+
+
+def resolve_layer_kwargs(model_kwargs: dict) -> dict:
+    """``model_kwargs`` with layers named as data turned into timm's constructor arguments:
+
+    * ``mlp_layer``: ``"mlp"`` (timm's GELU MLP, the default) or ``"swiglu"`` (timm's ``SwiGLU``;
+      ``mlp_hidden_features`` gives its width, default :func:`swiglu_hidden_features`);
+    * ``act_layer``: a name of :data:`ACT_LAYERS` (the MLP activation);
+    * ``norm_eps``: the eps of every LayerNorm (timm's default 1e-6).
+    Classes given in code pass through unchanged."""
+    out = dict(model_kwargs)
+    mlp = out.pop("mlp_layer", None)
+    hidden = out.pop("mlp_hidden_features", None)
+    if isinstance(mlp, str):
+        if mlp not in MLP_LAYERS:
+            raise ValueError(f"unknown mlp_layer {mlp!r} in model_kwargs (known: {', '.join(MLP_LAYERS)})")
+        if mlp == "swiglu":
+            if not hidden and "embed_dim" not in out:
+                raise ValueError("mlp_layer='swiglu' in model_kwargs needs mlp_hidden_features (or embed_dim)")
+            out["mlp_layer"] = _swiglu_layer(int(hidden) if hidden else
+                                             swiglu_hidden_features(out["embed_dim"], out.get("mlp_ratio", 4.0)))
+        elif hidden:
+            out["mlp_layer"] = _fixed_width_mlp(int(hidden), packed=False)
+    elif mlp is not None:
+        out["mlp_layer"] = mlp
+    act = out.get("act_layer")
+    if isinstance(act, str):
+        if act not in ACT_LAYERS:
+            raise ValueError(f"unknown act_layer {act!r} in model_kwargs (known: {', '.join(ACT_LAYERS)})")
+        out["act_layer"] = ACT_LAYERS[act]
+    eps = out.pop("norm_eps", None)
+    if eps is not None:
+        out["norm_layer"] = partial(timm.layers.LayerNorm, eps=float(eps))
+    return out
 
 
 def is_family(name: str) -> bool:

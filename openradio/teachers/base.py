@@ -189,7 +189,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Teacher weights file not found: {path}")
-    from openradio.formats.official import CheckpointError, safe_torch_load
+    from openradio.formats.safeload import CheckpointError, safe_torch_load
 
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file

@@ -16,12 +16,13 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import os
-import platform
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
+
+from openradio.runtime import cpu_flags, cpu_model
 
 FORMAT = "radio-parity-fixtures/1"
 # A mismatch no larger than this times the tensor's largest magnitude is float32 rounding noise
@@ -279,25 +280,6 @@ def model_properties(model) -> dict:
 
 
 # -- platform ------------------------------------------------------------------------------------
-def _cpuinfo(field: str) -> str | None:
-    """The first ``field`` line of /proc/cpuinfo (Linux), else None."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(field):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
-
-
-def cpu_model() -> str:
-    return _cpuinfo("model name") or platform.processor() or platform.machine()
-
-
-def cpu_flags() -> set[str]:
-    return set((_cpuinfo("flags") or "").split())
-
-
 def platform_info() -> dict:
     """What decides float32 kernel results on this machine."""
     import timm

@@ -39,8 +39,7 @@ def make_tiny_checkpoint(path: str | Path, *, teachers: Optional[list[dict]] = N
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        radio = create_radio(radio_config(args), head_dims)
-        radio.args = args
+        radio = create_radio(radio_config(args), head_dims, args=args)
         # timm zero-initialises biases and some heads; give every tensor some signal so tests
         # can tell layers apart
         with torch.no_grad():

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from openradio.runtime import autocast, default_resolution, module_device, supported_resolution
 from openradio.inputs.imageio import resize_center_crop, resize_to_multiple
+from openradio.model.video import forward_frames
 from openradio.viz.pca import PCAStats, fit_pca_on_maps, pca_rgb
 
 __all__ = [
@@ -47,18 +48,21 @@ def prepare_input(image: Tensor, model: nn.Module, resolution: int, square: bool
     return resize_to_multiple(image, resolution, int(model.min_resolution_step))
 
 
-def model_features(model: nn.Module, x: Tensor, adaptor: str | None = None, amp: bool = False) -> Tensor:
+def model_features(model: nn.Module, x: Tensor, adaptor: str | None = None, amp: bool = False,
+                   clip_frames: int = 1) -> Tensor:
     """Spatial features ``(B, C, h, w)`` (float32) of a ``(B, 3, H, W)`` [0, 1] batch.
 
     With ``adaptor`` the named adaptor's features (the model must have been loaded with it),
-    otherwise the backbone's. ``amp`` runs under bf16 autocast.
+    otherwise the backbone's. ``amp`` runs under bf16 autocast. ``clip_frames`` T > 1: the batch
+    is consecutive video frames in clips of T (see :func:`openradio.model.video.forward_frames`).
     """
     device = model_device(model)
     if x.ndim == 3:
         x = x[None]
     x = x.to(device=device, dtype=torch.float32)
     with torch.inference_mode(), autocast(device, amp):
-        out = model(x, feature_fmt="NCHW")
+        out = model(x, feature_fmt="NCHW") if clip_frames == 1 else forward_frames(model, x, clip_frames,
+                                                                                   feature_fmt="NCHW")
     if isinstance(out, dict):
         key = adaptor or "backbone"
         if key not in out:

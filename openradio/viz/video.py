@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from openradio.extras import require
 from openradio.inputs.imageio import tensor_to_uint8
+from openradio.model.video import check_clip_frames, pad_to_clips
 from openradio.runtime import default_resolution, supported_resolution
 from openradio.viz.features import model_features, prepare_input
 from openradio.viz.pca import PCAStats, apply_pca, get_robust_pca, upsample_rgb
@@ -274,7 +275,7 @@ def visualize_video(model: nn.Module, in_path: str | Path, out_path: str | Path,
                     adaptor: str | None = None, *, side_by_side: bool = False, batch_size: int = 16,
                     num_key_frames: int = 30, interpolation: str = "nearest", crf: int = 23, amp: bool = False,
                     max_frames: int | None = None, progress: bool = True, m: float = 2.0, skip: int = 0,
-                    seed: int = 42, stats: PCAStats | None = None) -> VideoSummary:
+                    seed: int = 42, stats: PCAStats | None = None, clip_frames: int = 1) -> VideoSummary:
     """Colour a video's spatial features by robust PCA and write them as an H.264 mp4.
 
     Frames are resized like images (shorter side ``resolution``, sides rounded to the model's
@@ -282,19 +283,29 @@ def visualize_video(model: nn.Module, in_path: str | Path, out_path: str | Path,
     with one PCA fitted on ``num_key_frames`` evenly spaced frames (or ``stats``), upsampled with
     ``interpolation`` (``'nearest'`` shows the token grid, as the official script does) and
     written at the input's frame rate; ``side_by_side`` puts the resized input on the left.
+
+    ``clip_frames`` T > 1: consecutive clips of T frames share one CPE viewport, or on a model
+    whose temporal patch size is T each clip runs temporally packed and its features colour all of
+    its frames (:func:`openradio.model.video.forward_frames`). Batches then hold whole clips
+    (``batch_size`` rounded up to a multiple of T); the last clip is padded with its last frame.
     """
     from tqdm.auto import tqdm
 
+    t = check_clip_frames(clip_frames)
+    batch_size = -(-batch_size // t) * t
     info = probe_video(in_path)
     total = info.num_frames if max_frames is None else min(info.num_frames, max_frames)
     res = supported_resolution(model, resolution or default_resolution(model))
 
     def features_of(frames: Tensor) -> tuple[Tensor, Tensor]:
         x = prepare_input(_to_model_batch(frames), model, res)
-        return x, model_features(model, x, adaptor=adaptor, amp=amp)
+        xp, n = pad_to_clips(x, t)
+        return x, model_features(model, xp, adaptor=adaptor, amp=amp, clip_frames=t)[:n]
 
     if stats is None:
         keys = key_frame_indices(max(total, 1), num_key_frames)
+        if t > 1:  # the whole clip of each key frame, so clips stay clips
+            keys = sorted({k // t * t + j for k in keys for j in range(t) if k // t * t + j < max(total, 1)})
         key_feats = [features_of(b)[1].cpu() for b in iter_video_batches(in_path, batch_size, max_frames, keys)]
         if not key_feats:
             raise ValueError(f"{in_path} contains no decodable video frames")

@@ -169,7 +169,7 @@ def test_rerun_replaces_the_training_folder_but_refuses_foreign_ones(tmp_path):
     (previous / "checkpoints").mkdir(parents=True)
     (previous / "config.yaml").write_text("x: 1\n")
     (previous / "metrics.csv").write_text("step,loss\n1,2.0\n")
-    demo_mod._prepare_train_dir(previous)  # a previous demo's run: removed, so the trainer starts afresh
+    demo_mod.prepare_train_dir(previous)  # a previous demo's run: removed, so the trainer starts afresh
     assert not previous.exists()
     out = tmp_path / "o"
     (out / "train").mkdir(parents=True)

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from openradio.distill.data import (BatchStream, ImageListDataset, ResizeCenterCrop, ResumableSampler, SampleKey,
-                                    build_dataset, collate_skip_none, make_loader, make_train_transform)
+from openradio.distill.data import (BatchStream, ImageListDataset, ResumableSampler, SampleKey, build_dataset,
+                                    collate_skip_none, make_loader)
+from openradio.distill.transforms import ResizeCenterCrop, make_train_transform
 from openradio.distill.sampling import sample_seed
 from openradio.inputs.imageio import list_images
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from openradio.cli import main
-from openradio.distill.data import BatchStream, build_dataset, make_loader, make_train_transform
+from openradio.distill.data import BatchStream, build_dataset, make_loader
+from openradio.distill.transforms import make_train_transform
 from openradio.distill.shards import ShardDataset, ShardLoader, read_shard_index, resolve_shards, write_shards
 
 

@@ -112,14 +112,14 @@ def test_mosaic_teacher_is_cached_per_view_alone(shards, tmp_path):
     """Cached mosaic targets: each view alone on the teacher's canvas. Not a live mosaic's (whose
     views see their neighbours), so no equality is claimed for mosaic partitions."""
     from openradio.distill.mosaic import pack_mosaic, unpack_features
-    from openradio.distill.trainer import build_teachers
+    from openradio.distill.teachers import build_teachers
     cfg = load_config(REPO / "configs" / "tiny.yaml", [f"data.path={shards}", f"out_dir={tmp_path / 'r'}",
                                                       *MOSAIC_ONLY])
     build_cache(cfg, tmp_path / "c", dtype="float32", progress=False)
     cache = TeacherCache(tmp_path / "c")
     sam = build_teachers(cfg, torch.device("cpu"))["sam"]
     from openradio.distill.shards import ShardDataset
-    from openradio.distill.data import ResizeCenterCrop
+    from openradio.distill.transforms import ResizeCenterCrop
     views = [(it["key"], it["image"]) for it in ShardDataset(shards, ResizeCenterCrop(64), shuffle=False)][:2]
     x = torch.stack([v for _, v in views])
     _, got = cache.lookup([k for k, _ in views], "sam", 64, 64, 128, True)
@@ -220,7 +220,7 @@ def test_cache_teachers_command_then_train_from_it(shards, tmp_path, capsys):
 def test_cache_refuses_a_changed_weights_file(shards, tmp_path):
     from safetensors.torch import save_file
 
-    from openradio.distill.trainer import build_teachers
+    from openradio.distill.teachers import build_teachers
     base = load_config(REPO / "configs" / "tiny.yaml", [f"data.path={shards}", *MOSAIC_ONLY])
     sam = build_teachers(base, torch.device("cpu"))["sam"]
     weights = tmp_path / "sam.safetensors"

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import openradio
-from openradio.formats.official import CheckpointError
+from openradio.formats.safeload import CheckpointError
 from openradio.formats.hf import save_hf
 from openradio.verify.testing import make_tiny_checkpoint
 

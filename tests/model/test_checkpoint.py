@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import openradio
-from openradio.formats.official import CheckpointError, load_checkpoint_file, save_checkpoint
+from openradio.formats.official import load_checkpoint_file, save_checkpoint
+from openradio.formats.safeload import CheckpointError
 from openradio.formats.resolve import cached_checkpoint_path
 from openradio.verify.testing import make_tiny_checkpoint
 

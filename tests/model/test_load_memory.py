@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import openradio
-from openradio.formats.official import build_radio, load_checkpoint_file, select_state
+from openradio.formats.build import build_radio
+from openradio.formats.official import load_checkpoint_file, select_state
 from openradio.verify.testing import make_tiny_checkpoint
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "load_memory.py"

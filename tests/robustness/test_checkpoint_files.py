@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 import openradio
-from openradio.formats.official import CheckpointError, load_checkpoint_file
+from openradio.formats.official import load_checkpoint_file
+from openradio.formats.safeload import CheckpointError
 
 
 def _one_line(e: BaseException) -> str:

@@ -89,7 +89,8 @@ def test_mode_switch_skips_and_counts(folders, model):
 
 
 def test_training_data_skips_and_counts(folders):
-    from openradio.distill.data import ImageListDataset, collate_skip_none, make_train_transform
+    from openradio.distill.data import ImageListDataset, collate_skip_none
+    from openradio.distill.transforms import make_train_transform
     train, _, bad = folders
     ds = ImageListDataset(train, make_train_transform(32))
     batch = collate_skip_none([ds[i] for i in range(len(ds))])

@@ -1,0 +1,227 @@
+"""The house rules the layout promises (issue 26), checked on the tree itself.
+
+The import graph of ``openradio/`` is read with ``ast`` (every import statement: module level,
+function level, ``TYPE_CHECKING`` blocks, relative ones), so a circle closed by a lazy import
+counts as much as one at the top of a module.
+"""
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PKG = ROOT / "openradio"
+MAX_ROOT_MODULES = 6  # besides __init__, __main__ and cli
+MAX_LINES = 600
+MAX_DEMO_LINES = 350
+MAX_README_LINES = 250
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def package_files() -> dict[str, Path]:
+    return {module_name(p): p for p in sorted(PKG.rglob("*.py")) if "__pycache__" not in p.parts}
+
+
+def _resolve_relative(module: str, is_package: bool, level: int, target: str | None) -> str:
+    base = module.split(".") if is_package else module.split(".")[:-1]
+    if level > 1:
+        base = base[: len(base) - (level - 1)]
+    return ".".join(base + ([target] if target else []))
+
+
+def imports_of(module: str, path: Path, known: set[str]) -> list[tuple[str, int, list[str]]]:
+    """(imported openradio module, line, names imported from it) for every import in ``path``."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    is_package = path.name == "__init__.py"
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] == "openradio":
+                    out.append((alias.name, node.lineno, []))
+        elif isinstance(node, ast.ImportFrom):
+            target = (_resolve_relative(module, is_package, node.level, node.module) if node.level
+                      else node.module or "")
+            if target.split(".")[0] != "openradio":
+                continue
+            names = [a.name for a in node.names]
+            # `from openradio.pkg import sub` imports the submodule when there is one
+            subs = [f"{target}.{n}" for n in names if f"{target}.{n}" in known]
+            rest = [n for n in names if f"{target}.{n}" not in known]
+            out.extend((s, node.lineno, []) for s in subs)
+            if rest or not subs:
+                out.append((target, node.lineno, rest))
+    return out
+
+
+def import_graph() -> dict[str, set[str]]:
+    files = package_files()
+    known = set(files)
+    graph: dict[str, set[str]] = {m: set() for m in files}
+    for module, path in files.items():
+        for target, _, _ in imports_of(module, path, known):
+            # importing a.b.c runs a/__init__ and a/b/__init__ first; only the named module counts
+            # as an edge (package __init__ files are checked as modules of their own)
+            while target not in known and "." in target:
+                target = target.rsplit(".", 1)[0]
+            if target != module and target in known:
+                graph[module].add(target)
+    return graph
+
+
+def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan), each as one circle
+    through its modules (shortest path back found by breadth-first search)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    comps: list[list[str]] = []
+    counter = [0]
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                comps.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    circles = []
+    for comp in comps:
+        members = set(comp)
+        start = comp[0]
+        prev = {start: None}
+        queue = [start]
+        found = None
+        while queue and found is None:
+            v = queue.pop(0)
+            for w in sorted(graph[v] & members):
+                if w == start:
+                    found = v
+                    break
+                if w not in prev:
+                    prev[w] = v
+                    queue.append(w)
+        path = [start]
+        v = found
+        while v is not None and v != start:
+            path.insert(1, v)
+            v = prev[v]
+        circles.append(path + [start])
+    return circles
+
+
+def test_the_cycle_finder_finds_a_circle_through_a_function_level_import(tmp_path):
+    """The finder itself: a circle closed by an import inside a function is reported, named."""
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert find_cycles(graph) == [["a", "b", "c", "a"]]
+    assert find_cycles({"a": {"b"}, "b": set()}) == []
+    src = tmp_path / "openradio" / "x.py"
+    src.parent.mkdir()
+    src.write_text("def f():\n    from openradio.y import g\n    from . import z\n")
+    found = {t for t, _, _ in imports_of("openradio.x", src, {"openradio.y", "openradio.z", "openradio"})}
+    assert found == {"openradio.y", "openradio.z"}
+
+
+def test_no_import_cycles():
+    cycles = find_cycles(import_graph())
+    assert not cycles, "import circles in openradio/ (function-level imports count):\n" + "\n".join(
+        " -> ".join(c) for c in cycles)
+
+
+def test_no_private_name_imported_across_modules():
+    files = package_files()
+    known = set(files)
+    bad = []
+    for module, path in files.items():
+        for target, line, names in imports_of(module, path, known):
+            private = [n for n in names if n.startswith("_") and not n.startswith("__")]
+            if private and target != module:
+                bad.append(f"{path.relative_to(ROOT)}:{line} imports {', '.join(private)} from {target}")
+    assert not bad, "private helpers imported across modules (make them public or move them down):\n" + "\n".join(bad)
+
+
+def test_root_modules():
+    skip = {"__init__.py", "__main__.py", "cli.py"}
+    root = sorted(p.stem for p in PKG.glob("*.py") if p.name not in skip)
+    assert len(root) <= MAX_ROOT_MODULES, f"{len(root)} modules directly in openradio/: {root}"
+
+
+def test_no_file_over_the_line_limit():
+    long = {str(p.relative_to(ROOT)): n for p in PKG.rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert not long, f"files over {MAX_LINES} lines (split them by concept): {long}"
+
+
+def test_demo_is_short():
+    demo = PKG / "demo"
+    files = list(demo.rglob("*.py")) if demo.is_dir() else [PKG / "demo.py"]
+    total = sum(len(p.read_text().splitlines()) for p in files)
+    assert total <= MAX_DEMO_LINES, f"the demo is {total} lines (at most {MAX_DEMO_LINES}): move the rest to the library"
+
+
+def test_readme_is_a_front_page():
+    n = len((ROOT / "README.md").read_text().splitlines())
+    assert n <= MAX_README_LINES, f"README.md is {n} lines (at most {MAX_README_LINES}): move the long parts to docs/"
+
+
+def architecture_entries(text: str) -> list[str]:
+    """The package paths (``openradio/...``) the architecture map names."""
+    return sorted(set(re.findall(r"`?(openradio/[\w/]*\w(?:\.py)?)/?`?", text)))
+
+
+def architecture_text() -> str:
+    doc = ROOT / "docs" / "architecture.md"
+    readme = (ROOT / "README.md").read_text()
+    m = re.search(r"^## Architecture\n(.*?)(?=^## |\Z)", readme, re.S | re.M)
+    return (m.group(1) if m else "") + (doc.read_text() if doc.is_file() else "")
+
+
+def test_every_package_the_architecture_map_names_exists():
+    text = architecture_text()
+    named = architecture_entries(text)
+    assert named, "the README's architecture section (or docs/architecture.md) names no openradio/ paths"
+    missing = [p for p in named if not (ROOT / p).exists()]
+    assert not missing, f"the architecture map names paths that do not exist: {missing}"
+
+
+def test_every_package_is_on_the_architecture_map():
+    text = architecture_text()
+    named = set(architecture_entries(text))
+    packages = sorted(str(p.parent.relative_to(ROOT)) for p in PKG.glob("*/__init__.py"))
+    absent = [p for p in packages if p not in named]
+    assert not absent, f"packages missing from the architecture map (docs/architecture.md): {absent}"
+
+
+@pytest.mark.parametrize("text,expected", [("`openradio/formats/` reads", ["openradio/formats"]),
+                                           ("openradio/cli.py and openradio/model/", ["openradio/cli.py",
+                                                                                       "openradio/model"])])
+def test_architecture_entries(text, expected):
+    assert architecture_entries(text) == expected
