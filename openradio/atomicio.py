@@ -22,7 +22,8 @@ def partial_name(path: Path, pid: int | None = None) -> Path:
     return path.with_name(f".{stem}.partial-{os.getpid() if pid is None else pid}{suffix}")
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether a local process with this pid exists (a temporary file of a dead one is stale)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -36,7 +37,7 @@ def _remove_stale(path: Path) -> None:
     stem = path.name[: -len(path.suffix)] if path.suffix else path.name
     for p in path.parent.glob(f".{stem}.partial-*{path.suffix}"):
         pid = p.name[len(stem) + 10:len(p.name) - len(path.suffix)]  # after ".{stem}.partial-"
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not alive(int(pid)):
             with contextlib.suppress(OSError):
                 p.unlink()
 

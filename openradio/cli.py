@@ -16,6 +16,7 @@ import warnings
 COMMANDS = {
     "demo": "openradio.commands.demo",
     "features": "openradio.commands.features",
+    "extract": "openradio.commands.extract",
     "viz": "openradio.commands.viz",
     "viz-video": "openradio.commands.viz_video",
     "zero-shot": "openradio.commands.zero_shot",

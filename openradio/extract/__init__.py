@@ -1,0 +1,43 @@
+"""``openradio extract``: features of millions of images or hours of video, streamed to parquet
+(+ safetensors for dense features) in parts, with bounded memory, exact resume and a manifest.
+
+The split follows the data path: :mod:`~openradio.extract.sources` (readers: folders, file lists,
+webdataset shards, videos) -> :mod:`~openradio.extract.mapper` (batches through the model) ->
+:mod:`~openradio.extract.writers` (parquet + safetensors, or clip-retrieval's layout) and
+:mod:`~openradio.extract.manifest`; :mod:`~openradio.extract.engine` runs them on one process or
+one torchrun rank. The format is specified in docs/extract.md.
+"""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import torch
+
+from openradio.formats.resolve import radio_model
+from openradio.runtime import pick_device
+from openradio.extract.engine import ExtractError, Options, run_local
+from openradio.extract.manifest import FORMAT
+from openradio.extract.writers import read_features, read_table
+
+__all__ = ["extract", "read", "read_features", "ExtractError", "Options", "FORMAT"]
+
+
+def read(url: str):
+    """The embeddings of an extract folder as one pyarrow Table (every complete part, in order)."""
+    return read_table(url)
+
+
+def extract(sources: Sequence[str], model: "str | torch.nn.Module", out: str, **options) -> dict:
+    """Run an extraction (or resume it) and return the manifest. ``model`` is a version name, a
+    checkpoint path or a loaded model; ``options`` are :class:`Options`' fields."""
+    opts = Options(**options)
+    version = model if isinstance(model, str) else getattr(model, "version", None)
+    if isinstance(model, str):
+        model = radio_model(model, adaptor_names=list(opts.adaptors) or None,
+                            vitdet_window_size=opts.vitdet_window, progress=opts.progress)
+    device = pick_device(opts.device)
+    if device.type == "cuda" and "LOCAL_RANK" in os.environ:  # torchrun: one GPU per rank
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    model = model.to(device).eval()
+    return run_local(list(sources), model, out, opts, version=str(version) if version else None)
