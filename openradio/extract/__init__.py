@@ -40,4 +40,7 @@ def extract(sources: Sequence[str], model: "str | torch.nn.Module", out: str, **
     if device.type == "cuda" and "LOCAL_RANK" in os.environ:  # torchrun: one GPU per rank
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     model = model.to(device).eval()
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not torch.distributed.is_initialized():
+        # torchrun: ranks share nothing but the final barrier (gloo on CPUs, nccl on GPUs)
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return run_local(list(sources), model, out, opts, version=str(version) if version else None)

@@ -277,3 +277,23 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(folder, tiny_checkpoint,
         fa, fb = read_features(str(ref_dir), k), read_features(str(dir_), k)
         assert fa.keys() == fb.keys() and all(torch.equal(fa[n], fb[n]) for n in fa)
     assert not [p for p in dir_.rglob("*") if ".partial-" in p.name]
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_give_the_rows_of_one(folder, tiny_checkpoint, tmp_path):
+    common = [str(folder), "--version", str(tiny_checkpoint), "--part-size", "3", "--batch-size", "2",
+              "--resolution", "64", "--no-progress", "--workers", "0", "--features", "pooled:1"]
+    one = _subprocess_run([*common, "--out", str(tmp_path / "one")])
+    assert one.returncode == 0, one.stderr
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m",
+                          "openradio.extract", *common, "--out", str(tmp_path / "two")],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-2000:]
+    man = json.loads((tmp_path / "two" / "manifest.json").read_text())
+    assert man["complete"] and {e["rank"] for e in man["parts"].values()} == {0, 1}
+    assert man["last_run"]["world_size"] == 2
+    assert read(str(tmp_path / "one")).equals(read(str(tmp_path / "two")))
+    for k in range(man["num_parts"]):
+        a, b = read_features(str(tmp_path / "one"), k), read_features(str(tmp_path / "two"), k)
+        assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
