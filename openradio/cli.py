@@ -17,6 +17,7 @@ COMMANDS = {
     "demo": "openradio.commands.demo",
     "features": "openradio.commands.features",
     "extract": "openradio.commands.extract",
+    "search": "openradio.commands.search",
     "viz": "openradio.commands.viz",
     "viz-video": "openradio.commands.viz_video",
     "zero-shot": "openradio.commands.zero_shot",

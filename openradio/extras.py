@@ -20,6 +20,12 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "transformers": ("hf", "transformers"),
     "onnx": ("onnx", "onnx"),
     "onnxruntime": ("onnx", "onnxruntime"),
+    "pyarrow": ("extract", "pyarrow"),
+    "fsspec": ("extract", "fsspec"),
+    "braceexpand": ("extract", "braceexpand"),
+    "faiss": ("faiss", "faiss-cpu"),
+    "ray": ("ray", "ray[data]"),
+    "s3fs": ("s3", "s3fs"),
 }
 
 

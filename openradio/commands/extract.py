@@ -53,6 +53,10 @@ def run(args: argparse.Namespace) -> int:
     import importlib
 
     from openradio.cli import CLIError, parse_adaptors
+    from openradio.extras import require
+
+    for module in ("pyarrow", "fsspec", "braceexpand"):  # before the package that imports them
+        require(module, "openradio extract")
     from openradio.extract import ExtractError
     from openradio.extract.sources import SourceError
 
