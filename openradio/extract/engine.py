@@ -177,6 +177,7 @@ def run_local(sources: Sequence[str], model: torch.nn.Module, out: str, opts: Op
                 skipped[reason] = skipped.get(reason, 0) + 1
         entry = {"rows": len(acc), "ok": len(acc) - sum(skipped.values()), "skipped": skipped, "files": files,
                  "rank": rank, "seconds": {k2: round(v, 4) for k2, v in secs.items()}}
+        kill_point("commit")  # the part's files are complete, its manifest entry not yet written
         manifest.commit_part(store, k, entry)
         manifest.write(store, header)
         for k2 in secs:

@@ -1,6 +1,7 @@
 """A test hook: ``OPENRADIO_EXTRACT_TEST_KILL=point:n`` SIGKILLs the run the n-th time it reaches
 ``point`` (``batch``: after a batch's forward pass; ``part``: after a part's parquet or metadata
-file is written under its temporary name, before the rename; ``manifest``: while the manifest is
+file is written under its temporary name, before the rename; ``commit``: after a part's
+files are renamed, before its manifest entry; ``manifest``: while the manifest is
 written, before its rename). The kill tests use it to stop a run at exact moments; unset, it costs
 one dictionary lookup."""
 from __future__ import annotations
