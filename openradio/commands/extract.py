@@ -16,7 +16,7 @@ Rerun the same command to resume: complete parts are kept, the rest is redone. O
 reading it back (pyarrow, pandas, datasets, openradio.extract.read): docs/extract.md."""
 
 # --engine name -> "module:function" taking (args) and returning the manifest dict
-ENGINES = {"local": "openradio.extract:extract"}
+ENGINES = {"local": "openradio.extract:extract", "ray": "openradio.ray:run_ray"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

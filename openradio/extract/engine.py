@@ -8,6 +8,7 @@ same in every run, resumed or not, on any rank. A part is written when its last 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
@@ -101,138 +102,167 @@ def dist_info() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-def run_local(sources: Sequence[str], model: torch.nn.Module, out: str, opts: Options,
-              version: str | None = None, log: Callable[[str], None] = print) -> dict:
-    rank, world = dist_info()
-    store = Store(out)
-    try:
-        store.check_writable()
-    except OSError as e:
-        raise ExtractError(f"cannot write to {out}: {e.strerror or e}") from None
-    rows = list_rows(sources, fps=opts.fps)
-    device = next(model.parameters()).device
-    dtype_name = opts.dtype or ("bfloat16" if device.type == "cuda" else "float32")
-    if dtype_name not in DTYPES:
-        raise ExtractError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype_name}")
-    if opts.features_dtype not in ("float16", "float32"):
-        raise ExtractError(f"--features-dtype must be float16 or float32, got {opts.features_dtype}")
-    mapper = Mapper(model, opts.adaptors, opts.features, DTYPES[opts.features_dtype], DTYPES[dtype_name],
-                    opts.resolution, opts.square, batch_size=opts.batch_size)
-    part_size = opts.part_size or (256 if mapper.mode == "full" else 10000)
-    if part_size < 1 or opts.batch_size < 1:
-        raise ExtractError("--part-size and --batch-size must be at least 1")
-    if opts.compile:
-        mapper.model = torch.compile(mapper.model)
-    dims = mapper.dims()
-    num_parts = max(1, math.ceil(len(rows) / part_size))
-    header = {
-        "format": manifest.FORMAT, "layout": opts.layout,
-        "model": {"version": version, "digest": model_digest(model)},
-        "options": {"adaptors": list(opts.adaptors), "resolution": mapper.resolution, "square": opts.square,
-                    "vitdet_window": opts.vitdet_window, "batch_size": opts.batch_size, "dtype": dtype_name,
-                    "device": device.type, "features": opts.features, "features_dtype": opts.features_dtype,
-                    "fps": opts.fps, "min_size": opts.min_size},
-        "sources": [str(s) for s in sources], "rows": len(rows), "rows_digest": rows_digest(rows),
-        "part_size": part_size, "num_parts": num_parts, "columns": dims,
-    }
-    existing = manifest.read(store)
-    if existing is not None and opts.overwrite and rank == 0:
-        for d in ("embeddings", "features", "img_emb", "metadata", "manifest.d"):
-            store.remove_tree(d)
-        existing = None
-    if existing is not None:
+class Job:
+    """One rank's run: the checked output folder, the rows, the mapper, the manifest header and the
+    parts still to do; :meth:`add` collects finished rows, :meth:`finish_part` writes and commits
+    a part, :meth:`close` writes the final manifest. Both engines (local, Ray) drive one."""
+
+    def __init__(self, sources: Sequence[str], model: torch.nn.Module, out: str, opts: Options,
+                 version: str | None = None, rank: int = 0, world: int = 1, log: Callable[[str], None] = print):
+        self.opts, self.rank, self.world, self.out = opts, rank, world, out
+        self.store = store = Store(out)
         try:
-            manifest.check_same(existing, header, out)
-        except manifest.ManifestMismatch as e:
-            raise ExtractError(str(e)) from None
-    else:
-        manifest.write(store, header)
-    done = manifest.entries(store)
-    todo = [k for k in range(rank, num_parts, world) if f"{k:05d}" not in done]
-    if done and todo and rank == 0:
-        log(f"resuming: {len(done)} of {num_parts} part(s) already complete")
+            store.check_writable()
+        except OSError as e:
+            raise ExtractError(f"cannot write to {out}: {e.strerror or e}") from None
+        self.rows = rows = list_rows(sources, fps=opts.fps)
+        self.device = device = next(model.parameters()).device
+        dtype_name = opts.dtype or ("bfloat16" if device.type == "cuda" else "float32")
+        if dtype_name not in DTYPES:
+            raise ExtractError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype_name}")
+        if opts.features_dtype not in ("float16", "float32"):
+            raise ExtractError(f"--features-dtype must be float16 or float32, got {opts.features_dtype}")
+        self.mapper = mapper = Mapper(model, opts.adaptors, opts.features, DTYPES[opts.features_dtype],
+                                      DTYPES[dtype_name], opts.resolution, opts.square, batch_size=opts.batch_size)
+        self.part_size = part_size = opts.part_size or (256 if mapper.mode == "full" else 10000)
+        if part_size < 1 or opts.batch_size < 1:
+            raise ExtractError("--part-size and --batch-size must be at least 1")
+        self.dims = mapper.dims()
+        if opts.compile:
+            mapper.model = torch.compile(mapper.model)
+        self.num_parts = num_parts = max(1, math.ceil(len(rows) / part_size))
+        self.header = {
+            "format": manifest.FORMAT, "layout": opts.layout, "engine": opts.extra.get("engine", "local"),
+            "model": {"version": version, "digest": model_digest(model)},
+            "options": {"adaptors": list(opts.adaptors), "resolution": mapper.resolution, "square": opts.square,
+                        "vitdet_window": opts.vitdet_window, "batch_size": opts.batch_size, "dtype": dtype_name,
+                        "device": device.type, "features": opts.features, "features_dtype": opts.features_dtype,
+                        "fps": opts.fps, "min_size": opts.min_size},
+            "sources": [str(s) for s in sources], "rows": len(rows), "rows_digest": rows_digest(rows),
+            "part_size": part_size, "num_parts": num_parts, "columns": self.dims,
+        }
+        existing = manifest.read(store)
+        if existing is not None and opts.overwrite and rank == 0:
+            for d in ("embeddings", "features", "img_emb", "metadata", "manifest.d"):
+                store.remove_tree(d)
+            existing = None
+        if existing is not None:
+            try:
+                manifest.check_same(existing, self.header, out)
+            except manifest.ManifestMismatch as e:
+                raise ExtractError(str(e)) from None
+        else:
+            manifest.write(store, self.header)
+        done = manifest.entries(store)
+        self.todo = [k for k in range(rank, num_parts, world) if f"{k:05d}" not in done]
+        if done and self.todo and rank == 0:
+            log(f"resuming: {len(done)} of {num_parts} part(s) already complete")
+        self.secs = {"read": 0.0, "inference": 0.0, "write": 0.0}
+        self.acc: dict[int, list[dict]] = {}  # part -> its finished rows
+        self.t_start = time.perf_counter()
+        self.processed = 0
 
-    # batches never cross a part: (part, [row indices])
-    batches = [list(range(s, min(s + opts.batch_size, (k + 1) * part_size, len(rows))))
-               for k in todo for s in range(k * part_size, min((k + 1) * part_size, len(rows)), opts.batch_size)]
-    dataset = RowDataset(rows, mapper.resize, opts.min_size)
-    loader = DataLoader(dataset, batch_sampler=batches, num_workers=opts.workers, collate_fn=_collate,
-                        pin_memory=device.type == "cuda", prefetch_factor=2 if opts.workers else None)
-    total = sum(len(b) for b in batches)
-    bar = tqdm(total=total, desc=f"extract{f' rank {rank}' if world > 1 else ''}", unit="image",
-               disable=not opts.progress, smoothing=0.1)
-    t_start = time.perf_counter()
-    current, acc = None, []
-    secs = {"read": 0.0, "inference": 0.0, "write": 0.0}
-    wait0 = time.perf_counter()
+    def part_rows(self, k: int) -> range:
+        return range(k * self.part_size, min((k + 1) * self.part_size, len(self.rows)))
 
-    def finish(k: int) -> None:
-        acc.sort(key=lambda r: r["index"])
-        files, w = write_part(store, k, acc, dims, opts.layout, features=mapper.mode != "none")
-        secs["write"] += w
+    def row(self, i: int, status: str, width=None, height=None, x_shape=None, cols=None, n=0) -> dict:
+        r = {"index": i, "key": self.rows[i].key, "source": self.rows[i].source, "width": width, "height": height,
+             "status": status, "input_height": None, "input_width": None}
+        if status == "ok":
+            r["input_height"], r["input_width"] = int(x_shape[-2]), int(x_shape[-1])
+            for c in self.dims:
+                r[c] = cols[c][n]
+            if "features" in cols:
+                r["features"] = cols["features"][n]
+        return r
+
+    def add(self, rows: list[dict]) -> None:
+        for r in rows:
+            self.acc.setdefault(r["index"] // self.part_size, []).append(r)
+        self.processed += len(rows)
+
+    def finish_part(self, k: int) -> None:
+        acc = sorted(self.acc.pop(k, []), key=lambda r: r["index"])
+        files, w = write_part(self.store, k, acc, self.dims, self.opts.layout, features=self.mapper.mode != "none")
+        self.secs["write"] += w
         skipped: dict[str, int] = {}
         for r in acc:
             if r["status"] != "ok":
                 reason = r["status"].split(":", 1)[0]
                 skipped[reason] = skipped.get(reason, 0) + 1
         entry = {"rows": len(acc), "ok": len(acc) - sum(skipped.values()), "skipped": skipped, "files": files,
-                 "rank": rank, "seconds": {k2: round(v, 4) for k2, v in secs.items()}}
+                 "rank": self.rank, "seconds": {k2: round(v, 4) for k2, v in self.secs.items()}}
         kill_point("commit")  # the part's files are complete, its manifest entry not yet written
-        manifest.commit_part(store, k, entry)
-        manifest.write(store, header)
-        for k2 in secs:
-            secs[k2] = 0.0
+        manifest.commit_part(self.store, k, entry)
+        manifest.write(self.store, self.header)
+        self.secs = {k2: 0.0 for k2 in self.secs}
 
+    def close(self) -> dict:
+        elapsed = time.perf_counter() - self.t_start
+        if self.world > 1 and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+        if self.rank != 0:
+            return {}
+        t = manifest.totals(manifest.entries(self.store))
+        skipped = t["rows"] - t["ok"]
+        why = f" ({', '.join(f'{n} {r}' for r, n in t['skipped'].items())})" if skipped else ""
+        rate = self.processed / elapsed if elapsed > 0 else 0.0
+        end_line = f"{t['ok']} ok, {skipped} skipped{why}, {rate:.1f} images/s, {elapsed:.1f} s"
+        doc = manifest.write(self.store, self.header, {"last_run": {
+            "rows": self.processed, "seconds": round(elapsed, 3), "images_per_s": round(rate, 3),
+            "world_size": self.world, "end_line": end_line}})
+        if not doc["complete"]:
+            raise ExtractError(f"{self.num_parts - len(doc['parts'])} part(s) are not complete (another rank still "
+                               "running or stopped): rerun the same command to finish them")
+        return doc
+
+
+@contextlib.contextmanager
+def write_errors(out: str):
+    """An OSError while writing becomes one line that says nothing half-written is left."""
     try:
-        for items in loader:
-            secs["read"] += time.perf_counter() - wait0
-            k = items[0][0] // part_size
-            if current is not None and k != current:
-                finish(current)
-                acc = []
-            current = k
-            ok = [it for it in items if it[1] is not None]
-            t0 = time.perf_counter()
-            cols = mapper([it[1] for it in ok]) if ok else {}
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            secs["inference"] += time.perf_counter() - t0
-            kill_point("batch")
-            j = {it[0]: n for n, it in enumerate(ok)}
-            for i, x, w, h, status, _ in items:
-                r = {"index": i, "key": rows[i].key, "source": rows[i].source, "width": w, "height": h,
-                     "status": status, "input_height": None, "input_width": None}
-                if status == "ok":
-                    n = j[i]
-                    r["input_height"], r["input_width"] = int(x.shape[-2]), int(x.shape[-1])
-                    for c in dims:
-                        r[c] = cols[c][n]
-                    if "features" in cols:
-                        r["features"] = cols["features"][n]
-                acc.append(r)
-            bar.update(len(items))
-            wait0 = time.perf_counter()
-        if current is not None:
-            finish(current)
+        yield
     except OSError as e:
         raise ExtractError(f"cannot write to {out}: {e.strerror or e} (nothing half-written is left; "
                            "free space or fix permissions and rerun the same command to resume)") from None
-    finally:
-        bar.close()
-    elapsed = time.perf_counter() - t_start
-    if world > 1 and torch.distributed.is_initialized():
-        torch.distributed.barrier()
-    if rank != 0:
-        return {}
-    t = manifest.totals(manifest.entries(store))
-    skipped = t["rows"] - t["ok"]
-    why = f" ({', '.join(f'{n} {r}' for r, n in t['skipped'].items())})" if skipped else ""
-    rate = total / elapsed if elapsed > 0 else 0.0
-    end_line = f"{t['ok']} ok, {skipped} skipped{why}, {rate:.1f} images/s, {elapsed:.1f} s"
-    doc = manifest.write(store, header, {"last_run": {"rows": total, "seconds": round(elapsed, 3),
-                                                      "images_per_s": round(rate, 3), "world_size": world,
-                                                      "end_line": end_line}})
-    if not doc["complete"]:
-        raise ExtractError(f"{num_parts - len(doc['parts'])} part(s) are not complete (another rank still "
-                           "running or stopped): rerun the same command to finish them")
-    return doc
+
+
+def run_local(sources: Sequence[str], model: torch.nn.Module, out: str, opts: Options,
+              version: str | None = None, log: Callable[[str], None] = print) -> dict:
+    rank, world = dist_info()
+    job = Job(sources, model, out, opts, version, rank, world, log)
+    bs = opts.batch_size
+    # batches never cross a part, so a part's batches (and bits) are the same in every run
+    batches = [list(range(s, min(s + bs, job.part_rows(k).stop))) for k in job.todo for s in job.part_rows(k)[::bs]]
+    dataset = RowDataset(job.rows, job.mapper.resize, opts.min_size)
+    loader = DataLoader(dataset, batch_sampler=batches, num_workers=opts.workers, collate_fn=_collate,
+                        pin_memory=job.device.type == "cuda", prefetch_factor=2 if opts.workers else None)
+    bar = tqdm(total=sum(len(b) for b in batches), desc=f"extract{f' rank {rank}' if world > 1 else ''}",
+               unit="image", disable=not opts.progress, smoothing=0.1)
+    current = None
+    wait0 = time.perf_counter()
+    with write_errors(out):
+        try:
+            for items in loader:
+                job.secs["read"] += time.perf_counter() - wait0
+                k = items[0][0] // job.part_size
+                if current is not None and k != current:
+                    job.finish_part(current)
+                current = k
+                ok = [it for it in items if it[1] is not None]
+                t0 = time.perf_counter()
+                cols = job.mapper([it[1] for it in ok]) if ok else {}
+                if job.device.type == "cuda":
+                    torch.cuda.synchronize()
+                job.secs["inference"] += time.perf_counter() - t0
+                kill_point("batch")
+                j = {it[0]: n for n, it in enumerate(ok)}
+                job.add([job.row(i, status, w, h, x.shape if x is not None else None, cols, j.get(i, 0))
+                         for i, x, w, h, status, _ in items])
+                bar.update(len(items))
+                wait0 = time.perf_counter()
+            if current is not None:
+                job.finish_part(current)
+        finally:
+            bar.close()
+    return job.close()

@@ -202,10 +202,11 @@ def decode_bytes(data: bytes, min_size: int) -> tuple[torch.Tensor, int, int]:
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         reason = (str(e).splitlines() or [type(e).__name__])[0]
         raise Skip(f"unreadable: {reason}") from None
-    return _checked(t, min_size)
+    return check_size(t, min_size)
 
 
-def _checked(t: torch.Tensor, min_size: int) -> tuple[torch.Tensor, int, int]:
+def check_size(t: torch.Tensor, min_size: int) -> tuple[torch.Tensor, int, int]:
+    """The image and its width, height; :class:`Skip` (too_small) when a side is below ``min_size``."""
     h, w = int(t.shape[-2]), int(t.shape[-1])
     if min(h, w) < min_size:
         raise Skip(f"too_small: {w}x{h} below --min-size {min_size}")
@@ -272,7 +273,7 @@ def read_row(row: Row, min_size: int, videos: VideoFrames | None = None) -> tupl
 
         try:
             frame = (videos or VideoFrames()).frame(row.url, row.time)
-            return _checked(image_to_tensor(frame.to_ndarray(format="rgb24")), min_size)
+            return check_size(image_to_tensor(frame.to_ndarray(format="rgb24")), min_size)
         except av.error.FFmpegError as e:
             raise Skip(f"unreadable: {e}") from None
     try:
