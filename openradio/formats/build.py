@@ -176,9 +176,9 @@ def _check_materialized(model: nn.Module, cfg: BackboneConfig) -> None:
 
 def _check_prefix_layout(model: nn.Module, cfg: BackboneConfig) -> None:
     gen = model.patch_generator
-    if getattr(model, "summary_is_first_token", False) and gen.num_skip != model.num_summary_tokens:
+    if getattr(model, "summary_is_first_token", False) and gen.num_prefix_tokens != model.num_prefix_tokens:
         warnings.warn(
-            f"{cfg.arch}: the patch generator has {gen.num_skip} prefix tokens but the DINOv2 student "
-            f"reads features from token {model.num_summary_tokens} (as the official code does): NLC features "
+            f"{cfg.arch}: the patch generator has {gen.num_prefix_tokens} prefix tokens but the DINOv2 student "
+            f"reads features from token {model.num_prefix_tokens} (as the official code does): NLC features "
             "will include or lose prefix tokens and NCHW output will fail. The checkpoint's args "
             "(cls_token_per_teacher / cpe_num_registers) do not match the released layout.", stacklevel=4)

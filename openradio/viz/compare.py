@@ -13,7 +13,8 @@ from typing import Mapping, Sequence
 import torch
 
 from openradio.eval.mode_switch import align_teacher, teacher_resolution
-from openradio.viz.features import model_features, prepare_input, supported_resolution
+from openradio.runtime import supported_resolution
+from openradio.viz.features import model_features, prepare_input
 from openradio.viz.pca import fit_pca_on_maps, pca_rgb
 from openradio.viz.render import Rendered, model_grid
 
