@@ -16,6 +16,7 @@ model input ``[height, width]``), ``images`` (per image: the source path), ``req
     with safe_open("feats.safetensors", "pt") as f:
         feats = f.get_tensor("cat/backbone/features")   # (1, C, h, w)
 """
+
 from __future__ import annotations
 
 import json
@@ -68,8 +69,10 @@ def read_features(path: str | os.PathLike) -> tuple[dict[str, dict[str, dict[str
         fmt = str(meta.get("format", ""))
         name, _, version = fmt.partition("/")
         if name != FORMAT_NAME or not version.isdigit():
-            raise ValueError(f"{path} is not an openradio features file (format {fmt or 'missing'!r}, "
-                             f"expected {FORMAT!r}); write one with `openradio features`")
+            raise ValueError(
+                f"{path} is not an openradio features file (format {fmt or 'missing'!r}, "
+                f"expected {FORMAT!r}); write one with `openradio features`"
+            )
         if int(version) > FORMAT_VERSION:
             raise ValueError(f"{path} is in {fmt}, newer than this openradio reads ({FORMAT}); upgrade openradio")
         for key in f.keys():

@@ -4,6 +4,7 @@ The import graph of ``openradio/`` is read with ``ast`` (every import statement:
 function level, ``TYPE_CHECKING`` blocks, relative ones), so a circle closed by a lazy import
 counts as much as one at the top of a module.
 """
+
 from __future__ import annotations
 
 import ast
@@ -49,8 +50,7 @@ def imports_of(module: str, path: Path, known: set[str]) -> list[tuple[str, int,
                 if alias.name.split(".")[0] == "openradio":
                     out.append((alias.name, node.lineno, []))
         elif isinstance(node, ast.ImportFrom):
-            target = (_resolve_relative(module, is_package, node.level, node.module) if node.level
-                      else node.module or "")
+            target = _resolve_relative(module, is_package, node.level, node.module) if node.level else node.module or ""
             if target.split(".")[0] != "openradio":
                 continue
             names = [a.name for a in node.names]
@@ -153,7 +153,8 @@ def test_the_cycle_finder_finds_a_circle_through_a_function_level_import(tmp_pat
 def test_no_import_cycles():
     cycles = find_cycles(import_graph())
     assert not cycles, "import circles in openradio/ (function-level imports count):\n" + "\n".join(
-        " -> ".join(c) for c in cycles)
+        " -> ".join(c) for c in cycles
+    )
 
 
 def test_no_private_name_imported_across_modules():
@@ -175,8 +176,9 @@ def test_root_modules():
 
 
 def test_no_file_over_the_line_limit():
-    long = {str(p.relative_to(ROOT)): n for p in PKG.rglob("*.py")
-            if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    long = {
+        str(p.relative_to(ROOT)): n for p in PKG.rglob("*.py") if (n := len(p.read_text().splitlines())) > MAX_LINES
+    }
     assert not long, f"files over {MAX_LINES} lines (split them by concept): {long}"
 
 
@@ -184,7 +186,9 @@ def test_demo_is_short():
     demo = PKG / "demo"
     files = list(demo.rglob("*.py")) if demo.is_dir() else [PKG / "demo.py"]
     total = sum(len(p.read_text().splitlines()) for p in files)
-    assert total <= MAX_DEMO_LINES, f"the demo is {total} lines (at most {MAX_DEMO_LINES}): move the rest to the library"
+    assert total <= MAX_DEMO_LINES, (
+        f"the demo is {total} lines (at most {MAX_DEMO_LINES}): move the rest to the library"
+    )
 
 
 def test_readme_is_a_front_page():
@@ -220,8 +224,12 @@ def test_every_package_is_on_the_architecture_map():
     assert not absent, f"packages missing from the architecture map (docs/architecture.md): {absent}"
 
 
-@pytest.mark.parametrize("text,expected", [("`openradio/formats/` reads", ["openradio/formats"]),
-                                           ("openradio/cli.py and openradio/model/", ["openradio/cli.py",
-                                                                                       "openradio/model"])])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("`openradio/formats/` reads", ["openradio/formats"]),
+        ("openradio/cli.py and openradio/model/", ["openradio/cli.py", "openradio/model"]),
+    ],
+)
 def test_architecture_entries(text, expected):
     assert architecture_entries(text) == expected
