@@ -50,6 +50,7 @@ __all__ = [
     "backbone_state_from_official",
     "backbone_state_to_official",
     "set_teacher_fields",
+    "set_text_towers",
     "CheckpointError",
 ]
 
@@ -452,3 +453,15 @@ def set_teacher_fields(path: str | os.PathLike, fields: dict[str, dict[str, Any]
         epoch=chk.get("epoch", 0),
         arch=chk.get("arch"),
     )
+
+
+def set_text_towers(path: str | os.PathLike, towers: dict[str, tuple[str | os.PathLike, str | os.PathLike]]) -> Path:
+    """Name each teacher's text tower (``{teacher: (open_clip config JSON, weights)}``) in its entry of the
+    checkpoint's ``args.teachers`` (``text_model``/``text_weights``, relative to the checkpoint's folder,
+    which is how :func:`openradio.model.text.text_tower_source` resolves them)."""
+    folder = Path(path).parent
+    fields = {
+        name: {"text_model": os.path.relpath(cfg, folder), "text_weights": os.path.relpath(weights, folder)}
+        for name, (cfg, weights) in towers.items()
+    }
+    return set_teacher_fields(path, fields)

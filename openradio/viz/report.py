@@ -113,6 +113,17 @@ class Report:
         self.sections.append((title, list(items)))
         return self
 
+    def timings_section(self, timings: Mapping[str, float], title: str = "Timings") -> "Report":
+        """A table of seconds per phase (e.g. :class:`openradio.runtime.PhaseTimer`'s ``timings``)."""
+        return self.section(title, Table(["phase", "seconds"], [[k, f"{v:.1f}"] for k, v in timings.items()]))
+
+    def files_section(self, folder: str | os.PathLike, skip: Sequence[str] = (), extra: Sequence[str] = ()) -> "Report":
+        """The files in ``folder`` (relative paths; top-level entries in ``skip`` left out), then ``extra`` lines."""
+        folder = Path(folder)
+        files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+        files = [f for f in files if f.split("/")[0] not in skip] + list(extra)
+        return self.section("Files", Paragraph(", ".join(files)))
+
     def to_markdown(self) -> str:
         md = [f"# {self.title}", "", markdown_table(["", ""], [[k, v] for k, v in self.facts]), ""]
         md += [n + "\n" for n in self.notes]

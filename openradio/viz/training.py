@@ -6,14 +6,23 @@ from __future__ import annotations
 import csv
 import math
 import os
+import shutil
 import statistics
 from pathlib import Path
 from typing import Any, Sequence
 
 from openradio.viz.plots import new_figure, save_figure
-from openradio.viz.report import Table, fmt_number
+from openradio.viz.report import Image, Item, Paragraph, Table, fmt_number
 
-__all__ = ["read_metrics", "plot_training_curves", "loss_table", "tail_median", "as_float", "training_summary"]
+__all__ = [
+    "training_section",
+    "read_metrics",
+    "plot_training_curves",
+    "loss_table",
+    "tail_median",
+    "as_float",
+    "training_summary",
+]
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:
@@ -108,3 +117,19 @@ def plot_training_curves(metrics: Sequence[dict], path: str | os.PathLike) -> Pa
     )
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def training_section(metrics_csv: str | os.PathLike, folder: str | os.PathLike, note: str = "") -> tuple[list, dict]:
+    """A run's ``metrics.csv`` as report items: copied into ``folder`` (``training_metrics.csv``), plotted
+    (``training.png``), its losses tabled, ``note`` under them; and :func:`training_summary` (empty
+    without steps)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(metrics_csv, folder / "training_metrics.csv")
+    metrics = read_metrics(metrics_csv)
+    items: list[Item] = [Paragraph("Full metrics: training_metrics.csv")]
+    if not metrics:
+        return items, {}
+    plot_training_curves(metrics, folder / "training.png")
+    image = Image("training.png", "Per-teacher losses during distillation (log scale)")
+    return [image, loss_table(metrics)] + ([Paragraph(note)] if note else []) + items, training_summary(metrics)
