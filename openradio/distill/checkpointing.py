@@ -33,6 +33,8 @@ from typing import Any, Optional, Union
 import numpy as np
 import torch
 
+from openradio.formats.safeload import safe_torch_load
+
 __all__ = ["CheckpointManager", "capture_rng_state", "restore_rng_state", "check_weights_only", "FORMAT"]
 
 FORMAT = "openradio-train-state/1"
@@ -160,7 +162,6 @@ class CheckpointManager:
 
     def load(self, step: int, map_location: Any = "cpu") -> dict:
         """The state saved at ``step`` (raises if missing or unreadable)."""
-        from openradio.formats.safeload import safe_torch_load
 
         path = self.path_for(step)
         obj = safe_torch_load(path, "training checkpoint")  # one line for a corrupt or unsafe file

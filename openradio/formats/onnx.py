@@ -9,6 +9,7 @@ onnxscript), so the position-grid resampling stays a function of the input size.
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 from typing import Optional, Sequence
@@ -83,7 +84,6 @@ def export_onnx(
         )
     export_model = model
     if set(names) != set(model.adaptors):  # a shallow copy without the unwanted heads
-        import copy
 
         export_model = copy.copy(model)
         export_model._modules = dict(model._modules)

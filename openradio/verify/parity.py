@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
+from torch import nn
 
+import openradio
 from openradio.runtime import cpu_flags, cpu_model
 
 FORMAT = "radio-parity-fixtures/1"
@@ -191,7 +193,6 @@ class ModelCache:
         self._models: dict = {}
 
     def get(self, checkpoint: str, adaptor_names, window):
-        import openradio
         key = (checkpoint, tuple(adaptor_names or ()), window)
         if key not in self._models:
             self._models[key] = openradio.radio_model(str(self.fixdir / checkpoint),
@@ -253,7 +254,6 @@ def summarize(results: list[Comparison]) -> dict:
 
 def model_properties(model) -> dict:
     """The properties a fixture's ``properties`` records, read from an openradio model."""
-    from torch import nn
 
     block = model.blocks[0]
     return {
