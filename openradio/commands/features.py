@@ -64,6 +64,7 @@ def _check_out(out: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # the command's stack is imported when it runs: `openradio --help` and the other commands stay fast
     import torch
     from tqdm.auto import tqdm
 

@@ -26,6 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # the command's stack is imported when it runs: `openradio --help` and the other commands stay fast
     from openradio import radio_model
     from openradio.runtime import pick_device
     from openradio.eval.data import read_labelled_images, write_csv

@@ -11,8 +11,8 @@ from typing import NamedTuple, Sequence
 import torch
 from torch import Tensor, nn
 
-from openradio.runtime import autocast, default_resolution, model_resolution, module_device, supported_resolution
 from openradio.inputs.imageio import resize_center_crop, resize_to_multiple
+from openradio.runtime import autocast, model_resolution, module_device, supported_resolution
 from openradio.viz.pca import PCAStats, fit_pca_on_maps, pca_rgb
 
 __all__ = [
