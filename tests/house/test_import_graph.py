@@ -11,6 +11,8 @@ import ast
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 PKG = ROOT / "openradio"
 MAX_ROOT_MODULES = 6  # besides __init__, __main__ and cli
@@ -214,23 +216,32 @@ def architecture_entries(text: str) -> list[str]:
     return []
 
 
-def architecture_text() -> str:
-    return (ROOT / "docs" / "architecture.md").read_text()
+MAPS = {"README.md": ROOT / "README.md", "docs/architecture.md": ROOT / "docs" / "architecture.md"}
 
 
-def test_the_architecture_map_names_only_what_exists():
-    named = architecture_entries(architecture_text())
-    assert len(named) >= 10, "docs/architecture.md draws no map of openradio/ (a block starting 'openradio/')"
+def architecture_text(page: str) -> str:
+    text = MAPS[page].read_text()
+    if page == "README.md":  # the README's map is its Architecture section's
+        m = re.search(r"^## Architecture\n(.*?)(?=^## |\Z)", text, re.S | re.M)
+        text = m.group(1) if m else ""
+    return text
+
+
+@pytest.mark.parametrize("page", sorted(MAPS))
+def test_the_architecture_map_names_only_what_exists(page):
+    named = architecture_entries(architecture_text(page))
+    assert len(named) >= 10, f"{page} draws no map of openradio/ (a block starting 'openradio/')"
     missing = [p for p in named if not (ROOT / p).exists()]
-    assert not missing, f"docs/architecture.md names paths that do not exist: {missing}"
+    assert not missing, f"{page}'s architecture map names paths that do not exist: {missing}"
 
 
-def test_every_room_is_on_the_architecture_map():
-    named = set(architecture_entries(architecture_text()))
+@pytest.mark.parametrize("page", sorted(MAPS))
+def test_every_room_is_on_the_architecture_map(page):
+    named = set(architecture_entries(architecture_text(page)))
     rooms = sorted(f"openradio/{p.parent.name}" for p in PKG.glob("*/__init__.py"))
     rooms += sorted(f"openradio/{p.name}" for p in PKG.glob("*.py") if p.name != "__main__.py")
     absent = [r for r in rooms if r not in named]
-    assert not absent, f"rooms missing from the map in docs/architecture.md (one line each): {absent}"
+    assert not absent, f"rooms missing from the architecture map in {page} (one line each): {absent}"
 
 
 def test_the_readme_links_the_architecture_map():
