@@ -21,7 +21,6 @@ Reading a native folder needs only safetensors (no transformers, no repository c
 layouts are accepted: the checkpoint layout ``save_pretrained`` writes (``radio_model.model.blocks.N
 .attn.qkv``) and the module layout (``encoder.layer.N.attention.q_proj``).
 """
-
 from __future__ import annotations
 
 import argparse
@@ -32,8 +31,9 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
+
+from safetensors.torch import load_file, save_file
 
 from openradio.formats.build import build_radio, finish_loaded, preferred
 from openradio.formats.official import jsonable_args, make_args, official_state_dict, parse_dtype
@@ -44,15 +44,8 @@ from openradio.model.radio import RADIOModel
 EXTRAS_FILE = "openradio.safetensors"
 _TIMM_LN_EPS = 1e-6  # timm's VisionTransformer LayerNorm eps; other values cannot be rebuilt from args
 
-__all__ = [
-    "save_transformers",
-    "load_native",
-    "is_native_config",
-    "is_native_folder",
-    "native_config",
-    "native_state_dict",
-    "EXTRAS_FILE",
-]
+__all__ = ["save_transformers", "load_native", "is_native_config", "is_native_folder", "native_config",
+           "native_state_dict", "EXTRAS_FILE"]
 
 
 def is_native_config(config: dict) -> bool:
@@ -72,10 +65,8 @@ def _require_transformers():
         import transformers
         from transformers import RadioConfig, RadioModel  # noqa: F401
     except ImportError as e:
-        raise ImportError(
-            "this needs Hugging Face transformers with its native RadioModel (transformers >= 5); "
-            f"install it with `pip install 'openradio[hf]'` ({e})"
-        ) from None
+        raise ImportError("this needs Hugging Face transformers with its native RadioModel (transformers >= 5); "
+                          f"install it with `pip install 'openradio[hf]'` ({e})") from None
     return transformers
 
 
@@ -83,14 +74,11 @@ def _require_transformers():
 def _check_exportable(model: RADIOModel) -> None:
     vit = model.model
     if not isinstance(getattr(vit, "norm", nn.Identity()), nn.Identity):
-        raise ValueError(
-            "this model has a final LayerNorm (args.model_norm=True), which transformers' RadioModel "
-            "cannot express; use save_hf or the .pth.tar format instead"
-        )
+        raise ValueError("this model has a final LayerNorm (args.model_norm=True), which transformers' RadioModel "
+                         "cannot express; use save_hf or the .pth.tar format instead")
     if not isinstance(model.input_conditioner, InputConditioner):
-        raise ValueError(
-            "the input conditioner was detached (make_preprocessor_external); save the model before detaching it"
-        )
+        raise ValueError("the input conditioner was detached (make_preprocessor_external); "
+                         "save the model before detaching it")
     gen = model.patch_generator
     if gen.cls_token.token is None:
         raise ValueError("models without CLS tokens cannot be written as a transformers RadioModel")
@@ -98,22 +86,14 @@ def _check_exportable(model: RADIOModel) -> None:
         raise ValueError("models with a patch normaliser cannot be written as a transformers RadioModel")
     for i, blk in enumerate(model.blocks):
         attn, mlp = getattr(blk, "attn", None), getattr(blk, "mlp", None)
-        ok = (
-            type(blk).__name__ == "Block"
-            and attn is not None
-            and hasattr(attn, "qkv")
-            and mlp is not None
-            and hasattr(mlp, "fc1")
-            and isinstance(getattr(mlp, "act", None), nn.GELU)
-            and getattr(mlp.act, "approximate", "none") == "none"
-            and all(isinstance(getattr(attn, n, nn.Identity()), nn.Identity) for n in ("q_norm", "k_norm", "norm"))
-            and isinstance(getattr(mlp, "norm", nn.Identity()), nn.Identity)
-        )
+        ok = (type(blk).__name__ == "Block" and attn is not None and hasattr(attn, "qkv") and mlp is not None
+              and hasattr(mlp, "fc1") and isinstance(getattr(mlp, "act", None), nn.GELU)
+              and getattr(mlp.act, "approximate", "none") == "none"
+              and all(isinstance(getattr(attn, n, nn.Identity()), nn.Identity) for n in ("q_norm", "k_norm", "norm"))
+              and isinstance(getattr(mlp, "norm", nn.Identity()), nn.Identity))
         if not ok:
-            raise ValueError(
-                f"block {i} is not a plain pre-norm ViT block (qkv attention, GELU MLP, no qk-norm); "
-                "transformers' RadioModel cannot express it"
-            )
+            raise ValueError(f"block {i} is not a plain pre-norm ViT block (qkv attention, GELU MLP, no qk-norm); "
+                             "transformers' RadioModel cannot express it")
         if blk.norm1.eps != model.blocks[0].norm1.eps or blk.norm2.eps != blk.norm1.eps:
             raise ValueError("all LayerNorms must share one eps for transformers' RadioModel")
 
@@ -130,23 +110,16 @@ def native_config(model: RADIOModel) -> dict[str, Any]:
         raise ValueError(f"MLP width {hidden} is not int(hidden_size * mlp_ratio) for any float ratio")
     cond = model.input_conditioner
     return dict(
-        hidden_size=d,
-        num_hidden_layers=len(model.blocks),
-        num_attention_heads=blk.attn.num_heads,
-        mlp_ratio=mlp_ratio,
-        hidden_act="gelu",
-        layer_norm_eps=float(blk.norm1.eps),
-        qkv_bias=blk.attn.qkv.bias is not None,
-        num_channels=gen.embedder.in_features // gen.patch_size**2,
-        patch_size=model.patch_size,
-        image_size=(model.preferred_resolution.height if model.preferred_resolution else 224),
+        hidden_size=d, num_hidden_layers=len(model.blocks), num_attention_heads=blk.attn.num_heads,
+        mlp_ratio=mlp_ratio, hidden_act="gelu", layer_norm_eps=float(blk.norm1.eps),
+        qkv_bias=blk.attn.qkv.bias is not None, num_channels=gen.embedder.in_features // gen.patch_size ** 2,
+        patch_size=model.patch_size, image_size=(model.preferred_resolution.height
+                                                 if model.preferred_resolution else 224),
         # the native class sizes its grid as max_img_size // patch_size: use the exact grid side
         max_img_size=gen.grid_size * gen.patch_size,
-        num_cls_tokens=gen.num_cls_tokens,
-        num_registers=gen.num_registers,
+        num_cls_tokens=gen.num_cls_tokens, num_registers=gen.num_registers,
         summary_idxs=[int(i) for i in model.summary_idxs.tolist()],
-        norm_mean=[float(v) for v in cond.norm_mean.flatten()],
-        norm_std=[float(v) for v in cond.norm_std.flatten()],
+        norm_mean=[float(v) for v in cond.norm_mean.flatten()], norm_std=[float(v) for v in cond.norm_std.flatten()],
         layerscale_value=1.0,
     )
 
@@ -168,18 +141,15 @@ def native_state_dict(model: RADIOModel) -> dict[str, torch.Tensor]:
     for i, blk in enumerate(model.blocks):
         p = f"encoder.layer.{i}."
         q, k, v = blk.attn.qkv.weight.chunk(3, dim=0)
-        out.update(
-            {p + "attention.q_proj.weight": q, p + "attention.k_proj.weight": k, p + "attention.v_proj.weight": v}
-        )
+        out.update({p + "attention.q_proj.weight": q, p + "attention.k_proj.weight": k,
+                    p + "attention.v_proj.weight": v})
         if blk.attn.qkv.bias is not None:
             qb, kb, vb = blk.attn.qkv.bias.chunk(3, dim=0)
-            out.update(
-                {p + "attention.q_proj.bias": qb, p + "attention.k_proj.bias": kb, p + "attention.v_proj.bias": vb}
-            )
+            out.update({p + "attention.q_proj.bias": qb, p + "attention.k_proj.bias": kb,
+                        p + "attention.v_proj.bias": vb})
         out[p + "attention.o_proj.weight"] = blk.attn.proj.weight
-        out[p + "attention.o_proj.bias"] = (
-            blk.attn.proj.bias if blk.attn.proj.bias is not None else torch.zeros(d, dtype=model.dtype)
-        )
+        out[p + "attention.o_proj.bias"] = (blk.attn.proj.bias if blk.attn.proj.bias is not None
+                                            else torch.zeros(d, dtype=model.dtype))
         for j in (1, 2):
             ls = getattr(blk, f"ls{j}")
             out[p + f"layer_scale{j}.lambda1"] = ls.gamma if hasattr(ls, "gamma") else ones
@@ -207,20 +177,16 @@ def save_transformers(model: RADIOModel, folder: str | os.PathLike, version: Opt
         "format": 1,
         "version": version or model.version,
         "args": jsonable_args(args) if args is not None else None,
-        "patch_size": model.patch_size,
-        "max_resolution": model.max_resolution,
+        "patch_size": model.patch_size, "max_resolution": model.max_resolution,
         "preferred_resolution": list(model.preferred_resolution) if model.preferred_resolution else None,
-        "vitdet_num_windowed": model.vitdet_num_windowed,
-        "vitdet_num_global": model.vitdet_num_global,
+        "vitdet_num_windowed": model.vitdet_num_windowed, "vitdet_num_global": model.vitdet_num_global,
         "adaptor_names": list(model.adaptors),
-        "adaptor_configs": {
-            n: {"head_idx": a.head_idx, "upsample_factor": a.upsample_factor} for n, a in model.adaptors.items()
-        },
+        "adaptor_configs": {n: {"head_idx": a.head_idx, "upsample_factor": a.upsample_factor}
+                            for n, a in model.adaptors.items()},
         "not_in_native_model": [],
     }
-    extras = {
-        k: v for k, v in official_state_dict(model).items() if not k.startswith(("base_model.", "input_conditioner."))
-    }
+    extras = {k: v for k, v in official_state_dict(model).items()
+              if not k.startswith(("base_model.", "input_conditioner."))}
     if any(k.startswith("_feature_normalizer.") for k in extras):
         meta["not_in_native_model"].append("feature_normalizer")
     if any(k.startswith("_intermediate_feature_normalizer.") for k in extras):
@@ -261,9 +227,8 @@ _CKPT_TO_OFFICIAL = [
 ]
 
 
-def native_to_official(
-    state: dict[str, torch.Tensor],
-) -> tuple[dict[str, torch.Tensor], Optional[torch.Tensor], dict[str, torch.Tensor]]:
+def native_to_official(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], Optional[torch.Tensor],
+                                                                 dict[str, torch.Tensor]]:
     """Native weights (either key layout) -> official ``.pth.tar`` keys, the summary_idxs buffer, and
     the layer-scale vectors (``base_model.blocks.N.lsJ.gamma``) kept apart."""
     out: dict[str, torch.Tensor] = {}
@@ -276,14 +241,12 @@ def native_to_official(
             continue
         for src, dst in _CKPT_TO_OFFICIAL + _MODULE_TO_OFFICIAL:
             if k.startswith(src):
-                k2 = dst + k[len(src) :]
+                k2 = dst + k[len(src):]
                 break
         else:
             raise CheckpointError(f"unexpected key {k!r} in a transformers RADIO folder")
         if ".patch_generator.video_" in k2 or "video_patch_projection" in k2:
-            warnings.warn(
-                "the folder's video patch projection is not used by openradio (image input only)", stacklevel=3
-            )
+            warnings.warn("the folder's video patch projection is not used by openradio (image input only)")
             continue
         k2 = k2.replace(".attention.o_proj.", ".attn.proj.")
         if ".attention." in k2 and "_proj." in k2:  # q/k/v projections -> one qkv
@@ -313,38 +276,23 @@ def _args_from_native(config: dict, use_layer_scale: bool) -> argparse.Namespace
     p = int(config.get("patch_size", 16))
     n_cls = int(config.get("num_cls_tokens", 3))
     summary_idxs = list(config.get("summary_idxs") or [0, 1])
-    kwargs = dict(
-        embed_dim=int(config["hidden_size"]),
-        depth=int(config["num_hidden_layers"]),
-        num_heads=int(config["num_attention_heads"]),
-        mlp_ratio=float(config.get("mlp_ratio", 4.0)),
-        patch_size=p,
-        qkv_bias=bool(config.get("qkv_bias", True)),
-    )
+    kwargs = dict(embed_dim=int(config["hidden_size"]), depth=int(config["num_hidden_layers"]),
+                  num_heads=int(config["num_attention_heads"]), mlp_ratio=float(config.get("mlp_ratio", 4.0)),
+                  patch_size=p, qkv_bias=bool(config.get("qkv_bias", True)))
     if use_layer_scale:
         kwargs["init_values"] = 1.0
     # one summary "teacher" per CLS token, so the token count and summary selection come out right
     teachers = [dict(name=f"cls{i}", use_summary=i in summary_idxs) for i in range(n_cls)]
-    return make_args(
-        "vit_base_patch16_224",
-        teachers=teachers,
-        model_kwargs=kwargs,
-        cpe_max_size=(int(config.get("max_img_size", 2048)) // p) * p,
-        register_multiple=None,
-        cpe_num_registers=int(config.get("num_registers", 0)),
-        in_chans=int(config.get("num_channels", 3)),
-        dtype=parse_dtype(config.get("dtype") or config.get("torch_dtype") or "float32"),
-        source="transformers",
-    )
+    return make_args("vit_base_patch16_224", teachers=teachers, model_kwargs=kwargs,
+                     cpe_max_size=(int(config.get("max_img_size", 2048)) // p) * p, register_multiple=None,
+                     cpe_num_registers=int(config.get("num_registers", 0)), in_chans=int(config.get("num_channels", 3)),
+                     dtype=parse_dtype(config.get("dtype") or config.get("torch_dtype") or "float32"),
+                     source="transformers")
 
 
-def load_native(
-    folder: str | os.PathLike,
-    config: Optional[dict] = None,
-    adaptor_names: Optional[Sequence[str]] = None,
-    vitdet_window_size: Optional[int] = None,
-    version: Optional[str] = None,
-) -> RADIOModel:
+def load_native(folder: str | os.PathLike, config: Optional[dict] = None,
+                adaptor_names: Optional[Sequence[str]] = None, vitdet_window_size: Optional[int] = None,
+                version: Optional[str] = None) -> RADIOModel:
     """A RADIOModel from a transformers-native RADIO folder (config.json + safetensors); its
     ``version`` is ``version``, else the one the folder records, else the folder's path."""
     folder = Path(folder)
@@ -358,9 +306,8 @@ def load_native(
     if extras_path.is_file():
         state.update(load_file(str(extras_path)))
     if adaptor_names and not meta.get("adaptor_names"):
-        raise ValueError(
-            f"{folder} holds no adaptor heads (a plain transformers RADIO folder); load it without adaptor_names"
-        )
+        raise ValueError(f"{folder} holds no adaptor heads (a plain transformers RADIO folder); "
+                         "load it without adaptor_names")
     use_ls = any(not torch.all(v == 1) for v in layer_scales.values())
     if meta.get("args"):
         args = argparse.Namespace(**meta["args"])
@@ -373,16 +320,10 @@ def load_native(
         has_ls = use_ls
     if has_ls:
         state.update(layer_scales)
-    model = build_radio(
-        args,
-        state,
-        adaptor_names=adaptor_names,
-        vitdet_window_size=vitdet_window_size,
-        version=version or meta.get("version") or str(folder),
-        patch_size=meta.get("patch_size"),
-        max_resolution=meta.get("max_resolution"),
-        preferred_resolution=preferred(meta.get("preferred_resolution")),
-        vitdet_num_windowed=meta.get("vitdet_num_windowed"),
-        vitdet_num_global=meta.get("vitdet_num_global"),
-    )
+    model = build_radio(args, state, adaptor_names=adaptor_names, vitdet_window_size=vitdet_window_size,
+                        version=version or meta.get("version") or str(folder),
+                        patch_size=meta.get("patch_size"), max_resolution=meta.get("max_resolution"),
+                        preferred_resolution=preferred(meta.get("preferred_resolution")),
+                        vitdet_num_windowed=meta.get("vitdet_num_windowed"),
+                        vitdet_num_global=meta.get("vitdet_num_global"))
     return finish_loaded(model, summary_idxs=summary_idxs, adaptor_configs=meta.get("adaptor_configs"))
