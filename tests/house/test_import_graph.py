@@ -259,7 +259,10 @@ WORKLOADS = {"eval", "viz", "dense", "extract"}
 
 
 def room(module: str) -> str:
+    """The room a module lives in; any package's ``__main__`` (``python -m openradio.X``) is a front end."""
     parts = module.split(".")
+    if parts[-1] == "__main__":
+        return "__main__"
     return parts[1] if len(parts) > 1 else "openradio"
 
 
