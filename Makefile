@@ -7,7 +7,7 @@ STAMP := $(VENV)/.openradio-installed
 # ones that lie on the CI machine's disk); pyproject declares wider ranges.
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test test-slow test-all venv clean
+.PHONY: demo test test-slow test-all lint venv clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,12 @@ test-slow: $(STAMP)
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q
+
+# ruff (configured in pyproject.toml: 120 columns): lint, and check that the tree is formatted
+# (`ruff format .` formats it)
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 demo: $(STAMP)
 	$(VENV)/bin/openradio demo --out demo-report

@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     mm_a, mm_b = torch.randn(2048, 2048), torch.randn(2048, 2048)
     times: dict[int, list[float]] = {c: [] for c in limits}
     mm: list[float] = []
-    tokens = (a.resolution // 16) ** 2 + model.num_summary_tokens
+    tokens = (a.resolution // 16) ** 2 + model.num_prefix_tokens
     print(f"torch {torch.__version__}; {a.threads} thread(s); {a.shape} at {a.resolution} px, batch {a.batch} "
           f"({tokens} tokens per image); median of {a.rounds} interleaved rounds")
     with torch.inference_mode():
@@ -59,7 +59,7 @@ def main(argv=None) -> int:
             for c in (limits if r % 2 == 0 else limits[::-1]):
                 model.cpu_chunk_tokens = c
                 times[c].append(_t(lambda: model(x)))
-    flops = model_flops(dim, depth, 16, a.resolution, a.batch, model.num_summary_tokens, model._schedule(), None)
+    flops = model_flops(dim, depth, 16, a.resolution, a.batch, model.num_prefix_tokens, model._schedule(), None)
     peak = 2 * 2048 ** 3 / statistics.median(mm)
     print(f"float32 matmul peak {peak / 1e9:.1f} GFLOP/s")
     base = statistics.median(times[limits[0]])

@@ -129,8 +129,8 @@ def main(argv=None) -> int:
             dim, depth, _ = SHAPES[shape]
             print(f"\nshape {shape}: dim {dim}, depth {depth}, patch 16; openradio's CPU inference runs its blocks on "
                   f"groups of <= {model.cpu_chunk_tokens} tokens (whole images; --chunk-tokens)")
-            print(f"contestants: openradio, timm (class token + {model.num_summary_tokens - 1} registers = "
-                  f"openradio's {model.num_summary_tokens} prefix tokens)"
+            print(f"contestants: openradio, timm (class token + {model.num_prefix_tokens - 1} registers = "
+                  f"openradio's {model.num_prefix_tokens} prefix tokens)"
                   f"{', transformers' if hf is not None else ' (transformers RadioModel not available)'}")
             print(f"{'thr':>3} {'res':>5} {'bs':>3} {'mode':9} {'dtype':8} {'openradio ms':>12} {'vs timm':>8} "
                   f"{'vs hf':>7} {'MFU':>6} {'peak MiB':>9}")
@@ -188,7 +188,7 @@ def cell(model, vit, hf, res, bs, window, dtype, rounds, peak, threads, dim, dep
                 times[k].append(_t(fns[k]))
     t = statistics.median(times["openradio"])
     ratio = {k: statistics.median(b / o for b, o in zip(times[k], times["openradio"])) for k in names[1:]}
-    fl = model_flops(dim, depth, 16, res, bs, model.num_summary_tokens, model._schedule(), window)
+    fl = model_flops(dim, depth, 16, res, bs, model.num_prefix_tokens, model._schedule(), window)
     mfu = statistics.median(fl / o / (2 * 2048 ** 3 / m) for o, m in zip(times["openradio"], times["matmul"]))
     mode = "global" if window is None else f"vitdet-{window}"
     vs_t = f"x{ratio['timm']:.2f}" if "timm" in ratio else "-"

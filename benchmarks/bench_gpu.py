@@ -87,7 +87,7 @@ def main() -> int:
         for window in (None, 16):
             if window and res % (16 * window):
                 continue
-            fl = model_flops(dim, depth, 16, res, a.batch, model.num_summary_tokens, model._schedule(), window)
+            fl = model_flops(dim, depth, 16, res, a.batch, model.num_prefix_tokens, model._schedule(), window)
             with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16), flash_only():
                 for _ in range(3):
                     fwd(x, vitdet_window=window)
@@ -111,7 +111,7 @@ def main() -> int:
         for _ in range(3):
             step()
         t = _cuda_time(step, max(a.iters // 2, 3))
-        fl = 3 * model_flops(dim, depth, 16, res, a.batch, model.num_summary_tokens, model._schedule(), None)
+        fl = 3 * model_flops(dim, depth, 16, res, a.batch, model.num_prefix_tokens, model._schedule(), None)
         print(f"  train step {res:5d}px batch {a.batch:3d} global   : {a.batch / t:8.1f} img/s, "
               f"MFU {100 * fl / t / peak:5.1f}%  (max memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB)",
               flush=True)

@@ -87,7 +87,7 @@ def main(argv=None) -> int:
     print(f"model: {label}")
     print(f"device: {where}; torch {torch.__version__}; batch {args.batch_size}; "
           f"latency: {args.stat} of {args.iters} passes; ratio: median of {args.iters} alternating call pairs{'; bf16 autocast' if args.amp else ''}")
-    print(f"prefix tokens: RADIO {model.num_summary_tokens} (class tokens + registers), plain timm ViT 1\n")
+    print(f"prefix tokens: RADIO {model.num_prefix_tokens} (class tokens + registers), plain timm ViT 1\n")
 
     print("1) RADIOModel vs plain timm ViT of the same config (speed ratio < 1: RADIO is slower)")
     print(format_table(bench_model(model, resolutions, baseline="timm", **common)))

@@ -100,7 +100,7 @@ def run(model, hf, a) -> None:
     p = model.patch_size
     windows = [None] + ([a.vitdet_window] if a.vitdet_window else [])
     flops = pack_flops([(im.shape[1] // p, im.shape[2] // p) for im in images], a.embed_dim, a.depth,
-                       model.num_summary_tokens, p)
+                       model.num_prefix_tokens, p)
     mm_a, mm_b = torch.randn(2048, 2048), torch.randn(2048, 2048)
 
     with torch.inference_mode():

@@ -2,7 +2,7 @@
 the teachers, same recipe, same data (no augmentation), interleaved in one process.
 
 Builds a small shard set from the photographs bundled with scikit-image / scikit-learn, caches
-the recipe's teachers (``openradio.distill.teacher_cache.build_cache``, what ``openradio data
+the recipe's teachers (``openradio.distill.cache_build.build_cache``, what ``openradio data
 cache-teachers`` runs), then alternates live and cached steps (live, cached, cached, live, ...)
 and prints the median per-pair time ratio: ratios, not absolute times. Recipes:
 
@@ -62,7 +62,7 @@ def cfg(data: Path, out: Path, *overrides: str):
 def bench(name: str, data: Path, root: Path, overrides: list, steps: int, warmup: int) -> None:
     import torch
 
-    from openradio.distill.teacher_cache import build_cache
+    from openradio.distill.cache_build import build_cache
     from openradio.distill.trainer import DistEnv, Trainer, build_teachers
 
     live_cfg = cfg(data, root / f"{name}-live", *overrides)
@@ -103,7 +103,7 @@ def bench(name: str, data: Path, root: Path, overrides: list, steps: int, warmup
 
 
 def equality(data: Path, root: Path) -> None:
-    from openradio.distill.teacher_cache import build_cache
+    from openradio.distill.cache_build import build_cache
     from openradio.distill.trainer import DistEnv, Trainer
 
     base = cfg(data, root / "eq-live", *EQUAL)

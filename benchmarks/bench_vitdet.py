@@ -48,7 +48,7 @@ def breakdown(model, x: torch.Tensor, window: int) -> tuple[dict[str, float], to
     tokens = model.patch_generator(model.input_conditioner(x))
     t["rest"] += time.perf_counter() - t0
     t0 = time.perf_counter()
-    runner = WindowedRunner(tokens, model.num_summary_tokens, WindowLayout(x.shape[0], h, w, window),
+    runner = WindowedRunner(tokens, model.num_prefix_tokens, WindowLayout(x.shape[0], h, w, window),
                             model._schedule())
     t["layout changes"] += time.perf_counter() - t0
     for i, block in enumerate(model.blocks):
@@ -99,8 +99,8 @@ def main() -> None:
         for res in [int(r) for r in a.resolutions.split(",")]:
             x = torch.rand(1, 3, res, res)
             n = (res // 16) ** 2
-            bound = (flops(n, a.embed_dim, a.depth, sched, None, model.num_summary_tokens)
-                     / flops(n, a.embed_dim, a.depth, sched, a.window, model.num_summary_tokens))
+            bound = (flops(n, a.embed_dim, a.depth, sched, None, model.num_prefix_tokens)
+                     / flops(n, a.embed_dim, a.depth, sched, a.window, model.num_prefix_tokens))
             tg, tw, parts = [], [], []
             with torch.inference_mode():
                 model(x, vitdet_window=None), model(x, vitdet_window=a.window)  # warm-up

@@ -121,6 +121,12 @@ def supported_resolution(model: nn.Module, resolution: int) -> int:
     return int(fn(resolution, resolution)[0])
 
 
+def model_resolution(model: nn.Module, requested: Optional[int] = None) -> int:
+    """The square input side to run ``model`` at: ``requested`` (else :func:`default_resolution`)
+    rounded by :func:`supported_resolution`. The one rule every command and tool uses."""
+    return supported_resolution(model, requested or default_resolution(model))
+
+
 def select_output(out, adaptor: Optional[str]):
     """``RadioOutput`` of the backbone (``adaptor=None``/'backbone') or of an adaptor from a model call."""
     if isinstance(out, dict):

@@ -125,7 +125,7 @@ def run_cache_teachers(args: argparse.Namespace) -> int:
     cfg = load_config(config, list(args.overrides))
     if not (args.data or cfg.data.path):
         raise CLIError("no data to cache: pass --data PATH (shards, image folder or file list)")
-    from openradio.distill.teacher_cache import build_cache
+    from openradio.distill.cache_build import build_cache
     try:
         index = build_cache(cfg, args.out, data_path=args.data, dtype=args.dtype, batch_size=args.batch_size,
                             max_count=args.max_count, overwrite=args.overwrite, device=args.device,

@@ -1,21 +1,10 @@
 """`openradio features`: summaries and spatial features of images of any size, saved with safetensors.
 
-File layout (one ``.safetensors`` file):
-
-* ``<image>/<output>/summary``  — ``(1, D)`` float32 summary vector;
-* ``<image>/<output>/features`` — ``(1, C, h, w)`` float32 spatial features (NCHW);
-
-where ``<image>`` is the file's stem (``_1``, ``_2``... appended when two inputs share a stem)
-and ``<output>`` is ``backbone`` or an adaptor name. The file's metadata holds, each as a
-JSON-encoded string: ``format``, ``version``, ``feature_fmt`` ("NCHW"), ``adaptors``,
-``outputs``, ``resolution`` (per image: the model input ``[height, width]``), ``images``
-(per image: the source path), ``requested_resolution``, ``square``, ``vitdet_window``,
-``amp``. :func:`openradio.formats.features.read_features` reads it back.
+The file's layout, version, writer and reader: :mod:`openradio.formats.features`.
 """
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Sequence
 
@@ -33,8 +22,6 @@ memory until the file is written. Read it back:
   with safe_open("feats.safetensors", "pt") as f:
       feats = f.get_tensor("cat/backbone/features")   # (1, C, h, w)
       meta = {k: json.loads(v) for k, v in f.metadata().items()}"""
-
-FORMAT = "openradio.features/1"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -77,14 +64,15 @@ def _check_out(out: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # the command's stack is imported when it runs: `openradio --help` and the other commands stay fast
     import torch
-    from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
     import openradio
     from openradio.cli import CLIError, parse_adaptors
+    from openradio.formats.features import write_features
     from openradio.inputs.imageio import expand_image_args, load_image
-    from openradio.runtime import autocast, default_resolution, pick_device, supported_resolution
+    from openradio.runtime import autocast, model_resolution, pick_device
     from openradio.viz.features import prepare_input
 
     if args.batch_size < 1:
@@ -106,10 +94,10 @@ def run(args: argparse.Namespace) -> int:
     model = openradio.radio_model(args.version, adaptor_names=adaptors or None,
                                   vitdet_window_size=args.vitdet_window, progress=not args.no_progress)
     model = model.to(device).eval()
-    res = supported_resolution(model, args.resolution or default_resolution(model))
+    res = model_resolution(model, args.resolution)
     output_names = ["backbone", *adaptors]
 
-    tensors: dict[str, torch.Tensor] = {}
+    features: dict[str, dict[str, dict[str, torch.Tensor]]] = {}
     input_sizes: dict[str, list[int]] = {}
     # images of different sizes give different input shapes; batch those that share one
     pending: dict[tuple[int, int], list[tuple[str, torch.Tensor]]] = {}
@@ -123,10 +111,8 @@ def run(args: argparse.Namespace) -> int:
             y = model(x, feature_fmt="NCHW")
         outs = y if isinstance(y, dict) else {"backbone": y}
         for i, (stem, _) in enumerate(items):
-            for name in output_names:
-                o = outs[name]
-                tensors[f"{stem}/{name}/summary"] = o.summary[i:i + 1].float().cpu().contiguous()
-                tensors[f"{stem}/{name}/features"] = o.features[i:i + 1].float().cpu().contiguous()
+            features[stem] = {name: {"summary": outs[name].summary[i:i + 1].float().cpu(),
+                                     "features": outs[name].features[i:i + 1].float().cpu()} for name in output_names}
         bar.update(len(items))
 
     bar = tqdm(total=len(images), desc="features", unit="image", disable=args.no_progress)
@@ -144,7 +130,6 @@ def run(args: argparse.Namespace) -> int:
         bar.close()
 
     metadata = {
-        "format": FORMAT,
         "version": getattr(model, "version", None) or args.version,
         "feature_fmt": "NCHW",
         "adaptors": adaptors,
@@ -156,10 +141,8 @@ def run(args: argparse.Namespace) -> int:
         "vitdet_window": args.vitdet_window,
         "amp": bool(args.amp),
     }
-    from openradio.atomicio import atomic_path
-    with atomic_path(out) as tmp:  # never leave a half-written file under the final name
-        save_file(tensors, str(tmp), metadata={k: json.dumps(v) for k, v in metadata.items()})
-    shapes = {name: tuple(tensors[f"{stems[0]}/{name}/features"].shape[1:2]) for name in output_names}
+    write_features(out, features, metadata)  # atomic: never a half-written file under the final name
+    channels = {name: int(features[stems[0]][name]["features"].shape[1]) for name in output_names}
     print(f"wrote {len(images)} image(s) x {len(output_names)} output(s) to {out} "
-          f"(channels: {', '.join(f'{n} {c[0]}' for n, c in shapes.items())})")
+          f"(channels: {', '.join(f'{n} {c}' for n, c in channels.items())})")
     return 0

@@ -26,10 +26,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # the command's stack is imported when it runs: `openradio --help` and the other commands stay fast
     from openradio import radio_model
     from openradio.runtime import pick_device
     from openradio.eval.data import read_labelled_images, write_csv
-    from openradio.runtime import model_label, supported_resolution
+    from openradio.runtime import model_label, model_resolution
     from openradio.eval.knn import evaluate_knn
 
     device = pick_device(args.device)
@@ -41,13 +42,7 @@ def run(args: argparse.Namespace) -> int:
     for version in args.version:
         model = radio_model(version, adaptor_names=[adaptor] if adaptor else None,
                             vitdet_window_size=args.vitdet_window, progress=progress).to(device).eval()
-        res_req = args.resolution
-        if res_req is None:
-            pref = getattr(model, "preferred_resolution", None)
-            if pref is None:
-                raise ValueError("this model has no preferred resolution (loaded from a file); pass --resolution")
-            res_req = pref[0] if isinstance(pref, (tuple, list)) else pref.height
-        res = supported_resolution(model, res_req)
+        res = model_resolution(model, args.resolution)
         r = evaluate_knn(model, train, val, res, k=args.k, temperature=args.temperature, adaptor=adaptor,
                          batch_size=args.batch_size, device=device, amp=args.amp, num_workers=args.workers,
                          progress=progress)

@@ -53,6 +53,7 @@ def teacher_config(conf: dict, args: argparse.Namespace, adaptor=None) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    # the command's stack is imported when it runs: `openradio --help` and the other commands stay fast
     from openradio import radio_model
     from openradio.runtime import pick_device
     from openradio.inputs.imageio import list_images

@@ -59,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from openradio.inputs.imageio import load_image, resize_center_crop, tensor_to_uint8
-    from openradio.viz.features import colour_maps, default_resolution, resolution_features
+    from openradio.runtime import default_resolution
+    from openradio.viz.features import colour_maps, resolution_features
     from openradio.viz.pca import pca_rgb
     from openradio.viz.render import model_grid, resolution_strip, side_by_side
 

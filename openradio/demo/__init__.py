@@ -1,13 +1,7 @@
-"""``openradio demo``: distil, export, evaluate and report, end to end, on one machine.
+"""``openradio demo``: distil a small student offline with the tiny recipe (or load a released model), export,
+evaluate on held-out photographs and write a report. A composition of :mod:`openradio.distill`,
+:mod:`openradio.eval` and :mod:`openradio.viz` (the report's prose: ``report_text.yaml``)."""
 
-Offline (the default): the bundled photographs train a small student with the tiny v2.5 recipe
-(``configs/tiny.yaml``: four small random teachers of the real architectures); the student is exported
-as an official ``.pth.tar``, loaded back and evaluated on held-out photographs (mode-switching curves,
-PCA pictures, zero-shot agreement, throughput against timm, training curves). Online
-(``version='radio_v2.5-b'``): the released model and its real DINOv2 teacher, without training.
-This module only composes :mod:`openradio.distill`, :mod:`openradio.eval` and :mod:`openradio.viz`
-(the report: :mod:`openradio.viz.report`; its prose: ``report_text.yaml``).
-"""
 from __future__ import annotations
 
 import copy
@@ -16,7 +10,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import yaml
@@ -26,12 +20,11 @@ from openradio.atomicio import write_text
 from openradio.distill.config import TrainConfig, from_dict, shipped_recipe
 from openradio.distill.export import write_export
 from openradio.distill.trainer import Trainer
+from openradio.eval import mode_switch
 from openradio.eval.agreement import agreement_by_teacher, summarize_agreement
-from openradio.eval.mode_switch import (plot_mode_switch_grid, run_mode_switch_grid, summarize_mode_switch,
-                                       teacher_entry_config, write_mode_switch_table)
 from openradio.eval.throughput import bench_model, write_rows_csv
 from openradio.eval.zero_shot import get_templates
-from openradio.formats.official import load_checkpoint_file, set_teacher_fields, unique_names
+from openradio.formats.official import load_checkpoint_file, set_text_towers, unique_names
 from openradio.formats.resolve import radio_model, resolve_checkpoint
 from openradio.inputs.imageio import load_image
 from openradio.inputs.sample_data import write_sample_split
@@ -39,10 +32,9 @@ from openradio.model.text import load_text_tower, write_random_text_towers
 from openradio.runtime import PhaseTimer, pick_device
 from openradio.teachers import build_teacher
 from openradio.versions import VERSIONS
+from openradio.viz import report as rp
 from openradio.viz.compare import teacher_student_grid
-from openradio.viz.report import (Image, Paragraph, Report, Table, agreement_table, fmt_count, mode_switch_table,
-                                  throughput_table)
-from openradio.viz.training import loss_table, plot_training_curves, read_metrics, training_summary
+from openradio.viz.training import training_section
 
 __all__ = ["tiny_recipe", "DemoSettings", "run_demo", "prepare_train_dir"]
 TEXT = yaml.safe_load((Path(__file__).parent / "report_text.yaml").read_text())  # the report's prose
@@ -52,9 +44,7 @@ TEXT = yaml.safe_load((Path(__file__).parent / "report_text.yaml").read_text()) 
 class DemoSettings:
     """What the demo measures. Defaults fit the ~5 minute budget on 2 CPU cores (offline)."""
 
-    # The tiny recipe's 60 steps take ~10 s of CPU; 300 (the same schedule, stretched) make the student's
-    # features visibly match its teachers' (held-out MSE to DINOv2 ~0.18 after 200 steps, ~0.13 after 400)
-    # and keep the demo near 2 minutes on 2 cores. None: the recipe's own count.
+    # the tiny recipe's 60 steps, stretched: held-out MSE to DINOv2 ~0.18 after 200, ~0.13 after 400 (None: 60)
     steps: Optional[int] = 300
     mode_switch_resolutions: Sequence[int] = tuple(range(64, 257, 16))
     viz_resolutions: Sequence[int] = (64, 128, 256)
@@ -64,23 +54,23 @@ class DemoSettings:
     bench_batch_size: int = 8
     bench_iters: int = 5
     eval_batch_size: int = 8
-    # CPU threads for torch: the tensors are tiny, so with several OpenMP threads the barrier waits dominate
-    # (measured: 0.3 s/step with 1 thread vs 1.3-8 s/step with 2). None keeps torch's setting.
+    # tiny tensors: OpenMP barriers dominate with more threads (0.3 s/step on 1 vs 1.3-8 s on 2). None: torch's
     cpu_threads: Optional[int] = 1
 
     @classmethod
     def for_release(cls) -> "DemoSettings":
         """Settings for a released model: the real resolutions such models are used at."""
         gpu = torch.cuda.is_available()
-        return cls(mode_switch_resolutions=tuple(range(256, 1025, 64 if gpu else 128)), cpu_threads=None,
-                   viz_resolutions=(256, 512, 1024), bench_resolutions=(224, 512, 1024), bench_batch_size=8 if gpu
-                   else 2, bench_iters=10 if gpu else 3, eval_batch_size=8 if gpu else 2)
+        s = cls(mode_switch_resolutions=tuple(range(256, 1025, 64 if gpu else 128)), cpu_threads=None)
+        s.viz_resolutions, s.bench_resolutions = (256, 512, 1024), (224, 512, 1024)
+        s.bench_batch_size = s.eval_batch_size = 8 if gpu else 2
+        s.bench_iters = 10 if gpu else 3
+        return s
 
 
 @dataclass
 class Subject:
-    """What the evaluation runs on: ``models`` by label (the first, the main one, is ``checkpoint``), ``teachers``
-    by adaptor name; ``zs_teachers``/``text_towers``: open_clip teachers and their (config, weights) towers."""
+    """What the evaluation runs on: models by label (the first is ``checkpoint``), teachers by adaptor name."""
 
     title: str
     models: dict
@@ -100,7 +90,7 @@ def tiny_recipe() -> dict:
 
 
 def params(m: torch.nn.Module) -> str:
-    return fmt_count(sum(p.numel() for p in m.parameters()))
+    return rp.fmt_count(sum(p.numel() for p in m.parameters()))
 
 
 def prepare_train_dir(train_dir: Path) -> None:
@@ -109,34 +99,30 @@ def prepare_train_dir(train_dir: Path) -> None:
     if not train_dir.exists() or not any(train_dir.iterdir()):
         return
     if (train_dir / "config.yaml").is_file() or (train_dir / "metrics.csv").is_file():
-        shutil.rmtree(train_dir)
-        return
-    raise FileExistsError(f"{train_dir} exists and is not a previous demo's training folder; "
-                          "choose another --out directory or remove it")
+        return shutil.rmtree(train_dir)
+    raise FileExistsError(f"{train_dir} exists and is not a previous demo's training folder; choose another --out")
 
 
-def train_offline(out: Path, data_dir: Path, eval_images: list, steps: Optional[int], device: torch.device,
-                  progress: bool, lap: Callable[[str], None]) -> Subject:
+def train_offline(out: Path, data: Path, held_out: list, steps: Optional[int], device, progress: bool, lap) -> Subject:
     """Distil a student with the tiny recipe, export it (and the untrained student the same way), load both back."""
     recipe = tiny_recipe()
     recipe_steps = sum(int(st["steps"]) for st in recipe["stages"])
     train_dir = out / "train"
     prepare_train_dir(train_dir)
     recipe.update(out_dir=str(train_dir), log_every=1, progress=progress, device=str(device))  # a point per step
-    recipe["data"]["path"] = str(data_dir)
+    recipe["data"]["path"] = str(data)
     if steps is not None:
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
-        recipe["stages"][0]["steps"] = int(steps)
-        recipe["checkpoint_every"] = int(steps)  # one checkpoint, at the end
+        recipe["stages"][0]["steps"] = recipe["checkpoint_every"] = int(steps)  # one checkpoint, at the end
     cfg = from_dict(TrainConfig, recipe)
     trainer = Trainer(cfg)  # validates the config
     # the same architecture and initial weights, never trained: the baseline of every comparison
     untrained = copy.deepcopy(trainer.student).eval()
     lap("build teachers + student")
     if progress:
-        print(f"distilling a {cfg.student.model} student ({params(trainer.student)} parameters) from "
-              f"{len(cfg.teachers)} teachers for {cfg.total_steps} steps on {device}", flush=True)
+        size = f"{cfg.student.model} student ({params(trainer.student)} parameters)"
+        print(f"distilling a {size} from {len(cfg.teachers)} teachers for {cfg.total_steps} steps on {device}")
     trainer.train(resume=False)
     lap("training")
 
@@ -146,36 +132,37 @@ def train_offline(out: Path, data_dir: Path, eval_images: list, steps: Optional[
     base_ckpt = write_export(train_dir / "untrained.pth.tar", trainer.args, untrained, trainer.phi_s)
     # a small random text tower for each open_clip teacher (its image-embedding width), named in the
     # checkpoints' teacher entries so `openradio zero-shot` runs on the demo's checkpoint with them
-    towers = write_random_text_towers(out / "text_towers", {
-        t.name: int(trainer.teachers[t.name].summary_dim) for t in cfg.teachers if (t.type or t.name) == "open_clip"},
-        seed=cfg.seed + 1000)
+    widths = {t.name: trainer.teachers[t.name].summary_dim for t in cfg.teachers if (t.type or t.name) == "open_clip"}
+    towers = write_random_text_towers(out / "text_towers", widths, seed=cfg.seed + 1000)
     for path in (ckpt, base_ckpt):
-        set_teacher_fields(path, {n: {"text_model": os.path.relpath(c, path.parent),
-                                      "text_weights": os.path.relpath(w, path.parent)} for n, (c, w) in towers.items()})
+        set_text_towers(path, towers)
     names = [t.name for t in cfg.teachers]
     student = radio_model(str(ckpt), adaptor_names=names, progress=False).to(device).eval()
     baseline = radio_model(str(base_ckpt), adaptor_names=names, progress=False).to(device).eval()
     lap("export + reload")
 
-    teachers = {n: trainer.teachers[n].eval() for n in names if getattr(trainer.teachers[n], "multi_resolution", False)}
-    steps_note = (f" (the tiny recipe's schedule, {recipe_steps} steps in configs/tiny.yaml, stretched to this length)"
-                  if trainer.step != recipe_steps else "")
+    teachers_ = trainer.teachers
+    teachers = {n: t.eval() for n, t in teachers_.items() if getattr(t, "multi_resolution", False)}
+    stretched = f" (the tiny recipe's {recipe_steps}-step schedule in configs/tiny.yaml, stretched to this length)"
+    parts = [f"{p.name}: {p.resolution} px x {p.batch_size}" for p in cfg.stages[0].partitions]
+    parts = [s + (f", mosaic {p.mosaic}" if p.mosaic else "") for s, p in zip(parts, cfg.stages[0].partitions)]
+    tdesc = [f"{t.name} ({t.type}: {t.model}, tiny random, {params(teachers_[t.name])})" for t in cfg.teachers]
+    n_train = len([p for p in data.iterdir() if p.is_file()])
     facts = [
         ("mode", "offline: distillation from small random teachers"),
         ("student", f"{cfg.student.model} {cfg.student.model_kwargs}, {params(trainer.student)} parameters"),
-        ("teachers", ", ".join(f"{t.name} ({t.type}: {t.model}, tiny random, {params(trainer.teachers[t.name])})"
-                               for t in cfg.teachers)),
-        ("partitions", "; ".join(f"{p.name}: {p.resolution} px x {p.batch_size}"
-                                 + (f", mosaic {p.mosaic}" if p.mosaic else "") for p in cfg.stages[0].partitions)),
-        ("steps", f"{trainer.step}{steps_note}"),
-        ("training images", f"{len([p for p in data_dir.iterdir() if p.is_file()])} sample photographs "
-                            f"(data/{data_dir.name}/)"),
-        ("evaluation images", f"{len(eval_images)} held-out photographs: " + ", ".join(p.stem for p in eval_images)),
+        ("teachers", ", ".join(tdesc)),
+        ("partitions", "; ".join(parts)),
+        ("steps", f"{trainer.step}{stretched if trainer.step != recipe_steps else ''}"),
+        ("training images", f"{n_train} sample photographs (data/{data.name}/)"),
+        ("evaluation images", f"{len(held_out)} held-out photographs: " + ", ".join(p.stem for p in held_out)),
         ("checkpoint", f"{ckpt.name} (official .pth.tar format, EMA weights, PHI-S folded into the heads)"),
     ]
-    return Subject("openradio demo (offline distillation)", {"trained": student, "untrained": baseline}, ckpt,
-                   teachers, facts, list(TEXT["offline_notes"]), train_metrics=train_dir / "metrics.csv",
-                   zs_teachers={n: trainer.teachers[n].eval() for n in towers}, text_towers=towers)
+    models = {"trained": student, "untrained": baseline}
+    subject = Subject("openradio demo (offline distillation)", models, ckpt, teachers, facts, TEXT["offline_notes"])
+    subject.train_metrics, subject.text_towers = train_dir / "metrics.csv", towers
+    subject.zs_teachers = {n: trainer.teachers[n].eval() for n in towers}
+    return subject
 
 
 def resolve_release(version: str, progress: bool) -> Path:
@@ -183,56 +170,58 @@ def resolve_release(version: str, progress: bool) -> Path:
     try:
         return resolve_checkpoint(version, progress=progress)[0]
     except RuntimeError as e:
-        raise RuntimeError(f"cannot run the demo on {version}: {str(e).splitlines()[0]} "
-                           "(without a network, run `openradio demo` with no --version)") from None
+        raise RuntimeError(TEXT["download_error"].format(version=version, why=str(e).splitlines()[0])) from None
 
 
-def load_release(version: str, path: Path, device: torch.device, tiny_teacher: bool,
-                 lap: Callable[[str], None]) -> Subject:
+def load_release(version: str, path: Path, device: torch.device, tiny_teacher: bool, lap: Callable) -> Subject:
     """A released model (or a local checkpoint) with every adaptor, and its DINOv2 teacher."""
     available = unique_names(load_checkpoint_file(path)["args"])
     # by name when released, so the model gets the version's resolution settings (the file is cached)
-    model = radio_model(version if version in VERSIONS else str(path), adaptor_names=available,
-                        progress=False).to(device).eval()
+    released = version in VERSIONS
+    model = radio_model(version if released else str(path), adaptor_names=available, progress=False)
+    model = model.to(device).eval()
     lap("load model")
     if "dino_v2" not in model.adaptors:
         raise ValueError(f"{version} has no dino_v2 adaptor to compare with a teacher; adaptors: {available}")
     adaptor = model.adaptors["dino_v2"]
-    conf = teacher_entry_config(adaptor.teacher_conf, "dino_v2", tiny=tiny_teacher, width=adaptor.feat_mlp.output_dim)
+    width = adaptor.feat_mlp.output_dim
+    conf = mode_switch.teacher_entry_config(adaptor.teacher_conf, "dino_v2", tiny=tiny_teacher, width=width)
     try:
         teacher = build_teacher(conf).to(device).eval()
     except (OSError, RuntimeError, ConnectionError) as e:
-        raise RuntimeError(f"cannot build the dino_v2 teacher {conf.get('model')!r} with its pretrained weights "
-                           f"({str(e).splitlines()[0] if str(e) else type(e).__name__}); it needs a network "
-                           "connection the first time") from None
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise RuntimeError(TEXT["teacher_error"].format(model=conf.get("model"), why=why)) from None
     lap("build teacher")
-    released = version in VERSIONS
     label = VERSIONS[version].name if released else Path(version).name
     mode = f"{'released model' if released else 'local checkpoint'} {label} (no training)"
     small = " (small random network of this kind)" if tiny_teacher else ""
-    facts = [("mode", mode + ("; dry run with a small random teacher (--tiny-teacher)" if tiny_teacher else "")),
-             ("model", f"{getattr(model.args, 'model', '?')}, {params(model)} parameters with adaptors"),
-             ("adaptors", ", ".join(available)),
-             ("teacher for the mode-switching curve",
-              f"dino_v2: {conf.get('model', '?')}{small}, {params(teacher)} parameters"),
-             ("checkpoint", str(path))]
-    return Subject(f"openradio demo ({label})", {label: model}, path, {"dino_v2": teacher}, facts,
-                   [TEXT["dry_run_note" if tiny_teacher else "release_note"]], dry_run=tiny_teacher)
+    facts = [
+        ("mode", mode + ("; dry run with a small random teacher (--tiny-teacher)" if tiny_teacher else "")),
+        ("model", f"{getattr(model.args, 'model', '?')}, {params(model)} parameters with adaptors"),
+        ("adaptors", ", ".join(available)),
+        ("teacher for the mode-switching curve", f"dino_v2: {conf.get('model')}{small}, {params(teacher)} parameters"),
+        ("checkpoint", str(path)),
+    ]
+    notes, teachers = [TEXT["dry_run_note" if tiny_teacher else "release_note"]], {"dino_v2": teacher}
+    return Subject(f"openradio demo ({label})", {label: model}, path, teachers, facts, notes, None, tiny_teacher)
 
 
-def run_demo(out_dir: str | os.PathLike = "demo-report", steps: Optional[int] = None, version: Optional[str] = None,
-             device: Optional[str] = None, progress: bool = True, *, settings: Optional[DemoSettings] = None,
-             tiny_teacher: bool = False) -> Path:
-    """Run the demo and write its report folder; returns the path of ``report.md``.
-
-    ``version=None``: offline distillation on the bundled photographs (``steps`` overrides the
-    recipe's step count). ``version``: a released name or a local checkpoint, evaluated without
-    training (needs the network the first time for the weights). ``settings`` tunes what is
-    measured (resolutions, number of pictures, benchmark sizes); ``tiny_teacher`` replaces the
-    released teacher by a small random one of the same kind (dry runs of the online path).
-    """
-    settings = copy.copy(settings) if settings is not None else (
-        DemoSettings() if version is None else DemoSettings.for_release())
+def run_demo(
+    out_dir: str | os.PathLike = "demo-report",
+    steps: Optional[int] = None,
+    version: Optional[str] = None,
+    device: Optional[str] = None,
+    progress: bool = True,
+    *,
+    settings: Optional[DemoSettings] = None,
+    tiny_teacher: bool = False,
+) -> Path:
+    """Run the demo, write its report folder and return the path of ``report.md``. ``version=None``: offline
+    distillation (``steps`` overrides the recipe's); ``version``: a released name or local checkpoint, not trained;
+    ``tiny_teacher``: compare it with a small random teacher of the same kind (dry runs)."""
+    if settings is None:
+        settings = DemoSettings() if version is None else DemoSettings.for_release()
+    settings = copy.copy(settings)
     if steps is not None:
         if version is not None:
             raise ValueError("--steps applies to the offline demo's training; a released --version is not trained")
@@ -242,107 +231,120 @@ def run_demo(out_dir: str | os.PathLike = "demo-report", steps: Optional[int] = 
     if dev.type == "cpu" and settings.cpu_threads:
         torch.set_num_threads(int(settings.cpu_threads))
     try:
-        return _run(Path(out_dir), version, dev, progress, settings, tiny_teacher)
+        return _DemoRun(Path(out_dir), dev, progress, settings).run(version, tiny_teacher)
     finally:
         torch.set_num_threads(threads)
 
 
-def _run(out: Path, version: Optional[str], dev: torch.device, progress: bool, settings: DemoSettings,
-         tiny_teacher: bool) -> Path:
-    clock = PhaseTimer()
-    if version is None:  # fail on what can be checked before writing anything
-        prepare_train_dir(out / "train")
-    else:
-        ckpt_path = resolve_release(version, progress)
-        if version in VERSIONS:  # a local file is not downloaded
-            clock.lap("download")
-    out.mkdir(parents=True, exist_ok=True)
-    split = write_sample_split(out / "data")
-    clock.lap("sample images")
-    if progress:
-        print(f"sample photographs: {len(split.train)} for training in {split.train_dir}, "
-              f"{len(split.eval)} held out in {split.eval_dir}", flush=True)
-    if version is None:
-        subject = train_offline(out, split.train_dir, split.eval, settings.steps, dev, progress, clock.lap)
-    else:
-        subject = load_release(version, ckpt_path, dev, tiny_teacher, clock.lap)
-    images = list(split.eval)
-    report = Report(subject.title, facts=subject.facts, notes=subject.notes)
-    summary: dict[str, Any] = {"version": version, "device": str(dev), "steps": None, "dry_run": subject.dry_run}
-    dry = [Paragraph(TEXT["dry_run"])] if subject.dry_run else []
+@dataclass
+class _DemoRun:
+    """One run: where it writes, what it measures, and the report and summary it fills section by section."""
 
-    if subject.train_metrics is not None:
-        metrics = read_metrics(subject.train_metrics)
-        shutil.copyfile(subject.train_metrics, out / "training_metrics.csv")
-        if metrics:
-            plot_training_curves(metrics, out / "training.png")
-            summary.update(training_summary(metrics))
-        report.section("Training", *([Image("training.png", "Per-teacher losses during distillation (log scale)"),
-                                      loss_table(metrics), Paragraph(TEXT["training"])] if metrics else []),
-                       Paragraph("Full metrics: training_metrics.csv"))
-        clock.lap("training plot")
+    out: Path
+    dev: torch.device
+    progress: bool
+    s: DemoSettings
+    clock: PhaseTimer = field(default_factory=PhaseTimer)
+    summary: dict = field(default_factory=dict)
 
-    ms = run_mode_switch_grid(subject.models, subject.teachers, images, settings.mode_switch_resolutions,
-                              batch_size=settings.eval_batch_size, device=dev, progress=progress)
-    write_mode_switch_table(ms, out / "mode_switch.csv")
-    plot_mode_switch_grid(ms, out / "mode_switch.png")
-    clock.lap("mode-switching curves")
-    report.section("Mode switching", *dry, Paragraph(TEXT["mode_switch"]), 
-                   Image("mode_switch.png", "Mode-switching curves"),
-        mode_switch_table(ms), Paragraph("All values: mode_switch.csv"))
-    summary["mode_switch"] = summarize_mode_switch(ms)
+    def run(self, version: Optional[str], tiny_teacher: bool) -> Path:
+        out, lap = self.out, self.clock.lap
+        if version is None:  # fail on what can be checked before writing anything
+            prepare_train_dir(out / "train")
+        else:
+            ckpt_path = resolve_release(version, self.progress)
+            if version in VERSIONS:  # a local file is not downloaded
+                lap("download")
+        out.mkdir(parents=True, exist_ok=True)
+        split = write_sample_split(out / "data")
+        lap("sample images")
+        if self.progress:
+            print(f"sample photographs: {len(split.train)} for training, {len(split.eval)} held out in {out / 'data'}")
+        if version is None:
+            subject = train_offline(out, split.train_dir, split.eval, self.s.steps, self.dev, self.progress, lap)
+        else:
+            subject = load_release(version, ckpt_path, self.dev, tiny_teacher, lap)
+        self.report = rp.Report(subject.title, facts=subject.facts, notes=list(subject.notes))
+        self.summary.update(version=version, device=str(self.dev), steps=None, dry_run=subject.dry_run)
+        self.dry = [rp.Paragraph(TEXT["dry_run"])] if subject.dry_run else []
+        if subject.train_metrics is not None:
+            self.training(subject.train_metrics)
+        self.mode_switch(subject, list(split.eval))
+        self.pictures(subject, list(split.eval))
+        if subject.zs_teachers:
+            self.zero_shot(subject, list(split.eval))
+        self.throughput(subject.checkpoint)
+        return self.finish(subject)
 
-    panel = 128 if max(settings.viz_resolutions) <= 256 else 192
-    pics = [teacher_student_grid(load_image(p), subject.models, subject.teachers, settings.viz_resolutions,
-                                 panel=panel).save(out / "pictures" / f"{p.stem}.png")
-            for p in tqdm(images[: max(1, settings.viz_images)], desc="PCA pictures", unit="image",
-                          disable=not progress)]
-    clock.lap("PCA pictures")
-    report.section("Feature pictures", *dry, Paragraph(TEXT["pictures"].format(shown=len(pics), total=len(images))),
-        *[Image(p.relative_to(out).as_posix(), f"{p.stem}: rows = feature source, columns = input resolution")
-          for p in pics])
+    def training(self, metrics_csv: Path) -> None:
+        items, summary = training_section(metrics_csv, self.out, TEXT["training"])
+        self.report.section("Training", *items)
+        self.summary.update(summary)
+        self.clock.lap("training plot")
 
-    if subject.zs_teachers:
-        _zero_shot(subject, images, settings, dev, out, report, summary)
-        clock.lap("zero-shot")
+    def mode_switch(self, subject: Subject, images: list) -> None:
+        kw = dict(batch_size=self.s.eval_batch_size, device=self.dev, progress=self.progress)
+        ms = mode_switch.run_mode_switch_grid(
+            subject.models, subject.teachers, images, self.s.mode_switch_resolutions, **kw
+        )
+        mode_switch.write_mode_switch_table(ms, self.out / "mode_switch.csv")
+        mode_switch.plot_mode_switch_grid(ms, self.out / "mode_switch.png")
+        self.clock.lap("mode-switching curves")
+        image = rp.Image("mode_switch.png", "Mode-switching curves")
+        table, values = rp.mode_switch_table(ms), rp.Paragraph("All values: mode_switch.csv")
+        self.report.section("Mode switching", *self.dry, rp.Paragraph(TEXT["mode_switch"]), image, table, values)
+        self.summary["mode_switch"] = mode_switch.summarize_mode_switch(ms)
 
-    # backbone only: the timm baseline has no adaptor heads either
-    backbone = radio_model(str(subject.checkpoint), progress=False).to(dev).eval()
-    bench = bench_model(backbone, list(settings.bench_resolutions), batch_size=settings.bench_batch_size,
-                        baseline="timm", iters=settings.bench_iters, warmup=1, device=dev, progress=progress)
-    write_rows_csv(bench, out / "throughput.csv")
-    clock.lap("throughput")
-    report.section("Throughput", Paragraph(TEXT["throughput"].format(
-        device=dev, batch=settings.bench_batch_size, iters=settings.bench_iters)), throughput_table(bench),
-        Paragraph("All values: throughput.csv"))
-    summary["throughput"] = [{k: v for k, v in r.items() if isinstance(v, (int, float, str))} for r in bench]
+    def pictures(self, subject: Subject, images: list) -> None:
+        panel = 128 if max(self.s.viz_resolutions) <= 256 else 192
+        chosen = tqdm(images[: max(1, self.s.viz_images)], desc="PCA pictures", unit="image", disable=not self.progress)
+        pics = []
+        for p in chosen:
+            grid = teacher_student_grid(load_image(p), subject.models, subject.teachers, self.s.viz_resolutions, panel)
+            pics.append(grid.save(self.out / "pictures" / f"{p.stem}.png"))
+        self.clock.lap("PCA pictures")
+        caption = "rows = feature source, columns = input resolution"
+        shown = [rp.Image(p.relative_to(self.out).as_posix(), f"{p.stem}: {caption}") for p in pics]
+        text = rp.Paragraph(TEXT["pictures"].format(shown=len(pics), total=len(images)))
+        self.report.section("Feature pictures", *self.dry, text, *shown)
 
-    clock.total()
-    report.section("Timings", Table(["phase", "seconds"], [[k, f"{v:.1f}"] for k, v in clock.timings.items()]))
-    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*")
-                   if p.is_file() and p.relative_to(out).parts[0] not in ("data", "train"))
-    report.section("Files", Paragraph(", ".join(files + ["data/ (sample photographs)"]
-                                                + (["train/ (training run)"] if subject.train_metrics else []))))
-    summary.update(timings_s=clock.timings, cpu_time_s=clock.cpu_time(), checkpoint=str(subject.checkpoint))
-    write_text(out / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
-    path = report.write(out)
-    print(f"report: {path.resolve()} (and {(out / 'report.html').resolve()})")
-    print(f"total wall time: {clock.timings['total']:.1f} s (this process's CPU time: {summary['cpu_time_s']:.1f} s)")
-    return path
+    def zero_shot(self, subject: Subject, images: list) -> None:
+        """How often each model's adaptor agrees with its open_clip teacher's own zero-shot predictions
+        (both through the teacher's random text tower) on the held-out photographs."""
+        classes, res = list(TEXT["zero_shot_classes"]), self.s.zero_shot_resolutions
+        write_text(self.out / "zero_shot" / "classnames.txt", "\n".join(classes) + "\n")
+        towers = {n: load_text_tower(str(c), weights=w) for n, (c, w) in subject.text_towers.items()}
+        kw = dict(batch_size=self.s.eval_batch_size, device=self.dev)
+        args = (subject.zs_teachers, towers, subject.models, images, classes, get_templates("base"), res)
+        results = agreement_by_teacher(*args, self.out / "zero_shot", **kw)
+        self.clock.lap("zero-shot")
+        about = TEXT["zero_shot"].format(teachers=", ".join(results), images=len(images), classes=len(classes))
+        cli = dict(checkpoint=subject.checkpoint.name, first=next(iter(results)), resolutions=",".join(map(str, res)))
+        cli_text = rp.Paragraph(TEXT["zero_shot_cli"].format(**cli))
+        self.report.section("Zero-shot", rp.Paragraph(about), rp.agreement_table(results), cli_text)
+        self.summary.update(zero_shot=summarize_agreement(results), zero_shot_main_model=next(iter(subject.models)))
 
+    def throughput(self, checkpoint: Path) -> None:
+        # backbone only: the timm baseline has no adaptor heads either
+        backbone = radio_model(str(checkpoint), progress=False).to(self.dev).eval()
+        kw = dict(batch_size=self.s.bench_batch_size, iters=self.s.bench_iters, device=self.dev, progress=self.progress)
+        bench = bench_model(backbone, list(self.s.bench_resolutions), baseline="timm", warmup=1, **kw)
+        write_rows_csv(bench, self.out / "throughput.csv")
+        self.clock.lap("throughput")
+        about = TEXT["throughput"].format(device=self.dev, batch=self.s.bench_batch_size, iters=self.s.bench_iters)
+        values = rp.Paragraph("All values: throughput.csv")
+        self.report.section("Throughput", rp.Paragraph(about), rp.throughput_table(bench), values)
+        self.summary["throughput"] = [{k: v for k, v in r.items() if isinstance(v, (int, float, str))} for r in bench]
 
-def _zero_shot(subject: Subject, images: list, settings: DemoSettings, dev: torch.device, out: Path,
-               report: Report, summary: dict) -> None:
-    """How often each model's adaptor agrees with its open_clip teacher's own zero-shot predictions
-    (both through the teacher's random text tower) on the held-out photographs."""
-    classes = list(TEXT["zero_shot_classes"])
-    write_text(out / "zero_shot" / "classnames.txt", "\n".join(classes) + "\n")
-    towers = {n: load_text_tower(str(c), weights=w) for n, (c, w) in subject.text_towers.items()}
-    results = agreement_by_teacher(subject.zs_teachers, towers, subject.models, images, classes, get_templates("base"),
-                                   settings.zero_shot_resolutions, out / "zero_shot",
-                                   batch_size=settings.eval_batch_size, device=dev)
-    report.section("Zero-shot", Paragraph(TEXT["zero_shot"].format(
-        teachers=", ".join(results), images=len(images), classes=len(classes))), agreement_table(results),
-        Paragraph(TEXT["zero_shot_cli"].format(checkpoint=subject.checkpoint.name, first=next(iter(results)),
-                                               resolutions=",".join(map(str, settings.zero_shot_resolutions)))))
-    summary.update(zero_shot=summarize_agreement(results), zero_shot_main_model=next(iter(subject.models)))
+    def finish(self, subject: Subject) -> Path:
+        out, timings = self.out, self.clock.timings
+        total = self.clock.total()
+        extra = ["data/ (sample photographs)"] + (["train/ (training run)"] if subject.train_metrics else [])
+        self.report.timings_section(timings).files_section(out, skip=("data", "train"), extra=extra)
+        cpu = self.clock.cpu_time()
+        self.summary.update(timings_s=timings, cpu_time_s=cpu, checkpoint=str(subject.checkpoint))
+        write_text(out / "summary.json", json.dumps(self.summary, indent=2, default=float) + "\n")
+        path = self.report.write(out)
+        print(f"report: {path.resolve()} (and {(out / 'report.html').resolve()})")
+        print(f"total wall time: {total:.1f} s (this process's CPU time: {cpu:.1f} s)")
+        return path

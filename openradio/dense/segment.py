@@ -114,7 +114,7 @@ def dense_text_features(model, x: torch.Tensor, adaptor: str = "clip", attention
             tokens = model.forward_tokens(xc, window)
     else:
         tokens = model.forward_tokens(xc, window)
-    patches = tokens[:, model.num_summary_tokens:].float()
+    patches = tokens[:, model.num_prefix_tokens:].float()
     emb = F.normalize(head.forward_summary(patches), dim=-1)
     B = x.shape[0]
     return emb.reshape(B, x.shape[-2] // p, x.shape[-1] // p, -1).permute(0, 3, 1, 2)

@@ -33,6 +33,8 @@ from typing import Any, Optional, Union
 import numpy as np
 import torch
 
+from openradio.formats.safeload import safe_torch_load
+
 __all__ = ["CheckpointManager", "capture_rng_state", "restore_rng_state", "check_weights_only", "FORMAT"]
 
 FORMAT = "openradio-train-state/1"
@@ -160,7 +162,6 @@ class CheckpointManager:
 
     def load(self, step: int, map_location: Any = "cpu") -> dict:
         """The state saved at ``step`` (raises if missing or unreadable)."""
-        from openradio.formats.safeload import safe_torch_load
 
         path = self.path_for(step)
         obj = safe_torch_load(path, "training checkpoint")  # one line for a corrupt or unsafe file
@@ -244,11 +245,12 @@ def restore_rng_state(state: dict) -> None:
     cuda = state.get("cuda")
     if cuda:
         if not torch.cuda.is_available():
-            warnings.warn("the checkpoint holds CUDA RNG states but CUDA is not available here; they are ignored")
+            warnings.warn("the checkpoint holds CUDA RNG states but CUDA is not available here; they are ignored",
+                          stacklevel=2)
         else:
             n = torch.cuda.device_count()
             if len(cuda) != n:
                 warnings.warn(f"the checkpoint holds {len(cuda)} CUDA RNG states for {n} visible devices; "
-                              f"restoring the first {min(n, len(cuda))}")
+                              f"restoring the first {min(n, len(cuda))}", stacklevel=2)
             for i in range(min(n, len(cuda))):
                 torch.cuda.set_rng_state(cuda[i].cpu().to(torch.uint8), device=i)

@@ -43,9 +43,10 @@ from typing import Any, Callable, Iterator, NamedTuple, Optional, Sequence, Unio
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, default_collate
 
 from openradio.distill.sampling import apply_transform, sample_seed
+from openradio.distill.shards import ShardDataset, ShardLoader
 from openradio.inputs.imageio import ImageLoadError, list_images, load_image
 
 __all__ = [
@@ -152,7 +153,6 @@ def collate_skip_none(batch: Sequence[Optional[dict]]) -> dict:
     A batch in which every image was unreadable still has ``'image'`` (shape ``(0, 3, 0, 0)``)
     and ``'index'`` (empty), so callers can test ``batch['image'].shape[0] == 0``.
     """
-    from torch.utils.data import default_collate
 
     items = [b for b in batch if b is not None]
     skipped = len(batch) - len(items)
@@ -304,7 +304,6 @@ def make_loader(dataset: Dataset, batch_size: int, sampler: Optional[ResumableSa
     :class:`~openradio.distill.shards.ShardLoader` instead (``sampler`` must be ``None``), which
     tracks its own position.
     """
-    from openradio.distill.shards import ShardDataset, ShardLoader
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -367,7 +366,6 @@ def build_dataset(path: Union[PathLike, Sequence[PathLike]], kind: str = "auto",
         raise ValueError(f"data kind must be one of {kinds}, got {kind!r}")
     if not isinstance(path, (str, os.PathLike)):
         if kind == "shards":
-            from openradio.distill.shards import ShardDataset
             shard_kwargs.setdefault("repeat", True)
             return ShardDataset([str(p) for p in path], transform=transform, rank=rank, world_size=world_size,
                                 seed=seed, **shard_kwargs)
@@ -378,7 +376,6 @@ def build_dataset(path: Union[PathLike, Sequence[PathLike]], kind: str = "auto",
     if kind == "auto":
         kind = "shards" if _looks_like_shards(path) else ("folder" if Path(path).is_dir() else "list")
     if kind == "shards":
-        from openradio.distill.shards import ShardDataset
         shard_kwargs.setdefault("repeat", True)
         return ShardDataset(path, transform=transform, rank=rank, world_size=world_size, seed=seed, **shard_kwargs)
     if kind == "folder" and not Path(path).is_dir():
@@ -404,7 +401,6 @@ class BatchStream:
 
     def __init__(self, dataset: Dataset, batch_size: int, sampler: Optional[ResumableSampler] = None,
                  num_workers: int = 0, **loader_kwargs: Any):
-        from openradio.distill.shards import ShardDataset
 
         self.dataset, self.batch_size, self.num_workers = dataset, int(batch_size), int(num_workers)
         self.is_shards = isinstance(dataset, ShardDataset)

@@ -14,8 +14,10 @@ from typing import Mapping, NamedTuple, Optional
 import torch
 from torch import nn
 
+from openradio.distill.checkpointing import CheckpointManager
 from openradio.distill.phi_s import PhiSNormalizer, fold_inverse_into_linear
 from openradio.distill.student import args_from_state, build_student, fold_spectral_reparam, has_spectral_reparam
+from openradio.formats.official import official_state_dict, save_checkpoint
 from openradio.model.radio import RADIOModel
 
 __all__ = ["export_normalizer_key", "export_state_dict", "write_export", "phi_s_from_state",
@@ -38,7 +40,6 @@ def export_state_dict(model: RADIOModel, phi_s: Mapping[str, PhiSNormalizer]) ->
     """The official state dict of ``model`` with each feature head's PHI-S inverse folded into
     its final Linear (so the released adaptors emit raw teacher features) and any spectral
     reparametrisation folded into plain weights."""
-    from openradio.formats.official import official_state_dict
     model = fold_spectral_reparam(copy.deepcopy(model).cpu().float())
     for name, adaptor in model.adaptors.items():
         key = export_normalizer_key(phi_s, name, adaptor.teacher_conf.get("input_size"))
@@ -59,7 +60,6 @@ def export_state_dict(model: RADIOModel, phi_s: Mapping[str, PhiSNormalizer]) ->
 def write_export(path: str | Path, args: argparse.Namespace, student: RADIOModel, phi_s: Mapping[str, PhiSNormalizer],
                  ema: Optional[RADIOModel] = None, step: int = 0) -> Path:
     """Write the official ``.pth.tar`` (``state_dict``, and ``state_dict_ema`` when ``ema``)."""
-    from openradio.formats.official import save_checkpoint
     plain = export_state_dict(student, phi_s)
     ema_sd = export_state_dict(ema, phi_s) if ema is not None else None
     return save_checkpoint(path, args, plain, state_dict_ema=ema_sd, epoch=step)
@@ -101,7 +101,6 @@ def export_run(run_dir: str | Path, out: str | Path, use_ema: bool = True) -> Ex
     Builds no teacher and downloads nothing: the student's arguments, head widths, PHI-S states
     and (EMA) weights all come from the checkpoint.
     """
-    from openradio.distill.checkpointing import CheckpointManager
     ckpt = CheckpointManager(Path(run_dir) / "checkpoints", is_writer=False)
     found = ckpt.load_latest(map_location="cpu")
     if found is None:

@@ -16,7 +16,9 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from openradio.distill.config import TrainConfig
+from openradio.formats.official import official_args, radio_config
 from openradio.model.config import BackboneConfig, RadioConfig
+from openradio.model.factory import create_radio
 from openradio.model.radio import RADIOModel
 
 __all__ = ["student_config", "student_args", "preferred_resolution_of", "build_student", "args_to_state",
@@ -53,7 +55,6 @@ def student_args(cfg: TrainConfig, teachers: Mapping[str, Any]) -> argparse.Name
     """The official checkpoint ``args`` of the student (converted at the edge, in
     :func:`openradio.formats.official.official_args`), with the recipe fields the official format
     carries and the resolution the student was trained at (``model.preferred_resolution`` on load)."""
-    from openradio.formats.official import official_args
     return official_args(student_config(cfg, teachers),
                          feature_normalization="PHI_S" if cfg.phi_s.enabled else None,
                          amp_dtype="bfloat16" if cfg.amp else None,
@@ -65,9 +66,7 @@ def build_student(config: RadioConfig | argparse.Namespace, head_dims: Mapping[s
     """A fresh student (new weights, drawn from the global RNG) from its typed config (or official
     ``args``, converted at the edge) and head widths ``{teacher: (summary_dim, feature_dim)}``;
     ``spectral_reparam``: train the ViT blocks' Linear layers sigma-reparametrised."""
-    from openradio.model.factory import create_radio
     if not isinstance(config, RadioConfig):
-        from openradio.formats.official import radio_config
         config = radio_config(config)
     model = create_radio(config, {k: (v[0], v[1]) for k, v in head_dims.items()})
     if spectral_reparam:

@@ -1,4 +1,5 @@
 """The recipe's teachers, built once: what the trainer and the teacher-feature cache both run."""
+
 from __future__ import annotations
 
 import torch

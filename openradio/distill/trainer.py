@@ -32,8 +32,13 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
-                                                     set_model_state_dict, set_optimizer_state_dict)
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
 from tqdm.auto import tqdm
 
 from openradio.atomicio import write_text
@@ -47,7 +52,14 @@ from openradio.distill.metrics import MetricsLogger, merge_rank_metrics
 from openradio.distill.mosaic import mosaic_pad_value, pack_mosaic, unpack_features
 from openradio.distill.optim import build_optimizer, build_scheduler
 from openradio.distill.phi_s import PhiSNormalizer
-from openradio.distill.runtime import DistEnv, full_tensor, init_distributed, peak_memory_mb, seed_everything, wrap_model
+from openradio.distill.runtime import (
+    DistEnv,
+    full_tensor,
+    init_distributed,
+    peak_memory_mb,
+    seed_everything,
+    wrap_model,
+)
 from openradio.distill.streams import PartitionStreams
 from openradio.distill.student import args_to_state, build_student, student_args, student_config
 from openradio.distill.teacher_cache import TeacherCache
@@ -300,7 +312,7 @@ class Trainer:
         if ok.item() < 1:
             self.optimizer.zero_grad(set_to_none=True)
             self.nonfinite += 1
-            warnings.warn(f"step {self.step}: non-finite loss, step skipped ({self.nonfinite} so far)")
+            warnings.warn(f"step {self.step}: non-finite loss, step skipped ({self.nonfinite} so far)", stacklevel=2)
             if self.nonfinite > self.cfg.max_nonfinite:
                 raise FloatingPointError(f"stopping: {self.nonfinite} non-finite steps (max_nonfinite="
                                          f"{self.cfg.max_nonfinite}); lower the learning rate or check the data")
@@ -401,7 +413,7 @@ class Trainer:
         per_rank = state["per_rank"]
         if len(per_rank) != self.env.world_size:
             warnings.warn(f"checkpoint was written by {len(per_rank)} ranks, resuming on {self.env.world_size}: "
-                          "data positions and random streams restart from the checkpoint's rank 0")
+                          "data positions and random streams restart from the checkpoint's rank 0", stacklevel=2)
         mine = per_rank[self.env.rank] if self.env.rank < len(per_rank) else per_rank[0]
         restore_rng_state(mine["rng"])
         self.data.load_state_dict(mine["streams"])

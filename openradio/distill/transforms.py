@@ -7,6 +7,7 @@ randomness, the per-sample ``torch.Generator`` of :func:`openradio.distill.sampl
 torchvision is imported with this module, not at the first call: DataLoader workers are forked
 from the process that built the transforms, and a first import in every worker costs seconds each.
 """
+
 from __future__ import annotations
 
 import math
@@ -17,8 +18,13 @@ from torch import Tensor
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-__all__ = ["RandomResizedCropFlip", "make_train_transform", "ResizeCenterCrop", "make_partition_transform",
-           "resize_square"]
+__all__ = [
+    "RandomResizedCropFlip",
+    "make_train_transform",
+    "ResizeCenterCrop",
+    "make_partition_transform",
+    "resize_square",
+]
 
 _INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 
@@ -34,8 +40,14 @@ class RandomResizedCropFlip:
 
     accepts_generator = True  # apply_transform passes a per-sample generator
 
-    def __init__(self, size: Union[int, Sequence[int]], scale: Sequence[float] = (0.35, 1.0),
-                 ratio: Sequence[float] = (3 / 4, 4 / 3), flip: bool = True, interpolation: str = "bilinear"):
+    def __init__(
+        self,
+        size: Union[int, Sequence[int]],
+        scale: Sequence[float] = (0.35, 1.0),
+        ratio: Sequence[float] = (3 / 4, 4 / 3),
+        flip: bool = True,
+        interpolation: str = "bilinear",
+    ):
         if isinstance(size, int):
             size = (size, size)
         size = tuple(int(s) for s in size)
@@ -52,11 +64,14 @@ class RandomResizedCropFlip:
         self.flip, self.interpolation = bool(flip), interpolation
 
     def __repr__(self) -> str:
-        return (f"RandomResizedCropFlip(size={self.size}, scale={self.scale}, ratio="
-                f"({self.ratio[0]:.3f}, {self.ratio[1]:.3f}), flip={self.flip}, interpolation={self.interpolation!r})")
+        return (
+            f"RandomResizedCropFlip(size={self.size}, scale={self.scale}, ratio="
+            f"({self.ratio[0]:.3f}, {self.ratio[1]:.3f}), flip={self.flip}, interpolation={self.interpolation!r})"
+        )
 
-    def get_params(self, height: int, width: int, generator: Optional[torch.Generator] = None
-                   ) -> tuple[int, int, int, int]:
+    def get_params(
+        self, height: int, width: int, generator: Optional[torch.Generator] = None
+    ) -> tuple[int, int, int, int]:
         """``(top, left, crop_height, crop_width)`` of a random crop box in a ``height x width`` image."""
         area = height * width
         lo, hi = math.log(self.ratio[0]), math.log(self.ratio[1])
@@ -84,8 +99,9 @@ class RandomResizedCropFlip:
     def __call__(self, img: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
         _check_image(img)
         top, left, ch, cw = self.get_params(img.shape[-2], img.shape[-1], generator)
-        out = TF.resized_crop(img, top, left, ch, cw, list(self.size),
-                              interpolation=InterpolationMode(self.interpolation), antialias=True)
+        out = TF.resized_crop(
+            img, top, left, ch, cw, list(self.size), interpolation=InterpolationMode(self.interpolation), antialias=True
+        )
         out = _clamp_bicubic(out, self.interpolation)
         # Draw the flip coin even when flipping is off, so turning flips on or off leaves the
         # crop boxes of later samples (drawn from their own generators anyway) unchanged.
@@ -95,9 +111,13 @@ class RandomResizedCropFlip:
         return out.contiguous()
 
 
-def make_train_transform(size: Union[int, Sequence[int]], scale: Sequence[float] = (0.35, 1.0),
-                         flip: bool = True, ratio: Sequence[float] = (3 / 4, 4 / 3),
-                         interpolation: str = "bilinear") -> RandomResizedCropFlip:
+def make_train_transform(
+    size: Union[int, Sequence[int]],
+    scale: Sequence[float] = (0.35, 1.0),
+    flip: bool = True,
+    ratio: Sequence[float] = (3 / 4, 4 / 3),
+    interpolation: str = "bilinear",
+) -> RandomResizedCropFlip:
     """The training augmentation for one partition: random resized crop to ``size`` + horizontal flip.
 
     ``scale`` is the range of the crop's area as a fraction of the image (RADIO: 0.35 to 1).
@@ -135,8 +155,10 @@ def _check_interpolation(interpolation: str) -> None:
 
 def _check_image(img) -> None:
     if not isinstance(img, Tensor) or img.ndim != 3:
-        raise TypeError(f"expected a (C, H, W) image tensor, got {type(img).__name__}"
-                        f"{'' if not isinstance(img, Tensor) else ' of shape ' + str(tuple(img.shape))}")
+        raise TypeError(
+            f"expected a (C, H, W) image tensor, got {type(img).__name__}"
+            f"{'' if not isinstance(img, Tensor) else ' of shape ' + str(tuple(img.shape))}"
+        )
 
 
 def _clamp_bicubic(out: Tensor, interpolation: str) -> Tensor:
@@ -146,8 +168,9 @@ def _clamp_bicubic(out: Tensor, interpolation: str) -> Tensor:
     return out
 
 
-def make_partition_transform(size: int, augment: bool = True, scale: Sequence[float] = (0.35, 1.0),
-                             flip: bool = True) -> Callable:
+def make_partition_transform(
+    size: int, augment: bool = True, scale: Sequence[float] = (0.35, 1.0), flip: bool = True
+) -> Callable:
     """A partition's input transform: the training augmentation, or with ``augment=False`` the
     deterministic :class:`ResizeCenterCrop` (``scale`` and ``flip`` unused)."""
     if not augment:
@@ -159,5 +182,6 @@ def resize_square(images: Tensor, side: int) -> Tensor:
     """A batch of square crops at ``side`` pixels (antialiased bilinear; unchanged when it already is)."""
     if images.shape[-1] == side and images.shape[-2] == side:
         return images
-    return torch.nn.functional.interpolate(images, size=(side, side), mode="bilinear", align_corners=False,
-                                           antialias=True)
+    return torch.nn.functional.interpolate(
+        images, size=(side, side), mode="bilinear", align_corners=False, antialias=True
+    )

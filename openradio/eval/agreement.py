@@ -6,6 +6,7 @@ ones) this still measures how faithfully an adaptor reproduces its teacher's emb
 teacher's predictions are written as a labelled-image list, so ``openradio zero-shot --data`` on
 that file reproduces the numbers.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,8 +24,9 @@ __all__ = ["teacher_labels", "teacher_agreement", "agreement_by_teacher", "summa
 
 
 @torch.no_grad()
-def teacher_labels(teacher: torch.nn.Module, classifier: torch.Tensor, image_paths: Sequence[str | os.PathLike]
-                   ) -> list[int]:
+def teacher_labels(
+    teacher: torch.nn.Module, classifier: torch.Tensor, image_paths: Sequence[str | os.PathLike]
+) -> list[int]:
     """The teacher's own zero-shot class for each image (its summary against ``classifier``)."""
     device = teacher.pixel_mean.device
     out = []
@@ -34,10 +36,18 @@ def teacher_labels(teacher: torch.nn.Module, classifier: torch.Tensor, image_pat
     return out
 
 
-def teacher_agreement(teacher: torch.nn.Module, tower: Any, models: Mapping[str, torch.nn.Module], adaptor: str,
-                      image_paths: Sequence[str | os.PathLike], classnames: Sequence[str], templates: Sequence,
-                      resolutions: Sequence[int], labels_path: str | os.PathLike, **kwargs
-                      ) -> dict[str, list[ZeroShotResult]]:
+def teacher_agreement(
+    teacher: torch.nn.Module,
+    tower: Any,
+    models: Mapping[str, torch.nn.Module],
+    adaptor: str,
+    image_paths: Sequence[str | os.PathLike],
+    classnames: Sequence[str],
+    templates: Sequence,
+    resolutions: Sequence[int],
+    labels_path: str | os.PathLike,
+    **kwargs,
+) -> dict[str, list[ZeroShotResult]]:
     """Write the teacher's predictions to ``labels_path`` (``image<TAB>class``, paths relative to its
     folder) and return each model's agreement with them per resolution (``{model: [ZeroShotResult]}``;
     top-1 = agreement in %). ``tower`` has ``tokenize`` and ``encode_text``
@@ -45,26 +55,51 @@ def teacher_agreement(teacher: torch.nn.Module, tower: Any, models: Mapping[str,
     classes = list(classnames)
     clf = build_classifier(tower.tokenize, tower.encode_text, classes, templates, progress=False)
     labels_path = Path(labels_path)
-    rows = [f"{os.path.relpath(p, labels_path.parent)}\t{classes[i]}"
-            for p, i in zip(image_paths, teacher_labels(teacher, clf, image_paths))]
+    rows = [
+        f"{os.path.relpath(p, labels_path.parent)}\t{classes[i]}"
+        for p, i in zip(image_paths, teacher_labels(teacher, clf, image_paths))
+    ]
     write_text(labels_path, "\n".join(rows) + "\n")
     data = read_labelled_images(labels_path, classes)
-    return {label: evaluate_zero_shot(model, clf, data, list(resolutions), adaptor=adaptor, progress=False, **kwargs)
-            for label, model in models.items()}
+    return {
+        label: evaluate_zero_shot(model, clf, data, list(resolutions), adaptor=adaptor, progress=False, **kwargs)
+        for label, model in models.items()
+    }
 
 
-def agreement_by_teacher(teachers: Mapping[str, torch.nn.Module], towers: Mapping[str, Any],
-                         models: Mapping[str, torch.nn.Module], image_paths: Sequence[str | os.PathLike],
-                         classnames: Sequence[str], templates: Sequence, resolutions: Sequence[int],
-                         out_dir: str | os.PathLike, **kwargs) -> dict[str, dict[str, list[ZeroShotResult]]]:
+def agreement_by_teacher(
+    teachers: Mapping[str, torch.nn.Module],
+    towers: Mapping[str, Any],
+    models: Mapping[str, torch.nn.Module],
+    image_paths: Sequence[str | os.PathLike],
+    classnames: Sequence[str],
+    templates: Sequence,
+    resolutions: Sequence[int],
+    out_dir: str | os.PathLike,
+    **kwargs,
+) -> dict[str, dict[str, list[ZeroShotResult]]]:
     """:func:`teacher_agreement` for each teacher (by adaptor name, with its text tower in ``towers``):
     ``{teacher: {model: [ZeroShotResult]}}``; the labels go to ``out_dir/TEACHER_teacher_labels.tsv``."""
-    return {name: teacher_agreement(teacher, towers[name], models, name, image_paths, classnames, templates,
-                                    resolutions, Path(out_dir) / f"{name}_teacher_labels.tsv", **kwargs)
-            for name, teacher in teachers.items()}
+    return {
+        name: teacher_agreement(
+            teacher,
+            towers[name],
+            models,
+            name,
+            image_paths,
+            classnames,
+            templates,
+            resolutions,
+            Path(out_dir) / f"{name}_teacher_labels.tsv",
+            **kwargs,
+        )
+        for name, teacher in teachers.items()
+    }
 
 
 def summarize_agreement(results: Mapping[str, Mapping[str, Sequence[ZeroShotResult]]]) -> dict:
     """``{teacher: {model: {resolution: {"top1", "top5"}}}}`` (JSON-ready)."""
-    return {t: {label: {str(r.resolution): {"top1": r.top1, "top5": r.top5} for r in rs}
-                for label, rs in per_model.items()} for t, per_model in results.items()}
+    return {
+        t: {label: {str(r.resolution): {"top1": r.top1, "top5": r.top5} for r in rs} for label, rs in per_model.items()}
+        for t, per_model in results.items()
+    }

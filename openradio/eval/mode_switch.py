@@ -30,8 +30,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from openradio.eval.data import resize_center_crop, write_csv
+from openradio.eval.data import load_or_none, resize_center_crop, warn_skipped, write_csv
 from openradio.runtime import autocast, select_output
+from openradio.viz.plots import new_figure, save_figure
 
 # the fields of a checkpoint teacher entry that say which teacher to build for the comparison
 TEACHER_KEYS = ("name", "type", "model", "pretrained", "input_size")
@@ -172,7 +173,6 @@ class _PairDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        from openradio.eval.data import load_or_none
 
         img = load_or_none(self.paths[i])
         if img is None:  # unreadable: dropped and counted by _collate_pairs
@@ -225,7 +225,6 @@ def run_mode_switch(model: torch.nn.Module, teacher, adaptor: str, image_paths: 
                             num_workers=num_workers, collate_fn=_collate_pairs)
         for s_img, t_img, bad in loader:
             if bad and res == resolutions[0]:  # the same files at every resolution: say it once
-                from openradio.eval.data import warn_skipped
                 warn_skipped([Path(image_paths[i]) for i in bad])
             if s_img is None:
                 continue
@@ -275,7 +274,6 @@ def plot_mode_switch(results: dict[str, Sequence[ModeSwitchRow]], path: str | os
                      teacher: str = "dino_v2", metric: str = "mse", size_px: tuple[int, int] = (1000, 600),
                      dpi: int = 100) -> Path:
     """PNG of the error against resolution, one line per model (the tech report's figure)."""
-    from openradio.viz.plots import new_figure, save_figure
 
     label = {"mse": "MSE", "cos_error": "1 - cosine similarity", "fidelity": "Fidelity (Var / MSE)"}
     if metric not in label:
@@ -310,7 +308,6 @@ def write_mode_switch_table(results: dict[str, dict[str, Sequence[ModeSwitchRow]
 def plot_mode_switch_grid(results: dict[str, dict[str, Sequence[ModeSwitchRow]]], path: str | os.PathLike) -> Path:
     """Two rows (MSE, 1 - cosine) x one column per teacher; one line per model, plus the MSE of
     predicting each teacher channel's mean (the teacher's variance) for scale."""
-    from openradio.viz.plots import new_figure, save_figure
 
     n = len(results)
     fig = new_figure(520 * n + 80, 760)

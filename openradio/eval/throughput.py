@@ -173,7 +173,7 @@ def make_timm_baseline(model: nn.Module, height: int, width: int, match_prefix: 
     name = cfg.backbone.arch
     kwargs = dict(cfg.backbone.model_kwargs or {})
     kwargs.pop("weight_init", None)
-    prefix = int(getattr(model, "num_summary_tokens", 0) or 0)
+    prefix = int(getattr(model, "num_prefix_tokens", 0) or 0)
     if match_prefix and prefix:
         cls = 1 if kwargs.get("class_token", True) else 0
         if prefix < cls:

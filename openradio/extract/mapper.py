@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from openradio.inputs.imageio import resize_center_crop, resize_to_multiple
-from openradio.runtime import default_resolution, module_device, supported_resolution
+from openradio.runtime import model_resolution, module_device
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -74,7 +74,7 @@ class Mapper:
         self.dtype = dtype
         self.square = square
         self.batch_size = batch_size
-        self.resolution = supported_resolution(model, resolution or default_resolution(model))
+        self.resolution = model_resolution(model, resolution)
         self.device = module_device(model)
         self.outputs = ["backbone", *self.adaptors]
         self.resize = Resize(model, self.resolution, square)

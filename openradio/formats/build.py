@@ -9,6 +9,7 @@ in openradio's names, ``input_conditioner.*``, ``adaptors.{name}.head_mlp|feat_m
 ``feature_normalizer.*``, ``inter_feature_normalizer.*``): see
 :func:`openradio.formats.official.from_official`.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -44,8 +45,9 @@ def strict_load(module: nn.Module, state: dict, where: str, assign: bool = False
         raise CheckpointError(f"{where} does not match the checkpoint: " + "; ".join(parts))
     for k, v in state.items():
         if own[k].shape != v.shape:
-            raise CheckpointError(f"{where}: {k} has shape {tuple(v.shape)} in the checkpoint, "
-                                  f"the model expects {tuple(own[k].shape)}")
+            raise CheckpointError(
+                f"{where}: {k} has shape {tuple(v.shape)} in the checkpoint, the model expects {tuple(own[k].shape)}"
+            )
     module.load_state_dict(state, strict=True, assign=assign)
 
 
@@ -55,8 +57,10 @@ def build_adaptor(cfg: RadioConfig, state: Mapping[str, torch.Tensor], name: str
     summary_state = prefixed(state, f"adaptors.{name}.head_mlp")
     feature_state = prefixed(state, f"adaptors.{name}.feat_mlp")
     if not summary_state or not feature_state:
-        raise CheckpointError(f"the checkpoint has no weights for the {name!r} adaptor "
-                              f"(looked for _heads.*/_feature_projections.* under its index and its name)")
+        raise CheckpointError(
+            f"the checkpoint has no weights for the {name!r} adaptor "
+            f"(looked for _heads.*/_feature_projections.* under its index and its name)"
+        )
     upsample = int(tconf.get("fd_upsample_factor") or 1)
     s_version, f_version = head_versions(tconf, cfg.mlp_version, cfg.spatial_mlp_version)
     try:
@@ -70,12 +74,21 @@ def build_adaptor(cfg: RadioConfig, state: Mapping[str, torch.Tensor], name: str
     return adaptor
 
 
-def build_model(cfg: RadioConfig, state: Mapping[str, torch.Tensor], *,
-                adaptor_names: Optional[Sequence[str]] = None, args: Any = None, version: Optional[str] = None,
-                vitdet_window_size: Optional[int] = None, patch_size: Optional[int] = None,
-                max_resolution: Optional[int] = None, preferred_resolution=None,
-                vitdet_num_windowed: Optional[int] = None, vitdet_num_global: Optional[int] = None,
-                assign: bool = False) -> RADIOModel:
+def build_model(
+    cfg: RadioConfig,
+    state: Mapping[str, torch.Tensor],
+    *,
+    adaptor_names: Optional[Sequence[str]] = None,
+    args: Any = None,
+    version: Optional[str] = None,
+    vitdet_window_size: Optional[int] = None,
+    patch_size: Optional[int] = None,
+    max_resolution: Optional[int] = None,
+    preferred_resolution=None,
+    vitdet_num_windowed: Optional[int] = None,
+    vitdet_num_global: Optional[int] = None,
+    assign: bool = False,
+) -> RADIOModel:
     """A RADIOModel (in eval mode) from a typed config and a state dict in RADIOModel's layout.
 
     ``assign=True`` builds the backbone on the meta device (no allocation, no initialisation)
@@ -103,8 +116,9 @@ def build_model(cfg: RadioConfig, state: Mapping[str, torch.Tensor], *,
     conditioner = InputConditioner()
     cond_state = prefixed(state, "input_conditioner")
     if set(cond_state) != {"norm_mean", "norm_std"}:
-        raise CheckpointError(f"input_conditioner.norm_mean/norm_std missing from the checkpoint "
-                              f"(found {sorted(cond_state)})")
+        raise CheckpointError(
+            f"input_conditioner.norm_mean/norm_std missing from the checkpoint (found {sorted(cond_state)})"
+        )
     conditioner.load_state_dict(cond_state, strict=True)
     backbone.to(dtype=dtype)
     conditioner.dtype = dtype
@@ -123,23 +137,41 @@ def build_model(cfg: RadioConfig, state: Mapping[str, torch.Tensor], *,
     in_state = prefixed(state, "inter_feature_normalizer")
     if in_state:
         rot = in_state["rotation"]
-        inter_norm = IntermediateFeatureNormalizer(in_state["alphas"].shape[0], in_state["means"].shape[-1],
-                                                   rot_per_layer=rot.ndim == 3, dtype=dtype)
+        inter_norm = IntermediateFeatureNormalizer(
+            in_state["alphas"].shape[0], in_state["means"].shape[-1], rot_per_layer=rot.ndim == 3, dtype=dtype
+        )
         strict_load(inter_norm, in_state, "intermediate feature normaliser")
 
-    radio = RADIOModel(backbone, conditioner, cfg.summary_indices(), patch_size=patch_size,
-                       max_resolution=max_resolution, window_size=None,
-                       preferred_resolution=preferred_resolution, adaptors=adaptors,
-                       feature_normalizer=feat_norm, inter_feature_normalizer=inter_norm,
-                       vitdet_num_windowed=vitdet_num_windowed, vitdet_num_global=vitdet_num_global,
-                       config=cfg, args=args, version=version)
+    radio = RADIOModel(
+        backbone,
+        conditioner,
+        cfg.summary_indices(),
+        patch_size=patch_size,
+        max_resolution=max_resolution,
+        window_size=None,
+        preferred_resolution=preferred_resolution,
+        adaptors=adaptors,
+        feature_normalizer=feat_norm,
+        inter_feature_normalizer=inter_norm,
+        vitdet_num_windowed=vitdet_num_windowed,
+        vitdet_num_global=vitdet_num_global,
+        config=cfg,
+        args=args,
+        version=version,
+    )
     if vitdet_window_size is not None:
         radio.set_vitdet_window(vitdet_window_size)
     return radio.eval()
 
 
-def build_radio(args: Any, state: Mapping[str, torch.Tensor], *, adaptor_names: Optional[Sequence[str]] = None,
-                is_ema: bool = False, **kwargs: Any) -> RADIOModel:
+def build_radio(
+    args: Any,
+    state: Mapping[str, torch.Tensor],
+    *,
+    adaptor_names: Optional[Sequence[str]] = None,
+    is_ema: bool = False,
+    **kwargs: Any,
+) -> RADIOModel:
     """A RADIOModel (in eval mode) from official ``args`` and an official-format state dict:
     :func:`~openradio.formats.official.from_official` at the edge, then :func:`build_model`
     (``kwargs`` as there)."""
@@ -147,8 +179,12 @@ def build_radio(args: Any, state: Mapping[str, torch.Tensor], *, adaptor_names: 
     return build_model(cfg, own, adaptor_names=adaptor_names, args=args, **kwargs)
 
 
-def finish_loaded(model: RADIOModel, *, summary_idxs: Optional[torch.Tensor] = None,
-                  adaptor_configs: Optional[Mapping[str, Mapping]] = None) -> RADIOModel:
+def finish_loaded(
+    model: RADIOModel,
+    *,
+    summary_idxs: Optional[torch.Tensor] = None,
+    adaptor_configs: Optional[Mapping[str, Mapping]] = None,
+) -> RADIOModel:
     """What a folder records beside its weights, applied to a freshly built model (the Hugging
     Face and transformers-native routes alike): its own summary-token selection (no
     de-duplication by name) and each adaptor's ``head_idx``."""
@@ -170,15 +206,19 @@ def _check_materialized(model: nn.Module, cfg: BackboneConfig) -> None:
     is not saved, e.g. a computed table, would stay an empty meta tensor)."""
     left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     if left:
-        raise CheckpointError(f"{cfg.arch}: {left[:5]} are not in the checkpoint and cannot be built on the meta "
-                              "device; load with build_radio(..., assign=False)")
+        raise CheckpointError(
+            f"{cfg.arch}: {left[:5]} are not in the checkpoint and cannot be built on the meta "
+            "device; load with build_radio(..., assign=False)"
+        )
 
 
 def _check_prefix_layout(model: nn.Module, cfg: BackboneConfig) -> None:
     gen = model.patch_generator
-    if getattr(model, "summary_is_first_token", False) and gen.num_skip != model.num_summary_tokens:
+    if getattr(model, "summary_is_first_token", False) and gen.num_prefix_tokens != model.num_prefix_tokens:
         warnings.warn(
-            f"{cfg.arch}: the patch generator has {gen.num_skip} prefix tokens but the DINOv2 student "
-            f"reads features from token {model.num_summary_tokens} (as the official code does): NLC features "
+            f"{cfg.arch}: the patch generator has {gen.num_prefix_tokens} prefix tokens but the DINOv2 student "
+            f"reads features from token {model.num_prefix_tokens} (as the official code does): NLC features "
             "will include or lose prefix tokens and NCHW output will fail. The checkpoint's args "
-            "(cls_token_per_teacher / cpe_num_registers) do not match the released layout.", stacklevel=4)
+            "(cls_token_per_teacher / cpe_num_registers) do not match the released layout.",
+            stacklevel=4,
+        )

@@ -93,7 +93,7 @@ def _check_exportable(model: RADIOModel) -> None:
         raise ValueError("the input conditioner was detached (make_preprocessor_external); "
                          "save the model before detaching it")
     gen = model.patch_generator
-    if gen.cls_token.token is None and gen.cls_token.num_patches:
+    if gen.cls_token.token is None and gen.cls_token.num_prefix_tokens:
         raise ValueError("models without CLS tokens cannot be written as a transformers RadioModel")
     if not isinstance(gen.patch_normalizer, nn.Identity):
         raise ValueError("models with a patch normaliser cannot be written as a transformers RadioModel")

@@ -31,7 +31,8 @@ from openradio.model.radio import RADIOModel
 __all__ = ["load_checkpoint_file", "save_checkpoint", "official_state_dict", "from_official", "radio_config",
            "official_args", "make_args", "jsonable_args", "arg", "parse_dtype", "teacher_names", "unique_names",
            "select_state", "split_state", "prefixed", "clean_key", "materialize_parametrizations",
-           "backbone_state_from_official", "backbone_state_to_official", "set_teacher_fields", "CheckpointError"]
+           "backbone_state_from_official", "backbone_state_to_official", "set_teacher_fields", "set_text_towers",
+           "CheckpointError"]
 
 
 # -- reading -----------------------------------------------------------------------------------------
@@ -378,3 +379,16 @@ def set_teacher_fields(path: str | os.PathLike, fields: dict[str, dict[str, Any]
         entry.update(fields.get(entry.get("name"), {}))
     return save_checkpoint(path, chk["args"], chk["state_dict"], state_dict_ema=chk.get("state_dict_ema"),
                            epoch=chk.get("epoch", 0), arch=chk.get("arch"))
+
+
+def set_text_towers(path: str | os.PathLike,
+                    towers: dict[str, tuple[str | os.PathLike, str | os.PathLike]]) -> Path:
+    """Name each teacher's text tower (``{teacher: (open_clip config JSON, weights)}``) in its entry of the
+    checkpoint's ``args.teachers`` (``text_model``/``text_weights``, relative to the checkpoint's folder,
+    which is how :func:`openradio.model.text.text_tower_source` resolves them)."""
+    folder = Path(path).parent
+    fields = {
+        name: {"text_model": os.path.relpath(cfg, folder), "text_weights": os.path.relpath(weights, folder)}
+        for name, (cfg, weights) in towers.items()
+    }
+    return set_teacher_fields(path, fields)

@@ -6,8 +6,10 @@ mode), and returns ``summary`` and ``features`` plus ``<adaptor>_summary`` / ``<
 for each adaptor kept. Exported through ``torch.onnx.export(dynamo=True)`` (torch.export +
 onnxscript), so the position-grid resampling stays a function of the input size.
 """
+
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 from typing import Optional, Sequence
@@ -50,9 +52,17 @@ def onnx_output_names(adaptor_names: Sequence[str]) -> list[str]:
     return names
 
 
-def export_onnx(model: RADIOModel, path: str | os.PathLike, *, adaptor_names: Optional[Sequence[str]] = None,
-                feature_fmt: str = "NCHW", opset: int = 18, example_size: Optional[tuple[int, int]] = None,
-                max_size: int = 4096, verbose: bool = False) -> Path:
+def export_onnx(
+    model: RADIOModel,
+    path: str | os.PathLike,
+    *,
+    adaptor_names: Optional[Sequence[str]] = None,
+    feature_fmt: str = "NCHW",
+    opset: int = 18,
+    example_size: Optional[tuple[int, int]] = None,
+    max_size: int = 4096,
+    verbose: bool = False,
+) -> Path:
     """Write ``model`` to ``path`` (a single .onnx file, weights inside) with dynamic B, H and W.
 
     ``adaptor_names``: which of the model's attached adaptors to export (default: all of them;
@@ -68,11 +78,13 @@ def export_onnx(model: RADIOModel, path: str | os.PathLike, *, adaptor_names: Op
     names = list(model.adaptors) if adaptor_names is None else list(adaptor_names)
     unknown = [n for n in names if n not in model.adaptors]
     if unknown:
-        raise ValueError(f"adaptors {unknown} are not attached to the model (attached: {list(model.adaptors)}); "
-                         "load it with adaptor_names=[...]")
+        raise ValueError(
+            f"adaptors {unknown} are not attached to the model (attached: {list(model.adaptors)}); "
+            "load it with adaptor_names=[...]"
+        )
     export_model = model
     if set(names) != set(model.adaptors):  # a shallow copy without the unwanted heads
-        import copy
+
         export_model = copy.copy(model)
         export_model._modules = dict(model._modules)
         export_model.adaptors = nn.ModuleDict({n: model.adaptors[n] for n in names})
@@ -85,6 +97,7 @@ def export_onnx(model: RADIOModel, path: str | os.PathLike, *, adaptor_names: Op
         raise ValueError(f"example_size {example_size} must be multiples of {step}")
     x = torch.rand(2, 3, h, w, dtype=torch.float32, device=next(model.parameters()).device)
     from torch.export import Dim
+
     batch = Dim("batch", min=1, max=1024)
     hs = Dim("h_steps", min=1, max=max(max_size // step, 4))
     ws = Dim("w_steps", min=1, max=max(max_size // step, 4))
@@ -92,9 +105,17 @@ def export_onnx(model: RADIOModel, path: str | os.PathLike, *, adaptor_names: Op
     path.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         program = torch.onnx.export(
-            wrapper, (x,), input_names=["pixel_values"], output_names=onnx_output_names(names),
+            wrapper,
+            (x,),
+            input_names=["pixel_values"],
+            output_names=onnx_output_names(names),
             dynamic_shapes={"pixel_values": {0: batch, 2: step * hs, 3: step * ws}},
-            opset_version=opset, dynamo=True, external_data=False, verbose=verbose, report=False)
+            opset_version=opset,
+            dynamo=True,
+            external_data=False,
+            verbose=verbose,
+            report=False,
+        )
     if program is None:
         raise RuntimeError("torch.onnx.export returned nothing; this torch release lacks the dynamo exporter")
     program.save(str(path), external_data=False)

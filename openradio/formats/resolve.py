@@ -5,6 +5,7 @@ The routes: a released name (downloaded once into torch.hub's cache) or a local 
 official remote-code layout (:mod:`openradio.formats.hf`); a transformers-native folder
 (:mod:`openradio.formats.native`). Each ends in :mod:`openradio.formats.build`.
 """
+
 from __future__ import annotations
 
 import os
@@ -86,20 +87,37 @@ def resolve_checkpoint(version: str, progress: bool = True) -> tuple[Path, Optio
 
 
 @overload
-def radio_model(version: str = "", progress: bool = True, adaptor_names: Optional[Sequence[str] | str] = None,
-                vitdet_window_size: Optional[int] = None, return_checkpoint: Literal[False] = False,
-                text_towers: bool | str = "lazy") -> RADIOModel: ...
+def radio_model(
+    version: str = "",
+    progress: bool = True,
+    adaptor_names: Optional[Sequence[str] | str] = None,
+    vitdet_window_size: Optional[int] = None,
+    return_checkpoint: Literal[False] = False,
+    text_towers: bool | str = "lazy",
+) -> RADIOModel: ...
 
 
 @overload
-def radio_model(version: str = "", progress: bool = True, adaptor_names: Optional[Sequence[str] | str] = None,
-                vitdet_window_size: Optional[int] = None, *, return_checkpoint: Literal[True],
-                text_towers: bool | str = "lazy") -> tuple[RADIOModel, Optional[dict]]: ...
+def radio_model(
+    version: str = "",
+    progress: bool = True,
+    adaptor_names: Optional[Sequence[str] | str] = None,
+    vitdet_window_size: Optional[int] = None,
+    *,
+    return_checkpoint: Literal[True],
+    text_towers: bool | str = "lazy",
+) -> tuple[RADIOModel, Optional[dict]]: ...
 
 
-def radio_model(version: str = "", progress: bool = True, adaptor_names: Optional[Sequence[str] | str] = None,
-                vitdet_window_size: Optional[int] = None, return_checkpoint: bool = False,
-                text_towers: bool | str = "lazy", **kwargs) -> RADIOModel | tuple[RADIOModel, Optional[dict]]:
+def radio_model(
+    version: str = "",
+    progress: bool = True,
+    adaptor_names: Optional[Sequence[str] | str] = None,
+    vitdet_window_size: Optional[int] = None,
+    return_checkpoint: bool = False,
+    text_towers: bool | str = "lazy",
+    **kwargs,
+) -> RADIOModel | tuple[RADIOModel, Optional[dict]]:
     """Load a RADIO model (eval mode).
 
     Args:
@@ -129,31 +147,48 @@ def radio_model(version: str = "", progress: bool = True, adaptor_names: Optiona
     return (model, chk) if return_checkpoint else model
 
 
-def _load_folder(reference: str, adaptor_names: Optional[Sequence[str]],
-                 vitdet_window_size: Optional[int]) -> RADIOModel:
+def _load_folder(
+    reference: str, adaptor_names: Optional[Sequence[str]], vitdet_window_size: Optional[int]
+) -> RADIOModel:
     """A Hugging Face reference or local folder: transformers-native, else the official remote-code layout."""
     folder = hf_folder(reference)
     if not is_native_folder(folder):
-        return load_hf(str(folder), adaptor_names=adaptor_names, vitdet_window_size=vitdet_window_size,
-                       version=reference)
-    return load_native(folder, adaptor_names=adaptor_names, vitdet_window_size=vitdet_window_size,
-                       version=reference if reference.startswith(HF_PREFIX) else None)
+        return load_hf(
+            str(folder), adaptor_names=adaptor_names, vitdet_window_size=vitdet_window_size, version=reference
+        )
+    return load_native(
+        folder,
+        adaptor_names=adaptor_names,
+        vitdet_window_size=vitdet_window_size,
+        version=reference if reference.startswith(HF_PREFIX) else None,
+    )
 
 
-def _load_file(version: str, adaptor_names: Optional[Sequence[str]], vitdet_window_size: Optional[int],
-               progress: bool, keep_checkpoint: bool) -> tuple[RADIOModel, Optional[dict]]:
+def _load_file(
+    version: str,
+    adaptor_names: Optional[Sequence[str]],
+    vitdet_window_size: Optional[int],
+    progress: bool,
+    keep_checkpoint: bool,
+) -> tuple[RADIOModel, Optional[dict]]:
     """A released name or a local official ``.pth.tar``."""
     if version in VERSIONS and vitdet_window_size is not None and not VERSIONS[version].supports_vitdet:
-        raise ValueError(f"vitdet_window_size is not supported for {version}. "
-                         "Please set it to None or use a different version.")
+        raise ValueError(
+            f"vitdet_window_size is not supported for {version}. Please set it to None or use a different version."
+        )
     path, info = resolve_checkpoint(version, progress=progress)
     # the file is memory-mapped and its tensors become the model's weights (no second copy);
     # a caller who asks for the checkpoint too gets a model with its own copy
     chk = load_checkpoint_file(path, mmap=True)
     state, is_ema = select_state(chk)
     model = build_radio(
-        chk["args"], state, adaptor_names=adaptor_names, vitdet_window_size=vitdet_window_size, is_ema=is_ema,
-        assign=not keep_checkpoint, version=info.name if info else str(path),
+        chk["args"],
+        state,
+        adaptor_names=adaptor_names,
+        vitdet_window_size=vitdet_window_size,
+        is_ema=is_ema,
+        assign=not keep_checkpoint,
+        version=info.name if info else str(path),
         patch_size=info.patch_size if info else None,
         max_resolution=info.max_resolution if info else None,
         preferred_resolution=Resolution(*info.preferred_resolution) if info else _file_preferred(chk["args"], path),

@@ -5,6 +5,7 @@ are verified (``torch.load`` does not check them), and pickles are read with
 ``torch.load(weights_only=True)`` and an allow-list, so nothing in a file runs code. safetensors
 files are read with one-line errors too. Every failure is a :class:`CheckpointError`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,11 +28,20 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used: corrupt, truncated, unsafe or inconsistent."""
 
 
-_MAGIC = [(b"\x89PNG\r\n\x1a\n", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
-          (b"BM", "a BMP image"), (b"II*\x00", "a TIFF image"), (b"MM\x00*", "a TIFF image"),
-          (b"%PDF", "a PDF document"), (b"\x1f\x8b", "a gzip archive"), (b"7z\xbc\xaf", "a 7-zip archive"),
-          (b"\x1a\x45\xdf\xa3", "a Matroska/WebM video"), (b"\x89HDF", "an HDF5 file (Keras/h5py)"),
-          (b"\x93NUMPY", "a NumPy .npy array")]
+_MAGIC = [
+    (b"\x89PNG\r\n\x1a\n", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF8", "a GIF image"),
+    (b"BM", "a BMP image"),
+    (b"II*\x00", "a TIFF image"),
+    (b"MM\x00*", "a TIFF image"),
+    (b"%PDF", "a PDF document"),
+    (b"\x1f\x8b", "a gzip archive"),
+    (b"7z\xbc\xaf", "a 7-zip archive"),
+    (b"\x1a\x45\xdf\xa3", "a Matroska/WebM video"),
+    (b"\x89HDF", "an HDF5 file (Keras/h5py)"),
+    (b"\x93NUMPY", "a NumPy .npy array"),
+]
 
 
 def sniff_file(path: str | os.PathLike) -> Optional[str]:
@@ -102,23 +112,30 @@ def safe_torch_load(path: str | os.PathLike, what: str = "PyTorch checkpoint", m
         raise CheckpointError(f"{path} is not a {what}: looks like {kind}")
     bad = verify_zip_checksums(path)
     if bad is not None:
-        raise CheckpointError(f"{path} is corrupt: the data of {bad!r} does not match its stored checksum (a bit "
-                              "changed in storage or transfer); fetch the file again")
+        raise CheckpointError(
+            f"{path} is corrupt: the data of {bad!r} does not match its stored checksum (a bit "
+            "changed in storage or transfer); fetch the file again"
+        )
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
     except pickle.UnpicklingError as e:
         detail = _unsafe_detail(str(e))
         if detail is None:
-            raise CheckpointError(f"cannot read {path} ({size:,} bytes): not a {what}, or a corrupt one "
-                                  "(openradio --debug shows the reader's message)") from e
+            raise CheckpointError(
+                f"cannot read {path} ({size:,} bytes): not a {what}, or a corrupt one "
+                "(openradio --debug shows the reader's message)"
+            ) from e
         raise CheckpointError(
             f"refusing to load {path}: its pickle asks for {detail}, which is not on the allow-list (it could run "
             "code); RADIO files hold only tensors, dtypes and argparse.Namespace. Load files only from sources you "
-            "trust") from None
+            "trust"
+        ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, IndexError, ValueError, KeyError) as e:
-        raise CheckpointError(f"cannot read {path} ({size:,} bytes): the file is truncated or corrupt; "
-                              "delete it and fetch it again (openradio --debug shows the reader's message)") from e
+        raise CheckpointError(
+            f"cannot read {path} ({size:,} bytes): the file is truncated or corrupt; "
+            "delete it and fetch it again (openradio --debug shows the reader's message)"
+        ) from e
 
 
 def _unsafe_detail(msg: str) -> Optional[str]:
@@ -133,8 +150,9 @@ def _unsafe_detail(msg: str) -> Optional[str]:
     return None
 
 
-def read_safetensors(folder: str | os.PathLike,
-                     default_files: Optional[Sequence[str]] = None) -> dict[str, torch.Tensor]:
+def read_safetensors(
+    folder: str | os.PathLike, default_files: Optional[Sequence[str]] = None
+) -> dict[str, torch.Tensor]:
     """The tensors of a folder of safetensors files: the shards its ``model.safetensors.index.json``
     names, else ``default_files`` (default: ``model.safetensors``); a missing, truncated or corrupt
     file is one :class:`CheckpointError` line."""
@@ -158,5 +176,11 @@ def read_safetensors(folder: str | os.PathLike,
     return state
 
 
-__all__ = ["CheckpointError", "SAFE_GLOBALS", "sniff_file", "verify_zip_checksums", "safe_torch_load",
-           "read_safetensors"]
+__all__ = [
+    "CheckpointError",
+    "SAFE_GLOBALS",
+    "sniff_file",
+    "verify_zip_checksums",
+    "safe_torch_load",
+    "read_safetensors",
+]

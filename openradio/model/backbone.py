@@ -81,4 +81,4 @@ def enable_cpe(model: nn.Module, max_img_size: int, num_cls_tokens: int, registe
     model.patch_size = p
     model.num_cls_tokens = gen.num_cls_tokens
     model.num_registers = gen.num_registers
-    model.num_summary_tokens = gen.num_skip
+    model.num_prefix_tokens = gen.num_prefix_tokens

@@ -35,7 +35,8 @@ class ClsToken(nn.Module):
         self.token = nn.Parameter(torch.randn(total, embed_dim) * 0.02) if total > 0 else None
 
     @property
-    def num_patches(self) -> int:
+    def num_prefix_tokens(self) -> int:
+        """CLS tokens plus registers (the official class calls this ``num_patches``)."""
         return self.num_tokens + self.num_registers
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -101,8 +102,10 @@ class ViTPatchGenerator(nn.Module):
         return self.cls_token.num_registers
 
     @property
-    def num_skip(self) -> int:
-        return self.cls_token.num_patches
+    def num_prefix_tokens(self) -> int:
+        """Tokens before the patch tokens: CLS tokens and registers (timm's name; the official
+        generator calls it ``num_skip``)."""
+        return self.cls_token.num_prefix_tokens
 
     def is_packed_video(self, x: torch.Tensor) -> bool:
         """Whether ``x`` (B, channels, H, W) holds temporally packed clips (T*C channels)."""

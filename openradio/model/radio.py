@@ -7,10 +7,13 @@ from typing import Any, Iterable, NamedTuple, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from openradio.inputs.checks import check_image_values
 from openradio.model.config import RadioConfig
 from openradio.model.clips import check_clip_list, clip_to_frames, output_row
 from openradio.model.normalizers import NullIntermediateFeatureNormalizer
+from openradio.model import packed as packing
 from openradio.model.vitdet import WindowedRunner, WindowLayout, windowed_blocks
+from openradio.model.vlm import vlm_tokens
 
 
 class Resolution(NamedTuple):
@@ -130,10 +133,15 @@ class RADIOModel(nn.Module):
         return self.model.embed_dim
 
     @property
+    def num_prefix_tokens(self) -> int:
+        """Tokens before the patch features: CLS tokens and registers (timm's name; the backbone's
+        count: the DINOv2 student reports its own constructor's 5 whatever its patch generator holds)."""
+        return getattr(self.model, "num_prefix_tokens", self.patch_generator.num_prefix_tokens)
+
+    @property
     def num_summary_tokens(self) -> int:
-        """Prefix tokens before the patch features (the backbone's count: the DINOv2 student
-        reports its own constructor's 5 whatever its patch generator holds)."""
-        return getattr(self.model, "num_summary_tokens", self.patch_generator.num_skip)
+        """:attr:`num_prefix_tokens` under the official ``RADIOModel``'s name, for code written against it."""
+        return self.num_prefix_tokens
 
     @property
     def num_cls_tokens(self) -> int:
@@ -218,7 +226,6 @@ class RADIOModel(nn.Module):
     def _check_resolution(self, x: torch.Tensor, window: Optional[int] = None) -> None:
         if x.ndim != 4:
             raise ValueError(f"expected images shaped (B, C, H, W), got a tensor of shape {tuple(x.shape)}")
-        from openradio.inputs.checks import check_image_values
         check_image_values(x)  # integer, 2/4-channel, NaN/Inf or 0..255 images: a clear error
         step = self._step(window)
         H, W = x.shape[-2:]
@@ -257,7 +264,7 @@ class RADIOModel(nn.Module):
         if window is None:
             return None
         layout = WindowLayout(tokens.shape[0], h, w, window)
-        return WindowedRunner(tokens, self.num_summary_tokens, layout, self._schedule())
+        return WindowedRunner(tokens, self.num_prefix_tokens, layout, self._schedule())
 
     def _chunk_size(self, tokens: torch.Tensor) -> int:
         """Images per block pass: all of them, except in CPU inference where a batch holds more
@@ -331,7 +338,6 @@ class RADIOModel(nn.Module):
         inference (no grad) the model's ``cpu_chunk_tokens`` (the limit of its block passes, 2560
         by default), elsewhere one pack. One image larger than the limit is a pack of its own.
         Packing changes no arithmetic: the grouping leaves the outputs as they are."""
-        from openradio.model.packed import PackedImages, PackedRunner, supports_packing
 
         window = self._window(vitdet_window)
         check_feature_fmt(feature_fmt)
@@ -345,7 +351,7 @@ class RADIOModel(nn.Module):
         t = self.patch_generator.num_video_frames or 1
         if t > 1:
             check_clip_list(xs, t)
-        can_pack = supports_packing(self.blocks) and not self.training  # no dropout in the packed path
+        can_pack = packing.supports_packing(self.blocks) and not self.training  # no dropout in the packed path
         if packed is None:
             packed = can_pack
         if not packed or not can_pack or len(xs) == t:
@@ -365,7 +371,7 @@ class RADIOModel(nn.Module):
         groups, current, count = [], [], 0
         for j in range(0, len(xs), t):  # whole clips (t = 1: single images)
             clip = xs[j:j + t]
-            n = t * (clip[0].shape[-2] // p * (clip[0].shape[-1] // p) + self.num_summary_tokens)
+            n = t * (clip[0].shape[-2] // p * (clip[0].shape[-1] // p) + self.num_prefix_tokens)
             if current and max_tokens and count + n > max_tokens:
                 groups.append(current)
                 current, count = [], 0
@@ -374,10 +380,10 @@ class RADIOModel(nn.Module):
         groups.append(current)
         outs = []
         for group in groups:
-            pack = PackedImages(self.num_summary_tokens, [(x.shape[-2] // p, x.shape[-1] // p) for x in group], window)
+            pack = packing.PackedImages(self.num_prefix_tokens, [(x.shape[-2] // p, x.shape[-1] // p) for x in group], window)
             conds = [self._conditioned(x, window) for x in group]
             seqs = [self.patch_generator(c) for c in conds]
-            runner = PackedRunner(seqs, pack, self._schedule())
+            runner = packing.PackedRunner(seqs, pack, self._schedule())
             for i, block in enumerate(self.blocks):
                 runner.run(i, block)
             runner.x = self.model.norm(runner.x)  # token-wise: once on the packed sequence
@@ -413,7 +419,7 @@ class RADIOModel(nn.Module):
         all_summary = y[:, :self.num_cls_tokens]
         # one summary token (the DINOv2 student, or a single CLS) is the summary as it is
         summary = all_summary[:, self.summary_idxs].flatten(1) if all_summary.shape[1] > 1 else all_summary.flatten(1)
-        all_feat = self.feature_normalizer(y[:, self.num_summary_tokens:])
+        all_feat = self.feature_normalizer(y[:, self.num_prefix_tokens:])
         feats = all_feat
         if feature_fmt == "NCHW":
             feats = all_feat.reshape(B, H // p, W // p, all_feat.shape[-1]).permute(0, 3, 1, 2)
@@ -435,7 +441,6 @@ class RADIOModel(nn.Module):
     def vlm_tokens(self, x: torch.Tensor, layers: Optional[Sequence[int]] = None, compress: Optional[str] = None,
                    **kwargs):
         """Tokens for a language model (multi-layer, pixel shuffle, ToMe merging): see openradio.model.vlm."""
-        from openradio.model.vlm import vlm_tokens
         return vlm_tokens(self, x, layers=layers, compress=compress, **kwargs)
 
     # -- intermediates --------------------------------------------------------------------------
@@ -467,7 +472,7 @@ class RADIOModel(nn.Module):
         xc = self._conditioned(x, window)  # images, or clips of a video model (one output per clip)
         B, _, H, W = xc.shape
         h, w = H // p, W // p
-        S = self.patch_generator.num_skip
+        prefix = self.patch_generator.num_prefix_tokens
         inter_norm = self.inter_feature_normalizer
         if inter_norm is None or norm_alpha_scheme in ("none", None):
             inter_norm = NullIntermediateFeatureNormalizer()
@@ -490,13 +495,13 @@ class RADIOModel(nn.Module):
                 current = None
             if aggregation == "sparse" and target < len(take) and i == take[target]:
                 current = runner.raster() if current is None else current
-                y, alpha = inter_norm(current, i, skip=S)
+                y, alpha = inter_norm(current, i, skip=prefix)
                 intermediates.append(self._split(alpha * y, final_norm if norm else None, return_prefix_tokens,
                                                  output_fmt, B, h, w))
                 target += 1
             elif aggregation == "dense" and target < len(take):
                 current = runner.raster() if current is None else current
-                y, alpha = inter_norm(current, i, rot_index=take[target], skip=S)
+                y, alpha = inter_norm(current, i, rot_index=take[target], skip=prefix)
                 if norm_alpha_scheme == "pre-alpha":
                     accum = accum + alpha * y
                     alpha_sum = alpha_sum + 1
@@ -525,7 +530,7 @@ class RADIOModel(nn.Module):
         # intermediates follow the patch generator's own prefix layout (official, incl. the
         # DINOv2 student whose final output uses its constructor's count instead)
         prefix = out[:, :self.patch_generator.num_cls_tokens]
-        feats = out[:, self.patch_generator.num_skip:]
+        feats = out[:, self.patch_generator.num_prefix_tokens:]
         if fmt == "NCHW":
             feats = feats.reshape(B, h, w, -1).permute(0, 3, 1, 2).contiguous()
         if not return_prefix_tokens:

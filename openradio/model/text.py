@@ -17,13 +17,17 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import json
+import logging
 import os
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
+from openradio.atomicio import atomic_path, write_text
 from openradio.runtime import module_device
 
 __all__ = [
@@ -202,7 +206,6 @@ def write_random_text_tower(out_dir: str | os.PathLike, name: str, embed_dim: in
     ``embed_dim``: writes ``NAME.json`` (an open_clip model config) and ``NAME.safetensors`` (its
     weights) and returns their paths. ``openradio demo`` pairs one with each small random teacher."""
     import open_clip
-    from safetensors.torch import save_file
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -211,10 +214,8 @@ def write_random_text_tower(out_dir: str | os.PathLike, name: str, embed_dim: in
            "text_cfg": {"context_length": context_length, "vocab_size": 49408, "width": width, "heads": heads,
                         "layers": layers}}
     cfg_path = out / f"{name}.json"
-    import json
     _atomic_write_text(cfg_path, json.dumps(cfg, indent=2) + "\n")
     open_clip.add_model_config(cfg_path)
-    import logging
     logging.disable(logging.WARNING)  # open_clip logs "no pretrained weights loaded": random on purpose
     try:
         with torch.random.fork_rng(devices=[]):
@@ -223,7 +224,6 @@ def write_random_text_tower(out_dir: str | os.PathLike, name: str, embed_dim: in
     finally:
         logging.disable(logging.NOTSET)
     weights = out / f"{name}.safetensors"
-    from openradio.atomicio import atomic_path
     with atomic_path(weights) as tmp:
         save_file({k: v.contiguous() for k, v in oc.state_dict().items()}, str(tmp))
     return cfg_path, weights
@@ -243,7 +243,6 @@ def write_random_text_towers(out_dir: str | os.PathLike, embed_dims: Mapping[str
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    from openradio.atomicio import write_text
     write_text(path, text)
 
 

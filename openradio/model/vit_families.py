@@ -281,7 +281,7 @@ class DinoV2Student(nn.Module):
 
     num_cls_tokens = 1
     num_registers = DINOV2_REGISTERS
-    num_summary_tokens = 1 + DINOV2_REGISTERS
+    num_prefix_tokens = 1 + DINOV2_REGISTERS
     summary_is_first_token = True  # every summary (backbone and adaptor heads) reads token 0
 
 

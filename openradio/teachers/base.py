@@ -12,7 +12,10 @@ from typing import Iterable, Mapping, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import Tensor, nn
+
+from openradio.formats.safeload import CheckpointError, safe_torch_load
 
 __all__ = ["TeacherOutput", "Teacher", "load_state_dict_file", "to_hw"]
 
@@ -189,10 +192,8 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Teacher weights file not found: {path}")
-    from openradio.formats.safeload import CheckpointError, safe_torch_load
 
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
 
         try:
             return load_file(str(path))

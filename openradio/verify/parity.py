@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
+from torch import nn
 
+import openradio
 from openradio.runtime import cpu_flags, cpu_model
 
 FORMAT = "radio-parity-fixtures/1"
@@ -191,7 +193,6 @@ class ModelCache:
         self._models: dict = {}
 
     def get(self, checkpoint: str, adaptor_names, window):
-        import openradio
         key = (checkpoint, tuple(adaptor_names or ()), window)
         if key not in self._models:
             self._models[key] = openradio.radio_model(str(self.fixdir / checkpoint),
@@ -253,13 +254,12 @@ def summarize(results: list[Comparison]) -> dict:
 
 def model_properties(model) -> dict:
     """The properties a fixture's ``properties`` records, read from an openradio model."""
-    from torch import nn
 
     block = model.blocks[0]
     return {
         "patch_size": model.patch_size, "max_resolution": model.max_resolution,
         "preferred_resolution": model.preferred_resolution, "window_size": model.window_size,
-        "min_resolution_step": model.min_resolution_step, "num_summary_tokens": model.num_summary_tokens,
+        "min_resolution_step": model.min_resolution_step, "num_summary_tokens": model.num_prefix_tokens,
         "num_cls_tokens": model.num_cls_tokens, "num_registers": model.num_registers,
         "embed_dim": model.embed_dim, "summary_dim": model.summary_dim,
         "summary_idxs": model.summary_idxs.tolist(), "adaptor_names": list(model.adaptors),
@@ -268,7 +268,7 @@ def model_properties(model) -> dict:
         "adaptor_feature_head_type": {k: type(a.feat_mlp).__name__ for k, a in model.adaptors.items()},
         "num_blocks": len(model.blocks), "num_heads": block.attn.num_heads,
         "pos_embed_grid": [model.patch_generator.grid_size] * 2,
-        "patch_generator_prefix_tokens": model.patch_generator.num_skip,
+        "patch_generator_prefix_tokens": model.patch_generator.num_prefix_tokens,
         "has_final_norm": not isinstance(model.model.norm, nn.Identity),
         "has_layer_scale": not isinstance(block.ls1, nn.Identity),
         "mlp_hidden": block.mlp.fc2.in_features,

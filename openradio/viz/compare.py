@@ -6,6 +6,7 @@ with one PCA basis fitted on that teacher's maps at every resolution, so a colou
 feature in every panel of the block (teacher or student, any resolution); the backbone row has
 its own basis, shared across resolutions.
 """
+
 from __future__ import annotations
 
 from typing import Mapping, Sequence
@@ -13,7 +14,8 @@ from typing import Mapping, Sequence
 import torch
 
 from openradio.eval.mode_switch import align_teacher, teacher_resolution
-from openradio.viz.features import model_features, prepare_input, supported_resolution
+from openradio.runtime import supported_resolution
+from openradio.viz.features import model_features, prepare_input
 from openradio.viz.pca import fit_pca_on_maps, pca_rgb
 from openradio.viz.render import Rendered, model_grid
 
@@ -21,8 +23,13 @@ __all__ = ["teacher_student_grid"]
 
 
 @torch.no_grad()
-def teacher_student_grid(image: torch.Tensor, models: Mapping[str, torch.nn.Module], teachers: Mapping,
-                         resolutions: Sequence[int], panel: int = 128) -> Rendered:
+def teacher_student_grid(
+    image: torch.Tensor,
+    models: Mapping[str, torch.nn.Module],
+    teachers: Mapping,
+    resolutions: Sequence[int],
+    panel: int = 128,
+) -> Rendered:
     """The grid for one ``(3, H, W)`` image; ``models`` by label (the first is the main model),
     ``teachers`` by adaptor name. Inputs are square centre crops, so the teacher's and the
     students' token grids cover the same pixels."""
@@ -45,6 +52,7 @@ def teacher_student_grid(image: torch.Tensor, models: Mapping[str, torch.nn.Modu
             rows.append((f"{tname}: {label}", [(r, pca_rgb(m, disp, stats=stats)) for r, m in zip(resolutions, maps)]))
     b_maps = [model_features(main, inputs[r]).cpu() for r in resolutions]
     b_stats = fit_pca_on_maps(b_maps)
-    rows.append((f"backbone: {main_label}",
-                 [(r, pca_rgb(m, disp, stats=b_stats)) for r, m in zip(resolutions, b_maps)]))
+    rows.append(
+        (f"backbone: {main_label}", [(r, pca_rgb(m, disp, stats=b_stats)) for r, m in zip(resolutions, b_maps)])
+    )
     return model_grid(None, rows, panel_height=panel, font_size=13)

@@ -11,9 +11,9 @@ from typing import NamedTuple, Sequence
 import torch
 from torch import Tensor, nn
 
-from openradio.runtime import autocast, default_resolution, module_device, supported_resolution
 from openradio.inputs.imageio import resize_center_crop, resize_to_multiple
 from openradio.model.video import forward_frames
+from openradio.runtime import autocast, model_resolution, module_device, supported_resolution
 from openradio.viz.pca import PCAStats, fit_pca_on_maps, pca_rgb
 
 __all__ = [
@@ -86,7 +86,7 @@ def visualize_image(model: nn.Module, image: Tensor, resolution: int | None = No
     ``resolution`` defaults to the model's preferred one (512 if it has none). The colours are
     fitted on this image unless ``stats`` is given.
     """
-    res = supported_resolution(model, resolution or default_resolution(model))
+    res = model_resolution(model, resolution)
     x = prepare_input(image, model, res, square=square)
     feats = model_features(model, x, adaptor=adaptor, amp=amp)
     rgb = pca_rgb(feats, x.shape[-2:], interpolation=interpolation, stats=stats, m=m, skip=skip, seed=seed)

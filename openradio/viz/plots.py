@@ -4,10 +4,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from openradio.atomicio import atomic_path
+from openradio.extras import require
+
 
 def new_figure(width_px: int, height_px: int, dpi: int = 100):
     """A matplotlib ``Figure`` of the given size in pixels (the ``[viz]`` extra)."""
-    from openradio.extras import require
 
     matplotlib = require("matplotlib", "plotting")
     matplotlib.use("Agg", force=False)
@@ -18,7 +20,6 @@ def new_figure(width_px: int, height_px: int, dpi: int = 100):
 
 def save_figure(fig, path: str | os.PathLike, dpi: int | None = None) -> Path:
     """Write ``fig`` as PNG under a temporary name, then rename (no partial file on a kill)."""
-    from openradio.atomicio import atomic_path
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,7 @@ turn into. Used by ``openradio demo``; any evaluation or extraction run can writ
     report.section("Accuracy", Paragraph("Top-1 on the held-out split."), Table(["res", "top-1"], rows))
     report.write("out/")          # out/report.md and out/report.html
 """
+
 from __future__ import annotations
 
 import html
@@ -17,13 +18,26 @@ from typing import Any, Mapping, NamedTuple, Sequence, Union
 
 from openradio.atomicio import write_text
 
-__all__ = ["Paragraph", "Image", "Table", "Report", "fmt_number", "fmt_count", "markdown_table", "html_table",
-           "mode_switch_table", "throughput_table", "agreement_table"]
+__all__ = [
+    "Paragraph",
+    "Image",
+    "Table",
+    "Report",
+    "fmt_number",
+    "fmt_count",
+    "markdown_table",
+    "html_table",
+    "mode_switch_table",
+    "throughput_table",
+    "agreement_table",
+]
 
-_STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
-          "table{border-collapse:collapse;margin:1em 0;font-size:90%}td,th{border:1px solid #ccc;padding:3px 8px;"
-          "text-align:left}th{background:#f3f3f3}img{max-width:100%;border:1px solid #eee}"
-          "figure{margin:1em 0}figcaption{color:#555;font-size:90%}")
+_STYLE = (
+    "body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
+    "table{border-collapse:collapse;margin:1em 0;font-size:90%}td,th{border:1px solid #ccc;padding:3px 8px;"
+    "text-align:left}th{background:#f3f3f3}img{max-width:100%;border:1px solid #eee}"
+    "figure{margin:1em 0}figcaption{color:#555;font-size:90%}"
+)
 
 
 class Paragraph(NamedTuple):
@@ -31,7 +45,7 @@ class Paragraph(NamedTuple):
 
 
 class Image(NamedTuple):
-    path: str     # relative to the report's folder
+    path: str  # relative to the report's folder
     caption: str
 
 
@@ -79,8 +93,10 @@ def _html(item: Item) -> str:
     if isinstance(item, Paragraph):
         return f"<p>{html.escape(item.text)}</p>"
     if isinstance(item, Image):
-        return (f'<figure><img src="{html.escape(item.path)}" alt="{html.escape(item.caption)}">'
-                f"<figcaption>{html.escape(item.caption)}</figcaption></figure>")
+        return (
+            f'<figure><img src="{html.escape(item.path)}" alt="{html.escape(item.caption)}">'
+            f"<figcaption>{html.escape(item.caption)}</figcaption></figure>"
+        )
     return html_table(item.header, item.rows)
 
 
@@ -89,13 +105,24 @@ class Report:
     """A report: a title, a table of facts, notes, then titled sections of items."""
 
     title: str
-    facts: list = field(default_factory=list)     # (key, value) rows of the header table
-    notes: list = field(default_factory=list)     # paragraphs under it
+    facts: list = field(default_factory=list)  # (key, value) rows of the header table
+    notes: list = field(default_factory=list)  # paragraphs under it
     sections: list = field(default_factory=list)  # (title, [Item, ...])
 
     def section(self, title: str, *items: Item) -> "Report":
         self.sections.append((title, list(items)))
         return self
+
+    def timings_section(self, timings: Mapping[str, float], title: str = "Timings") -> "Report":
+        """A table of seconds per phase (e.g. :class:`openradio.runtime.PhaseTimer`'s ``timings``)."""
+        return self.section(title, Table(["phase", "seconds"], [[k, f"{v:.1f}"] for k, v in timings.items()]))
+
+    def files_section(self, folder: str | os.PathLike, skip: Sequence[str] = (), extra: Sequence[str] = ()) -> "Report":
+        """The files in ``folder`` (relative paths; top-level entries in ``skip`` left out), then ``extra`` lines."""
+        folder = Path(folder)
+        files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+        files = [f for f in files if f.split("/")[0] not in skip] + list(extra)
+        return self.section("Files", Paragraph(", ".join(files)))
 
     def to_markdown(self) -> str:
         md = [f"# {self.title}", "", markdown_table(["", ""], [[k, v] for k, v in self.facts]), ""]
@@ -112,8 +139,10 @@ class Report:
         for title, items in self.sections:
             body.append(f"<h2>{html.escape(title)}</h2>")
             body += [_html(item) for item in items]
-        return (f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(self.title)}</title>'
-                f"<style>{_STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+        return (
+            f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(self.title)}</title>'
+            f"<style>{_STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+        )
 
     def write(self, folder: str | os.PathLike) -> Path:
         """``folder/report.md`` and ``folder/report.html`` (each written atomically); returns the Markdown path."""
@@ -147,14 +176,29 @@ def mode_switch_table(results: Mapping[str, Mapping[str, Sequence[Any]]]) -> Tab
 def throughput_table(rows: Sequence[Mapping[str, Any]]) -> Table:
     """Rows of :func:`openradio.eval.throughput.bench_model` (with a baseline) as a table."""
     nan = float("nan")
-    return Table(["input", "images/s", "latency ms", "timm baseline images/s", "speed ratio"],
-                 [[f"{r['height']}x{r['width']}", fmt_number(r["images_per_s"]), fmt_number(r["latency_ms"]),
-                   fmt_number(r.get("baseline_images_per_s", nan)), fmt_number(r.get("speed_ratio", nan))]
-                  for r in rows])
+    return Table(
+        ["input", "images/s", "latency ms", "timm baseline images/s", "speed ratio"],
+        [
+            [
+                f"{r['height']}x{r['width']}",
+                fmt_number(r["images_per_s"]),
+                fmt_number(r["latency_ms"]),
+                fmt_number(r.get("baseline_images_per_s", nan)),
+                fmt_number(r.get("speed_ratio", nan)),
+            ]
+            for r in rows
+        ],
+    )
 
 
 def agreement_table(results: Mapping[str, Mapping[str, Sequence[Any]]]) -> Table:
     """``{teacher: {model: [ZeroShotResult]}}`` of :func:`openradio.eval.agreement.agreement_by_teacher`."""
-    return Table(["teacher", "model", "input", "agreement (top-1)", "top-5"],
-                 [[t, label, str(r.resolution), f"{r.top1:.0f}%", f"{r.top5:.0f}%"]
-                  for t, per_model in results.items() for label, rs in per_model.items() for r in rs])
+    return Table(
+        ["teacher", "model", "input", "agreement (top-1)", "top-5"],
+        [
+            [t, label, str(r.resolution), f"{r.top1:.0f}%", f"{r.top5:.0f}%"]
+            for t, per_model in results.items()
+            for label, rs in per_model.items()
+            for r in rs
+        ],
+    )

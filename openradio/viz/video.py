@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from openradio.extras import require
 from openradio.inputs.imageio import tensor_to_uint8
 from openradio.model.video import check_clip_frames, pad_to_clips
-from openradio.runtime import default_resolution, supported_resolution
+from openradio.runtime import model_resolution
 from openradio.viz.features import model_features, prepare_input
 from openradio.viz.pca import PCAStats, apply_pca, get_robust_pca, upsample_rgb
 
@@ -295,7 +295,7 @@ def visualize_video(model: nn.Module, in_path: str | Path, out_path: str | Path,
     batch_size = -(-batch_size // t) * t
     info = probe_video(in_path)
     total = info.num_frames if max_frames is None else min(info.num_frames, max_frames)
-    res = supported_resolution(model, resolution or default_resolution(model))
+    res = model_resolution(model, resolution)
 
     def features_of(frames: Tensor) -> tuple[Tensor, Tensor]:
         x = prepare_input(_to_model_batch(frames), model, res)

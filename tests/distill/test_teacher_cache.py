@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from openradio.distill.config import load_config
-from openradio.distill.teacher_cache import TeacherCache, build_cache
+from openradio.distill.cache_build import build_cache
+from openradio.distill.teacher_cache import TeacherCache
 from openradio.distill.trainer import DistEnv, Trainer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -158,7 +159,7 @@ def test_cache_refuses_other_teachers_data_and_augmentation(shards, caches, tmp_
 
 
 def test_killed_cache_build_resumes_and_refuses_another_recipe(shards, tmp_path, monkeypatch):
-    from openradio.distill import teacher_cache as tc
+    from openradio.distill import cache_build as tc
     cfg = load_config(REPO / "configs" / "tiny.yaml", [f"data.path={shards}", *MOSAIC_ONLY])
     real = tc._ShardWriter.finish
     calls = []

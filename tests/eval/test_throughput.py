@@ -132,9 +132,9 @@ def test_timm_baseline_has_the_models_width_and_depth(tiny_model):
         radio = tiny_model.forward_tokens(tiny_model.input_conditioner(x), None)
     # like for like: as many prefix tokens (class + timm registers) as RADIO's summary tokens and
     # registers, so the sequences have one length; timm's default is one class token
-    assert tiny_model.num_summary_tokens > 1
-    assert tokens.shape == radio.shape == (1, tiny_model.num_summary_tokens + 4 * 6, tiny_model.embed_dim)
-    assert vit.num_prefix_tokens == tiny_model.num_summary_tokens
+    assert tiny_model.num_prefix_tokens > 1
+    assert tokens.shape == radio.shape == (1, tiny_model.num_prefix_tokens + 4 * 6, tiny_model.embed_dim)
+    assert vit.num_prefix_tokens == tiny_model.num_prefix_tokens
     assert plain.shape == (1, 1 + 4 * 6, tiny_model.embed_dim)
 
 

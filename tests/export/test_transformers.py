@@ -74,7 +74,7 @@ def test_native_transformers_to_openradio(tmp_path):
             t.copy_(torch.randn_like(t) * (0.5 if "layer_scale" in name else 0.05) + (1 if "layer_scale" in name else 0))
     hf.save_pretrained(tmp_path / "native")
     model = openradio.radio_model(str(tmp_path / "native"))
-    assert model.num_summary_tokens == 8 and model.summary_idxs.tolist() == [2, 0] and model.patch_size == 8
+    assert model.num_prefix_tokens == 8 and model.summary_idxs.tolist() == [2, 0] and model.patch_size == 8
     for h, w in [(32, 32), (24, 56)]:
         x = torch.rand(2, 3, h, w)
         with torch.no_grad():

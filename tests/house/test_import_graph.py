@@ -4,6 +4,7 @@ The import graph of ``openradio/`` is read with ``ast`` (every import statement:
 function level, ``TYPE_CHECKING`` blocks, relative ones), so a circle closed by a lazy import
 counts as much as one at the top of a module.
 """
+
 from __future__ import annotations
 
 import ast
@@ -49,8 +50,7 @@ def imports_of(module: str, path: Path, known: set[str]) -> list[tuple[str, int,
                 if alias.name.split(".")[0] == "openradio":
                     out.append((alias.name, node.lineno, []))
         elif isinstance(node, ast.ImportFrom):
-            target = (_resolve_relative(module, is_package, node.level, node.module) if node.level
-                      else node.module or "")
+            target = _resolve_relative(module, is_package, node.level, node.module) if node.level else node.module or ""
             if target.split(".")[0] != "openradio":
                 continue
             names = [a.name for a in node.names]
@@ -153,7 +153,8 @@ def test_the_cycle_finder_finds_a_circle_through_a_function_level_import(tmp_pat
 def test_no_import_cycles():
     cycles = find_cycles(import_graph())
     assert not cycles, "import circles in openradio/ (function-level imports count):\n" + "\n".join(
-        " -> ".join(c) for c in cycles)
+        " -> ".join(c) for c in cycles
+    )
 
 
 def test_no_private_name_imported_across_modules():
@@ -175,8 +176,9 @@ def test_root_modules():
 
 
 def test_no_file_over_the_line_limit():
-    long = {str(p.relative_to(ROOT)): n for p in PKG.rglob("*.py")
-            if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    long = {
+        str(p.relative_to(ROOT)): n for p in PKG.rglob("*.py") if (n := len(p.read_text().splitlines())) > MAX_LINES
+    }
     assert not long, f"files over {MAX_LINES} lines (split them by concept): {long}"
 
 
@@ -184,7 +186,9 @@ def test_demo_is_short():
     demo = PKG / "demo"
     files = list(demo.rglob("*.py")) if demo.is_dir() else [PKG / "demo.py"]
     total = sum(len(p.read_text().splitlines()) for p in files)
-    assert total <= MAX_DEMO_LINES, f"the demo is {total} lines (at most {MAX_DEMO_LINES}): move the rest to the library"
+    assert total <= MAX_DEMO_LINES, (
+        f"the demo is {total} lines (at most {MAX_DEMO_LINES}): move the rest to the library"
+    )
 
 
 def test_readme_is_a_front_page():
@@ -193,35 +197,84 @@ def test_readme_is_a_front_page():
 
 
 def architecture_entries(text: str) -> list[str]:
-    """The package paths (``openradio/...``) the architecture map names."""
-    return sorted(set(re.findall(r"`?(openradio/[\w/]*\w(?:\.py)?)/?`?", text)))
+    """The paths a tree drawing names: the first fenced block whose first line is ``openradio/``;
+    entries indented by two spaces are inside the package, unindented ones at the repository root."""
+    for block in re.findall(r"```\n(.*?)```", text, flags=re.S):
+        lines = block.splitlines()
+        if not lines or lines[0].split()[0] != "openradio/":
+            continue
+        out = []
+        for line in lines[1:]:
+            if not line.strip():
+                continue
+            name = line.split()[0]
+            if line.startswith("  ") and not line.startswith("   "):
+                out.append(f"openradio/{name}".rstrip("/"))
+            elif not line.startswith(" "):
+                out.append(name.rstrip("/"))
+        return out
+    return []
 
 
-def architecture_text() -> str:
-    doc = ROOT / "docs" / "architecture.md"
-    readme = (ROOT / "README.md").read_text()
-    m = re.search(r"^## Architecture\n(.*?)(?=^## |\Z)", readme, re.S | re.M)
-    return (m.group(1) if m else "") + (doc.read_text() if doc.is_file() else "")
+MAPS = {"README.md": ROOT / "README.md", "docs/architecture.md": ROOT / "docs" / "architecture.md"}
 
 
-def test_every_package_the_architecture_map_names_exists():
-    text = architecture_text()
-    named = architecture_entries(text)
-    assert named, "the README's architecture section (or docs/architecture.md) names no openradio/ paths"
+def architecture_text(page: str) -> str:
+    text = MAPS[page].read_text()
+    if page == "README.md":  # the README's map is its Architecture section's
+        m = re.search(r"^## Architecture\n(.*?)(?=^## |\Z)", text, re.S | re.M)
+        text = m.group(1) if m else ""
+    return text
+
+
+@pytest.mark.parametrize("page", sorted(MAPS))
+def test_the_architecture_map_names_only_what_exists(page):
+    named = architecture_entries(architecture_text(page))
+    assert len(named) >= 10, f"{page} draws no map of openradio/ (a block starting 'openradio/')"
     missing = [p for p in named if not (ROOT / p).exists()]
-    assert not missing, f"the architecture map names paths that do not exist: {missing}"
+    assert not missing, f"{page}'s architecture map names paths that do not exist: {missing}"
 
 
-def test_every_package_is_on_the_architecture_map():
-    text = architecture_text()
-    named = set(architecture_entries(text))
-    packages = sorted(str(p.parent.relative_to(ROOT)) for p in PKG.glob("*/__init__.py"))
-    absent = [p for p in packages if p not in named]
-    assert not absent, f"packages missing from the architecture map (docs/architecture.md): {absent}"
+@pytest.mark.parametrize("page", sorted(MAPS))
+def test_every_room_is_on_the_architecture_map(page):
+    named = set(architecture_entries(architecture_text(page)))
+    rooms = sorted(f"openradio/{p.parent.name}" for p in PKG.glob("*/__init__.py"))
+    rooms += sorted(f"openradio/{p.name}" for p in PKG.glob("*.py") if p.name != "__main__.py")
+    absent = [r for r in rooms if r not in named]
+    assert not absent, f"rooms missing from the architecture map in {page} (one line each): {absent}"
 
 
-@pytest.mark.parametrize("text,expected", [("`openradio/formats/` reads", ["openradio/formats"]),
-                                           ("openradio/cli.py and openradio/model/", ["openradio/cli.py",
-                                                                                       "openradio/model"])])
-def test_architecture_entries(text, expected):
-    assert architecture_entries(text) == expected
+def test_the_readme_links_the_architecture_map():
+    assert "docs/architecture.md" in (ROOT / "README.md").read_text()
+
+
+def test_architecture_entries():
+    text = "intro\n```\nopenradio/\n  cli.py    the CLI\n  model/    the network\n    detail\nhubconf.py  hub\n```\n"
+    assert architecture_entries(text) == ["openradio/cli.py", "openradio/model", "hubconf.py"]
+    assert architecture_entries("```\nsomething/\n  x.py\n```\n") == []
+
+
+FRONT = {"cli", "commands", "demo", "train", "__main__"}
+WORKLOADS = {"eval", "viz", "dense", "extract"}
+
+
+def room(module: str) -> str:
+    """The room a module lives in; any package's ``__main__`` (``python -m openradio.X``) is a front end."""
+    parts = module.split(".")
+    if parts[-1] == "__main__":
+        return "__main__"
+    return parts[1] if len(parts) > 1 else "openradio"
+
+
+def test_imports_go_from_front_ends_to_workloads_to_the_library():
+    """The layering docs/architecture.md states: no import goes up."""
+    up = []
+    for module, targets in import_graph().items():
+        here = room(module)
+        for target in targets:
+            there = room(target)
+            if here in FRONT:
+                continue
+            if there in FRONT or (here not in WORKLOADS and there in WORKLOADS):
+                up.append(f"{module} -> {target}")
+    assert not up, "imports that go up (front ends -> workloads -> library):\n" + "\n".join(sorted(up))

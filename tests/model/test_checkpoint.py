@@ -208,3 +208,29 @@ def test_heads_keyed_by_index_and_name_agree(tmp_path):
         oa = openradio.radio_model(str(a), adaptor_names=["dino_v2"])(x)
         ob = openradio.radio_model(str(b), adaptor_names=["dino_v2"])(x)
     assert torch.equal(oa["dino_v2"].features, ob["dino_v2"].features)
+
+
+def test_every_route_ends_in_one_builder_and_the_model_says_what_it_was_built_from(tiny_checkpoint, tmp_path,
+                                                                                   monkeypatch):
+    """Issue 26: the release/file, Hugging Face and transformers-native routes all build through
+    formats.build.build_model; RADIOModel carries config, args and version from its constructor;
+    return_checkpoint gives (model, checkpoint); one public prefix-token count."""
+    from openradio.formats import build
+    from openradio.formats.hf import save_hf
+    from openradio.model.config import RadioConfig
+
+    calls = []
+    real = build.build_model
+    monkeypatch.setattr(build, "build_model", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    model, chk = openradio.radio_model(str(tiny_checkpoint), adaptor_names=["clip"], return_checkpoint=True)
+    assert isinstance(chk, dict) and "args" in chk
+    hf_dir = save_hf(model, tmp_path / "hf")
+    from_hf = openradio.radio_model(str(hf_dir), adaptor_names="clip")
+    assert len(calls) == 2 and all(isinstance(c, RadioConfig) for c in calls)
+    assert isinstance(model.config, RadioConfig) and model.args.model == chk["args"].model
+    assert model.version == str(tiny_checkpoint) and from_hf.version == str(hf_dir)
+    assert model.num_prefix_tokens == model.num_summary_tokens == model.patch_generator.num_prefix_tokens
+    assert model.vitdet_num_windowed is None and model.vitdet_num_global is None
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x)["clip"].summary, from_hf(x)["clip"].summary)

@@ -36,7 +36,7 @@ def _flatten(out) -> list[torch.Tensor]:
 @pytest.mark.parametrize("fmt", ["NLC", "NCHW"])
 def test_chunked_batch_equals_one_pass(model, window, fmt):
     x = torch.rand(5, 3, 64, 96, generator=torch.Generator().manual_seed(0))
-    n = 64 // 16 * (96 // 16) + model.num_summary_tokens  # tokens per image
+    n = 64 // 16 * (96 // 16) + model.num_prefix_tokens  # tokens per image
     with torch.inference_mode():
         model.cpu_chunk_tokens = 0
         whole, passes_whole = _block_passes(model, lambda: model(x, feature_fmt=fmt, vitdet_window=window))
@@ -54,7 +54,7 @@ def test_chunked_batch_equals_one_pass(model, window, fmt):
 
 def test_chunking_only_in_cpu_inference_of_large_batches(model):
     x = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
-    n = (64 // 16) ** 2 + model.num_summary_tokens
+    n = (64 // 16) ** 2 + model.num_prefix_tokens
     model.cpu_chunk_tokens = n  # one image per pass where it applies
     try:
         with torch.inference_mode():

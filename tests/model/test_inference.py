@@ -64,7 +64,7 @@ def test_vitdet_equals_global_when_window_covers_image(deep_ckpt):
         got = m(x)
         xc = m.input_conditioner(x)
         t = m.patch_generator(xc)
-        S = m.num_summary_tokens
+        S = m.num_prefix_tokens
         for i, blk in enumerate(m.blocks):
             if i in m.windowed_block_indices:
                 t = torch.cat([t[:, :S], blk(t[:, S:])], dim=1)
@@ -107,7 +107,7 @@ def test_other_configurations_match_manual_forward(tmp_path, overrides):
     with torch.no_grad():
         out = m(x)
         ref = _manual_forward(m, x)
-    S = m.num_summary_tokens
+    S = m.num_prefix_tokens
     torch.testing.assert_close(out.features, ref[:, S:], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out.summary, ref[:, [0, 1, 2]].flatten(1), rtol=1e-5, atol=1e-5)
     regs = overrides.get("cpe_num_registers", (overrides.get("register_multiple", 8) - 4 % overrides.get("register_multiple", 8)))

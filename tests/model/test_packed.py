@@ -90,7 +90,7 @@ def test_cpu_inference_packs_up_to_the_models_block_pass_limit(model, monkeypatc
     sizes = _count_packs(monkeypatch)
     images = _images()
     p = model.patch_size
-    total = sum(im.shape[-2] // p * (im.shape[-1] // p) + model.num_summary_tokens for im in images)
+    total = sum(im.shape[-2] // p * (im.shape[-1] // p) + model.num_prefix_tokens for im in images)
     old = model.cpu_chunk_tokens
     try:
         model.cpu_chunk_tokens = 60

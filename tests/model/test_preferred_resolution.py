@@ -44,9 +44,9 @@ def test_a_released_file_by_path_gets_its_versions_resolution(tmp_path):
 
 
 def test_nothing_recorded_is_none_as_documented():
-    """As the official loader: a file that records no resolution has none (README says so)."""
+    """As the official loader: a file that records no resolution has none (docs/api.md says so)."""
     assert openradio.radio_model(str(MINI), progress=False).preferred_resolution is None
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text()
     assert "`preferred_resolution` is `None`" in readme
 
 
