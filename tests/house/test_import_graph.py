@@ -255,7 +255,7 @@ def test_architecture_entries():
 
 
 FRONT = {"cli", "commands", "demo", "train", "__main__"}
-WORKLOADS = {"eval", "viz", "dense", "extract"}
+WORKLOADS = {"eval", "viz", "dense", "extract", "ray"}
 
 
 def room(module: str) -> str:
