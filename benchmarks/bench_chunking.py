@@ -9,6 +9,7 @@ same rounds.
 
     python benchmarks/bench_chunking.py --threads 2 --resolution 512 --batch 8 --limits 0,1100,2100,4096
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,11 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--resolution", type=int, default=512)
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--limits", default="0,1100,2100,4096",
-                    help="cpu_chunk_tokens settings to compare (0: the whole batch in one pass)")
+    ap.add_argument(
+        "--limits",
+        default="0,1100,2100,4096",
+        help="cpu_chunk_tokens settings to compare (0: the whole batch in one pass)",
+    )
     ap.add_argument("--rounds", type=int, default=3)
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -42,8 +46,10 @@ def main(argv=None) -> int:
     times: dict[int, list[float]] = {c: [] for c in limits}
     mm: list[float] = []
     tokens = (a.resolution // 16) ** 2 + model.num_prefix_tokens
-    print(f"torch {torch.__version__}; {a.threads} thread(s); {a.shape} at {a.resolution} px, batch {a.batch} "
-          f"({tokens} tokens per image); median of {a.rounds} interleaved rounds")
+    print(
+        f"torch {torch.__version__}; {a.threads} thread(s); {a.shape} at {a.resolution} px, batch {a.batch} "
+        f"({tokens} tokens per image); median of {a.rounds} interleaved rounds"
+    )
     with torch.inference_mode():
         model.cpu_chunk_tokens = 0
         ref = model(x)
@@ -56,18 +62,20 @@ def main(argv=None) -> int:
         print("every setting gives the one-pass outputs bit for bit")
         for r in range(a.rounds):
             mm.append(min(_t(lambda: torch.mm(mm_a, mm_b)) for _ in range(3)))
-            for c in (limits if r % 2 == 0 else limits[::-1]):
+            for c in limits if r % 2 == 0 else limits[::-1]:
                 model.cpu_chunk_tokens = c
                 times[c].append(_t(lambda: model(x)))
     flops = model_flops(dim, depth, 16, a.resolution, a.batch, model.num_prefix_tokens, model._schedule(), None)
-    peak = 2 * 2048 ** 3 / statistics.median(mm)
+    peak = 2 * 2048**3 / statistics.median(mm)
     print(f"float32 matmul peak {peak / 1e9:.1f} GFLOP/s")
     base = statistics.median(times[limits[0]])
     for c in limits:
         t = statistics.median(times[c])
         per = "whole batch" if not c else f"{max(1, c // tokens)} image(s) per pass"
-        print(f"cpu_chunk_tokens {c:6d} ({per:>20}): {t:7.2f} s  MFU {100 * flops / t / peak:5.1f} %  "
-              f"x{base / t:.2f} vs cpu_chunk_tokens={limits[0]}")
+        print(
+            f"cpu_chunk_tokens {c:6d} ({per:>20}): {t:7.2f} s  MFU {100 * flops / t / peak:5.1f} %  "
+            f"x{base / t:.2f} vs cpu_chunk_tokens={limits[0]}"
+        )
     return 0
 
 

@@ -21,6 +21,7 @@ class token and registers are as many as openradio's prefix tokens (``make_timm_
     python benchmarks/bench_compare.py                         # B/16, 224 and 512, batch 1: quick
     python benchmarks/bench_compare.py --shapes b16,l16 --resolutions 224,512,1024,2048 --batches 1,8
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,14 +45,16 @@ def native_bf16() -> tuple[bool, str]:
     except OSError:
         pass
     have = any(f in flags for f in ("avx512_bf16", "amx_bf16"))
-    return have, ("CPU with " + ("AVX512-BF16/AMX" if have else f"no native bf16 ({torch.backends.cpu.get_cpu_capability()})"))
+    return have, (
+        "CPU with " + ("AVX512-BF16/AMX" if have else f"no native bf16 ({torch.backends.cpu.get_cpu_capability()})")
+    )
 
 
 def matmul_peak(dtype=torch.float32, n: int = 2048, reps: int = 5) -> float:
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     torch.mm(a, b)
     best = min(_t(lambda: torch.mm(a, b)) for _ in range(reps))
-    return 2 * n ** 3 / best
+    return 2 * n**3 / best
 
 
 def _t(fn) -> float:
@@ -84,14 +87,22 @@ def build(shape: str, tmp: Path):
     from openradio.verify.testing import make_tiny_checkpoint
 
     dim, depth, heads = SHAPES[shape]
-    ckpt = make_tiny_checkpoint(tmp / f"{shape}.pth.tar", embed_dim=dim, depth=depth, num_heads=heads,
-                                cpe_max_size=2048, arch="vit_base_patch16_224", head_hidden=64)
+    ckpt = make_tiny_checkpoint(
+        tmp / f"{shape}.pth.tar",
+        embed_dim=dim,
+        depth=depth,
+        num_heads=heads,
+        cpe_max_size=2048,
+        arch="vit_base_patch16_224",
+        head_hidden=64,
+    )
     model = openradio.radio_model(str(ckpt), text_towers=False)
     hf = None
     try:
         import transformers
 
         from openradio.formats.native import save_transformers
+
         if hasattr(transformers, "RadioModel"):
             folder = save_transformers(model, tmp / f"{shape}_native")
             hf = transformers.RadioModel.from_pretrained(folder, attn_implementation="sdpa").eval()
@@ -102,6 +113,7 @@ def build(shape: str, tmp: Path):
         vit = make_timm_baseline(model, res, res)
         vit.blocks.load_state_dict(model.model.blocks.state_dict())
         return vit
+
     return model, timm_for, hf
 
 
@@ -115,8 +127,12 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", default="", help="comma-separated torch thread counts (default: torch's)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--window", type=int, default=16)
-    ap.add_argument("--chunk-tokens", type=int, default=None,
-                    help="openradio's cpu_chunk_tokens (0: the whole batch in one pass; default: the model's)")
+    ap.add_argument(
+        "--chunk-tokens",
+        type=int,
+        default=None,
+        help="openradio's cpu_chunk_tokens (0: the whole batch in one pass; default: the model's)",
+    )
     a = ap.parse_args(argv)
     bf16_ok, bf16_where = native_bf16()
     print(f"torch {torch.__version__}; {bf16_where}: bf16 cells {'run' if bf16_ok else 'skipped'}")
@@ -127,18 +143,26 @@ def main(argv=None) -> int:
             if a.chunk_tokens is not None:
                 model.cpu_chunk_tokens = a.chunk_tokens
             dim, depth, _ = SHAPES[shape]
-            print(f"\nshape {shape}: dim {dim}, depth {depth}, patch 16; openradio's CPU inference runs its blocks on "
-                  f"groups of <= {model.cpu_chunk_tokens} tokens (whole images; --chunk-tokens)")
-            print(f"contestants: openradio, timm (class token + {model.num_prefix_tokens - 1} registers = "
-                  f"openradio's {model.num_prefix_tokens} prefix tokens)"
-                  f"{', transformers' if hf is not None else ' (transformers RadioModel not available)'}")
-            print(f"{'thr':>3} {'res':>5} {'bs':>3} {'mode':9} {'dtype':8} {'openradio ms':>12} {'vs timm':>8} "
-                  f"{'vs hf':>7} {'MFU':>6} {'peak MiB':>9}")
+            print(
+                f"\nshape {shape}: dim {dim}, depth {depth}, patch 16; openradio's CPU inference runs its blocks on "
+                f"groups of <= {model.cpu_chunk_tokens} tokens (whole images; --chunk-tokens)"
+            )
+            print(
+                f"contestants: openradio, timm (class token + {model.num_prefix_tokens - 1} registers = "
+                f"openradio's {model.num_prefix_tokens} prefix tokens)"
+                f"{', transformers' if hf is not None else ' (transformers RadioModel not available)'}"
+            )
+            print(
+                f"{'thr':>3} {'res':>5} {'bs':>3} {'mode':9} {'dtype':8} {'openradio ms':>12} {'vs timm':>8} "
+                f"{'vs hf':>7} {'MFU':>6} {'peak MiB':>9}"
+            )
             for threads in threads_list:
                 torch.set_num_threads(threads)
                 peak = matmul_peak()
-                print(f"# {threads} thread(s): float32 matmul peak {peak / 1e9:.1f} GFLOP/s at the start "
-                      "(2048^3 torch.mm, best of 5; MFU uses the one measured in each cell's rounds)")
+                print(
+                    f"# {threads} thread(s): float32 matmul peak {peak / 1e9:.1f} GFLOP/s at the start "
+                    "(2048^3 torch.mm, best of 5; MFU uses the one measured in each cell's rounds)"
+                )
                 for res in [int(r) for r in a.resolutions.split(",")]:
                     vit = timm_for(res)
                     for bs in [int(b) for b in a.batches.split(",")]:
@@ -157,9 +181,13 @@ def main(argv=None) -> int:
 
 def cell(model, vit, hf, res, bs, window, dtype, rounds, peak, threads, dim, depth) -> None:
     import gc
+
     x = torch.rand(bs, 3, res, res)
-    ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if dtype == torch.bfloat16 else \
-        (lambda: torch.autocast("cpu", enabled=False))
+    ctx = (
+        (lambda: torch.autocast("cpu", dtype=torch.bfloat16))
+        if dtype == torch.bfloat16
+        else (lambda: torch.autocast("cpu", enabled=False))
+    )
     fns = {"openradio": lambda: model(x, vitdet_window=window)}
     if window is None:  # the baselines have no windowed mode: they are compared at global attention
         fns["timm"] = lambda: vit(x)
@@ -182,19 +210,22 @@ def cell(model, vit, hf, res, bs, window, dtype, rounds, peak, threads, dim, dep
             fns[k]()
         names = [k for k in names if k != "matmul"]
         for r in range(rounds):
-            for k in (names if r % 2 == 0 else names[::-1]):
+            for k in names if r % 2 == 0 else names[::-1]:
                 if k == "openradio":  # the matmul peak right next to the model call
                     times["matmul"].append(min(_t(fns["matmul"]) for _ in range(2)))
                 times[k].append(_t(fns[k]))
     t = statistics.median(times["openradio"])
     ratio = {k: statistics.median(b / o for b, o in zip(times[k], times["openradio"])) for k in names[1:]}
     fl = model_flops(dim, depth, 16, res, bs, model.num_prefix_tokens, model._schedule(), window)
-    mfu = statistics.median(fl / o / (2 * 2048 ** 3 / m) for o, m in zip(times["openradio"], times["matmul"]))
+    mfu = statistics.median(fl / o / (2 * 2048**3 / m) for o, m in zip(times["openradio"], times["matmul"]))
     mode = "global" if window is None else f"vitdet-{window}"
     vs_t = f"x{ratio['timm']:.2f}" if "timm" in ratio else "-"
     vs_h = f"x{ratio['hf']:.2f}" if "hf" in ratio else "-"
-    print(f"{threads:3d} {res:5d} {bs:3d} {mode:9} {str(dtype).replace('torch.', ''):8} {t * 1e3:12.0f} {vs_t:>8} "
-          f"{vs_h:>7} {100 * mfu:5.0f}% {mem / 2 ** 20:9.0f}", flush=True)
+    print(
+        f"{threads:3d} {res:5d} {bs:3d} {mode:9} {str(dtype).replace('torch.', ''):8} {t * 1e3:12.0f} {vs_t:>8} "
+        f"{vs_h:>7} {100 * mfu:5.0f}% {mem / 2**20:9.0f}",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ takes a released name or checkpoint file for the real thing.
     python benchmarks/bench_int8.py --pca int8_pca.png
     python benchmarks/bench_int8.py --version radio_v2.5-b --resolution 512
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,6 +36,7 @@ def load_photos(names: list[str], size: int) -> list[torch.Tensor]:
     from PIL import Image
 
     from openradio.inputs.sample_data import load_sample_image
+
     out = []
     for n in names:
         im = Image.fromarray(load_sample_image(n)).convert("RGB").resize((size, size), Image.BICUBIC)
@@ -54,17 +56,27 @@ def main() -> None:
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--pca", default="", help="write the PCA pictures (float32 | int8) to this PNG")
-    ap.add_argument("--engines", default="", help="quantised engines to compare, e.g. onednn,x86 "
-                    "(default: quantize_dynamic's default engine)")
+    ap.add_argument(
+        "--engines",
+        default="",
+        help="quantised engines to compare, e.g. onednn,x86 (default: quantize_dynamic's default engine)",
+    )
     a = ap.parse_args()
 
     import openradio
     from openradio.verify.testing import make_tiny_checkpoint
 
     with tempfile.TemporaryDirectory() as tmp:
-        src = a.version or str(make_tiny_checkpoint(Path(tmp) / "m.pth.tar", embed_dim=a.embed_dim, depth=a.depth,
-                                                    num_heads=a.heads, cpe_max_size=2048,
-                                                    arch="vit_base_patch16_224"))
+        src = a.version or str(
+            make_tiny_checkpoint(
+                Path(tmp) / "m.pth.tar",
+                embed_dim=a.embed_dim,
+                depth=a.depth,
+                num_heads=a.heads,
+                cpe_max_size=2048,
+                arch="vit_base_patch16_224",
+            )
+        )
         model = openradio.radio_model(src, text_towers=False).float()
     engines = [e for e in a.engines.split(",") if e] or [None]
     qs = {}
@@ -73,9 +85,11 @@ def main() -> None:
         qs[qm.quantized.split("(")[-1].rstrip(")")] = qm
     names = a.photos.split(",")
     photos = load_photos(names, a.resolution)
-    print(f"model: {a.version or f'random ViT dim {a.embed_dim}, depth {a.depth}, heads {a.heads}, patch 16'}; "
-          f"{a.resolution}px; int8 = torch.ao dynamic quantisation of the blocks' linear layers "
-          f"(engines {', '.join(qs)}); torch {torch.__version__}")
+    print(
+        f"model: {a.version or f'random ViT dim {a.embed_dim}, depth {a.depth}, heads {a.heads}, patch 16'}; "
+        f"{a.resolution}px; int8 = torch.ao dynamic quantisation of the blocks' linear layers "
+        f"(engines {', '.join(qs)}); torch {torch.__version__}"
+    )
     pcs = []
     with torch.inference_mode():
         for n, x in zip(names, photos):
@@ -101,7 +115,7 @@ def main() -> None:
             for fn in fns.values():
                 fn(x)
             for r in range(a.rounds):
-                for k in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
+                for k in list(fns) if r % 2 == 0 else list(fns)[::-1]:
                     t0 = time.perf_counter()
                     fns[k](x)
                     times[k].append(time.perf_counter() - t0)
@@ -109,14 +123,21 @@ def main() -> None:
         t32 = statistics.median(times["float32"])
         for e in qs:
             ratio = statistics.median(f / i for f, i in zip(times["float32"], times[e]))
-            print(f"threads {threads} batch {a.batch_size}: int8 ({e}) x{ratio:.2f} faster than float32 "
-                  f"(float32 {t32 * 1e3:.0f} ms, int8 "
-                  f"{statistics.median(times[e]) * 1e3:.0f} ms per call)", flush=True)
+            print(
+                f"threads {threads} batch {a.batch_size}: int8 ({e}) x{ratio:.2f} faster than float32 "
+                f"(float32 {t32 * 1e3:.0f} ms, int8 "
+                f"{statistics.median(times[e]) * 1e3:.0f} ms per call)",
+                flush=True,
+            )
             share = lin["float32"] / t32
             amdahl = t32 / (t32 - lin["float32"] + lin[e])
-            print(f"threads {threads} batch {a.batch_size}: int8 ({e}) linear layers alone x{lin['float32'] / lin[e]:.2f} "
-                  f"over float32; they are {100 * share:.0f} % of the float32 forward, so int8 linears with the rest "
-                  f"float32 give x{amdahl:.2f}", flush=True)
+            print(
+                f"threads {threads} batch {a.batch_size}: int8 ({e}) "
+                f"linear layers alone x{lin['float32'] / lin[e]:.2f} "
+                f"over float32; they are {100 * share:.0f} % of the float32 forward, so int8 linears with the rest "
+                f"float32 give x{amdahl:.2f}",
+                flush=True,
+            )
 
 
 def _linears(model) -> dict:
@@ -134,6 +155,7 @@ def linear_times(model, qs: dict, x: torch.Tensor, rounds: int) -> dict[str, flo
     def keep(k):
         def hook(module, inputs, output):
             shapes.setdefault(k, inputs[0].shape)
+
         return hook
 
     hooks = [m.register_forward_hook(keep(k)) for k, m in layers.items()]
@@ -156,7 +178,7 @@ def linear_times(model, qs: dict, x: torch.Tensor, rounds: int) -> dict[str, flo
         for f in fns.values():
             f()
         for r in range(max(3, rounds)):
-            for k in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
+            for k in list(fns) if r % 2 == 0 else list(fns)[::-1]:
                 t0 = time.perf_counter()
                 fns[k]()
                 times[k].append(time.perf_counter() - t0)
@@ -167,12 +189,14 @@ def write_pca(items, path: str) -> None:
     from PIL import Image
 
     from openradio.viz.pca import apply_pca, get_robust_pca, upsample_rgb
+
     rows = []
     for x, ff, fi in items:
         size = tuple(x.shape[-2:])
         stats = get_robust_pca(ff.float())
-        pics = [x.permute(1, 2, 0)] + [upsample_rgb(apply_pca(fm.float(), stats)[0], size, "nearest")
-                                       for fm in (ff, fi)]
+        pics = [x.permute(1, 2, 0)] + [
+            upsample_rgb(apply_pca(fm.float(), stats)[0], size, "nearest") for fm in (ff, fi)
+        ]
         rows.append(torch.cat(pics, dim=1))
     img = (torch.cat(rows, dim=0).clamp(0, 1) * 255).to(torch.uint8).numpy()
     Image.fromarray(img).save(path)

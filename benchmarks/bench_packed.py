@@ -14,6 +14,7 @@ Packing only makes the same FLOPs run faster, so no packed run can beat the loop
     python benchmarks/bench_packed.py --threads 1,2 --rounds 5
     python benchmarks/bench_packed.py --embed-dim 192 --heads 3 --images 8   # a quick look
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,24 +43,35 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--vitdet-window", type=int, default=0, help="also time ViTDet with this window (0: no)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--max-tokens", type=int, default=-1,
-                    help="also time forward_images(max_tokens=N): packs of at most N tokens, 0: all images in one "
-                         "pack (default -1: not timed). 'packed' is forward_images' default: on a CPU packs of at "
-                         "most model.cpu_chunk_tokens tokens")
+    ap.add_argument(
+        "--max-tokens",
+        type=int,
+        default=-1,
+        help="also time forward_images(max_tokens=N): packs of at most N tokens, 0: all images in one "
+        "pack (default -1: not timed). 'packed' is forward_images' default: on a CPU packs of at "
+        "most model.cpu_chunk_tokens tokens",
+    )
     a = ap.parse_args()
 
     import openradio
     from openradio.verify.testing import make_tiny_checkpoint
 
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = make_tiny_checkpoint(Path(tmp) / "m.pth.tar", embed_dim=a.embed_dim, depth=a.depth,
-                                    num_heads=a.heads, cpe_max_size=2048, arch="vit_base_patch16_224")
+        ckpt = make_tiny_checkpoint(
+            Path(tmp) / "m.pth.tar",
+            embed_dim=a.embed_dim,
+            depth=a.depth,
+            num_heads=a.heads,
+            cpe_max_size=2048,
+            arch="vit_base_patch16_224",
+        )
         model = openradio.radio_model(str(ckpt), text_towers=False)
         hf = None
         try:
             import transformers
 
             from openradio.formats.native import save_transformers
+
             if hasattr(transformers, "RadioModel"):
                 folder = save_transformers(model, Path(tmp) / "native")
                 hf = transformers.RadioModel.from_pretrained(folder, attn_implementation="sdpa").eval()
@@ -69,8 +81,12 @@ def main() -> None:
 
 
 def _pack_for_hf(images: list[torch.Tensor], p: int) -> tuple[torch.Tensor, torch.Tensor]:
-    patches = torch.cat([im.reshape(3, im.shape[1] // p, p, im.shape[2] // p, p).permute(1, 3, 0, 2, 4)
-                         .reshape(-1, 3 * p * p) for im in images])
+    patches = torch.cat(
+        [
+            im.reshape(3, im.shape[1] // p, p, im.shape[2] // p, p).permute(1, 3, 0, 2, 4).reshape(-1, 3 * p * p)
+            for im in images
+        ]
+    )
     grid = torch.tensor([[im.shape[1] // p, im.shape[2] // p] for im in images])
     return patches, grid
 
@@ -94,13 +110,16 @@ def run(model, hf, a) -> None:
         h, w = (sides[int(torch.randint(len(sides), (1,), generator=g))] for _ in range(2))
         images.append(torch.rand(3, h, w, generator=g))
     tokens = sum(im.shape[1] * im.shape[2] // 256 for im in images)
-    print(f"model: random ViT dim {a.embed_dim}, depth {a.depth}, heads {a.heads}, patch 16; {a.images} images, "
-          f"sides {sides[0]}-{sides[-1]} (step {step}), {tokens} patch tokens in all; torch {torch.__version__}; "
-          f"'packed': forward_images' default packs (<= {model.cpu_chunk_tokens or 'all'} tokens on a CPU)")
+    print(
+        f"model: random ViT dim {a.embed_dim}, depth {a.depth}, heads {a.heads}, patch 16; {a.images} images, "
+        f"sides {sides[0]}-{sides[-1]} (step {step}), {tokens} patch tokens in all; torch {torch.__version__}; "
+        f"'packed': forward_images' default packs (<= {model.cpu_chunk_tokens or 'all'} tokens on a CPU)"
+    )
     p = model.patch_size
     windows = [None] + ([a.vitdet_window] if a.vitdet_window else [])
-    flops = pack_flops([(im.shape[1] // p, im.shape[2] // p) for im in images], a.embed_dim, a.depth,
-                       model.num_prefix_tokens, p)
+    flops = pack_flops(
+        [(im.shape[1] // p, im.shape[2] // p) for im in images], a.embed_dim, a.depth, model.num_prefix_tokens, p
+    )
     mm_a, mm_b = torch.randn(2048, 2048), torch.randn(2048, 2048)
 
     with torch.inference_mode():
@@ -114,9 +133,11 @@ def run(model, hf, a) -> None:
             out = hf(pixel_values=hp, image_grid_hw=grid)
             hs = out.summary
             hf_f = torch.cat([r.features[0] for r in ref])
-            print(f"max |transformers packed - openradio per image|: summary "
-                  f"{(hs - torch.cat([r.summary for r in ref])).abs().max().item():.2e}, features "
-                  f"{(out.features.reshape(hf_f.shape) - hf_f).abs().max().item():.2e}")
+            print(
+                f"max |transformers packed - openradio per image|: summary "
+                f"{(hs - torch.cat([r.summary for r in ref])).abs().max().item():.2e}, features "
+                f"{(out.features.reshape(hf_f.shape) - hf_f).abs().max().item():.2e}"
+            )
 
     for threads in [int(t) for t in a.threads.split(",")]:
         torch.set_num_threads(threads)
@@ -137,14 +158,16 @@ def run(model, hf, a) -> None:
                     f()
                 for r in range(a.rounds):
                     mm.append(min(_t(lambda: torch.mm(mm_a, mm_b)) for _ in range(3)))
-                    for k in (names if r % 2 == 0 else names[::-1]):
+                    for k in names if r % 2 == 0 else names[::-1]:
                         t0 = time.perf_counter()
                         fns[k]()
                         times[k].append(time.perf_counter() - t0)
             med = {k: statistics.median(v) for k, v in times.items()}
             ratio = lambda base: statistics.median(b / t for b, t in zip(times[base], times["packed"]))  # noqa: E731
-            line = (f"threads {threads} {'global' if win is None else f'vitdet-{win}':9} "
-                    f"img/s: packed {a.images / med['packed']:6.2f}, loop {a.images / med['loop']:6.2f}")
+            line = (
+                f"threads {threads} {'global' if win is None else f'vitdet-{win}':9} "
+                f"img/s: packed {a.images / med['packed']:6.2f}, loop {a.images / med['loop']:6.2f}"
+            )
             if "transformers" in times:
                 line += f", transformers packed {a.images / med['transformers']:6.2f}"
             line += f" | speed-up of packed: x{ratio('loop'):.2f} over the loop"
@@ -152,15 +175,20 @@ def run(model, hf, a) -> None:
                 line += f", x{ratio('transformers'):.2f} over transformers"
             if "packs" in times:
                 what = f"packs of <= {a.max_tokens} tokens" if a.max_tokens else "one pack"
-                line += (f"; {what}: x"
-                         f"{statistics.median(b / t for b, t in zip(times['loop'], times['packs'])):.2f} over the loop")
+                line += (
+                    f"; {what}: x"
+                    f"{statistics.median(b / t for b, t in zip(times['loop'], times['packs'])):.2f} over the loop"
+                )
             print(line, flush=True)
             if win is None:
-                peak = 2 * 2048 ** 3 / statistics.median(mm)
+                peak = 2 * 2048**3 / statistics.median(mm)
                 mfu = {k: flops / med[k] / peak for k in ("loop", "packed")}
-                print(f"threads {threads} global    matmul peak {peak / 1e9:.0f} GFLOP/s, {flops / 1e9:.0f} GFLOP per "
-                      f"pass: MFU loop {100 * mfu['loop']:.1f} %, packed {100 * mfu['packed']:.1f} % | ceiling of "
-                      f"packing here (1 / MFU of the loop): x{1 / mfu['loop']:.2f}", flush=True)
+                print(
+                    f"threads {threads} global    matmul peak {peak / 1e9:.0f} GFLOP/s, {flops / 1e9:.0f} GFLOP per "
+                    f"pass: MFU loop {100 * mfu['loop']:.1f} %, packed {100 * mfu['packed']:.1f} % | ceiling of "
+                    f"packing here (1 / MFU of the loop): x{1 / mfu['loop']:.2f}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ largest weight / PHI-S difference.
     python benchmarks/bench_teacher_cache.py                       # tiny and b16
     python benchmarks/bench_teacher_cache.py --recipes tiny --steps 5
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,7 +34,9 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny.yaml"
 COMMON = ["data.augment=false", "progress=false", "tensorboard=false", "checkpoint_every=100000", "log_every=100000"]
 B16 = [
-    "student.model=vit_base_patch16_224", "student.model_kwargs={}", "student.cpe_max_size=1024",
+    "student.model=vit_base_patch16_224",
+    "student.model_kwargs={}",
+    "student.cpe_max_size=1024",
     "student.mlp_hidden_size=1520",
     "teachers.0.overrides={width: 384, layers: 6, head_width: 64, image_size: 224}",
     "teachers.1.overrides={embed_dim: 384, depth: 6, num_heads: 6, img_size: 224}",
@@ -49,6 +52,7 @@ EQUAL = ["stages.0.steps=3", "stages.0.partitions.0.mosaic=[]", "phi_s.update_ev
 def make_data(root: Path) -> Path:
     from openradio.distill.shards import write_shards
     from openradio.inputs.sample_data import write_sample_images
+
     write_sample_images(root / "img", max_side=320)
     write_shards(root / "img", root / "shards", max_count_per_shard=8, progress=False)
     return root / "shards"
@@ -56,6 +60,7 @@ def make_data(root: Path) -> Path:
 
 def cfg(data: Path, out: Path, *overrides: str):
     from openradio.distill.config import load_config
+
     return load_config(TINY, [f"data.path={data}", f"out_dir={out}", *COMMON, *overrides])
 
 
@@ -72,10 +77,12 @@ def bench(name: str, data: Path, root: Path, overrides: list, steps: int, warmup
     build_s = time.perf_counter() - t0
     size = sum(p.stat().st_size for p in (root / f"{name}-cache").glob("*.tar"))
     import json
+
     index = json.loads((root / f"{name}-cache" / "index.json").read_text())
     live = Trainer(live_cfg, env=DistEnv())
-    cached = Trainer(cfg(data, root / f"{name}-cached", *overrides, f"data.teacher_cache={root / f'{name}-cache'}"),
-                     env=DistEnv())
+    cached = Trainer(
+        cfg(data, root / f"{name}-cached", *overrides, f"data.teacher_cache={root / f'{name}-cache'}"), env=DistEnv()
+    )
     for _ in range(warmup):
         live.train_step()
         cached.train_step()
@@ -91,15 +98,20 @@ def bench(name: str, data: Path, root: Path, overrides: list, steps: int, warmup
         ct.append(times[id(cached)])
         ratios.append(times[id(live)] / times[id(cached)])
     images = sum(p.batch_size for p in live_cfg.stages[0].partitions)
-    print(f"{name:5s} student {live_cfg.student.model} {live.student.embed_dim}-d, {images} images/step, "
-          f"{len(index['entries'])} cached targets per image, {index['total']} images cached "
-          f"({size / index['total'] / 1e3:.0f} kB/image float16)")
-    print(f"      cached step speed-up over live teachers: x{statistics.median(ratios):.2f} "
-          f"(median of {steps} interleaved pairs; per pair {min(ratios):.2f}..{max(ratios):.2f}); "
-          f"teachers' share of a live step ~{1 - statistics.median(ct) / statistics.median(lt):.0%}; "
-          f"running the teachers over the data for the cache took as long as {build_s / statistics.median(lt):.1f} live steps "
-          f"(paid back after ~{build_s / (index['total'] / images * (statistics.median(lt) - statistics.median(ct))):.1f}"
-          " epochs)")
+    print(
+        f"{name:5s} student {live_cfg.student.model} {live.student.embed_dim}-d, {images} images/step, "
+        f"{len(index['entries'])} cached targets per image, {index['total']} images cached "
+        f"({size / index['total'] / 1e3:.0f} kB/image float16)"
+    )
+    print(
+        f"      cached step speed-up over live teachers: x{statistics.median(ratios):.2f} "
+        f"(median of {steps} interleaved pairs; per pair {min(ratios):.2f}..{max(ratios):.2f}); "
+        f"teachers' share of a live step ~{1 - statistics.median(ct) / statistics.median(lt):.0%}; "
+        f"running the teachers over the data for the cache "
+        f"took as long as {build_s / statistics.median(lt):.1f} live steps "
+        f"(paid back after ~{build_s / (index['total'] / images * (statistics.median(lt) - statistics.median(ct))):.1f}"
+        " epochs)"
+    )
 
 
 def equality(data: Path, root: Path) -> None:
@@ -118,13 +130,19 @@ def equality(data: Path, root: Path) -> None:
     for dtype in ("float32", "float16"):
         c, cl = run(cfg(data, root / f"eq-run-{dtype}", *EQUAL, f"data.teacher_cache={root / f'eq-{dtype}'}"))
         dl = max(abs(a - b) / abs(a) for a, b in zip(ll, cl))
-        dw = max((a - b).abs().max().item() for a, b in zip(live.student.state_dict().values(),
-                                                             c.student.state_dict().values()))
-        dp = max(((a.double() - b.double()).abs().max().item() if a.numel() else 0.0)
-                 for a, b in zip(live.phi_s.state_dict().values(), c.phi_s.state_dict().values()))
-        print(f"equality ({dtype} cache, {len(ll)} steps, tiny recipe without mosaic): max relative loss "
-              f"difference {dl:.1e}, max weight difference {dw:.1e}, max PHI-S state difference {dp:.1e}; "
-              f"losses live {[round(x, 5) for x in ll]} cached {[round(x, 5) for x in cl]}")
+        dw = max(
+            (a - b).abs().max().item()
+            for a, b in zip(live.student.state_dict().values(), c.student.state_dict().values())
+        )
+        dp = max(
+            ((a.double() - b.double()).abs().max().item() if a.numel() else 0.0)
+            for a, b in zip(live.phi_s.state_dict().values(), c.phi_s.state_dict().values())
+        )
+        print(
+            f"equality ({dtype} cache, {len(ll)} steps, tiny recipe without mosaic): max relative loss "
+            f"difference {dl:.1e}, max weight difference {dw:.1e}, max PHI-S state difference {dp:.1e}; "
+            f"losses live {[round(x, 5) for x in ll]} cached {[round(x, 5) for x in cl]}"
+        )
 
 
 def main() -> None:
@@ -136,6 +154,7 @@ def main() -> None:
     ap.add_argument("--no-equality", action="store_true")
     a = ap.parse_args()
     import torch
+
     torch.set_num_threads(a.threads)
     print(f"torch {torch.__version__}, {a.threads} thread(s), {os.cpu_count()} CPUs; ratios of interleaved steps")
     with tempfile.TemporaryDirectory() as tmp:

@@ -39,6 +39,7 @@ FLOP ratios counted by ``torch.utils.flop_counter``.
     python benchmarks/bench_train_step.py --threads 1,2
     python benchmarks/bench_train_step.py --shapes tiny --steps 10
 """
+
 from __future__ import annotations
 
 import argparse
@@ -68,8 +69,7 @@ from openradio.distill.trainer import DistEnv, Trainer
 from openradio.distill.transforms import resize_square
 
 # printed in this order; "teacher <name>" rows are summed into "teachers"
-CATEGORIES = ("teachers", "student forward", "student backward", "losses", "optimiser", "EMA", "PHI-S", "data",
-              "other")
+CATEGORIES = ("teachers", "student forward", "student backward", "losses", "optimiser", "EMA", "PHI-S", "data", "other")
 TEACHER_GLUE = "mosaic pack/unpack, casts"
 
 
@@ -83,8 +83,14 @@ def shrink_teachers(teachers: list, width: int, depth: int) -> list:
         kind, size = t.get("type", t["name"]), int(t.get("input_size", 0))
         if kind == "sam":
             size = size or 1024
-            ov = {"embed_dim": width, "depth": depth, "num_heads": heads, "img_size": size, "window_size": 14,
-                  "global_attn_indexes": [depth - 1]}
+            ov = {
+                "embed_dim": width,
+                "depth": depth,
+                "num_heads": heads,
+                "img_size": size,
+                "window_size": 14,
+                "global_attn_indexes": [depth - 1],
+            }
         elif kind == "open_clip" and "SigLIP" not in t.get("model", ""):  # open_clip's native ViT tower
             ov = {"width": width, "layers": depth, "head_width": 64, "image_size": size}
         else:  # timm towers: SigLIP, DINOv2
@@ -96,12 +102,21 @@ def shrink_teachers(teachers: list, width: int, depth: int) -> list:
     return out
 
 
-def recipe_config(shape: str, data_dir: str | Path, out_dir: str | Path, recipe: str | Path | None = None,
-                  stage: int | None = None, batch: int | None = None, teacher_width: int = 128,
-                  teacher_depth: int = 4, shrink: bool = True) -> TrainConfig:
+def recipe_config(
+    shape: str,
+    data_dir: str | Path,
+    out_dir: str | Path,
+    recipe: str | Path | None = None,
+    stage: int | None = None,
+    batch: int | None = None,
+    teacher_width: int = 128,
+    teacher_depth: int = 4,
+    shrink: bool = True,
+) -> TrainConfig:
     """The training config of ``shape`` ('tiny' or 'b16'), reading ``recipe`` (default: the shipped
     one), keeping one stage (``stage``; default 0 for tiny, 1 for b16) with ``batch`` images per
-    partition when given, every partition on this one process. ``shrink=False`` keeps b16's full-size teachers (for FLOP counts on the
+    partition when given, every partition on this one process. ``shrink=False`` keeps b16's full-size teachers
+    (for FLOP counts on the
     meta device; pretrained weights are not downloaded)."""
     if shape not in ("tiny", "b16"):
         raise ValueError(f"unknown shape {shape!r}: use 'tiny' or 'b16'")
@@ -117,8 +132,11 @@ def recipe_config(shape: str, data_dir: str | Path, out_dir: str | Path, recipe:
             p["batch_size"] = batch
     data["stages"] = [st]
     if shape == "b16":
-        data["teachers"] = (shrink_teachers(data["teachers"], teacher_width, teacher_depth) if shrink else
-                            [{**t, "pretrained": False} for t in data["teachers"]])
+        data["teachers"] = (
+            shrink_teachers(data["teachers"], teacher_width, teacher_depth)
+            if shrink
+            else [{**t, "pretrained": False} for t in data["teachers"]]
+        )
         data["amp"] = False
     data["data"] = {**data.get("data", {}), "path": str(data_dir), "num_workers": 0}
     data.update(out_dir=str(out_dir), progress=False, tensorboard=False, device="cpu")
@@ -131,6 +149,7 @@ def recipe_config(shape: str, data_dir: str | Path, out_dir: str | Path, recipe:
 def write_images(directory: str | Path, max_side: int = 640) -> Path:
     """The bundled photographs (scikit-image, scikit-learn) as files in ``directory``."""
     from openradio.inputs.sample_data import write_sample_images
+
     write_sample_images(directory, max_side=max_side)
     return Path(directory)
 
@@ -167,6 +186,7 @@ class RegionTimer:
         def timed(*args, **kwargs):
             with self.region(name):
                 return fn(*args, **kwargs)
+
         return timed
 
     def reset(self) -> None:
@@ -189,6 +209,7 @@ def instrument(trainer: Trainer, timer: RegionTimer) -> Iterator[None]:
 
         def post(*_):
             timer.pop()
+
         handles.append(module.register_forward_pre_hook(pre))
         handles.append(module.register_forward_hook(post))
 
@@ -204,10 +225,13 @@ def instrument(trainer: Trainer, timer: RegionTimer) -> Iterator[None]:
             patch(norm, attr, "PHI-S")
     with ExitStack() as stack:
         from unittest import mock
-        stack.enter_context(mock.patch.object(torch.Tensor, "backward",
-                                              timer.wrap(torch.Tensor.backward, "student backward")))
-        stack.enter_context(mock.patch.object(trainer_module, "distill_loss",
-                                              timer.wrap(trainer_module.distill_loss, "losses")))
+
+        stack.enter_context(
+            mock.patch.object(torch.Tensor, "backward", timer.wrap(torch.Tensor.backward, "student backward"))
+        )
+        stack.enter_context(
+            mock.patch.object(trainer_module, "distill_loss", timer.wrap(trainer_module.distill_loss, "losses"))
+        )
         try:
             yield
         finally:
@@ -272,16 +296,26 @@ def mosaic_paths(teacher: torch.nn.Module, canvas: int, pad: float | torch.Tenso
     canvases, one pass per canvas, each view's window cut out), ``per view native`` (one pass per
     view at the canvas side, the view resized to it: what the trainer does when SAM is not in the
     partition's ``mosaic``), ``per view own side`` (one pass per view at its own side)."""
+
     def mosaic(views):
         canvases, layout = pack_mosaic(views, canvas, teacher.patch_size, pad_value=pad)
         return unpack_features(teacher(canvases).features, layout)
-    return {"mosaic": mosaic,
-            "per view native": lambda views: teacher(views, resolution=canvas).features,
-            "per view own side": lambda views: teacher(views, resolution=views.shape[-1]).features}
+
+    return {
+        "mosaic": mosaic,
+        "per view native": lambda views: teacher(views, resolution=canvas).features,
+        "per view own side": lambda views: teacher(views, resolution=views.shape[-1]).features,
+    }
 
 
-def compare_mosaic(teacher: torch.nn.Module, views: torch.Tensor, canvas: int, rounds: int = 3,
-                   pad: float | torch.Tensor = 0.0, min_s: float = 0.0) -> dict:
+def compare_mosaic(
+    teacher: torch.nn.Module,
+    views: torch.Tensor,
+    canvas: int,
+    rounds: int = 3,
+    pad: float | torch.Tensor = 0.0,
+    min_s: float = 0.0,
+) -> dict:
     """Time the three paths of :func:`mosaic_paths` on the same ``views`` (interleaved, rotating
     order each round; one untimed call each first): ``rounds`` rounds, more while under ``min_s``
     seconds in all. Returns per path the outputs, median seconds, FLOPs, and the median over
@@ -293,7 +327,7 @@ def compare_mosaic(teacher: torch.nn.Module, views: torch.Tensor, canvas: int, r
     r, start = 0, time.perf_counter()
     while r < rounds or time.perf_counter() - start < min_s:
         t = {}
-        for n in names[r % len(names):] + names[:r % len(names)]:
+        for n in names[r % len(names) :] + names[: r % len(names)]:
             t0 = time.perf_counter()
             paths[n](views)
             t[n] = time.perf_counter() - t0
@@ -318,15 +352,18 @@ def step_flops(trainer: Trainer, teachers: dict | None = None) -> dict:
     teacher: one pass per view at the teacher's native side instead). ``teachers``: other teachers
     (e.g. full-size ones built on the meta device) with the same names; default the trainer's."""
     from openradio.distill import partitions as P
+
     meta = torch.device("meta")
     if teachers is None:
         student = copy.deepcopy(trainer.student).to(meta).train()
     else:  # the student's heads as wide as these teachers' outputs
         from openradio.distill.student import build_student, student_config
+
         dims = {n: (t.summary_dim, t.feature_dim) for n, t in teachers.items()}
         with meta:
-            student = build_student(student_config(trainer.cfg, teachers), dims,
-                                    spectral_reparam=trainer.cfg.student.spectral_reparam).train()
+            student = build_student(
+                student_config(trainer.cfg, teachers), dims, spectral_reparam=trainer.cfg.student.spectral_reparam
+            ).train()
     teachers = {n: copy.deepcopy(t).to(meta) for n, t in (teachers or trainer.teachers).items()}
     out: dict = {"student": 0.0, "teachers": {}, "per view": {}}
     for part in trainer.cfg.stages[0].partitions:
@@ -335,6 +372,7 @@ def step_flops(trainer: Trainer, teachers: dict | None = None) -> dict:
         def fwd_bwd(views=views):
             o = student(views, feature_fmt="NCHW")
             sum(v.summary.float().sum() + v.features.float().sum() for k, v in o.items() if k != "backbone").backward()
+
         out["student"] += count_flops(fwd_bwd)
         for name in P.partition_teachers(trainer.cfg, part):
             t = teachers[name]
@@ -342,7 +380,8 @@ def step_flops(trainer: Trainer, teachers: dict | None = None) -> dict:
                 paths = mosaic_paths(t, t.input_size)
                 f = count_flops(lambda p=paths, v=views: p["mosaic"](v))
                 out["per view"][name] = out["per view"].get(name, 0.0) + count_flops(
-                    lambda p=paths, v=views: p["per view native"](v))
+                    lambda p=paths, v=views: p["per view native"](v)
+                )
             else:
                 res = P.teacher_resolution(trainer.cfg, part, name, t.input_size, t.patch_size, student.patch_size)
                 f = count_flops(lambda t=t, v=views, r=res: t(v, resolution=r))
@@ -353,6 +392,7 @@ def step_flops(trainer: Trainer, teachers: dict | None = None) -> dict:
 def full_size_teachers(cfg: TrainConfig) -> dict:
     """The config's teachers at full size with random weights, on the meta device (no memory, no download)."""
     from openradio.teachers import build_teacher
+
     with torch.device("meta"):
         return {t.name: build_teacher(t.build_kwargs()) for t in cfg.teachers}
 
@@ -374,8 +414,11 @@ def describe(cfg: TrainConfig, trainer: Trainer) -> str:
     for p in cfg.stages[0].partitions:
         extra = []
         for t in p.mosaic:
-            lay = pack_mosaic(torch.zeros(p.batch_size, 3, p.resolution, p.resolution),
-                              trainer.teachers[t].input_size, trainer.teachers[t].patch_size)[1]
+            lay = pack_mosaic(
+                torch.zeros(p.batch_size, 3, p.resolution, p.resolution),
+                trainer.teachers[t].input_size,
+                trainer.teachers[t].patch_size,
+            )[1]
             extra.append(f"{t} mosaic: {lay.views_per_canvas} views per {lay.canvas_size[0]} px canvas")
         parts.append(f"{p.name} {p.resolution}px x{p.batch_size}" + (f" ({'; '.join(extra)})" if extra else ""))
     teachers = []
@@ -383,10 +426,14 @@ def describe(cfg: TrainConfig, trainer: Trainer) -> str:
         blocks = getattr(getattr(t.model, "trunk", t.model), "blocks", None)
         if blocks is None:
             blocks = getattr(getattr(t.model, "transformer", None), "resblocks", [])
-        teachers.append(f"{name} {type(t).__name__} dim {t.feature_dim} depth {len(blocks)} "
-                        f"patch {t.patch_size} at {trainer.teacher_resolution(cfg.stages[0].partitions[0], name)}px")
-    return (f"student {s.model}{' ' + str(kw) if kw else ''} ({dims}); partitions: {', '.join(parts)}\n"
-            f"  teachers (random weights): {'; '.join(teachers)}")
+        teachers.append(
+            f"{name} {type(t).__name__} dim {t.feature_dim} depth {len(blocks)} "
+            f"patch {t.patch_size} at {trainer.teacher_resolution(cfg.stages[0].partitions[0], name)}px"
+        )
+    return (
+        f"student {s.model}{' ' + str(kw) if kw else ''} ({dims}); partitions: {', '.join(parts)}\n"
+        f"  teachers (random weights): {'; '.join(teachers)}"
+    )
 
 
 def _gflop(f: float) -> str:
@@ -401,20 +448,26 @@ def _ms(s: float) -> str:
 
 def report_flops(flops: dict, full: dict | None, measured_teacher_share: float) -> None:
     st, te = flops["student"], sum(flops["teachers"].values())
-    print(f"  FLOPs per step (torch.utils.flop_counter on the meta device): student forward+backward {_gflop(st)}, "
-          f"teachers as run here {_gflop(te)} = {te / (st + te):.0%} of the step's FLOPs "
-          f"(their measured time share {measured_teacher_share:.0%})")
+    print(
+        f"  FLOPs per step (torch.utils.flop_counter on the meta device): student forward+backward {_gflop(st)}, "
+        f"teachers as run here {_gflop(te)} = {te / (st + te):.0%} of the step's FLOPs "
+        f"(their measured time share {measured_teacher_share:.0%})"
+    )
     if full is None:
         return
     fs, ft = full["student"], sum(full["teachers"].values())
     each = ", ".join(f"{n} {_gflop(v)}" for n, v in full["teachers"].items())
-    print(f"    with the recipe's full-size teachers (counted, not run): teachers {_gflop(ft)} ({each}), student "
-          f"{_gflop(fs)} (heads as wide as the teachers): teachers {ft / (fs + ft):.0%} of the step's FLOPs")
+    print(
+        f"    with the recipe's full-size teachers (counted, not run): teachers {_gflop(ft)} ({each}), student "
+        f"{_gflop(fs)} (heads as wide as the teachers): teachers {ft / (fs + ft):.0%} of the step's FLOPs"
+    )
     for name, pv in full["per view"].items():
         alt = ft - full["teachers"][name] + pv
-        print(f"    {name} once per view at its native side instead of the mosaic: teachers {_gflop(alt)}; "
-              f"the mosaic saves {1 - ft / alt:.0%} of the teacher FLOPs "
-              f"({1 - (fs + ft) / (fs + alt):.0%} of the step's)")
+        print(
+            f"    {name} once per view at its native side instead of the mosaic: teachers {_gflop(alt)}; "
+            f"the mosaic saves {1 - ft / alt:.0%} of the teacher FLOPs "
+            f"({1 - (fs + ft) / (fs + alt):.0%} of the step's)"
+        )
 
 
 def report(shape: str, threads: int, run: dict, mosaic: dict | None, trainer: Trainer) -> None:
@@ -423,35 +476,50 @@ def report(shape: str, threads: int, run: dict, mosaic: dict | None, trainer: Tr
     imgs = run["images"][0]
     parts, total = run["parts"], sum(run["parts"].values())
     sh = shares(parts)
-    print(f"threads {threads} {shape}: {imgs} images per step, step {med * 1e3:.0f} ms (median of {n}; "
-          f"min {min(run['step_s']) * 1e3:.0f}, max {max(run['step_s']) * 1e3:.0f}) -> {imgs / med:.2f} images/s")
-    teacher_rows = [(k[len("teacher "):], v) for k, v in parts.items() if k.startswith("teacher ")]
-    detail = {"teachers": "forwards " + ", ".join(f"{k} {v / total:.1%}" for k, v in teacher_rows)
-              + f"; {TEACHER_GLUE} {parts.get(TEACHER_GLUE, 0.0) / total:.1%}"}
+    print(
+        f"threads {threads} {shape}: {imgs} images per step, step {med * 1e3:.0f} ms (median of {n}; "
+        f"min {min(run['step_s']) * 1e3:.0f}, max {max(run['step_s']) * 1e3:.0f}) -> {imgs / med:.2f} images/s"
+    )
+    teacher_rows = [(k[len("teacher ") :], v) for k, v in parts.items() if k.startswith("teacher ")]
+    detail = {
+        "teachers": "forwards "
+        + ", ".join(f"{k} {v / total:.1%}" for k, v in teacher_rows)
+        + f"; {TEACHER_GLUE} {parts.get(TEACHER_GLUE, 0.0) / total:.1%}"
+    }
     for c in CATEGORIES:
         print(f"  {c:<17} {sh[c]:6.1%}  {detail.get(c, '')}")
-    print(f"  {'sum':<17} {sum(sh.values()):6.1%}  = {total * 1e3:.0f} ms over {n} steps "
-          f"(steps' wall time {run['wall_s'] * 1e3:.0f} ms)")
+    print(
+        f"  {'sum':<17} {sum(sh.values()):6.1%}  = {total * 1e3:.0f} ms over {n} steps "
+        f"(steps' wall time {run['wall_s'] * 1e3:.0f} ms)"
+    )
     if mosaic is None:
         return
     name, part = mosaic["teacher"], mosaic["partition"]
     m, nat, own = mosaic["mosaic"], mosaic["per view native"], mosaic["per view own side"]
-    print(f"  {name} mosaic in partition {part}: {mosaic['views']} views of {mosaic['view_side']} px on "
-          f"{mosaic['canvases']} canvas(es) of {mosaic['canvas']} px ({mosaic['views_per_canvas']} per canvas); "
-          f"median of {len(m['s'])} interleaved rounds")
-    print(f"    mosaic {_ms(m['median_s'])}; per view at {mosaic['canvas']} px {_ms(nat['median_s'])}: "
-          f"mosaic x{nat['ratio']:.2f} faster (FLOP ratio x{nat['flop_ratio']:.2f})")
-    print(f"    per view at its own {mosaic['view_side']} px {_ms(own['median_s'])}: mosaic x{own['ratio']:.2f} "
-          f"(FLOP ratio x{own['flop_ratio']:.2f}; < 1: the mosaic costs more than SAM on the bare views)")
+    print(
+        f"  {name} mosaic in partition {part}: {mosaic['views']} views of {mosaic['view_side']} px on "
+        f"{mosaic['canvases']} canvas(es) of {mosaic['canvas']} px ({mosaic['views_per_canvas']} per canvas); "
+        f"median of {len(m['s'])} interleaved rounds"
+    )
+    print(
+        f"    mosaic {_ms(m['median_s'])}; per view at {mosaic['canvas']} px {_ms(nat['median_s'])}: "
+        f"mosaic x{nat['ratio']:.2f} faster (FLOP ratio x{nat['flop_ratio']:.2f})"
+    )
+    print(
+        f"    per view at its own {mosaic['view_side']} px {_ms(own['median_s'])}: mosaic x{own['ratio']:.2f} "
+        f"(FLOP ratio x{own['flop_ratio']:.2f}; < 1: the mosaic costs more than SAM on the bare views)"
+    )
     # what the measured step would cost with SAM once per view at its native side instead: the
     # in-step SAM time times the measured ratio (in the step SAM runs slower than in the
     # standalone loop: its memory is touched afresh after the student's activations come and go,
     # and a per-view SAM would meet the same)
     sam, teach = parts.get(f"teacher {name}", 0.0) / n, sh["teachers"] * total / n
     extra = sam * (nat["ratio"] - 1)
-    print(f"    in the step: {name} {_ms(sam)} of {_ms(teach)} teacher time per step; once per view it "
-          f"would add ~{_ms(extra)}: the mosaic saves {extra / (teach + extra):.0%} of the teacher time and "
-          f"{extra / (total / n + extra):.0%} of the step")
+    print(
+        f"    in the step: {name} {_ms(sam)} of {_ms(teach)} teacher time per step; once per view it "
+        f"would add ~{_ms(extra)}: the mosaic saves {extra / (teach + extra):.0%} of the teacher time and "
+        f"{extra / (total / n + extra):.0%} of the step"
+    )
 
 
 def machine() -> str:
@@ -472,9 +540,16 @@ def machine() -> str:
 
 def run_shape(shape: str, threads: int, args: argparse.Namespace, data_dir: Path, tmp: Path) -> None:
     torch.set_num_threads(threads)
-    cfg = recipe_config(shape, data_dir, tmp / f"{shape}-{threads}", recipe=args.recipe, stage=args.stage,
-                        batch=args.batch if shape == "b16" else None, teacher_width=args.teacher_width,
-                        teacher_depth=args.teacher_depth)
+    cfg = recipe_config(
+        shape,
+        data_dir,
+        tmp / f"{shape}-{threads}",
+        recipe=args.recipe,
+        stage=args.stage,
+        batch=args.batch if shape == "b16" else None,
+        teacher_width=args.teacher_width,
+        teacher_depth=args.teacher_depth,
+    )
     t0 = time.perf_counter()
     trainer = Trainer(cfg, env=DistEnv())
     print(describe(cfg, trainer), flush=True)
@@ -492,8 +567,15 @@ def run_shape(shape: str, threads: int, args: argparse.Namespace, data_dir: Path
     if args.flops:
         full = None
         if shape == "b16":
-            full_cfg = recipe_config(shape, data_dir, tmp / f"{shape}-full", recipe=args.recipe, stage=args.stage,
-                                     batch=args.batch, shrink=False)
+            full_cfg = recipe_config(
+                shape,
+                data_dir,
+                tmp / f"{shape}-full",
+                recipe=args.recipe,
+                stage=args.stage,
+                batch=args.batch,
+                shrink=False,
+            )
             full = step_flops(trainer, full_size_teachers(full_cfg))
         report_flops(step_flops(trainer), full, shares(run["parts"])["teachers"])
     print(f"  ({time.perf_counter() - t0:.0f} s for this shape)", flush=True)
@@ -507,17 +589,34 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--b16-steps", type=int, default=3, help="timed steps of the B/16 shape (default 3)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps first (default 1)")
     ap.add_argument("--recipe", default=None, help="a YAML recipe instead of the shipped one (with a single --shapes)")
-    ap.add_argument("--stage", type=int, default=None, help="the recipe stage to run, 0-based (default: 0 tiny; 1 b16: the 432 px stage)")
+    ap.add_argument(
+        "--stage",
+        type=int,
+        default=None,
+        help="the recipe stage to run, 0-based (default: 0 tiny; 1 b16: the 432 px stage)",
+    )
     ap.add_argument("--batch", type=int, default=4, help="images per partition for b16 (default 4: one full canvas)")
     ap.add_argument("--teacher-width", type=int, default=128, help="b16: shrunk teachers' width (default 128)")
     ap.add_argument("--teacher-depth", type=int, default=4, help="b16: shrunk teachers' depth (default 4)")
-    ap.add_argument("--mosaic-rounds", type=int, default=5,
-                    help="interleaved rounds of the mosaic comparison, at least 2 s of them (0: skip)")
-    ap.add_argument("--no-flops", dest="flops", action="store_false",
-                    help="skip the FLOP counts (student, teachers; b16 also with the full-size teachers)")
+    ap.add_argument(
+        "--mosaic-rounds",
+        type=int,
+        default=5,
+        help="interleaved rounds of the mosaic comparison, at least 2 s of them (0: skip)",
+    )
+    ap.add_argument(
+        "--no-flops",
+        dest="flops",
+        action="store_false",
+        help="skip the FLOP counts (student, teachers; b16 also with the full-size teachers)",
+    )
     ap.add_argument("--data", default=None, help="image folder (default: the bundled photographs in a temp folder)")
-    ap.add_argument("--image-side", type=int, default=640,
-                    help="longer side of the bundled photographs as written (default 640; they are decoded every step)")
+    ap.add_argument(
+        "--image-side",
+        type=int,
+        default=640,
+        help="longer side of the bundled photographs as written (default 640; they are decoded every step)",
+    )
     args = ap.parse_args(argv)
     args.shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
     bad = [s for s in args.shapes if s not in ("tiny", "b16")]

@@ -20,6 +20,7 @@ released name or a checkpoint file.
     python benchmarks/bench_upsample.py
     python benchmarks/bench_upsample.py --version radio_v2.5-b --size 512 --train 32 --val 16
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-PALETTE = [(0.15, 0.15, 0.15), (0.9, 0.2, 0.2), (0.2, 0.8, 0.3), (0.2, 0.3, 0.9), (0.95, 0.85, 0.2),
-           (0.8, 0.3, 0.9), (0.2, 0.85, 0.9), (0.95, 0.6, 0.3)]
+PALETTE = [
+    (0.15, 0.15, 0.15),
+    (0.9, 0.2, 0.2),
+    (0.2, 0.8, 0.3),
+    (0.2, 0.3, 0.9),
+    (0.95, 0.85, 0.2),
+    (0.8, 0.3, 0.9),
+    (0.2, 0.85, 0.9),
+    (0.95, 0.6, 0.3),
+]
 
 
 def scenes(n: int, size: int, classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,11 +58,11 @@ def scenes(n: int, size: int, classes: int, seed: int) -> tuple[torch.Tensor, to
             cy, cx = rng.uniform(0, size, 2)
             r = rng.uniform(0.08, 0.25) * size
             if rng.random() < 0.5:
-                m = (yy - cy) ** 2 + (xx - cx) ** 2 < r ** 2
+                m = (yy - cy) ** 2 + (xx - cx) ** 2 < r**2
             else:
                 m = (abs(yy - cy) < r) & (abs(xx - cx) < r * rng.uniform(0.5, 1.5))
             labs[i][m] = c
-    pal = np.array(PALETTE[:classes + 1], np.float32)
+    pal = np.array(PALETTE[: classes + 1], np.float32)
     imgs = torch.from_numpy(pal[labs]).permute(0, 3, 1, 2).contiguous()
     return imgs, torch.from_numpy(labs)
 
@@ -61,7 +70,9 @@ def scenes(n: int, size: int, classes: int, seed: int) -> tuple[torch.Tensor, to
 @torch.no_grad()
 def features(model, imgs: torch.Tensor, resolution: int) -> torch.Tensor:
     x = F.interpolate(imgs, size=(resolution, resolution), mode="bilinear", align_corners=False, antialias=True)
-    return torch.cat([model(x[i:i + 8].clamp(0, 1), feature_fmt="NCHW").features.float() for i in range(0, len(x), 8)])
+    return torch.cat(
+        [model(x[i : i + 8].clamp(0, 1), feature_fmt="NCHW").features.float() for i in range(0, len(x), 8)]
+    )
 
 
 def train_probe(feats: torch.Tensor, labels: torch.Tensor, classes: int, epochs: int, seed: int):
@@ -100,7 +111,7 @@ def _inner_band(mask: torch.Tensor, d: int) -> torch.Tensor:
 
 
 def metrics(pred: torch.Tensor, gt: torch.Tensor, classes: int, band: int) -> dict:
-    conf = torch.bincount(gt.flatten() * classes + pred.flatten(), minlength=classes ** 2).reshape(classes, classes)
+    conf = torch.bincount(gt.flatten() * classes + pred.flatten(), minlength=classes**2).reshape(classes, classes)
     tp = conf.diag().double()
     union = conf.sum(0) + conf.sum(1) - conf.diag()
     miou = (tp[union > 0] / union[union > 0]).mean().item()
@@ -118,12 +129,28 @@ def metrics(pred: torch.Tensor, gt: torch.Tensor, classes: int, band: int) -> di
         rec_hit += (ge & _dilate(pe, 1)).sum().item()
         rec_all += ge.sum().item()
     biou = (inter[uni > 0] / uni[uni > 0]).mean().item()
-    return {"miou": miou, "boundary_iou": biou, "edge_precision": prec_hit / max(prec_all, 1),
-            "edge_recall": rec_hit / max(rec_all, 1)}
+    return {
+        "miou": miou,
+        "boundary_iou": biou,
+        "edge_precision": prec_hit / max(prec_all, 1),
+        "edge_recall": rec_hit / max(rec_all, 1),
+    }
 
 
-def compare(model, *, size: int = 128, resolution: int = 128, classes: int = 4, n_train: int = 16, n_val: int = 8,
-            epochs: int = 30, band: int = 2, seed: int = 0, repeats: int = 3, **jbu) -> dict:
+def compare(
+    model,
+    *,
+    size: int = 128,
+    resolution: int = 128,
+    classes: int = 4,
+    n_train: int = 16,
+    n_val: int = 8,
+    epochs: int = 30,
+    band: int = 2,
+    seed: int = 0,
+    repeats: int = 3,
+    **jbu,
+) -> dict:
     """{method: metrics + seconds per image}; the probe is trained once and shared."""
     from openradio.dense.upsample import upsample_features
 
@@ -177,22 +204,41 @@ def main(argv=None) -> None:
             model, label = openradio.radio_model(args.version, text_towers=False), args.version
         else:
             from openradio.verify.testing import make_tiny_checkpoint
+
             path = make_tiny_checkpoint(Path(tmp) / "tiny.pth.tar", embed_dim=128, depth=4, num_heads=4)
             model, label = openradio.radio_model(str(path), text_towers=False), "random ViT (128 wide, 4 blocks)"
     res = args.resolution or args.size
     res = model.get_nearest_supported_resolution(res, res).height
-    print(f"model: {label}; scenes {args.size} px, model input {res} px, {args.classes} classes + background, "
-          f"{args.train} train / {args.val} val; boundary band {args.band} px")
-    r = compare(model.eval(), size=args.size, resolution=res, classes=args.classes, n_train=args.train,
-                n_val=args.val, epochs=args.epochs, band=args.band, seed=args.seed,
-                radius=args.radius, sigma_spatial=args.sigma_spatial, sigma_range=args.sigma_range)
+    print(
+        f"model: {label}; scenes {args.size} px, model input {res} px, {args.classes} classes + background, "
+        f"{args.train} train / {args.val} val; boundary band {args.band} px"
+    )
+    r = compare(
+        model.eval(),
+        size=args.size,
+        resolution=res,
+        classes=args.classes,
+        n_train=args.train,
+        n_val=args.val,
+        epochs=args.epochs,
+        band=args.band,
+        seed=args.seed,
+        radius=args.radius,
+        sigma_spatial=args.sigma_spatial,
+        sigma_range=args.sigma_range,
+    )
     base = r["bilinear"]["seconds_per_image"]
     print(f"{'method':<10} {'mIoU':>7} {'bIoU':>7} {'edge P':>7} {'edge R':>7} {'ms/img':>8} {'time ratio':>10}")
     for m, v in r.items():
-        print(f"{m:<10} {v['miou']:7.4f} {v['boundary_iou']:7.4f} {v['edge_precision']:7.4f} {v['edge_recall']:7.4f} "
-              f"{1e3 * v['seconds_per_image']:8.2f} {v['seconds_per_image'] / base:9.1f}x")
+        print(
+            f"{m:<10} {v['miou']:7.4f} {v['boundary_iou']:7.4f} {v['edge_precision']:7.4f} {v['edge_recall']:7.4f} "
+            f"{1e3 * v['seconds_per_image']:8.2f} {v['seconds_per_image'] / base:9.1f}x"
+        )
     b, j = r["bilinear"], r["bilateral"]
-    print(f"bilateral / bilinear: mIoU x{j['miou'] / b['miou']:.3f}, boundary IoU x{j['boundary_iou'] / b['boundary_iou']:.3f}")
+    print(
+        f"bilateral / bilinear: mIoU x{j['miou'] / b['miou']:.3f}, "
+        f"boundary IoU x{j['boundary_iou'] / b['boundary_iou']:.3f}"
+    )
 
 
 if __name__ == "__main__":

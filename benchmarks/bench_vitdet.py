@@ -14,6 +14,7 @@ For each resolution, one process, interleaved calls (global, ViTDet, ViTDet, glo
     python benchmarks/bench_vitdet.py                       # ViT-B/16, 512 and 1024, window 16
     python benchmarks/bench_vitdet.py --resolutions 512,1024,2048 --rounds 2   # 2048: minutes per call
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,8 +49,7 @@ def breakdown(model, x: torch.Tensor, window: int) -> tuple[dict[str, float], to
     tokens = model.patch_generator(model.input_conditioner(x))
     t["rest"] += time.perf_counter() - t0
     t0 = time.perf_counter()
-    runner = WindowedRunner(tokens, model.num_prefix_tokens, WindowLayout(x.shape[0], h, w, window),
-                            model._schedule())
+    runner = WindowedRunner(tokens, model.num_prefix_tokens, WindowLayout(x.shape[0], h, w, window), model._schedule())
     t["layout changes"] += time.perf_counter() - t0
     for i, block in enumerate(model.blocks):
         want = runner.schedule[i]
@@ -87,20 +87,29 @@ def main() -> None:
     from openradio.verify.testing import make_tiny_checkpoint
 
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = make_tiny_checkpoint(Path(tmp) / "m.pth.tar", embed_dim=a.embed_dim, depth=a.depth, num_heads=a.heads,
-                                    cpe_max_size=2048, arch="vit_base_patch16_224")
+        ckpt = make_tiny_checkpoint(
+            Path(tmp) / "m.pth.tar",
+            embed_dim=a.embed_dim,
+            depth=a.depth,
+            num_heads=a.heads,
+            cpe_max_size=2048,
+            arch="vit_base_patch16_224",
+        )
         model = openradio.radio_model(str(ckpt), text_towers=False)
     sched = model._schedule()
-    print(f"model: random ViT dim {a.embed_dim}, depth {a.depth}, heads {a.heads}, patch 16; window {a.window}; "
-          f"{sum(sched)} windowed + {len(sched) - sum(sched)} global blocks (RADIOv2.5 schedule); batch 1; "
-          f"torch {torch.__version__}")
+    print(
+        f"model: random ViT dim {a.embed_dim}, depth {a.depth}, heads {a.heads}, patch 16; window {a.window}; "
+        f"{sum(sched)} windowed + {len(sched) - sum(sched)} global blocks (RADIOv2.5 schedule); batch 1; "
+        f"torch {torch.__version__}"
+    )
     for threads in [int(t) for t in a.threads.split(",")]:
         torch.set_num_threads(threads)
         for res in [int(r) for r in a.resolutions.split(",")]:
             x = torch.rand(1, 3, res, res)
             n = (res // 16) ** 2
-            bound = (flops(n, a.embed_dim, a.depth, sched, None, model.num_prefix_tokens)
-                     / flops(n, a.embed_dim, a.depth, sched, a.window, model.num_prefix_tokens))
+            bound = flops(n, a.embed_dim, a.depth, sched, None, model.num_prefix_tokens) / flops(
+                n, a.embed_dim, a.depth, sched, a.window, model.num_prefix_tokens
+            )
             tg, tw, parts = [], [], []
             with torch.inference_mode():
                 model(x, vitdet_window=None), model(x, vitdet_window=a.window)  # warm-up
@@ -115,9 +124,12 @@ def main() -> None:
             tot = {k: statistics.median(p[k] for p in parts) for k in parts[0]}
             s = sum(tot.values())
             share = ", ".join(f"{k} {100 * v / s:.1f}%" for k, v in tot.items())
-            print(f"threads {threads} {res:5d}px: ViTDet x{speed:.2f} over global (FLOP bound x{bound:.2f}); "
-                  f"global {statistics.median(tg) * 1e3:.0f} ms, ViTDet {statistics.median(tw) * 1e3:.0f} ms; "
-                  f"ViTDet time: {share}", flush=True)
+            print(
+                f"threads {threads} {res:5d}px: ViTDet x{speed:.2f} over global (FLOP bound x{bound:.2f}); "
+                f"global {statistics.median(tg) * 1e3:.0f} ms, ViTDet {statistics.median(tw) * 1e3:.0f} ms; "
+                f"ViTDet time: {share}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

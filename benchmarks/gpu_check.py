@@ -10,6 +10,7 @@
 Prints one line per check and exits non-zero if a correctness check fails. Without CUDA it
 says so and exits 0 (nothing here is part of the CPU test suite).
 """
+
 from __future__ import annotations
 
 import sys
@@ -38,8 +39,13 @@ def main() -> int:
     failures = []
     tmp = Path(tempfile.mkdtemp())
     fixture = REPO.parent / "shared/fixtures/official-v2.5/tiny_radio_v25_norm.pth.tar"
-    ckpt = fixture if fixture.is_file() else make_tiny_checkpoint(
-        tmp / "b.pth.tar", embed_dim=768, depth=12, num_heads=12, cpe_max_size=2048, head_hidden=1520)
+    ckpt = (
+        fixture
+        if fixture.is_file()
+        else make_tiny_checkpoint(
+            tmp / "b.pth.tar", embed_dim=768, depth=12, num_heads=12, cpe_max_size=2048, head_hidden=1520
+        )
+    )
     names = ["clip", "siglip", "dino_v2", "sam"]
     cpu = openradio.radio_model(str(ckpt), adaptor_names=names)
     gpu = openradio.radio_model(str(ckpt), adaptor_names=names).to(dev)
@@ -52,13 +58,21 @@ def main() -> int:
     for k in a:
         d32 = (a[k].features - b[k].features.cpu()).abs().max().item()
         scale = a[k].features.abs().max().item()
-        cos = F.cosine_similarity(a[k].features.flatten(1).double(), c[k].features.float().cpu().flatten(1).double()).min().item()
+        cos = (
+            F.cosine_similarity(a[k].features.flatten(1).double(), c[k].features.float().cpu().flatten(1).double())
+            .min()
+            .item()
+        )
         ok = d32 <= 1e-4 * max(scale, 1) and cos > 0.99
-        print(f"[{'ok' if ok else 'FAIL'}] {k}: fp32 GPU vs CPU max abs diff {d32:.2e} (|f|max {scale:.1f}); bf16 cosine {cos:.4f}")
+        print(
+            f"[{'ok' if ok else 'FAIL'}] {k}: fp32 GPU vs CPU max abs diff {d32:.2e} "
+            f"(|f|max {scale:.1f}); bf16 cosine {cos:.4f}"
+        )
         if not ok:
             failures.append(k)
 
     from torch.nn.attention import SDPBackend, sdpa_kernel
+
     xb = x.to(dev)
     outs = {}
     for be in (SDPBackend.MATH, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION):
@@ -80,24 +94,47 @@ def main() -> int:
 
     from openradio.distill.config import load_config
     from openradio.distill.trainer import DistEnv, Trainer
+
     imgs = tmp / "imgs"
     imgs.mkdir()
     for n in ("astronaut", "chelsea", "coffee", "rocket"):
         Image.fromarray(getattr(skd, n)()[..., :3]).save(imgs / f"{n}.png")
-    cfg = load_config(REPO / "configs/tiny.yaml", [f"data.path={imgs}", f"out_dir={tmp / 'run'}", "amp=true",
-                                                   "stages.0.steps=5", "progress=false", "tensorboard=false"])
+    cfg = load_config(
+        REPO / "configs/tiny.yaml",
+        [
+            f"data.path={imgs}",
+            f"out_dir={tmp / 'run'}",
+            "amp=true",
+            "stages.0.steps=5",
+            "progress=false",
+            "tensorboard=false",
+        ],
+    )
     t = Trainer(cfg, env=DistEnv(device=dev))
     t0 = time.perf_counter()
     last = t.train()
     ok = torch.isfinite(torch.tensor(last["loss"])).item()
-    print(f"[{'ok' if ok else 'FAIL'}] 5 bf16 training steps on GPU: loss {last['loss']:.4f}, "
-          f"{time.perf_counter() - t0:.1f}s, peak {last['peak_mem_mb']:.0f} MiB")
+    print(
+        f"[{'ok' if ok else 'FAIL'}] 5 bf16 training steps on GPU: loss {last['loss']:.4f}, "
+        f"{time.perf_counter() - t0:.1f}s, peak {last['peak_mem_mb']:.0f} MiB"
+    )
     if not ok:
         failures.append("train")
 
     from openradio.eval.throughput import bench_model
-    rows = bench_model(gpu, [1024], batch_size=8, baseline="global", vitdet_window=16, iters=10, warmup=3,
-                       device=dev, amp=True, progress=False)
+
+    rows = bench_model(
+        gpu,
+        [1024],
+        batch_size=8,
+        baseline="global",
+        vitdet_window=16,
+        iters=10,
+        warmup=3,
+        device=dev,
+        amp=True,
+        progress=False,
+    )
     for r in rows:
         print(f"[info] 1024 px bf16: ViTDet-16 is {r['speed_ratio']:.2f}x the speed of global attention")
     return 1 if failures else 0

@@ -18,6 +18,7 @@ peak / steady (<= 1.1); peak / model is printed too.
     python benchmarks/load_memory.py                       # ViT-B/16, float32 and float16
     python benchmarks/load_memory.py --dtypes float16 --embed-dim 384 --depth 12 --heads 6
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,8 +65,18 @@ def child(path: str, which: str) -> None:
             total += float(t.reshape(-1)[::256].double().sum()) if t.is_floating_point() else 0.0
             nbytes += t.numel() * t.element_size()
     gc.collect()
-    print(json.dumps(dict(before=before, peak=_status("VmHWM") - before, steady=_status("VmRSS") - before,
-                          model=nbytes, check=total, dtype=str(model.dtype))))
+    print(
+        json.dumps(
+            dict(
+                before=before,
+                peak=_status("VmHWM") - before,
+                steady=_status("VmRSS") - before,
+                model=nbytes,
+                check=total,
+                dtype=str(model.dtype),
+            )
+        )
+    )
 
 
 def make_checkpoint(folder: Path, dtype: str, embed_dim: int, depth: int, heads: int) -> Path:
@@ -73,15 +84,24 @@ def make_checkpoint(folder: Path, dtype: str, embed_dim: int, depth: int, heads:
 
     from openradio.verify.testing import make_tiny_checkpoint
 
-    return make_tiny_checkpoint(folder / f"vit_{dtype}.pth.tar", embed_dim=embed_dim, depth=depth, num_heads=heads,
-                                head_hidden=256, cpe_max_size=2048, arch="vit_base_patch16_224",
-                                dtype=getattr(torch, dtype))
+    return make_tiny_checkpoint(
+        folder / f"vit_{dtype}.pth.tar",
+        embed_dim=embed_dim,
+        depth=depth,
+        num_heads=heads,
+        head_hidden=256,
+        cpe_max_size=2048,
+        arch="vit_base_patch16_224",
+        dtype=getattr(torch, dtype),
+    )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dtypes", default="float32,float16")
-    ap.add_argument("--paths", default="old,new", help="old: torch.load + copy (the previous loader); new: mmap + assign")
+    ap.add_argument(
+        "--paths", default="old,new", help="old: torch.load + copy (the previous loader); new: mmap + assign"
+    )
     ap.add_argument("--embed-dim", type=int, default=768)
     ap.add_argument("--depth", type=int, default=12)
     ap.add_argument("--heads", type=int, default=12)
@@ -90,27 +110,43 @@ def main() -> None:
     if a.child:
         child(*a.child)
         return
-    print(f"random checkpoint: dim {a.embed_dim}, depth {a.depth}, heads {a.heads}, patch 16, CPE 2048 (ViT-B shape "
-          "by default); each load in a fresh process; memory from /proc/self/status (VmRSS, VmHWM)")
-    print(f"{'dtype':8} {'path':4} {'model MiB':>9} {'peak MiB':>9} {'steady MiB':>10} {'peak/steady':>11} "
-          f"{'peak/model':>10}")
+    print(
+        f"random checkpoint: dim {a.embed_dim}, depth {a.depth}, heads {a.heads}, patch 16, CPE 2048 (ViT-B shape "
+        "by default); each load in a fresh process; memory from /proc/self/status (VmRSS, VmHWM)"
+    )
+    print(
+        f"{'dtype':8} {'path':4} {'model MiB':>9} {'peak MiB':>9} {'steady MiB':>10} {'peak/steady':>11} "
+        f"{'peak/model':>10}"
+    )
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for dtype in a.dtypes.split(","):
             ckpt = make_checkpoint(Path(tmp), dtype, a.embed_dim, a.depth, a.heads)
             for which in a.paths.split(","):
                 env = dict(os.environ, OMP_NUM_THREADS="1")
-                out = subprocess.run([sys.executable, __file__, "--child", str(ckpt), which], env=env,
-                                     capture_output=True, text=True, check=True)
+                out = subprocess.run(
+                    [sys.executable, __file__, "--child", str(ckpt), which],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
                 r = json.loads(out.stdout.strip().splitlines()[-1])
                 results[dtype, which] = r
-                mib = 2 ** 20
-                print(f"{dtype:8} {which:4} {r['model'] / mib:9.1f} {r['peak'] / mib:9.1f} {r['steady'] / mib:10.1f} "
-                      f"{r['peak'] / r['steady']:11.2f} {r['peak'] / r['model']:10.2f}")
-            if ("old" in a.paths and "new" in a.paths
-                    and results[dtype, "old"]["check"] != results[dtype, "new"]["check"]):
+                mib = 2**20
+                print(
+                    f"{dtype:8} {which:4} {r['model'] / mib:9.1f} {r['peak'] / mib:9.1f} {r['steady'] / mib:10.1f} "
+                    f"{r['peak'] / r['steady']:11.2f} {r['peak'] / r['model']:10.2f}"
+                )
+            if (
+                "old" in a.paths
+                and "new" in a.paths
+                and results[dtype, "old"]["check"] != results[dtype, "new"]["check"]
+            ):
                 raise SystemExit(f"{dtype}: the two paths loaded different weights")
-    print("old and new paths loaded the same weights (checksum of every 256th element equal)" if "old" in a.paths else "")
+    print(
+        "old and new paths loaded the same weights (checksum of every 256th element equal)" if "old" in a.paths else ""
+    )
 
 
 if __name__ == "__main__":

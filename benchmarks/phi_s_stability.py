@@ -22,6 +22,7 @@ project before the fix); 'sign' aligns each eigenvector's sign to its predecesso
 A summary line per mode gives the median and largest movement and loss ratio. About 30 s per mode
 on 2 CPU cores.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,9 +42,18 @@ def run(align: str, steps: int, data: Path, out: Path, verbose: bool) -> dict:
     from openradio.distill.phi_s import PhiSNormalizer, apply_transform
     from openradio.distill.trainer import DistEnv, Trainer
 
-    cfg = load_config(REPO / "configs" / "tiny.yaml",
-                      [f"data.path={data}", f"out_dir={out}", "progress=false", "tensorboard=false",
-                       f"phi_s.align={align}", f"stages.0.steps={steps}", "checkpoint_every=100000"])
+    cfg = load_config(
+        REPO / "configs" / "tiny.yaml",
+        [
+            f"data.path={data}",
+            f"out_dir={out}",
+            "progress=false",
+            "tensorboard=false",
+            f"phi_s.align={align}",
+            f"stages.0.steps={steps}",
+            "checkpoint_every=100000",
+        ],
+    )
     trainer = Trainer(cfg, env=DistEnv())
     names = {id(n): k for k, n in trainer.phi_s.items()}
     last_batch: dict[str, torch.Tensor] = {}
@@ -67,8 +77,14 @@ def run(align: str, steps: int, data: Path, out: Path, verbose: bool) -> dict:
             # change of the first two moments forces whatever basis is chosen for the rotation
             scale = self.tx[0].norm() / old[1][0].norm()
             kept = apply_transform(x, self.mean, old[1] * scale)
-            moves.append((trainer.step, key, float((after - before).norm() / before.norm()),
-                          float((kept - before).norm() / before.norm())))
+            moves.append(
+                (
+                    trainer.step,
+                    key,
+                    float((after - before).norm() / before.norm()),
+                    float((kept - before).norm() / before.norm()),
+                )
+            )
 
     PhiSNormalizer.update, PhiSNormalizer.recompute = update, recompute
     losses: dict[int, dict] = {}
@@ -91,17 +107,28 @@ def run(align: str, steps: int, data: Path, out: Path, verbose: bool) -> dict:
             jumps.append(worst[3])
         if verbose:
             loss_txt = f"   {worst[0]}: {worst[1]:.3f} -> {worst[2]:.3f} (x{worst[3]:.2f})" if worst else ""
-            print(f"  [{align}] step {step:3d} {key:12s} target move {100 * move:6.1f} % "
-                  f"(mean/scale only {100 * ref:5.1f} %){loss_txt}")
+            print(
+                f"  [{align}] step {step:3d} {key:12s} target move {100 * move:6.1f} % "
+                f"(mean/scale only {100 * ref:5.1f} %){loss_txt}"
+            )
     final = {k: v for k, v in losses[max(losses)].items() if k.endswith("/features")}
-    return {"moves": [m[2] for m in moves], "refs": [m[3] for m in moves], "jumps": jumps,
-            "final": statistics.mean(final.values())}
+    return {
+        "moves": [m[2] for m in moves],
+        "refs": [m[3] for m in moves],
+        "jumps": jumps,
+        "final": statistics.mean(final.values()),
+    }
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--align", nargs="+", default=["none", "procrustes"], choices=["none", "sign", "procrustes"],
-                   help="modes to compare ('none' = before the fix)")
+    p.add_argument(
+        "--align",
+        nargs="+",
+        default=["none", "procrustes"],
+        choices=["none", "sign", "procrustes"],
+        help="modes to compare ('none' = before the fix)",
+    )
     p.add_argument("--steps", type=int, default=60, help="training steps (the tiny recipe has 60)")
     p.add_argument("--data", type=Path, default=None, help="image folder (default: the bundled photographs)")
     p.add_argument("--quiet", action="store_true", help="summary lines only")
@@ -111,17 +138,22 @@ def main(argv=None) -> int:
     data = args.data
     if data is None:
         from openradio.inputs.sample_data import write_sample_images
+
         data = tmp / "images"
         write_sample_images(data, max_side=256)
     results = {}
     for mode in args.align:
         results[mode] = run(mode, args.steps, data, tmp / f"run_{mode}", not args.quiet)
-    print(f"{'align':>10s}  {'recomputes':>10s}  {'target move median / max':>26s}  "
-          f"{'loss ratio after/before median / max':>38s}  {'final feature loss':>18s}")
+    print(
+        f"{'align':>10s}  {'recomputes':>10s}  {'target move median / max':>26s}  "
+        f"{'loss ratio after/before median / max':>38s}  {'final feature loss':>18s}"
+    )
     for mode, r in results.items():
         mv, jp = r["moves"], r["jumps"]
-        print(f"{mode:>10s}  {len(mv):10d}  {100 * statistics.median(mv):11.1f} % / {100 * max(mv):6.1f} %  "
-              f"{statistics.median(jp):27.2f} / {max(jp):6.2f}  {r['final']:18.4f}")
+        print(
+            f"{mode:>10s}  {len(mv):10d}  {100 * statistics.median(mv):11.1f} % / {100 * max(mv):6.1f} %  "
+            f"{statistics.median(jp):27.2f} / {max(jp):6.2f}  {r['final']:18.4f}"
+        )
     return 0
 
 

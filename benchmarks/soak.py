@@ -8,6 +8,7 @@ empties, tensors kept alive across calls) shows as memory growing with the numbe
 Prints resident memory (RSS; and CUDA memory on a GPU) after a warm-up round that has seen every
 size once, then every --report calls, and the growth from warm-up to the end.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,8 +56,11 @@ def main(argv: list[str] | None = None) -> int:
         version = str(make_tiny_checkpoint(Path(tmp.name) / "soak.pth.tar", embed_dim=96, depth=4, num_heads=3))
     device = torch.device(args.device)
     global_model = openradio.radio_model(version, adaptor_names=["clip", "sam"], progress=False).to(device).eval()
-    windowed = openradio.radio_model(version, adaptor_names=["clip", "sam"], vitdet_window_size=2,
-                                     progress=False).to(device).eval()
+    windowed = (
+        openradio.radio_model(version, adaptor_names=["clip", "sam"], vitdet_window_size=2, progress=False)
+        .to(device)
+        .eval()
+    )
     step = global_model.min_resolution_step
     sides = list(range(step, args.max_side + 1, step))
     rng = random.Random(args.seed)
@@ -66,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         x = torch.rand(b, 3, h, w, device=device)
         with torch.inference_mode():
             if i % 5 == 4 and h % (2 * step) == 0 and w % (2 * step) == 0:
-                out = windowed(x)                                   # ViTDet
+                out = windowed(x)  # ViTDet
             elif i % 7 == 6:
                 out = global_model.forward_intermediates(x, indices=[1, -1], output_fmt="NCHW")
             else:
@@ -95,8 +99,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"after {i:6d} calls           {mem()}")
     gc.collect()
     end_rss = rss_mib()
-    print(f"end: {args.iters} calls in {time.perf_counter() - t:.1f} s; RSS start {start_rss:.1f} MiB, after "
-          f"warm-up {warm_rss:.1f} MiB, end {end_rss:.1f} MiB (growth since warm-up {end_rss - warm_rss:+.1f} MiB)")
+    print(
+        f"end: {args.iters} calls in {time.perf_counter() - t:.1f} s; RSS start {start_rss:.1f} MiB, after "
+        f"warm-up {warm_rss:.1f} MiB, end {end_rss:.1f} MiB (growth since warm-up {end_rss - warm_rss:+.1f} MiB)"
+    )
     if tmp is not None:
         tmp.cleanup()
     return 0

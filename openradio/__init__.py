@@ -4,12 +4,22 @@ Public API: ``radio_model`` (load a released version or a local checkpoint), ``R
 ``RadioOutput``, ``Resolution`` and ``versions``. Attributes are imported on first use so that
 ``import openradio`` (and the CLI's ``--help``) stays fast.
 """
+
 from __future__ import annotations
 
 import importlib
 
 __version__ = "0.1.0"
-__all__ = ["radio_model", "RADIOModel", "RadioOutput", "Resolution", "versions", "quantize_dynamic", "backbone", "segment"]
+__all__ = [
+    "radio_model",
+    "RADIOModel",
+    "RadioOutput",
+    "Resolution",
+    "versions",
+    "quantize_dynamic",
+    "backbone",
+    "segment",
+]
 
 _LAZY = {
     "radio_model": ("openradio.formats.resolve", "radio_model"),

@@ -1,4 +1,5 @@
 """``python -m openradio`` runs the CLI."""
+
 import sys
 
 from openradio.cli import main

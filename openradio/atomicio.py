@@ -6,6 +6,7 @@ and carries the writer's process id (``.NAME.partial-PID.EXT``, keeping the exte
 writers which pick a format from it still do); a later write to the same path removes temporaries
 left by processes that no longer run.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -36,7 +37,7 @@ def alive(pid: int) -> bool:
 def _remove_stale(path: Path) -> None:
     stem = path.name[: -len(path.suffix)] if path.suffix else path.name
     for p in path.parent.glob(f".{stem}.partial-*{path.suffix}"):
-        pid = p.name[len(stem) + 10:len(p.name) - len(path.suffix)]  # after ".{stem}.partial-"
+        pid = p.name[len(stem) + 10 : len(p.name) - len(path.suffix)]  # after ".{stem}.partial-"
         if pid.isdigit() and int(pid) != os.getpid() and not alive(int(pid)):
             with contextlib.suppress(OSError):
                 p.unlink()

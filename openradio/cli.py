@@ -4,6 +4,7 @@ Each subcommand lives in ``openradio/commands/<name>.py`` and defines ``HELP`` (
 ``EXAMPLES`` (text shown under ``--help``), ``add_arguments(parser)`` and ``run(args) -> int``.
 Modules are imported lazily so ``openradio --help`` stays fast.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,23 +40,43 @@ class CLIError(Exception):
     """An error whose message is shown to the user as a one-line reason (exit code 2)."""
 
 
-def add_model_arguments(p: argparse.ArgumentParser, *, multiple_versions: bool = False,
-                        adaptor: bool = True, resolution: bool = True) -> None:
+def add_model_arguments(
+    p: argparse.ArgumentParser, *, multiple_versions: bool = False, adaptor: bool = True, resolution: bool = True
+) -> None:
     """The flags every model-using subcommand shares, spelled the same everywhere."""
     if multiple_versions:
-        p.add_argument("--version", action="append", required=True, metavar="NAME_OR_PATH",
-                       help="released version (see `openradio versions`) or a local checkpoint; repeat to compare models")
+        p.add_argument(
+            "--version",
+            action="append",
+            required=True,
+            metavar="NAME_OR_PATH",
+            help="released version (see `openradio versions`) or a local checkpoint; repeat to compare models",
+        )
     else:
-        p.add_argument("--version", required=True, metavar="NAME_OR_PATH",
-                       help="released version (see `openradio versions`) or a local checkpoint file")
+        p.add_argument(
+            "--version",
+            required=True,
+            metavar="NAME_OR_PATH",
+            help="released version (see `openradio versions`) or a local checkpoint file",
+        )
     if adaptor:
-        p.add_argument("--adaptor", default=None, metavar="NAME",
-                       help="teacher adaptor whose outputs to use (e.g. clip, siglip, dino_v2, sam); default: backbone")
+        p.add_argument(
+            "--adaptor",
+            default=None,
+            metavar="NAME",
+            help="teacher adaptor whose outputs to use (e.g. clip, siglip, dino_v2, sam); default: backbone",
+        )
     if resolution:
-        p.add_argument("--resolution", type=int, default=None, metavar="PX",
-                       help="input side length in pixels (rounded to the model's resolution step)")
-    p.add_argument("--vitdet-window", type=int, default=None, metavar="W",
-                   help="run in ViTDet mode with W x W-patch windows")
+        p.add_argument(
+            "--resolution",
+            type=int,
+            default=None,
+            metavar="PX",
+            help="input side length in pixels (rounded to the model's resolution step)",
+        )
+    p.add_argument(
+        "--vitdet-window", type=int, default=None, metavar="W", help="run in ViTDet mode with W x W-patch windows"
+    )
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--amp", action="store_true", help="bf16 autocast (GPU)")
 
@@ -79,6 +100,7 @@ def check_version(value: str | None) -> None:
     if not value or value.startswith("hf-hub:") or os.path.exists(value):
         return
     from openradio.versions import get_version  # plain data: no torch
+
     if any(sep in value for sep in ("/", os.sep)) or value.endswith(_CHECKPOINT_SUFFIXES):
         raise CLIError(f"checkpoint file not found: {value}")
     try:
@@ -116,14 +138,23 @@ def build_parser() -> argparse.ArgumentParser:
         description="openradio: RADIOv2.5 inference, training, evaluation and visualisation.",
         epilog="Run `openradio COMMAND --help` for a command's flags and examples.",
     )
-    parser.add_argument("--debug", "--verbose", dest="verbose", action="store_true",
-                        help="show full tracebacks on errors (with the underlying library's message)")
+    parser.add_argument(
+        "--debug",
+        "--verbose",
+        dest="verbose",
+        action="store_true",
+        help="show full tracebacks on errors (with the underlying library's message)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, modname in COMMANDS.items():
         mod = importlib.import_module(modname)
-        p = sub.add_parser(name, help=mod.HELP, description=mod.HELP,
-                           epilog="examples:\n" + mod.EXAMPLES if getattr(mod, "EXAMPLES", "") else None,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p = sub.add_parser(
+            name,
+            help=mod.HELP,
+            description=mod.HELP,
+            epilog="examples:\n" + mod.EXAMPLES if getattr(mod, "EXAMPLES", "") else None,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         mod.add_arguments(p)
         if "--no-progress" not in p._option_string_actions:  # the same flag in every command
             p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -133,9 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _one_line_warning(command: str):
     """Warnings while a command runs: one line, ``openradio CMD: warning: ...`` (no source line)."""
+
     def show(message, category, filename, lineno, file=None, line=None):
         text = str(message).strip().splitlines()
         print(f"openradio {command}: warning: {text[0] if text else category.__name__}", file=file or sys.stderr)
+
     return show
 
 
@@ -172,4 +205,5 @@ if __name__ == "__main__":  # pragma: no cover
     # `python -m openradio.cli`: run the imported module, so the commands' `openradio.cli.CLIError`
     # is the class main() catches (this file runs as __main__, a second copy)
     from openradio.cli import main as _main
+
     sys.exit(_main())

@@ -3,6 +3,7 @@
 Inference needs only the base install (torch, timm, safetensors, ...). Video, plots, TensorBoard
 logs and the bundled sample photographs come with extras, so an inference-only install stays small.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -40,4 +41,6 @@ def require(module: str, purpose: str) -> ModuleType:
         return importlib.import_module(module)
     except ImportError:
         extra, package = EXTRAS.get(module, ("all", module))
-        raise MissingExtra(f"{purpose} needs {package}, which is not installed: pip install 'openradio[{extra}]'") from None
+        raise MissingExtra(
+            f"{purpose} needs {package}, which is not installed: pip install 'openradio[{extra}]'"
+        ) from None

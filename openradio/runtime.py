@@ -2,6 +2,7 @@
 labels and number lists. Evaluation, visualisation, benchmarks, the demo and the CLI all use
 these (and only these) helpers.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -85,9 +86,13 @@ def warn_if_slow_bf16(device: torch.device | str) -> None:
     if _WARNED_SLOW_BF16 or not slow_bf16(device):
         return
     _WARNED_SLOW_BF16 = True
-    warnings.warn(f"bf16 autocast on this CPU ({cpu_model()}: no AVX512-BF16 or AMX) is emulated and about 50x "
-                  "slower than float32; drop --amp (amp=False) here: bf16 pays off on GPUs and CPUs with "
-                  "AVX512-BF16/AMX", UserWarning, stacklevel=3)
+    warnings.warn(
+        f"bf16 autocast on this CPU ({cpu_model()}: no AVX512-BF16 or AMX) is emulated and about 50x "
+        "slower than float32; drop --amp (amp=False) here: bf16 pays off on GPUs and CPUs with "
+        "AVX512-BF16/AMX",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 def autocast(device: torch.device | str, amp: bool = True):
@@ -132,12 +137,15 @@ def select_output(out, adaptor: Optional[str]):
     if isinstance(out, dict):
         key = adaptor or "backbone"
         if key not in out:
-            raise KeyError(f"model output has no {key!r}; available: {sorted(out)} (load the model with "
-                           f"adaptor_names=[{key!r}])")
+            raise KeyError(
+                f"model output has no {key!r}; available: {sorted(out)} (load the model with adaptor_names=[{key!r}])"
+            )
         return out[key]
     if adaptor not in (None, "backbone"):
-        raise KeyError(f"the model was loaded without adaptors, so {adaptor!r} outputs are not available; "
-                       f"load it with adaptor_names=[{adaptor!r}]")
+        raise KeyError(
+            f"the model was loaded without adaptors, so {adaptor!r} outputs are not available; "
+            f"load it with adaptor_names=[{adaptor!r}]"
+        )
     return out
 
 

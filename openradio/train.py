@@ -4,6 +4,7 @@ Under torchrun every process joins the process group from the environment (DDP; 
 gloo on CPUs). A restarted run (``torchrun --max-restarts``, or the same command again) resumes
 from the newest readable checkpoint in ``out_dir/checkpoints``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -12,14 +13,23 @@ from typing import Optional
 
 
 def build_arg_parser(p: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
-    p = p or argparse.ArgumentParser(prog="python -m openradio.train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = p or argparse.ArgumentParser(
+        prog="python -m openradio.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("config", help="YAML recipe, e.g. configs/radio_v2.5-b.yaml or configs/tiny.yaml")
-    p.add_argument("overrides", nargs="*", metavar="key.path=value",
-                   help="config overrides, e.g. data.path=/data/imgs optim.lr=5e-4 stages.0.steps=1000")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key.path=value",
+        help="config overrides, e.g. data.path=/data/imgs optim.lr=5e-4 stages.0.steps=1000",
+    )
     p.add_argument("--max-steps", type=int, default=None, help="stop after this global step (resumable)")
-    p.add_argument("--export", default=None, metavar="FILE.pth.tar",
-                   help="at the end, write an official-format checkpoint that openradio.radio_model loads")
+    p.add_argument(
+        "--export",
+        default=None,
+        metavar="FILE.pth.tar",
+        help="at the end, write an official-format checkpoint that openradio.radio_model loads",
+    )
     p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints in out_dir")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars (the config's progress=false)")
     return p
@@ -43,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
     from openradio.distill.trainer import Trainer
+
     trainer = Trainer(cfg)
     try:
         last = trainer.train(max_steps=args.max_steps, resume=not args.no_resume)
@@ -51,8 +62,10 @@ def run(args: argparse.Namespace) -> int:
             if trainer.env.is_main:
                 print(f"exported {path}")
         if trainer.env.is_main and last:
-            print(f"step {trainer.step}/{cfg.total_steps}  loss {last.get('loss', float('nan')):.4f}  "
-                  f"metrics: {trainer.logger.path}")
+            print(
+                f"step {trainer.step}/{cfg.total_steps}  loss {last.get('loss', float('nan')):.4f}  "
+                f"metrics: {trainer.logger.path}"
+            )
     finally:
         if trainer.env.initialized_here and dist.is_initialized():
             dist.barrier()  # leave together: a rank tearing gloo down early can abort the others
@@ -69,6 +82,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args.overrides = list(args.overrides) + extra  # overrides may also follow options
     apply_flags(args)
     from openradio.distill.config import load_config
+
     try:  # a config mistake is one line, as with `openradio train`; later errors keep their traceback
         load_config(args.config, args.overrides)
     except (ValueError, FileNotFoundError) as e:

@@ -1,4 +1,5 @@
 """Helpers for the evaluation tests: small real-image sets and tiny random open_clip text towers."""
+
 from __future__ import annotations
 
 import json

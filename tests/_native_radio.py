@@ -1,5 +1,6 @@
 """Shared by tests/export/test_native_video.py and test_native_swiglu.py: random transformers
 ``RadioModel``s of any ``RadioConfig``, and exact output comparisons with openradio."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,17 +11,18 @@ import torch
 import openradio
 from openradio.verify.testing import make_tiny_checkpoint
 
-P = 4            # patch size of the tiny models
-MAX_IMG = 64     # position grid 16 x 16
-SIZES = [(64, 64), (24, 40), (32, 16)]   # the full grid (no resampling), non-square up and down
+P = 4  # patch size of the tiny models
+MAX_IMG = 64  # position grid 16 x 16
+SIZES = [(64, 64), (24, 40), (32, 16)]  # the full grid (no resampling), non-square up and down
 
 
 @dataclass(frozen=True)
 class Case:
     """One RadioConfig: SwiGLU x layer scale x temporal patch size x registers x CLS tokens."""
+
     swiglu: bool = False
     layerscale: bool = False
-    temporal: Optional[int] = None   # video_temporal_patch_size (None: images only; transformers refuses 1)
+    temporal: Optional[int] = None  # video_temporal_patch_size (None: images only; transformers refuses 1)
     registers: int = 3
     cls: int = 2
     mlp_ratio: float = 2.5
@@ -31,16 +33,29 @@ class Case:
         return {0: [], 1: [0], 2: [1, 0]}.get(self.cls, [0, self.cls - 2, self.cls - 1])
 
     def id(self) -> str:
-        return (f"{'swiglu' if self.swiglu else 'mlp'}-{'ls' if self.layerscale else 'nols'}-t{self.temporal or 1}"
-                f"-r{self.registers}-c{self.cls}" + ("" if self.hidden_act == "gelu" else f"-{self.hidden_act}")
-                + ("" if self.mlp_ratio == 2.5 else f"-ratio{self.mlp_ratio:.3g}"))
+        return (
+            f"{'swiglu' if self.swiglu else 'mlp'}-{'ls' if self.layerscale else 'nols'}-t{self.temporal or 1}"
+            f"-r{self.registers}-c{self.cls}"
+            + ("" if self.hidden_act == "gelu" else f"-{self.hidden_act}")
+            + ("" if self.mlp_ratio == 2.5 else f"-ratio{self.mlp_ratio:.3g}")
+        )
 
     def hf_config(self, transformers):
         return transformers.RadioConfig(
-            hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=self.mlp_ratio, patch_size=P,
-            max_img_size=MAX_IMG, num_cls_tokens=self.cls, num_registers=self.registers,
-            summary_idxs=self.summary_idxs, use_swiglu_ffn=self.swiglu, video_temporal_patch_size=self.temporal,
-            layerscale_value=0.5 if self.layerscale else 1.0, hidden_act=self.hidden_act)
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            mlp_ratio=self.mlp_ratio,
+            patch_size=P,
+            max_img_size=MAX_IMG,
+            num_cls_tokens=self.cls,
+            num_registers=self.registers,
+            summary_idxs=self.summary_idxs,
+            use_swiglu_ffn=self.swiglu,
+            video_temporal_patch_size=self.temporal,
+            layerscale_value=0.5 if self.layerscale else 1.0,
+            hidden_act=self.hidden_act,
+        )
 
 
 def random_hf_model(transformers, case: Case, seed: int = 0):
@@ -68,9 +83,20 @@ def tiny_openradio_checkpoint(path, case: Case, seed: int = 0):
         kwargs["act_layer"] = {"gelu_pytorch_tanh": "gelu_tanh"}.get(case.hidden_act, case.hidden_act)
     teachers = [dict(name=f"t{i}", type="generic", use_summary=i in case.summary_idxs) for i in range(case.cls)]
     extra = {"video_temporal_patch_size": case.temporal} if case.temporal else {}
-    return make_tiny_checkpoint(path, teachers=teachers, head_dims={t["name"]: (8, 8) for t in teachers},
-                                embed_dim=32, depth=2, num_heads=2, cpe_max_size=MAX_IMG, register_multiple=None,
-                                cpe_num_registers=case.registers, model_kwargs=kwargs, seed=seed, **extra)
+    return make_tiny_checkpoint(
+        path,
+        teachers=teachers,
+        head_dims={t["name"]: (8, 8) for t in teachers},
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        cpe_max_size=MAX_IMG,
+        register_multiple=None,
+        cpe_num_registers=case.registers,
+        model_kwargs=kwargs,
+        seed=seed,
+        **extra,
+    )
 
 
 def packed_patches(images: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

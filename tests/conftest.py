@@ -1,5 +1,6 @@
 """Shared fixtures. Parity fixtures: $OPENRADIO_FIXTURES, else the small set vendored in
 tests/fixtures/official-mini (made with the official code; see its README)."""
+
 from __future__ import annotations
 
 import os
@@ -10,9 +11,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 VENDORED = REPO / "tests" / "fixtures" / "official-mini"
-HOW_TO = ("official parity fixtures not found: tests/fixtures/official-mini is missing from this checkout, "
-          "or set OPENRADIO_FIXTURES to a folder holding tiny_radio_v25_half.pth.tar, "
-          "tiny_radio_v25_norm.pth.tar and expected.pt")
+HOW_TO = (
+    "official parity fixtures not found: tests/fixtures/official-mini is missing from this checkout, "
+    "or set OPENRADIO_FIXTURES to a folder holding tiny_radio_v25_half.pth.tar, "
+    "tiny_radio_v25_norm.pth.tar and expected.pt"
+)
 
 
 def fixtures_dir() -> Path | None:
@@ -26,7 +29,10 @@ def fixtures_dir() -> Path | None:
 def families_dir() -> Path | None:
     """Official outputs for every released family: vendored in tests/fixtures (a fresh clone has
     them), else the shared copy."""
-    for c in (REPO / "tests" / "fixtures" / "official-families", REPO.parent / "shared" / "fixtures" / "official-families"):
+    for c in (
+        REPO / "tests" / "fixtures" / "official-families",
+        REPO.parent / "shared" / "fixtures" / "official-families",
+    ):
         if (c / "expected.pt").is_file():
             return c
     return None
@@ -43,6 +49,7 @@ def official_fixtures() -> Path:
 @pytest.fixture(scope="session")
 def expected(official_fixtures):
     import torch
+
     return torch.load(official_fixtures / "expected.pt", weights_only=True)
 
 
@@ -50,6 +57,7 @@ def expected(official_fixtures):
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A small random checkpoint in the official format (teachers clip, siglip, dino_v2, sam)."""
     from openradio.verify.testing import make_tiny_checkpoint
+
     return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny_radio.pth.tar")
 
 
@@ -58,6 +66,7 @@ def sample_images():
     """Real photographs bundled with scikit-image, as float [0,1] CHW tensors."""
     import torch
     from skimage import data
+
     out = {}
     for name in ("astronaut", "chelsea", "coffee", "rocket"):
         arr = getattr(data, name)()
@@ -74,20 +83,24 @@ def pytest_terminal_summary(terminalreporter):
     import torch
 
     from openradio.verify.parity import cpu_model, summarize
+
     s = summarize(results)
     mode = getattr(mod, "MODE", {})
-    how = ("compared bit for bit" if mode.get("strict") else "compared within float32 noise") + \
-        (f": {mode['why']}" if mode.get("why") else "")
+    how = ("compared bit for bit" if mode.get("strict") else "compared within float32 noise") + (
+        f": {mode['why']}" if mode.get("why") else ""
+    )
     terminalreporter.write_line(
         f"parity with the official outputs: {s['exact']}/{s['tensors']} tensors bit-exact, "
         f"{s['within_noise']}/{s['tensors']} within float32 noise, largest difference {s['max_abs_diff']:.3g} "
-        f"({cpu_model()}, ATen {torch.backends.cpu.get_cpu_capability()}; {how})")
+        f"({cpu_model()}, ATen {torch.backends.cpu.get_cpu_capability()}; {how})"
+    )
 
 
 @pytest.fixture(scope="session")
 def train_image_dir(tmp_path_factory) -> Path:
     """A folder of the bundled photographs (at most 256 px a side) for short training runs."""
     from openradio.inputs.sample_data import write_sample_images
+
     d = tmp_path_factory.mktemp("train_images")
     write_sample_images(d, max_side=256)
     return d

@@ -7,6 +7,7 @@ Writes docs/images/dense_pyramid.png, dense_segment_overlay.png (+ its label PNG
 dense_upsample.png. Without --version the model and text tower are small and random: the
 pictures then show the shapes and the mechanics (which maps, which resolutions), not semantics.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,6 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _photo(size: int) -> torch.Tensor:
     from openradio.inputs.sample_data import load_sample_image
+
     img = torch.from_numpy(load_sample_image("chelsea")).permute(2, 0, 1).float() / 255
     h, w = img.shape[-2:]
     s = size / max(h, w)
@@ -36,6 +38,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
 
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -43,7 +46,7 @@ def main(argv=None) -> None:
     from openradio.dense.segment import segment, write_segmentation
     from openradio.dense.upsample import upsample_features
     from openradio.inputs.imageio import tensor_to_uint8
-    from openradio.model.text import attach_text_tower, text_tower_from_model
+    from openradio.model.text import attach_text_tower
     from openradio.viz.pca import get_robust_pca, pca_rgb
 
     torch.manual_seed(0)
@@ -54,12 +57,14 @@ def main(argv=None) -> None:
             model = openradio.radio_model(args.version, adaptor_names=["clip"])
             label = args.version
         else:
-            from openradio.verify.testing import make_tiny_checkpoint
             from openradio.model.text import write_random_text_tower
+            from openradio.verify.testing import make_tiny_checkpoint
+
             path = make_tiny_checkpoint(Path(tmp) / "tiny.pth.tar")
             model = openradio.radio_model(str(path), adaptor_names=["clip"], text_towers=False)
             cfg, weights = write_random_text_tower(Path(tmp) / "text", "tiny-text", embed_dim=32)
             from openradio.model.text import load_text_tower
+
             attach_text_tower(model.adaptors["clip"], {}, model=load_text_tower(str(cfg), weights=weights))
             label = "small random model"
         model.eval()

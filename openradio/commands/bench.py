@@ -1,4 +1,5 @@
 """`openradio bench`: inference throughput and latency per resolution, as ratios to a same-process baseline."""
+
 from __future__ import annotations
 
 import argparse
@@ -23,25 +24,46 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from openradio.cli import add_model_arguments
 
     add_model_arguments(p, adaptor=False, resolution=False)
-    p.add_argument("--adaptor", action="append", default=None, metavar="NAME",
-                   help="include this adaptor's heads in the timed forward (repeat or comma-separate)")
-    p.add_argument("--resolutions", "--resolution", dest="resolutions", default="224,512,1024", metavar="R1,R2,...",
-                   help="comma-separated square input sizes (rounded to the model's step); default 224,512,1024")
+    p.add_argument(
+        "--adaptor",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="include this adaptor's heads in the timed forward (repeat or comma-separate)",
+    )
+    p.add_argument(
+        "--resolutions",
+        "--resolution",
+        dest="resolutions",
+        default="224,512,1024",
+        metavar="R1,R2,...",
+        help="comma-separated square input sizes (rounded to the model's step); default 224,512,1024",
+    )
     p.add_argument("--batch-size", type=int, default=8, metavar="N", help="images per forward pass (default 8)")
-    p.add_argument("--baseline", choices=["timm", "global", "none"], default=None,
-                   help="what to compare with (default: global with --vitdet-window, else timm)")
-    p.add_argument("--iters", type=int, default=10, metavar="N", help="timed forward passes (model/baseline pairs) per resolution")
+    p.add_argument(
+        "--baseline",
+        choices=["timm", "global", "none"],
+        default=None,
+        help="what to compare with (default: global with --vitdet-window, else timm)",
+    )
+    p.add_argument(
+        "--iters", type=int, default=10, metavar="N", help="timed forward passes (model/baseline pairs) per resolution"
+    )
     p.add_argument("--warmup", type=int, default=2, metavar="N", help="untimed forward passes first")
-    p.add_argument("--stat", choices=["median", "min"], default="median",
-                   help="per-call time to report: median (typical) or min (least disturbed by other load)")
+    p.add_argument(
+        "--stat",
+        choices=["median", "min"],
+        default="median",
+        help="per-call time to report: median (typical) or min (least disturbed by other load)",
+    )
     p.add_argument("--out", default=None, metavar="FILE.csv", help="also write the rows as CSV")
 
 
 def run(args: argparse.Namespace) -> int:
     import openradio
     from openradio.cli import CLIError, parse_adaptors
-    from openradio.runtime import parse_int_list, pick_device
     from openradio.eval.throughput import bench_model, format_table, write_rows_csv
+    from openradio.runtime import parse_int_list, pick_device
 
     resolutions = parse_int_list(args.resolutions, "--resolutions") if args.resolutions else None
     for flag in ("batch_size", "iters"):
@@ -55,16 +77,31 @@ def run(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     adaptors = parse_adaptors(args.adaptor)
 
-    model = openradio.radio_model(args.version, adaptor_names=adaptors or None,
-                                  vitdet_window_size=args.vitdet_window, progress=not args.no_progress)
+    model = openradio.radio_model(
+        args.version,
+        adaptor_names=adaptors or None,
+        vitdet_window_size=args.vitdet_window,
+        progress=not args.no_progress,
+    )
     model = model.to(device).eval()
-    rows = bench_model(model, resolutions, batch_size=args.batch_size, baseline=baseline,
-                       vitdet_window=args.vitdet_window, iters=args.iters, warmup=args.warmup, device=device,
-                       amp=args.amp, stat=args.stat)
+    rows = bench_model(
+        model,
+        resolutions,
+        batch_size=args.batch_size,
+        baseline=baseline,
+        vitdet_window=args.vitdet_window,
+        iters=args.iters,
+        warmup=args.warmup,
+        device=device,
+        amp=args.amp,
+        stat=args.stat,
+    )
     name = getattr(model, "version", None) or args.version
     amp = " (bf16 autocast)" if args.amp else ""
-    print(f"{name} on {device}{amp}: {args.stat} of {args.iters} timed passes after "
-          f"{args.warmup} warm-up; speed ratio = median of per-pair baseline time / model time")
+    print(
+        f"{name} on {device}{amp}: {args.stat} of {args.iters} timed passes after "
+        f"{args.warmup} warm-up; speed ratio = median of per-pair baseline time / model time"
+    )
     print(format_table(rows))
     if args.out:
         print(f"wrote {write_rows_csv(rows, args.out)}")

@@ -1,4 +1,5 @@
 """`openradio demo`: distil a small student offline (or load a released model), evaluate, write a report."""
+
 from __future__ import annotations
 
 import argparse
@@ -18,13 +19,25 @@ curves. The report is OUT/report.html (and report.md), with CSVs and PNGs next t
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="demo-report", metavar="DIR", help="report folder (default demo-report)")
-    p.add_argument("--steps", type=int, default=None, metavar="N",
-                   help="training steps for the offline demo (default 300; the tiny recipe itself has 60)")
-    p.add_argument("--version", default=None, metavar="NAME_OR_PATH",
-                   help="evaluate a released model (e.g. radio_v2.5-b) or a local checkpoint instead of training")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        metavar="N",
+        help="training steps for the offline demo (default 300; the tiny recipe itself has 60)",
+    )
+    p.add_argument(
+        "--version",
+        default=None,
+        metavar="NAME_OR_PATH",
+        help="evaluate a released model (e.g. radio_v2.5-b) or a local checkpoint instead of training",
+    )
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--tiny-teacher", action="store_true",
-                   help="with --version: compare with a small random teacher instead of the released one (dry run)")
+    p.add_argument(
+        "--tiny-teacher",
+        action="store_true",
+        help="with --version: compare with a small random teacher instead of the released one (dry run)",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide progress bars and messages")
 
 
@@ -38,6 +51,12 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError("--steps applies to the offline demo's training; drop it with --version")
     if args.tiny_teacher and not args.version:
         raise CLIError("--tiny-teacher only applies with --version (the offline demo's teachers are already tiny)")
-    run_demo(args.out, steps=args.steps, version=args.version, device=args.device, progress=not args.no_progress,
-             tiny_teacher=args.tiny_teacher)
+    run_demo(
+        args.out,
+        steps=args.steps,
+        version=args.version,
+        device=args.device,
+        progress=not args.no_progress,
+        tiny_teacher=args.tiny_teacher,
+    )
     return 0

@@ -1,5 +1,6 @@
 """`openradio extract`: features of image folders, file lists, webdataset shards and videos,
 streamed to parquet parts with a manifest; resumable, bounded memory, torchrun-ready."""
+
 from __future__ import annotations
 
 import argparse
@@ -22,28 +23,61 @@ ENGINES = {"local": "openradio.extract:extract", "ray": "openradio.ray:run_ray"}
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from openradio.cli import add_model_arguments
 
-    p.add_argument("sources", nargs="+", metavar="SOURCE",
-                   help="image folders, file lists (.txt/.csv/.parquet with a path column), webdataset tar "
-                        "shards (brace patterns allowed) or videos; local paths or fsspec URLs")
+    p.add_argument(
+        "sources",
+        nargs="+",
+        metavar="SOURCE",
+        help="image folders, file lists (.txt/.csv/.parquet with a path column), webdataset tar "
+        "shards (brace patterns allowed) or videos; local paths or fsspec URLs",
+    )
     add_model_arguments(p, adaptor=False)
-    p.add_argument("--adaptor", action="append", default=None, metavar="NAME",
-                   help="also store this adaptor's summary (<name>_summary column); repeat or comma-separate")
-    p.add_argument("--square", action="store_true", help="resize and centre-crop to R x R instead of keeping the aspect")
+    p.add_argument(
+        "--adaptor",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="also store this adaptor's summary (<name>_summary column); repeat or comma-separate",
+    )
+    p.add_argument(
+        "--square", action="store_true", help="resize and centre-crop to R x R instead of keeping the aspect"
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (local or fsspec URL)")
     p.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per forward pass (default 32)")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
-                   help="compute dtype (default: bfloat16 on CUDA, float32 on CPUs; --amp means bfloat16)")
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16", "float16"],
+        default=None,
+        help="compute dtype (default: bfloat16 on CUDA, float32 on CPUs; --amp means bfloat16)",
+    )
     p.add_argument("--workers", type=int, default=2, metavar="N", help="DataLoader workers decoding and resizing")
-    p.add_argument("--part-size", type=int, default=None, metavar="ROWS",
-                   help="rows per part file (default 10000; 256 with --features full)")
-    p.add_argument("--features", default="none", metavar="none|pooled:G|full",
-                   help="also store spatial features: none, average-pooled to G x G, or full (default none)")
+    p.add_argument(
+        "--part-size",
+        type=int,
+        default=None,
+        metavar="ROWS",
+        help="rows per part file (default 10000; 256 with --features full)",
+    )
+    p.add_argument(
+        "--features",
+        default="none",
+        metavar="none|pooled:G|full",
+        help="also store spatial features: none, average-pooled to G x G, or full (default none)",
+    )
     p.add_argument("--features-dtype", choices=["float16", "float32"], default="float16")
     p.add_argument("--fps", type=float, default=1.0, help="frames per second taken from videos (default 1)")
-    p.add_argument("--min-size", type=int, default=16, metavar="PX",
-                   help="inputs with a side below this are skipped as too_small (default 16)")
-    p.add_argument("--layout", choices=["openradio", "clip-retrieval"], default="openradio",
-                   help="clip-retrieval: img_emb/img_emb_N.npy + metadata/metadata_N.parquet")
+    p.add_argument(
+        "--min-size",
+        type=int,
+        default=16,
+        metavar="PX",
+        help="inputs with a side below this are skipped as too_small (default 16)",
+    )
+    p.add_argument(
+        "--layout",
+        choices=["openradio", "clip-retrieval"],
+        default="openradio",
+        help="clip-retrieval: img_emb/img_emb_N.npy + metadata/metadata_N.parquet",
+    )
     p.add_argument("--engine", choices=sorted(ENGINES), default="local")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output made differently")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
@@ -69,12 +103,28 @@ def run(args: argparse.Namespace) -> int:
     module, func = ENGINES[args.engine].split(":")
     engine = getattr(importlib.import_module(module), func)
     try:
-        doc = engine(args.sources, args.version, args.out, adaptors=adaptors, resolution=args.resolution,
-                     square=args.square, vitdet_window=args.vitdet_window, batch_size=args.batch_size,
-                     device=args.device, dtype=dtype, workers=args.workers, part_size=args.part_size,
-                     features=args.features, features_dtype=args.features_dtype, fps=args.fps,
-                     layout=args.layout, min_size=args.min_size, overwrite=args.overwrite,
-                     compile=args.compile, progress=not args.no_progress)
+        doc = engine(
+            args.sources,
+            args.version,
+            args.out,
+            adaptors=adaptors,
+            resolution=args.resolution,
+            square=args.square,
+            vitdet_window=args.vitdet_window,
+            batch_size=args.batch_size,
+            device=args.device,
+            dtype=dtype,
+            workers=args.workers,
+            part_size=args.part_size,
+            features=args.features,
+            features_dtype=args.features_dtype,
+            fps=args.fps,
+            layout=args.layout,
+            min_size=args.min_size,
+            overwrite=args.overwrite,
+            compile=args.compile,
+            progress=not args.no_progress,
+        )
     except (ExtractError, SourceError) as e:
         raise CLIError(str(e)) from None
     if doc:

@@ -2,6 +2,7 @@
 
 The file's layout, version, writer and reader: :mod:`openradio.formats.features`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,13 +30,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or directories of images")
     add_model_arguments(p, adaptor=False)
-    p.add_argument("--adaptor", action="append", default=None, metavar="NAME",
-                   help="also store this teacher adaptor's outputs (e.g. clip, siglip, dino_v2, sam); "
-                        "repeat or comma-separate for several; the backbone's are always stored")
-    p.add_argument("--square", action="store_true", help="resize and centre-crop to R x R instead of keeping "
-                                                         "the aspect ratio")
-    p.add_argument("--batch-size", type=int, default=8, metavar="N",
-                   help="images per forward pass (images of the same input size are batched together)")
+    p.add_argument(
+        "--adaptor",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="also store this teacher adaptor's outputs (e.g. clip, siglip, dino_v2, sam); "
+        "repeat or comma-separate for several; the backbone's are always stored",
+    )
+    p.add_argument(
+        "--square", action="store_true", help="resize and centre-crop to R x R instead of keeping the aspect ratio"
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=8,
+        metavar="N",
+        help="images per forward pass (images of the same input size are batched together)",
+    )
     p.add_argument("--out", required=True, metavar="FILE.safetensors", help="output file")
 
 
@@ -91,8 +103,12 @@ def run(args: argparse.Namespace) -> int:
     stems = unique_stems(images)
     device = pick_device(args.device)
 
-    model = openradio.radio_model(args.version, adaptor_names=adaptors or None,
-                                  vitdet_window_size=args.vitdet_window, progress=not args.no_progress)
+    model = openradio.radio_model(
+        args.version,
+        adaptor_names=adaptors or None,
+        vitdet_window_size=args.vitdet_window,
+        progress=not args.no_progress,
+    )
     model = model.to(device).eval()
     res = model_resolution(model, args.resolution)
     output_names = ["backbone", *adaptors]
@@ -111,8 +127,13 @@ def run(args: argparse.Namespace) -> int:
             y = model(x, feature_fmt="NCHW")
         outs = y if isinstance(y, dict) else {"backbone": y}
         for i, (stem, _) in enumerate(items):
-            features[stem] = {name: {"summary": outs[name].summary[i:i + 1].float().cpu(),
-                                     "features": outs[name].features[i:i + 1].float().cpu()} for name in output_names}
+            features[stem] = {
+                name: {
+                    "summary": outs[name].summary[i : i + 1].float().cpu(),
+                    "features": outs[name].features[i : i + 1].float().cpu(),
+                }
+                for name in output_names
+            }
         bar.update(len(items))
 
     bar = tqdm(total=len(images), desc="features", unit="image", disable=args.no_progress)
@@ -143,6 +164,8 @@ def run(args: argparse.Namespace) -> int:
     }
     write_features(out, features, metadata)  # atomic: never a half-written file under the final name
     channels = {name: int(features[stems[0]][name]["features"].shape[1]) for name in output_names}
-    print(f"wrote {len(images)} image(s) x {len(output_names)} output(s) to {out} "
-          f"(channels: {', '.join(f'{n} {c}' for n, c in channels.items())})")
+    print(
+        f"wrote {len(images)} image(s) x {len(output_names)} output(s) to {out} "
+        f"(channels: {', '.join(f'{n} {c}' for n, c in channels.items())})"
+    )
     return 0

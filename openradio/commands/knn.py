@@ -1,4 +1,5 @@
 """`openradio knn`: k-nearest-neighbour classification on summary embeddings."""
+
 from __future__ import annotations
 
 import argparse
@@ -28,10 +29,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     # the command's stack is imported when it runs: `openradio --help` and the other commands stay fast
     from openradio import radio_model
-    from openradio.runtime import pick_device
     from openradio.eval.data import read_labelled_images, write_csv
-    from openradio.runtime import model_label, model_resolution
     from openradio.eval.knn import evaluate_knn
+    from openradio.runtime import model_label, model_resolution, pick_device
 
     device = pick_device(args.device)
     train = read_labelled_images(args.train)
@@ -40,20 +40,45 @@ def run(args: argparse.Namespace) -> int:
     adaptor = None if args.adaptor in (None, "backbone") else args.adaptor
     rows = []
     for version in args.version:
-        model = radio_model(version, adaptor_names=[adaptor] if adaptor else None,
-                            vitdet_window_size=args.vitdet_window, progress=progress).to(device).eval()
+        model = (
+            radio_model(
+                version,
+                adaptor_names=[adaptor] if adaptor else None,
+                vitdet_window_size=args.vitdet_window,
+                progress=progress,
+            )
+            .to(device)
+            .eval()
+        )
         res = model_resolution(model, args.resolution)
-        r = evaluate_knn(model, train, val, res, k=args.k, temperature=args.temperature, adaptor=adaptor,
-                         batch_size=args.batch_size, device=device, amp=args.amp, num_workers=args.workers,
-                         progress=progress)
+        r = evaluate_knn(
+            model,
+            train,
+            val,
+            res,
+            k=args.k,
+            temperature=args.temperature,
+            adaptor=adaptor,
+            batch_size=args.batch_size,
+            device=device,
+            amp=args.amp,
+            num_workers=args.workers,
+            progress=progress,
+        )
         name = model_label(version)
-        print(f"{name}  {adaptor or 'backbone'} summary  res {r.resolution}  k={r.k}  top-1 {r.top1:.3f}  "
-              f"top-5 {r.top5:.3f}  ({r.num_train} train / {r.num_val} val)")
-        rows.append((name, adaptor or "backbone", r.resolution, r.k, f"{r.top1:.3f}", f"{r.top5:.3f}",
-                     r.num_train, r.num_val))
+        print(
+            f"{name}  {adaptor or 'backbone'} summary  res {r.resolution}  k={r.k}  top-1 {r.top1:.3f}  "
+            f"top-5 {r.top5:.3f}  ({r.num_train} train / {r.num_val} val)"
+        )
+        rows.append(
+            (name, adaptor or "backbone", r.resolution, r.k, f"{r.top1:.3f}", f"{r.top5:.3f}", r.num_train, r.num_val)
+        )
         del model
     if args.out:
-        path = write_csv(Path(args.out) / "knn.csv",
-                         ["Model", "Embedding", "Resolution", "K", "Top1", "Top5", "NumTrain", "NumVal"], rows)
+        path = write_csv(
+            Path(args.out) / "knn.csv",
+            ["Model", "Embedding", "Resolution", "K", "Top1", "Top5", "NumTrain", "NumVal"],
+            rows,
+        )
         print(f"wrote {path}")
     return 0

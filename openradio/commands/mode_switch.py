@@ -1,4 +1,5 @@
 """`openradio mode-switch`: student-vs-teacher feature error across resolutions (the tech report's curve)."""
+
 from __future__ import annotations
 
 import argparse
@@ -18,20 +19,43 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from openradio.cli import add_model_arguments
 
     add_model_arguments(p, multiple_versions=True, adaptor=False, resolution=False)
-    p.add_argument("--teacher", default="dino_v2", metavar="NAME",
-                   help="teacher (adaptor) name from the checkpoint's args.teachers (default dino_v2)")
-    p.add_argument("--data", required=True, metavar="PATH",
-                   help="images: a folder (searched recursively) or a 'path[<TAB>label]' list file")
-    p.add_argument("--num-images", type=int, default=100,
-                   help="random subset of this many images (seed --seed; default 100, 0 = all)")
+    p.add_argument(
+        "--teacher",
+        default="dino_v2",
+        metavar="NAME",
+        help="teacher (adaptor) name from the checkpoint's args.teachers (default dino_v2)",
+    )
+    p.add_argument(
+        "--data",
+        required=True,
+        metavar="PATH",
+        help="images: a folder (searched recursively) or a 'path[<TAB>label]' list file",
+    )
+    p.add_argument(
+        "--num-images",
+        type=int,
+        default=100,
+        help="random subset of this many images (seed --seed; default 100, 0 = all)",
+    )
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--resolutions", default=None, metavar="START:STOP[:STEP]",
-                   help="resolution sweep (default 192:1536 in steps of the patch size) or a list 224,448")
-    p.add_argument("--teacher-model", default=None, metavar="NAME",
-                   help="override the teacher's model name from the checkpoint args")
+    p.add_argument(
+        "--resolutions",
+        default=None,
+        metavar="START:STOP[:STEP]",
+        help="resolution sweep (default 192:1536 in steps of the patch size) or a list 224,448",
+    )
+    p.add_argument(
+        "--teacher-model",
+        default=None,
+        metavar="NAME",
+        help="override the teacher's model name from the checkpoint args",
+    )
     p.add_argument("--teacher-weights", default=None, metavar="FILE", help="local teacher weights file")
-    p.add_argument("--tiny-teacher", action="store_true",
-                   help="use a small random teacher of the same kind (for tests and dry runs)")
+    p.add_argument(
+        "--tiny-teacher",
+        action="store_true",
+        help="use a small random teacher of the same kind (for tests and dry runs)",
+    )
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
     p.add_argument("--out", required=True, metavar="DIR", help="where the CSVs and mode_switch.png go")
@@ -43,6 +67,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def teacher_config(conf: dict, args: argparse.Namespace, adaptor=None) -> dict:
     """The teacher config: the checkpoint's entry with the CLI overrides applied."""
     from openradio.eval.mode_switch import teacher_entry_config
+
     width = getattr(getattr(adaptor, "feat_mlp", None), "output_dim", None)
     conf = teacher_entry_config(conf, args.teacher, tiny=args.tiny_teacher, width=width)
     if args.teacher_model:
@@ -55,11 +80,14 @@ def teacher_config(conf: dict, args: argparse.Namespace, adaptor=None) -> dict:
 def run(args: argparse.Namespace) -> int:
     # the command's stack is imported when it runs: `openradio --help` and the other commands stay fast
     from openradio import radio_model
-    from openradio.runtime import pick_device
+    from openradio.eval.mode_switch import (
+        parse_resolution_range,
+        plot_mode_switch,
+        run_mode_switch,
+        write_mode_switch_csv,
+    )
     from openradio.inputs.imageio import list_images
-    from openradio.runtime import model_label
-    from openradio.eval.mode_switch import (parse_resolution_range, plot_mode_switch, run_mode_switch,
-                                            write_mode_switch_csv)
+    from openradio.runtime import model_label, pick_device
 
     device = pick_device(args.device)
     progress = not args.no_progress
@@ -72,20 +100,34 @@ def run(args: argparse.Namespace) -> int:
     teacher_conf_seen = None
     results = {}
     for version in args.version:
-        model = radio_model(version, adaptor_names=[args.teacher], vitdet_window_size=args.vitdet_window,
-                            progress=progress).to(device).eval()
+        model = (
+            radio_model(version, adaptor_names=[args.teacher], vitdet_window_size=args.vitdet_window, progress=progress)
+            .to(device)
+            .eval()
+        )
         adaptor = model.adaptors[args.teacher]
         conf = teacher_config(getattr(adaptor, "teacher_conf", {}) or {}, args, adaptor)
         if teacher is None or conf != teacher_conf_seen:
             # one teacher for all models when they share it (the usual case: every RADIO uses DINOv2-g)
             from openradio.teachers import build_teacher
+
             teacher = build_teacher(conf).to(device).eval()
             teacher_conf_seen = conf
         step = model.min_resolution_step
         resolutions = parse_resolution_range(args.resolutions or f"192:1536:{step}", step)
         name = model_label(version)
-        rows = run_mode_switch(model, teacher, args.teacher, paths, resolutions, batch_size=args.batch_size,
-                               device=device, amp=args.amp, num_workers=args.workers, progress=progress)
+        rows = run_mode_switch(
+            model,
+            teacher,
+            args.teacher,
+            paths,
+            resolutions,
+            batch_size=args.batch_size,
+            device=device,
+            amp=args.amp,
+            num_workers=args.workers,
+            progress=progress,
+        )
         results[name] = rows
         csv_path = write_mode_switch_csv(rows, out_dir / f"mode_switch_{args.teacher}_{name}.csv")
         print(f"{name}: {len(rows)} resolutions over {len(paths)} images -> {csv_path}")

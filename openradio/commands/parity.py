@@ -1,4 +1,5 @@
 """`openradio parity`: compare openradio with the official code's outputs in a parity-fixtures folder."""
+
 from __future__ import annotations
 
 import argparse
@@ -37,23 +38,40 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     default = os.environ.get("OPENRADIO_FIXTURES")
     if default is None and VENDORED.is_dir():  # a source checkout ships a small set
         default = str(VENDORED)
-    p.add_argument("--fixtures", default=default, required=default is None, metavar="DIR",
-                   help="parity-fixtures folder (default: $OPENRADIO_FIXTURES, else the repository's "
-                        "tests/fixtures/official-mini)")
+    p.add_argument(
+        "--fixtures",
+        default=default,
+        required=default is None,
+        metavar="DIR",
+        help="parity-fixtures folder (default: $OPENRADIO_FIXTURES, else the repository's "
+        "tests/fixtures/official-mini)",
+    )
     p.add_argument("--strict", action="store_true", help="require bit equality (exit 1 otherwise)")
-    p.add_argument("--matrix", action="store_true",
-                   help="rerun under every kernel setting this CPU supports, one process each")
-    p.add_argument("--setting", action="append", default=None, metavar="VAR=VAL[,VAR=VAL]",
-                   help="with --matrix: try these environment settings instead of the automatic list "
-                        "(repeatable; an empty string means the defaults)")
-    p.add_argument("--cases", action="append", default=None, metavar="GLOB",
-                   help="only cases whose VARIANT:CASE matches (repeatable), e.g. '*16x16'")
+    p.add_argument(
+        "--matrix", action="store_true", help="rerun under every kernel setting this CPU supports, one process each"
+    )
+    p.add_argument(
+        "--setting",
+        action="append",
+        default=None,
+        metavar="VAR=VAL[,VAR=VAL]",
+        help="with --matrix: try these environment settings instead of the automatic list "
+        "(repeatable; an empty string means the defaults)",
+    )
+    p.add_argument(
+        "--cases",
+        action="append",
+        default=None,
+        metavar="GLOB",
+        help="only cases whose VARIANT:CASE matches (repeatable), e.g. '*16x16'",
+    )
     p.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
     p.add_argument("--verbose-cases", action="store_true", help="print every tensor, not one line per case")
 
 
 def _print_single(results, summary, info, strict: bool, every: bool) -> None:
     from openradio.verify.parity import platform_line
+
     print(platform_line(info))
     rows: dict[str, list] = {}
     for r in results:
@@ -68,27 +86,43 @@ def _print_single(results, summary, info, strict: bool, every: bool) -> None:
         verdict = "ok" if ok else ("WRONG dtype/shape" if bad else ("not bit-exact" if strict else "ABOVE NOISE"))
         print(f"{key.ljust(width)}  {len(rs):7d}  {sum(r.exact for r in rs):5d}  {diff:9.3g}   {verdict}")
     bounds = sorted({r.bound for r in results})
-    print(f"\n{summary['exact']}/{summary['tensors']} tensors bit-exact; {summary['within_noise']}/"
-          f"{summary['tensors']} within the rounding noise of the compute dtype ({'; '.join(bounds)}); "
-          f"largest difference "
-          f"{summary['max_abs_diff']:.3g}; outputs digest {summary['outputs_digest']}")
+    print(
+        f"\n{summary['exact']}/{summary['tensors']} tensors bit-exact; {summary['within_noise']}/"
+        f"{summary['tensors']} within the rounding noise of the compute dtype ({'; '.join(bounds)}); "
+        f"largest difference "
+        f"{summary['max_abs_diff']:.3g}; outputs digest {summary['outputs_digest']}"
+    )
 
 
 def _run_matrix(args) -> int:
     from openradio.verify.parity import describe_env, env_settings, platform_info, platform_line
+
     settings = env_settings() if not args.setting else [parse_setting(s) for s in args.setting]
     info = platform_info()
     print(platform_line(info))
     print(f"{len(settings)} kernel settings, one process each")
     rows = []
     from tqdm import tqdm
+
     for env in tqdm(settings, desc="settings", unit="setting", file=sys.stderr):
         proc = subprocess.run(
-            [sys.executable, "-m", "openradio.cli", "parity", "--fixtures", str(args.fixtures), "--json", "-",
-             *[a for pat in (args.cases or []) for a in ("--cases", pat)]],
-            env={**os.environ, **env}, capture_output=True, text=True)
+            [
+                sys.executable,
+                "-m",
+                "openradio.cli",
+                "parity",
+                "--fixtures",
+                str(args.fixtures),
+                "--json",
+                "-",
+                *[a for pat in (args.cases or []) for a in ("--cases", pat)],
+            ],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+        )
         try:
-            res = json.loads(proc.stdout[proc.stdout.index("{"):])
+            res = json.loads(proc.stdout[proc.stdout.index("{") :])
         except ValueError:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
             rows.append({"env": env, "error": tail[0]})
@@ -100,8 +134,10 @@ def _run_matrix(args) -> int:
         if "error" in r:
             print(f"{describe_env(r['env']).ljust(width)}  error: {r['error']}")
             continue
-        print(f"{describe_env(r['env']).ljust(width)}  {r['aten_cpu_capability']:<7}  "
-              f"{r['exact']:5d}/{r['tensors']:<7d}  {r['max_abs_diff']:9.3g}  {r['outputs_digest']}")
+        print(
+            f"{describe_env(r['env']).ljust(width)}  {r['aten_cpu_capability']:<7}  "
+            f"{r['exact']:5d}/{r['tensors']:<7d}  {r['max_abs_diff']:9.3g}  {r['outputs_digest']}"
+        )
     full = [r for r in rows if "error" not in r and r["exact"] == r["tensors"]]
     if full:
         print("bit-exact under: " + "; ".join(describe_env(r["env"]) for r in full))
@@ -112,8 +148,9 @@ def _run_matrix(args) -> int:
     if args.strict:
         return 0 if full else 1
     # without --strict every setting must run and stay within float32 noise
-    return 0 if all("error" not in r and r["within_noise"] == r["tensors"] and not r["failed_checks"]
-                    for r in rows) else 1
+    return (
+        0 if all("error" not in r and r["within_noise"] == r["tensors"] and not r["failed_checks"] for r in rows) else 1
+    )
 
 
 def parse_setting(text: str) -> dict[str, str]:
@@ -137,7 +174,15 @@ def _write_json(dest: str, obj: dict) -> None:
 
 
 def run(args) -> int:
-    from openradio.verify.parity import as_dicts, compare_fixtures, load_expected, platform_info, select_cases, summarize
+    from openradio.verify.parity import (
+        as_dicts,
+        compare_fixtures,
+        load_expected,
+        platform_info,
+        select_cases,
+        summarize,
+    )
+
     if args.matrix:
         return _run_matrix(args)
     quiet = args.json == "-"
@@ -145,9 +190,11 @@ def run(args) -> int:
     bar = None
     if not quiet:
         from tqdm import tqdm
+
         bar = tqdm(total=len(select_cases(E, args.cases)), desc="cases", unit="case", file=sys.stderr)
-    results = compare_fixtures(args.fixtures, expected=E, cases=args.cases,
-                               progress=(lambda _name: bar.update(1)) if bar else None)
+    results = compare_fixtures(
+        args.fixtures, expected=E, cases=args.cases, progress=(lambda _name: bar.update(1)) if bar else None
+    )
     if bar:
         bar.close()
     summary = summarize(results)

@@ -1,4 +1,5 @@
 """`openradio search`: nearest rows of an `openradio extract` folder to a text or an image."""
+
 from __future__ import annotations
 
 import argparse
@@ -18,8 +19,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     q = p.add_mutually_exclusive_group(required=True)
     q.add_argument("--text", help="text query, through the adaptor's text tower")
     q.add_argument("--image", help="image query (a file)")
-    p.add_argument("--column", default=None,
-                   help="column to search (default: <clip|siglip>_summary for --text, summary for --image)")
+    p.add_argument(
+        "--column",
+        default=None,
+        help="column to search (default: <clip|siglip>_summary for --text, summary for --image)",
+    )
     p.add_argument("--k", type=int, default=10, help="results to show (default 10)")
     p.add_argument("--version", default=None, help="where the folder's model is, if not where the manifest says")
     p.add_argument("--text-weights", default=None, metavar="FILE", help="local open_clip weights for the text tower")
@@ -46,8 +50,9 @@ def run(args: argparse.Namespace) -> int:
         if args.column:
             adaptor = args.column.removesuffix("_summary")
         if adaptor not in mapper.adaptors:
-            raise CLIError(f"--text needs a clip or siglip adaptor summary in {args.folder} "
-                           "(extract with --adaptor clip)")
+            raise CLIError(
+                f"--text needs a clip or siglip adaptor summary in {args.folder} (extract with --adaptor clip)"
+            )
         if args.text_weights or args.text_model:
             conf = dict(getattr(model.adaptors[adaptor], "teacher_conf", {}) or {})
             if args.text_model:

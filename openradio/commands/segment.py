@@ -1,4 +1,5 @@
 """`openradio segment`: open-vocabulary segmentation with the clip/siglip adaptor and its text tower."""
+
 from __future__ import annotations
 
 import argparse
@@ -22,25 +23,60 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or directories of images")
     add_model_arguments(p, adaptor=False, resolution=False)
-    p.add_argument("--adaptor", default="clip", choices=["clip", "siglip"],
-                   help="language-aligned adaptor whose summary head maps the patches (default clip)")
+    p.add_argument(
+        "--adaptor",
+        default="clip",
+        choices=["clip", "siglip"],
+        help="language-aligned adaptor whose summary head maps the patches (default clip)",
+    )
     p.add_argument("--prompts", required=True, metavar="A,B,C", help="comma-separated class prompts")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    p.add_argument("--attention", default="scra", choices=["scra", "plain"],
-                   help="last block's attention: self-correlating (scra, default) or unchanged (plain)")
-    p.add_argument("--threshold", type=float, default=None, metavar="COS",
-                   help="pixels whose best cosine is below this are background (label 0)")
-    p.add_argument("--resolution", type=int, default=None, metavar="PX",
-                   help="short side the image is resized to (default: the model's preferred resolution)")
-    p.add_argument("--window", type=int, default=None, metavar="PX",
-                   help="sliding-window inference with PX x PX crops (for high resolutions)")
+    p.add_argument(
+        "--attention",
+        default="scra",
+        choices=["scra", "plain"],
+        help="last block's attention: self-correlating (scra, default) or unchanged (plain)",
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        metavar="COS",
+        help="pixels whose best cosine is below this are background (label 0)",
+    )
+    p.add_argument(
+        "--resolution",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="short side the image is resized to (default: the model's preferred resolution)",
+    )
+    p.add_argument(
+        "--window",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="sliding-window inference with PX x PX crops (for high resolutions)",
+    )
     p.add_argument("--stride", type=int, default=None, metavar="PX", help="window stride (default 2/3 of --window)")
-    p.add_argument("--templates", default="openai", choices=["openai", "simple", "base"],
-                   help="prompt templates averaged per prompt (default: OpenAI's 80 ImageNet templates)")
-    p.add_argument("--text-weights", default=None, metavar="FILE",
-                   help="local open_clip weights of the adaptor's teacher (default: open_clip's download)")
-    p.add_argument("--text-model", default=None, metavar="NAME|JSON",
-                   help="override the teacher's open_clip architecture (name or model-config JSON)")
+    p.add_argument(
+        "--templates",
+        default="openai",
+        choices=["openai", "simple", "base"],
+        help="prompt templates averaged per prompt (default: OpenAI's 80 ImageNet templates)",
+    )
+    p.add_argument(
+        "--text-weights",
+        default=None,
+        metavar="FILE",
+        help="local open_clip weights of the adaptor's teacher (default: open_clip's download)",
+    )
+    p.add_argument(
+        "--text-model",
+        default=None,
+        metavar="NAME|JSON",
+        help="override the teacher's open_clip architecture (name or model-config JSON)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,8 +86,8 @@ def run(args: argparse.Namespace) -> int:
     from openradio.cli import CLIError
     from openradio.dense.segment import prompt_embeddings, segment, write_segmentation
     from openradio.inputs.imageio import expand_image_args, load_image
-    from openradio.runtime import pick_device, safe_name
     from openradio.model.text import attach_text_tower, text_tower_problem, text_tower_source
+    from openradio.runtime import pick_device, safe_name
 
     prompts = [s.strip() for s in args.prompts.split(",") if s.strip()]
     if not prompts:
@@ -60,8 +96,17 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--window must be a positive number of pixels, got {args.window}")
     images = expand_image_args(args.images)
     device = pick_device(args.device)
-    model = radio_model(args.version, adaptor_names=[args.adaptor], vitdet_window_size=args.vitdet_window,
-                        text_towers=False, progress=not args.no_progress).to(device).eval()
+    model = (
+        radio_model(
+            args.version,
+            adaptor_names=[args.adaptor],
+            vitdet_window_size=args.vitdet_window,
+            text_towers=False,
+            progress=not args.no_progress,
+        )
+        .to(device)
+        .eval()
+    )
     adaptor = model.adaptors[args.adaptor]
     conf = dict(getattr(adaptor, "teacher_conf", {}) or {})
     if args.text_model:
@@ -83,9 +128,19 @@ def run(args: argparse.Namespace) -> int:
         stems.append(s if seen[s] == 1 else f"{s}_{seen[s]}")
     for path, stem in tqdm(list(zip(images, stems)), desc="segment", unit="image", disable=args.no_progress):
         img = load_image(path)
-        r = segment(model, img.to(device), prompts, adaptor=args.adaptor, attention=args.attention,
-                    resolution=args.resolution, window=args.window, stride=args.stride, threshold=args.threshold,
-                    text_embeddings=text, amp=args.amp)
+        r = segment(
+            model,
+            img.to(device),
+            prompts,
+            adaptor=args.adaptor,
+            attention=args.attention,
+            resolution=args.resolution,
+            window=args.window,
+            stride=args.stride,
+            threshold=args.threshold,
+            text_embeddings=text,
+            amp=args.amp,
+        )
         write_segmentation(r, img, out, stem)
         shares = ", ".join(f"{k} {v['pixel_fraction']:.0%}" for k, v in r.class_scores().items() if v["pixel_fraction"])
         tqdm.write(f"{path.name}: {shares}")

@@ -1,5 +1,6 @@
 """``openradio train``: a thin wrapper over ``python -m openradio.train`` (single process, or
 inside torchrun)."""
+
 from __future__ import annotations
 
 HELP = "distil a RADIO student from teachers with the v2.5 recipe (PHI-S, partitions, mosaic)"
@@ -12,10 +13,12 @@ EXAMPLES = """\
 
 def add_arguments(p) -> None:
     from openradio.train import build_arg_parser
+
     build_arg_parser(p)
 
 
 def run(args) -> int:
     import openradio.train
+
     openradio.train.apply_flags(args)
     return openradio.train.run(args)

@@ -1,4 +1,5 @@
 """`openradio viz`: PCA pictures of spatial features — side by side, resolution strips, model grids."""
+
 from __future__ import annotations
 
 import argparse
@@ -22,21 +23,44 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or directories of images")
     add_model_arguments(p, multiple_versions=True, resolution=False)
-    p.add_argument("--resolutions", "--resolution", dest="resolutions", default=None, metavar="R1,R2,...",
-                   help="comma-separated input sizes in pixels (shorter side; rounded to the model's step); "
-                        "default: the model's preferred resolution (512 for a local checkpoint)")
+    p.add_argument(
+        "--resolutions",
+        "--resolution",
+        dest="resolutions",
+        default=None,
+        metavar="R1,R2,...",
+        help="comma-separated input sizes in pixels (shorter side; rounded to the model's step); "
+        "default: the model's preferred resolution (512 for a local checkpoint)",
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    p.add_argument("--square", action="store_true",
-                   help="centre-crop to R x R instead of keeping the aspect ratio")
-    p.add_argument("--interpolation", default="bilinear", choices=["bilinear", "nearest", "bicubic"],
-                   help="upsampling of the colours to the image (nearest shows the token grid)")
-    p.add_argument("--pca", default="per-panel", choices=["per-panel", "shared"],
-                   help="strip colours: a PCA per resolution (as the official script) or one shared "
-                        "by all resolutions of an image (colours comparable across panels)")
-    p.add_argument("--skip-components", type=int, default=0, metavar="K",
-                   help="drop the first K principal components (show components K+1..K+3)")
-    p.add_argument("--panel-height", type=int, default=384, metavar="PX",
-                   help="height of each panel in strips (grids use 2/3 of it)")
+    p.add_argument("--square", action="store_true", help="centre-crop to R x R instead of keeping the aspect ratio")
+    p.add_argument(
+        "--interpolation",
+        default="bilinear",
+        choices=["bilinear", "nearest", "bicubic"],
+        help="upsampling of the colours to the image (nearest shows the token grid)",
+    )
+    p.add_argument(
+        "--pca",
+        default="per-panel",
+        choices=["per-panel", "shared"],
+        help="strip colours: a PCA per resolution (as the official script) or one shared "
+        "by all resolutions of an image (colours comparable across panels)",
+    )
+    p.add_argument(
+        "--skip-components",
+        type=int,
+        default=0,
+        metavar="K",
+        help="drop the first K principal components (show components K+1..K+3)",
+    )
+    p.add_argument(
+        "--panel-height",
+        type=int,
+        default=384,
+        metavar="PX",
+        help="height of each panel in strips (grids use 2/3 of it)",
+    )
 
 
 def _unique(names: list[str]) -> list[str]:
@@ -50,16 +74,13 @@ def _unique(names: list[str]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    import numpy as np
     import torch
     from tqdm.auto import tqdm
 
     from openradio.cli import CLIError
-    from openradio.inputs.imageio import expand_image_args
-    from openradio.runtime import model_label, parse_int_list, pick_device, safe_name
-    import numpy as np
-
-    from openradio.inputs.imageio import load_image, resize_center_crop, tensor_to_uint8
-    from openradio.runtime import default_resolution
+    from openradio.inputs.imageio import expand_image_args, load_image, resize_center_crop, tensor_to_uint8
+    from openradio.runtime import default_resolution, model_label, parse_int_list, pick_device, safe_name
     from openradio.viz.features import colour_maps, resolution_features
     from openradio.viz.pca import pca_rgb
     from openradio.viz.render import model_grid, resolution_strip, side_by_side
@@ -88,15 +109,20 @@ def run(args: argparse.Namespace) -> int:
     bar = tqdm(total=len(images) * len(args.version), unit="image", desc="viz", disable=args.no_progress)
     try:
         for version, label in zip(args.version, labels):
-            model = openradio.radio_model(version, adaptor_names=[args.adaptor] if args.adaptor else None,
-                                          vitdet_window_size=args.vitdet_window, progress=not args.no_progress)
+            model = openradio.radio_model(
+                version,
+                adaptor_names=[args.adaptor] if args.adaptor else None,
+                vitdet_window_size=args.vitdet_window,
+                progress=not args.no_progress,
+            )
             model = model.to(device).eval()
             resolutions = requested or [default_resolution(model)]
             suffix = f"__{label}" if several_models else ""
             for path, stem in zip(images, stems):
                 bar.set_postfix_str(f"{label}: {path.name}")
-                maps = resolution_features(model, load_image(path), resolutions, args.adaptor,
-                                           square=args.square, amp=args.amp)
+                maps = resolution_features(
+                    model, load_image(path), resolutions, args.adaptor, square=args.square, amp=args.amp
+                )
                 # side by side at the first resolution, colours fitted on this picture alone
                 r0, x0, f0 = maps[0]
                 rgb0 = pca_rgb(f0, x0.shape[-2:], interpolation=args.interpolation, skip=args.skip_components)
@@ -104,12 +130,18 @@ def run(args: argparse.Namespace) -> int:
                 # strips and grids show every resolution at one display size; colour at that size
                 h, w = x0.shape[-2:]
                 disp = (args.panel_height, max(1, round(w * args.panel_height / h)))
-                rgbs = colour_maps([f for _, _, f in maps], disp, interpolation=args.interpolation,
-                                   shared=args.pca == "shared", skip=args.skip_components)
+                rgbs = colour_maps(
+                    [f for _, _, f in maps],
+                    disp,
+                    interpolation=args.interpolation,
+                    shared=args.pca == "shared",
+                    skip=args.skip_components,
+                )
                 largest = max(maps, key=lambda t: t[1].shape[-1] * t[1].shape[-2])[1]
                 if len(maps) > 1:
-                    strip = resolution_strip(largest, [(r, c) for (r, _, _), c in zip(maps, rgbs)],
-                                             panel_height=args.panel_height)
+                    strip = resolution_strip(
+                        largest, [(r, c) for (r, _, _), c in zip(maps, rgbs)], panel_height=args.panel_height
+                    )
                     written.append(strip.save(out / "strip" / f"{stem}{suffix}.png"))
                 if several_models:
                     grid_inputs.setdefault(stem, tensor_to_uint8(resize_center_crop(largest, disp)))
@@ -124,7 +156,13 @@ def run(args: argparse.Namespace) -> int:
         for stem in stems:
             grid = model_grid(grid_inputs[stem], grid_rows[stem], panel_height=max(16, args.panel_height * 2 // 3))
             written.append(grid.save(out / "grid" / f"{stem}.png"))
-    print(f"wrote {len(written)} PNGs to {out}/ (" + ", ".join(
-        f"{d}/: {sum(1 for p in written if p.parent.name == d)}" for d in ("sbs", "strip", "grid")
-        if any(p.parent.name == d for p in written)) + ")")
+    print(
+        f"wrote {len(written)} PNGs to {out}/ ("
+        + ", ".join(
+            f"{d}/: {sum(1 for p in written if p.parent.name == d)}"
+            for d in ("sbs", "strip", "grid")
+            if any(p.parent.name == d for p in written)
+        )
+        + ")"
+    )
     return 0

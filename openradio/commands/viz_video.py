@@ -1,4 +1,5 @@
 """`openradio viz-video`: a video of a model's spatial features, coloured by one stable PCA."""
+
 from __future__ import annotations
 
 import argparse
@@ -26,28 +27,39 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="OUT.mp4", help="output video file (H.264)")
     p.add_argument("--side-by-side", action="store_true", help="put the (resized) input left of the features")
     p.add_argument("--batch-size", type=int, default=16, metavar="N", help="frames per forward pass")
-    p.add_argument("--key-frames", type=int, default=30, metavar="K",
-                   help="evenly spaced frames the PCA is fitted on")
-    p.add_argument("--interpolation", default="nearest", choices=["nearest", "bilinear", "bicubic"],
-                   help="upsampling of the colours (nearest shows the token grid, as the official script)")
+    p.add_argument("--key-frames", type=int, default=30, metavar="K", help="evenly spaced frames the PCA is fitted on")
+    p.add_argument(
+        "--interpolation",
+        default="nearest",
+        choices=["nearest", "bilinear", "bicubic"],
+        help="upsampling of the colours (nearest shows the token grid, as the official script)",
+    )
     p.add_argument("--max-frames", type=int, default=None, metavar="N", help="only the first N frames")
     p.add_argument("--crf", type=int, default=23, help="H.264 quality, 0..51, lower is better")
-    p.add_argument("--skip-components", type=int, default=0, metavar="K",
-                   help="drop the first K principal components")
-    p.add_argument("--clip-frames", type=int, default=1, metavar="T",
-                   help="frames per clip: a clip shares one CPE viewport, and runs temporally packed on a model "
-                        "whose temporal patch size is T (default 1: frame by frame)")
+    p.add_argument("--skip-components", type=int, default=0, metavar="K", help="drop the first K principal components")
+    p.add_argument(
+        "--clip-frames",
+        type=int,
+        default=1,
+        metavar="T",
+        help="frames per clip: a clip shares one CPE viewport, and runs temporally packed on a model "
+        "whose temporal patch size is T (default 1: frame by frame)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from openradio.cli import CLIError
-    from openradio.runtime import pick_device
     from openradio.extras import require
+    from openradio.runtime import pick_device
 
     require("av", "openradio viz-video")  # before any model is loaded
 
-    for flag, value, low in (("--batch-size", args.batch_size, 1), ("--key-frames", args.key_frames, 1),
-                             ("--skip-components", args.skip_components, 0), ("--clip-frames", args.clip_frames, 1)):
+    for flag, value, low in (
+        ("--batch-size", args.batch_size, 1),
+        ("--key-frames", args.key_frames, 1),
+        ("--skip-components", args.skip_components, 0),
+        ("--clip-frames", args.clip_frames, 1),
+    ):
         if value < low:
             raise CLIError(f"{flag} must be >= {low}, got {value}")
     if args.max_frames is not None and args.max_frames < 1:
@@ -68,20 +80,41 @@ def run(args: argparse.Namespace) -> int:
     import openradio
     from openradio.viz.video import visualize_video
 
-    model = openradio.radio_model(args.version, adaptor_names=[args.adaptor] if args.adaptor else None,
-                                  vitdet_window_size=args.vitdet_window, progress=not args.no_progress)
+    model = openradio.radio_model(
+        args.version,
+        adaptor_names=[args.adaptor] if args.adaptor else None,
+        vitdet_window_size=args.vitdet_window,
+        progress=not args.no_progress,
+    )
     model = model.to(pick_device(args.device)).eval()
     if args.clip_frames > 1:
         from openradio.model.video import uses_temporal_packing  # lazy: the CLI starts fast
 
-        how = ("temporally packed by the model's video projection" if uses_temporal_packing(model, args.clip_frames)
-               else "one CPE viewport per clip")
+        how = (
+            "temporally packed by the model's video projection"
+            if uses_temporal_packing(model, args.clip_frames)
+            else "one CPE viewport per clip"
+        )
         print(f"clips of {args.clip_frames} frames: {how}")
-    summary = visualize_video(model, src, dst, resolution=args.resolution, adaptor=args.adaptor,
-                              side_by_side=args.side_by_side, batch_size=args.batch_size,
-                              num_key_frames=args.key_frames, interpolation=args.interpolation, crf=args.crf,
-                              amp=args.amp, max_frames=args.max_frames, skip=args.skip_components,
-                              progress=not args.no_progress, clip_frames=args.clip_frames)
-    print(f"wrote {summary.path}: {summary.num_frames} frames, {summary.width}x{summary.height} "
-          f"at {float(summary.fps):.3g} fps")
+    summary = visualize_video(
+        model,
+        src,
+        dst,
+        resolution=args.resolution,
+        adaptor=args.adaptor,
+        side_by_side=args.side_by_side,
+        batch_size=args.batch_size,
+        num_key_frames=args.key_frames,
+        interpolation=args.interpolation,
+        crf=args.crf,
+        amp=args.amp,
+        max_frames=args.max_frames,
+        skip=args.skip_components,
+        progress=not args.no_progress,
+        clip_frames=args.clip_frames,
+    )
+    print(
+        f"wrote {summary.path}: {summary.num_frames} frames, {summary.width}x{summary.height} "
+        f"at {float(summary.fps):.3g} fps"
+    )
     return 0

@@ -12,6 +12,7 @@ transform not to: ``image_mean=[0, 0, 0], image_std=[1, 1, 1]``). Sides that are
 the model's step (the patch size, times the ViTDet window) are padded on the bottom/right and the
 outputs cropped back to ``ceil(side / stride)``, so any size works.
 """
+
 from __future__ import annotations
 
 import math
@@ -22,8 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from openradio.model.arguments import take_indices
 from openradio.model.neck import SimpleFeaturePyramid
-from openradio.model.radio import LOADED, RADIOModel, take_indices
+from openradio.model.radio import LOADED, RADIOModel
 
 __all__ = ["RadioBackbone", "backbone", "dinov2_block_indices", "call_window", "resolution_step"]
 
@@ -65,9 +67,18 @@ class RadioBackbone(nn.Module):
             training; off by default so a fine-tuned model sees the positions it sees at inference.
     """
 
-    def __init__(self, model: RADIOModel, out_indices: Optional[Union[int, Sequence[int]]] = None,
-                 pyramid: bool = True, out_channels: int = 256, scales: Sequence[float] = (4.0, 2.0, 1.0, 0.5),
-                 norm: str = "LN", extra_pool: bool = True, vitdet_window=LOADED, cpe_augment: bool = False):
+    def __init__(
+        self,
+        model: RADIOModel,
+        out_indices: Optional[Union[int, Sequence[int]]] = None,
+        pyramid: bool = True,
+        out_channels: int = 256,
+        scales: Sequence[float] = (4.0, 2.0, 1.0, 0.5),
+        norm: str = "LN",
+        extra_pool: bool = True,
+        vitdet_window=LOADED,
+        cpe_augment: bool = False,
+    ):
         super().__init__()
         if not isinstance(model, RADIOModel):
             raise TypeError(f"expected a RADIOModel (openradio.radio_model(...)), got {type(model).__name__}")
@@ -78,8 +89,15 @@ class RadioBackbone(nn.Module):
         self.cpe_augment = cpe_augment
         p = model.patch_size
         if pyramid:
-            self.neck = SimpleFeaturePyramid(model.embed_dim, out_channels, scales=scales, in_stride=p,
-                                             num_inputs=len(self.out_indices), norm=norm, extra_pool=extra_pool)
+            self.neck = SimpleFeaturePyramid(
+                model.embed_dim,
+                out_channels,
+                scales=scales,
+                in_stride=p,
+                num_inputs=len(self.out_indices),
+                norm=norm,
+                extra_pool=extra_pool,
+            )
             self.strides: dict[str, int] = dict(self.neck.strides)
             self.channels: dict[str, int] = {n: out_channels for n in self.strides}
         else:
@@ -108,8 +126,14 @@ class RadioBackbone(nn.Module):
         ph, pw = -H % step, -W % step
         if ph or pw:
             x = F.pad(x, (0, pw, 0, ph))
-        return model.forward_intermediates(x, indices=self.out_indices, intermediates_only=True,
-                                           output_fmt="NCHW", stop_early=True, vitdet_window=self.vitdet_window)
+        return model.forward_intermediates(
+            x,
+            indices=self.out_indices,
+            intermediates_only=True,
+            output_fmt="NCHW",
+            stop_early=True,
+            vitdet_window=self.vitdet_window,
+        )
 
     def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
         H, W = x.shape[-2:]
@@ -122,9 +146,16 @@ class RadioBackbone(nn.Module):
         return out
 
 
-def backbone(version_or_path: Union[str, RADIOModel] = "", out_indices: Optional[Union[int, Sequence[int]]] = None,
-             pyramid: bool = True, out_channels: int = 256, *, vitdet_window: Optional[int] = None,
-             progress: bool = True, **kwargs) -> RadioBackbone:
+def backbone(
+    version_or_path: Union[str, RADIOModel] = "",
+    out_indices: Optional[Union[int, Sequence[int]]] = None,
+    pyramid: bool = True,
+    out_channels: int = 256,
+    *,
+    vitdet_window: Optional[int] = None,
+    progress: bool = True,
+    **kwargs,
+) -> RadioBackbone:
     """A released version, a checkpoint file, a Hugging Face / transformers folder or a loaded
     ``RADIOModel`` as a :class:`RadioBackbone` (``kwargs`` go to ``RadioBackbone``: scales,
     norm, extra_pool, cpe_augment). In training mode after ``.train()``; call ``.eval()`` for
@@ -135,5 +166,6 @@ def backbone(version_or_path: Union[str, RADIOModel] = "", out_indices: Optional
             kwargs.setdefault("vitdet_window", vitdet_window)
     else:
         from openradio.formats.resolve import radio_model
+
         model = radio_model(version_or_path, vitdet_window_size=vitdet_window, text_towers=False, progress=progress)
     return RadioBackbone(model, out_indices=out_indices, pyramid=pyramid, out_channels=out_channels, **kwargs)

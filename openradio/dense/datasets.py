@@ -19,6 +19,7 @@ layout         files                                                           l
 four from their folder names. A root may be the data set's own folder or the one above it
 (``ADEChallengeData2016``, ``VOCdevkit/VOC2012``).
 """
+
 from __future__ import annotations
 
 import os
@@ -35,22 +36,61 @@ __all__ = ["LAYOUTS", "SegData", "read_split", "detect_layout", "CITYSCAPES_CLAS
 
 LAYOUTS = ("ade20k", "voc", "cityscapes", "folders")
 IGNORE = 255
-VOC_CLASSES = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-               "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
-               "tvmonitor"]
-CITYSCAPES_CLASSES = ["road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
-                      "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle",
-                      "bicycle"]
+VOC_CLASSES = [
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+]
+CITYSCAPES_CLASSES = [
+    "road",
+    "sidewalk",
+    "building",
+    "wall",
+    "fence",
+    "pole",
+    "traffic light",
+    "traffic sign",
+    "vegetation",
+    "terrain",
+    "sky",
+    "person",
+    "rider",
+    "car",
+    "truck",
+    "bus",
+    "train",
+    "motorcycle",
+    "bicycle",
+]
 _SPLITS = {"ade20k": {"train": "training", "val": "validation"}}
 
 
 @dataclass
 class SegData:
     """Image/mask pairs and how their mask values become class indices (``IGNORE`` = 255)."""
+
     images: list[Path]
     masks: list[Path]
     layout: str
-    num_classes: Optional[int] = None   # known for the standard sets; None: from the masks
+    num_classes: Optional[int] = None  # known for the standard sets; None: from the masks
     classnames: Optional[list[str]] = None
     root: str = ""
     ignore_index: int = IGNORE
@@ -72,16 +112,20 @@ def _ade_root(root: Path) -> Path:
     for cand in (root, root / "ADEChallengeData2016"):
         if (cand / "images").is_dir() and (cand / "annotations").is_dir() and (cand / "images" / "training").is_dir():
             return cand
-    raise ValueError(f"{root} is not an ADE20K folder: expected ADEChallengeData2016/images/{{training,validation}} "
-                     "and annotations/{training,validation}")
+    raise ValueError(
+        f"{root} is not an ADE20K folder: expected ADEChallengeData2016/images/{{training,validation}} "
+        "and annotations/{training,validation}"
+    )
 
 
 def _voc_root(root: Path) -> Path:
     for cand in (root, root / "VOC2012", root / "VOCdevkit" / "VOC2012"):
         if (cand / "JPEGImages").is_dir() and (cand / "SegmentationClass").is_dir():
             return cand
-    raise ValueError(f"{root} is not a Pascal VOC folder: expected JPEGImages/, SegmentationClass/ and "
-                     "ImageSets/Segmentation/{train,val}.txt")
+    raise ValueError(
+        f"{root} is not a Pascal VOC folder: expected JPEGImages/, SegmentationClass/ and "
+        "ImageSets/Segmentation/{train,val}.txt"
+    )
 
 
 def detect_layout(root: str | os.PathLike) -> str:
@@ -100,9 +144,11 @@ def detect_layout(root: str | os.PathLike) -> str:
         return "cityscapes"
     if (root / "train" / "images").is_dir():
         return "folders"
-    raise ValueError(f"cannot tell the layout of {root}: expected ADEChallengeData2016/, VOC's JPEGImages/ + "
-                     "SegmentationClass/, Cityscapes' leftImg8bit/ + gtFine/, or train/ and val/ folders of "
-                     "images/ + masks/; pass --layout")
+    raise ValueError(
+        f"cannot tell the layout of {root}: expected ADEChallengeData2016/, VOC's JPEGImages/ + "
+        "SegmentationClass/, Cityscapes' leftImg8bit/ + gtFine/, or train/ and val/ folders of "
+        "images/ + masks/; pass --layout"
+    )
 
 
 def read_split(root: str | os.PathLike, layout: str = "auto", split: str = "train") -> SegData:
@@ -137,8 +183,10 @@ def read_split(root: str | os.PathLike, layout: str = "auto", split: str = "trai
         if not img_root.is_dir():
             raise FileNotFoundError(f"Cityscapes images not found: {img_root}")
         images = sorted(img_root.glob("*/*_leftImg8bit.png"))
-        masks = [root / "gtFine" / split / p.parent.name / p.name.replace("_leftImg8bit.png", "_gtFine_labelTrainIds.png")
-                 for p in images]
+        masks = [
+            root / "gtFine" / split / p.parent.name / p.name.replace("_leftImg8bit.png", "_gtFine_labelTrainIds.png")
+            for p in images
+        ]
         data = SegData(images, masks, layout, 19, list(CITYSCAPES_CLASSES), str(root))
     else:
         s = read_segmentation_folder(root / split if (root / split).is_dir() else root)
@@ -147,7 +195,10 @@ def read_split(root: str | os.PathLike, layout: str = "auto", split: str = "trai
         raise ValueError(f"no {split} images found in {root} ({layout} layout)")
     missing = next((m for m in data.masks if not m.is_file()), None)
     if missing is not None:
-        hint = (" (make the train-id masks with cityscapesscripts' createTrainIdLabelImgs)"
-                if layout == "cityscapes" else "")
+        hint = (
+            " (make the train-id masks with cityscapesscripts' createTrainIdLabelImgs)"
+            if layout == "cityscapes"
+            else ""
+        )
         raise FileNotFoundError(f"mask not found: {missing}{hint}")
     return data

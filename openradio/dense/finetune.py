@@ -24,6 +24,7 @@ Resume is exact: each epoch's order and flips come from a generator seeded by (s
 and the checkpoint holds the trainable weights, AdamW's state, the schedule's step and the
 history, so an interrupted run continued with ``resume=True`` ends equal to an uninterrupted one.
 """
+
 from __future__ import annotations
 
 import json
@@ -43,8 +44,19 @@ from openradio.dense.backbone import RadioBackbone, dinov2_block_indices
 from openradio.dense.datasets import SegData
 from openradio.eval.probe import LinearSegHead, confusion_iou
 
-__all__ = ["FinetuneConfig", "SegmentationModel", "PyramidDecoder", "build_segmentation_model", "param_groups",
-           "finetune_segmentation", "FinetuneResult", "export_segmenter", "load_segmenter", "parse_mode", "HEADS"]
+__all__ = [
+    "FinetuneConfig",
+    "SegmentationModel",
+    "PyramidDecoder",
+    "build_segmentation_model",
+    "param_groups",
+    "finetune_segmentation",
+    "FinetuneResult",
+    "export_segmenter",
+    "load_segmenter",
+    "parse_mode",
+    "HEADS",
+]
 
 HEADS = ("linear", "linear4", "pyramid")
 CHECKPOINT = "last.pt"
@@ -75,8 +87,8 @@ class FinetuneConfig:
     resolution: int = 512
     epochs: int = 10
     batch_size: int = 8
-    lr: float = 1e-3                 # head (and pyramid neck)
-    backbone_lr: float = 1e-5        # the last block's; earlier ones decay by layer_decay
+    lr: float = 1e-3  # head (and pyramid neck)
+    backbone_lr: float = 1e-5  # the last block's; earlier ones decay by layer_decay
     layer_decay: float = 0.75
     weight_decay: float = 0.05
     warmup_epochs: float = 1.0
@@ -84,7 +96,7 @@ class FinetuneConfig:
     ignore_index: int = 255
     flip: bool = True
     seed: int = 0
-    amp: Optional[bool] = None       # None: bf16 autocast on CUDA, float32 elsewhere
+    amp: Optional[bool] = None  # None: bf16 autocast on CUDA, float32 elsewhere
     workers: int = 0
     classnames: Optional[list[str]] = None
     version: str = ""
@@ -103,8 +115,9 @@ class PyramidDecoder(nn.Module):
 
     def __init__(self, channels: int, num_classes: int):
         super().__init__()
-        self.fuse = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels),
-                                  nn.ReLU(inplace=True))
+        self.fuse = nn.Sequential(
+            nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(inplace=True)
+        )
         self.classifier = nn.Conv2d(channels, num_classes, 1)
 
     def forward(self, levels: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -133,12 +146,13 @@ class SegmentationModel(nn.Module):
             self.backbone = RadioBackbone(radio, out_indices=dinov2_block_indices(depth), pyramid=False)
             self.head = LinearSegHead(radio.embed_dim * len(self.backbone.out_indices), num_classes)
         else:
-            self.backbone = RadioBackbone(radio, out_indices=[-1], pyramid=True, out_channels=pyramid_channels,
-                                          extra_pool=False)
+            self.backbone = RadioBackbone(
+                radio, out_indices=[-1], pyramid=True, out_channels=pyramid_channels, extra_pool=False
+            )
             self.head = PyramidDecoder(pyramid_channels, num_classes)
         radio.requires_grad_(False)
         if trainable_blocks:
-            for b in list(radio.blocks)[depth - trainable_blocks:]:
+            for b in list(radio.blocks)[depth - trainable_blocks :]:
                 b.requires_grad_(True)
             radio.model.norm.requires_grad_(True)
             if trainable_blocks == depth:
@@ -173,11 +187,15 @@ class SegmentationModel(nn.Module):
     @torch.no_grad()
     def predict(self, image: torch.Tensor, resolution: int, size: Optional[Sequence[int]] = None) -> torch.Tensor:
         """(H, W) class indices of a (3, H, W) image in [0, 1], run at ``resolution`` square."""
-        x = F.interpolate(image[None].float(), size=(resolution, resolution), mode="bilinear", align_corners=False,
-                          antialias=True).clamp(0, 1)
+        x = F.interpolate(
+            image[None].float(), size=(resolution, resolution), mode="bilinear", align_corners=False, antialias=True
+        ).clamp(0, 1)
         logits = self(x.to(next(self.parameters()).device))
-        return F.interpolate(logits, size=tuple(size or image.shape[-2:]), mode="bilinear",
-                             align_corners=False).argmax(1)[0].cpu()
+        return (
+            F.interpolate(logits, size=tuple(size or image.shape[-2:]), mode="bilinear", align_corners=False)
+            .argmax(1)[0]
+            .cpu()
+        )
 
     def head_state_dict(self) -> dict[str, torch.Tensor]:
         """Everything but the RADIO weights: the head and (pyramid) the neck."""
@@ -185,8 +203,9 @@ class SegmentationModel(nn.Module):
 
 
 def build_segmentation_model(radio, cfg: FinetuneConfig) -> SegmentationModel:
-    return SegmentationModel(radio, cfg.head, cfg.num_classes, parse_mode(cfg.mode, len(radio.blocks)),
-                             cfg.pyramid_channels)
+    return SegmentationModel(
+        radio, cfg.head, cfg.num_classes, parse_mode(cfg.mode, len(radio.blocks)), cfg.pyramid_channels
+    )
 
 
 def _block_of(name: str, depth: int) -> int:
@@ -209,13 +228,20 @@ def param_groups(model: SegmentationModel, cfg: FinetuneConfig) -> list[dict]:
         if not p.requires_grad:
             continue
         if name.startswith("backbone.model."):
-            layer = min(_block_of(name[len("backbone.model."):], depth), depth)
+            layer = min(_block_of(name[len("backbone.model.") :], depth), depth)
             lr = cfg.backbone_lr * cfg.layer_decay ** (depth - layer)
             key = ("backbone", layer, p.ndim <= 1)
         else:
             lr, key = cfg.lr, ("head", 0, p.ndim <= 1)
-        g = groups.setdefault(key, {"params": [], "lr": lr, "weight_decay": 0.0 if p.ndim <= 1 else cfg.weight_decay,
-                                    "name": f"{key[0]}{key[1]}{'-nowd' if key[2] else ''}"})
+        g = groups.setdefault(
+            key,
+            {
+                "params": [],
+                "lr": lr,
+                "weight_decay": 0.0 if p.ndim <= 1 else cfg.weight_decay,
+                "name": f"{key[0]}{key[1]}{'-nowd' if key[2] else ''}",
+            },
+        )
         g["params"].append(p)
     return [groups[k] for k in sorted(groups, key=str)]
 
@@ -226,6 +252,7 @@ def _schedule(total: int, warmup: int):
             return (step + 1) / warmup
         t = (step - warmup) / max(total - warmup, 1)
         return 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
     return f
 
 
@@ -240,10 +267,12 @@ class _Pairs(torch.utils.data.Dataset):
 
     def __getitem__(self, j: int):
         from openradio.inputs.imageio import load_image
+
         i, flip = self.order[j]
         r = self.res
-        img = F.interpolate(load_image(self.data.images[i])[None], size=(r, r), mode="bilinear", align_corners=False,
-                            antialias=True)[0].clamp(0, 1)
+        img = F.interpolate(
+            load_image(self.data.images[i])[None], size=(r, r), mode="bilinear", align_corners=False, antialias=True
+        )[0].clamp(0, 1)
         t = self.data.target(i)
         t = F.interpolate(t[None, None].float(), size=(r, r), mode="nearest")[0, 0].long()
         if flip:
@@ -263,8 +292,15 @@ class FinetuneResult:
 
 
 @torch.no_grad()
-def evaluate(model: SegmentationModel, data: SegData, resolution: int, num_classes: int, device,
-             amp: bool = False, progress: bool = False) -> tuple[torch.Tensor, float, float]:
+def evaluate(
+    model: SegmentationModel,
+    data: SegData,
+    resolution: int,
+    num_classes: int,
+    device,
+    amp: bool = False,
+    progress: bool = False,
+) -> tuple[torch.Tensor, float, float]:
     """Confusion matrix over ``data`` at the masks' own sizes; returns (per-class IoU, mIoU, pixel acc)."""
     from openradio.inputs.imageio import load_image
     from openradio.runtime import autocast
@@ -276,8 +312,9 @@ def evaluate(model: SegmentationModel, data: SegData, resolution: int, num_class
         with autocast(device, amp):
             pred = model.predict(load_image(data.images[i]), resolution, size=m.shape)
         keep = (m != data.ignore_index) & (m >= 0) & (m < num_classes)
-        conf += torch.bincount(m[keep] * num_classes + pred[keep], minlength=num_classes ** 2).reshape(
-            num_classes, num_classes)
+        conf += torch.bincount(m[keep] * num_classes + pred[keep], minlength=num_classes**2).reshape(
+            num_classes, num_classes
+        )
     iou, miou = confusion_iou(conf)
     acc = conf.diag().sum().item() / max(conf.sum().item(), 1)
     return iou, float(miou), acc
@@ -285,14 +322,26 @@ def evaluate(model: SegmentationModel, data: SegData, resolution: int, num_class
 
 def _trainable_state(model: SegmentationModel) -> dict[str, torch.Tensor]:
     names = {n for n, p in model.named_parameters() if p.requires_grad}
-    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()
-            if k in names or not k.startswith("backbone.model.")}
+    return {
+        k: v.detach().cpu().clone()
+        for k, v in model.state_dict().items()
+        if k in names or not k.startswith("backbone.model.")
+    }
 
 
-def finetune_segmentation(radio, train: SegData, val: SegData, cfg: FinetuneConfig, *,
-                          out_dir: Optional[str | os.PathLike] = None, resume: bool = False, device=None,
-                          progress: bool = True, stop_after: Optional[int] = None,
-                          num_pictures: int = 4) -> FinetuneResult:
+def finetune_segmentation(
+    radio,
+    train: SegData,
+    val: SegData,
+    cfg: FinetuneConfig,
+    *,
+    out_dir: Optional[str | os.PathLike] = None,
+    resume: bool = False,
+    device=None,
+    progress: bool = True,
+    stop_after: Optional[int] = None,
+    num_pictures: int = 4,
+) -> FinetuneResult:
     """Train ``cfg.head`` (and the backbone per ``cfg.mode``) on ``train``; evaluate on ``val``
     after every epoch. With ``out_dir``: ``last.pt`` each epoch (``resume=True`` continues from
     it), ``metrics.jsonl``, ``predictions.png`` and the export (``head.safetensors``,
@@ -320,8 +369,10 @@ def finetune_segmentation(radio, train: SegData, val: SegData, cfg: FinetuneConf
     if resume and out is not None and (out / CHECKPOINT).is_file():
         chk = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=True)
         if chk["config"]["head"] != cfg.head or chk["config"]["mode"] != cfg.mode:
-            raise ValueError(f"{out / CHECKPOINT} is a {chk['config']['head']}/{chk['config']['mode']} run; "
-                             f"resume it with the same --head and --mode (or use another --out)")
+            raise ValueError(
+                f"{out / CHECKPOINT} is a {chk['config']['head']}/{chk['config']['mode']} run; "
+                f"resume it with the same --head and --mode (or use another --out)"
+            )
         missing = model.load_state_dict(chk["model"], strict=False)
         if missing.unexpected_keys:
             raise ValueError(f"checkpoint has weights this model lacks: {missing.unexpected_keys[:4]}")
@@ -336,8 +387,12 @@ def finetune_segmentation(radio, train: SegData, val: SegData, cfg: FinetuneConf
         g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         perm = torch.randperm(len(train), generator=g).tolist()
         flips = (torch.rand(len(train), generator=g) < 0.5).tolist() if cfg.flip else [False] * len(train)
-        loader = torch.utils.data.DataLoader(_Pairs(train, [(i, flips[i]) for i in perm], cfg.resolution),
-                                             batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.workers)
+        loader = torch.utils.data.DataLoader(
+            _Pairs(train, [(i, flips[i]) for i in perm], cfg.resolution),
+            batch_size=cfg.batch_size,
+            shuffle=False,
+            num_workers=cfg.workers,
+        )
         model.train()
         total_loss, seen = 0.0, 0
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", disable=not progress)
@@ -354,24 +409,37 @@ def finetune_segmentation(radio, train: SegData, val: SegData, cfg: FinetuneConf
             seen += len(x)
             bar.set_postfix(loss=f"{total_loss / seen:.4f}")
         iou, miou, acc = evaluate(model, val, cfg.resolution, cfg.num_classes, device, amp, progress)
-        rec = {"epoch": epoch + 1, "loss": total_loss / max(seen, 1), "miou": miou, "pixel_accuracy": acc,
-               "iou": {n: (None if v != v else round(float(v), 6)) for n, v in zip(names, iou.tolist())}}
+        rec = {
+            "epoch": epoch + 1,
+            "loss": total_loss / max(seen, 1),
+            "miou": miou,
+            "pixel_accuracy": acc,
+            "iou": {n: (None if v != v else round(float(v), 6)) for n, v in zip(names, iou.tolist())},
+        }
         history.append(rec)
         if progress:
             tqdm.write(f"epoch {epoch + 1}: loss {rec['loss']:.4f}  mIoU {miou:.4f}  pixel acc {acc:.4f}")
         epochs_run += 1
         if out is not None:
             from openradio.atomicio import atomic_path, write_text
+
             out.mkdir(parents=True, exist_ok=True)
-            chk = {"epoch": epoch + 1, "model": _trainable_state(model), "optimizer": opt.state_dict(),
-                   "scheduler": sched.state_dict(), "history": history, "config": _jsonable(cfg)}
+            chk = {
+                "epoch": epoch + 1,
+                "model": _trainable_state(model),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "history": history,
+                "config": _jsonable(cfg),
+            }
             with atomic_path(out / CHECKPOINT) as tmp:
                 torch.save(chk, tmp)
             write_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
     last = history[-1] if history else {"miou": float("nan"), "pixel_accuracy": float("nan"), "iou": {}}
     iou_list = [float("nan") if last["iou"].get(n) is None else last["iou"][n] for n in names]
-    result = FinetuneResult(last["miou"], last["pixel_accuracy"], iou_list, names, history,
-                            str(out) if out else None, model)
+    result = FinetuneResult(
+        last["miou"], last["pixel_accuracy"], iou_list, names, history, str(out) if out else None, model
+    )
     if out is not None and history and history[-1]["epoch"] == cfg.epochs:
         export_segmenter(model, cfg, out)
         if num_pictures:
@@ -389,6 +457,7 @@ def export_segmenter(model: SegmentationModel, cfg: FinetuneConfig, out_dir: str
     from safetensors.torch import save_file
 
     from openradio.atomicio import atomic_path, write_text
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"head": out / "head.safetensors", "config": out / "head.json"}
@@ -397,10 +466,12 @@ def export_segmenter(model: SegmentationModel, cfg: FinetuneConfig, out_dir: str
     meta = _jsonable(cfg)
     if not model.frozen:
         from openradio.formats.official import official_state_dict, save_checkpoint
+
         radio = model.radio
         if getattr(radio, "args", None) is None:
-            raise ValueError("the fine-tuned backbone has no checkpoint args to export with; load it with "
-                             "openradio.radio_model")
+            raise ValueError(
+                "the fine-tuned backbone has no checkpoint args to export with; load it with openradio.radio_model"
+            )
         paths["backbone"] = save_checkpoint(out / "backbone.pth.tar", radio.args, official_state_dict(radio))
         meta["backbone"] = "backbone.pth.tar"
     write_text(paths["config"], json.dumps(meta, indent=2) + "\n")
@@ -413,6 +484,7 @@ def load_segmenter(out_dir: str | os.PathLike, version: Optional[str] = None, de
     from safetensors.torch import load_file
 
     from openradio.formats.resolve import radio_model
+
     out = Path(out_dir)
     meta = json.loads((out / "head.json").read_text())
     source = str(out / meta["backbone"]) if meta.get("backbone") else (version or meta.get("version"))
@@ -425,15 +497,19 @@ def load_segmenter(out_dir: str | os.PathLike, version: Optional[str] = None, de
     state = load_file(str(out / "head.safetensors"))
     bad = model.load_state_dict(state, strict=False)
     if bad.unexpected_keys or any(not k.startswith("backbone.model.") for k in bad.missing_keys):
-        raise ValueError(f"{out / 'head.safetensors'} does not match a {meta['head']} head: "
-                         f"{(bad.unexpected_keys + bad.missing_keys)[:4]}")
+        raise ValueError(
+            f"{out / 'head.safetensors'} does not match a {meta['head']} head: "
+            f"{(bad.unexpected_keys + bad.missing_keys)[:4]}"
+        )
     return model.to(device).eval()
 
 
-def write_prediction_picture(model: SegmentationModel, data: SegData, resolution: int, path: Path, n: int = 4,
-                             amp: bool = False) -> Path:
+def write_prediction_picture(
+    model: SegmentationModel, data: SegData, resolution: int, path: Path, n: int = 4, amp: bool = False
+) -> Path:
     """Rows of (image, ground truth, prediction) for the first ``n`` images of ``data``."""
     from openradio.extras import require
+
     matplotlib = require("matplotlib", "the prediction picture")
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
@@ -453,8 +529,13 @@ def write_prediction_picture(model: SegmentationModel, data: SegData, resolution
         m = data.target(r)
         with autocast(device, amp):
             pred = model.predict(img, resolution, size=m.shape)
-        for c, (title, pic) in enumerate((("image", tensor_to_uint8(img)), ("ground truth", pal[m.clamp(0, 255).numpy()]),
-                                          ("prediction", pal[pred.numpy()]))):
+        for c, (title, pic) in enumerate(
+            (
+                ("image", tensor_to_uint8(img)),
+                ("ground truth", pal[m.clamp(0, 255).numpy()]),
+                ("prediction", pal[pred.numpy()]),
+            )
+        ):
             axes[r][c].imshow(pic)
             axes[r][c].set_axis_off()
             if r == 0:

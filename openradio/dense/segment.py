@@ -21,6 +21,7 @@ Attention (``attention=``):
 
 The model is left as it was after every call (the attention is swapped inside a ``try/finally``).
 """
+
 from __future__ import annotations
 
 import json
@@ -39,8 +40,17 @@ from torch import nn
 from openradio.dense.backbone import call_window, resolution_step
 from openradio.model.radio import LOADED
 
-__all__ = ["segment", "SegmentationResult", "SelfCorrelatingAttention", "self_correlating_last_block",
-           "dense_text_features", "prompt_embeddings", "write_segmentation", "ATTENTIONS", "label_palette"]
+__all__ = [
+    "segment",
+    "SegmentationResult",
+    "SelfCorrelatingAttention",
+    "self_correlating_last_block",
+    "dense_text_features",
+    "prompt_embeddings",
+    "write_segmentation",
+    "ATTENTIONS",
+    "label_palette",
+]
 
 ATTENTIONS = ("scra", "plain")
 
@@ -53,12 +63,15 @@ class SelfCorrelatingAttention(nn.Module):
         super().__init__()
         for name in ("qkv", "num_heads", "proj"):
             if not hasattr(attn, name):
-                raise ValueError(f"attention={type(attn).__name__} has no {name!r}: the self-correlating attention "
-                                 "needs timm-style blocks (qkv, proj); use attention='plain'")
+                raise ValueError(
+                    f"attention={type(attn).__name__} has no {name!r}: the self-correlating attention "
+                    "needs timm-style blocks (qkv, proj); use attention='plain'"
+                )
         self.inner = attn
 
-    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False,
-                **kwargs) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False, **kwargs
+    ) -> torch.Tensor:
         a = self.inner
         B, N, C = x.shape
         heads = a.num_heads
@@ -66,8 +79,10 @@ class SelfCorrelatingAttention(nn.Module):
         q, k, v = qkv.unbind(0)
         q = getattr(a, "q_norm", nn.Identity())(q)
         k = getattr(a, "k_norm", nn.Identity())(k)
-        out = 0.5 * (F.scaled_dot_product_attention(q, q, v, attn_mask=attn_mask)
-                     + F.scaled_dot_product_attention(k, k, v, attn_mask=attn_mask))
+        out = 0.5 * (
+            F.scaled_dot_product_attention(q, q, v, attn_mask=attn_mask)
+            + F.scaled_dot_product_attention(k, k, v, attn_mask=attn_mask)
+        )
         out = out.transpose(1, 2).reshape(B, N, -1)
         out = getattr(a, "norm", nn.Identity())(out)
         return getattr(a, "proj_drop", nn.Identity())(a.proj(out))
@@ -90,13 +105,16 @@ def self_correlating_last_block(model):
 def _adaptor(model, name: str):
     adaptors = getattr(model, "adaptors", {})
     if name not in adaptors:
-        raise ValueError(f"the model has no {name!r} adaptor (loaded: {sorted(adaptors.keys()) or 'none'}); "
-                         f"load it with openradio.radio_model(..., adaptor_names=[{name!r}])")
+        raise ValueError(
+            f"the model has no {name!r} adaptor (loaded: {sorted(adaptors.keys()) or 'none'}); "
+            f"load it with openradio.radio_model(..., adaptor_names=[{name!r}])"
+        )
     return adaptors[name]
 
 
-def dense_text_features(model, x: torch.Tensor, adaptor: str = "clip", attention: str = "scra",
-                        vitdet_window=LOADED) -> torch.Tensor:
+def dense_text_features(
+    model, x: torch.Tensor, adaptor: str = "clip", attention: str = "scra", vitdet_window=LOADED
+) -> torch.Tensor:
     """(B, D, h, w) L2-normalised per-patch embeddings in ``adaptor``'s text space for images
     ``x`` (B, 3, H, W) in [0, 1] at a supported resolution."""
     if attention not in ATTENTIONS:
@@ -105,8 +123,10 @@ def dense_text_features(model, x: torch.Tensor, adaptor: str = "clip", attention
     window = call_window(model, vitdet_window)
     step = resolution_step(model, vitdet_window)
     if x.ndim != 4 or x.shape[-2] % step or x.shape[-1] % step:
-        raise ValueError(f"images must be (B, 3, H, W) with H, W multiples of {step} (patch size x ViTDet window); got "
-                         f"{tuple(x.shape)}: resize to model.get_nearest_supported_resolution(H, W) first")
+        raise ValueError(
+            f"images must be (B, 3, H, W) with H, W multiples of {step} (patch size x ViTDet window); got "
+            f"{tuple(x.shape)}: resize to model.get_nearest_supported_resolution(H, W) first"
+        )
     p = model.patch_size
     xc = model.input_conditioner(x)
     if attention == "scra":
@@ -114,30 +134,34 @@ def dense_text_features(model, x: torch.Tensor, adaptor: str = "clip", attention
             tokens = model.forward_tokens(xc, window)
     else:
         tokens = model.forward_tokens(xc, window)
-    patches = tokens[:, model.num_prefix_tokens:].float()
+    patches = tokens[:, model.num_prefix_tokens :].float()
     emb = F.normalize(head.forward_summary(patches), dim=-1)
     B = x.shape[0]
     return emb.reshape(B, x.shape[-2] // p, x.shape[-1] // p, -1).permute(0, 3, 1, 2)
 
 
-def prompt_embeddings(model, prompts: Sequence[str], adaptor: str = "clip", templates="openai",
-                      progress: bool = False) -> torch.Tensor:
+def prompt_embeddings(
+    model, prompts: Sequence[str], adaptor: str = "clip", templates="openai", progress: bool = False
+) -> torch.Tensor:
     """(K, D) normalised text embedding of each prompt: mean over ``templates`` (open_clip's 80
     OpenAI ImageNet templates by default) of the normalised embeddings, re-normalised."""
     from openradio.eval.zero_shot import build_classifier, get_templates
 
     head = _adaptor(model, adaptor)
     if not hasattr(head, "encode_text"):
-        raise ValueError(f"the {adaptor!r} adaptor has no text tower; load the model with text_towers='lazy' "
-                         "(the default) or attach one (openradio.model.text.attach_text_tower)")
-    return build_classifier(head.tokenizer, head.encode_text, list(prompts), get_templates(templates),
-                            progress=progress).T.contiguous()
+        raise ValueError(
+            f"the {adaptor!r} adaptor has no text tower; load the model with text_towers='lazy' "
+            "(the default) or attach one (openradio.model.text.attach_text_tower)"
+        )
+    return build_classifier(
+        head.tokenizer, head.encode_text, list(prompts), get_templates(templates), progress=progress
+    ).T.contiguous()
 
 
 @dataclass
 class SegmentationResult:
-    labels: torch.Tensor           # (H, W) int64: 0 = background (below threshold), k + 1 = prompts[k]
-    scores: torch.Tensor           # (K, H, W) float32 cosine similarity of each pixel with each prompt
+    labels: torch.Tensor  # (H, W) int64: 0 = background (below threshold), k + 1 = prompts[k]
+    scores: torch.Tensor  # (K, H, W) float32 cosine similarity of each pixel with each prompt
     prompts: list[str]
     threshold: Optional[float] = None
     settings: dict = field(default_factory=dict)
@@ -148,14 +172,19 @@ class SegmentationResult:
         out = {}
         for k, name in enumerate(self.prompts):
             s = self.scores[k]
-            out[name] = {"label": k + 1, "pixel_fraction": float((self.labels == k + 1).sum()) / n,
-                         "mean_score": float(s.mean()), "max_score": float(s.max())}
+            out[name] = {
+                "label": k + 1,
+                "pixel_fraction": float((self.labels == k + 1).sum()) / n,
+                "mean_score": float(s.mean()),
+                "max_score": float(s.max()),
+            }
         out["background"] = {"label": 0, "pixel_fraction": float((self.labels == 0).sum()) / n}
         return out
 
 
 def _as_image(image) -> torch.Tensor:
     from openradio.inputs.imageio import image_to_tensor, load_image
+
     if isinstance(image, (str, os.PathLike)):
         return load_image(image)
     if isinstance(image, torch.Tensor):
@@ -176,10 +205,23 @@ def _windows(length: int, window: int, stride: int) -> list[int]:
 
 
 @torch.no_grad()
-def segment(model, image, prompts: Union[str, Sequence[str]], *, adaptor: str = "clip", attention: str = "scra",
-            resolution: Optional[int] = None, window: Optional[int] = None, stride: Optional[int] = None,
-            threshold: Optional[float] = None, templates="openai", text_embeddings: Optional[torch.Tensor] = None,
-            vitdet_window=LOADED, batch_size: int = 8, amp: bool = False) -> SegmentationResult:
+def segment(
+    model,
+    image,
+    prompts: Union[str, Sequence[str]],
+    *,
+    adaptor: str = "clip",
+    attention: str = "scra",
+    resolution: Optional[int] = None,
+    window: Optional[int] = None,
+    stride: Optional[int] = None,
+    threshold: Optional[float] = None,
+    templates="openai",
+    text_embeddings: Optional[torch.Tensor] = None,
+    vitdet_window=LOADED,
+    batch_size: int = 8,
+    amp: bool = False,
+) -> SegmentationResult:
     """Label every pixel of ``image`` with the best-matching prompt.
 
     Args:
@@ -206,8 +248,11 @@ def segment(model, image, prompts: Union[str, Sequence[str]], *, adaptor: str = 
     img = _as_image(image)
     H, W = img.shape[-2:]
     device = next(model.parameters()).device
-    text = (prompt_embeddings(model, prompts, adaptor, templates) if text_embeddings is None
-            else F.normalize(text_embeddings.float(), dim=-1))
+    text = (
+        prompt_embeddings(model, prompts, adaptor, templates)
+        if text_embeddings is None
+        else F.normalize(text_embeddings.float(), dim=-1)
+    )
     if text.shape[0] != len(prompts):
         raise ValueError(f"{text.shape[0]} text embeddings for {len(prompts)} prompts")
     text = text.to(device)
@@ -236,40 +281,50 @@ def segment(model, image, prompts: Union[str, Sequence[str]], *, adaptor: str = 
         ph, pw = max(window - rh, 0), max(window - rw, 0)
         xp = F.pad(x, (0, pw, 0, ph)) if (ph or pw) else x
         PH, PW = xp.shape[-2:]
-        boxes = [(t, l) for t in _windows(PH, window, stride) for l in _windows(PW, window, stride)]
+        boxes = [(t, c0) for t in _windows(PH, window, stride) for c0 in _windows(PW, window, stride)]
         sim = torch.zeros(1, len(prompts), PH, PW, device=device)
         count = torch.zeros(1, 1, PH, PW, device=device)
         for i in range(0, len(boxes), batch_size):
-            chunk = boxes[i:i + batch_size]
-            crops = torch.cat([xp[..., t:t + window, l:l + window] for t, l in chunk])
+            chunk = boxes[i : i + batch_size]
+            crops = torch.cat([xp[..., t : t + window, c0 : c0 + window] for t, c0 in chunk])
             s = F.interpolate(score(crops), size=(window, window), mode="bilinear", align_corners=False)
-            for (t, l), si in zip(chunk, s):
-                sim[..., t:t + window, l:l + window] += si
-                count[..., t:t + window, l:l + window] += 1
+            for (t, c0), si in zip(chunk, s):
+                sim[..., t : t + window, c0 : c0 + window] += si
+                count[..., t : t + window, c0 : c0 + window] += 1
         sim = (sim / count)[..., :rh, :rw]
     sim = F.interpolate(sim, size=(H, W), mode="bilinear", align_corners=False)[0].cpu()
     best, idx = sim.max(0)
     labels = idx + 1
     if threshold is not None:
         labels[best < threshold] = 0
-    settings = dict(adaptor=adaptor, attention=attention, resolution=[rh, rw], window=window, stride=stride,
-                    threshold=threshold, templates=templates if isinstance(templates, str) else "custom")
+    settings = dict(
+        adaptor=adaptor,
+        attention=attention,
+        resolution=[rh, rw],
+        window=window,
+        stride=stride,
+        threshold=threshold,
+        templates=templates if isinstance(templates, str) else "custom",
+    )
     return SegmentationResult(labels, sim, prompts, threshold, settings)
 
 
 def label_palette(n: int) -> np.ndarray:
     """(n + 1, 3) uint8 colours: black for background (0), then matplotlib's tab20."""
     from openradio.extras import require
+
     cmap = require("matplotlib", "label colours").colormaps["tab20"]
     cols = [(0, 0, 0)] + [tuple(int(255 * c) for c in cmap(i % 20)[:3]) for i in range(n)]
     return np.array(cols, dtype=np.uint8)
 
 
-def write_segmentation(result: SegmentationResult, image, out_dir: str | os.PathLike, stem: str,
-                       alpha: float = 0.5) -> dict[str, Path]:
+def write_segmentation(
+    result: SegmentationResult, image, out_dir: str | os.PathLike, stem: str, alpha: float = 0.5
+) -> dict[str, Path]:
     """Writes ``STEM_labels.png`` (palette PNG: pixel value = label), ``STEM_overlay.png``
     (the image under the colour-coded labels, with a legend) and ``STEM_scores.json``."""
     from openradio.extras import require
+
     matplotlib = require("matplotlib", "the segmentation overlay")
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
@@ -283,8 +338,11 @@ def write_segmentation(result: SegmentationResult, image, out_dir: str | os.Path
     out.mkdir(parents=True, exist_ok=True)
     pal = label_palette(len(result.prompts))
     labels = result.labels.numpy().astype(np.uint8 if len(result.prompts) < 256 else np.int32)
-    paths = {"labels": out / f"{stem}_labels.png", "overlay": out / f"{stem}_overlay.png",
-             "scores": out / f"{stem}_scores.json"}
+    paths = {
+        "labels": out / f"{stem}_labels.png",
+        "overlay": out / f"{stem}_overlay.png",
+        "scores": out / f"{stem}_scores.json",
+    }
     lab = Image.fromarray(labels.astype(np.uint8), mode="P")
     lab.putpalette(pal.flatten().tolist() + [0] * (768 - pal.size))
     with atomic_path(paths["labels"]) as tmp:
@@ -302,11 +360,15 @@ def write_segmentation(result: SegmentationResult, image, out_dir: str | os.Path
     present = [k for k in range(len(result.prompts) + 1) if (result.labels == k).any()]
     names = ["background"] + list(result.prompts)
     handles = [Patch(color=pal[k] / 255, label=names[k]) for k in present]
-    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(img_w / (img_w + legend_w), 0.5), frameon=False,
-               fontsize=9)
+    fig.legend(
+        handles=handles, loc="center left", bbox_to_anchor=(img_w / (img_w + legend_w), 0.5), frameon=False, fontsize=9
+    )
     with atomic_path(paths["overlay"]) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
-    write_text(paths["scores"], json.dumps({"prompts": result.prompts, "settings": result.settings,
-                                            "classes": result.class_scores()}, indent=2) + "\n")
+    write_text(
+        paths["scores"],
+        json.dumps({"prompts": result.prompts, "settings": result.settings, "classes": result.class_scores()}, indent=2)
+        + "\n",
+    )
     return paths

@@ -19,6 +19,7 @@ save. The rules that make that harmless:
 Files: ``DIR/step-00001234.pt`` holding ``{'format': 'openradio-train-state/1', 'step': 1234,
 'state': <the dict given to save>}``.
 """
+
 from __future__ import annotations
 
 import collections
@@ -64,9 +65,11 @@ def check_weights_only(obj: Any, where: str = "state") -> None:
         hint = " (convert numpy scalars with .item())"
     elif hasattr(obj, "__dict__"):
         hint = " (store vars(obj) or a dict of its fields instead)"
-    raise TypeError(f"{where} is a {type(obj).__module__}.{type(obj).__qualname__}, which torch.load(weights_only=True) "
-                    f"cannot read back{hint}; training state may hold only tensors, Python scalars, strings, "
-                    "lists, tuples, sets and dicts")
+    raise TypeError(
+        f"{where} is a {type(obj).__module__}.{type(obj).__qualname__}, which torch.load(weights_only=True) "
+        f"cannot read back{hint}; training state may hold only tensors, Python scalars, strings, "
+        "lists, tuples, sets and dicts"
+    )
 
 
 def _fsync_dir(path: Path) -> None:
@@ -190,10 +193,14 @@ class CheckpointManager:
             except Exception as e:  # truncated zip, bad pickle, I/O error, foreign file: all mean "skip it"
                 reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 failures.append(f"{path.name}: {reason}")
-                warnings.warn(f"skipping unreadable checkpoint {path} ({reason}); trying the previous one",
-                              stacklevel=2)
-        raise RuntimeError(f"none of the {len(steps)} checkpoints in {self.dir} can be read ("
-                           + "; ".join(failures) + "); move them away to start the run afresh")
+                warnings.warn(
+                    f"skipping unreadable checkpoint {path} ({reason}); trying the previous one", stacklevel=2
+                )
+        raise RuntimeError(
+            f"none of the {len(steps)} checkpoints in {self.dir} can be read ("
+            + "; ".join(failures)
+            + "); move them away to start the run afresh"
+        )
 
 
 def _to_device(obj: Any, device: Any) -> Any:
@@ -223,8 +230,13 @@ def capture_rng_state() -> dict:
         cuda = [t.clone() for t in torch.cuda.get_rng_state_all()]
     return {
         "python": {"version": int(version), "state": [int(v) for v in internal], "gauss_next": gauss_next},
-        "numpy": {"bit_generator": str(name), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
-                  "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "numpy": {
+            "bit_generator": str(name),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "torch": torch.get_rng_state().clone(),
         "cuda": cuda,
     }
@@ -238,19 +250,30 @@ def restore_rng_state(state: dict) -> None:
     if state.get("numpy") is not None:
         n = state["numpy"]
         keys = n["keys"].cpu().numpy() if isinstance(n["keys"], torch.Tensor) else np.asarray(n["keys"])
-        np.random.set_state((n["bit_generator"], keys.astype(np.uint32), int(n["pos"]), int(n["has_gauss"]),
-                             float(n["cached_gaussian"])))
+        np.random.set_state(
+            (
+                n["bit_generator"],
+                keys.astype(np.uint32),
+                int(n["pos"]),
+                int(n["has_gauss"]),
+                float(n["cached_gaussian"]),
+            )
+        )
     if state.get("torch") is not None:
         torch.set_rng_state(state["torch"].cpu().to(torch.uint8))
     cuda = state.get("cuda")
     if cuda:
         if not torch.cuda.is_available():
-            warnings.warn("the checkpoint holds CUDA RNG states but CUDA is not available here; they are ignored",
-                          stacklevel=2)
+            warnings.warn(
+                "the checkpoint holds CUDA RNG states but CUDA is not available here; they are ignored", stacklevel=2
+            )
         else:
             n = torch.cuda.device_count()
             if len(cuda) != n:
-                warnings.warn(f"the checkpoint holds {len(cuda)} CUDA RNG states for {n} visible devices; "
-                              f"restoring the first {min(n, len(cuda))}", stacklevel=2)
+                warnings.warn(
+                    f"the checkpoint holds {len(cuda)} CUDA RNG states for {n} visible devices; "
+                    f"restoring the first {min(n, len(cuda))}",
+                    stacklevel=2,
+                )
             for i in range(min(n, len(cuda))):
                 torch.cuda.set_rng_state(cuda[i].cpu().to(torch.uint8), device=i)

@@ -4,6 +4,7 @@
 
 Overrides are ``dotted.path=value`` with YAML-parsed values; list items are addressed by index.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,19 +20,19 @@ import yaml
 @dataclass
 class TeacherConfig:
     name: str
-    type: str = ""                       # open_clip | dino_v2 | sam | equivariant (default: name)
+    type: str = ""  # open_clip | dino_v2 | sam | equivariant (default: name)
     model: str = ""
     pretrained: Union[str, bool, None] = None
-    input_size: Optional[int] = None     # native side in pixels
-    weights: Optional[str] = None        # local weights file
-    tiny: bool = False                   # small random configuration of the same architecture
+    input_size: Optional[int] = None  # native side in pixels
+    weights: Optional[str] = None  # local weights file
+    tiny: bool = False  # small random configuration of the same architecture
     overrides: dict = field(default_factory=dict)
-    summary_weight: float = 1.0          # 0 for SAM: no summary target
+    summary_weight: float = 1.0  # 0 for SAM: no summary target
     feature_weight: float = 1.0
-    fd_upsample_factor: int = 1          # student feature head emits a u x finer grid
+    fd_upsample_factor: int = 1  # student feature head emits a u x finer grid
     # 'native': run at input_size and resample the larger grid down after the head;
     # 'match': run at student_res * teacher_patch / student_patch so the grids line up
-    resolution_mode: str = "native"     # a partition's teacher_resolution overrides it
+    resolution_mode: str = "native"  # a partition's teacher_resolution overrides it
     extra: dict = field(default_factory=dict)  # passed to build_teacher as is
 
     def build_kwargs(self) -> dict:
@@ -63,7 +64,7 @@ class StudentConfig:
     mlp_num_inner: int = 1
     drop_path: float = 0.0
     pos_dropout: float = 0.1
-    cpe_random_crop: bool = True         # CPE's random position crop in training mode
+    cpe_random_crop: bool = True  # CPE's random position crop in training mode
     # sigma-reparametrisation of the ViT blocks' Linear layers during training:
     # W_eff = W * (softplus(scale) + 0.05) / sigma_max(W) (power iteration); export folds it
     spectral_reparam: bool = False
@@ -73,10 +74,10 @@ class StudentConfig:
 class PartitionConfig:
     name: str
     resolution: int
-    batch_size: int                      # per rank
-    teachers: Optional[list] = None      # names; None = every teacher (the v2.5 mode-switching fix)
+    batch_size: int  # per rank
+    teachers: Optional[list] = None  # names; None = every teacher (the v2.5 mode-switching fix)
     mosaic: list = field(default_factory=list)  # teachers whose canvas holds several student views
-    ranks: Optional[list] = None         # ranks that train this partition; None = every rank
+    ranks: Optional[list] = None  # ranks that train this partition; None = every rank
     crop_scale: tuple = (0.35, 1.0)
     # per-teacher override of TeacherConfig.resolution_mode for this partition:
     # 'native' | 'match' | a side length in pixels
@@ -108,8 +109,8 @@ class OptimConfig:
 @dataclass
 class PhiSConfig:
     enabled: bool = True
-    update_every: int = 100              # own steps (batches that normaliser saw) between recomputes
-    freeze_after: int = 3000             # own steps after which the transform is frozen
+    update_every: int = 100  # own steps (batches that normaliser saw) between recomputes
+    freeze_after: int = 3000  # own steps after which the transform is frozen
     # keep the target basis continuous across recomputes: 'procrustes' (signs, and rotation inside
     # groups of eigenvalues within align_tol * mean eigenvalue), 'sign', or 'none' (raw eigh)
     align: str = "procrustes"
@@ -118,8 +119,8 @@ class PhiSConfig:
 
 @dataclass
 class DataConfig:
-    path: str = ""                       # image folder, file list, or shards (dir/pattern/URLs)
-    kind: str = "auto"                   # auto | folder | list | shards
+    path: str = ""  # image folder, file list, or shards (dir/pattern/URLs)
+    kind: str = "auto"  # auto | folder | list | shards
     num_workers: int = 0
     flip: bool = True
     # false: no augmentation, every partition sees each image resized (shorter side) and centre-cropped
@@ -134,27 +135,27 @@ class DataConfig:
 class TrainConfig:
     student: StudentConfig = field(default_factory=StudentConfig)
     teachers: list = field(default_factory=list)  # list[TeacherConfig]
-    stages: list = field(default_factory=list)    # list[StageConfig]
+    stages: list = field(default_factory=list)  # list[StageConfig]
     optim: OptimConfig = field(default_factory=OptimConfig)
     phi_s: PhiSConfig = field(default_factory=PhiSConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    feature_loss: str = "mse"            # mse | hybrid (AM-RADIO's 0.9 cos + 0.1 smooth-L1)
-    ema_decay: float = 0.9996            # 0 disables EMA
+    feature_loss: str = "mse"  # mse | hybrid (AM-RADIO's 0.9 cos + 0.1 smooth-L1)
+    ema_decay: float = 0.9996  # 0 disables EMA
     export_ema: bool = True
-    amp: bool = False                    # bf16 autocast (GPU)
-    mosaic_pad: str = "zero"             # zero | teacher_mean (zero in each teacher's normalised space)
-    vitdet_aug_prob: float = 0.0         # windowed-attention augmentation
+    amp: bool = False  # bf16 autocast (GPU)
+    mosaic_pad: str = "zero"  # zero | teacher_mean (zero in each teacher's normalised space)
+    vitdet_aug_prob: float = 0.0  # windowed-attention augmentation
     vitdet_aug_windows: list = field(default_factory=lambda: list(range(6, 17)))
     seed: int = 0
     out_dir: str = "runs/openradio"
     log_every: int = 10
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
-    max_nonfinite: int = 10              # stop after this many skipped non-finite steps
+    max_nonfinite: int = 10  # stop after this many skipped non-finite steps
     tensorboard: bool = True
     progress: bool = True
-    device: str = ""                     # '' = cuda if available else cpu
-    parallel: str = "ddp"                # ddp | fsdp (FSDP2 fully_shard)
+    device: str = ""  # '' = cuda if available else cpu
+    parallel: str = "ddp"  # ddp | fsdp (FSDP2 fully_shard)
     dist_timeout_s: Optional[float] = None  # collective / process-group timeout (None: torch's default)
     deterministic: bool = False
 
@@ -288,17 +289,35 @@ def _convert(tp, value, where: tuple):
     return value
 
 
-_LIST_ITEMS = {("TrainConfig", "teachers"): TeacherConfig, ("TrainConfig", "stages"): StageConfig,
-               ("StageConfig", "partitions"): PartitionConfig}
+_LIST_ITEMS = {
+    ("TrainConfig", "teachers"): TeacherConfig,
+    ("TrainConfig", "stages"): StageConfig,
+    ("StageConfig", "partitions"): PartitionConfig,
+}
 # where each config key lives, for "unknown key" hints
-_HOMES = {"StudentConfig": "student", "TeacherConfig": "teachers.N", "StageConfig": "stages.N",
-          "PartitionConfig": "stages.N.partitions.N", "OptimConfig": "optim", "PhiSConfig": "phi_s",
-          "DataConfig": "data", "TrainConfig": ""}
+_HOMES = {
+    "StudentConfig": "student",
+    "TeacherConfig": "teachers.N",
+    "StageConfig": "stages.N",
+    "PartitionConfig": "stages.N.partitions.N",
+    "OptimConfig": "optim",
+    "PhiSConfig": "phi_s",
+    "DataConfig": "data",
+    "TrainConfig": "",
+}
 
 
 def _home_of(key: str, cls) -> Optional[str]:
-    for other in (StudentConfig, TeacherConfig, StageConfig, PartitionConfig, OptimConfig, PhiSConfig,
-                  DataConfig, TrainConfig):
+    for other in (
+        StudentConfig,
+        TeacherConfig,
+        StageConfig,
+        PartitionConfig,
+        OptimConfig,
+        PhiSConfig,
+        DataConfig,
+        TrainConfig,
+    ):
         if other is not cls and key in {f.name for f in dataclasses.fields(other)}:
             home = _HOMES[other.__name__]
             return f"{home}.{key}" if home else key
@@ -312,12 +331,19 @@ def from_dict(cls, data: dict, where: tuple = ()):
     unknown = sorted(set(data) - names, key=str)
     if unknown:
         homes = [h for h in (_home_of(k, cls) for k in unknown) if h]
-        hint = f" ({', '.join(unknown)} live{'s' if len(unknown) == 1 else ''} under {', '.join(homes)})" \
-            if len(homes) == len(unknown) else ""
-        raise ConfigError(where + (unknown[0],), f"unknown key(s) {unknown}{hint}; allowed: {sorted(names)}",
-                          show_value=False)
-    missing = [f.name for f in fields if f.name not in data and f.default is dataclasses.MISSING
-               and f.default_factory is dataclasses.MISSING]
+        hint = (
+            f" ({', '.join(unknown)} live{'s' if len(unknown) == 1 else ''} under {', '.join(homes)})"
+            if len(homes) == len(unknown)
+            else ""
+        )
+        raise ConfigError(
+            where + (unknown[0],), f"unknown key(s) {unknown}{hint}; allowed: {sorted(names)}", show_value=False
+        )
+    missing = [
+        f.name
+        for f in fields
+        if f.name not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
     if missing:
         raise ConfigError(where, f"missing key(s) {missing}", show_value=False)
     kwargs = {}
@@ -460,41 +486,63 @@ def validate(cfg: TrainConfig) -> None:
         for pi, p in enumerate(st.partitions):
             at = ("stages", si, "partitions", pi)
             if p.resolution <= 0:
-                raise ConfigError(at + ("resolution",), f"must be a positive multiple of {ps or 'the patch size'}",
-                                  p.resolution)
+                raise ConfigError(
+                    at + ("resolution",), f"must be a positive multiple of {ps or 'the patch size'}", p.resolution
+                )
             if ps and p.resolution % ps:
-                raise ConfigError(at + ("resolution",), f"must be a multiple of {ps} (the student's patch size)",
-                                  p.resolution)
+                raise ConfigError(
+                    at + ("resolution",), f"must be a multiple of {ps} (the student's patch size)", p.resolution
+                )
             _at_least(at + ("batch_size",), p.batch_size, 1)
             cs = p.crop_scale
-            if not (len(cs) == 2 and all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in cs)
-                    and 0 < cs[0] <= cs[1] <= 1):
+            if not (
+                len(cs) == 2
+                and all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in cs)
+                and 0 < cs[0] <= cs[1] <= 1
+            ):
                 raise ConfigError(at + ("crop_scale",), "must be two numbers 0 < low <= high <= 1", list(cs))
-            if p.ranks is not None and not all(isinstance(r, int) and not isinstance(r, bool) and r >= 0
-                                               for r in p.ranks):
+            if p.ranks is not None and not all(
+                isinstance(r, int) and not isinstance(r, bool) and r >= 0 for r in p.ranks
+            ):
                 raise ConfigError(at + ("ranks",), "must be a list of rank numbers >= 0", p.ranks)
             for key in ("teachers", "mosaic"):
-                for t in (getattr(p, key) or []):
+                for t in getattr(p, key) or []:
                     if t not in names:
-                        raise ConfigError(at + (key,), f"partition {p.name!r} names unknown teacher {t!r}; "
-                                          f"teachers: {names}", getattr(p, key))
+                        raise ConfigError(
+                            at + (key,),
+                            f"partition {p.name!r} names unknown teacher {t!r}; teachers: {names}",
+                            getattr(p, key),
+                        )
             for t, mode in p.teacher_resolution.items():
                 if t not in names:
-                    raise ConfigError(at + ("teacher_resolution", t), f"partition {p.name!r}: teacher_resolution "
-                                      f"names unknown teacher {t!r}", mode)
+                    raise ConfigError(
+                        at + ("teacher_resolution", t),
+                        f"partition {p.name!r}: teacher_resolution names unknown teacher {t!r}",
+                        mode,
+                    )
                 if mode not in ("native", "match") and not (isinstance(mode, int) and mode > 0):
-                    raise ConfigError(at + ("teacher_resolution", t), "must be 'native', 'match' or a size in "
-                                      "pixels", mode)
-            if p.resolutions is not None and (not p.resolutions or not all(
-                    isinstance(r, int) and not isinstance(r, bool) and r > 0 for r in p.resolutions)):
+                    raise ConfigError(
+                        at + ("teacher_resolution", t), "must be 'native', 'match' or a size in pixels", mode
+                    )
+            if p.resolutions is not None and (
+                not p.resolutions
+                or not all(isinstance(r, int) and not isinstance(r, bool) and r > 0 for r in p.resolutions)
+            ):
                 raise ConfigError(at + ("resolutions",), "must be a non-empty list of sizes in pixels", p.resolutions)
             if p.resolutions is not None and ps and any(r % ps for r in p.resolutions):
-                raise ConfigError(at + ("resolutions",), f"every size must be a multiple of {ps} (the student's "
-                                  "patch size)", p.resolutions)
+                raise ConfigError(
+                    at + ("resolutions",),
+                    f"every size must be a multiple of {ps} (the student's patch size)",
+                    p.resolutions,
+                )
             for t in p.mosaic:
                 if cfg.teacher(t).summary_weight:
-                    raise ConfigError(at + ("mosaic",), f"mosaic teacher {t!r} must have summary_weight 0 "
-                                      "(a canvas of several views has no per-view summary)", p.mosaic)
+                    raise ConfigError(
+                        at + ("mosaic",),
+                        f"mosaic teacher {t!r} must have summary_weight 0 "
+                        "(a canvas of several views has no per-view summary)",
+                        p.mosaic,
+                    )
     o = cfg.optim
     for k in ("lr", "min_lr", "weight_decay", "grad_clip"):
         _at_least(("optim", k), getattr(o, k), 0)
@@ -517,9 +565,13 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(("data", "kind"), "must be one of auto, folder, list, shards", cfg.data.kind)
     _at_least(("data", "num_workers"), cfg.data.num_workers, 0)
     if cfg.data.teacher_cache and cfg.data.augment:
-        raise ConfigError(("data", "teacher_cache"), "cached teacher targets are per image, so they need "
-                          "data.augment=false (resize + centre crop, no flip); set data.augment=false or drop "
-                          "data.teacher_cache to run the teachers live", cfg.data.teacher_cache)
+        raise ConfigError(
+            ("data", "teacher_cache"),
+            "cached teacher targets are per image, so they need "
+            "data.augment=false (resize + centre crop, no flip); set data.augment=false or drop "
+            "data.teacher_cache to run the teachers live",
+            cfg.data.teacher_cache,
+        )
     if cfg.mosaic_pad not in ("zero", "teacher_mean"):
         raise ConfigError(("mosaic_pad",), "must be 'zero' or 'teacher_mean'", cfg.mosaic_pad)
     if cfg.phi_s.align not in ("procrustes", "sign", "none"):

@@ -32,6 +32,7 @@ prefetches, so the sampler's iterator runs ahead of the training loop. The sampl
 advanced by the consumer (:meth:`ResumableSampler.advance`, done for you by :class:`BatchStream`)
 after it receives a batch; ``state_dict()`` then describes exactly what the loop has used.
 """
+
 from __future__ import annotations
 
 import logging
@@ -65,6 +66,7 @@ PathLike = Union[str, Path]
 
 class SampleKey(NamedTuple):
     """What :class:`ResumableSampler` yields: the item index and the epoch it is drawn in."""
+
     index: int
     epoch: int
 
@@ -83,8 +85,9 @@ class ImageListDataset(Dataset):
     :attr:`epoch` (settable with :meth:`set_epoch`). With ``transform=None`` images keep their size.
     """
 
-    def __init__(self, source: Union[PathLike, Sequence[PathLike]], transform: Optional[Callable] = None,
-                 seed: int = 0):
+    def __init__(
+        self, source: Union[PathLike, Sequence[PathLike]], transform: Optional[Callable] = None, seed: int = 0
+    ):
         paths = list_images(source)
         # One numpy bytes array instead of a list of Path objects: DataLoader workers are forked,
         # and reading millions of Python objects would touch (and so copy) every refcounted page.
@@ -157,8 +160,12 @@ def collate_skip_none(batch: Sequence[Optional[dict]]) -> dict:
     items = [b for b in batch if b is not None]
     skipped = len(batch) - len(items)
     if not items:
-        return {"image": torch.empty(0, 3, 0, 0), "index": torch.empty(0, dtype=torch.long), "key": [],
-                "skipped": skipped}
+        return {
+            "image": torch.empty(0, 3, 0, 0),
+            "index": torch.empty(0, dtype=torch.long),
+            "key": [],
+            "skipped": skipped,
+        }
     out = default_collate(items)
     out["skipped"] = skipped
     return out
@@ -187,17 +194,28 @@ class ResumableSampler(Sampler):
     counts this rank's samples of ``epoch`` already consumed.
     """
 
-    def __init__(self, num_items: int, rank: int = 0, world_size: int = 1, seed: int = 0,
-                 shuffle: bool = True, drop_last: bool = True, yield_keys: bool = True):
+    def __init__(
+        self,
+        num_items: int,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        shuffle: bool = True,
+        drop_last: bool = True,
+        yield_keys: bool = True,
+    ):
         num_items, rank, world_size = int(num_items), int(rank), int(world_size)
         if num_items < 1:
             raise ValueError(f"the sampler needs at least one item, got num_items={num_items}")
         if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"rank must be in [0, world_size) with world_size >= 1, got rank={rank}, "
-                             f"world_size={world_size}")
+            raise ValueError(
+                f"rank must be in [0, world_size) with world_size >= 1, got rank={rank}, world_size={world_size}"
+            )
         if drop_last and num_items < world_size:
-            raise ValueError(f"{num_items} items cannot give every one of {world_size} ranks a sample with "
-                             "drop_last=True; add images or use drop_last=False")
+            raise ValueError(
+                f"{num_items} items cannot give every one of {world_size} ranks a sample with "
+                "drop_last=True; add images or use drop_last=False"
+            )
         self.num_items, self.rank, self.world_size = num_items, rank, world_size
         self.seed, self.shuffle, self.drop_last = int(seed), bool(shuffle), bool(drop_last)
         self.yield_keys = bool(yield_keys)
@@ -230,11 +248,11 @@ class ResumableSampler(Sampler):
     def epoch_indices(self, epoch: Optional[int] = None) -> list[int]:
         """This rank's item indices for ``epoch`` (default: the current one), in order."""
         order = self.global_order(self.epoch if epoch is None else int(epoch))
-        return order[self.rank: self.total_size: self.world_size].tolist()
+        return order[self.rank : self.total_size : self.world_size].tolist()
 
     def __iter__(self) -> Iterator[Union[SampleKey, int]]:
         epoch = self.epoch
-        for idx in self.epoch_indices(epoch)[self.position:]:
+        for idx in self.epoch_indices(epoch)[self.position :]:
             yield SampleKey(idx, epoch) if self.yield_keys else idx
 
     def set_epoch(self, epoch: int) -> None:
@@ -249,14 +267,22 @@ class ResumableSampler(Sampler):
         """Record that the training loop consumed ``n`` more samples of this epoch."""
         n = int(n)
         if n < 0 or self.position + n > self.num_samples:
-            raise ValueError(f"cannot advance by {n}: position {self.position} of {self.num_samples} "
-                             f"samples in epoch {self.epoch}")
+            raise ValueError(
+                f"cannot advance by {n}: position {self.position} of {self.num_samples} samples in epoch {self.epoch}"
+            )
         self.position += n
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed,
-                "num_items": self.num_items, "rank": self.rank, "world_size": self.world_size,
-                "shuffle": self.shuffle, "drop_last": self.drop_last}
+        return {
+            "epoch": self.epoch,
+            "position": self.position,
+            "seed": self.seed,
+            "num_items": self.num_items,
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "shuffle": self.shuffle,
+            "drop_last": self.drop_last,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         """Continue where ``state`` stopped.
@@ -272,25 +298,39 @@ class ResumableSampler(Sampler):
             raise ValueError(f"sampler state lacks {sorted(missing)}; expected a ResumableSampler.state_dict()")
         for key in ("num_items", "seed", "shuffle"):
             if key in state and state[key] != getattr(self, key):
-                raise ValueError(f"sampler state has {key}={state[key]!r} but this sampler has "
-                                 f"{getattr(self, key)!r}: the data or seed changed, so the saved position "
-                                 "does not apply; start a new run or restore the original data/seed")
+                raise ValueError(
+                    f"sampler state has {key}={state[key]!r} but this sampler has "
+                    f"{getattr(self, key)!r}: the data or seed changed, so the saved position "
+                    "does not apply; start a new run or restore the original data/seed"
+                )
         epoch, position = int(state["epoch"]), int(state["position"])
         old_ws = int(state.get("world_size", self.world_size))
         if old_ws != self.world_size:
             position = position * old_ws // self.world_size
-            warnings.warn(f"resuming a sampler saved with world_size={old_ws} on world_size={self.world_size}: "
-                          f"position converted to {position} through the global order", stacklevel=2)
+            warnings.warn(
+                f"resuming a sampler saved with world_size={old_ws} on world_size={self.world_size}: "
+                f"position converted to {position} through the global order",
+                stacklevel=2,
+            )
         if not 0 <= position <= self.num_samples:
             raise ValueError(f"sampler state position {position} is outside [0, {self.num_samples}]")
         self.epoch, self.position = epoch, position
 
 
 # -- loaders ---------------------------------------------------------------------------------------
-def make_loader(dataset: Dataset, batch_size: int, sampler: Optional[ResumableSampler] = None,
-                num_workers: int = 0, *, drop_last: bool = True, collate_fn: Optional[Callable] = None,
-                pin_memory: bool = False, persistent_workers: bool = False,
-                prefetch_factor: Optional[int] = None, multiprocessing_context: Any = None):
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    sampler: Optional[ResumableSampler] = None,
+    num_workers: int = 0,
+    *,
+    drop_last: bool = True,
+    collate_fn: Optional[Callable] = None,
+    pin_memory: bool = False,
+    persistent_workers: bool = False,
+    prefetch_factor: Optional[int] = None,
+    multiprocessing_context: Any = None,
+):
     """A DataLoader over the remaining samples of the sampler's current epoch.
 
     Map-style datasets: batches of ``batch_size`` keys from ``sampler`` (a single-process
@@ -319,8 +359,14 @@ def make_loader(dataset: Dataset, batch_size: int, sampler: Optional[ResumableSa
     if isinstance(dataset, ShardDataset):
         if sampler is not None:
             raise ValueError("shard datasets are split across ranks and workers by shard; pass sampler=None")
-        return ShardLoader(dataset, batch_size, num_workers=num_workers, drop_last=drop_last,
-                           pin_memory=pin_memory, **{k: v for k, v in extra.items() if k != "persistent_workers"})
+        return ShardLoader(
+            dataset,
+            batch_size,
+            num_workers=num_workers,
+            drop_last=drop_last,
+            pin_memory=pin_memory,
+            **{k: v for k, v in extra.items() if k != "persistent_workers"},
+        )
     if sampler is None:
         sampler = ResumableSampler(len(dataset))
     elif sampler.num_items != len(dataset):
@@ -330,9 +376,15 @@ def make_loader(dataset: Dataset, batch_size: int, sampler: Optional[ResumableSa
     # so a run resumed mid-epoch would drift from the uninterrupted one. Augmentations do not
     # need it: they are seeded per sample (sample_seed).
     gen = torch.Generator().manual_seed(sampler.seed)
-    return DataLoader(dataset, batch_sampler=BatchSampler(sampler, batch_size, drop_last),
-                      num_workers=num_workers, collate_fn=collate_fn or collate_skip_none,
-                      pin_memory=pin_memory, generator=gen, **extra)
+    return DataLoader(
+        dataset,
+        batch_sampler=BatchSampler(sampler, batch_size, drop_last),
+        num_workers=num_workers,
+        collate_fn=collate_fn or collate_skip_none,
+        pin_memory=pin_memory,
+        generator=gen,
+        **extra,
+    )
 
 
 def _looks_like_shards(path: str) -> bool:
@@ -349,9 +401,15 @@ def _looks_like_shards(path: str) -> bool:
     return False
 
 
-def build_dataset(path: Union[PathLike, Sequence[PathLike]], kind: str = "auto",
-                  transform: Optional[Callable] = None, seed: int = 0, rank: int = 0, world_size: int = 1,
-                  **shard_kwargs: Any):
+def build_dataset(
+    path: Union[PathLike, Sequence[PathLike]],
+    kind: str = "auto",
+    transform: Optional[Callable] = None,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    **shard_kwargs: Any,
+):
     """The training dataset for ``data.path``.
 
     ``kind``: ``folder`` (recursive image folder), ``list`` (text file of paths), ``shards``
@@ -367,8 +425,9 @@ def build_dataset(path: Union[PathLike, Sequence[PathLike]], kind: str = "auto",
     if not isinstance(path, (str, os.PathLike)):
         if kind == "shards":
             shard_kwargs.setdefault("repeat", True)
-            return ShardDataset([str(p) for p in path], transform=transform, rank=rank, world_size=world_size,
-                                seed=seed, **shard_kwargs)
+            return ShardDataset(
+                [str(p) for p in path], transform=transform, rank=rank, world_size=world_size, seed=seed, **shard_kwargs
+            )
         return ImageListDataset(path, transform=transform, seed=seed)
     path = str(path)
     if not path:
@@ -399,8 +458,14 @@ class BatchStream:
     checkpoint and gives each rank its own back.
     """
 
-    def __init__(self, dataset: Dataset, batch_size: int, sampler: Optional[ResumableSampler] = None,
-                 num_workers: int = 0, **loader_kwargs: Any):
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        sampler: Optional[ResumableSampler] = None,
+        num_workers: int = 0,
+        **loader_kwargs: Any,
+    ):
 
         self.dataset, self.batch_size, self.num_workers = dataset, int(batch_size), int(num_workers)
         self.is_shards = isinstance(dataset, ShardDataset)
@@ -412,8 +477,10 @@ class BatchStream:
         else:
             self.sampler = sampler if sampler is not None else ResumableSampler(len(dataset))
             if loader_kwargs["drop_last"] and len(self.sampler) < batch_size:
-                raise ValueError(f"{len(self.sampler)} samples per epoch on this rank is fewer than one batch of "
-                                 f"{batch_size}; add images or lower the batch size")
+                raise ValueError(
+                    f"{len(self.sampler)} samples per epoch on this rank is fewer than one batch of "
+                    f"{batch_size}; add images or lower the batch size"
+                )
             self.loader = make_loader(dataset, batch_size, self.sampler, num_workers, **loader_kwargs)
         self.skipped = 0
         self._it: Optional[Iterator] = None
@@ -442,8 +509,10 @@ class BatchStream:
                 self._it = None
                 empty_epochs += 1
                 if empty_epochs > 2:
-                    raise RuntimeError("the data stream produced no batch in two whole epochs; every image may be "
-                                       "unreadable, or there are fewer samples per rank than one batch") from None
+                    raise RuntimeError(
+                        "the data stream produced no batch in two whole epochs; every image may be "
+                        "unreadable, or there are fewer samples per rank than one batch"
+                    ) from None
                 continue  # the next pass starts the next epoch (see the top of the loop)
             if not self.is_shards:
                 used = int(batch["image"].shape[0]) + int(batch.get("skipped", 0))

@@ -4,6 +4,7 @@ Everything export needs travels in the training checkpoint itself (``student_arg
 ``phi_s``, ``model``, ``ema``), so a run is exported without building a teacher, downloading
 anything, or writing into the run directory (``export_run``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,11 +21,20 @@ from openradio.distill.student import args_from_state, build_student, fold_spect
 from openradio.formats.official import official_state_dict, save_checkpoint
 from openradio.model.radio import RADIOModel
 
-__all__ = ["export_normalizer_key", "export_state_dict", "write_export", "phi_s_from_state",
-           "student_from_state", "export_run", "ExportResult"]
+__all__ = [
+    "export_normalizer_key",
+    "export_state_dict",
+    "write_export",
+    "phi_s_from_state",
+    "student_from_state",
+    "export_run",
+    "ExportResult",
+]
 
 
-def export_normalizer_key(phi_s: Mapping[str, PhiSNormalizer], teacher: str, teacher_input_size: Optional[int]) -> Optional[str]:
+def export_normalizer_key(
+    phi_s: Mapping[str, PhiSNormalizer], teacher: str, teacher_input_size: Optional[int]
+) -> Optional[str]:
     """Which of a teacher's PHI-S normalisers to fold into its (shared) head: the one at the
     teacher's native input size when it exists, else the one that saw the most features."""
     keys = [k for k in phi_s.keys() if k.split("@")[0] == teacher]
@@ -48,8 +58,9 @@ def export_state_dict(model: RADIOModel, phi_s: Mapping[str, PhiSNormalizer]) ->
         norm = phi_s[key]
         mlp = adaptor.feat_mlp
         final = mlp.final[2] if hasattr(mlp, "final") else mlp.fc2
-        folded = fold_inverse_into_linear(final, norm.mean.cpu(), inv_tx=norm.inv_tx.cpu(),
-                                          upsample_factor=adaptor.upsample_factor)
+        folded = fold_inverse_into_linear(
+            final, norm.mean.cpu(), inv_tx=norm.inv_tx.cpu(), upsample_factor=adaptor.upsample_factor
+        )
         if hasattr(mlp, "final"):
             mlp.final[2] = folded
         else:
@@ -57,8 +68,14 @@ def export_state_dict(model: RADIOModel, phi_s: Mapping[str, PhiSNormalizer]) ->
     return official_state_dict(model, heads_by_name=True)
 
 
-def write_export(path: str | Path, args: argparse.Namespace, student: RADIOModel, phi_s: Mapping[str, PhiSNormalizer],
-                 ema: Optional[RADIOModel] = None, step: int = 0) -> Path:
+def write_export(
+    path: str | Path,
+    args: argparse.Namespace,
+    student: RADIOModel,
+    phi_s: Mapping[str, PhiSNormalizer],
+    ema: Optional[RADIOModel] = None,
+    step: int = 0,
+) -> Path:
     """Write the official ``.pth.tar`` (``state_dict``, and ``state_dict_ema`` when ``ema``)."""
     plain = export_state_dict(student, phi_s)
     ema_sd = export_state_dict(ema, phi_s) if ema is not None else None
@@ -80,11 +97,16 @@ def student_from_state(state: Mapping, weights: str = "model") -> RADIOModel:
     """The student of a training checkpoint with the weights ``state[weights]`` ('model' or 'ema')."""
     missing = [k for k in ("student_args", "head_dims", weights) if state.get(k) is None]
     if missing:
-        raise ValueError(f"the training checkpoint has no {', '.join(missing)}: it was written by an older openradio "
-                         "(or without EMA); export it with that version, or resume training once with this one")
+        raise ValueError(
+            f"the training checkpoint has no {', '.join(missing)}: it was written by an older openradio "
+            "(or without EMA); export it with that version, or resume training once with this one"
+        )
     with torch.random.fork_rng(devices=[]):  # construction draws initial weights: keep the caller's RNG
-        model = build_student(args_from_state(state["student_args"]), state["head_dims"],
-                              spectral_reparam=has_spectral_reparam(state[weights]))
+        model = build_student(
+            args_from_state(state["student_args"]),
+            state["head_dims"],
+            spectral_reparam=has_spectral_reparam(state[weights]),
+        )
     model.load_state_dict(state[weights])
     return model.eval()
 

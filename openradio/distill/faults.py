@@ -1,4 +1,5 @@
 """Fault injection for recovery tests (a worker killed mid-run, restarted by torchrun)."""
+
 from __future__ import annotations
 
 import os

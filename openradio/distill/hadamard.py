@@ -15,6 +15,7 @@ Constructions:
   every size the released teachers use: 192 = 16*12, 384 = 32*12, 768 = 64*12, 1152 = 32*36,
   1280 = 64*20, 1536 = 128*12, and powers of two such as 256 and 1024.
 """
+
 from __future__ import annotations
 
 import functools
@@ -183,5 +184,5 @@ def is_hadamard(h: torch.Tensor, atol: float = 1e-10) -> bool:
         return False
     h = h.to(torch.float64)
     eye = torch.eye(n, dtype=torch.float64)
-    entries_ok = torch.allclose(h.abs(), torch.full_like(h, n ** -0.5), atol=atol)
+    entries_ok = torch.allclose(h.abs(), torch.full_like(h, n**-0.5), atol=atol)
     return bool(entries_ok and torch.allclose(h @ h.T, eye, atol=atol))

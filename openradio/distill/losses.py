@@ -4,6 +4,7 @@ Conventions: summaries are (B, D); spatial features are NCHW (the trainer reshap
 head's NLC output to NCHW before calling these).  Feature targets are expected to be already
 PHI-S-normalised (``PhiSNormalizer.normalize``); these functions do not normalise.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -89,7 +90,9 @@ def match_grids(
         if tuple(x.shape[2:]) == target:
             return x
         aa = antialias and mode in ("bilinear", "bicubic")
-        return F.interpolate(x, size=target, mode=mode, align_corners=False if mode != "nearest" else None, antialias=aa)
+        return F.interpolate(
+            x, size=target, mode=mode, align_corners=False if mode != "nearest" else None, antialias=aa
+        )
 
     return _resize(student), _resize(teacher)
 

@@ -1,4 +1,5 @@
 """Training metrics: merged across ranks, written by rank 0 to a CSV and TensorBoard."""
+
 from __future__ import annotations
 
 import csv
@@ -69,9 +70,10 @@ class MetricsLogger:
         if cfg.tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
+
                 self.tb = SummaryWriter(str(Path(out_dir) / "tensorboard"))
             except Exception as e:  # tensorboard missing or broken: CSV still works
-                warnings.warn(f"TensorBoard logging disabled: {e}")
+                warnings.warn(f"TensorBoard logging disabled: {e}", stacklevel=2)
 
     def log(self, metrics: dict) -> None:
         if not self.enabled:

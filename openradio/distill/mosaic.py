@@ -10,6 +10,7 @@ view's 27x27 window is sliced out of its 64x64 feature map: 4x fewer passes and 
 Views start on token boundaries (the pitch is a whole number of teacher patches), so a view's
 window in the canvas feature map lines up exactly with its own patches.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -119,13 +120,15 @@ def pack_mosaic(
     shape = (layout.num_canvases, views.shape[1], ch, cw)
     if isinstance(pad_value, Tensor):
         if pad_value.numel() != views.shape[1]:
-            raise ValueError(f"pad_value has {pad_value.numel()} values for {views.shape[1]} channels; "
-                             "give one per channel or a single number.")
+            raise ValueError(
+                f"pad_value has {pad_value.numel()} values for {views.shape[1]} channels; "
+                "give one per channel or a single number."
+            )
         canvases = pad_value.to(views).reshape(1, -1, 1, 1).expand(shape).clone()
     else:
         canvases = views.new_full(shape, pad_value)
     for i, (c, top, left) in enumerate(layout.positions):
-        canvases[c, :, top:top + vh, left:left + vw] = views[i]
+        canvases[c, :, top : top + vh, left : left + vw] = views[i]
     return canvases, layout
 
 
@@ -142,8 +145,7 @@ def unpack_features(canvas_feats: Tensor, layout: MosaicLayout) -> Tensor:
     p = layout.patch_size
     th, tw = layout.view_tokens
     windows = [
-        canvas_feats[c, :, top // p:top // p + th, left // p:left // p + tw]
-        for c, top, left in layout.positions
+        canvas_feats[c, :, top // p : top // p + th, left // p : left // p + tw] for c, top, left in layout.positions
     ]
     return torch.stack(windows)
 

@@ -1,4 +1,5 @@
 """AdamW with decoupled weight decay on matrices only, and linear warmup + cosine decay."""
+
 from __future__ import annotations
 
 import math
@@ -18,8 +19,12 @@ def build_optimizer(model: nn.Module, o: OptimConfig) -> torch.optim.Optimizer:
         if not p.requires_grad:
             continue
         (no_decay if p.ndim <= 1 or "pos_embed" in name or "cls_token" in name else decay).append(p)
-    return torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=o.lr, betas=tuple(o.betas), eps=o.eps)
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=o.lr,
+        betas=tuple(o.betas),
+        eps=o.eps,
+    )
 
 
 def lr_factor(step: int, o: OptimConfig, total_steps: int) -> float:

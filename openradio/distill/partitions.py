@@ -5,6 +5,7 @@ Every (rank, partition) pair is a slot; teacher t's loss in a slot is scaled by 
 that see it, whatever the partition layout. Pure functions of the config and the world size: the
 same answer on every rank.
 """
+
 from __future__ import annotations
 
 from typing import Union
@@ -32,8 +33,10 @@ def ranks_of(part: PartitionConfig, world_size: int) -> list[int]:
     ranks = list(range(world_size)) if part.ranks is None else [int(r) for r in part.ranks]
     bad = [r for r in ranks if not 0 <= r < world_size]
     if bad:
-        raise ValueError(f"partition {part.name!r} names ranks {bad} but the world size is {world_size}; "
-                         f"set stages.N.partitions.M.ranks for this world size (or null for every rank)")
+        raise ValueError(
+            f"partition {part.name!r} names ranks {bad} but the world size is {world_size}; "
+            f"set stages.N.partitions.M.ranks for this world size (or null for every rank)"
+        )
     return ranks
 
 
@@ -50,8 +53,15 @@ def loss_scales(cfg: TrainConfig, stage: int, world_size: int) -> dict[str, floa
     return {t: world_size / n for t, n in slots.items() if n}
 
 
-def teacher_resolution(cfg: TrainConfig, part: PartitionConfig, name: str, teacher_input_size: int,
-                       teacher_patch: int, student_patch: int, student_resolution: Union[int, None] = None) -> int:
+def teacher_resolution(
+    cfg: TrainConfig,
+    part: PartitionConfig,
+    name: str,
+    teacher_input_size: int,
+    teacher_patch: int,
+    student_patch: int,
+    student_resolution: Union[int, None] = None,
+) -> int:
     """The side at which teacher ``name`` runs in partition ``part``.
 
     Mosaic teachers run at their native input (the canvas); otherwise the partition's
@@ -69,5 +79,7 @@ def teacher_resolution(cfg: TrainConfig, part: PartitionConfig, name: str, teach
         return res * teacher_patch // student_patch
     if isinstance(mode, int) and mode > 0 and mode % teacher_patch == 0:
         return mode
-    raise ValueError(f"teacher {name!r} in partition {part.name!r}: resolution must be 'native', 'match' or "
-                     f"a multiple of the teacher's patch size {teacher_patch}, got {mode!r}")
+    raise ValueError(
+        f"teacher {name!r} in partition {part.name!r}: resolution must be 'native', 'match' or "
+        f"a multiple of the teacher's patch size {teacher_patch}, got {mode!r}"
+    )

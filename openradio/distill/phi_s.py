@@ -12,6 +12,7 @@ balances the teachers' losses without blowing up dead directions the way full wh
 In code the transform is stored as ``(mean, tx)`` with ``y = (x - mean) @ tx.T`` (the official
 ``FeatureNormalizer`` convention), and ``inv_tx`` with ``x = y @ inv_tx.T + mean``.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -39,8 +40,9 @@ FeatureFormat = Literal["NLC", "NCHW"]
 AlignMode = Literal["procrustes", "sign", "none"]
 
 
-def align_eigenbasis(eigvals: Tensor, eigvecs: Tensor, prev: Optional[Tensor], mode: AlignMode = "procrustes",
-                     tol: float = 0.05) -> Tensor:
+def align_eigenbasis(
+    eigvals: Tensor, eigvecs: Tensor, prev: Optional[Tensor], mode: AlignMode = "procrustes", tol: float = 0.05
+) -> Tensor:
     """The eigenbasis ``eigvecs`` (columns, for ascending ``eigvals``) turned as close to ``prev``
     as the new covariance allows.
 
@@ -90,8 +92,15 @@ def align_eigenbasis(eigvals: Tensor, eigvecs: Tensor, prev: Optional[Tensor], m
     return out
 
 
-def phi_s_matrix(mean: Tensor, cov: Tensor, hadamard_seed: int = 0, *, prev_tx: Optional[Tensor] = None,
-                 align: AlignMode = "procrustes", align_tol: float = 0.05) -> tuple[Tensor, Tensor]:
+def phi_s_matrix(
+    mean: Tensor,
+    cov: Tensor,
+    hadamard_seed: int = 0,
+    *,
+    prev_tx: Optional[Tensor] = None,
+    align: AlignMode = "procrustes",
+    align_tol: float = 0.05,
+) -> tuple[Tensor, Tensor]:
     """PHI-S transform ``(mean, tx)`` from a mean (C,) and covariance (C, C); both float64.
 
     ``(x - mean) @ tx.T`` has unit variance in every channel. ``prev_tx``: the transform this one
@@ -110,9 +119,7 @@ def phi_s_matrix(mean: Tensor, cov: Tensor, hadamard_seed: int = 0, *, prev_tx: 
     if not torch.isfinite(mean_eig) or mean_eig <= 0:
         # Constant features (e.g. a teacher that has not produced anything yet): no scale can make
         # them unit-variance, so keep the scale 1 rather than divide by zero.
-        warnings.warn(
-            "PHI-S: the features have zero (or non-finite) total variance; using scale 1.", stacklevel=2
-        )
+        warnings.warn("PHI-S: the features have zero (or non-finite) total variance; using scale 1.", stacklevel=2)
         alpha = torch.ones((), dtype=torch.float64)
     else:
         alpha = mean_eig.rsqrt()
@@ -204,7 +211,7 @@ class PhiSEstimator(nn.Module):
             dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
             offset = 0
             for p in pending:
-                p.copy_(flat[offset:offset + p.numel()].view_as(p))
+                p.copy_(flat[offset : offset + p.numel()].view_as(p))
                 offset += p.numel()
         self.total_count += self.pending_count
         self.total_sum += self.pending_sum
@@ -257,8 +264,15 @@ class PhiSNormalizer(nn.Module):
     state (statistics, transform, own step count) is in ``state_dict``.
     """
 
-    def __init__(self, dim: int, update_every: int = 100, freeze_after: int = 3000, hadamard_seed: int = 0,
-                 align: AlignMode = "procrustes", align_tol: float = 0.05) -> None:
+    def __init__(
+        self,
+        dim: int,
+        update_every: int = 100,
+        freeze_after: int = 3000,
+        hadamard_seed: int = 0,
+        align: AlignMode = "procrustes",
+        align_tol: float = 0.05,
+    ) -> None:
         super().__init__()
         if align not in ("procrustes", "sign", "none"):
             raise ValueError(f"align must be 'procrustes', 'sign' or 'none', got {align!r}.")
@@ -324,8 +338,9 @@ class PhiSNormalizer(nn.Module):
         # each recompute continues the previous basis (align_eigenbasis), so targets move only as
         # much as the statistics did
         prev = self.tx.clone() if bool(self.initialized) else None
-        mean, tx, inv = self.estimator.compute(self.hadamard_seed, prev_tx=prev, align=self.align,
-                                               align_tol=self.align_tol)
+        mean, tx, inv = self.estimator.compute(
+            self.hadamard_seed, prev_tx=prev, align=self.align, align_tol=self.align_tol
+        )
         self.mean.copy_(mean)
         self.tx.copy_(tx)
         self.inv_tx.copy_(inv)
@@ -343,8 +358,10 @@ class PhiSNormalizer(nn.Module):
         return self.normalize(x, fmt)
 
     def extra_repr(self) -> str:
-        return (f"dim={self.dim}, update_every={self.update_every}, freeze_after={self.freeze_after}, "
-                f"align={self.align!r}, align_tol={self.align_tol}")
+        return (
+            f"dim={self.dim}, update_every={self.update_every}, freeze_after={self.freeze_after}, "
+            f"align={self.align!r}, align_tol={self.align_tol}"
+        )
 
 
 @torch.no_grad()

@@ -4,6 +4,7 @@
 gloo on CPUs) or stays single-process; ``wrap_model`` applies DDP or FSDP2 to the student in one
 place.
 """
+
 from __future__ import annotations
 
 import os
@@ -53,6 +54,7 @@ def init_distributed(device: str = "", timeout_s: Optional[float] = None) -> Dis
     here = False
     if world > 1 and not dist.is_initialized():
         from datetime import timedelta
+
         kwargs = {"timeout": timedelta(seconds=timeout_s)} if timeout_s else {}
         backend = "nccl" if dev.type == "cuda" else "gloo"
         store = _attempt_store(timeout_s)
@@ -75,8 +77,13 @@ def _attempt_store(timeout_s: Optional[float]):
     if attempt is None or os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() != "true":
         return None
     from datetime import timedelta
-    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
-                          timeout=timedelta(seconds=timeout_s or 1800))
+
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        is_master=False,
+        timeout=timedelta(seconds=timeout_s or 1800),
+    )
     return dist.PrefixStore(f"openradio/attempt_{attempt}", store)
 
 
@@ -93,6 +100,7 @@ def wrap_model(model: nn.Module, env: DistEnv, parallel: str = "ddp") -> nn.Modu
         return model
     if parallel == "fsdp":
         from torch.distributed.fsdp import fully_shard
+
         for block in model.model.blocks:
             fully_shard(block)
         fully_shard(model)
@@ -100,6 +108,7 @@ def wrap_model(model: nn.Module, env: DistEnv, parallel: str = "ddp") -> nn.Modu
     if parallel != "ddp":
         raise ValueError(f"parallel must be 'ddp' or 'fsdp', got {parallel!r}")
     from torch.nn.parallel import DistributedDataParallel as DDP
+
     return DDP(model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
 
 
@@ -113,6 +122,7 @@ def peak_memory_mb(device: torch.device) -> float:
         return torch.cuda.max_memory_allocated(device) / 2**20
     try:
         import resource
+
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     except Exception:  # pragma: no cover - non-Linux
         return float("nan")

@@ -1,6 +1,7 @@
 """Seeds and seeded transforms shared by the folder/list datasets (``data.py``) and the tar shards
 (``shards.py``): every sample's randomness is a function of (seed, epoch, index), so a resumed or
 re-sharded run draws the same crops."""
+
 from __future__ import annotations
 
 from typing import Callable, Optional

@@ -39,6 +39,7 @@ Reading (:class:`ShardDataset`):
   loader warns and restarts the interrupted epoch from its beginning (images are seen again,
   none are missed).
 """
+
 from __future__ import annotations
 
 import io
@@ -94,9 +95,18 @@ def _verify_image(data: bytes) -> Optional[str]:
     return None
 
 
-def write_shards(source: Union[PathLike, Sequence[PathLike]], out_dir: PathLike, max_count_per_shard: int = 1000,
-                 max_size: float = 1e9, *, shuffle: bool = True, seed: int = 0, verify: bool = False,
-                 overwrite: bool = False, progress: bool = True) -> list[Path]:
+def write_shards(
+    source: Union[PathLike, Sequence[PathLike]],
+    out_dir: PathLike,
+    max_count_per_shard: int = 1000,
+    max_size: float = 1e9,
+    *,
+    shuffle: bool = True,
+    seed: int = 0,
+    verify: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> list[Path]:
     """Pack the images of ``source`` (a folder, recursive, or a file list) into tar shards in ``out_dir``.
 
     A shard closes after ``max_count_per_shard`` images or ``max_size`` bytes, whichever comes
@@ -121,8 +131,10 @@ def write_shards(source: Union[PathLike, Sequence[PathLike]], out_dir: PathLike,
     existing = _existing_outputs(out)
     if existing:
         if not overwrite:
-            raise FileExistsError(f"{out} already holds shards ({existing[0].name}, ...); choose an empty folder "
-                                  "or pass overwrite=True (--overwrite) to replace them")
+            raise FileExistsError(
+                f"{out} already holds shards ({existing[0].name}, ...); choose an empty folder "
+                "or pass overwrite=True (--overwrite) to replace them"
+            )
         for p in existing:
             p.unlink()
     order = np.random.default_rng(seed).permutation(len(paths)) if shuffle else np.arange(len(paths))
@@ -130,20 +142,21 @@ def write_shards(source: Union[PathLike, Sequence[PathLike]], out_dir: PathLike,
     counts: dict[str, int] = {}
     left_out: list[str] = []
     written = 0
-    with wds.ShardWriter(str(out / SHARD_PATTERN), maxcount=int(max_count_per_shard), maxsize=float(max_size),
-                         verbose=0) as writer:
+    with wds.ShardWriter(
+        str(out / SHARD_PATTERN), maxcount=int(max_count_per_shard), maxsize=float(max_size), verbose=0
+    ) as writer:
         for i in tqdm(order.tolist(), desc="make-shards", unit="img", disable=not progress):
             p = paths[i]
             try:
                 data = p.read_bytes()
             except OSError as e:
-                warnings.warn(f"leaving out {p}: {e}")
+                warnings.warn(f"leaving out {p}: {e}", stacklevel=2)
                 left_out.append(str(p))
                 continue
             if verify:
                 reason = _verify_image(data)
                 if reason is not None:
-                    warnings.warn(f"leaving out {p}: {reason}")
+                    warnings.warn(f"leaving out {p}: {reason}", stacklevel=2)
                     left_out.append(str(p))
                     continue
             ext = p.suffix.lower().lstrip(".") or "img"
@@ -160,10 +173,13 @@ def write_shards(source: Union[PathLike, Sequence[PathLike]], out_dir: PathLike,
     shards = [s for s in shards if s.name in counts]
     if not shards:
         raise ValueError(f"no readable images in {source}; nothing was written")
-    index = {"format": INDEX_FORMAT, "total": written,
-             "shards": [{"name": s.name, "count": counts[s.name]} for s in shards],
-             "source": str(source) if isinstance(source, (str, os.PathLike)) else None,
-             "left_out": left_out}
+    index = {
+        "format": INDEX_FORMAT,
+        "total": written,
+        "shards": [{"name": s.name, "count": counts[s.name]} for s in shards],
+        "source": str(source) if isinstance(source, (str, os.PathLike)) else None,
+        "left_out": left_out,
+    }
     tmp = out / (INDEX_NAME + ".tmp")
     tmp.write_text(json.dumps(index, indent=1))
     os.replace(tmp, out / INDEX_NAME)
@@ -178,7 +194,9 @@ def read_shard_index(path: PathLike) -> dict:
     try:
         index = json.loads(p.read_text())
     except FileNotFoundError:
-        raise FileNotFoundError(f"shard index not found: {p} (write shards with `openradio data make-shards`)") from None
+        raise FileNotFoundError(
+            f"shard index not found: {p} (write shards with `openradio data make-shards`)"
+        ) from None
     except json.JSONDecodeError as e:
         raise ValueError(f"shard index {p} is not valid JSON: {e}") from None
     if not isinstance(index, dict) or not isinstance(index.get("shards"), list):
@@ -215,6 +233,7 @@ def resolve_shards(spec: Union[PathLike, Sequence[PathLike]]) -> tuple[list[str]
     if s.endswith(".json"):
         if _is_url(s):
             from webdataset.gopen import gopen
+
             with gopen(s) as f:
                 index = json.loads(f.read())
             base = s.rsplit("/", 1)[0]
@@ -235,8 +254,9 @@ def resolve_shards(spec: Union[PathLike, Sequence[PathLike]]) -> tuple[list[str]
     urls = expand_urls(s)
     missing = [u for u in urls if not _is_url(u) and not Path(u).is_file()]
     if missing:
-        raise FileNotFoundError(f"shard not found: {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1
-                                                                    else ""))
+        raise FileNotFoundError(
+            f"shard not found: {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+        )
     return urls, None
 
 
@@ -258,7 +278,7 @@ def decode_image_bytes(data: bytes, name: str = "image") -> Tensor:
 
 # -- reading ---------------------------------------------------------------------------------------
 def _warn_and_continue(exn: Exception) -> bool:
-    warnings.warn(f"skipping unreadable shard data: {exn!r}")
+    warnings.warn(f"skipping unreadable shard data: {exn!r}", stacklevel=2)
     return True
 
 
@@ -266,7 +286,8 @@ class ShardDataset(IterableDataset):
     """Images from webdataset tar shards, split across ranks and DataLoader workers (see the module doc).
 
     Yields ``{'image': tensor, 'key': str, 'path': str (source path from make-shards, else ''),
-    'shard': int, 'offset': int, '_pos': (worker, epoch, shard_pos, offset)}`` per sample, or ``{'image': None, '_pos': ...}`` for a corrupt one;
+    'shard': int, 'offset': int, '_pos': (worker, epoch, shard_pos, offset)}`` per sample,
+    or ``{'image': None, '_pos': ...}`` for a corrupt one;
     :func:`collate_shard_batch` (used by :class:`ShardLoader`) drops the latter and counts them.
 
     One ``iter()`` is one epoch (:attr:`epoch`) unless ``repeat=True``, which continues with the
@@ -274,17 +295,30 @@ class ShardDataset(IterableDataset):
     resumable position.
     """
 
-    def __init__(self, shards: Union[PathLike, Sequence[PathLike]], transform: Optional[Callable] = None,
-                 rank: int = 0, world_size: int = 1, seed: int = 0, *, shuffle: bool = True,
-                 shuffle_buffer: int = 256, repeat: bool = False, epoch: int = 0):
+    def __init__(
+        self,
+        shards: Union[PathLike, Sequence[PathLike]],
+        transform: Optional[Callable] = None,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        *,
+        shuffle: bool = True,
+        shuffle_buffer: int = 256,
+        repeat: bool = False,
+        epoch: int = 0,
+    ):
         self.urls, self.counts = resolve_shards(shards)
         rank, world_size = int(rank), int(world_size)
         if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"rank must be in [0, world_size) with world_size >= 1, got rank={rank}, "
-                             f"world_size={world_size}")
+            raise ValueError(
+                f"rank must be in [0, world_size) with world_size >= 1, got rank={rank}, world_size={world_size}"
+            )
         if len(self.urls) < world_size:
-            raise ValueError(f"{len(self.urls)} shards cannot be split across {world_size} ranks; write more, "
-                             "smaller shards (openradio data make-shards --max-count N)")
+            raise ValueError(
+                f"{len(self.urls)} shards cannot be split across {world_size} ranks; write more, "
+                "smaller shards (openradio data make-shards --max-count N)"
+            )
         if shuffle_buffer < 0:
             raise ValueError(f"shuffle_buffer must be >= 0, got {shuffle_buffer}")
         self.transform = transform
@@ -323,11 +357,11 @@ class ShardDataset(IterableDataset):
     def rank_shards(self, epoch: int, rank: Optional[int] = None) -> list[int]:
         """Indices (into :attr:`urls`) of the shards ``rank`` (default: this rank) reads in ``epoch``."""
         r = self.rank if rank is None else int(rank)
-        return self.shard_order(epoch)[r:: self.world_size]
+        return self.shard_order(epoch)[r :: self.world_size]
 
     def worker_shards(self, epoch: int, worker: int, num_workers: int) -> list[int]:
         """The shards DataLoader worker ``worker`` of ``num_workers`` on this rank reads in ``epoch``."""
-        return self.rank_shards(epoch)[worker:: num_workers]
+        return self.rank_shards(epoch)[worker::num_workers]
 
     def epoch_count(self, epoch: int, rank: Optional[int] = None) -> Optional[int]:
         """Samples ``rank`` reads in ``epoch`` (``None`` without an index)."""
@@ -410,8 +444,11 @@ class ShardDataset(IterableDataset):
             if not self.repeat:
                 return
             if not read_any:
-                warnings.warn(f"worker {worker} of rank {self.rank} read nothing from its shards in epoch {epoch}; "
-                              "stopping it (are the shards readable?)")
+                warnings.warn(
+                    f"worker {worker} of rank {self.rank} read nothing from its shards in epoch {epoch}; "
+                    "stopping it (are the shards readable?)",
+                    stacklevel=2,
+                )
                 return
             epoch += 1
 
@@ -454,8 +491,15 @@ class ShardLoader:
     and the epoch's set of samples are exact; the interleaving after a resume may differ.)
     """
 
-    def __init__(self, dataset: ShardDataset, batch_size: int, num_workers: int = 0, drop_last: bool = False,
-                 pin_memory: bool = False, **dataloader_kwargs: Any):
+    def __init__(
+        self,
+        dataset: ShardDataset,
+        batch_size: int,
+        num_workers: int = 0,
+        drop_last: bool = False,
+        pin_memory: bool = False,
+        **dataloader_kwargs: Any,
+    ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.dataset, self.batch_size = dataset, int(batch_size)
@@ -463,21 +507,33 @@ class ShardLoader:
         slots = max(1, self.num_workers)
         per_rank = len(dataset.rank_shards(dataset.epoch))
         if per_rank < slots:
-            warnings.warn(f"rank {dataset.rank} has {per_rank} shards for {slots} workers: {slots - per_rank} "
-                          "worker(s) stay idle; write more, smaller shards or use fewer workers")
+            warnings.warn(
+                f"rank {dataset.rank} has {per_rank} shards for {slots} workers: {slots - per_rank} "
+                "worker(s) stay idle; write more, smaller shards or use fewer workers",
+                stacklevel=2,
+            )
         self.epoch = dataset.epoch
         self.workers: list[Optional[list[int]]] = [None] * slots
         self.next_worker = 0  # whose batch comes next (round-robin)
         self.skipped = 0
         # own generator: starting an iterator must not draw from the global (checkpointed) RNG
         dataloader_kwargs.setdefault("generator", torch.Generator().manual_seed(int(dataset.seed)))
-        self._loader = DataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers,
-                                  collate_fn=collate_shard_batch, drop_last=drop_last, pin_memory=pin_memory,
-                                  **dataloader_kwargs)
+        self._loader = DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            collate_fn=collate_shard_batch,
+            drop_last=drop_last,
+            pin_memory=pin_memory,
+            **dataloader_kwargs,
+        )
 
     def __iter__(self) -> Iterator[dict]:
-        self.dataset._resume = {"epoch": self.epoch, "workers": [list(w) if w else None for w in self.workers],
-                                "phase": self.next_worker}
+        self.dataset._resume = {
+            "epoch": self.epoch,
+            "workers": [list(w) if w else None for w in self.workers],
+            "phase": self.next_worker,
+        }
         for batch in self._loader:
             w, e, j, k = batch.pop("position")
             self.workers[w] = [e, j, k + 1]
@@ -497,12 +553,24 @@ class ShardLoader:
 
     def _signature(self) -> dict:
         d = self.dataset
-        return {"num_workers": self.num_workers, "rank": d.rank, "world_size": d.world_size, "seed": d.seed,
-                "num_shards": d.num_shards, "shuffle": d.shuffle, "shuffle_buffer": d.shuffle_buffer}
+        return {
+            "num_workers": self.num_workers,
+            "rank": d.rank,
+            "world_size": d.world_size,
+            "seed": d.seed,
+            "num_shards": d.num_shards,
+            "shuffle": d.shuffle,
+            "shuffle_buffer": d.shuffle_buffer,
+        }
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "workers": [list(w) if w else None for w in self.workers],
-                "next_worker": self.next_worker, **self._signature(), "skipped": self.skipped}
+        return {
+            "epoch": self.epoch,
+            "workers": [list(w) if w else None for w in self.workers],
+            "next_worker": self.next_worker,
+            **self._signature(),
+            "skipped": self.skipped,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         if "epoch" not in state or "workers" not in state:
@@ -514,8 +582,10 @@ class ShardLoader:
         if changed or len(workers) != len(self.workers):
             restart = min([int(state["epoch"])] + [int(w[0]) for w in workers if w is not None])
             what = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()) or "worker count"
-            warnings.warn(f"shard position saved under a different setup ({what}): restarting epoch {restart} "
-                          "from its beginning", stacklevel=2)
+            warnings.warn(
+                f"shard position saved under a different setup ({what}): restarting epoch {restart} from its beginning",
+                stacklevel=2,
+            )
             self.epoch, self.workers, self.next_worker = restart, [None] * len(self.workers), 0
             return
         self.epoch = int(state["epoch"])

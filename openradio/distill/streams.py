@@ -1,5 +1,6 @@
 """Per-partition data streams: this rank's share of the data, one resumable stream per
 (stage, partition), created when first needed and restored from the checkpoint."""
+
 from __future__ import annotations
 
 from openradio.distill import data as D
@@ -13,10 +14,12 @@ __all__ = ["partition_stream", "PartitionStreams"]
 
 def partition_stream(cfg: TrainConfig, part: PartitionConfig, group_rank: int, group_size: int, seed: int):
     """Endless, resumable batches of ``part.resolution`` crops for this rank's share of the data."""
-    transform = make_partition_transform(part.resolution, augment=cfg.data.augment,
-                                         scale=tuple(part.crop_scale), flip=cfg.data.flip)
-    ds = D.build_dataset(cfg.data.path, kind=cfg.data.kind, transform=transform, seed=seed,
-                         rank=group_rank, world_size=group_size)
+    transform = make_partition_transform(
+        part.resolution, augment=cfg.data.augment, scale=tuple(part.crop_scale), flip=cfg.data.flip
+    )
+    ds = D.build_dataset(
+        cfg.data.path, kind=cfg.data.kind, transform=transform, seed=seed, rank=group_rank, world_size=group_size
+    )
     sampler = None
     if not isinstance(ds, ShardDataset):
         sampler = D.ResumableSampler(len(ds), rank=group_rank, world_size=group_size, seed=seed)
@@ -54,7 +57,9 @@ class PartitionStreams:
     @property
     def skipped(self) -> int:
         """Unreadable images skipped so far on this rank (all partitions)."""
-        return sum(s.skipped for s in self.streams.values()) + sum(int(st.get("skipped", 0)) for st in self._saved.values())
+        return sum(s.skipped for s in self.streams.values()) + sum(
+            int(st.get("skipped", 0)) for st in self._saved.values()
+        )
 
     def state_dict(self) -> dict:
         state = dict(self._saved)

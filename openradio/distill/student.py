@@ -4,6 +4,7 @@ The one place the trainer and export create a student: from a typed
 :class:`~openradio.model.config.RadioConfig`; the official checkpoint ``args`` are derived from it
 at the edge (:func:`openradio.formats.official.official_args`) only to be written into checkpoints.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,9 +22,18 @@ from openradio.model.config import BackboneConfig, RadioConfig
 from openradio.model.factory import create_radio
 from openradio.model.radio import RADIOModel
 
-__all__ = ["student_config", "student_args", "preferred_resolution_of", "build_student", "args_to_state",
-           "args_from_state", "SpectralReparam",
-           "apply_spectral_reparam", "fold_spectral_reparam", "has_spectral_reparam"]
+__all__ = [
+    "student_config",
+    "student_args",
+    "preferred_resolution_of",
+    "build_student",
+    "args_to_state",
+    "args_from_state",
+    "SpectralReparam",
+    "apply_spectral_reparam",
+    "fold_spectral_reparam",
+    "has_spectral_reparam",
+]
 
 
 def student_config(cfg: TrainConfig, teachers: Mapping[str, Any]) -> RadioConfig:
@@ -32,17 +42,32 @@ def student_config(cfg: TrainConfig, teachers: Mapping[str, Any]) -> RadioConfig
     entries = []
     for t in cfg.teachers:
         teacher = teachers[t.name]
-        d = {"name": t.name, "type": t.type or t.name, "model": t.model, "pretrained": t.pretrained,
-             "input_size": teacher.input_size,
-             "use_summary": bool(t.summary_weight) and teacher.summary_dim is not None}
+        d = {
+            "name": t.name,
+            "type": t.type or t.name,
+            "model": t.model,
+            "pretrained": t.pretrained,
+            "input_size": teacher.input_size,
+            "use_summary": bool(t.summary_weight) and teacher.summary_dim is not None,
+        }
         if t.fd_upsample_factor > 1:
             d["fd_upsample_factor"] = t.fd_upsample_factor
         entries.append(d)
-    backbone = BackboneConfig(arch=s.model, model_kwargs=dict(s.model_kwargs), cpe_max_size=s.cpe_max_size,
-                              register_multiple=s.register_multiple, drop_rate=0.0,
-                              drop_path_rate=s.drop_path or None)
-    return RadioConfig(backbone=backbone, teachers=entries, mlp_version=s.mlp_version,
-                       mlp_hidden_size=s.mlp_hidden_size, mlp_num_inner=s.mlp_num_inner).with_backbone_tokens()
+    backbone = BackboneConfig(
+        arch=s.model,
+        model_kwargs=dict(s.model_kwargs),
+        cpe_max_size=s.cpe_max_size,
+        register_multiple=s.register_multiple,
+        drop_rate=0.0,
+        drop_path_rate=s.drop_path or None,
+    )
+    return RadioConfig(
+        backbone=backbone,
+        teachers=entries,
+        mlp_version=s.mlp_version,
+        mlp_hidden_size=s.mlp_hidden_size,
+        mlp_num_inner=s.mlp_num_inner,
+    ).with_backbone_tokens()
 
 
 def preferred_resolution_of(cfg: TrainConfig) -> list[int]:
@@ -55,14 +80,20 @@ def student_args(cfg: TrainConfig, teachers: Mapping[str, Any]) -> argparse.Name
     """The official checkpoint ``args`` of the student (converted at the edge, in
     :func:`openradio.formats.official.official_args`), with the recipe fields the official format
     carries and the resolution the student was trained at (``model.preferred_resolution`` on load)."""
-    return official_args(student_config(cfg, teachers),
-                         feature_normalization="PHI_S" if cfg.phi_s.enabled else None,
-                         amp_dtype="bfloat16" if cfg.amp else None,
-                         preferred_resolution=preferred_resolution_of(cfg))
+    return official_args(
+        student_config(cfg, teachers),
+        feature_normalization="PHI_S" if cfg.phi_s.enabled else None,
+        amp_dtype="bfloat16" if cfg.amp else None,
+        preferred_resolution=preferred_resolution_of(cfg),
+    )
 
 
-def build_student(config: RadioConfig | argparse.Namespace, head_dims: Mapping[str, tuple[Optional[int], int]], *,
-                  spectral_reparam: bool = False) -> RADIOModel:
+def build_student(
+    config: RadioConfig | argparse.Namespace,
+    head_dims: Mapping[str, tuple[Optional[int], int]],
+    *,
+    spectral_reparam: bool = False,
+) -> RADIOModel:
     """A fresh student (new weights, drawn from the global RNG) from its typed config (or official
     ``args``, converted at the edge) and head widths ``{teacher: (summary_dim, feature_dim)}``;
     ``spectral_reparam``: train the ViT blocks' Linear layers sigma-reparametrised."""
@@ -100,8 +131,9 @@ class SpectralReparam(nn.Module):
         self.register_buffer("_v", v.to(weight.dtype))
         sigma = float(torch.dot(u, w @ v)) + eps
         target = max(sigma - 0.05, 1e-4)  # softplus(scale) + 0.05 == sigma at initialisation
-        self.scale = nn.Parameter(torch.tensor(target + math.log(-math.expm1(-target)), dtype=weight.dtype,
-                                               device=weight.device))
+        self.scale = nn.Parameter(
+            torch.tensor(target + math.log(-math.expm1(-target)), dtype=weight.dtype, device=weight.device)
+        )
 
     def forward(self, weight: Tensor) -> Tensor:
         if self.training and self.armed:

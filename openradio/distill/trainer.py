@@ -18,6 +18,7 @@ teachers' targets (PHI-S-normalised features, summaries; run live, or read by sa
 (CPE random crop, position dropout), the losses, backward; then one optimiser step, EMA and PHI-S
 updates. Run under ``torchrun`` for several processes.
 """
+
 from __future__ import annotations
 
 import copy
@@ -95,12 +96,14 @@ class Trainer:
         else:
             self.teachers = teachers if teachers is not None else build_teachers(cfg, self.device)
         self.args = student_args(cfg, self.teachers)
-        self.head_dims = {t.name: (self.teachers[t.name].summary_dim, self.teachers[t.name].feature_dim)
-                          for t in cfg.teachers}
+        self.head_dims = {
+            t.name: (self.teachers[t.name].summary_dim, self.teachers[t.name].feature_dim) for t in cfg.teachers
+        }
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
-            student = build_student(student_config(cfg, self.teachers), self.head_dims,
-                                    spectral_reparam=cfg.student.spectral_reparam)
+            student = build_student(
+                student_config(cfg, self.teachers), self.head_dims, spectral_reparam=cfg.student.spectral_reparam
+            )
         student.patch_generator.pos_dropout = cfg.student.pos_dropout
         student.patch_generator.random_crop = cfg.student.cpe_random_crop
         self.student: RADIOModel = student.to(self.device)
@@ -114,14 +117,24 @@ class Trainer:
         self.optimizer = build_optimizer(self.student, cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.total_steps)
         ps = cfg.phi_s
-        self.phi_s = nn.ModuleDict({key: PhiSNormalizer(self.teachers[t].feature_dim, ps.update_every, ps.freeze_after,
-                                                        align=ps.align, align_tol=ps.align_tol)
-                                    for key, t in self._phi_s_keys()}).to(self.device)
+        self.phi_s = nn.ModuleDict(
+            {
+                key: PhiSNormalizer(
+                    self.teachers[t].feature_dim,
+                    ps.update_every,
+                    ps.freeze_after,
+                    align=ps.align,
+                    align_tol=ps.align_tol,
+                )
+                for key, t in self._phi_s_keys()
+            }
+        ).to(self.device)
         self.step = 0
         self.nonfinite = 0
         self.data = PartitionStreams(cfg, self.env.rank, self.env.world_size)
-        self.ckpt = CheckpointManager(self.out_dir / "checkpoints", keep_last=cfg.keep_checkpoints,
-                                      is_writer=self.env.is_main)
+        self.ckpt = CheckpointManager(
+            self.out_dir / "checkpoints", keep_last=cfg.keep_checkpoints, is_writer=self.env.is_main
+        )
         self.logger = MetricsLogger(self.out_dir, cfg, enabled=self.env.is_main, world_size=self.env.world_size)
         self._check_resolutions()
 
@@ -134,8 +147,9 @@ class Trainer:
         """The side teacher ``name`` runs at in ``part`` (for a student side other than the
         partition's own when the partition samples its resolution)."""
         t = self.teachers[name]
-        return P.teacher_resolution(self.cfg, part, name, t.input_size, t.patch_size, self.student.patch_size,
-                                    student_resolution)
+        return P.teacher_resolution(
+            self.cfg, part, name, t.input_size, t.patch_size, self.student.patch_size, student_resolution
+        )
 
     def _phi_s_key(self, part: PartitionConfig, name: str) -> str:
         """The normaliser of ``name`` in ``part``: keyed by the partition's nominal resolution, so a
@@ -157,8 +171,10 @@ class Trainer:
             for part in st.partitions:
                 bad = [r for r in [part.resolution, *(part.resolutions or [])] if r % p]
                 if bad:
-                    raise ValueError(f"stages[{si}] partition {part.name!r}: student sides {bad} are not multiples of "
-                                     f"the student's patch size {p}")
+                    raise ValueError(
+                        f"stages[{si}] partition {part.name!r}: student sides {bad} are not multiples of "
+                        f"the student's patch size {p}"
+                    )
 
     def stage_phi_s_keys(self, stage: int) -> dict[str, str]:
         """The PHI-S normalisers (``teacher@resolution`` -> teacher) that stage ``stage`` uses, over
@@ -187,8 +203,9 @@ class Trainer:
             teacher = self.teachers[name]
             res = self.teacher_resolution(part, name, images.shape[-1])
             if self.cache is not None:  # per view alone for mosaic teachers (see teacher_cache)
-                summary, feats = self.cache.lookup(keys, name, part.resolution, images.shape[-1], res,
-                                                   name in part.mosaic, device=self.device)
+                summary, feats = self.cache.lookup(
+                    keys, name, part.resolution, images.shape[-1], res, name in part.mosaic, device=self.device
+                )
             else:
                 # bf16 autocast for the teachers too: they are most of a step's FLOPs in the B/L recipes
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp):
@@ -218,8 +235,15 @@ class Trainer:
             out[name] = (summary, feats)
         return out
 
-    def _partition_loss(self, part: PartitionConfig, images: torch.Tensor, scales: dict, metrics: dict,
-                        raw: Optional[dict] = None, keys: Optional[list] = None) -> torch.Tensor:
+    def _partition_loss(
+        self,
+        part: PartitionConfig,
+        images: torch.Tensor,
+        scales: dict,
+        metrics: dict,
+        raw: Optional[dict] = None,
+        keys: Optional[list] = None,
+    ) -> torch.Tensor:
         """This partition's loss: every teacher's summary and feature terms, each weighted once (in
         ``distill_loss``) by the teacher's weight times its partition-layout scale."""
         if self.cfg.amp:
@@ -228,16 +252,19 @@ class Trainer:
             out = self.model(images, feature_fmt="NCHW", vitdet_window=self._vitdet_window(images.shape[-1]))
         targets = self._targets(part, raw if raw is not None else self._teacher_outputs(part, images, keys))
         student = {n: (out[n].summary, out[n].features.float()) for n in targets}
-        weights = {n: (scales[n] * self.cfg.teacher(n).summary_weight, scales[n] * self.cfg.teacher(n).feature_weight)
-                   for n in targets}
+        weights = {
+            n: (scales[n] * self.cfg.teacher(n).summary_weight, scales[n] * self.cfg.teacher(n).feature_weight)
+            for n in targets
+        }
         losses = distill_loss(student, targets, weights, feature_loss_kind=self.cfg.feature_loss)
         for k, v in losses.items():
             if k != "total":
                 metrics[f"{part.name}/{k}"] = v.item()
         # every head takes part in the graph on every rank (zero gradient where unsupervised),
         # so DDP's reducer sees the same parameters everywhere
-        return losses["total"] + sum(0.0 * (o.summary.float().sum() + o.features.float().sum())
-                                     for k, o in out.items() if k != "backbone")
+        return losses["total"] + sum(
+            0.0 * (o.summary.float().sum() + o.features.float().sum()) for k, o in out.items() if k != "backbone"
+        )
 
     def _vitdet_window(self, res: int) -> Optional[int]:
         if self.cfg.vitdet_aug_prob <= 0 or torch.rand(()) >= self.cfg.vitdet_aug_prob:
@@ -274,10 +301,14 @@ class Trainer:
         stage, t0 = P.stage_at(self.cfg, self.step), time.perf_counter()
         scales = P.loss_scales(self.cfg, stage, self.env.world_size)
         accum = max(self.cfg.optim.accumulation, 1)
-        passes = [p for _ in range(accum) for p in P.rank_partitions(self.cfg, stage, self.env.rank, self.env.world_size)]
+        passes = [
+            p for _ in range(accum) for p in P.rank_partitions(self.cfg, stage, self.env.rank, self.env.world_size)
+        ]
         fetched = [self.data.next_batch(stage, p, with_keys=True) for p in passes]  # (images, sample keys)
-        batches = [resize_square(images.to(self.device, non_blocking=True), self._student_resolution(stage, p, i))
-                   for i, (p, (images, _)) in enumerate(zip(passes, fetched))]
+        batches = [
+            resize_square(images.to(self.device, non_blocking=True), self._student_resolution(stage, p, i))
+            for i, (p, (images, _)) in enumerate(zip(passes, fetched))
+        ]
         keys = [k for _, k in fetched]
         raw = self._initialize_new_normalizers(stage, passes, batches, keys)
         self.model.train()
@@ -297,8 +328,12 @@ class Trainer:
         for key in self.stage_phi_s_keys(stage):  # each counts the steps in which it saw data
             self.phi_s[key].step()
         self.step += 1
-        metrics.update(loss=loss_sum, images_per_s=sum(b.shape[0] for b in batches) / max(time.perf_counter() - t0, 1e-9),
-                       skipped_images=self.data.skipped, peak_mem_mb=peak_memory_mb(self.device))
+        metrics.update(
+            loss=loss_sum,
+            images_per_s=sum(b.shape[0] for b in batches) / max(time.perf_counter() - t0, 1e-9),
+            skipped_images=self.data.skipped,
+            peak_mem_mb=peak_memory_mb(self.device),
+        )
         if self.env.distributed and (self.step % self.cfg.log_every == 0 or self.step == self.cfg.total_steps):
             metrics = merge_rank_metrics(metrics, self.env.world_size)
         metrics.update(step=self.step, stage=stage, lr=lr, nonfinite=self.nonfinite)
@@ -314,8 +349,10 @@ class Trainer:
             self.nonfinite += 1
             warnings.warn(f"step {self.step}: non-finite loss, step skipped ({self.nonfinite} so far)", stacklevel=2)
             if self.nonfinite > self.cfg.max_nonfinite:
-                raise FloatingPointError(f"stopping: {self.nonfinite} non-finite steps (max_nonfinite="
-                                         f"{self.cfg.max_nonfinite}); lower the learning rate or check the data")
+                raise FloatingPointError(
+                    f"stopping: {self.nonfinite} non-finite steps (max_nonfinite="
+                    f"{self.cfg.max_nonfinite}); lower the learning rate or check the data"
+                )
         else:
             if self.cfg.optim.grad_clip > 0:
                 nn.utils.clip_grad_norm_(self.student.parameters(), self.cfg.optim.grad_clip)
@@ -392,8 +429,9 @@ class Trainer:
 
     def _optim_state(self) -> dict:
         if self._sharded:
-            return get_optimizer_state_dict(self.student, self.optimizer,
-                                            options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+            return get_optimizer_state_dict(
+                self.student, self.optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+            )
         return self.optimizer.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
@@ -412,8 +450,11 @@ class Trainer:
         self.nonfinite = int(state.get("nonfinite", 0))
         per_rank = state["per_rank"]
         if len(per_rank) != self.env.world_size:
-            warnings.warn(f"checkpoint was written by {len(per_rank)} ranks, resuming on {self.env.world_size}: "
-                          "data positions and random streams restart from the checkpoint's rank 0", stacklevel=2)
+            warnings.warn(
+                f"checkpoint was written by {len(per_rank)} ranks, resuming on {self.env.world_size}: "
+                "data positions and random streams restart from the checkpoint's rank 0",
+                stacklevel=2,
+            )
         mine = per_rank[self.env.rank] if self.env.rank < len(per_rank) else per_rank[0]
         restore_rng_state(mine["rng"])
         self.data.load_state_dict(mine["streams"])

@@ -8,6 +8,7 @@ Datasets come in two forms:
 * a **list file**: one ``path<TAB>label`` per line, paths relative to the file's folder; labels are
   either integer class indices or class names.
 """
+
 from __future__ import annotations
 
 import csv
@@ -23,9 +24,18 @@ from torch.utils.data import DataLoader, Dataset
 from openradio.inputs.imageio import IMAGE_EXTENSIONS, ImageLoadError, is_image_name, load_image, resize_center_crop
 
 __all__ = [
-    "IMAGE_EXTENSIONS", "load_image", "resize_center_crop", "LabelledImages", "read_image_folder",
-    "read_image_list", "read_labelled_images", "read_classnames", "ImageSetDataset", "collate_same_shape",
-    "iterate_batches", "write_csv",
+    "IMAGE_EXTENSIONS",
+    "load_image",
+    "resize_center_crop",
+    "LabelledImages",
+    "read_image_folder",
+    "read_image_list",
+    "read_labelled_images",
+    "read_classnames",
+    "ImageSetDataset",
+    "collate_same_shape",
+    "iterate_batches",
+    "write_csv",
 ]
 
 # ----------------------------------------------------------------------------------------------------------
@@ -35,6 +45,7 @@ __all__ = [
 @dataclass
 class LabelledImages:
     """A list of (image path, class index) plus the class names."""
+
     paths: list[Path]
     labels: list[int]
     classnames: list[str]
@@ -54,8 +65,10 @@ def read_image_folder(root: str | os.PathLike) -> LabelledImages:
         raise FileNotFoundError(f"image folder {str(root)!r} does not exist")
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
-        raise ValueError(f"{str(root)!r} has no class sub-folders; expected DIR/<class>/<image> (ImageFolder "
-                         "layout) or a list file with 'path<TAB>label' lines")
+        raise ValueError(
+            f"{str(root)!r} has no class sub-folders; expected DIR/<class>/<image> (ImageFolder "
+            "layout) or a list file with 'path<TAB>label' lines"
+        )
     paths, labels = [], []
     for idx, c in enumerate(classes):
         files = sorted(p for p in (root / c).rglob("*") if is_image_name(p.name) and p.is_file())
@@ -90,11 +103,14 @@ def read_image_list(list_file: str | os.PathLike, classnames: Sequence[str] | No
         labels = [int(lbl) for _, lbl in rows]
         n = max(labels) + 1
         if classnames is None:
-            raise ValueError(f"{list_file} has integer labels; pass the class names too (--classnames FILE or "
-                             "'imagenet')")
+            raise ValueError(
+                f"{list_file} has integer labels; pass the class names too (--classnames FILE or 'imagenet')"
+            )
         if min(labels) < 0 or n > len(classnames):
-            raise ValueError(f"{list_file}: labels must lie in [0, {len(classnames)}) for the "
-                             f"{len(classnames)} class names given; found {min(labels)}..{n - 1}")
+            raise ValueError(
+                f"{list_file}: labels must lie in [0, {len(classnames)}) for the "
+                f"{len(classnames)} class names given; found {min(labels)}..{n - 1}"
+            )
         names = list(classnames)
     else:
         names = list(classnames) if classnames is not None else sorted({lbl for _, lbl in rows})
@@ -117,14 +133,17 @@ def read_labelled_images(path: str | os.PathLike, classnames: Sequence[str] | No
         data = read_image_folder(path)
         if classnames is not None:
             if len(classnames) != data.num_classes:
-                raise ValueError(f"{len(classnames)} class names given but {str(path)!r} has {data.num_classes} "
-                                 "class folders; give one name per folder, in sorted folder order")
+                raise ValueError(
+                    f"{len(classnames)} class names given but {str(path)!r} has {data.num_classes} "
+                    "class folders; give one name per folder, in sorted folder order"
+                )
             data.classnames = list(classnames)
         return data
     if path.is_file():
         return read_image_list(path, classnames)
-    raise FileNotFoundError(f"data {str(path)!r} not found; pass an ImageFolder directory or a "
-                            "'path<TAB>label' list file")
+    raise FileNotFoundError(
+        f"data {str(path)!r} not found; pass an ImageFolder directory or a 'path<TAB>label' list file"
+    )
 
 
 def read_classnames(spec: str | None) -> list[str] | None:
@@ -134,11 +153,11 @@ def read_classnames(spec: str | None) -> list[str] | None:
         return None
     if spec.lower() in ("imagenet", "imagenet1k", "imagenet-1k"):
         from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+
         return list(IMAGENET_CLASSNAMES)
     p = Path(spec)
     if not p.is_file():
-        raise FileNotFoundError(f"class-name file {spec!r} not found; pass a file with one name per line or "
-                                "'imagenet'")
+        raise FileNotFoundError(f"class-name file {spec!r} not found; pass a file with one name per line or 'imagenet'")
     names = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
     if not names:
         raise ValueError(f"class-name file {spec!r} is empty")
@@ -176,6 +195,7 @@ def load_or_none(path: str | os.PathLike) -> Optional[torch.Tensor]:
 
 class SubBatches(list):
     """The sub-batches of one loader batch, plus the dataset indices of the unreadable images."""
+
     skipped: list
 
 
@@ -188,8 +208,10 @@ def collate_same_shape(items: list[tuple[Optional[torch.Tensor], int, int]]) -> 
     for img, lbl, idx in items:
         if img is not None:
             groups.setdefault(tuple(img.shape), []).append((img, lbl, idx))
-    out.extend((torch.stack([g[0] for g in grp]), torch.tensor([g[1] for g in grp]),
-                torch.tensor([g[2] for g in grp])) for grp in groups.values())
+    out.extend(
+        (torch.stack([g[0] for g in grp]), torch.tensor([g[1] for g in grp]), torch.tensor([g[2] for g in grp]))
+        for grp in groups.values()
+    )
     return out
 
 
@@ -199,9 +221,13 @@ def warn_skipped(paths: Sequence[Path]) -> None:
         warnings.warn(f"skipping unreadable image {p} (corrupt, truncated or not an image)", stacklevel=3)
 
 
-def iterate_batches(data: LabelledImages | Sequence[str | os.PathLike], resolution: int, batch_size: int = 32,
-                    num_workers: int = 0, skipped: Optional[list] = None,
-                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+def iterate_batches(
+    data: LabelledImages | Sequence[str | os.PathLike],
+    resolution: int,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    skipped: Optional[list] = None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Yield (images (B,3,R,R) in [0,1], labels (B,), dataset indices (B,)), each batch one shape.
 
     Unreadable images are skipped with a warning each; their dataset indices are appended to
@@ -209,8 +235,9 @@ def iterate_batches(data: LabelledImages | Sequence[str | os.PathLike], resoluti
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
     dataset = ImageSetDataset(data, resolution)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                        num_workers=num_workers, collate_fn=collate_same_shape)
+    loader = DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate_same_shape
+    )
     for sub_batches in loader:
         if sub_batches.skipped:
             warn_skipped([dataset.paths[i] for i in sub_batches.skipped])

@@ -17,6 +17,7 @@ Per resolution, over all images and positions:
 
 A student that "mode switches" shows a jump in MSE at some resolution.
 """
+
 from __future__ import annotations
 
 import math
@@ -38,9 +39,20 @@ from openradio.viz.plots import new_figure, save_figure
 TEACHER_KEYS = ("name", "type", "model", "pretrained", "input_size")
 
 __all__ = [
-    "resolution_range", "parse_resolution_range", "teacher_resolution", "align_teacher", "FeatureAgreement",
-    "ModeSwitchRow", "CSV_COLUMNS", "run_mode_switch", "write_mode_switch_csv", "plot_mode_switch",
-    "teacher_entry_config", "run_mode_switch_grid", "summarize_mode_switch", "write_mode_switch_table",
+    "resolution_range",
+    "parse_resolution_range",
+    "teacher_resolution",
+    "align_teacher",
+    "FeatureAgreement",
+    "ModeSwitchRow",
+    "CSV_COLUMNS",
+    "run_mode_switch",
+    "write_mode_switch_csv",
+    "plot_mode_switch",
+    "teacher_entry_config",
+    "run_mode_switch_grid",
+    "summarize_mode_switch",
+    "write_mode_switch_table",
     "plot_mode_switch_grid",
 ]
 
@@ -110,16 +122,18 @@ class FeatureAgreement:
     """Streaming MSE / cosine / per-channel variance statistics of student vs teacher maps (float64 sums)."""
 
     def __init__(self) -> None:
-        self.n_vals = 0       # number of feature values (N*C*H*W)
-        self.n_pos = 0        # number of positions (N*H*W)
+        self.n_vals = 0  # number of feature values (N*C*H*W)
+        self.n_pos = 0  # number of positions (N*H*W)
         self.sq_err = 0.0
         self.cos_sum = 0.0
         self.t_sum = self.t_sq = self.s_sum = self.s_sq = None  # per-channel sums
 
     def update(self, student: torch.Tensor, teacher: torch.Tensor) -> None:
         if student.shape != teacher.shape:
-            raise ValueError(f"student features {tuple(student.shape)} and teacher features "
-                             f"{tuple(teacher.shape)} differ; align the teacher first")
+            raise ValueError(
+                f"student features {tuple(student.shape)} and teacher features "
+                f"{tuple(teacher.shape)} differ; align the teacher first"
+            )
         s, t = student.double(), teacher.double()
         c = s.shape[1]
         self.n_vals += s.numel()
@@ -131,8 +145,10 @@ class FeatureAgreement:
         if self.t_sum is None:
             self.t_sum, self.t_sq, self.s_sum, self.s_sq = (x.cpu() for x in sums)
         else:
-            self.t_sum += sums[0].cpu(); self.t_sq += sums[1].cpu()  # noqa: E702
-            self.s_sum += sums[2].cpu(); self.s_sq += sums[3].cpu()  # noqa: E702
+            self.t_sum += sums[0].cpu()
+            self.t_sq += sums[1].cpu()  # noqa: E702
+            self.s_sum += sums[2].cpu()
+            self.s_sq += sums[3].cpu()  # noqa: E702
 
     @staticmethod
     def _var(total: torch.Tensor, sq: torch.Tensor, n: int) -> float:
@@ -145,8 +161,13 @@ class FeatureAgreement:
         mse = self.sq_err / self.n_vals
         tvar = self._var(self.t_sum, self.t_sq, self.n_pos)
         svar = self._var(self.s_sum, self.s_sq, self.n_pos)
-        return {"MSE": mse, "CosError": 1.0 - self.cos_sum / self.n_pos,
-                "Fidelity": tvar / mse if mse > 0 else math.inf, "PredVariance": svar, "TeacherVariance": tvar}
+        return {
+            "MSE": mse,
+            "CosError": 1.0 - self.cos_sum / self.n_pos,
+            "Fidelity": tvar / mse if mse > 0 else math.inf,
+            "PredVariance": svar,
+            "TeacherVariance": tvar,
+        }
 
 
 @dataclass
@@ -159,8 +180,14 @@ class ModeSwitchRow:
     teacher_variance: float
 
     def as_csv(self) -> list:
-        return [self.resolution, f"{self.mse:.8g}", f"{self.cos_error:.8g}", f"{self.fidelity:.8g}",
-                f"{self.pred_variance:.8g}", f"{self.teacher_variance:.8g}"]
+        return [
+            self.resolution,
+            f"{self.mse:.8g}",
+            f"{self.cos_error:.8g}",
+            f"{self.fidelity:.8g}",
+            f"{self.pred_variance:.8g}",
+            f"{self.teacher_variance:.8g}",
+        ]
 
 
 class _PairDataset(Dataset):
@@ -203,9 +230,19 @@ def _input_side(input_size) -> int:
 
 
 @torch.no_grad()
-def run_mode_switch(model: torch.nn.Module, teacher, adaptor: str, image_paths: Sequence[str | os.PathLike],
-                    resolutions: Iterable[int], *, batch_size: int = 8, device: torch.device | str | None = None,
-                    amp: bool = False, num_workers: int = 0, progress: bool = True) -> list[ModeSwitchRow]:
+def run_mode_switch(
+    model: torch.nn.Module,
+    teacher,
+    adaptor: str,
+    image_paths: Sequence[str | os.PathLike],
+    resolutions: Iterable[int],
+    *,
+    batch_size: int = 8,
+    device: torch.device | str | None = None,
+    amp: bool = False,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> list[ModeSwitchRow]:
     """Student adaptor features vs teacher features at each resolution (see the module docstring)."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     if not image_paths:
@@ -217,12 +254,19 @@ def run_mode_switch(model: torch.nn.Module, teacher, adaptor: str, image_paths: 
     resolutions = list(resolutions)
     for res in tqdm(resolutions, desc=f"mode switch ({adaptor})", disable=not progress, unit="res"):
         if res % getattr(model, "min_resolution_step", sp):
-            raise ValueError(f"resolution {res} is not a multiple of the model's step "
-                             f"{model.min_resolution_step}; use a step that is a multiple of it")
+            raise ValueError(
+                f"resolution {res} is not a multiple of the model's step "
+                f"{model.min_resolution_step}; use a step that is a multiple of it"
+            )
         t_res = teacher_resolution(res, sp, tp) if multires else _input_side(teacher.input_size)
         stats = FeatureAgreement()
-        loader = DataLoader(_PairDataset(image_paths, res, t_res), batch_size=batch_size, shuffle=False,
-                            num_workers=num_workers, collate_fn=_collate_pairs)
+        loader = DataLoader(
+            _PairDataset(image_paths, res, t_res),
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=num_workers,
+            collate_fn=_collate_pairs,
+        )
         for s_img, t_img, bad in loader:
             if bad and res == resolutions[0]:  # the same files at every resolution: say it once
                 warn_skipped([Path(image_paths[i]) for i in bad])
@@ -234,17 +278,23 @@ def run_mode_switch(model: torch.nn.Module, teacher, adaptor: str, image_paths: 
             s_feat = select_output(out, adaptor).features.float()
             t_feat = t_out.features.float()
             if s_feat.shape[1] != t_feat.shape[1]:
-                raise ValueError(f"the {adaptor!r} adaptor gives {s_feat.shape[1]} channels but the teacher "
-                                 f"{t_feat.shape[1]}; is this the right teacher for the adaptor?")
+                raise ValueError(
+                    f"the {adaptor!r} adaptor gives {s_feat.shape[1]} channels but the teacher "
+                    f"{t_feat.shape[1]}; is this the right teacher for the adaptor?"
+                )
             stats.update(s_feat, align_teacher(t_feat, tuple(s_feat.shape[-2:])))
         r = stats.result()
-        rows.append(ModeSwitchRow(res, r["MSE"], r["CosError"], r["Fidelity"], r["PredVariance"],
-                                  r["TeacherVariance"]))
+        rows.append(ModeSwitchRow(res, r["MSE"], r["CosError"], r["Fidelity"], r["PredVariance"], r["TeacherVariance"]))
     return rows
 
 
-def run_mode_switch_grid(models: dict[str, torch.nn.Module], teachers: dict, image_paths: Sequence[str | os.PathLike],
-                         resolutions: Iterable[int], **kwargs) -> dict[str, dict[str, list[ModeSwitchRow]]]:
+def run_mode_switch_grid(
+    models: dict[str, torch.nn.Module],
+    teachers: dict,
+    image_paths: Sequence[str | os.PathLike],
+    resolutions: Iterable[int],
+    **kwargs,
+) -> dict[str, dict[str, list[ModeSwitchRow]]]:
     """:func:`run_mode_switch` for every teacher (by adaptor name) and every model (by label):
     ``{teacher: {model: rows}}``, each model at the resolutions snapped to its own step
     (``kwargs`` as there). What :func:`write_mode_switch_table` and :func:`plot_mode_switch_grid` take."""
@@ -261,18 +311,31 @@ def run_mode_switch_grid(models: dict[str, torch.nn.Module], teachers: dict, ima
 
 def summarize_mode_switch(results: dict[str, dict[str, Sequence[ModeSwitchRow]]]) -> dict:
     """``{teacher: {model: {"mean_mse", "mean_cos_error"}}}``: the means over resolutions."""
-    return {t: {label: {"mean_mse": sum(r.mse for r in rows) / len(rows),
-                        "mean_cos_error": sum(r.cos_error for r in rows) / len(rows)}
-                for label, rows in pm.items()} for t, pm in results.items()}
+    return {
+        t: {
+            label: {
+                "mean_mse": sum(r.mse for r in rows) / len(rows),
+                "mean_cos_error": sum(r.cos_error for r in rows) / len(rows),
+            }
+            for label, rows in pm.items()
+        }
+        for t, pm in results.items()
+    }
 
 
 def write_mode_switch_csv(rows: Sequence[ModeSwitchRow], path: str | os.PathLike) -> Path:
     return write_csv(path, CSV_COLUMNS, [r.as_csv() for r in rows])
 
 
-def plot_mode_switch(results: dict[str, Sequence[ModeSwitchRow]], path: str | os.PathLike, *,
-                     teacher: str = "dino_v2", metric: str = "mse", size_px: tuple[int, int] = (1000, 600),
-                     dpi: int = 100) -> Path:
+def plot_mode_switch(
+    results: dict[str, Sequence[ModeSwitchRow]],
+    path: str | os.PathLike,
+    *,
+    teacher: str = "dino_v2",
+    metric: str = "mse",
+    size_px: tuple[int, int] = (1000, 600),
+    dpi: int = 100,
+) -> Path:
     """PNG of the error against resolution, one line per model (the tech report's figure)."""
 
     label = {"mse": "MSE", "cos_error": "1 - cosine similarity", "fidelity": "Fidelity (Var / MSE)"}
@@ -293,15 +356,35 @@ def plot_mode_switch(results: dict[str, Sequence[ModeSwitchRow]], path: str | os
     return save_figure(fig, path, dpi=dpi)
 
 
-MODE_SWITCH_TABLE_COLUMNS = ("teacher", "model", "resolution", "mse", "cos_error", "fidelity", "pred_variance",
-                             "teacher_variance")
+MODE_SWITCH_TABLE_COLUMNS = (
+    "teacher",
+    "model",
+    "resolution",
+    "mse",
+    "cos_error",
+    "fidelity",
+    "pred_variance",
+    "teacher_variance",
+)
 
 
 def write_mode_switch_table(results: dict[str, dict[str, Sequence[ModeSwitchRow]]], path: str | os.PathLike) -> Path:
     """One CSV for several teachers and models: ``results[teacher][model] = rows``."""
-    rows = [[tname, label, r.resolution, f"{r.mse:.8g}", f"{r.cos_error:.8g}", f"{r.fidelity:.8g}",
-             f"{r.pred_variance:.8g}", f"{r.teacher_variance:.8g}"]
-            for tname, per_model in results.items() for label, rs in per_model.items() for r in rs]
+    rows = [
+        [
+            tname,
+            label,
+            r.resolution,
+            f"{r.mse:.8g}",
+            f"{r.cos_error:.8g}",
+            f"{r.fidelity:.8g}",
+            f"{r.pred_variance:.8g}",
+            f"{r.teacher_variance:.8g}",
+        ]
+        for tname, per_model in results.items()
+        for label, rs in per_model.items()
+        for r in rs
+    ]
     return write_csv(path, MODE_SWITCH_TABLE_COLUMNS, rows)
 
 
@@ -320,8 +403,14 @@ def plot_mode_switch_grid(results: dict[str, dict[str, Sequence[ModeSwitchRow]]]
             ax_mse.plot(xs, [r.mse for r in rows], label=label, **style)
             ax_cos.plot(xs, [r.cos_error for r in rows], label=label, **style)
         first = next(iter(per_model.values()))
-        ax_mse.plot([r.resolution for r in first], [r.teacher_variance for r in first], color="grey",
-                    linestyle=":", linewidth=1.2, label="predict the channel mean")
+        ax_mse.plot(
+            [r.resolution for r in first],
+            [r.teacher_variance for r in first],
+            color="grey",
+            linestyle=":",
+            linewidth=1.2,
+            label="predict the channel mean",
+        )
         ax_mse.set_yscale("log")
         ax_mse.set_title(f"{tname}: MSE to the teacher's features")
         ax_cos.set_title(f"{tname}: 1 - cosine similarity")

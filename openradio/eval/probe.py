@@ -15,6 +15,7 @@ Classification (``probe_classification``): the model's summary (backbone or an a
 standardised with the training set's statistics, into one linear layer trained with AdamW;
 reports top-1 / top-5 and per-class accuracy.
 """
+
 from __future__ import annotations
 
 import math
@@ -33,9 +34,17 @@ from openradio.eval.data import IMAGE_EXTENSIONS, LabelledImages, iterate_batche
 from openradio.inputs.imageio import is_image_name, resize_image
 from openradio.runtime import autocast, select_output
 
-__all__ = ["SegmentationSet", "read_segmentation_folder", "load_mask", "probe_segmentation", "SegProbeResult",
-           "LinearSegHead",
-           "probe_classification", "ClsProbeResult", "confusion_iou"]
+__all__ = [
+    "SegmentationSet",
+    "read_segmentation_folder",
+    "load_mask",
+    "probe_segmentation",
+    "SegProbeResult",
+    "LinearSegHead",
+    "probe_classification",
+    "ClsProbeResult",
+    "confusion_iou",
+]
 
 MASK_DIRS = ("masks", "annotations", "labels")
 
@@ -59,8 +68,10 @@ def read_segmentation_folder(root: str | os.PathLike) -> SegmentationSet:
     img_dir = root / "images"
     mask_dir = next((root / d for d in MASK_DIRS if (root / d).is_dir()), None)
     if not img_dir.is_dir() or mask_dir is None:
-        raise ValueError(f"{str(root)!r} must hold images/ and masks/ (or annotations/ or labels/) sub-folders "
-                         "with one class-index PNG mask per image, same file stem")
+        raise ValueError(
+            f"{str(root)!r} must hold images/ and masks/ (or annotations/ or labels/) sub-folders "
+            "with one class-index PNG mask per image, same file stem"
+        )
     masks = {p.stem: p for p in mask_dir.iterdir() if p.suffix.lower() == ".png"}
     images, paired = [], []
     for p in sorted(img_dir.iterdir()):
@@ -80,8 +91,10 @@ def load_mask(path: str | os.PathLike) -> torch.Tensor:
 
     with Image.open(path) as im:
         if im.mode not in ("L", "P", "I", "I;16", "I;16B", "I;16L"):
-            raise ValueError(f"mask {path} is a {im.mode} image; masks must be single-channel class-index PNGs "
-                             "(mode L or P: pixel value = class index, 255 = ignore)")
+            raise ValueError(
+                f"mask {path} is a {im.mode} image; masks must be single-channel class-index PNGs "
+                "(mode L or P: pixel value = class index, 255 = ignore)"
+            )
         arr = np.array(im)
     return torch.from_numpy(arr.astype(np.int64))
 
@@ -91,11 +104,21 @@ def _images_tensor(paths: Sequence[Path], resolution: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _extract_spatial(model, paths: Sequence[Path], resolution: int, *, batch_size: int, device, amp: bool,
-                     adaptor: Optional[str], progress: bool, desc: str) -> torch.Tensor:
+def _extract_spatial(
+    model,
+    paths: Sequence[Path],
+    resolution: int,
+    *,
+    batch_size: int,
+    device,
+    amp: bool,
+    adaptor: Optional[str],
+    progress: bool,
+    desc: str,
+) -> torch.Tensor:
     chunks = []
     for i in tqdm(range(0, len(paths), batch_size), desc=desc, disable=not progress, unit="batch"):
-        x = _images_tensor(paths[i:i + batch_size], resolution).to(device)
+        x = _images_tensor(paths[i : i + batch_size], resolution).to(device)
         with autocast(device, amp):
             out = model(x, feature_fmt="NCHW")
         chunks.append(select_output(out, adaptor).features.float().cpu().to(torch.float16))
@@ -116,7 +139,7 @@ def confusion_iou(conf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 class SegProbeResult:
     miou: float
     pixel_accuracy: float
-    iou: list[float]               # per class, NaN where the class never occurs
+    iou: list[float]  # per class, NaN where the class never occurs
     classnames: list[str]
     resolution: int
     num_train: int
@@ -136,8 +159,21 @@ class LinearSegHead(nn.Module):
         return self.conv(self.bn(x))
 
 
-def _train_head(head: nn.Module, feats: torch.Tensor, targets: torch.Tensor, *, epochs: int, lr: float,
-                batch_size: int, weight_decay: float, device, loss_fn, progress: bool, desc: str, seed: int = 0):
+def _train_head(
+    head: nn.Module,
+    feats: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    weight_decay: float,
+    device,
+    loss_fn,
+    progress: bool,
+    desc: str,
+    seed: int = 0,
+):
     opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
     n = feats.shape[0]
     steps = epochs * math.ceil(n / batch_size)
@@ -160,11 +196,26 @@ def _train_head(head: nn.Module, feats: torch.Tensor, targets: torch.Tensor, *, 
     return head
 
 
-def probe_segmentation(model, train: SegmentationSet, val: SegmentationSet, *, resolution: int = 512,
-                       num_classes: Optional[int] = None, classnames: Optional[Sequence[str]] = None,
-                       ignore_index: int = 255, adaptor: Optional[str] = None, epochs: int = 20, lr: float = 1e-3,
-                       weight_decay: float = 1e-4, batch_size: int = 16, device=None, amp: bool = False,
-                       max_cache_gb: float = 16.0, progress: bool = True, seed: int = 0) -> SegProbeResult:
+def probe_segmentation(
+    model,
+    train: SegmentationSet,
+    val: SegmentationSet,
+    *,
+    resolution: int = 512,
+    num_classes: Optional[int] = None,
+    classnames: Optional[Sequence[str]] = None,
+    ignore_index: int = 255,
+    adaptor: Optional[str] = None,
+    epochs: int = 20,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-4,
+    batch_size: int = 16,
+    device=None,
+    amp: bool = False,
+    max_cache_gb: float = 16.0,
+    progress: bool = True,
+    seed: int = 0,
+) -> SegProbeResult:
     """Train a linear segmentation head on frozen features of ``train``; evaluate on ``val``."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.eval()
@@ -173,10 +224,12 @@ def probe_segmentation(model, train: SegmentationSet, val: SegmentationSet, *, r
         raise ValueError(f"resolution {resolution} must be a multiple of the model's step {step}")
     dim, per_step = _feature_shape(model, adaptor, device)
     g = per_step * resolution // step  # feature grid side (an upsampling adaptor head gives more)
-    gb = len(train) * dim * g * g * 2 / 2 ** 30
+    gb = len(train) * dim * g * g * 2 / 2**30
     if gb > max_cache_gb:
-        raise ValueError(f"caching {len(train)} training feature maps needs {gb:.1f} GiB (> max_cache_gb="
-                         f"{max_cache_gb}); lower the resolution, use fewer images or raise the limit")
+        raise ValueError(
+            f"caching {len(train)} training feature maps needs {gb:.1f} GiB (> max_cache_gb="
+            f"{max_cache_gb}); lower the resolution, use fewer images or raise the limit"
+        )
     train_masks = [load_mask(p) for p in train.masks]
     val_masks = [load_mask(p) for p in val.masks]
     if num_classes is None:
@@ -187,17 +240,29 @@ def probe_segmentation(model, train: SegmentationSet, val: SegmentationSet, *, r
     for p, m in zip(list(train.masks) + list(val.masks), train_masks + val_masks):
         bad = m[(m != ignore_index) & ((m < 0) | (m >= num_classes))]
         if bad.numel():
-            raise ValueError(f"mask {p} has class {int(bad[0])}, outside [0, {num_classes}) (ignore index "
-                             f"{ignore_index}); pass --num-classes or fix the mask")
+            raise ValueError(
+                f"mask {p} has class {int(bad[0])}, outside [0, {num_classes}) (ignore index "
+                f"{ignore_index}); pass --num-classes or fix the mask"
+            )
     names = list(classnames) if classnames else [str(i) for i in range(num_classes)]
     if len(names) != num_classes:
         raise ValueError(f"{len(names)} class names for {num_classes} classes")
 
-    feats = _extract_spatial(model, train.images, resolution, batch_size=batch_size, device=device, amp=amp,
-                             adaptor=adaptor, progress=progress, desc="train features")
+    feats = _extract_spatial(
+        model,
+        train.images,
+        resolution,
+        batch_size=batch_size,
+        device=device,
+        amp=amp,
+        adaptor=adaptor,
+        progress=progress,
+        desc="train features",
+    )
     label_size = 4 * g
-    targets = torch.stack([F.interpolate(m[None, None].float(), size=(label_size, label_size), mode="nearest")[0, 0]
-                           for m in train_masks]).long()
+    targets = torch.stack(
+        [F.interpolate(m[None, None].float(), size=(label_size, label_size), mode="nearest")[0, 0] for m in train_masks]
+    ).long()
     head = LinearSegHead(feats.shape[1], num_classes).to(device)
     torch.manual_seed(seed)
 
@@ -205,19 +270,41 @@ def probe_segmentation(model, train: SegmentationSet, val: SegmentationSet, *, r
         up = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
         return F.cross_entropy(up, target, ignore_index=ignore_index)
 
-    _train_head(head, feats, targets, epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay,
-                device=device, loss_fn=loss_fn, progress=progress, desc="train probe", seed=seed)
+    _train_head(
+        head,
+        feats,
+        targets,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        weight_decay=weight_decay,
+        device=device,
+        loss_fn=loss_fn,
+        progress=progress,
+        desc="train probe",
+        seed=seed,
+    )
     del feats
     conf = torch.zeros(num_classes, num_classes, dtype=torch.int64)
-    val_feats = _extract_spatial(model, val.images, resolution, batch_size=batch_size, device=device, amp=amp,
-                                 adaptor=adaptor, progress=progress, desc="val features")
+    val_feats = _extract_spatial(
+        model,
+        val.images,
+        resolution,
+        batch_size=batch_size,
+        device=device,
+        amp=amp,
+        adaptor=adaptor,
+        progress=progress,
+        desc="val features",
+    )
     with torch.no_grad():
         for f, m in zip(val_feats, val_masks):
             logits = head(f[None].to(device, torch.float32))
             pred = F.interpolate(logits, size=m.shape, mode="bilinear", align_corners=False).argmax(1)[0].cpu()
             keep = m != ignore_index
-            conf += torch.bincount(m[keep] * num_classes + pred[keep], minlength=num_classes ** 2).reshape(
-                num_classes, num_classes)
+            conf += torch.bincount(m[keep] * num_classes + pred[keep], minlength=num_classes**2).reshape(
+                num_classes, num_classes
+            )
     iou, miou = confusion_iou(conf)
     acc = conf.diag().sum().item() / max(conf.sum().item(), 1)
     return SegProbeResult(float(miou), acc, iou.tolist(), names, resolution, len(train), len(val), head.cpu())
@@ -246,11 +333,17 @@ class ClsProbeResult:
 
 
 @torch.no_grad()
-def _extract_summaries(model, data: LabelledImages, resolution: int, *, adaptor, batch_size, device, amp,
-                       num_workers, progress, desc) -> torch.Tensor:
+def _extract_summaries(
+    model, data: LabelledImages, resolution: int, *, adaptor, batch_size, device, amp, num_workers, progress, desc
+) -> torch.Tensor:
     embs: list[torch.Tensor] = [None] * len(data)  # type: ignore[list-item]
-    for images, _, idx in tqdm(iterate_batches(data, resolution, batch_size, num_workers),
-                               total=-(-len(data) // batch_size), desc=desc, disable=not progress, unit="batch"):
+    for images, _, idx in tqdm(
+        iterate_batches(data, resolution, batch_size, num_workers),
+        total=-(-len(data) // batch_size),
+        desc=desc,
+        disable=not progress,
+        unit="batch",
+    ):
         with autocast(device, amp):
             out = model(images.to(device))
         s = select_output(out, adaptor).summary.float().cpu()
@@ -259,14 +352,29 @@ def _extract_summaries(model, data: LabelledImages, resolution: int, *, adaptor,
     return torch.stack(embs)
 
 
-def probe_classification(model, train: LabelledImages, val: LabelledImages, *, resolution: int = 224,
-                         adaptor: Optional[str] = None, epochs: int = 100, lr: float = 1e-3,
-                         weight_decay: float = 1e-4, batch_size: int = 256, device=None, amp: bool = False,
-                         num_workers: int = 0, progress: bool = True, seed: int = 0) -> ClsProbeResult:
+def probe_classification(
+    model,
+    train: LabelledImages,
+    val: LabelledImages,
+    *,
+    resolution: int = 224,
+    adaptor: Optional[str] = None,
+    epochs: int = 100,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-4,
+    batch_size: int = 256,
+    device=None,
+    amp: bool = False,
+    num_workers: int = 0,
+    progress: bool = True,
+    seed: int = 0,
+) -> ClsProbeResult:
     """Linear classifier on frozen (standardised) summaries of ``train``; accuracy on ``val``."""
     if train.classnames != val.classnames:
-        raise ValueError(f"train and val have different classes ({len(train.classnames)} vs "
-                         f"{len(val.classnames)}); both must list the same class folders")
+        raise ValueError(
+            f"train and val have different classes ({len(train.classnames)} vs "
+            f"{len(val.classnames)}); both must list the same class folders"
+        )
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.eval()
     kw = dict(adaptor=adaptor, batch_size=32, device=device, amp=amp, num_workers=num_workers, progress=progress)
@@ -279,8 +387,20 @@ def probe_classification(model, train: LabelledImages, val: LabelledImages, *, r
     k = train.num_classes
     torch.manual_seed(seed)
     head = nn.Linear(xtr.shape[1], k).to(device)
-    _train_head(head, xtr, ytr, epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay,
-                device=device, loss_fn=F.cross_entropy, progress=progress, desc="train probe", seed=seed)
+    _train_head(
+        head,
+        xtr,
+        ytr,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        weight_decay=weight_decay,
+        device=device,
+        loss_fn=F.cross_entropy,
+        progress=progress,
+        desc="train probe",
+        seed=seed,
+    )
     with torch.no_grad():
         logits = head(xva.to(device)).cpu()
     top = logits.topk(min(5, k), dim=-1).indices

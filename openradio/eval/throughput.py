@@ -13,6 +13,7 @@ second, and two calls made next to each other see nearly the same load, so their
 steadier than the ratio of two separately measured throughputs. Latencies are medians of the
 calls by default (``stat='min'``: the least disturbed call).
 """
+
 from __future__ import annotations
 
 import math
@@ -51,8 +52,14 @@ def _batch_size_of(x: Any) -> Optional[int]:
     return None
 
 
-def measure_throughput(fn: Callable[[Any], Any], make_input: Callable[[], Any], iters: int = 10, warmup: int = 2,
-                       device: torch.device | str | None = None, batch_size: Optional[int] = None) -> dict:
+def measure_throughput(
+    fn: Callable[[Any], Any],
+    make_input: Callable[[], Any],
+    iters: int = 10,
+    warmup: int = 2,
+    device: torch.device | str | None = None,
+    batch_size: Optional[int] = None,
+) -> dict:
     """Time ``fn(make_input())``: ``warmup`` untimed calls, then ``iters`` timed ones.
 
     ``make_input`` is called once (outside the timer) and the same input is reused, so the
@@ -113,9 +120,15 @@ def _summary(times: list[float], batch_size: int, **extra) -> dict:
     }
 
 
-def measure_pair(fn: Callable[[Any], Any], baseline_fn: Callable[[Any], Any], make_input: Callable[[], Any],
-                 iters: int = 10, warmup: int = 2, device: torch.device | str | None = None,
-                 batch_size: Optional[int] = None) -> dict:
+def measure_pair(
+    fn: Callable[[Any], Any],
+    baseline_fn: Callable[[Any], Any],
+    make_input: Callable[[], Any],
+    iters: int = 10,
+    warmup: int = 2,
+    device: torch.device | str | None = None,
+    batch_size: Optional[int] = None,
+) -> dict:
     """Time ``fn`` against ``baseline_fn`` on one input, alternating the calls.
 
     Each iteration times one call of each, in alternating order (model first, then baseline
@@ -168,8 +181,10 @@ def make_timm_baseline(model: nn.Module, height: int, width: int, match_prefix: 
 
     cfg = getattr(model, "config", None)
     if cfg is None:
-        raise ValueError("the timm baseline needs the model's config (backbone name and model_kwargs); "
-                         "this model has none — use baseline='global' or 'none'")
+        raise ValueError(
+            "the timm baseline needs the model's config (backbone name and model_kwargs); "
+            "this model has none — use baseline='global' or 'none'"
+        )
     name = cfg.backbone.arch
     kwargs = dict(cfg.backbone.model_kwargs or {})
     kwargs.pop("weight_init", None)
@@ -184,16 +199,18 @@ def make_timm_baseline(model: nn.Module, height: int, width: int, match_prefix: 
     if name in vit_families.FAMILIES:
         if vit_families.FAMILIES[name].kind != "vit":
             raise ValueError(f"no plain timm ViT baseline for {name!r} (a DINOv2 student); use baseline='global'")
-        vit = vit_families.build_family_vit(name, kwargs, num_classes=0, img_size=(height, width),
-                                            weight_init="skip")
+        vit = vit_families.build_family_vit(name, kwargs, num_classes=0, img_size=(height, width), weight_init="skip")
     else:
-        vit = timm.create_model(name, pretrained=False, num_classes=0, img_size=(height, width),
-                                weight_init="skip", **kwargs)
+        vit = timm.create_model(
+            name, pretrained=False, num_classes=0, img_size=(height, width), weight_init="skip", **kwargs
+        )
     if getattr(vit, "patch_embed", None) is None or not hasattr(vit, "blocks"):
         raise ValueError(f"{name!r} is not a timm VisionTransformer")
     if match_prefix and prefix and getattr(vit, "num_prefix_tokens", prefix) != prefix:
-        raise ValueError(f"timm's {name} has {vit.num_prefix_tokens} prefix tokens, the model {prefix}: "
-                         "no like-for-like baseline (match_prefix=False for timm's default)")
+        raise ValueError(
+            f"timm's {name} has {vit.num_prefix_tokens} prefix tokens, the model {prefix}: "
+            "no like-for-like baseline (match_prefix=False for timm's default)"
+        )
     p = getattr(model, "patch_size", None)
     vit_p = vit.patch_embed.patch_size[0]
     if p is not None and vit_p != p:
@@ -202,10 +219,20 @@ def make_timm_baseline(model: nn.Module, height: int, width: int, match_prefix: 
     return vit.to(device=module_device(model), dtype=dtype).eval()
 
 
-def bench_model(model: nn.Module, resolutions: Sequence[int], *, batch_size: int = 8,
-                baseline: Optional[str] = "timm", vitdet_window: Optional[int] = None, iters: int = 10,
-                warmup: int = 2, device: torch.device | str | None = None, amp: bool = False,
-                stat: str = "median", progress: bool = True) -> list[dict]:
+def bench_model(
+    model: nn.Module,
+    resolutions: Sequence[int],
+    *,
+    batch_size: int = 8,
+    baseline: Optional[str] = "timm",
+    vitdet_window: Optional[int] = None,
+    iters: int = 10,
+    warmup: int = 2,
+    device: torch.device | str | None = None,
+    amp: bool = False,
+    stat: str = "median",
+    progress: bool = True,
+) -> list[dict]:
     """Throughput of an already-loaded RADIO model at square ``resolutions``, with a baseline per row.
 
     ``vitdet_window``: run the model in ViTDet mode with W x W-patch windows (the model's own
@@ -243,8 +270,9 @@ def bench_model(model: nn.Module, resolutions: Sequence[int], *, batch_size: int
         model = model.to(device)
     window = vitdet_window if vitdet_window is not None else getattr(model, "window_size", None)
     if baseline == "global" and window is None:
-        raise ValueError("baseline 'global' compares ViTDet with global attention: give a ViTDet window "
-                         "(--vitdet-window W)")
+        raise ValueError(
+            "baseline 'global' compares ViTDet with global attention: give a ViTDet window (--vitdet-window W)"
+        )
     mode = f"vitdet-{window}" if window is not None else "global"
 
     def radio_fn(x: torch.Tensor):
@@ -265,6 +293,7 @@ def bench_model(model: nn.Module, resolutions: Sequence[int], *, batch_size: int
 
             vit = None
             if baseline == "global":
+
                 def base_fn(x: torch.Tensor):
                     with autocast(device, amp):
                         return model(x, vitdet_window=None)
@@ -286,13 +315,25 @@ def bench_model(model: nn.Module, resolutions: Sequence[int], *, batch_size: int
                 m, b = pair["model"], pair["baseline"]
             bar.update(1)
             m_lat = reduce(m["times_s"])
-            row = {"resolution": int(r), "height": h, "width": w, "batch_size": batch_size, "mode": mode,
-                   "stat": stat, "timed_calls": len(m["times_s"]),
-                   "images_per_s": batch_size / m_lat, "latency_ms": 1000.0 * m_lat}
+            row = {
+                "resolution": int(r),
+                "height": h,
+                "width": w,
+                "batch_size": batch_size,
+                "mode": mode,
+                "stat": stat,
+                "timed_calls": len(m["times_s"]),
+                "images_per_s": batch_size / m_lat,
+                "latency_ms": 1000.0 * m_lat,
+            }
             if pair is not None:
                 b_lat = reduce(b["times_s"])
-                row.update(baseline=baseline, baseline_images_per_s=batch_size / b_lat,
-                           baseline_latency_ms=1000.0 * b_lat, speed_ratio=pair["speed_ratio"])
+                row.update(
+                    baseline=baseline,
+                    baseline_images_per_s=batch_size / b_lat,
+                    baseline_latency_ms=1000.0 * b_lat,
+                    speed_ratio=pair["speed_ratio"],
+                )
             rows.append(row)
             base_fn = vit = None  # free a timm baseline before building the next resolution's
     finally:
@@ -309,20 +350,33 @@ def format_table(rows: Iterable[dict]) -> str:
         header += ["baseline", "base img/s", "base ms", "speed ratio", "time ratio"]
     table = [header]
     for r in rows:
-        line = [f"{r['height']}x{r['width']}", str(r["batch_size"]), r["mode"], f"{r['images_per_s']:.2f}",
-                f"{r['latency_ms']:.1f}"]
+        line = [
+            f"{r['height']}x{r['width']}",
+            str(r["batch_size"]),
+            r["mode"],
+            f"{r['images_per_s']:.2f}",
+            f"{r['latency_ms']:.1f}",
+        ]
         if has_base:
             if "baseline" in r:
-                line += [r["baseline"], f"{r['baseline_images_per_s']:.2f}", f"{r['baseline_latency_ms']:.1f}",
-                         f"{r['speed_ratio']:.3f}x", f"{1.0 / r['speed_ratio']:.3f}x"]
+                line += [
+                    r["baseline"],
+                    f"{r['baseline_images_per_s']:.2f}",
+                    f"{r['baseline_latency_ms']:.1f}",
+                    f"{r['speed_ratio']:.3f}x",
+                    f"{1.0 / r['speed_ratio']:.3f}x",
+                ]
             else:
                 line += ["-"] * 5
         table.append(line)
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     out = []
     for k, row in enumerate(table):
-        out.append("  ".join(c.rjust(wd) if k and i not in (2, 5) else c.ljust(wd)
-                             for i, (c, wd) in enumerate(zip(row, widths))).rstrip())
+        out.append(
+            "  ".join(
+                c.rjust(wd) if k and i not in (2, 5) else c.ljust(wd) for i, (c, wd) in enumerate(zip(row, widths))
+            ).rstrip()
+        )
         if k == 0:
             out.append("  ".join("-" * wd for wd in widths))
     return "\n".join(out)

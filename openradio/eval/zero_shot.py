@@ -6,6 +6,7 @@ and re-normalise. The classifier is the (D, C) matrix of these class embeddings;
 ``normalize(adaptor summary) @ classifier`` (no temperature: only the ranking matters).
 Classifiers are cached on disk under a key of (text model, adaptor, templates, class names).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -24,8 +25,16 @@ from openradio.runtime import autocast, select_output, supported_resolution
 Template = Union[str, Callable[[str], str]]
 
 __all__ = [
-    "get_templates", "default_cache_dir", "classifier_cache_key", "build_classifier", "zero_shot_classifier",
-    "zero_shot_logits", "topk_correct", "ZeroShotResult", "evaluate_zero_shot", "write_zero_shot_report",
+    "get_templates",
+    "default_cache_dir",
+    "classifier_cache_key",
+    "build_classifier",
+    "zero_shot_classifier",
+    "zero_shot_logits",
+    "topk_correct",
+    "ZeroShotResult",
+    "evaluate_zero_shot",
+    "write_zero_shot_report",
 ]
 
 
@@ -67,27 +76,37 @@ def default_cache_dir() -> Path:
     return Path(torch.hub.get_dir()) / "openradio" / "classifiers"
 
 
-def classifier_cache_key(model_key: str, adaptor: str, templates: Sequence[Template],
-                         classnames: Sequence[str]) -> str:
+def classifier_cache_key(model_key: str, adaptor: str, templates: Sequence[Template], classnames: Sequence[str]) -> str:
     h = hashlib.sha256()
-    for part in (model_key, adaptor, "\x1f".join(_template_text(t) for t in templates), "\x1f".join(classnames),
-                 "normalized-mean-v1"):
+    for part in (
+        model_key,
+        adaptor,
+        "\x1f".join(_template_text(t) for t in templates),
+        "\x1f".join(classnames),
+        "normalized-mean-v1",
+    ):
         h.update(part.encode("utf-8"))
         h.update(b"\x1e")  # separator so that ("ab","c") and ("a","bc") differ
     return h.hexdigest()
 
 
 @torch.no_grad()
-def build_classifier(tokenizer: Callable[[list[str]], torch.Tensor],
-                     encode_text: Callable[..., torch.Tensor], classnames: Sequence[str],
-                     templates: Sequence[Template], *, batch_size: int = 256, progress: bool = True) -> torch.Tensor:
+def build_classifier(
+    tokenizer: Callable[[list[str]], torch.Tensor],
+    encode_text: Callable[..., torch.Tensor],
+    classnames: Sequence[str],
+    templates: Sequence[Template],
+    *,
+    batch_size: int = 256,
+    progress: bool = True,
+) -> torch.Tensor:
     """(D, C) matrix: per class, mean of normalised prompt embeddings, re-normalised."""
     if not classnames:
         raise ValueError("no class names to build a classifier for")
     texts = [_fill(t, c) for c in classnames for t in templates]
     embs = []
     for i in tqdm(range(0, len(texts), batch_size), desc="text prompts", disable=not progress, unit="batch"):
-        tokens = tokenizer(texts[i:i + batch_size])
+        tokens = tokenizer(texts[i : i + batch_size])
         embs.append(encode_text(tokens, normalize=True).float().cpu())
     emb = torch.cat(embs).reshape(len(classnames), len(templates), -1)
     # encode_text already normalised; normalising again is harmless and guards towers that ignore the flag
@@ -95,19 +114,29 @@ def build_classifier(tokenizer: Callable[[list[str]], torch.Tensor],
     return F.normalize(emb, dim=-1).T.contiguous()
 
 
-def zero_shot_classifier(adaptor: torch.nn.Module, classnames: Sequence[str], templates: Sequence[Template], *,
-                         adaptor_name: str = "clip", model_key: str | None = None,
-                         cache_dir: str | os.PathLike | None = None, use_cache: bool = True,
-                         batch_size: int = 256, progress: bool = True) -> torch.Tensor:
+def zero_shot_classifier(
+    adaptor: torch.nn.Module,
+    classnames: Sequence[str],
+    templates: Sequence[Template],
+    *,
+    adaptor_name: str = "clip",
+    model_key: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    use_cache: bool = True,
+    batch_size: int = 256,
+    progress: bool = True,
+) -> torch.Tensor:
     """Classifier for an adaptor carrying ``tokenizer``/``encode_text`` (see ``openradio.model.text``), cached.
 
     ``model_key`` identifies the text weights; default: the attached text tower's key. When no key is
     known (e.g. a randomly initialised tower) the classifier is computed and not cached.
     """
     if not callable(getattr(adaptor, "encode_text", None)) or not callable(getattr(adaptor, "tokenizer", None)):
-        raise ValueError(f"adaptor {adaptor_name!r} has no text tower (tokenizer/encode_text); zero-shot needs a "
-                         "language-aligned adaptor such as 'clip' or 'siglip' "
-                         "(see openradio.model.text.attach_text_tower)")
+        raise ValueError(
+            f"adaptor {adaptor_name!r} has no text tower (tokenizer/encode_text); zero-shot needs a "
+            "language-aligned adaptor such as 'clip' or 'siglip' "
+            "(see openradio.model.text.attach_text_tower)"
+        )
     if model_key is None:
         # set by openradio.model.text when a tower is attached (also by a lazy attach, before the tower is built)
         model_key = getattr(adaptor, "text_tower_key", None)
@@ -122,8 +151,9 @@ def zero_shot_classifier(adaptor: torch.nn.Module, classnames: Sequence[str], te
                     return cached
             except Exception:  # a corrupt/partial cache file is simply rebuilt
                 pass
-    clf = build_classifier(adaptor.tokenizer, adaptor.encode_text, classnames, templates, batch_size=batch_size,
-                           progress=progress)
+    clf = build_classifier(
+        adaptor.tokenizer, adaptor.encode_text, classnames, templates, batch_size=batch_size, progress=progress
+    )
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
@@ -135,8 +165,10 @@ def zero_shot_classifier(adaptor: torch.nn.Module, classnames: Sequence[str], te
 def zero_shot_logits(summary: torch.Tensor, classifier: torch.Tensor) -> torch.Tensor:
     """(B, D) adaptor summaries x (D, C) classifier -> (B, C) cosine logits."""
     if summary.shape[-1] != classifier.shape[0]:
-        raise ValueError(f"adaptor summary has {summary.shape[-1]} dims but the text embeddings have "
-                         f"{classifier.shape[0]}; the text tower does not belong to this adaptor's teacher")
+        raise ValueError(
+            f"adaptor summary has {summary.shape[-1]} dims but the text embeddings have "
+            f"{classifier.shape[0]}; the text tower does not belong to this adaptor's teacher"
+        )
     return F.normalize(summary.float(), dim=-1) @ classifier.to(summary.device, torch.float32)
 
 
@@ -145,7 +177,7 @@ def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] =
     kmax = min(max(ks), logits.shape[1])
     top = logits.topk(kmax, dim=1).indices
     hit = top == labels.to(top.device)[:, None]
-    return [int(hit[:, :min(k, kmax)].any(dim=1).sum()) for k in ks]
+    return [int(hit[:, : min(k, kmax)].any(dim=1).sum()) for k in ks]
 
 
 @dataclass
@@ -162,10 +194,20 @@ class ZeroShotResult:
 
 
 @torch.no_grad()
-def evaluate_zero_shot(model: torch.nn.Module, classifier: torch.Tensor, data: LabelledImages,
-                       resolutions: Sequence[int], *, adaptor: str = "clip", batch_size: int = 32,
-                       device: torch.device | str | None = None, amp: bool = False, num_workers: int = 0,
-                       vitdet_window: int | None = None, progress: bool = True) -> list[ZeroShotResult]:
+def evaluate_zero_shot(
+    model: torch.nn.Module,
+    classifier: torch.Tensor,
+    data: LabelledImages,
+    resolutions: Sequence[int],
+    *,
+    adaptor: str = "clip",
+    batch_size: int = 32,
+    device: torch.device | str | None = None,
+    amp: bool = False,
+    num_workers: int = 0,
+    vitdet_window: int | None = None,
+    progress: bool = True,
+) -> list[ZeroShotResult]:
     """Top-1/top-5 accuracy (%) of the zero-shot classifier at each resolution."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     if classifier.shape[1] != data.num_classes:
@@ -174,12 +216,18 @@ def evaluate_zero_shot(model: torch.nn.Module, classifier: torch.Tensor, data: L
     for res_req in resolutions:
         res = supported_resolution(model, res_req)
         if res != res_req:
-            print(f"note: resolution {res_req} is not supported by this model (step "
-                  f"{getattr(model, 'min_resolution_step', '?')}); using {res}")
+            print(
+                f"note: resolution {res_req} is not supported by this model (step "
+                f"{getattr(model, 'min_resolution_step', '?')}); using {res}"
+            )
         n = c1 = c5 = 0
-        for images, labels, _ in tqdm(iterate_batches(data, res, batch_size, num_workers),
-                                      total=-(-len(data) // batch_size), desc=f"zero-shot @{res}",
-                                      disable=not progress, unit="batch"):
+        for images, labels, _ in tqdm(
+            iterate_batches(data, res, batch_size, num_workers),
+            total=-(-len(data) // batch_size),
+            desc=f"zero-shot @{res}",
+            disable=not progress,
+            unit="batch",
+        ):
             images = images.to(device, non_blocking=True)
             with autocast(device, amp):
                 out = model(images)
@@ -190,15 +238,20 @@ def evaluate_zero_shot(model: torch.nn.Module, classifier: torch.Tensor, data: L
     return results
 
 
-def write_zero_shot_report(results: dict[str, list[ZeroShotResult]], out_dir: str | os.PathLike,
-                           stem: str = "zero_shot") -> tuple[Path, Path]:
+def write_zero_shot_report(
+    results: dict[str, list[ZeroShotResult]], out_dir: str | os.PathLike, stem: str = "zero_shot"
+) -> tuple[Path, Path]:
     """CSV (one row per model x resolution) and a markdown table like the tech report's
     (rows = resolution, one top-1 column per model)."""
     out_dir = Path(out_dir)
-    rows = [(model, r.resolution, r.vitdet_window or "", f"{r.top1:.3f}", f"{r.top5:.3f}", r.num_images)
-            for model, rs in results.items() for r in rs]
-    csv_path = write_csv(out_dir / f"{stem}.csv",
-                         ["Model", "Resolution", "ViTDetWindow", "Top1", "Top5", "NumImages"], rows)
+    rows = [
+        (model, r.resolution, r.vitdet_window or "", f"{r.top1:.3f}", f"{r.top5:.3f}", r.num_images)
+        for model, rs in results.items()
+        for r in rs
+    ]
+    csv_path = write_csv(
+        out_dir / f"{stem}.csv", ["Model", "Resolution", "ViTDetWindow", "Top1", "Top5", "NumImages"], rows
+    )
     models = list(results)
     row_labels: list[str] = []
     table: dict[tuple[str, str], float] = {}
@@ -213,5 +266,6 @@ def write_zero_shot_report(results: dict[str, list[ZeroShotResult]], out_dir: st
         lines.append(f"| {rl} | " + " | ".join(cells) + " |")
     md_path = out_dir / f"{stem}.md"
     from openradio.atomicio import write_text
+
     write_text(md_path, "Zero-shot top-1 accuracy (%)\n\n" + "\n".join(lines) + "\n")
     return csv_path, md_path

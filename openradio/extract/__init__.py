@@ -7,6 +7,7 @@ webdataset shards, videos) -> :mod:`~openradio.extract.mapper` (batches through 
 :mod:`~openradio.extract.manifest`; :mod:`~openradio.extract.engine` runs them on one process or
 one torchrun rank. The format is specified in docs/extract.md.
 """
+
 from __future__ import annotations
 
 import os
@@ -14,11 +15,11 @@ from typing import Sequence
 
 import torch
 
-from openradio.formats.resolve import radio_model
-from openradio.runtime import pick_device
 from openradio.extract.engine import ExtractError, Options, run_local
 from openradio.extract.manifest import FORMAT
 from openradio.extract.writers import read_features, read_table
+from openradio.formats.resolve import radio_model
+from openradio.runtime import pick_device
 
 __all__ = ["extract", "read", "read_features", "ExtractError", "Options", "FORMAT"]
 
@@ -34,8 +35,12 @@ def extract(sources: Sequence[str], model: "str | torch.nn.Module", out: str, **
     opts = Options(**options)
     version = model if isinstance(model, str) else getattr(model, "version", None)
     if isinstance(model, str):
-        model = radio_model(model, adaptor_names=list(opts.adaptors) or None,
-                            vitdet_window_size=opts.vitdet_window, progress=opts.progress)
+        model = radio_model(
+            model,
+            adaptor_names=list(opts.adaptors) or None,
+            vitdet_window_size=opts.vitdet_window,
+            progress=opts.progress,
+        )
     device = pick_device(opts.device)
     if device.type == "cuda" and "LOCAL_RANK" in os.environ:  # torchrun: one GPU per rank
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))

@@ -1,5 +1,6 @@
 """``python -m openradio.extract SOURCE... --version V --out DIR`` (the form torchrun runs:
 ``torchrun --nproc-per-node 8 -m openradio.extract ...``); the same flags as ``openradio extract``."""
+
 import sys
 
 from openradio.cli import main

@@ -6,6 +6,7 @@ processes; its batches never cross a part, so a part's batches, and therefore it
 same in every run, resumed or not, on any rank. A part is written when its last batch is done
 (memory holds one part at most), then committed in the manifest.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -34,6 +35,7 @@ class ExtractError(RuntimeError):
 @dataclass
 class Options:
     """Everything but the sources, the model and the output folder (see ``openradio extract --help``)."""
+
     adaptors: Sequence[str] = ()
     resolution: int | None = None
     square: bool = False
@@ -107,8 +109,17 @@ class Job:
     parts still to do; :meth:`add` collects finished rows, :meth:`finish_part` writes and commits
     a part, :meth:`close` writes the final manifest. Both engines (local, Ray) drive one."""
 
-    def __init__(self, sources: Sequence[str], model: torch.nn.Module, out: str, opts: Options,
-                 version: str | None = None, rank: int = 0, world: int = 1, log: Callable[[str], None] = print):
+    def __init__(
+        self,
+        sources: Sequence[str],
+        model: torch.nn.Module,
+        out: str,
+        opts: Options,
+        version: str | None = None,
+        rank: int = 0,
+        world: int = 1,
+        log: Callable[[str], None] = print,
+    ):
         self.opts, self.rank, self.world, self.out = opts, rank, world, out
         self.store = store = Store(out)
         try:
@@ -122,8 +133,16 @@ class Job:
             raise ExtractError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype_name}")
         if opts.features_dtype not in ("float16", "float32"):
             raise ExtractError(f"--features-dtype must be float16 or float32, got {opts.features_dtype}")
-        self.mapper = mapper = Mapper(model, opts.adaptors, opts.features, DTYPES[opts.features_dtype],
-                                      DTYPES[dtype_name], opts.resolution, opts.square, batch_size=opts.batch_size)
+        self.mapper = mapper = Mapper(
+            model,
+            opts.adaptors,
+            opts.features,
+            DTYPES[opts.features_dtype],
+            DTYPES[dtype_name],
+            opts.resolution,
+            opts.square,
+            batch_size=opts.batch_size,
+        )
         self.part_size = part_size = opts.part_size or (256 if mapper.mode == "full" else 10000)
         if part_size < 1 or opts.batch_size < 1:
             raise ExtractError("--part-size and --batch-size must be at least 1")
@@ -132,14 +151,29 @@ class Job:
             mapper.model = torch.compile(mapper.model)
         self.num_parts = num_parts = max(1, math.ceil(len(rows) / part_size))
         self.header = {
-            "format": manifest.FORMAT, "layout": opts.layout, "engine": opts.extra.get("engine", "local"),
+            "format": manifest.FORMAT,
+            "layout": opts.layout,
+            "engine": opts.extra.get("engine", "local"),
             "model": {"version": version, "digest": model_digest(model)},
-            "options": {"adaptors": list(opts.adaptors), "resolution": mapper.resolution, "square": opts.square,
-                        "vitdet_window": opts.vitdet_window, "batch_size": opts.batch_size, "dtype": dtype_name,
-                        "device": device.type, "features": opts.features, "features_dtype": opts.features_dtype,
-                        "fps": opts.fps, "min_size": opts.min_size},
-            "sources": [str(s) for s in sources], "rows": len(rows), "rows_digest": rows_digest(rows),
-            "part_size": part_size, "num_parts": num_parts, "columns": self.dims,
+            "options": {
+                "adaptors": list(opts.adaptors),
+                "resolution": mapper.resolution,
+                "square": opts.square,
+                "vitdet_window": opts.vitdet_window,
+                "batch_size": opts.batch_size,
+                "dtype": dtype_name,
+                "device": device.type,
+                "features": opts.features,
+                "features_dtype": opts.features_dtype,
+                "fps": opts.fps,
+                "min_size": opts.min_size,
+            },
+            "sources": [str(s) for s in sources],
+            "rows": len(rows),
+            "rows_digest": rows_digest(rows),
+            "part_size": part_size,
+            "num_parts": num_parts,
+            "columns": self.dims,
         }
         existing = manifest.read(store)
         if existing is not None and opts.overwrite and rank == 0:
@@ -166,8 +200,16 @@ class Job:
         return range(k * self.part_size, min((k + 1) * self.part_size, len(self.rows)))
 
     def row(self, i: int, status: str, width=None, height=None, x_shape=None, cols=None, n=0) -> dict:
-        r = {"index": i, "key": self.rows[i].key, "source": self.rows[i].source, "width": width, "height": height,
-             "status": status, "input_height": None, "input_width": None}
+        r = {
+            "index": i,
+            "key": self.rows[i].key,
+            "source": self.rows[i].source,
+            "width": width,
+            "height": height,
+            "status": status,
+            "input_height": None,
+            "input_width": None,
+        }
         if status == "ok":
             r["input_height"], r["input_width"] = int(x_shape[-2]), int(x_shape[-1])
             for c in self.dims:
@@ -190,8 +232,14 @@ class Job:
             if r["status"] != "ok":
                 reason = r["status"].split(":", 1)[0]
                 skipped[reason] = skipped.get(reason, 0) + 1
-        entry = {"rows": len(acc), "ok": len(acc) - sum(skipped.values()), "skipped": skipped, "files": files,
-                 "rank": self.rank, "seconds": {k2: round(v, 4) for k2, v in self.secs.items()}}
+        entry = {
+            "rows": len(acc),
+            "ok": len(acc) - sum(skipped.values()),
+            "skipped": skipped,
+            "files": files,
+            "rank": self.rank,
+            "seconds": {k2: round(v, 4) for k2, v in self.secs.items()},
+        }
         kill_point("commit")  # the part's files are complete, its manifest entry not yet written
         manifest.commit_part(self.store, k, entry)
         manifest.write(self.store, self.header)
@@ -208,12 +256,24 @@ class Job:
         why = f" ({', '.join(f'{n} {r}' for r, n in t['skipped'].items())})" if skipped else ""
         rate = self.processed / elapsed if elapsed > 0 else 0.0
         end_line = f"{t['ok']} ok, {skipped} skipped{why}, {rate:.1f} images/s, {elapsed:.1f} s"
-        doc = manifest.write(self.store, self.header, {"last_run": {
-            "rows": self.processed, "seconds": round(elapsed, 3), "images_per_s": round(rate, 3),
-            "world_size": self.world, "end_line": end_line}})
+        doc = manifest.write(
+            self.store,
+            self.header,
+            {
+                "last_run": {
+                    "rows": self.processed,
+                    "seconds": round(elapsed, 3),
+                    "images_per_s": round(rate, 3),
+                    "world_size": self.world,
+                    "end_line": end_line,
+                }
+            },
+        )
         if not doc["complete"]:
-            raise ExtractError(f"{self.num_parts - len(doc['parts'])} part(s) are not complete (another rank still "
-                               "running or stopped): rerun the same command to finish them")
+            raise ExtractError(
+                f"{self.num_parts - len(doc['parts'])} part(s) are not complete (another rank still "
+                "running or stopped): rerun the same command to finish them"
+            )
         return doc
 
 
@@ -223,22 +283,41 @@ def write_errors(out: str):
     try:
         yield
     except OSError as e:
-        raise ExtractError(f"cannot write to {out}: {e.strerror or e} (nothing half-written is left; "
-                           "free space or fix permissions and rerun the same command to resume)") from None
+        raise ExtractError(
+            f"cannot write to {out}: {e.strerror or e} (nothing half-written is left; "
+            "free space or fix permissions and rerun the same command to resume)"
+        ) from None
 
 
-def run_local(sources: Sequence[str], model: torch.nn.Module, out: str, opts: Options,
-              version: str | None = None, log: Callable[[str], None] = print) -> dict:
+def run_local(
+    sources: Sequence[str],
+    model: torch.nn.Module,
+    out: str,
+    opts: Options,
+    version: str | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
     rank, world = dist_info()
     job = Job(sources, model, out, opts, version, rank, world, log)
     bs = opts.batch_size
     # batches never cross a part, so a part's batches (and bits) are the same in every run
     batches = [list(range(s, min(s + bs, job.part_rows(k).stop))) for k in job.todo for s in job.part_rows(k)[::bs]]
     dataset = RowDataset(job.rows, job.mapper.resize, opts.min_size)
-    loader = DataLoader(dataset, batch_sampler=batches, num_workers=opts.workers, collate_fn=_collate,
-                        pin_memory=job.device.type == "cuda", prefetch_factor=2 if opts.workers else None)
-    bar = tqdm(total=sum(len(b) for b in batches), desc=f"extract{f' rank {rank}' if world > 1 else ''}",
-               unit="image", disable=not opts.progress, smoothing=0.1)
+    loader = DataLoader(
+        dataset,
+        batch_sampler=batches,
+        num_workers=opts.workers,
+        collate_fn=_collate,
+        pin_memory=job.device.type == "cuda",
+        prefetch_factor=2 if opts.workers else None,
+    )
+    bar = tqdm(
+        total=sum(len(b) for b in batches),
+        desc=f"extract{f' rank {rank}' if world > 1 else ''}",
+        unit="image",
+        disable=not opts.progress,
+        smoothing=0.1,
+    )
     current = None
     wait0 = time.perf_counter()
     with write_errors(out):
@@ -257,8 +336,12 @@ def run_local(sources: Sequence[str], model: torch.nn.Module, out: str, opts: Op
                 job.secs["inference"] += time.perf_counter() - t0
                 kill_point("batch")
                 j = {it[0]: n for n, it in enumerate(ok)}
-                job.add([job.row(i, status, w, h, x.shape if x is not None else None, cols, j.get(i, 0))
-                         for i, x, w, h, status, _ in items])
+                job.add(
+                    [
+                        job.row(i, status, w, h, x.shape if x is not None else None, cols, j.get(i, 0))
+                        for i, x, w, h, status, _ in items
+                    ]
+                )
                 bar.update(len(items))
                 wait0 = time.perf_counter()
             if current is not None:

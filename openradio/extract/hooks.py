@@ -4,6 +4,7 @@ file is written under its temporary name, before the rename; ``commit``: after a
 files are renamed, before its manifest entry; ``manifest``: while the manifest is
 written, before its rename). The kill tests use it to stop a run at exact moments; unset, it costs
 one dictionary lookup."""
+
 from __future__ import annotations
 
 import os

@@ -10,6 +10,7 @@ without an entry does not count, whatever files it left: a rerun writes it again
 ranks each commits its own parts' entries, so no two processes write the same file but
 ``manifest.json`` (atomically, from the same entries).
 """
+
 from __future__ import annotations
 
 import json
@@ -34,7 +35,7 @@ def _describe(a: Any, b: Any, where: str) -> str | None:
                 return d
         return None
     if a != b:
-        short = (lambda v: (json.dumps(v)[:60] + "...") if len(json.dumps(v)) > 63 else json.dumps(v))
+        short = lambda v: (json.dumps(v)[:60] + "...") if len(json.dumps(v)) > 63 else json.dumps(v)
         return f"{where} was {short(a)}, this run has {short(b)}"
     return None
 
@@ -43,8 +44,9 @@ def check_same(existing: dict, header: dict, url: str) -> None:
     for k in IDENTITY:
         d = _describe(existing.get(k), header.get(k), k)
         if d:
-            raise ManifestMismatch(f"{url} was made differently ({d}): pass --overwrite to replace it, "
-                                   "or choose another --out")
+            raise ManifestMismatch(
+                f"{url} was made differently ({d}): pass --overwrite to replace it, or choose another --out"
+            )
 
 
 def read(store: Store) -> dict | None:
@@ -83,13 +85,22 @@ def totals(parts: dict[str, dict]) -> dict:
             skipped[reason] = skipped.get(reason, 0) + n
         for k in secs:
             secs[k] += e["seconds"][k]
-    return {"rows": sum(e["rows"] for e in parts.values()), "ok": sum(e["ok"] for e in parts.values()),
-            "skipped": dict(sorted(skipped.items())), "seconds": {k: round(v, 3) for k, v in secs.items()}}
+    return {
+        "rows": sum(e["rows"] for e in parts.values()),
+        "ok": sum(e["ok"] for e in parts.values()),
+        "skipped": dict(sorted(skipped.items())),
+        "seconds": {k: round(v, 3) for k, v in secs.items()},
+    }
 
 
 def write(store: Store, header: dict, extra: dict | None = None) -> dict:
     parts = entries(store)
-    doc = {**header, "parts": dict(sorted(parts.items())), "totals": totals(parts),
-           "complete": len(parts) == header["num_parts"], **(extra or {})}
+    doc = {
+        **header,
+        "parts": dict(sorted(parts.items())),
+        "totals": totals(parts),
+        "complete": len(parts) == header["num_parts"],
+        **(extra or {}),
+    }
     store.write_bytes("manifest.json", json.dumps(doc, indent=1, sort_keys=True).encode(), point="manifest")
     return doc

@@ -14,6 +14,7 @@ resolution=None, square=False)`` wraps a loaded :class:`~openradio.model.radio.R
 
 The Ray engine (:class:`openradio.ray.RadioEmbedder`) wraps the same class.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -61,9 +62,17 @@ def parse_features(spec: str) -> tuple[str, int]:
 
 
 class Mapper:
-    def __init__(self, model: torch.nn.Module, adaptors: Sequence[str] = (), features: str = "none",
-                 features_dtype: torch.dtype = torch.float16, dtype: torch.dtype = torch.float32,
-                 resolution: int | None = None, square: bool = False, batch_size: int = 32):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        adaptors: Sequence[str] = (),
+        features: str = "none",
+        features_dtype: torch.dtype = torch.float16,
+        dtype: torch.dtype = torch.float32,
+        resolution: int | None = None,
+        square: bool = False,
+        batch_size: int = 32,
+    ):
         self.model = model.eval()
         self.adaptors = list(adaptors)
         missing = [a for a in self.adaptors if a not in getattr(model, "adaptors", {})]
@@ -91,8 +100,9 @@ class Mapper:
         step = self.resize.step
         x = torch.zeros(1, 3, *self.model.get_nearest_supported_resolution(step * 4, step * 4))
         outs = self._forward(x)
-        return {("summary" if n == "backbone" else f"{n}_summary"): int(outs[n].summary.shape[-1])
-                for n in self.outputs}
+        return {
+            ("summary" if n == "backbone" else f"{n}_summary"): int(outs[n].summary.shape[-1]) for n in self.outputs
+        }
 
     def _forward(self, x: torch.Tensor) -> dict:
         x = x.to(self.device, non_blocking=True)
@@ -110,7 +120,7 @@ class Mapper:
         feats: list[dict] = [dict() for _ in range(n)]
         for idx in groups.values():
             for s in range(0, len(idx), self.batch_size):
-                part = idx[s:s + self.batch_size]
+                part = idx[s : s + self.batch_size]
                 outs = self._forward(torch.stack([images[i] for i in part]))
                 for name in self.outputs:
                     col = "summary" if name == "backbone" else f"{name}_summary"

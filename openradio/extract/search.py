@@ -10,6 +10,7 @@ Queries: :func:`embed_image` runs the folder's own model and options on an image
 query share preprocessing, so a copied image scores 1.0); :func:`embed_text` runs the ``clip`` /
 ``siglip`` adaptor's text tower, giving a vector in the space of ``<adaptor>_summary``.
 """
+
 from __future__ import annotations
 
 import io
@@ -20,7 +21,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from openradio.extract.manifest import ManifestMismatch, read as read_manifest
+from openradio.extract.manifest import ManifestMismatch
+from openradio.extract.manifest import read as read_manifest
 from openradio.extract.mapper import DTYPES, Mapper
 from openradio.extract.writers import Store, part_name
 from openradio.inputs.imageio import load_image
@@ -65,8 +67,9 @@ def _batches(store: Store, doc: dict, column: str, batch_rows: int):
             yield _normalise(vecs), keys, srcs
 
 
-def search(url: str, query: np.ndarray, column: str = "summary", k: int = 10, use_faiss: bool = False,
-           batch_rows: int = 65536) -> list[Hit]:
+def search(
+    url: str, query: np.ndarray, column: str = "summary", k: int = 10, use_faiss: bool = False, batch_rows: int = 65536
+) -> list[Hit]:
     """The ``k`` rows of ``column`` nearest to ``query`` by cosine, best first."""
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
@@ -113,8 +116,11 @@ def load_folder_model(url: str, version: str | None = None, device: str | None =
     name = version or doc["model"]["version"]
     if not name:
         raise ValueError(f"{url}'s manifest names no model version: pass --version")
-    model = radio_model(name, adaptor_names=o["adaptors"] or None, vitdet_window_size=o["vitdet_window"],
-                        progress=False).to(pick_device(device)).eval()
+    model = (
+        radio_model(name, adaptor_names=o["adaptors"] or None, vitdet_window_size=o["vitdet_window"], progress=False)
+        .to(pick_device(device))
+        .eval()
+    )
     if model_digest(model) != doc["model"]["digest"]:
         raise ManifestMismatch(f"{name} is not the model that made {url} (the weights' digest differs)")
     mapper = Mapper(model, o["adaptors"], "none", torch.float16, DTYPES[o["dtype"]], o["resolution"], o["square"])

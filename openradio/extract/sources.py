@@ -15,6 +15,7 @@ Kinds of SOURCE (each may be a local path or an fsspec URL such as ``s3://bucket
 * video files (``.mp4``, ``.mkv``, ``.webm``, ``.mov``, ``.avi``): one row per frame at ``fps``,
   the row's source carrying the timestamp (``video.mp4@12.500``).
 """
+
 from __future__ import annotations
 
 import csv
@@ -44,6 +45,7 @@ class SourceError(ValueError):
 class Row:
     """One input. ``kind`` is ``file``, ``tar`` or ``video``; ``url`` the file (or shard, or video);
     ``member``/``offset``/``size`` locate a tar member; ``time`` a video frame's timestamp (s)."""
+
     key: str
     source: str
     kind: str
@@ -181,6 +183,7 @@ def _video_rows(url: str, fps: float) -> list[Row]:
 
 # -- decoding (runs in DataLoader workers) ------------------------------------------------------
 
+
 class Skip(Exception):
     """A row that has no embedding; ``status`` is its reason (``unreadable: ...``, ``empty``...)."""
 
@@ -291,4 +294,3 @@ def read_row(row: Row, min_size: int, videos: VideoFrames | None = None) -> tupl
     except OSError as e:
         raise Skip(f"unreadable: {e.strerror or e}") from None
     return decode_bytes(data, min_size)
-

@@ -15,6 +15,7 @@ Layouts (``FORMAT`` in the manifest, spelled out in docs/extract.md):
   ``metadata/metadata_N.parquet`` (``image_path``, ``key``, ``width``, ``height``, same order),
   which clip-retrieval's tools and autofaiss read as they are.
 """
+
 from __future__ import annotations
 
 import io
@@ -83,7 +84,7 @@ class Store:
             base = posixpath.basename(p)
             if not base.startswith(prefix):
                 continue
-            pid = base[len(prefix):]
+            pid = base[len(prefix) :]
             if name == "manifest.json" and (not self.local or not pid.isdigit() or alive(int(pid))):
                 continue
             try:
@@ -134,9 +135,14 @@ def _fixed_list(values: list, dim: int) -> pa.Array:
 
 
 def schema(dims: dict[str, int]) -> pa.Schema:
-    fields = [pa.field("key", pa.string()), pa.field("source", pa.string()),
-              pa.field("width", pa.int32()), pa.field("height", pa.int32()),
-              pa.field("input_height", pa.int32()), pa.field("input_width", pa.int32())]
+    fields = [
+        pa.field("key", pa.string()),
+        pa.field("source", pa.string()),
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("input_height", pa.int32()),
+        pa.field("input_width", pa.int32()),
+    ]
     fields += [pa.field(c, pa.list_(pa.float32(), d)) for c, d in dims.items()]
     return pa.schema(fields + [pa.field("status", pa.string())])
 
@@ -145,8 +151,10 @@ def rows_table(rows: list[dict], dims: dict[str, int]) -> pa.Table:
     cols = {
         "key": pa.array([r["key"] for r in rows], pa.string()),
         "source": pa.array([r["source"] for r in rows], pa.string()),
-        **{c: pa.array([r.get(c) for r in rows], pa.int32())
-           for c in ("width", "height", "input_height", "input_width")},
+        **{
+            c: pa.array([r.get(c) for r in rows], pa.int32())
+            for c in ("width", "height", "input_height", "input_width")
+        },
         **{c: _fixed_list([r.get(c) for r in rows], d) for c, d in dims.items()},
         "status": pa.array([r["status"] for r in rows], pa.string()),
     }
@@ -159,8 +167,15 @@ def _parquet_bytes(table: pa.Table) -> bytes:
     return buf.getvalue()
 
 
-def write_part(store: Store, k: int, rows: list[dict], dims: dict[str, int], layout: str,
-               features: bool = False, column: str = "summary") -> tuple[list[str], float]:
+def write_part(
+    store: Store,
+    k: int,
+    rows: list[dict],
+    dims: dict[str, int],
+    layout: str,
+    features: bool = False,
+    column: str = "summary",
+) -> tuple[list[str], float]:
     """Write part ``k``'s files; returns their names (relative to the folder) and the seconds taken."""
     t0 = time.perf_counter()
     name = part_name(k)
@@ -171,9 +186,14 @@ def write_part(store: Store, k: int, rows: list[dict], dims: dict[str, int], lay
         emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
         buf = io.BytesIO()
         np.save(buf, emb.astype(np.float16))
-        meta = pa.table({"image_path": [r["source"] for r in ok], "key": [r["key"] for r in ok],
-                         "width": pa.array([r["width"] for r in ok], pa.int32()),
-                         "height": pa.array([r["height"] for r in ok], pa.int32())})
+        meta = pa.table(
+            {
+                "image_path": [r["source"] for r in ok],
+                "key": [r["key"] for r in ok],
+                "width": pa.array([r["width"] for r in ok], pa.int32()),
+                "height": pa.array([r["height"] for r in ok], pa.int32()),
+            }
+        )
         files = [f"img_emb/img_emb_{k}.npy", f"metadata/metadata_{k}.parquet"]
         store.write_bytes(files[0], buf.getvalue())
         store.write_bytes(files[1], _parquet_bytes(meta), point="part")

@@ -9,6 +9,7 @@ returns. Format (inference spec §1): a dict with ``args`` (argparse.Namespace),
 ``_intermediate_feature_normalizer.*``), optional ``state_dict_ema``, ``arch``, ``epoch``.
 Files are read through :func:`openradio.formats.safeload.safe_torch_load`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,16 +24,35 @@ import torch.nn.functional as F
 from openradio.atomicio import atomic_path
 from openradio.formats.safeload import CheckpointError, safe_torch_load
 from openradio.model import vit_families
-from openradio.model.config import BackboneConfig, RadioConfig
 from openradio.model.conditioner import InputConditioner
+from openradio.model.config import BackboneConfig, RadioConfig
 from openradio.model.normalizers import FeatureNormalizer
 from openradio.model.radio import RADIOModel
 
-__all__ = ["load_checkpoint_file", "save_checkpoint", "official_state_dict", "from_official", "radio_config",
-           "official_args", "make_args", "jsonable_args", "arg", "parse_dtype", "teacher_names", "unique_names",
-           "select_state", "split_state", "prefixed", "clean_key", "materialize_parametrizations",
-           "backbone_state_from_official", "backbone_state_to_official", "set_teacher_fields", "set_text_towers",
-           "CheckpointError"]
+__all__ = [
+    "load_checkpoint_file",
+    "save_checkpoint",
+    "official_state_dict",
+    "from_official",
+    "radio_config",
+    "official_args",
+    "make_args",
+    "jsonable_args",
+    "arg",
+    "parse_dtype",
+    "teacher_names",
+    "unique_names",
+    "select_state",
+    "split_state",
+    "prefixed",
+    "clean_key",
+    "materialize_parametrizations",
+    "backbone_state_from_official",
+    "backbone_state_to_official",
+    "set_teacher_fields",
+    "set_text_towers",
+    "CheckpointError",
+]
 
 
 # -- reading -----------------------------------------------------------------------------------------
@@ -48,24 +68,31 @@ def load_checkpoint_file(path: str | os.PathLike, mmap: bool = False) -> dict:
     chk = safe_torch_load(path, mmap=mmap)
     if not isinstance(chk, dict) or "args" not in chk or not ("state_dict" in chk or "state_dict_ema" in chk):
         keys = sorted(map(str, chk))[:8] if isinstance(chk, dict) else type(chk).__name__
-        raise CheckpointError(f"{path} is not an official RADIO checkpoint: expected a dict with 'args' and "
-                              f"'state_dict', found {keys}")
+        raise CheckpointError(
+            f"{path} is not an official RADIO checkpoint: expected a dict with 'args' and 'state_dict', found {keys}"
+        )
     for part in ("state_dict", "state_dict_ema"):
         for k, v in (chk.get(part) or {}).items():
             # integer buffers exist (a spectral norm's `_sn_version` counter); weights and biases,
             # and anything boolean or complex, must be floating point
-            if not torch.is_tensor(v) or v.dtype == torch.bool or v.is_complex() or (
-                    not v.is_floating_point() and k.rsplit(".", 1)[-1] in ("weight", "bias")):
+            if (
+                not torch.is_tensor(v)
+                or v.dtype == torch.bool
+                or v.is_complex()
+                or (not v.is_floating_point() and k.rsplit(".", 1)[-1] in ("weight", "bias"))
+            ):
                 kind = str(v.dtype).replace("torch.", "") if torch.is_tensor(v) else type(v).__name__
-                raise CheckpointError(f"{path}: {part}[{k!r}] is {kind}, but RADIO weights are floating point "
-                                      "(float32, float16 or bfloat16): the file was written wrongly")
+                raise CheckpointError(
+                    f"{path}: {part}[{k!r}] is {kind}, but RADIO weights are floating point "
+                    "(float32, float16 or bfloat16): the file was written wrongly"
+                )
     return chk
 
 
 def clean_key(k: str) -> str:
     for pre in ("module.", "_orig_mod."):
         while k.startswith(pre):
-            k = k[len(pre):]
+            k = k[len(pre) :]
     return k
 
 
@@ -77,7 +104,7 @@ def select_state(chk: dict) -> tuple[dict[str, torch.Tensor], bool]:
 
 
 def split_state(state: dict[str, torch.Tensor]) -> tuple[dict, dict]:
-    backbone = {k[len("base_model."):]: v for k, v in state.items() if k.startswith("base_model.")}
+    backbone = {k[len("base_model.") :]: v for k, v in state.items() if k.startswith("base_model.")}
     rest = {clean_key(k): v for k, v in state.items() if not k.startswith("base_model.")}
     return backbone, rest
 
@@ -85,15 +112,16 @@ def split_state(state: dict[str, torch.Tensor]) -> tuple[dict, dict]:
 def prefixed(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     """Entries under ``prefix.`` (exact component match: '_heads.1' never captures '_heads.10')."""
     p = prefix + "."
-    return {k[len(p):]: v for k, v in state.items() if k.startswith(p)}
+    return {k[len(p) :]: v for k, v in state.items() if k.startswith(p)}
 
 
 # -- spectral reparametrisation ----------------------------------------------------------------------
 PARAM_SUFFIX = ".parametrizations.weight.original"
 
 
-def _spectral_weight(W: torch.Tensor, u: torch.Tensor, v: torch.Tensor, scale: torch.Tensor,
-                     eps: float, n_iter: int) -> torch.Tensor:
+def _spectral_weight(
+    W: torch.Tensor, u: torch.Tensor, v: torch.Tensor, scale: torch.Tensor, eps: float, n_iter: int
+) -> torch.Tensor:
     """Effective weight W * s / sigma after the power-iteration step(s) the official loader runs
     (it materialises in training mode). Operation order matters for bit-exactness."""
     W, u, v, scale = W.float(), u.float(), v.float(), scale.float()
@@ -105,8 +133,9 @@ def _spectral_weight(W: torch.Tensor, u: torch.Tensor, v: torch.Tensor, scale: t
     return W * (s.float() / sigma.float())
 
 
-def materialize_parametrizations(state: dict[str, torch.Tensor], *, eps: float, n_iter: int,
-                                 allow_identity: bool, where: str) -> dict[str, torch.Tensor]:
+def materialize_parametrizations(
+    state: dict[str, torch.Tensor], *, eps: float, n_iter: int, allow_identity: bool, where: str
+) -> dict[str, torch.Tensor]:
     """Replace ``X.parametrizations.weight.*`` entries by a plain ``X.weight``."""
     out = {k: v for k, v in state.items() if ".parametrizations." not in k}
     layers = sorted({k[: -len(PARAM_SUFFIX)] for k in state if k.endswith(PARAM_SUFFIX)})
@@ -121,14 +150,16 @@ def materialize_parametrizations(state: dict[str, torch.Tensor], *, eps: float, 
                 parts.append(_spectral_weight(Wj, state[f"{q}._u"], state[f"{q}._v"], state[f"{q}.scale"], eps, n_iter))
             out[layer + ".weight"] = torch.cat(parts, dim=0)
         elif f"{base}._sn_version" in state:
-            out[layer + ".weight"] = _spectral_weight(W, state[f"{base}._u"], state[f"{base}._v"],
-                                                      state[f"{base}.scale"], eps, n_iter)
+            out[layer + ".weight"] = _spectral_weight(
+                W, state[f"{base}._u"], state[f"{base}._v"], state[f"{base}.scale"], eps, n_iter
+            )
         elif allow_identity and not any(k.startswith(base + ".") for k in state):
             out[layer + ".weight"] = W  # DAMP: an identity parametrisation
         else:
             raise CheckpointError(
                 f"{where}: layer {layer!r} is stored as a parametrised weight without the spectral "
-                "'_sn_version' entries, so its effective weight cannot be computed")
+                "'_sn_version' entries, so its effective weight cannot be computed"
+            )
     return out
 
 
@@ -161,15 +192,35 @@ def unique_names(args: Any) -> list[str]:
     return list(dict.fromkeys(teacher_names(args)))
 
 
-def make_args(model: str = "vit_base_patch16_224", teachers: list[dict] | None = None,
-              **overrides) -> argparse.Namespace:
+def make_args(
+    model: str = "vit_base_patch16_224", teachers: list[dict] | None = None, **overrides
+) -> argparse.Namespace:
     """``args`` in the official checkpoint layout (RADIOv2.5-b recipe by default)."""
     base = dict(
-        model=model, in_chans=None, input_size=None, pretrained=False, num_classes=None, drop=0.0,
-        drop_path=None, drop_block=None, gp=None, bn_momentum=None, bn_eps=None, initial_checkpoint="",
-        torchscript=False, cls_token_per_teacher=True, cpe_max_size=2048, model_kwargs={},
-        teachers=teachers or [], register_multiple=8, spectral_reparam=False, model_norm=False,
-        mlp_version="v2", mlp_hidden_size=1520, mlp_num_inner=1, dtype=torch.float32,
+        model=model,
+        in_chans=None,
+        input_size=None,
+        pretrained=False,
+        num_classes=None,
+        drop=0.0,
+        drop_path=None,
+        drop_block=None,
+        gp=None,
+        bn_momentum=None,
+        bn_eps=None,
+        initial_checkpoint="",
+        torchscript=False,
+        cls_token_per_teacher=True,
+        cpe_max_size=2048,
+        model_kwargs={},
+        teachers=teachers or [],
+        register_multiple=8,
+        spectral_reparam=False,
+        model_norm=False,
+        mlp_version="v2",
+        mlp_hidden_size=1520,
+        mlp_num_inner=1,
+        dtype=torch.float32,
     )
     base.update(overrides)
     return argparse.Namespace(**base)
@@ -179,22 +230,35 @@ def radio_config(args: Any, backbone_state: Optional[dict[str, torch.Tensor]] = 
     """The typed config an official ``args`` describes. For the DINOv2 students (whose official
     builder ignores ``model_kwargs``) the sizes come from ``backbone_state`` (openradio keys)."""
     return RadioConfig(
-        backbone=_backbone_config(args, backbone_state), teachers=[dict(t) for t in (arg(args, "teachers") or [])],
+        backbone=_backbone_config(args, backbone_state),
+        teachers=[dict(t) for t in (arg(args, "teachers") or [])],
         cls_token_per_teacher=bool(arg(args, "cls_token_per_teacher", True)),
-        mlp_version=arg(args, "mlp_version") or "v2", spatial_mlp_version=arg(args, "spatial_mlp_version"),
+        mlp_version=arg(args, "mlp_version") or "v2",
+        spatial_mlp_version=arg(args, "spatial_mlp_version"),
         mlp_hidden_size=arg(args, "mlp_hidden_size", 1520),
-        mlp_num_inner=arg(args, "mlp_num_inner", 1)).with_backbone_tokens()
+        mlp_num_inner=arg(args, "mlp_num_inner", 1),
+    ).with_backbone_tokens()
 
 
 def official_args(cfg: RadioConfig, **extra: Any) -> argparse.Namespace:
     """The official checkpoint ``args`` for a typed config (the inverse of :func:`radio_config`);
     ``extra`` adds recipe fields the official loader ignores (e.g. ``amp_dtype``)."""
     b = cfg.backbone
-    fields = dict(teachers=[dict(t) for t in cfg.teachers], model_kwargs=dict(b.model_kwargs),
-                  cpe_max_size=b.cpe_max_size, register_multiple=b.register_multiple, model_norm=b.model_norm,
-                  cls_token_per_teacher=cfg.cls_token_per_teacher, mlp_version=cfg.mlp_version,
-                  mlp_hidden_size=cfg.mlp_hidden_size, mlp_num_inner=cfg.mlp_num_inner, dtype=b.dtype,
-                  drop=b.drop_rate or 0.0, drop_path=b.drop_path_rate, gp=b.global_pool)
+    fields = dict(
+        teachers=[dict(t) for t in cfg.teachers],
+        model_kwargs=dict(b.model_kwargs),
+        cpe_max_size=b.cpe_max_size,
+        register_multiple=b.register_multiple,
+        model_norm=b.model_norm,
+        cls_token_per_teacher=cfg.cls_token_per_teacher,
+        mlp_version=cfg.mlp_version,
+        mlp_hidden_size=cfg.mlp_hidden_size,
+        mlp_num_inner=cfg.mlp_num_inner,
+        dtype=b.dtype,
+        drop=b.drop_rate or 0.0,
+        drop_path=b.drop_path_rate,
+        gp=b.global_pool,
+    )
     if b.in_chans != 3:
         fields["in_chans"] = b.in_chans
     if b.num_registers is not None:
@@ -220,12 +284,19 @@ def _backbone_config(args: Any, backbone_state: Optional[dict[str, torch.Tensor]
         # the official builder would not do
         kwargs = vit_families.dinov2_sizes_from_state(backbone_state)
     return BackboneConfig(
-        arch=name, model_kwargs=kwargs, cpe_max_size=arg(args, "cpe_max_size"),
-        register_multiple=arg(args, "register_multiple"), num_registers=arg(args, "cpe_num_registers"),
-        model_norm=bool(arg(args, "model_norm", False)), in_chans=arg(args, "in_chans") or 3,
-        drop_rate=arg(args, "drop"), drop_path_rate=arg(args, "drop_path"), global_pool=arg(args, "gp"),
+        arch=name,
+        model_kwargs=kwargs,
+        cpe_max_size=arg(args, "cpe_max_size"),
+        register_multiple=arg(args, "register_multiple"),
+        num_registers=arg(args, "cpe_num_registers"),
+        model_norm=bool(arg(args, "model_norm", False)),
+        in_chans=arg(args, "in_chans") or 3,
+        drop_rate=arg(args, "drop"),
+        drop_path_rate=arg(args, "drop_path"),
+        global_pool=arg(args, "gp"),
         dtype=parse_dtype(arg(args, "dtype")),
-        video_temporal_patch_size=arg(args, "video_temporal_patch_size") or _temporal_patch_size(backbone_state))
+        video_temporal_patch_size=arg(args, "video_temporal_patch_size") or _temporal_patch_size(backbone_state),
+    )
 
 
 def _temporal_patch_size(backbone_state: Optional[dict[str, torch.Tensor]]) -> Optional[int]:
@@ -273,12 +344,15 @@ def backbone_state_to_official(state: dict[str, torch.Tensor], arch: str) -> dic
 
 
 # -- official layout -> RADIOModel's layout (what openradio.formats.build reads) ---------------------
-_NORMALIZERS = [("_feature_normalizer", "feature_normalizer"),
-                ("_intermediate_feature_normalizer", "inter_feature_normalizer")]
+_NORMALIZERS = [
+    ("_feature_normalizer", "feature_normalizer"),
+    ("_intermediate_feature_normalizer", "inter_feature_normalizer"),
+]
 
 
-def from_official(args: Any, state: dict[str, torch.Tensor], *, adaptor_names: Optional[list[str]] = None,
-                  is_ema: bool = False) -> tuple[RadioConfig, dict[str, torch.Tensor], argparse.Namespace]:
+def from_official(
+    args: Any, state: dict[str, torch.Tensor], *, adaptor_names: Optional[list[str]] = None, is_ema: bool = False
+) -> tuple[RadioConfig, dict[str, torch.Tensor], argparse.Namespace]:
     """Official ``args`` and an official-format state dict -> the typed config, the state dict in
     :class:`RADIOModel`'s own layout (only the adaptors named; spectral parametrisations folded
     into plain weights, official backbone names made openradio's) and ``args`` as a Namespace.
@@ -291,8 +365,9 @@ def from_official(args: Any, state: dict[str, torch.Tensor], *, adaptor_names: O
     if spectral or damp or any(PARAM_SUFFIX in k for k in backbone_state):
         sr = arg(args, "spectral_reparam", False)
         eps, n_iter = (sr.get("eps", 1e-12), sr.get("n_power_iterations", 1)) if isinstance(sr, dict) else (1e-6, 1)
-        backbone_state = materialize_parametrizations(backbone_state, eps=eps, n_iter=n_iter,
-                                                      allow_identity=True, where="backbone")
+        backbone_state = materialize_parametrizations(
+            backbone_state, eps=eps, n_iter=n_iter, allow_identity=True, where="backbone"
+        )
     backbone_state = backbone_state_from_official(backbone_state, arg(args, "model"))
     cfg = radio_config(args, backbone_state)
     own = {f"model.{k}": v for k, v in backbone_state.items()}
@@ -304,8 +379,9 @@ def from_official(args: Any, state: dict[str, torch.Tensor], *, adaptor_names: O
             head = prefixed(rest, f"{family}.{tidx}")
             head.update(prefixed(rest, f"{family}.{name}"))
             if spectral_heads and head:
-                head = materialize_parametrizations(head, eps=1e-6, n_iter=1, allow_identity=False,
-                                                    where=f"{name} {what} head")
+                head = materialize_parametrizations(
+                    head, eps=1e-6, n_iter=1, allow_identity=False, where=f"{name} {what} head"
+                )
             if part == "head_mlp" and head and not arg(args, "mlp_version"):
                 cfg.mlp_version = _infer_mlp_version(head)  # old args without mlp_version: the weights tell
             own.update({f"adaptors.{name}.{part}.{k}": v for k, v in head.items()})
@@ -359,8 +435,15 @@ def official_state_dict(radio: RADIOModel, heads_by_name: bool = True) -> dict[s
     return {k: v.detach().cpu().clone() for k, v in out.items()}
 
 
-def save_checkpoint(path: str | os.PathLike, args: argparse.Namespace, state_dict: dict[str, torch.Tensor],
-                    *, state_dict_ema: Optional[dict] = None, epoch: int = 0, arch: Optional[str] = None) -> Path:
+def save_checkpoint(
+    path: str | os.PathLike,
+    args: argparse.Namespace,
+    state_dict: dict[str, torch.Tensor],
+    *,
+    state_dict_ema: Optional[dict] = None,
+    epoch: int = 0,
+    arch: Optional[str] = None,
+) -> Path:
     """Write an official-format ``.pth.tar`` atomically (temporary file, fsync, rename)."""
     path = Path(path)
     chk = {"arch": arch or arg(args, "model"), "epoch": epoch, "state_dict": state_dict, "args": args}
@@ -377,12 +460,17 @@ def set_teacher_fields(path: str | os.PathLike, fields: dict[str, dict[str, Any]
     chk = load_checkpoint_file(path)
     for entry in chk["args"].teachers:
         entry.update(fields.get(entry.get("name"), {}))
-    return save_checkpoint(path, chk["args"], chk["state_dict"], state_dict_ema=chk.get("state_dict_ema"),
-                           epoch=chk.get("epoch", 0), arch=chk.get("arch"))
+    return save_checkpoint(
+        path,
+        chk["args"],
+        chk["state_dict"],
+        state_dict_ema=chk.get("state_dict_ema"),
+        epoch=chk.get("epoch", 0),
+        arch=chk.get("arch"),
+    )
 
 
-def set_text_towers(path: str | os.PathLike,
-                    towers: dict[str, tuple[str | os.PathLike, str | os.PathLike]]) -> Path:
+def set_text_towers(path: str | os.PathLike, towers: dict[str, tuple[str | os.PathLike, str | os.PathLike]]) -> Path:
     """Name each teacher's text tower (``{teacher: (open_clip config JSON, weights)}``) in its entry of the
     checkpoint's ``args.teachers`` (``text_model``/``text_weights``, relative to the checkpoint's folder,
     which is how :func:`openradio.model.text.text_tower_source` resolves them)."""

@@ -17,7 +17,8 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from openradio.model.radio import FEATURE_FORMATS, RADIOModel
+from openradio.model.arguments import FEATURE_FORMATS
+from openradio.model.radio import RADIOModel
 
 __all__ = ["export_onnx", "onnx_output_names", "RadioOnnxWrapper", "MIN_OPSET"]
 
@@ -84,7 +85,6 @@ def export_onnx(
         )
     export_model = model
     if set(names) != set(model.adaptors):  # a shallow copy without the unwanted heads
-
         export_model = copy.copy(model)
         export_model._modules = dict(model._modules)
         export_model.adaptors = nn.ModuleDict({n: model.adaptors[n] for n in names})

@@ -7,6 +7,7 @@ On GPUs (and while tracing for export or compilation) the value checks are skipp
 force a device synchronisation on every call, or a data-dependent branch into the graph (NaN/Inf
 inputs then show as NaN outputs).
 """
+
 from __future__ import annotations
 
 import torch
@@ -27,8 +28,10 @@ def check_image_values(x: torch.Tensor) -> None:
     """Raise ``ValueError`` for images the model would turn into a silently wrong answer."""
     if not torch.is_floating_point(x):
         hint = " (x.float() / 255)" if x.dtype == torch.uint8 else ""
-        raise ValueError(f"expected float images with values in [0, 1], got a {str(x.dtype).replace('torch.', '')} "
-                         f"tensor: convert it first{hint}")
+        raise ValueError(
+            f"expected float images with values in [0, 1], got a {str(x.dtype).replace('torch.', '')} "
+            f"tensor: convert it first{hint}"
+        )
     c = x.shape[1]
     if c not in (1, 3):
         hint = ": drop the alpha channel (x[:, :3])" if c == 4 else ""
@@ -39,5 +42,6 @@ def check_image_values(x: torch.Tensor) -> None:
     if not torch.isfinite(peak):
         raise ValueError("the images contain NaN or Inf values; the model's outputs would be NaN")
     if float(peak) > MAX_ABS:
-        raise ValueError(f"the images have values up to {float(peak):.4g}, but the model expects [0, 1]: "
-                         "divide 0..255 images by 255")
+        raise ValueError(
+            f"the images have values up to {float(peak):.4g}, but the model expects [0, 1]: divide 0..255 images by 255"
+        )

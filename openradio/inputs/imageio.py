@@ -15,6 +15,7 @@ Both use bicubic interpolation with antialiasing, which is how torchvision resiz
 images in the examples; results are clamped to ``[0, 1]`` because bicubic overshoots and a
 PIL ``uint8`` image cannot hold values outside that range either.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -80,8 +81,10 @@ def list_images(source: Union[PathLike, Sequence[PathLike]], check_exists: bool 
         return found
     if src.is_file():
         if is_image_name(src.name):
-            raise ValueError(f"{src} is an image, not a folder or a file list; pass the folder that holds it "
-                             "or a text file listing image paths one per line")
+            raise ValueError(
+                f"{src} is an image, not a folder or a file list; pass the folder that holds it "
+                "or a text file listing image paths one per line"
+            )
         paths = []
         with open(src, encoding="utf-8") as f:
             for line in f:
@@ -181,8 +184,7 @@ def load_image(path: PathLike) -> Tensor:
         if isinstance(e, FileNotFoundError):
             raise
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ImageLoadError(
-            f"cannot read image {path}: {reason} (is it a complete JPEG/PNG/WebP/... file?)") from e
+        raise ImageLoadError(f"cannot read image {path}: {reason} (is it a complete JPEG/PNG/WebP/... file?)") from e
 
 
 def tensor_to_uint8(image: Tensor | np.ndarray) -> np.ndarray:
@@ -211,8 +213,10 @@ def nearest_multiple(value: float, multiple: int) -> int:
 
 def _check_image(img: Tensor) -> None:
     if not isinstance(img, Tensor):
-        raise TypeError(f"expected a torch.Tensor image (C, H, W) or (B, C, H, W), got {type(img).__name__}; "
-                        "use openradio.inputs.imageio.load_image or image_to_tensor first")
+        raise TypeError(
+            f"expected a torch.Tensor image (C, H, W) or (B, C, H, W), got {type(img).__name__}; "
+            "use openradio.inputs.imageio.load_image or image_to_tensor first"
+        )
     if img.ndim not in (3, 4):
         raise ValueError(f"expected a (C, H, W) or (B, C, H, W) image tensor, got shape {tuple(img.shape)}")
 

@@ -12,6 +12,7 @@ scikit-learn's ``load_sample_images`` adds two more (``china``, ``flower``) when
 Images are written as RGB (greyscale ones are replicated to three channels), the longer side
 capped at ``max_side`` pixels so that training batches decode quickly.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,41 +22,53 @@ from typing import Iterable, NamedTuple, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["SampleImage", "SAMPLE_IMAGES", "TRAIN_IMAGES", "EVAL_IMAGES", "available_images",
-           "load_sample_image", "write_sample_images", "SampleSplit", "write_sample_split"]
+__all__ = [
+    "SampleImage",
+    "SAMPLE_IMAGES",
+    "TRAIN_IMAGES",
+    "EVAL_IMAGES",
+    "available_images",
+    "load_sample_image",
+    "write_sample_images",
+    "SampleSplit",
+    "write_sample_split",
+]
 
 
 @dataclass(frozen=True)
 class SampleImage:
     name: str
-    source: str        # 'skimage' or 'sklearn'
-    loader: str        # function name in skimage.data, or the sklearn file name
-    fmt: str           # file format to write: 'png' for lossless sources, 'jpg' for JPEG sources
+    source: str  # 'skimage' or 'sklearn'
+    loader: str  # function name in skimage.data, or the sklearn file name
+    fmt: str  # file format to write: 'png' for lossless sources, 'jpg' for JPEG sources
     description: str
 
 
 # Only images whose files are inside the installed packages (no pooch download).
-SAMPLE_IMAGES: dict[str, SampleImage] = {s.name: s for s in [
-    SampleImage("astronaut", "skimage", "astronaut", "png", "astronaut Eileen Collins (portrait)"),
-    SampleImage("chelsea", "skimage", "chelsea", "png", "Chelsea the cat"),
-    SampleImage("coffee", "skimage", "coffee", "png", "a cup of coffee on a saucer"),
-    SampleImage("rocket", "skimage", "rocket", "jpg", "a rocket on the launch pad"),
-    SampleImage("camera", "skimage", "camera", "png", "the cameraman (greyscale)"),
-    SampleImage("coins", "skimage", "coins", "png", "Greek coins on a table (greyscale)"),
-    SampleImage("immunohistochemistry", "skimage", "immunohistochemistry", "png", "stained tissue, microscope"),
-    SampleImage("motorcycle_left", "skimage", "stereo_motorcycle:0", "png", "a motorcycle, left stereo view"),
-    SampleImage("motorcycle_right", "skimage", "stereo_motorcycle:1", "png", "a motorcycle, right stereo view"),
-    SampleImage("hubble_deep_field", "skimage", "hubble_deep_field", "jpg", "Hubble deep field galaxies"),
-    SampleImage("retina", "skimage", "retina", "jpg", "a human retina, fundus photograph"),
-    SampleImage("moon", "skimage", "moon", "png", "the lunar surface (greyscale)"),
-    SampleImage("clock", "skimage", "clock", "png", "a clock, motion-blurred (greyscale)"),
-    SampleImage("cell", "skimage", "cell", "png", "a cell, microscope (greyscale)"),
-    SampleImage("grass", "skimage", "grass", "png", "grass texture (greyscale)"),
-    SampleImage("gravel", "skimage", "gravel", "png", "gravel texture (greyscale)"),
-    SampleImage("brick", "skimage", "brick", "png", "a brick wall (greyscale)"),
-    SampleImage("china", "sklearn", "china.jpg", "jpg", "a Chinese temple"),
-    SampleImage("flower", "sklearn", "flower.jpg", "jpg", "a flower"),
-]}
+SAMPLE_IMAGES: dict[str, SampleImage] = {
+    s.name: s
+    for s in [
+        SampleImage("astronaut", "skimage", "astronaut", "png", "astronaut Eileen Collins (portrait)"),
+        SampleImage("chelsea", "skimage", "chelsea", "png", "Chelsea the cat"),
+        SampleImage("coffee", "skimage", "coffee", "png", "a cup of coffee on a saucer"),
+        SampleImage("rocket", "skimage", "rocket", "jpg", "a rocket on the launch pad"),
+        SampleImage("camera", "skimage", "camera", "png", "the cameraman (greyscale)"),
+        SampleImage("coins", "skimage", "coins", "png", "Greek coins on a table (greyscale)"),
+        SampleImage("immunohistochemistry", "skimage", "immunohistochemistry", "png", "stained tissue, microscope"),
+        SampleImage("motorcycle_left", "skimage", "stereo_motorcycle:0", "png", "a motorcycle, left stereo view"),
+        SampleImage("motorcycle_right", "skimage", "stereo_motorcycle:1", "png", "a motorcycle, right stereo view"),
+        SampleImage("hubble_deep_field", "skimage", "hubble_deep_field", "jpg", "Hubble deep field galaxies"),
+        SampleImage("retina", "skimage", "retina", "jpg", "a human retina, fundus photograph"),
+        SampleImage("moon", "skimage", "moon", "png", "the lunar surface (greyscale)"),
+        SampleImage("clock", "skimage", "clock", "png", "a clock, motion-blurred (greyscale)"),
+        SampleImage("cell", "skimage", "cell", "png", "a cell, microscope (greyscale)"),
+        SampleImage("grass", "skimage", "grass", "png", "grass texture (greyscale)"),
+        SampleImage("gravel", "skimage", "gravel", "png", "gravel texture (greyscale)"),
+        SampleImage("brick", "skimage", "brick", "png", "a brick wall (greyscale)"),
+        SampleImage("china", "sklearn", "china.jpg", "jpg", "a Chinese temple"),
+        SampleImage("flower", "sklearn", "flower.jpg", "jpg", "a flower"),
+    ]
+}
 
 # Held-out photographs for evaluation: never in the training folder. Subjects with clear object/
 # background structure, so PCA pictures are easy to read.
@@ -121,8 +134,9 @@ def load_sample_image(name: str, max_side: Optional[int] = None) -> np.ndarray:
     try:
         img = _to_rgb_uint8(_load_raw(SAMPLE_IMAGES[name]))
     except ImportError as e:
-        raise RuntimeError(f"sample image {name!r} needs {e.name or 'a missing package'}: "
-                           f"pip install scikit-image scikit-learn") from None
+        raise RuntimeError(
+            f"sample image {name!r} needs {e.name or 'a missing package'}: pip install scikit-image scikit-learn"
+        ) from None
     if max_side is not None and max(img.shape[:2]) > max_side:
         from PIL import Image
 
@@ -133,8 +147,13 @@ def load_sample_image(name: str, max_side: Optional[int] = None) -> np.ndarray:
     return img
 
 
-def write_sample_images(directory: str | os.PathLike, names: Optional[Sequence[str]] = None, *,
-                        max_side: Optional[int] = 640, overwrite: bool = False) -> list[Path]:
+def write_sample_images(
+    directory: str | os.PathLike,
+    names: Optional[Sequence[str]] = None,
+    *,
+    max_side: Optional[int] = 640,
+    overwrite: bool = False,
+) -> list[Path]:
     """Write the bundled photographs (``names``, default every available one) into ``directory``.
 
     PNG for lossless sources, JPEG (quality 95) for JPEG sources; files already there are kept
@@ -169,8 +188,9 @@ class SampleSplit(NamedTuple):
     eval: list[Path]
 
 
-def write_sample_split(root: str | os.PathLike, *, max_side: Optional[int] = 640,
-                       overwrite: bool = False) -> SampleSplit:
+def write_sample_split(
+    root: str | os.PathLike, *, max_side: Optional[int] = 640, overwrite: bool = False
+) -> SampleSplit:
     """``root/train`` (training photographs) and ``root/eval`` (held-out ones), disjoint."""
     root = Path(root)
     train = write_sample_images(root / "train", TRAIN_IMAGES, max_side=max_side, overwrite=overwrite)

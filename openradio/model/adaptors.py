@@ -1,4 +1,5 @@
 """Teacher adaptors: MLP heads mapping the student's CLS token / patch tokens to a teacher's space."""
+
 from __future__ import annotations
 
 import torch
@@ -25,8 +26,15 @@ class MLP2(nn.Module):
     finer token grid.
     """
 
-    def __init__(self, input_size: int, hidden_size: int, output_size: int, num_inner: int = 0,
-                 pre_norm: bool = False, upsample_factor: int = 1):
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        output_size: int,
+        num_inner: int = 0,
+        pre_norm: bool = False,
+        upsample_factor: int = 1,
+    ):
         super().__init__()
         self.pre_norm = nn.Sequential(nn.LayerNorm(input_size), nn.GELU()) if pre_norm else nn.Identity()
         self.upsample_factor = upsample_factor
@@ -34,9 +42,11 @@ class MLP2(nn.Module):
         self.fc1 = nn.Linear(input_size, hidden_size)
         self.blocks = nn.ModuleList(
             nn.Sequential(nn.LayerNorm(hidden_size), nn.GELU(), nn.Linear(hidden_size, hidden_size))
-            for _ in range(num_inner))
-        self.final = nn.Sequential(nn.LayerNorm(hidden_size), nn.GELU(),
-                                   nn.Linear(hidden_size, output_size * upsample_factor ** 2))
+            for _ in range(num_inner)
+        )
+        self.final = nn.Sequential(
+            nn.LayerNorm(hidden_size), nn.GELU(), nn.Linear(hidden_size, output_size * upsample_factor**2)
+        )
 
     @property
     def output_dim(self) -> int:
@@ -54,8 +64,9 @@ class MLP2(nn.Module):
 class MLP1(nn.Module):
     """'v1' head: fc1 -> LN -> ReLU -> N x [Linear, LN, ReLU] -> fc2."""
 
-    def __init__(self, input_size: int, hidden_size: int, output_size: int, num_inner: int = 0,
-                 upsample_factor: int = 1):
+    def __init__(
+        self, input_size: int, hidden_size: int, output_size: int, num_inner: int = 0, upsample_factor: int = 1
+    ):
         super().__init__()
         self.upsample_factor = upsample_factor
         self._real_output_dim = output_size
@@ -64,8 +75,9 @@ class MLP1(nn.Module):
         self.relu = nn.ReLU()
         self.inner = nn.ModuleList(
             nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.LayerNorm(hidden_size), nn.ReLU())
-            for _ in range(num_inner))
-        self.fc2 = nn.Linear(hidden_size, output_size * upsample_factor ** 2)
+            for _ in range(num_inner)
+        )
+        self.fc2 = nn.Linear(hidden_size, output_size * upsample_factor**2)
 
     @property
     def output_dim(self) -> int:
@@ -92,16 +104,20 @@ class AttnFDHead(nn.Module):
 
     NUM_HEADS = 16
 
-    def __init__(self, input_size: int, hidden_size: int, output_size: int, num_blocks: int = 2,
-                 upsample_factor: int = 1):
+    def __init__(
+        self, input_size: int, hidden_size: int, output_size: int, num_blocks: int = 2, upsample_factor: int = 1
+    ):
         super().__init__()
         from timm.models.vision_transformer import Block
 
         if input_size % self.NUM_HEADS:
             raise ValueError(f"an 'attn' feature head needs a width divisible by {self.NUM_HEADS}, got {input_size}")
-        self.blocks = nn.Sequential(*[
-            Block(input_size, num_heads=self.NUM_HEADS, mlp_ratio=4.0, qkv_bias=False, init_values=1e-5)
-            for _ in range(num_blocks)])
+        self.blocks = nn.Sequential(
+            *[
+                Block(input_size, num_heads=self.NUM_HEADS, mlp_ratio=4.0, qkv_bias=False, init_values=1e-5)
+                for _ in range(num_blocks)
+            ]
+        )
         self.mlp = MLP2(input_size, hidden_size, output_size, num_inner=0, upsample_factor=upsample_factor)
         self.upsample_factor = upsample_factor
 
@@ -117,12 +133,14 @@ MLP_VERSIONS = {"v1": MLP1, "v2": MLP2}
 HEAD_VERSIONS = ("v1", "v2", "attn")
 
 
-def create_mlp(version: str, input_size: int, hidden_size: int, output_size: int, num_inner: int = 0,
-               upsample_factor: int = 1) -> nn.Module:
+def create_mlp(
+    version: str, input_size: int, hidden_size: int, output_size: int, num_inner: int = 0, upsample_factor: int = 1
+) -> nn.Module:
     """One adaptor head. ``'attn'`` (feature heads only) takes ``num_inner`` as its block count."""
     if version == "attn":
-        return AttnFDHead(input_size, hidden_size, output_size, num_blocks=num_inner or 2,
-                          upsample_factor=upsample_factor)
+        return AttnFDHead(
+            input_size, hidden_size, output_size, num_blocks=num_inner or 2, upsample_factor=upsample_factor
+        )
     try:
         cls = MLP_VERSIONS[version]
     except KeyError:
@@ -152,14 +170,15 @@ def mlp_dims_from_state(version: str, state: dict[str, torch.Tensor], upsample_f
             hidden, inp = state["mlp.fc1.weight"].shape
             out = state["mlp.final.2.weight"].shape[0]
         except KeyError as e:
-            raise ValueError(f"'attn' feature head weights are missing {e.args[0]!r}; "
-                             f"keys present: {sorted(state)[:8]}...") from None
+            raise ValueError(
+                f"'attn' feature head weights are missing {e.args[0]!r}; keys present: {sorted(state)[:8]}..."
+            ) from None
         n = 0
         while f"blocks.{n}.norm1.weight" in state:
             n += 1
-        if out % (upsample_factor ** 2):
-            raise ValueError(f"head output {out} is not divisible by upsample_factor^2={upsample_factor ** 2}")
-        return inp, hidden, out // upsample_factor ** 2, n
+        if out % (upsample_factor**2):
+            raise ValueError(f"head output {out} is not divisible by upsample_factor^2={upsample_factor**2}")
+        return inp, hidden, out // upsample_factor**2, n
     try:
         hidden, inp = state["fc1.weight"].shape
         if version == "v2":
@@ -169,21 +188,29 @@ def mlp_dims_from_state(version: str, state: dict[str, torch.Tensor], upsample_f
             out = state["fc2.weight"].shape[0]
             inner_key = "inner.{}.0.weight"
     except KeyError as e:
-        raise ValueError(f"adaptor head weights are missing {e.args[0]!r} (MLP {version}); "
-                         f"keys present: {sorted(state)[:8]}...") from None
+        raise ValueError(
+            f"adaptor head weights are missing {e.args[0]!r} (MLP {version}); keys present: {sorted(state)[:8]}..."
+        ) from None
     n = 0
     while inner_key.format(n) in state:
         n += 1
-    if out % (upsample_factor ** 2):
-        raise ValueError(f"head output {out} is not divisible by upsample_factor^2={upsample_factor ** 2}")
-    return inp, hidden, out // upsample_factor ** 2, n
+    if out % (upsample_factor**2):
+        raise ValueError(f"head output {out} is not divisible by upsample_factor^2={upsample_factor**2}")
+    return inp, hidden, out // upsample_factor**2, n
 
 
 class GenericAdaptor(nn.Module):
     """A teacher's summary head and feature head, plus which prefix token feeds the summary head."""
 
-    def __init__(self, name: str, head_mlp: nn.Module, feat_mlp: nn.Module, head_idx: int,
-                 upsample_factor: int = 1, teacher_conf: dict | None = None):
+    def __init__(
+        self,
+        name: str,
+        head_mlp: nn.Module,
+        feat_mlp: nn.Module,
+        head_idx: int,
+        upsample_factor: int = 1,
+        teacher_conf: dict | None = None,
+    ):
         super().__init__()
         self.name = name
         self.head_mlp = head_mlp
@@ -199,8 +226,9 @@ class GenericAdaptor(nn.Module):
         return self.feat_mlp(features, images=images, patch_size=patch_size)
 
 
-def make_adaptor(cfg, name: str, embed_dim: int, summary: tuple[int, int, int],
-                 features: tuple[int, int, int]) -> GenericAdaptor:
+def make_adaptor(
+    cfg, name: str, embed_dim: int, summary: tuple[int, int, int], features: tuple[int, int, int]
+) -> GenericAdaptor:
     """The one adaptor factory (new students and loaded checkpoints alike).
 
     ``cfg`` is the model's :class:`~openradio.model.config.RadioConfig`; ``summary`` and

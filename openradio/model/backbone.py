@@ -1,4 +1,5 @@
 """Build the backbone ViT from a typed config and fit it with the CPE patch generator."""
+
 from __future__ import annotations
 
 import timm
@@ -24,42 +25,70 @@ def create_backbone(cfg: BackboneConfig, *, init_weights: bool = False) -> nn.Mo
     if cfg.cpe_max_size is None:
         raise ValueError("checkpoints without CPE (args.cpe_max_size=None) are not supported")
     if vit_families.is_dinov2_student(cfg.arch):
-        model = vit_families.build_dinov2_student(cfg.arch, kwargs, in_chans=cfg.in_chans,
-                                                   drop_path_rate=optional.get("drop_path_rate", 0.0),
-                                                   weight_init=weight_init)
+        model = vit_families.build_dinov2_student(
+            cfg.arch,
+            kwargs,
+            in_chans=cfg.in_chans,
+            drop_path_rate=optional.get("drop_path_rate", 0.0),
+            weight_init=weight_init,
+        )
         inner = model.inner
         inner.head = nn.Identity()
-        enable_cpe(inner, cfg.cpe_max_size, num_cls_tokens=cfg.num_cls_tokens,
-                   register_multiple=cfg.register_multiple, num_registers=cfg.num_registers, patch_bias=True,
-                   # the DINOv2 wrapper compares with its patch grid: never equal
-                   always_cpe=True, temporal_patch_size=video)
+        enable_cpe(
+            inner,
+            cfg.cpe_max_size,
+            num_cls_tokens=cfg.num_cls_tokens,
+            register_multiple=cfg.register_multiple,
+            num_registers=cfg.num_registers,
+            patch_bias=True,
+            # the DINOv2 wrapper compares with its patch grid: never equal
+            always_cpe=True,
+            temporal_patch_size=video,
+        )
         inner.reg_token = None  # the DINOv2 registers are replaced by the patch generator's prefix
         return model
     kwargs = vit_families.resolve_layer_kwargs(kwargs)
     try:
         if vit_families.is_family(cfg.arch):
-            model = vit_families.build_family_vit(cfg.arch, kwargs, in_chans=cfg.in_chans,
-                                                  weight_init=weight_init, **optional)
+            model = vit_families.build_family_vit(
+                cfg.arch, kwargs, in_chans=cfg.in_chans, weight_init=weight_init, **optional
+            )
         else:
-            model = timm.create_model(cfg.arch, pretrained=False, in_chans=cfg.in_chans,
-                                      weight_init=weight_init, **optional, **kwargs)
+            model = timm.create_model(
+                cfg.arch, pretrained=False, in_chans=cfg.in_chans, weight_init=weight_init, **optional, **kwargs
+            )
     except RuntimeError as e:
         known = ", ".join(vit_families.FAMILIES)
-        raise ValueError(f"cannot build backbone {cfg.arch!r} from the checkpoint args: {e} "
-                         f"(openradio builds timm's ViT names and the RADIO names {known})") from e
+        raise ValueError(
+            f"cannot build backbone {cfg.arch!r} from the checkpoint args: {e} "
+            f"(openradio builds timm's ViT names and the RADIO names {known})"
+        ) from e
     if not hasattr(model, "blocks") or not hasattr(model, "patch_embed"):
         raise ValueError(f"{cfg.arch!r} is not a timm VisionTransformer; only ViT students are supported")
     if getattr(model, "norm", None) is not None and not cfg.model_norm:
         model.norm = nn.Identity()
     model.head = nn.Identity()
-    enable_cpe(model, cfg.cpe_max_size, num_cls_tokens=cfg.num_cls_tokens,
-               register_multiple=cfg.register_multiple, num_registers=cfg.num_registers, temporal_patch_size=video)
+    enable_cpe(
+        model,
+        cfg.cpe_max_size,
+        num_cls_tokens=cfg.num_cls_tokens,
+        register_multiple=cfg.register_multiple,
+        num_registers=cfg.num_registers,
+        temporal_patch_size=video,
+    )
     return model
 
 
-def enable_cpe(model: nn.Module, max_img_size: int, num_cls_tokens: int, register_multiple: int | None,
-               num_registers: int | None, patch_bias: bool = False, always_cpe: bool = False,
-               temporal_patch_size: int | None = None) -> None:
+def enable_cpe(
+    model: nn.Module,
+    max_img_size: int,
+    num_cls_tokens: int,
+    register_multiple: int | None,
+    num_registers: int | None,
+    patch_bias: bool = False,
+    always_cpe: bool = False,
+    temporal_patch_size: int | None = None,
+) -> None:
     """Replace timm's patch_embed / cls_token / pos_embed by one ViTPatchGenerator (with a second,
     temporally packed projection for clips of ``temporal_patch_size`` frames when that is set)."""
     p = model.patch_embed.patch_size[0]
@@ -70,9 +99,18 @@ def enable_cpe(model: nn.Module, max_img_size: int, num_cls_tokens: int, registe
     # img_size (families spec §5): then the grid is cropped instead of resampled
     img = tuple(model.patch_embed.img_size)
     cpe_mode = always_cpe or (grid * p, grid * p) != img
-    gen = ViTPatchGenerator(p, model.embed_dim, grid, num_cls_tokens if has_cls else 0, regs,
-                            cls_token=has_cls, in_chans=model.patch_embed.proj.in_channels,
-                            patch_bias=patch_bias, cpe_mode=cpe_mode, temporal_patch_size=temporal_patch_size)
+    gen = ViTPatchGenerator(
+        p,
+        model.embed_dim,
+        grid,
+        num_cls_tokens if has_cls else 0,
+        regs,
+        cls_token=has_cls,
+        in_chans=model.patch_embed.proj.in_channels,
+        patch_bias=patch_bias,
+        cpe_mode=cpe_mode,
+        temporal_patch_size=temporal_patch_size,
+    )
     model.patch_generator = gen
     model.patch_embed = None
     model.cls_token = None

@@ -1,4 +1,5 @@
 """Input normalisation: (x - mean) / std in float32, cast to the backbone dtype."""
+
 from __future__ import annotations
 
 import torch

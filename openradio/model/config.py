@@ -3,6 +3,7 @@
 The official checkpoints describe a model with an ``argparse`` namespace (``args``); converting
 that namespace to and from these dataclasses happens at the edge, in :mod:`openradio.formats.official`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ class BackboneConfig:
     ``model_kwargs`` may name layers as data (they travel in checkpoint args):
     :func:`openradio.model.vit_families.resolve_layer_kwargs`.
     """
+
     arch: str = "vit_base_patch16_224"
     model_kwargs: dict = field(default_factory=dict)
     cpe_max_size: int = 2048
@@ -47,6 +49,7 @@ class RadioConfig:
     adaptor heads are built. ``teachers`` are dicts in the official layout (``name``, ``type``,
     ``use_summary``, ``token_slot``, ``fd_upsample_factor``, ``mlp_version``,
     ``spatial_mlp_version``, ...); names may repeat (the first wins, as officially)."""
+
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     teachers: list = field(default_factory=list)
     cls_token_per_teacher: bool = True

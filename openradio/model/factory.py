@@ -1,4 +1,5 @@
 """Fresh (randomly initialised) RADIO students: what training starts from."""
+
 from __future__ import annotations
 
 from typing import Any, Mapping, Optional
@@ -10,8 +11,13 @@ from openradio.model.config import RadioConfig
 from openradio.model.radio import RADIOModel
 
 
-def create_radio(cfg: RadioConfig, head_dims: Mapping[str, tuple[Optional[int], int]], *,
-                 adaptor_names: Optional[list[str]] = None, args: Any = None) -> RADIOModel:
+def create_radio(
+    cfg: RadioConfig,
+    head_dims: Mapping[str, tuple[Optional[int], int]],
+    *,
+    adaptor_names: Optional[list[str]] = None,
+    args: Any = None,
+) -> RADIOModel:
     """A RADIOModel built from a typed config with new weights and one adaptor per teacher name.
 
     ``head_dims[name] = (summary_dim, feature_dim)``: output widths of that teacher's summary and
@@ -29,8 +35,10 @@ def create_radio(cfg: RadioConfig, head_dims: Mapping[str, tuple[Optional[int], 
             raise ValueError(f"head_dims has no entry for teacher {name!r}")
         s_dim, f_dim = head_dims[name]
         dims = (cfg.mlp_hidden_size, cfg.mlp_num_inner)
-        adaptors[name] = make_adaptor(cfg, name, model.embed_dim, summary=(dims[0], s_dim or f_dim, dims[1]),
-                                      features=(dims[0], f_dim, dims[1]))
+        adaptors[name] = make_adaptor(
+            cfg, name, model.embed_dim, summary=(dims[0], s_dim or f_dim, dims[1]), features=(dims[0], f_dim, dims[1])
+        )
     model.to(dtype=cfg.dtype)
-    return RADIOModel(model, InputConditioner(dtype=cfg.dtype), cfg.summary_indices(), adaptors=adaptors,
-                      config=cfg, args=args)
+    return RADIOModel(
+        model, InputConditioner(dtype=cfg.dtype), cfg.summary_indices(), adaptors=adaptors, config=cfg, args=args
+    )

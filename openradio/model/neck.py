@@ -13,6 +13,7 @@ their default anchor generator (five sizes) take the outputs as they are.
 Inputs may come from one block (ViTDet) or from one block per level (the multi-level variant
 BEiT/mmseg use with UperNet: e.g. blocks 3, 5, 7, 11 for x4, x2, x1, x1/2).
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -47,8 +48,11 @@ def _resample(scale: float, dim: int, norm: str) -> tuple[nn.Module, int]:
     """The resampling stage of one level and its output width (ViTDet halves the width per x2)."""
     if scale == 4.0:
         return nn.Sequential(
-            nn.ConvTranspose2d(dim, dim // 2, 2, stride=2), _norm(norm, dim // 2), nn.GELU(),
-            nn.ConvTranspose2d(dim // 2, dim // 4, 2, stride=2)), dim // 4
+            nn.ConvTranspose2d(dim, dim // 2, 2, stride=2),
+            _norm(norm, dim // 2),
+            nn.GELU(),
+            nn.ConvTranspose2d(dim // 2, dim // 4, 2, stride=2),
+        ), dim // 4
     if scale == 2.0:
         return nn.ConvTranspose2d(dim, dim // 2, 2, stride=2), dim // 2
     if scale == 1.0:
@@ -73,23 +77,34 @@ class SimpleFeaturePyramid(nn.Module):
         extra_pool: add the stride-2 max-pool of the coarsest level as ``'pool'``.
     """
 
-    def __init__(self, in_channels: int, out_channels: int = 256, scales: Sequence[float] = (4.0, 2.0, 1.0, 0.5),
-                 in_stride: int = 16, num_inputs: int = 1, norm: str = "LN", extra_pool: bool = True):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int = 256,
+        scales: Sequence[float] = (4.0, 2.0, 1.0, 0.5),
+        in_stride: int = 16,
+        num_inputs: int = 1,
+        norm: str = "LN",
+        extra_pool: bool = True,
+    ):
         super().__init__()
         scales = [float(s) for s in scales]
         if not scales:
             raise ValueError("a feature pyramid needs at least one scale")
         if num_inputs not in (1, len(scales)):
-            raise ValueError(f"{num_inputs} input maps for {len(scales)} pyramid levels: pass one map (ViTDet) "
-                             "or one per level")
+            raise ValueError(
+                f"{num_inputs} input maps for {len(scales)} pyramid levels: pass one map (ViTDet) or one per level"
+            )
         if in_channels % 4:
             raise ValueError(f"in_channels={in_channels} must be divisible by 4 (the x4 level quarters it)")
         strides = []
         for s in scales:
             stride = in_stride / s
             if stride != int(stride):
-                raise ValueError(f"scale {s} of a stride-{in_stride} map gives a fractional stride {stride}; "
-                                 "use a patch size divisible by the largest scale")
+                raise ValueError(
+                    f"scale {s} of a stride-{in_stride} map gives a fractional stride {stride}; "
+                    "use a patch size divisible by the largest scale"
+                )
             strides.append(int(stride))
         self.scales = scales
         self.num_inputs = num_inputs
@@ -98,12 +113,17 @@ class SimpleFeaturePyramid(nn.Module):
         self.stages = nn.ModuleList()
         for s in scales:
             resample, width = _resample(s, in_channels, norm)
-            self.stages.append(nn.Sequential(OrderedDict(
-                resample=resample,
-                lateral=nn.Conv2d(width, out_channels, 1, bias=norm in ("", "none", None)),
-                lateral_norm=_norm(norm, out_channels),
-                output=nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=norm in ("", "none", None)),
-                output_norm=_norm(norm, out_channels))))
+            self.stages.append(
+                nn.Sequential(
+                    OrderedDict(
+                        resample=resample,
+                        lateral=nn.Conv2d(width, out_channels, 1, bias=norm in ("", "none", None)),
+                        lateral_norm=_norm(norm, out_channels),
+                        output=nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=norm in ("", "none", None)),
+                        output_norm=_norm(norm, out_channels),
+                    )
+                )
+            )
         names = [str(i) for i in range(len(scales))]
         if extra_pool:
             names.append("pool")
@@ -116,8 +136,9 @@ class SimpleFeaturePyramid(nn.Module):
 
     def forward(self, features: torch.Tensor | Sequence[torch.Tensor]) -> "OrderedDict[str, torch.Tensor]":
         maps = [features] if isinstance(features, torch.Tensor) else list(features)
-        if len(maps) not in (1, len(self.stages)) or (self.num_inputs == len(self.stages) and len(maps) == 1
-                                                       and len(self.stages) > 1):
+        if len(maps) not in (1, len(self.stages)) or (
+            self.num_inputs == len(self.stages) and len(maps) == 1 and len(self.stages) > 1
+        ):
             raise ValueError(f"the pyramid takes {self.num_inputs} map(s), got {len(maps)}")
         if len(maps) == 1:
             maps = maps * len(self.stages)

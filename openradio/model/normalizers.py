@@ -3,6 +3,7 @@
 A normaliser is a (mean, tx) pair applied as ``(x - mean) @ tx.T``; PHI-S makes every output
 channel unit-variance with one isotropic scale (see distill/phi_s.py for the estimator).
 """
+
 from __future__ import annotations
 
 import torch
@@ -31,8 +32,9 @@ class FeatureNormalizer(nn.Module):
 class IntermediateFeatureNormalizer(nn.Module):
     """Per-layer (mean, rotation, alpha): layer i's tokens become alpha_i * R (x - mean_i)."""
 
-    def __init__(self, num_layers: int, embed_dim: int, rot_per_layer: bool = False,
-                 dtype: torch.dtype = torch.float32):
+    def __init__(
+        self, num_layers: int, embed_dim: int, rot_per_layer: bool = False, dtype: torch.dtype = torch.float32
+    ):
         super().__init__()
         self.register_buffer("alphas", torch.ones(num_layers, dtype=dtype))
         rot = torch.eye(embed_dim, dtype=dtype)

@@ -14,6 +14,7 @@ prefix tokens skip windowed blocks, as in :mod:`openradio.model.vitdet`) and the
 aside. Patch tokens stay window-ordered throughout, as in the single-image runner, so each image
 sees exactly the sequence it sees alone.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -41,8 +42,9 @@ def supports_packing(blocks: nn.Sequential) -> bool:
 @dataclass
 class PackedImages:
     """Where each image's tokens sit in the packed sequence."""
+
     num_prefix: int
-    grids: list[tuple[int, int]]          # token grid (h, w) per image
+    grids: list[tuple[int, int]]  # token grid (h, w) per image
     window: Optional[int]
 
     @property
@@ -79,14 +81,14 @@ class PackedRunner:
     def _to_windows(self) -> None:
         S = self.pack.num_prefix
         segs = self._global_segments()
-        self.prefix = [self.x[:, o:o + S] for o, _ in segs]
-        self.x = torch.cat([self.x[:, o + S:o + n] for o, n in segs], dim=1)
+        self.prefix = [self.x[:, o : o + S] for o, _ in segs]
+        self.x = torch.cat([self.x[:, o + S : o + n] for o, n in segs], dim=1)
         self.windowed = True
 
     def _to_global(self) -> None:
         parts, o = [], 0
         for pre, n in zip(self.prefix, self.pack.num_patches):
-            parts += [pre, self.x[:, o:o + n]]
+            parts += [pre, self.x[:, o : o + n]]
             o += n
         self.x = torch.cat(parts, dim=1)
         self.prefix = None
@@ -107,7 +109,7 @@ class PackedRunner:
         S = self.pack.num_prefix
         out = []
         for (o, n), (h, w) in zip(self._global_segments(), self.pack.grids):
-            seq = self.x[:, o:o + n]
+            seq = self.x[:, o : o + n]
             patches = seq[:, S:]
             if self.pack.window:
                 patches = WindowLayout(1, h, w, self.pack.window).to_raster_order(patches)
@@ -124,16 +126,16 @@ class PackedRunner:
             by_len.setdefault(n, []).append(o)
         for n, starts in by_len.items():
             if len(starts) == 1:
-                chunk = qkv[starts[0]:starts[0] + n].unsqueeze(0)
+                chunk = qkv[starts[0] : starts[0] + n].unsqueeze(0)
             else:
-                chunk = torch.stack([qkv[o:o + n] for o in starts])
+                chunk = torch.stack([qkv[o : o + n] for o in starts])
             y = _sdpa(attn, chunk.reshape(len(starts), n, 3, H, hd))
             for j, o in enumerate(starts):
-                out[o:o + n] = y[j]
+                out[o : o + n] = y[j]
         return out
 
     def _attend_windows(self, attn: Attention, qkv: torch.Tensor) -> torch.Tensor:
-        ws2 = self.pack.window ** 2
+        ws2 = self.pack.window**2
         H, hd = attn.num_heads, attn.head_dim
         y = _sdpa(attn, qkv.reshape(-1, ws2, 3, H, hd))
         return y.reshape(qkv.shape[0], H * hd)

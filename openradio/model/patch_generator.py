@@ -12,6 +12,7 @@ tube whose vector is ordered ``(t, c, dy, dx)``, the column order of the checkpo
 ``video_embedder``; the position grid, CLS tokens and registers are those of images. Which
 projection runs is told by the channel count (C: images, T*C: clips), as transformers does.
 """
+
 from __future__ import annotations
 
 import math
@@ -63,15 +64,26 @@ class ViTPatchGenerator(nn.Module):
     (B, T*3, H, W) -> (B, prefix + H/p * W/p, D).
     """
 
-    def __init__(self, patch_size: int, embed_dim: int, grid_size: int, num_cls_tokens: int,
-                 num_registers: int, cls_token: bool = True, pos_dropout: float = 0.1,
-                 in_chans: int = 3, patch_bias: bool = False, cpe_mode: bool = True,
-                 temporal_patch_size: int | None = None):
+    def __init__(
+        self,
+        patch_size: int,
+        embed_dim: int,
+        grid_size: int,
+        num_cls_tokens: int,
+        num_registers: int,
+        cls_token: bool = True,
+        pos_dropout: float = 0.1,
+        in_chans: int = 3,
+        patch_bias: bool = False,
+        cpe_mode: bool = True,
+        temporal_patch_size: int | None = None,
+    ):
         super().__init__()
         if temporal_patch_size is not None and (isinstance(temporal_patch_size, bool) or temporal_patch_size < 2):
             # transformers tells clips from images by their channel count: one frame would be an image
-            raise ValueError(f"temporal_patch_size must be at least 2 frames (or None: images only), "
-                             f"got {temporal_patch_size!r}")
+            raise ValueError(
+                f"temporal_patch_size must be at least 2 frames (or None: images only), got {temporal_patch_size!r}"
+            )
         self.patch_size = patch_size
         self.embed_dim = embed_dim
         self.grid_size = grid_size  # R: the position grid is R x R
@@ -84,8 +96,11 @@ class ViTPatchGenerator(nn.Module):
         self.embedder = nn.Linear(in_chans * patch_size * patch_size, embed_dim, bias=patch_bias)
         self.in_chans = in_chans
         self.temporal_patch_size = temporal_patch_size
-        self.video_embedder = (nn.Linear(temporal_patch_size * in_chans * patch_size * patch_size, embed_dim,
-                                         bias=patch_bias) if temporal_patch_size else None)
+        self.video_embedder = (
+            nn.Linear(temporal_patch_size * in_chans * patch_size * patch_size, embed_dim, bias=patch_bias)
+            if temporal_patch_size
+            else None
+        )
         # cpe_mode False only when the largest size equals the ViT's own img_size: the official
         # generator then crops the grid instead of resampling it (see eval_position_encoding)
         self.cpe_mode = cpe_mode
@@ -130,8 +145,11 @@ class ViTPatchGenerator(nn.Module):
         elif self.is_packed_video(x):
             embedder = self.video_embedder
         else:
-            clips = (f" or {self.in_chans * self.temporal_patch_size} (clips of {self.temporal_patch_size} frames)"
-                     if self.video_embedder is not None else "")
+            clips = (
+                f" or {self.in_chans * self.temporal_patch_size} (clips of {self.temporal_patch_size} frames)"
+                if self.video_embedder is not None
+                else ""
+            )
             raise ValueError(f"the patch generator takes {self.in_chans} channels{clips}, got {x.shape[1]}")
         # frames stacked on the channel axis flatten (t, c, dy, dx): the video_embedder's column order
         patches = rearrange(x, "b c (py yy) (px xx) -> b (py px) (c yy xx)", yy=p, xx=p)
@@ -162,7 +180,7 @@ class ViTPatchGenerator(nn.Module):
             return self.pos_embed
         pe = self._grid()
         if not self.cpe_mode:
-            pe = pe[:, :, :min(h, R), :min(w, R)]
+            pe = pe[:, :, : min(h, R), : min(w, R)]
             if pe.shape[-2:] != (h, w):
                 pe = F.interpolate(pe.float(), size=(h, w), mode="bilinear", align_corners=False).to(pe.dtype)
             return pe.flatten(2).permute(0, 2, 1)

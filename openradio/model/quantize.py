@@ -15,6 +15,7 @@ FLOPs. The patch embedding, the CPE position grid, the norms and the adaptor hea
 Activations get one scale per linear call, so an image's int8 output depends slightly on what
 else is in the batch (or in a ``forward_images`` pack): close to, not equal to, running it alone.
 """
+
 from __future__ import annotations
 
 import copy
@@ -30,8 +31,9 @@ from openradio.model.radio import RADIOModel
 DEFAULT_ENGINE = "onednn"
 
 
-def quantize_dynamic(model: RADIOModel, inplace: bool = False, per_channel: bool = True,
-                     engine: Optional[str] = None) -> RADIOModel:
+def quantize_dynamic(
+    model: RADIOModel, inplace: bool = False, per_channel: bool = True, engine: Optional[str] = None
+) -> RADIOModel:
     """A copy of ``model`` (float32, CPU, eval) whose ViT blocks run int8 linear layers.
 
     ``engine``: torch's quantised CPU backend whose int8 kernels the layers are packed for
@@ -43,8 +45,10 @@ def quantize_dynamic(model: RADIOModel, inplace: bool = False, per_channel: bool
     if not isinstance(model, RADIOModel):
         raise TypeError(f"quantize_dynamic takes a RADIOModel, got {type(model).__name__}")
     if model.dtype != torch.float32:
-        raise ValueError(f"int8 quantisation starts from a float32 model, this one is {model.dtype}: "
-                         "load it with dtype float32 (model.float())")
+        raise ValueError(
+            f"int8 quantisation starts from a float32 model, this one is {model.dtype}: "
+            "load it with dtype float32 (model.float())"
+        )
     if any(p.device.type != "cpu" for p in model.parameters()):
         raise ValueError("int8 dynamic quantisation runs on the CPU: move the model there first (model.cpu())")
     engines = torch.backends.quantized.supported_engines
@@ -56,10 +60,12 @@ def quantize_dynamic(model: RADIOModel, inplace: bool = False, per_channel: bool
     out = model if inplace else copy.deepcopy(model)
     out.eval()
     from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig
+
     qconfig = per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning))
         from torch.ao.quantization import quantize_dynamic as _qd
+
         before = torch.backends.quantized.engine
         torch.backends.quantized.engine = engine  # the weights are packed for the engine current here
         try:

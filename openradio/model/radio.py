@@ -1,17 +1,19 @@
 """RADIOModel: conditioner -> CPE ViT -> summary / spatial features (+ teacher adaptors)."""
+
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Iterable, NamedTuple, Optional, Sequence, Union
+from typing import Any, NamedTuple, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
 from openradio.inputs.checks import check_image_values
-from openradio.model.config import RadioConfig
-from openradio.model.clips import check_clip_list, clip_to_frames, output_row
-from openradio.model.normalizers import NullIntermediateFeatureNormalizer
 from openradio.model import packed as packing
+from openradio.model.arguments import check_feature_fmt, check_window, take_indices
+from openradio.model.clips import check_clip_list, clip_to_frames, output_row
+from openradio.model.config import RadioConfig
+from openradio.model.normalizers import NullIntermediateFeatureNormalizer
 from openradio.model.vitdet import WindowedRunner, WindowLayout, windowed_blocks
 from openradio.model.vlm import vlm_tokens
 
@@ -32,9 +34,6 @@ class RadioOutput(NamedTuple):
         )
 
 
-FEATURE_FORMATS = ("NLC", "NCHW")
-
-
 class _Loaded:
     """Default of the ``vitdet_window`` call argument: the window the model was loaded with."""
 
@@ -48,6 +47,7 @@ LOADED = _Loaded()
 def _cpu_inference(x: torch.Tensor) -> bool:
     """Where ``cpu_chunk_tokens`` applies (block passes of a batch, packs of forward_images)."""
     return x.device.type == "cpu" and not torch.is_grad_enabled()
+
 
 # tokens per block pass in CPU inference (benchmarks/bench_compare.py --chunk-tokens measures it)
 CPU_CHUNK_TOKENS = 2560
@@ -63,14 +63,24 @@ class RADIOModel(nn.Module):
     frames, (B, T, 3, H, W) or packed (B, T*3, H, W): see :meth:`forward_video`.
     """
 
-    def __init__(self, model: nn.Module, input_conditioner: nn.Module, summary_idxs: Sequence[int],
-                 patch_size: Optional[int] = None, max_resolution: Optional[int] = None,
-                 window_size: Optional[int] = None, preferred_resolution: Optional[Resolution] = None,
-                 adaptors: Optional[dict[str, nn.Module]] = None,
-                 feature_normalizer: Optional[nn.Module] = None,
-                 inter_feature_normalizer: Optional[nn.Module] = None,
-                 vitdet_num_windowed: Optional[int] = None, vitdet_num_global: Optional[int] = None,
-                 config: Optional[RadioConfig] = None, args: Any = None, version: Optional[str] = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        input_conditioner: nn.Module,
+        summary_idxs: Sequence[int],
+        patch_size: Optional[int] = None,
+        max_resolution: Optional[int] = None,
+        window_size: Optional[int] = None,
+        preferred_resolution: Optional[Resolution] = None,
+        adaptors: Optional[dict[str, nn.Module]] = None,
+        feature_normalizer: Optional[nn.Module] = None,
+        inter_feature_normalizer: Optional[nn.Module] = None,
+        vitdet_num_windowed: Optional[int] = None,
+        vitdet_num_global: Optional[int] = None,
+        config: Optional[RadioConfig] = None,
+        args: Any = None,
+        version: Optional[str] = None,
+    ):
         super().__init__()
         self.model = model
         self.input_conditioner = input_conditioner
@@ -169,8 +179,10 @@ class RADIOModel(nn.Module):
     def feature_info(self) -> list[dict]:
         """timm's ``feature_info``: per block (what ``forward_intermediates`` emits) its width and
         stride in pixels, e.g. ``[{'module': 'blocks.0', 'num_chs': 768, 'reduction': 16}, ...]``."""
-        return [dict(module=f"blocks.{i}", num_chs=self.embed_dim, reduction=self.patch_size)
-                for i in range(len(self.blocks))]
+        return [
+            dict(module=f"blocks.{i}", num_chs=self.embed_dim, reduction=self.patch_size)
+            for i in range(len(self.blocks))
+        ]
 
     @property
     def vitdet_num_windowed(self) -> Optional[int]:
@@ -217,10 +229,10 @@ class RADIOModel(nn.Module):
     def set_vitdet_window(self, window_size: Optional[int]) -> None:
         """Change the default ViTDet window (in patches; None: global attention). A single call
         can use another window without changing the model: ``model(x, vitdet_window=...)``."""
-        self._window_size = _check_window(window_size)
+        self._window_size = check_window(window_size)
 
     def _window(self, vitdet_window) -> Optional[int]:
-        return self._window_size if vitdet_window is LOADED else _check_window(vitdet_window)
+        return self._window_size if vitdet_window is LOADED else check_window(vitdet_window)
 
     # -- forward --------------------------------------------------------------------------------
     def _check_resolution(self, x: torch.Tensor, window: Optional[int] = None) -> None:
@@ -234,7 +246,8 @@ class RADIOModel(nn.Module):
             raise ValueError(
                 f"The input resolution must be a multiple of `self.min_resolution_step={step}`. "
                 "`self.get_nearest_supported_resolution(<height>, <width>) is provided as a convenience API. "
-                f"Input: {x.shape[-2:]}, Nearest: {nearest}")
+                f"Input: {x.shape[-2:]}, Nearest: {nearest}"
+            )
 
     def is_clip(self, x: torch.Tensor) -> bool:
         """Whether ``x`` is a batch of clips: (B, T, C, H, W), or (B, T*C, H, W) on a model with a
@@ -324,8 +337,14 @@ class RADIOModel(nn.Module):
             raise ValueError(f"forward_video takes clips (B, T, C, H, W) or (B, T*C, H, W), got {tuple(clips.shape)}")
         return self(clips, feature_fmt=feature_fmt, vitdet_window=vitdet_window)
 
-    def forward_images(self, images: Sequence[torch.Tensor], feature_fmt: str = "NLC", vitdet_window=LOADED,
-                       packed: Optional[bool] = None, max_tokens: Optional[int] = None) -> list:
+    def forward_images(
+        self,
+        images: Sequence[torch.Tensor],
+        feature_fmt: str = "NLC",
+        vitdet_window=LOADED,
+        packed: Optional[bool] = None,
+        max_tokens: Optional[int] = None,
+    ) -> list:
         """Images of different sizes in one call: a list of (3, H, W) or (1, 3, H, W) tensors ->
         the list of what ``model(image[None])`` returns for each (adaptors included).
 
@@ -359,18 +378,19 @@ class RADIOModel(nn.Module):
                 return [self(x, feature_fmt=feature_fmt, vitdet_window=window) for x in xs]
             outs = []
             for j in range(0, len(xs), t):
-                out = self(torch.cat(xs[j:j + t]), feature_fmt=feature_fmt, vitdet_window=window)
+                out = self(torch.cat(xs[j : j + t]), feature_fmt=feature_fmt, vitdet_window=window)
                 outs += [output_row(out, i) for i in range(t)]
             return outs
         p = self.patch_size
         if max_tokens is None:
             max_tokens = (self.cpu_chunk_tokens or 0) if _cpu_inference(xs[0]) else 0
         if max_tokens < 0:
-            raise ValueError(f"max_tokens must be a number of tokens (0: one pack; None: the default), "
-                             f"got {max_tokens}")
+            raise ValueError(
+                f"max_tokens must be a number of tokens (0: one pack; None: the default), got {max_tokens}"
+            )
         groups, current, count = [], [], 0
         for j in range(0, len(xs), t):  # whole clips (t = 1: single images)
-            clip = xs[j:j + t]
+            clip = xs[j : j + t]
             n = t * (clip[0].shape[-2] // p * (clip[0].shape[-1] // p) + self.num_prefix_tokens)
             if current and max_tokens and count + n > max_tokens:
                 groups.append(current)
@@ -380,7 +400,9 @@ class RADIOModel(nn.Module):
         groups.append(current)
         outs = []
         for group in groups:
-            pack = packing.PackedImages(self.num_prefix_tokens, [(x.shape[-2] // p, x.shape[-1] // p) for x in group], window)
+            pack = packing.PackedImages(
+                self.num_prefix_tokens, [(x.shape[-2] // p, x.shape[-1] // p) for x in group], window
+            )
             conds = [self._conditioned(x, window) for x in group]
             seqs = [self.patch_generator(c) for c in conds]
             runner = packing.PackedRunner(seqs, pack, self._schedule())
@@ -403,8 +425,9 @@ class RADIOModel(nn.Module):
         if not ok:
             shape = tuple(im.shape) if isinstance(im, torch.Tensor) else type(im).__name__
             clips = f", or a clip ({T}, 3, H, W)" if T is not None else ""
-            raise ValueError(f"forward_images: image {i} must be a (3, H, W) or (1, 3, H, W) tensor{clips}, "
-                             f"got {shape}")
+            raise ValueError(
+                f"forward_images: image {i} must be a (3, H, W) or (1, 3, H, W) tensor{clips}, got {shape}"
+            )
         x = im if im.ndim >= 4 else im.unsqueeze(0)
         if self.is_clip(x):
             self._check_resolution(self.clip_frames(x), window)
@@ -416,10 +439,10 @@ class RADIOModel(nn.Module):
         check_feature_fmt(feature_fmt)
         p = self.patch_size
         B, _, H, W = x.shape
-        all_summary = y[:, :self.num_cls_tokens]
+        all_summary = y[:, : self.num_cls_tokens]
         # one summary token (the DINOv2 student, or a single CLS) is the summary as it is
         summary = all_summary[:, self.summary_idxs].flatten(1) if all_summary.shape[1] > 1 else all_summary.flatten(1)
-        all_feat = self.feature_normalizer(y[:, self.num_prefix_tokens:])
+        all_feat = self.feature_normalizer(y[:, self.num_prefix_tokens :])
         feats = all_feat
         if feature_fmt == "NCHW":
             feats = all_feat.reshape(B, H // p, W // p, all_feat.shape[-1]).permute(0, 3, 1, 2)
@@ -438,17 +461,26 @@ class RADIOModel(nn.Module):
             out[name] = RadioOutput(a_summary, a_feat).to(torch.float32)
         return out
 
-    def vlm_tokens(self, x: torch.Tensor, layers: Optional[Sequence[int]] = None, compress: Optional[str] = None,
-                   **kwargs):
+    def vlm_tokens(
+        self, x: torch.Tensor, layers: Optional[Sequence[int]] = None, compress: Optional[str] = None, **kwargs
+    ):
         """Tokens for a language model (multi-layer, pixel shuffle, ToMe merging): see openradio.model.vlm."""
         return vlm_tokens(self, x, layers=layers, compress=compress, **kwargs)
 
     # -- intermediates --------------------------------------------------------------------------
-    def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, Sequence[int]]] = None,
-                              return_prefix_tokens: bool = False, norm: bool = False, stop_early: bool = False,
-                              output_fmt: str = "NCHW", intermediates_only: bool = False,
-                              aggregation: Optional[str] = "sparse",
-                              norm_alpha_scheme: Optional[str] = "post-alpha", vitdet_window=LOADED):
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: Optional[Union[int, Sequence[int]]] = None,
+        return_prefix_tokens: bool = False,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+        aggregation: Optional[str] = "sparse",
+        norm_alpha_scheme: Optional[str] = "post-alpha",
+        vitdet_window=LOADED,
+    ):
         """Outputs of selected blocks (timm's API, RADIO's aggregation modes).
 
         ``aggregation='sparse'`` emits the taken blocks; ``'dense'`` emits, at each taken block,
@@ -463,8 +495,10 @@ class RADIOModel(nn.Module):
         if aggregation not in ("sparse", "dense"):
             raise ValueError(f"Unsupported aggregation: {aggregation!r}. Must be 'sparse' or 'dense'")
         if norm_alpha_scheme not in ("post-alpha", "pre-alpha", "none", None):
-            raise ValueError(f"Unsupported norm_alpha_scheme: {norm_alpha_scheme!r}. "
-                             "Must be one of 'post-alpha', 'pre-alpha', 'none'")
+            raise ValueError(
+                f"Unsupported norm_alpha_scheme: {norm_alpha_scheme!r}. "
+                "Must be one of 'post-alpha', 'pre-alpha', 'none'"
+            )
         depth = len(self.blocks)
         take = take_indices(depth, indices)
         last = take[-1]
@@ -496,8 +530,9 @@ class RADIOModel(nn.Module):
             if aggregation == "sparse" and target < len(take) and i == take[target]:
                 current = runner.raster() if current is None else current
                 y, alpha = inter_norm(current, i, skip=prefix)
-                intermediates.append(self._split(alpha * y, final_norm if norm else None, return_prefix_tokens,
-                                                 output_fmt, B, h, w))
+                intermediates.append(
+                    self._split(alpha * y, final_norm if norm else None, return_prefix_tokens, output_fmt, B, h, w)
+                )
                 target += 1
             elif aggregation == "dense" and target < len(take):
                 current = runner.raster() if current is None else current
@@ -511,8 +546,9 @@ class RADIOModel(nn.Module):
                 num_accum += 1
                 if i == take[target]:
                     out = (alpha_sum / num_accum) * accum / num_accum
-                    intermediates.append(self._split(out, final_norm if norm else None, return_prefix_tokens,
-                                                     output_fmt, B, h, w))
+                    intermediates.append(
+                        self._split(out, final_norm if norm else None, return_prefix_tokens, output_fmt, B, h, w)
+                    )
                     accum, alpha_sum, num_accum = 0, 0, 0
                     target += 1
         if intermediates_only:
@@ -523,14 +559,15 @@ class RADIOModel(nn.Module):
         final = self._extract_final(xc, last_tokens, feature_fmt=output_fmt)
         return final, intermediates
 
-    def _split(self, out: torch.Tensor, norm: Optional[nn.Module], return_prefix_tokens: bool,
-               fmt: str, B: int, h: int, w: int):
+    def _split(
+        self, out: torch.Tensor, norm: Optional[nn.Module], return_prefix_tokens: bool, fmt: str, B: int, h: int, w: int
+    ):
         if norm is not None:
             out = norm(out)
         # intermediates follow the patch generator's own prefix layout (official, incl. the
         # DINOv2 student whose final output uses its constructor's count instead)
-        prefix = out[:, :self.patch_generator.num_cls_tokens]
-        feats = out[:, self.patch_generator.num_prefix_tokens:]
+        prefix = out[:, : self.patch_generator.num_cls_tokens]
+        feats = out[:, self.patch_generator.num_prefix_tokens :]
         if fmt == "NCHW":
             feats = feats.reshape(B, h, w, -1).permute(0, 3, 1, 2).contiguous()
         if not return_prefix_tokens:
@@ -540,34 +577,3 @@ class RADIOModel(nn.Module):
         else:
             summary = prefix.flatten(1)
         return RadioOutput(summary, feats)
-
-
-def _check_window(window_size: Optional[int]) -> Optional[int]:
-    if window_size is not None and (isinstance(window_size, bool) or int(window_size) != window_size
-                                    or window_size < 1):
-        raise ValueError(f"vitdet window size must be a positive number of patches (or None), got {window_size!r}")
-    return None if window_size is None else int(window_size)
-
-
-def check_feature_fmt(fmt: str) -> None:
-    if fmt not in FEATURE_FORMATS:
-        raise ValueError(f'Unsupported feature_fmt: {fmt}. Must be one of ["NLC", "NCHW"]')
-
-
-def take_indices(depth: int, indices: Optional[Union[int, Iterable[int]]]) -> list[int]:
-    """timm's convention: None -> every block, int n -> the last n, list -> those (negatives wrap)."""
-    if indices is None:
-        return list(range(depth))
-    if isinstance(indices, int):
-        if not 0 < indices <= depth:
-            raise ValueError(f"indices={indices} must be between 1 and the number of blocks ({depth})")
-        return list(range(depth - indices, depth))
-    out = []
-    for i in indices:
-        j = i + depth if i < 0 else i
-        if not 0 <= j < depth:
-            raise ValueError(f"block index {i} is out of range for a model with {depth} blocks")
-        out.append(j)
-    if not out:
-        raise ValueError("indices must name at least one block")
-    return sorted(set(out))

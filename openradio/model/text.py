@@ -13,6 +13,7 @@ memory, and gives the adaptor the official API::
 Nothing here downloads anything unless an open_clip pretrained *tag* is asked for; with ``lazy=True``
 (what the model loader uses) even that is postponed to the first call of ``tokenizer``/``encode_text``.
 """
+
 from __future__ import annotations
 
 import gc
@@ -63,8 +64,9 @@ class TextTower(nn.Module):
     classifiers); it is ``None`` when the weights cannot be identified cheaply and reliably.
     """
 
-    def __init__(self, oc_model: nn.Module, tokenizer: Callable[..., torch.Tensor], *,
-                 key: str | None, name: str = "") -> None:
+    def __init__(
+        self, oc_model: nn.Module, tokenizer: Callable[..., torch.Tensor], *, key: str | None, name: str = ""
+    ) -> None:
         super().__init__()
         # Only the text tower is needed; dropping `.visual` frees most of the memory of a ViT-H/SO400M.
         if getattr(oc_model, "visual", None) is not None:
@@ -97,9 +99,11 @@ class TextTower(nn.Module):
     def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """Text embeddings (B, D) for token ids (B, L); L2-normalised when ``normalize``."""
         if not torch.is_tensor(tokens) or tokens.dim() != 2:
-            raise ValueError("encode_text expects a (batch, context_length) tensor of token ids from "
-                             f"adaptor.tokenizer(texts); got {type(tokens).__name__}"
-                             + (f" of shape {tuple(tokens.shape)}" if torch.is_tensor(tokens) else ""))
+            raise ValueError(
+                "encode_text expects a (batch, context_length) tensor of token ids from "
+                f"adaptor.tokenizer(texts); got {type(tokens).__name__}"
+                + (f" of shape {tuple(tokens.shape)}" if torch.is_tensor(tokens) else "")
+            )
         tokens = tokens.to(self.device)
         return self.model.encode_text(tokens, normalize=normalize).float()
 
@@ -135,14 +139,18 @@ def _resolve_model_name(model_name: str) -> tuple[str, str]:
     if model_name.endswith(".json") or os.sep in model_name:
         path = Path(model_name)
         if not path.is_file():
-            raise FileNotFoundError(f"text tower config {model_name!r} not found; pass an open_clip model name "
-                                    "(e.g. ViT-H-14-378-quickgelu) or the path of an open_clip model-config JSON")
+            raise FileNotFoundError(
+                f"text tower config {model_name!r} not found; pass an open_clip model name "
+                "(e.g. ViT-H-14-378-quickgelu) or the path of an open_clip model-config JSON"
+            )
         open_clip.add_model_config(path)  # registers it under the file's stem
         digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
         return path.stem, f"{path.stem}@config-sha256:{digest}"
     if model_name not in open_clip.list_models():
-        raise ValueError(f"unknown open_clip model {model_name!r}; known names are listed by "
-                         "open_clip.list_models(), or pass the path of a model-config JSON")
+        raise ValueError(
+            f"unknown open_clip model {model_name!r}; known names are listed by "
+            "open_clip.list_models(), or pass the path of a model-config JSON"
+        )
     return model_name, model_name
 
 
@@ -175,13 +183,17 @@ def text_tower_problem(adaptor: nn.Module, model_name: str, adaptor_name: str = 
     if want is None or have is None or want == have:
         return None
     name = adaptor_name or getattr(adaptor, "name", "") or "this"
-    return (f"the {name} adaptor's summaries are {want}-dim but the text tower {model_name} embeds to {have}-dim: "
-            "this checkpoint was not distilled from that teacher (a small random one? `openradio demo` writes "
-            "its text towers next to the checkpoint); pass the matching tower with --text-model/--text-weights")
+    return (
+        f"the {name} adaptor's summaries are {want}-dim but the text tower {model_name} embeds to {have}-dim: "
+        "this checkpoint was not distilled from that teacher (a small random one? `openradio demo` writes "
+        "its text towers next to the checkpoint); pass the matching tower with --text-model/--text-weights"
+    )
 
 
-def text_tower_source(teacher_conf: Mapping[str, Any] | Any, base_dir: str | os.PathLike | None = None,
-                      ) -> tuple[str | None, str | None, str | None]:
+def text_tower_source(
+    teacher_conf: Mapping[str, Any] | Any,
+    base_dir: str | os.PathLike | None = None,
+) -> tuple[str | None, str | None, str | None]:
     """(open_clip model name or config JSON, pretrained tag, local weights) of a teacher's text tower.
 
     A teacher entry may name its own tower with ``text_model`` (+ ``text_weights``), paths relative to
@@ -189,19 +201,29 @@ def text_tower_source(teacher_conf: Mapping[str, Any] | Any, base_dir: str | os.
     otherwise the teacher's ``model`` and ``pretrained`` tag are the tower."""
     text_model = _conf_get(teacher_conf, "text_model")
     if text_model:
+
         def resolve(p):
             if not p:
                 return None
             q = Path(p)
             return str(q if q.is_absolute() or base_dir is None else Path(base_dir) / q)
+
         model = resolve(text_model) if str(text_model).endswith(".json") else text_model
         return model, None, resolve(_conf_get(teacher_conf, "text_weights"))
     return _conf_get(teacher_conf, "model"), _conf_get(teacher_conf, "pretrained"), None
 
 
-def write_random_text_tower(out_dir: str | os.PathLike, name: str, embed_dim: int, *, seed: int = 0,
-                            width: int = 32, layers: int = 2, heads: int = 2, context_length: int = 32,
-                            ) -> tuple[Path, Path]:
+def write_random_text_tower(
+    out_dir: str | os.PathLike,
+    name: str,
+    embed_dim: int,
+    *,
+    seed: int = 0,
+    width: int = 32,
+    layers: int = 2,
+    heads: int = 2,
+    context_length: int = 32,
+) -> tuple[Path, Path]:
     """A small random open_clip text tower (open_clip's BPE tokenizer and text transformer) embedding to
     ``embed_dim``: writes ``NAME.json`` (an open_clip model config) and ``NAME.safetensors`` (its
     weights) and returns their paths. ``openradio demo`` pairs one with each small random teacher."""
@@ -209,10 +231,17 @@ def write_random_text_tower(out_dir: str | os.PathLike, name: str, embed_dim: in
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    cfg = {"embed_dim": int(embed_dim),
-           "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
-           "text_cfg": {"context_length": context_length, "vocab_size": 49408, "width": width, "heads": heads,
-                        "layers": layers}}
+    cfg = {
+        "embed_dim": int(embed_dim),
+        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
+        "text_cfg": {
+            "context_length": context_length,
+            "vocab_size": 49408,
+            "width": width,
+            "heads": heads,
+            "layers": layers,
+        },
+    }
     cfg_path = out / f"{name}.json"
     _atomic_write_text(cfg_path, json.dumps(cfg, indent=2) + "\n")
     open_clip.add_model_config(cfg_path)
@@ -229,8 +258,9 @@ def write_random_text_tower(out_dir: str | os.PathLike, name: str, embed_dim: in
     return cfg_path, weights
 
 
-def write_random_text_towers(out_dir: str | os.PathLike, embed_dims: Mapping[str, int], *, seed: int = 0
-                             ) -> dict[str, tuple[Path, Path]]:
+def write_random_text_towers(
+    out_dir: str | os.PathLike, embed_dims: Mapping[str, int], *, seed: int = 0
+) -> dict[str, tuple[Path, Path]]:
     """:func:`write_random_text_tower` for each teacher name (``{name: embed_dim}``, seeds
     ``seed``, ``seed + 1``, ...): ``{name: (config JSON, weights)}``."""
     towers = {}
@@ -249,13 +279,15 @@ def _atomic_write_text(path: Path, text: str) -> None:
 def _local_weights(weights: str | os.PathLike, model_name: str) -> Path:
     wpath = Path(weights).expanduser()
     if not wpath.is_file():
-        raise FileNotFoundError(f"text tower weights {str(weights)!r} not found; pass an open_clip "
-                                f"state-dict file for {model_name!r}")
+        raise FileNotFoundError(
+            f"text tower weights {str(weights)!r} not found; pass an open_clip state-dict file for {model_name!r}"
+        )
     return wpath
 
 
-def text_tower_key(model_name: str, pretrained: str | None = None, *,
-                   weights: str | os.PathLike | None = None) -> str | None:
+def text_tower_key(
+    model_name: str, pretrained: str | None = None, *, weights: str | os.PathLike | None = None
+) -> str | None:
     """The cache key of the tower ``load_text_tower`` would build, computed without building it.
 
     Local files are identified by path, size and modification time (hashing GBs of weights on every run
@@ -271,8 +303,14 @@ def text_tower_key(model_name: str, pretrained: str | None = None, *,
     return None
 
 
-def load_text_tower(model_name: str, pretrained: str | None = None, *, weights: str | os.PathLike | None = None,
-                    cache_dir: str | None = None, device: torch.device | str = "cpu") -> TextTower:
+def load_text_tower(
+    model_name: str,
+    pretrained: str | None = None,
+    *,
+    weights: str | os.PathLike | None = None,
+    cache_dir: str | None = None,
+    device: torch.device | str = "cpu",
+) -> TextTower:
     """Build an open_clip text tower.
 
     * ``weights``: a local open_clip checkpoint (state dict) for ``model_name``; nothing is downloaded.
@@ -285,33 +323,39 @@ def load_text_tower(model_name: str, pretrained: str | None = None, *, weights: 
     name, _ = _resolve_model_name(model_name)
     if weights is not None:
         wpath = _local_weights(weights, model_name)
-        oc = open_clip.create_model_from_pretrained(name, pretrained=str(wpath), return_transform=False,
-                                                    device=device, cache_dir=cache_dir)
+        oc = open_clip.create_model_from_pretrained(
+            name, pretrained=str(wpath), return_transform=False, device=device, cache_dir=cache_dir
+        )
     elif pretrained:
         try:
-            oc = open_clip.create_model_from_pretrained(name, pretrained=pretrained, return_transform=False,
-                                                        device=device, cache_dir=cache_dir)
+            oc = open_clip.create_model_from_pretrained(
+                name, pretrained=pretrained, return_transform=False, device=device, cache_dir=cache_dir
+            )
         except Exception as e:  # network errors come in many types; say what to do instead
             reason = " ".join(str(e).split())
             raise RuntimeError(
                 f"could not fetch the open_clip weights {pretrained!r} of the text tower {model_name!r}; without "
                 "network access download them elsewhere and pass the file (--text-weights FILE, or weights=...). "
-                f"Cause: {reason}") from e
+                f"Cause: {reason}"
+            ) from e
     else:
         oc = open_clip.create_model(name, pretrained=None, device=device)
     key = text_tower_key(model_name, pretrained, weights=weights)
     try:
         tokenizer = open_clip.get_tokenizer(name, cache_dir=cache_dir)
     except Exception as e:
-        raise RuntimeError(f"could not build the tokenizer of {model_name!r} ({e}); SigLIP tokenizers come from "
-                           "the Hugging Face hub and need it cached locally when offline") from e
+        raise RuntimeError(
+            f"could not build the tokenizer of {model_name!r} ({e}); SigLIP tokenizers come from "
+            "the Hugging Face hub and need it cached locally when offline"
+        ) from e
     tower = TextTower(oc, tokenizer, key=key, name=model_name)
     gc.collect()  # the dropped vision tower can be several GB
     return tower
 
 
-def text_tower_from_model(oc_model: nn.Module, tokenizer: Callable[..., torch.Tensor] | None = None, *,
-                          key: str | None = None, name: str = "") -> TextTower:
+def text_tower_from_model(
+    oc_model: nn.Module, tokenizer: Callable[..., torch.Tensor] | None = None, *, key: str | None = None, name: str = ""
+) -> TextTower:
     """Wrap an already-built open_clip model (e.g. a small random one in tests).
 
     Without ``tokenizer``, open_clip's default BPE tokenizer is used with the model's context length.
@@ -321,6 +365,7 @@ def text_tower_from_model(oc_model: nn.Module, tokenizer: Callable[..., torch.Te
         raise TypeError(f"expected an open_clip model with encode_text(), got {type(oc_model).__name__}")
     if tokenizer is None:
         from open_clip.tokenizer import SimpleTokenizer
+
         ctx = int(getattr(oc_model, "context_length", 77))
         tokenizer = SimpleTokenizer(context_length=ctx)
     if key is None:
@@ -337,10 +382,18 @@ def _install(adaptor: nn.Module, tower: TextTower) -> None:
     adaptor.encode_text = tower.encode_text
 
 
-def attach_text_tower(adaptor: nn.Module, teacher_conf: Mapping[str, Any] | Any, *, pretrained: bool = True,
-                      weights: str | os.PathLike | None = None, model: nn.Module | TextTower | None = None,
-                      tokenizer: Callable[..., torch.Tensor] | None = None, lazy: bool = False,
-                      cache_dir: str | None = None, base_dir: str | os.PathLike | None = None) -> TextTower | None:
+def attach_text_tower(
+    adaptor: nn.Module,
+    teacher_conf: Mapping[str, Any] | Any,
+    *,
+    pretrained: bool = True,
+    weights: str | os.PathLike | None = None,
+    model: nn.Module | TextTower | None = None,
+    tokenizer: Callable[..., torch.Tensor] | None = None,
+    lazy: bool = False,
+    cache_dir: str | None = None,
+    base_dir: str | os.PathLike | None = None,
+) -> TextTower | None:
     """Give a ``clip``/``siglip`` adaptor ``tokenizer(texts)`` and ``encode_text(tokens, normalize=False)``.
 
     Args:
@@ -378,8 +431,7 @@ def attach_text_tower(adaptor: nn.Module, teacher_conf: Mapping[str, Any] | Any,
     def build() -> TextTower:
         if problem:
             raise ValueError(problem)
-        return load_text_tower(oc_name, tag, weights=weights, cache_dir=cache_dir,
-                               device=module_device(adaptor))
+        return load_text_tower(oc_name, tag, weights=weights, cache_dir=cache_dir, device=module_device(adaptor))
 
     if not lazy:
         tower = build()
@@ -420,9 +472,15 @@ def maybe_attach_text_tower(adaptor: nn.Module, teacher_conf: Mapping[str, Any] 
     return True
 
 
-def attach_text_towers(radio: nn.Module, *, names: Sequence[str] | None = None,
-                       weights: Mapping[str, str | os.PathLike] | None = None, pretrained: bool = True,
-                       lazy: bool = False, cache_dir: str | None = None) -> list[str]:
+def attach_text_towers(
+    radio: nn.Module,
+    *,
+    names: Sequence[str] | None = None,
+    weights: Mapping[str, str | os.PathLike] | None = None,
+    pretrained: bool = True,
+    lazy: bool = False,
+    cache_dir: str | None = None,
+) -> list[str]:
     """Attach text towers to every open_clip-type adaptor of a loaded RADIO model.
 
     Each adaptor's ``teacher_conf`` (its entry of the checkpoint's ``args.teachers``) names the open_clip
@@ -437,8 +495,10 @@ def attach_text_towers(radio: nn.Module, *, names: Sequence[str] | None = None,
     base_dir = Path(version).parent if version and os.path.isfile(version) else None  # a local checkpoint
     unknown = sorted(set(weights) - set(adaptors.keys()))
     if unknown:
-        raise ValueError(f"text weights given for adaptor(s) {unknown} that the model does not have; "
-                         f"loaded adaptors: {sorted(adaptors.keys())}")
+        raise ValueError(
+            f"text weights given for adaptor(s) {unknown} that the model does not have; "
+            f"loaded adaptors: {sorted(adaptors.keys())}"
+        )
     done = []
     for name, adaptor in adaptors.items():
         if names is not None and name not in names:
@@ -446,7 +506,14 @@ def attach_text_towers(radio: nn.Module, *, names: Sequence[str] | None = None,
         conf = getattr(adaptor, "teacher_conf", None)
         if conf is None:
             continue
-        if maybe_attach_text_tower(adaptor, conf, pretrained=pretrained, weights=weights.get(name), lazy=lazy,
-                                   cache_dir=cache_dir, base_dir=base_dir):
+        if maybe_attach_text_tower(
+            adaptor,
+            conf,
+            pretrained=pretrained,
+            weights=weights.get(name),
+            lazy=lazy,
+            cache_dir=cache_dir,
+            base_dir=base_dir,
+        ):
             done.append(name)
     return done

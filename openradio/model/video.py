@@ -17,6 +17,7 @@ sequence of frames and only choose the clip length:
 A video whose length is not a multiple of the clip length: :func:`pad_to_clips` repeats the last
 frame (and says how many frames were real).
 """
+
 from __future__ import annotations
 
 from typing import Optional, Union
@@ -58,8 +59,15 @@ def pad_to_clips(frames: torch.Tensor, clip_frames: int) -> tuple[torch.Tensor, 
     return frames, n
 
 
-def forward_frames(model: nn.Module, frames: torch.Tensor, clip_frames: int = 1, *,
-                   temporal: Optional[bool] = None, feature_fmt: str = "NLC", vitdet_window=LOADED) -> Output:
+def forward_frames(
+    model: nn.Module,
+    frames: torch.Tensor,
+    clip_frames: int = 1,
+    *,
+    temporal: Optional[bool] = None,
+    feature_fmt: str = "NLC",
+    vitdet_window=LOADED,
+) -> Output:
     """The frames of one video, (N, 3, H, W) in [0, 1] and in order, -> the model's output with one
     row per frame (a ``RadioOutput``, or the adaptor dict).
 
@@ -73,18 +81,23 @@ def forward_frames(model: nn.Module, frames: torch.Tensor, clip_frames: int = 1,
         raise ValueError(f"expected the frames of one video shaped (N, 3, H, W), got {tuple(frames.shape)}")
     n = frames.shape[0]
     if n % t:
-        raise ValueError(f"{n} frames do not split into clips of {t}: pad the last clip "
-                         "(openradio.model.video.pad_to_clips) or pass whole clips")
+        raise ValueError(
+            f"{n} frames do not split into clips of {t}: pad the last clip "
+            "(openradio.model.video.pad_to_clips) or pass whole clips"
+        )
     if temporal is None:
         temporal = uses_temporal_packing(model, t)
     if temporal:
         size = getattr(model, "temporal_patch_size", None)
         if size is None:
-            raise ValueError("temporal packing needs a model with a temporal (video) patch projection; this one has "
-                             "no temporal projection (run with temporal=False: frames share a CPE viewport per clip)")
+            raise ValueError(
+                "temporal packing needs a model with a temporal (video) patch projection; this one has "
+                "no temporal projection (run with temporal=False: frames share a CPE viewport per clip)"
+            )
         if size != t:
-            raise ValueError(f"temporal packing needs clips of the model's temporal patch size ({size}), "
-                             f"got clip_frames={t}")
+            raise ValueError(
+                f"temporal packing needs clips of the model's temporal patch size ({size}), got clip_frames={t}"
+            )
         out = model(frames.reshape(n // t, t, *frames.shape[1:]), feature_fmt=feature_fmt, vitdet_window=vitdet_window)
         return repeat_rows(out, t)
     if t == 1:

@@ -10,6 +10,7 @@ into timm's global registry.
 Key names that differ from timm's (LayerScale ``grandma``, the DINOv2 student's ``w12``/``w3``)
 are converted where checkpoints are read (``openradio.formats.official``), not here.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -62,37 +63,56 @@ def _apply_scaled_ln(model: VisionTransformer) -> None:
 @dataclass(frozen=True)
 class Family:
     """One official backbone name: how to build it and what it stands for."""
+
     name: str
     defaults: dict
     released_as: str
     kind: str = "vit"  # 'vit' (timm VisionTransformer) or 'dinov2_student' (sizes read from the weights)
-    mlp: Optional[Callable] = None       # timm mlp_layer override
+    mlp: Optional[Callable] = None  # timm mlp_layer override
     extra_kwargs: tuple[str, ...] = field(default=())  # keywords this name accepts beyond timm's
 
 
-FAMILIES: dict[str, Family] = {f.name: f for f in [
-    Family("vit_huge_patch16_224_mlpnorm", _HUGE, "radio_v2, radio_v2.1", mlp=mlp_with_norm),
-    Family("vit_huge_patch16_224", _HUGE, "radio_v2.5-h, -h-norm, c-radio_v2-vlm-h, c-radio_v4-h"),
-    Family("vit_giant_patch16_224", _GIANT, "c-radio_v2-g (and the c-radio_v3-g backbone)",
-           extra_kwargs=("scaled_ln",)),
-    Family("vit_base_patch16_v2_224", dict(patch_size=16, embed_dim=768, depth=12, num_heads=12, **_V2),
-           "c-radio_v3-b"),
-    Family("vit_large_patch16_v2_224", dict(patch_size=16, embed_dim=1024, depth=24, num_heads=16, **_V2),
-           "c-radio_v3-l"),
-    Family("vit_so400m_patch16_224", dict(_SO400M, mlp_ratio=4304 / 1152), "c-radio_v4-so400m"),
-    Family("vit_so400m_v2_patch16_224", dict(_SO400M, mlp_ratio=4320 / 1152), "c-radio_v4-so400m (alternative)"),
-    # registered by the official code but used by no release
-    Family("vit_tiny_patch14_224", dict(patch_size=14, embed_dim=192, depth=12, num_heads=3), "-"),
-    Family("vit_small_patch14_224", dict(patch_size=14, embed_dim=384, depth=12, num_heads=6), "-"),
-    Family("vit_base_patch14_224", dict(patch_size=14, embed_dim=768, depth=12, num_heads=12), "-"),
-    Family("vit_bigG_patch14_224", dict(patch_size=14, embed_dim=1664, depth=48, num_heads=16, init_values=1e-6), "-"),
-    # the DINOv2 architecture (SwiGLU, LayerScale, patch bias, final norm always); the official
-    # builder ignores model_kwargs, so sizes come from the state dict
-    Family("dino_v2_g_student", dict(patch_size=14, embed_dim=1536, depth=40, num_heads=24, mlp="swiglu"),
-           "radio_v2.5-g", kind="dinov2_student"),
-    Family("dino_v2_l_student", dict(patch_size=14, embed_dim=1024, depth=24, num_heads=16, mlp="gelu"),
-           "-", kind="dinov2_student"),
-]}
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in [
+        Family("vit_huge_patch16_224_mlpnorm", _HUGE, "radio_v2, radio_v2.1", mlp=mlp_with_norm),
+        Family("vit_huge_patch16_224", _HUGE, "radio_v2.5-h, -h-norm, c-radio_v2-vlm-h, c-radio_v4-h"),
+        Family(
+            "vit_giant_patch16_224", _GIANT, "c-radio_v2-g (and the c-radio_v3-g backbone)", extra_kwargs=("scaled_ln",)
+        ),
+        Family(
+            "vit_base_patch16_v2_224", dict(patch_size=16, embed_dim=768, depth=12, num_heads=12, **_V2), "c-radio_v3-b"
+        ),
+        Family(
+            "vit_large_patch16_v2_224",
+            dict(patch_size=16, embed_dim=1024, depth=24, num_heads=16, **_V2),
+            "c-radio_v3-l",
+        ),
+        Family("vit_so400m_patch16_224", dict(_SO400M, mlp_ratio=4304 / 1152), "c-radio_v4-so400m"),
+        Family("vit_so400m_v2_patch16_224", dict(_SO400M, mlp_ratio=4320 / 1152), "c-radio_v4-so400m (alternative)"),
+        # registered by the official code but used by no release
+        Family("vit_tiny_patch14_224", dict(patch_size=14, embed_dim=192, depth=12, num_heads=3), "-"),
+        Family("vit_small_patch14_224", dict(patch_size=14, embed_dim=384, depth=12, num_heads=6), "-"),
+        Family("vit_base_patch14_224", dict(patch_size=14, embed_dim=768, depth=12, num_heads=12), "-"),
+        Family(
+            "vit_bigG_patch14_224", dict(patch_size=14, embed_dim=1664, depth=48, num_heads=16, init_values=1e-6), "-"
+        ),
+        # the DINOv2 architecture (SwiGLU, LayerScale, patch bias, final norm always); the official
+        # builder ignores model_kwargs, so sizes come from the state dict
+        Family(
+            "dino_v2_g_student",
+            dict(patch_size=14, embed_dim=1536, depth=40, num_heads=24, mlp="swiglu"),
+            "radio_v2.5-g",
+            kind="dinov2_student",
+        ),
+        Family(
+            "dino_v2_l_student",
+            dict(patch_size=14, embed_dim=1024, depth=24, num_heads=16, mlp="gelu"),
+            "-",
+            kind="dinov2_student",
+        ),
+    ]
+}
 
 
 # -- layer choices as data ---------------------------------------------------------------------------
@@ -101,9 +121,9 @@ FAMILIES: dict[str, Family] = {f.name: f for f in [
 # of transformers' RadioConfig (hidden_act, use_swiglu_ffn, layer_norm_eps); each maps to the
 # timm/torch layer computing the same expression in the same order (bit-exact with transformers).
 ACT_LAYERS: dict[str, type] = {
-    "gelu": nn.GELU,                   # erf GELU: transformers' "gelu"
-    "gelu_tanh": GELUTanh,             # F.gelu(approximate="tanh"): transformers' "gelu_pytorch_tanh"
-    "quick_gelu": QuickGELU,           # x * sigmoid(1.702 x)
+    "gelu": nn.GELU,  # erf GELU: transformers' "gelu"
+    "gelu_tanh": GELUTanh,  # F.gelu(approximate="tanh"): transformers' "gelu_pytorch_tanh"
+    "quick_gelu": QuickGELU,  # x * sigmoid(1.702 x)
     "silu": nn.SiLU,
     "relu": nn.ReLU,
 }
@@ -119,8 +139,10 @@ def swiglu_hidden_features(embed_dim: int, mlp_ratio: float) -> int:
 def _swiglu_layer(hidden: int):
     """timm's SwiGLU (separate gate ``fc1_g`` and value ``fc1_x``, SiLU, then ``fc2``) at a fixed
     hidden width, whatever width and activation the block asks for (SwiGLU always gates with SiLU)."""
+
     def make(in_features: int, hidden_features: Optional[int] = None, act_layer: Any = None, **kwargs) -> nn.Module:
         return SwiGLU(in_features, hidden, act_layer=nn.SiLU, **kwargs)
+
     return make
 
 
@@ -141,8 +163,9 @@ def resolve_layer_kwargs(model_kwargs: dict) -> dict:
         if mlp == "swiglu":
             if not hidden and "embed_dim" not in out:
                 raise ValueError("mlp_layer='swiglu' in model_kwargs needs mlp_hidden_features (or embed_dim)")
-            out["mlp_layer"] = _swiglu_layer(int(hidden) if hidden else
-                                             swiglu_hidden_features(out["embed_dim"], out.get("mlp_ratio", 4.0)))
+            out["mlp_layer"] = _swiglu_layer(
+                int(hidden) if hidden else swiglu_hidden_features(out["embed_dim"], out.get("mlp_ratio", 4.0))
+            )
         elif hidden:
             out["mlp_layer"] = _fixed_width_mlp(int(hidden), packed=False)
     elif mlp is not None:
@@ -200,11 +223,12 @@ def dinov2_sizes_from_state(state: dict[str, torch.Tensor], prefix: str = "inner
     except KeyError as e:
         raise ValueError(f"a DINOv2 student checkpoint needs {e.args[0]!r}") from None
     p2 = emb.shape[1] // 3
-    p = int(round(p2 ** 0.5))
+    p = int(round(p2**0.5))
     if p * p * 3 != emb.shape[1]:
         raise ValueError(f"patch embedder width {emb.shape[1]} is not 3 * p * p")
-    depth = 1 + max((int(k[len(prefix) + 7:].split(".", 1)[0]) for k in state if k.startswith(f"{prefix}blocks.")),
-                    default=-1)
+    depth = 1 + max(
+        (int(k[len(prefix) + 7 :].split(".", 1)[0]) for k in state if k.startswith(f"{prefix}blocks.")), default=-1
+    )
     if f"{prefix}blocks.0.mlp.w12.weight" in state:
         mlp, hidden = "swiglu", state[f"{prefix}blocks.0.mlp.w3.weight"].shape[1]
     elif f"{prefix}blocks.0.mlp.fc1.weight" in state:
@@ -221,10 +245,12 @@ def dinov2_sizes_from_state(state: dict[str, torch.Tensor], prefix: str = "inner
 def _fixed_width_mlp(hidden: int, packed: bool):
     """An mlp_layer that ignores the width the block asks for (int(D * ratio) can be off by one
     for ratios such as 16/3) and uses the checkpoint's."""
+
     def make(in_features: int, hidden_features: Optional[int] = None, **kwargs) -> nn.Module:
         if packed:
             return SwiGLUPacked(in_features, hidden_features=2 * hidden, **kwargs)
         return Mlp(in_features, hidden, **kwargs)
+
     return make
 
 
@@ -246,15 +272,35 @@ class DinoV2Student(nn.Module):
 
     DINOV2_REGISTERS = 4
 
-    def __init__(self, embed_dim: int, depth: int, num_heads: int, patch_size: int, mlp: str, mlp_hidden: int,
-                 in_chans: int = 3, drop_path_rate: float = 0.0, weight_init: str = "skip"):
+    def __init__(
+        self,
+        embed_dim: int,
+        depth: int,
+        num_heads: int,
+        patch_size: int,
+        mlp: str,
+        mlp_hidden: int,
+        in_chans: int = 3,
+        drop_path_rate: float = 0.0,
+        weight_init: str = "skip",
+    ):
         super().__init__()
         self.inner = VisionTransformer(
-            img_size=518, patch_size=patch_size, in_chans=in_chans, num_classes=0, embed_dim=embed_dim,
-            depth=depth, num_heads=num_heads, init_values=1.0, reg_tokens=self.DINOV2_REGISTERS,
-            no_embed_class=True, mlp_layer=_fixed_width_mlp(mlp_hidden, mlp == "swiglu"),
-            act_layer=nn.SiLU if mlp == "swiglu" else nn.GELU, drop_path_rate=drop_path_rate or 0.0,
-            weight_init=weight_init)
+            img_size=518,
+            patch_size=patch_size,
+            in_chans=in_chans,
+            num_classes=0,
+            embed_dim=embed_dim,
+            depth=depth,
+            num_heads=num_heads,
+            init_values=1.0,
+            reg_tokens=self.DINOV2_REGISTERS,
+            no_embed_class=True,
+            mlp_layer=_fixed_width_mlp(mlp_hidden, mlp == "swiglu"),
+            act_layer=nn.SiLU if mlp == "swiglu" else nn.GELU,
+            drop_path_rate=drop_path_rate or 0.0,
+            weight_init=weight_init,
+        )
         self.inner.mask_token = nn.Parameter(torch.zeros(1, embed_dim))  # unused at inference
         self.input_conditioner = _UnusedConditioner()
 
@@ -285,8 +331,9 @@ class DinoV2Student(nn.Module):
     summary_is_first_token = True  # every summary (backbone and adaptor heads) reads token 0
 
 
-def build_dinov2_student(name: str, sizes: dict, *, in_chans: int = 3, drop_path_rate: float = 0.0,
-                         weight_init: str = "skip") -> DinoV2Student:
+def build_dinov2_student(
+    name: str, sizes: dict, *, in_chans: int = 3, drop_path_rate: float = 0.0, weight_init: str = "skip"
+) -> DinoV2Student:
     fam = FAMILIES[name]
     if fam.kind != "dinov2_student":
         raise ValueError(f"{name} is not a DINOv2 student")
@@ -295,8 +342,17 @@ def build_dinov2_student(name: str, sizes: dict, *, in_chans: int = 3, drop_path
     if "mlp_hidden" not in s:  # the DINOv2 recipe's widths
         h0 = int(s["embed_dim"] * 4.0)
         s["mlp_hidden"] = (int(h0 * 2 / 3) + 7) // 8 * 8 if s["mlp"] == "swiglu" else h0
-    return DinoV2Student(s["embed_dim"], s["depth"], s["num_heads"], s["patch_size"], s["mlp"], s["mlp_hidden"],
-                         in_chans=in_chans, drop_path_rate=drop_path_rate, weight_init=weight_init)
+    return DinoV2Student(
+        s["embed_dim"],
+        s["depth"],
+        s["num_heads"],
+        s["patch_size"],
+        s["mlp"],
+        s["mlp_hidden"],
+        in_chans=in_chans,
+        drop_path_rate=drop_path_rate,
+        weight_init=weight_init,
+    )
 
 
 def describe() -> list[dict]:
@@ -304,7 +360,15 @@ def describe() -> list[dict]:
     rows = []
     for f in FAMILIES.values():
         d = f.defaults
-        rows.append({"name": f.name, "released_as": f.released_as, "patch": d["patch_size"],
-                     "embed_dim": d["embed_dim"], "depth": d["depth"], "heads": d["num_heads"],
-                     "kind": f.kind})
+        rows.append(
+            {
+                "name": f.name,
+                "released_as": f.released_as,
+                "patch": d["patch_size"],
+                "embed_dim": d["embed_dim"],
+                "depth": d["depth"],
+                "heads": d["num_heads"],
+                "kind": f.kind,
+            }
+        )
     return rows

@@ -6,6 +6,7 @@ and put back when it ends. Patch tokens stay in window-major order from the firs
 last and are scattered back to raster order at the end; global blocks therefore see them in
 window order, which the official code does too (equal up to summation order, so kept for parity).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -62,9 +63,9 @@ class WindowedRunner:
 
     def _to_windows(self) -> None:
         B, _, D = self.x.shape
-        ws2 = self.layout.window ** 2
-        self.prefix = self.x[:, :self.S]
-        self.x = self.x[:, self.S:].reshape(B * self.layout.num_windows, ws2, D)
+        ws2 = self.layout.window**2
+        self.prefix = self.x[:, : self.S]
+        self.x = self.x[:, self.S :].reshape(B * self.layout.num_windows, ws2, D)
         self.windowed = True
 
     def _to_global(self) -> None:
@@ -88,4 +89,4 @@ class WindowedRunner:
             x = torch.cat([self.prefix, self.x.reshape(B, -1, self.x.shape[-1])], dim=1)
         else:
             x = self.x
-        return torch.cat([x[:, :self.S], self.layout.to_raster_order(x[:, self.S:])], dim=1)
+        return torch.cat([x[:, : self.S], self.layout.to_raster_order(x[:, self.S :])], dim=1)

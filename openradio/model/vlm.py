@@ -7,6 +7,7 @@ know where each token came from. Every route here returns :class:`VLMTokens`: th
 per token, its centre on the input's patch grid (row, col; patch (r, c) has centre (r+0.5, c+0.5))
 and its size (how many patches it stands for).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -15,8 +16,15 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["VLMTokens", "vlm_tokens", "layer_features", "pixel_shuffle", "pixel_unshuffle", "merge_tokens",
-           "grid_positions"]
+__all__ = [
+    "VLMTokens",
+    "vlm_tokens",
+    "layer_features",
+    "pixel_shuffle",
+    "pixel_unshuffle",
+    "merge_tokens",
+    "grid_positions",
+]
 
 COMPRESSIONS = (None, "pixel_shuffle", "merge")
 AGGREGATIONS = ("concat", "mean")
@@ -24,10 +32,10 @@ AGGREGATIONS = ("concat", "mean")
 
 @dataclass
 class VLMTokens:
-    tokens: torch.Tensor                   # (B, N, C)
-    positions: torch.Tensor                # (B, N, 2) float: centre (row, col) in input patches
-    sizes: torch.Tensor                    # (B, N) float: patches per token
-    grid: Optional[tuple[int, int]]        # (rows, cols) while the tokens still form a raster grid
+    tokens: torch.Tensor  # (B, N, C)
+    positions: torch.Tensor  # (B, N, 2) float: centre (row, col) in input patches
+    sizes: torch.Tensor  # (B, N) float: patches per token
+    grid: Optional[tuple[int, int]]  # (rows, cols) while the tokens still form a raster grid
     summary: Optional[torch.Tensor] = None  # (B, summary_dim): the model's summary for the image
 
     @property
@@ -62,7 +70,7 @@ def layer_features(model, x: torch.Tensor, layers: Optional[Sequence[int]] = Non
     final, inter = model.forward_intermediates(x, indices=order, output_fmt="NLC")
     final = final["backbone"] if isinstance(final, dict) else final
     by_block = dict(zip(sorted(set(order)), inter))  # forward_intermediates returns them sorted
-    feats = [by_block[i] for i in order]             # the caller's order
+    feats = [by_block[i] for i in order]  # the caller's order
     if aggregate == "concat":
         return torch.cat(feats, dim=-1), final.summary
     return torch.stack(feats, dim=0).mean(dim=0), final.summary
@@ -76,13 +84,17 @@ def pixel_shuffle(tokens: torch.Tensor, grid: tuple[int, int], factor: int = 2) 
     if h * w != N:
         raise ValueError(f"grid {h}x{w} does not match {N} tokens")
     if factor < 1 or h % factor or w % factor:
-        raise ValueError(f"pixel shuffle by {factor} needs a token grid divisible by {factor}, got {h}x{w}; "
-                         f"use an input whose sides are multiples of {factor} x the model's resolution step")
+        raise ValueError(
+            f"pixel shuffle by {factor} needs a token grid divisible by {factor}, got {h}x{w}; "
+            f"use an input whose sides are multiples of {factor} x the model's resolution step"
+        )
     x = tokens.reshape(B, h // factor, factor, w // factor, factor, C).permute(0, 1, 3, 2, 4, 5)
     return x.reshape(B, (h // factor) * (w // factor), factor * factor * C), (h // factor, w // factor)
 
 
-def pixel_unshuffle(tokens: torch.Tensor, grid: tuple[int, int], factor: int = 2) -> tuple[torch.Tensor, tuple[int, int]]:
+def pixel_unshuffle(
+    tokens: torch.Tensor, grid: tuple[int, int], factor: int = 2
+) -> tuple[torch.Tensor, tuple[int, int]]:
     """The inverse of :func:`pixel_shuffle`: (B, h*w, f*f*C) on an h x w grid -> (B, (h*f)*(w*f), C)."""
     B, N, FC = tokens.shape
     h, w = grid
@@ -93,8 +105,12 @@ def pixel_unshuffle(tokens: torch.Tensor, grid: tuple[int, int], factor: int = 2
     return x.reshape(B, h * factor * w * factor, C), (h * factor, w * factor)
 
 
-def merge_tokens(tokens: torch.Tensor, num_tokens: int, sizes: Optional[torch.Tensor] = None,
-                 positions: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def merge_tokens(
+    tokens: torch.Tensor,
+    num_tokens: int,
+    sizes: Optional[torch.Tensor] = None,
+    positions: Optional[torch.Tensor] = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """ToMe-style bipartite soft matching down to ``num_tokens`` tokens.
 
     Each round splits the tokens alternately into sets A and B, links every A token to its most
@@ -127,10 +143,12 @@ def merge_tokens(tokens: torch.Tensor, num_tokens: int, sizes: Optional[torch.Te
         take = lambda t, idx: t.gather(1, idx.unsqueeze(-1).expand(-1, -1, t.shape[-1]))  # noqa: E731
         sa_src = sa.gather(1, src)
         # size-weighted sums in B, then back to means
-        sum_b = (xb * sb.unsqueeze(-1)).scatter_add(1, dst.unsqueeze(-1).expand(-1, -1, C),
-                                                    take(xa, src) * sa_src.unsqueeze(-1))
-        psum_b = (pb * sb.unsqueeze(-1)).scatter_add(1, dst.unsqueeze(-1).expand(-1, -1, 2),
-                                                     take(pa, src) * sa_src.unsqueeze(-1))
+        sum_b = (xb * sb.unsqueeze(-1)).scatter_add(
+            1, dst.unsqueeze(-1).expand(-1, -1, C), take(xa, src) * sa_src.unsqueeze(-1)
+        )
+        psum_b = (pb * sb.unsqueeze(-1)).scatter_add(
+            1, dst.unsqueeze(-1).expand(-1, -1, 2), take(pa, src) * sa_src.unsqueeze(-1)
+        )
         sb_new = sb.scatter_add(1, dst, sa_src)
         xb_new = sum_b / sb_new.unsqueeze(-1)
         pb_new = psum_b / sb_new.unsqueeze(-1)
@@ -146,8 +164,16 @@ def merge_tokens(tokens: torch.Tensor, num_tokens: int, sizes: Optional[torch.Te
     return x.to(tokens.dtype), s, pos
 
 
-def vlm_tokens(model, x: torch.Tensor, layers: Optional[Sequence[int]] = None, compress: Optional[str] = None, *,
-               aggregate: str = "concat", factor: int = 2, num_tokens: Optional[int] = None) -> VLMTokens:
+def vlm_tokens(
+    model,
+    x: torch.Tensor,
+    layers: Optional[Sequence[int]] = None,
+    compress: Optional[str] = None,
+    *,
+    aggregate: str = "concat",
+    factor: int = 2,
+    num_tokens: Optional[int] = None,
+) -> VLMTokens:
     """Tokens for a language model from images ``x`` (B, 3, H, W) in [0, 1].
 
     Args:
@@ -174,10 +200,10 @@ def vlm_tokens(model, x: torch.Tensor, layers: Optional[Sequence[int]] = None, c
     if compress == "pixel_shuffle":
         tokens, grid = pixel_shuffle(feats, (h, w), factor)
         pos = grid_positions(*grid, batch=B, device=feats.device) * factor
-        return VLMTokens(tokens, pos, torch.full((B, tokens.shape[1]), float(factor * factor), device=feats.device),
-                         grid, summary)
+        return VLMTokens(
+            tokens, pos, torch.full((B, tokens.shape[1]), float(factor * factor), device=feats.device), grid, summary
+        )
     if num_tokens > h * w:
         raise ValueError(f"num_tokens={num_tokens} is more than the {h * w} patch tokens of a {H}x{W} input")
     tokens, sizes, positions = merge_tokens(feats, num_tokens, sizes, positions)
     return VLMTokens(tokens, positions, sizes, None, summary)
-

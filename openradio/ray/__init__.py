@@ -14,6 +14,7 @@ is one, and returns the columns of the extract layout (``key``, ``source``, ``wi
 same decoder and :class:`~openradio.extract.mapper.Mapper` as the local engine. Unreadable inputs
 come back as rows with their reason, as in the local engine.
 """
+
 from __future__ import annotations
 
 import time
@@ -32,16 +33,27 @@ __all__ = ["RadioEmbedder", "run_ray"]
 
 
 class RadioEmbedder:
-    def __init__(self, version: str, adaptors: Sequence[str] = (), resolution: int | None = None,
-                 square: bool = False, dtype: str | None = None, device: str | None = None,
-                 vitdet_window: int | None = None, min_size: int = 16, batch_size: int = 32, model=None):
+    def __init__(
+        self,
+        version: str,
+        adaptors: Sequence[str] = (),
+        resolution: int | None = None,
+        square: bool = False,
+        dtype: str | None = None,
+        device: str | None = None,
+        vitdet_window: int | None = None,
+        min_size: int = 16,
+        batch_size: int = 32,
+        model=None,
+    ):
         from openradio.formats.resolve import radio_model
         from openradio.runtime import pick_device
 
         dev = pick_device(device)
         if model is None:
-            model = radio_model(version, adaptor_names=list(adaptors) or None, vitdet_window_size=vitdet_window,
-                                progress=False)
+            model = radio_model(
+                version, adaptor_names=list(adaptors) or None, vitdet_window_size=vitdet_window, progress=False
+            )
         model = model.to(dev).eval()
         dtype = dtype or ("bfloat16" if dev.type == "cuda" else "float32")
         self.mapper = Mapper(model, adaptors, "none", torch.float16, DTYPES[dtype], resolution, square, batch_size)
@@ -59,8 +71,15 @@ class RadioEmbedder:
         n = len(next(iter(batch.values())))
         keys = batch.get("key", batch.get("path", [str(i) for i in range(n)]))
         sources = batch.get("source", batch.get("path", keys))
-        out = {"key": [str(k) for k in keys], "source": [str(s) for s in sources], "width": [], "height": [],
-               "input_height": [], "input_width": [], "status": []}
+        out = {
+            "key": [str(k) for k in keys],
+            "source": [str(s) for s in sources],
+            "width": [],
+            "height": [],
+            "input_height": [],
+            "input_width": [],
+            "status": [],
+        }
         images = []
         for i in range(n):
             try:
@@ -113,8 +132,16 @@ def run_ray(sources: Sequence[str], version: str, out: str, **options) -> dict:
     opts.extra = {**opts.extra, "engine": "ray"}
     if opts.features != "none":
         raise ValueError("--engine ray stores summaries only; use the local engine (or torchrun) for --features")
-    model = radio_model(version, adaptor_names=list(opts.adaptors) or None, vitdet_window_size=opts.vitdet_window,
-                        progress=opts.progress).to(pick_device(opts.device)).eval()
+    model = (
+        radio_model(
+            version,
+            adaptor_names=list(opts.adaptors) or None,
+            vitdet_window_size=opts.vitdet_window,
+            progress=opts.progress,
+        )
+        .to(pick_device(opts.device))
+        .eval()
+    )
     job = Job(sources, model, out, opts, version)
     idx = [i for k in job.todo for i in job.part_rows(k)]
     if not idx:
@@ -130,12 +157,23 @@ def run_ray(sources: Sequence[str], version: str, out: str, **options) -> dict:
         ds = ds.map(_RowIndex({rows[i].url: i for i in idx}))
     else:
         ds = ray.data.from_items([{"index": i, "row": rows[i].__dict__} for i in idx])
-    ds = ds.map_batches(RadioEmbedder, batch_size=opts.batch_size, concurrency=1, batch_format="numpy",
-                        fn_constructor_kwargs=dict(version=version, adaptors=list(opts.adaptors),
-                                                   resolution=job.mapper.resolution, square=opts.square,
-                                                   dtype=job.header["options"]["dtype"], device=opts.device,
-                                                   vitdet_window=opts.vitdet_window, min_size=opts.min_size,
-                                                   batch_size=opts.batch_size))
+    ds = ds.map_batches(
+        RadioEmbedder,
+        batch_size=opts.batch_size,
+        concurrency=1,
+        batch_format="numpy",
+        fn_constructor_kwargs=dict(
+            version=version,
+            adaptors=list(opts.adaptors),
+            resolution=job.mapper.resolution,
+            square=opts.square,
+            dtype=job.header["options"]["dtype"],
+            device=opts.device,
+            vitdet_window=opts.vitdet_window,
+            min_size=opts.min_size,
+            batch_size=opts.batch_size,
+        ),
+    )
     pending = {k: len(job.part_rows(k)) for k in job.todo}
     wait0 = time.perf_counter()
     with write_errors(out):
@@ -146,9 +184,17 @@ def run_ray(sources: Sequence[str], version: str, out: str, **options) -> dict:
                 i = int(i)
                 status = str(batch["status"][n])
                 cols = {c: batch[c] for c in job.dims}
-                got.append(job.row(i, status, int(batch["width"][n]) if status == "ok" else None,
-                                   int(batch["height"][n]) if status == "ok" else None,
-                                   (int(batch["input_height"][n]), int(batch["input_width"][n])), cols, n))
+                got.append(
+                    job.row(
+                        i,
+                        status,
+                        int(batch["width"][n]) if status == "ok" else None,
+                        int(batch["height"][n]) if status == "ok" else None,
+                        (int(batch["input_height"][n]), int(batch["input_width"][n])),
+                        cols,
+                        n,
+                    )
+                )
             job.add(got)
             for r in got:
                 k = r["index"] // job.part_size

@@ -1,9 +1,10 @@
 """Frozen teachers for distillation: one protocol, built from configuration.
 
-    teacher = build_teacher({"name": "clip", "type": "open_clip", "model": "ViT-H-14-378-quickgelu",
-                             "pretrained": "dfn5b", "input_size": 378})
-    out = teacher(images_0_1, resolution=378)   # TeacherOutput(summary (B, 1024), features (B, 1280, 27, 27))
+teacher = build_teacher({"name": "clip", "type": "open_clip", "model": "ViT-H-14-378-quickgelu",
+                         "pretrained": "dfn5b", "input_size": 378})
+out = teacher(images_0_1, resolution=378)   # TeacherOutput(summary (B, 1024), features (B, 1280, 27, 27))
 """
+
 from __future__ import annotations
 
 import inspect

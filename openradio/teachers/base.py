@@ -4,6 +4,7 @@ Every teacher applies its own input normalisation and resizing, so the distillat
 the same [0, 1] batch to every teacher.  Spatial features are always NCHW on the teacher's token
 grid (``resolution // patch_size`` per side).
 """
+
 from __future__ import annotations
 
 import os
@@ -83,8 +84,12 @@ class Teacher(nn.Module):
             )
         # Not persistent: the state_dict holds the network's weights only, so it is interchangeable
         # with the library's own checkpoints.
-        self.register_buffer("pixel_mean", torch.tensor(list(mean), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(list(std), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer(
+            "pixel_mean", torch.tensor(list(mean), dtype=torch.float32).view(1, 3, 1, 1), persistent=False
+        )
+        self.register_buffer(
+            "pixel_std", torch.tensor(list(std), dtype=torch.float32).view(1, 3, 1, 1), persistent=False
+        )
 
     # -- frozen behaviour ---------------------------------------------------------------------
     def freeze(self) -> "Teacher":
@@ -165,16 +170,17 @@ class Teacher(nn.Module):
         for prefix in ("module.", "model.", *strip_prefixes):
             own_has_prefix = bool(own) and all(k.startswith(prefix) for k in own)
             if sd and all(k.startswith(prefix) for k in sd) and not own_has_prefix:
-                sd = {k[len(prefix):]: v for k, v in sd.items()}
+                sd = {k[len(prefix) :]: v for k, v in sd.items()}
         for prefix in strip_prefixes:
             # A full checkpoint (e.g. a CLIP with its text tower) has the prefix on some keys only.
             if any(k.startswith(prefix) for k in sd):
-                sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+                sd = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
         sd = {k: v for k, v in sd.items() if not any(k.startswith(p) for p in ignore_prefixes)}
-        hint = (
-            "Check that the file is for this teacher's architecture (and the same arch_overrides / tiny setting)."
+        hint = "Check that the file is for this teacher's architecture (and the same arch_overrides / tiny setting)."
+        what = (
+            f"Teacher {self.name!r}: weights {source or '(state_dict)'} "
+            f"do not match the model ({type(module).__name__})"
         )
-        what = f"Teacher {self.name!r}: weights {source or '(state_dict)'} do not match the model ({type(module).__name__})"
         try:
             result = module.load_state_dict(sd, strict=False)
         except RuntimeError as e:  # shape mismatches
@@ -182,7 +188,8 @@ class Teacher(nn.Module):
         if result.missing_keys or result.unexpected_keys:
             raise RuntimeError(
                 f"{what}. Missing keys: {result.missing_keys[:8]}{'...' if len(result.missing_keys) > 8 else ''}; "
-                f"unexpected keys: {result.unexpected_keys[:8]}{'...' if len(result.unexpected_keys) > 8 else ''}. {hint}"
+                f"unexpected keys: {result.unexpected_keys[:8]}"
+                f"{'...' if len(result.unexpected_keys) > 8 else ''}. {hint}"
             )
 
 
@@ -194,7 +201,6 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
         raise FileNotFoundError(f"Teacher weights file not found: {path}")
 
     if path.suffix == ".safetensors":
-
         try:
             return load_file(str(path))
         except Exception as e:  # a pickle or anything else under a .safetensors name: never unpickled

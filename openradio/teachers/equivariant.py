@@ -5,6 +5,7 @@ information and no mixing between patches, so the feature at a grid position dep
 pixels of that patch.  Running a view alone or anywhere on a larger canvas (aligned to the patch
 grid) therefore gives the same features, which is what the mosaic test relies on.
 """
+
 from __future__ import annotations
 
 from torch import Tensor, nn

@@ -9,6 +9,7 @@ Targets (training.md §2):
 
 Only the image tower is kept; the text tower is discarded after loading.
 """
+
 from __future__ import annotations
 
 import copy
@@ -35,8 +36,9 @@ class _TimmTower(nn.Module):
     """Same layout (``trunk`` + ``head``) as open_clip's ``TimmModel``, so state dicts are
     interchangeable, but built from explicit timm kwargs (which ``TimmModel`` cannot take)."""
 
-    def __init__(self, model_name: str, embed_dim: int, pool: str, proj: str, proj_bias: bool,
-                 timm_kwargs: Mapping[str, Any]) -> None:
+    def __init__(
+        self, model_name: str, embed_dim: int, pool: str, proj: str, proj_bias: bool, timm_kwargs: Mapping[str, Any]
+    ) -> None:
         super().__init__()
         import timm
 
@@ -46,8 +48,13 @@ class _TimmTower(nn.Module):
                 "use pretrained=<tag> to build it through open_clip."
             )
         if proj in ("none", ""):
-            self.trunk = timm.create_model(model_name, pretrained=False, num_classes=0 if proj == "none" else embed_dim,
-                                           global_pool=pool, **timm_kwargs)
+            self.trunk = timm.create_model(
+                model_name,
+                pretrained=False,
+                num_classes=0 if proj == "none" else embed_dim,
+                global_pool=pool,
+                **timm_kwargs,
+            )
             self.head = nn.Sequential()
         else:
             self.trunk = timm.create_model(model_name, pretrained=False, num_classes=0, global_pool=pool, **timm_kwargs)
@@ -152,7 +159,9 @@ class OpenCLIPTeacher(Teacher):
                     embed_dim = int(proj_dim)
                 vision_cfg.update(overrides)
                 if vision_cfg.get("attentional_pool"):
-                    raise NotImplementedError(f"{model}: towers with an attentional pooler have no patch tokens to distil.")
+                    raise NotImplementedError(
+                        f"{model}: towers with an attentional pooler have no patch tokens to distil."
+                    )
                 visual = _build_vision_tower(embed_dim, vision_cfg, quick_gelu=quick_gelu)
             if tag is not None and (mean is None or std is None):
                 pcfg = open_clip.get_pretrained_cfg(model, tag) or {}
@@ -197,7 +206,9 @@ class OpenCLIPTeacher(Teacher):
         if pretrained is True:
             tags = open_clip.list_pretrained_tags_by_model(model)
             if not tags:
-                raise ValueError(f"open_clip has no pretrained weights for {model!r}; pass pretrained=False or weights=PATH.")
+                raise ValueError(
+                    f"open_clip has no pretrained weights for {model!r}; pass pretrained=False or weights=PATH."
+                )
             return tags[0]
         return str(pretrained)
 
@@ -223,7 +234,7 @@ class OpenCLIPTeacher(Teacher):
         tokens = trunk.forward_features(x)
         summary = self.model.head(trunk.forward_head(tokens))
         h, w = x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
-        patches = tokens[:, trunk.num_prefix_tokens:]
+        patches = tokens[:, trunk.num_prefix_tokens :]
         return summary, patches.reshape(x.shape[0], h, w, -1).permute(0, 3, 1, 2).contiguous()
 
     def _forward_native(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -239,8 +250,9 @@ class OpenCLIPTeacher(Teacher):
         tok = torch.cat([cls, tok], dim=1)
         pos = v.positional_embedding
         if (h, w) != tuple(v.grid_size):
-            pos = resample_abs_pos_embed(pos.unsqueeze(0), new_size=(h, w), old_size=tuple(v.grid_size),
-                                         num_prefix_tokens=1)[0]
+            pos = resample_abs_pos_embed(
+                pos.unsqueeze(0), new_size=(h, w), old_size=tuple(v.grid_size), num_prefix_tokens=1
+            )[0]
         tok = tok + pos.to(tok.dtype)
         tok = v.patch_dropout(tok)
         tok = v.ln_pre(tok)

@@ -4,6 +4,7 @@ Both are multi-resolution: their position embeddings are resampled to whatever g
 gives (DINOv2 through ``dynamic_img_size``, SAM natively), which is what the mode-switching
 evaluation and the high-resolution partitions need.
 """
+
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -79,8 +80,9 @@ class DINOv2Teacher(Teacher):
         kwargs.update(arch_overrides or {})
         name_tag, download = _timm_name(model, pretrained)
         download = download and weights is None and not tiny and not arch_overrides
-        net = timm.create_model(name_tag if download else model, pretrained=download, num_classes=0,
-                                dynamic_img_size=True, **kwargs)
+        net = timm.create_model(
+            name_tag if download else model, pretrained=download, num_classes=0, dynamic_img_size=True, **kwargs
+        )
         if tiny and "img_size" not in kwargs:
             p = int(net.patch_embed.patch_size[0])
             net.set_input_size(img_size=(p * _TINY_GRID, p * _TINY_GRID))
@@ -107,7 +109,7 @@ class DINOv2Teacher(Teacher):
         tokens = net.forward_features(x)  # the final norm is applied to every token
         h, w = x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
         summary = tokens[:, 0]
-        patches = tokens[:, net.num_prefix_tokens:]
+        patches = tokens[:, net.num_prefix_tokens :]
         return summary, patches.reshape(x.shape[0], h, w, -1).permute(0, 3, 1, 2).contiguous()
 
 

@@ -11,6 +11,7 @@ of ATen's reductions), not only on the order of operations. :func:`platform_info
 decides those, and :func:`env_settings` lists the switches worth trying on a given CPU
 (``openradio parity --matrix`` runs the comparison once per setting, each in a fresh process).
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -32,7 +33,7 @@ FORMAT = "radio-parity-fixtures/1"
 NOISE = 4e-6
 # Unit roundoff u = 2^-p of the low-precision dtypes a model may compute in (p = significand bits
 # without the implicit one: 7 for bfloat16, 10 for float16, so u = 2^-8 and 2^-11).
-UNIT_ROUNDOFF = {"torch.bfloat16": 2.0 ** -8, "torch.float16": 2.0 ** -11}
+UNIT_ROUNDOFF = {"torch.bfloat16": 2.0**-8, "torch.float16": 2.0**-11}
 # Rounding sites per ViT block on the residual stream's path: the attention and MLP branch outputs
 # and the two residual additions, each stored in the compute dtype.
 ROUNDINGS_PER_BLOCK = 4
@@ -67,15 +68,15 @@ def low_precision_bound(compute_dtype: str, depth: int) -> tuple[float, float] |
 class Comparison:
     variant: str
     case: str
-    where: str          # case/output/field, e.g. "global_NLC/224x224/clip/summary"
+    where: str  # case/output/field, e.g. "global_NLC/224x224/clip/summary"
     max_abs_diff: float
     max_abs_value: float
     exact: bool
     dtype_ok: bool = True
     shape_ok: bool = True
-    digest: str = ""    # of our output tensor's bytes: equal digests = identical bits on two machines
+    digest: str = ""  # of our output tensor's bytes: equal digests = identical bits on two machines
     compute_dtype: str = "torch.float32"  # the dtype the model's blocks compute in
-    depth: int = 0      # the number of blocks the model has (the rounding bound grows with it)
+    depth: int = 0  # the number of blocks the model has (the rounding bound grows with it)
     rms_rel_diff: float = 0.0  # ||got - want|| / ||want||
 
     @property
@@ -84,8 +85,10 @@ class Comparison:
         lp = low_precision_bound(self.compute_dtype, self.depth)
         if lp is None:
             return f"float32 rounding ({NOISE:g} x max magnitude)"
-        return (f"{self.compute_dtype.removeprefix('torch.')} rounding over {self.depth} blocks "
-                f"(max {lp[0]:.3g} x max magnitude, RMS {lp[1]:.3g})")
+        return (
+            f"{self.compute_dtype.removeprefix('torch.')} rounding over {self.depth} blocks "
+            f"(max {lp[0]:.3g} x max magnitude, RMS {lp[1]:.3g})"
+        )
 
     @property
     def within_noise(self) -> bool:
@@ -106,8 +109,10 @@ def load_expected(fixdir: str | Path) -> dict:
     fixdir = Path(fixdir)
     path = fixdir / "expected.pt"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: a parity-fixtures folder holds expected.pt and the "
-                                "checkpoints it names (e.g. shared/fixtures/official-v2.5)")
+        raise FileNotFoundError(
+            f"{path} not found: a parity-fixtures folder holds expected.pt and the "
+            "checkpoints it names (e.g. shared/fixtures/official-v2.5)"
+        )
     E = torch.load(path, weights_only=True)
     if not isinstance(E, dict) or E.get("format") != FORMAT:
         raise ValueError(f"{path} is not a parity-fixtures file of format {FORMAT!r}")
@@ -116,15 +121,15 @@ def load_expected(fixdir: str | Path) -> dict:
 
 def _tensor_compare(variant: str, case: str, where: str, got: torch.Tensor, want: torch.Tensor) -> Comparison:
     if got.shape != want.shape:
-        return Comparison(variant, case, where, float("inf"), float(want.abs().max()) if want.numel() else 0.0,
-                          False, shape_ok=False)
+        return Comparison(
+            variant, case, where, float("inf"), float(want.abs().max()) if want.numel() else 0.0, False, shape_ok=False
+        )
     diff = (got - want).abs().max().item() if got.numel() else 0.0
     mag = want.abs().max().item() if want.numel() else 0.0
     ref = want.double().norm().item() if want.numel() else 0.0
     rms = (got.double() - want.double()).norm().item() / ref if ref else (0.0 if diff == 0 else float("inf"))
     digest = hashlib.sha1(got.detach().contiguous().cpu().numpy().tobytes()).hexdigest()[:12]
-    return Comparison(variant, case, where, diff, mag, bool(torch.equal(got, want)), digest=digest,
-                      rms_rel_diff=rms)
+    return Comparison(variant, case, where, diff, mag, bool(torch.equal(got, want)), digest=digest, rms_rel_diff=rms)
 
 
 def compare_leaf(variant: str, case: str, got, want: dict, where: str) -> Iterator[Comparison]:
@@ -195,9 +200,12 @@ class ModelCache:
     def get(self, checkpoint: str, adaptor_names, window):
         key = (checkpoint, tuple(adaptor_names or ()), window)
         if key not in self._models:
-            self._models[key] = openradio.radio_model(str(self.fixdir / checkpoint),
-                                                      adaptor_names=list(adaptor_names or []),
-                                                      vitdet_window_size=window, progress=False)
+            self._models[key] = openradio.radio_model(
+                str(self.fixdir / checkpoint),
+                adaptor_names=list(adaptor_names or []),
+                vitdet_window_size=window,
+                progress=False,
+            )
         return self._models[key]
 
 
@@ -219,9 +227,14 @@ def select_cases(E: dict, patterns: list[str] | None) -> list[tuple[str, str]]:
     return ids
 
 
-def compare_fixtures(fixdir: str | Path, *, progress: Callable[[str], None] | None = None,
-                     cache: ModelCache | None = None, expected: dict | None = None,
-                     cases: list[str] | None = None) -> list[Comparison]:
+def compare_fixtures(
+    fixdir: str | Path,
+    *,
+    progress: Callable[[str], None] | None = None,
+    cache: ModelCache | None = None,
+    expected: dict | None = None,
+    cases: list[str] | None = None,
+) -> list[Comparison]:
     """Every stored output tensor of every case (or of the cases matching the patterns
     ``cases``, see :func:`case_ids`), compared; nothing is asserted here.
     ``expected``: the already loaded ``expected.pt`` of ``fixdir``, if the caller has it."""
@@ -257,16 +270,23 @@ def model_properties(model) -> dict:
 
     block = model.blocks[0]
     return {
-        "patch_size": model.patch_size, "max_resolution": model.max_resolution,
-        "preferred_resolution": model.preferred_resolution, "window_size": model.window_size,
-        "min_resolution_step": model.min_resolution_step, "num_summary_tokens": model.num_prefix_tokens,
-        "num_cls_tokens": model.num_cls_tokens, "num_registers": model.num_registers,
-        "embed_dim": model.embed_dim, "summary_dim": model.summary_dim,
-        "summary_idxs": model.summary_idxs.tolist(), "adaptor_names": list(model.adaptors),
+        "patch_size": model.patch_size,
+        "max_resolution": model.max_resolution,
+        "preferred_resolution": model.preferred_resolution,
+        "window_size": model.window_size,
+        "min_resolution_step": model.min_resolution_step,
+        "num_summary_tokens": model.num_prefix_tokens,
+        "num_cls_tokens": model.num_cls_tokens,
+        "num_registers": model.num_registers,
+        "embed_dim": model.embed_dim,
+        "summary_dim": model.summary_dim,
+        "summary_idxs": model.summary_idxs.tolist(),
+        "adaptor_names": list(model.adaptors),
         "adaptor_head_idx": {k: a.head_idx for k, a in model.adaptors.items()},
         "adaptor_upsample_factor": {k: a.upsample_factor for k, a in model.adaptors.items()},
         "adaptor_feature_head_type": {k: type(a.feat_mlp).__name__ for k, a in model.adaptors.items()},
-        "num_blocks": len(model.blocks), "num_heads": block.attn.num_heads,
+        "num_blocks": len(model.blocks),
+        "num_heads": block.attn.num_heads,
         "pos_embed_grid": [model.patch_generator.grid_size] * 2,
         "patch_generator_prefix_tokens": model.patch_generator.num_prefix_tokens,
         "has_final_norm": not isinstance(model.model.norm, nn.Identity),
@@ -283,6 +303,7 @@ def model_properties(model) -> dict:
 def platform_info() -> dict:
     """What decides float32 kernel results on this machine."""
     import timm
+
     flags = cpu_flags()
     blas = ""
     try:
@@ -299,9 +320,18 @@ def platform_info() -> dict:
         "timm": timm.__version__,
         "threads": torch.get_num_threads(),
         "blas": blas,
-        "env": {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS",
-                                           "OMP_NUM_THREADS", "MKL_NUM_THREADS", "TIMM_FUSED_ATTN")
-                if k in os.environ},
+        "env": {
+            k: os.environ[k]
+            for k in (
+                "ATEN_CPU_CAPABILITY",
+                "MKL_CBWR",
+                "MKL_ENABLE_INSTRUCTIONS",
+                "OMP_NUM_THREADS",
+                "MKL_NUM_THREADS",
+                "TIMM_FUSED_ATTN",
+            )
+            if k in os.environ
+        },
     }
 
 
@@ -320,7 +350,8 @@ def platform_matches(recorded: dict) -> bool:
     cpu = recorded.get("cpu_model") or recorded.get("cpu") or ""
     checks = [
         bool(cpu) and cpu_model().startswith(cpu),
-        recorded.get("torch_cpu_capability", recorded.get("aten_cpu_capability")) == torch.backends.cpu.get_cpu_capability(),
+        recorded.get("torch_cpu_capability", recorded.get("aten_cpu_capability"))
+        == torch.backends.cpu.get_cpu_capability(),
         bool(rec_avx512) == any(f.startswith("avx512") for f in flags),
         bool(rec_amx) == any(f.startswith("amx") for f in flags),
         str(recorded.get("torch", "")).split("+")[0] == torch.__version__.split("+")[0],
@@ -329,9 +360,11 @@ def platform_matches(recorded: dict) -> bool:
 
 
 def platform_line(info: dict) -> str:
-    return (f"platform: {info['cpu']} | ATen {info['aten_cpu_capability']} | AVX-512 "
-            f"{'yes' if info['avx512'] else 'no'} | torch {info['torch']} | timm {info['timm']} | "
-            f"{info['threads']} threads")
+    return (
+        f"platform: {info['cpu']} | ATen {info['aten_cpu_capability']} | AVX-512 "
+        f"{'yes' if info['avx512'] else 'no'} | torch {info['torch']} | timm {info['timm']} | "
+        f"{info['threads']} threads"
+    )
 
 
 def env_settings(flags: set[str] | None = None) -> list[dict[str, str]]:

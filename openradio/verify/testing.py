@@ -1,4 +1,5 @@
 """Small random checkpoints in the official format, for tests, examples and the offline demo."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,13 +20,26 @@ TINY_TEACHERS = [
 TINY_HEAD_DIMS = {"clip": (32, 40), "siglip": (36, 36), "dino_v2": (48, 48), "sam": (16, 16)}
 
 
-def make_tiny_checkpoint(path: str | Path, *, teachers: Optional[list[dict]] = None,
-                         head_dims: Optional[dict] = None, embed_dim: int = 64, depth: int = 4,
-                         num_heads: int = 2, head_hidden: int = 64, head_inner: int = 1,
-                         cpe_max_size: int = 512, register_multiple: int = 8, seed: int = 0,
-                         heads_by_name: bool = True, with_ema: bool = False,
-                         dtype: torch.dtype = torch.float32, arch: str = "vit_tiny_patch16_224",
-                         model_kwargs: Optional[dict] = None, **arg_overrides) -> Path:
+def make_tiny_checkpoint(
+    path: str | Path,
+    *,
+    teachers: Optional[list[dict]] = None,
+    head_dims: Optional[dict] = None,
+    embed_dim: int = 64,
+    depth: int = 4,
+    num_heads: int = 2,
+    head_hidden: int = 64,
+    head_inner: int = 1,
+    cpe_max_size: int = 512,
+    register_multiple: int = 8,
+    seed: int = 0,
+    heads_by_name: bool = True,
+    with_ema: bool = False,
+    dtype: torch.dtype = torch.float32,
+    arch: str = "vit_tiny_patch16_224",
+    model_kwargs: Optional[dict] = None,
+    **arg_overrides,
+) -> Path:
     """Write a random checkpoint in the official format that ``openradio.radio_model(path)``
     loads: RADIOv2.5-style by default; ``arch`` may name any backbone of
     ``openradio.model.vit_families`` (``model_kwargs`` then add to the sizes given here)."""
@@ -33,9 +47,17 @@ def make_tiny_checkpoint(path: str | Path, *, teachers: Optional[list[dict]] = N
     head_dims = dict(head_dims or TINY_HEAD_DIMS)
     kwargs = dict(embed_dim=embed_dim, depth=depth, num_heads=num_heads)
     kwargs.update(model_kwargs or {})
-    args = make_args(arch, teachers=teachers, model_kwargs=kwargs,
-                     cpe_max_size=cpe_max_size, register_multiple=register_multiple,
-                     mlp_hidden_size=head_hidden, mlp_num_inner=head_inner, dtype=dtype, **arg_overrides)
+    args = make_args(
+        arch,
+        teachers=teachers,
+        model_kwargs=kwargs,
+        cpe_max_size=cpe_max_size,
+        register_multiple=register_multiple,
+        mlp_hidden_size=head_hidden,
+        mlp_num_inner=head_inner,
+        dtype=dtype,
+        **arg_overrides,
+    )
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
@@ -49,8 +71,10 @@ def make_tiny_checkpoint(path: str | Path, *, teachers: Optional[list[dict]] = N
         state = official_state_dict(radio, heads_by_name=heads_by_name)
         ema = None
         if with_ema:
-            ema = {k: v + 0.01 * torch.randn_like(v) if v.is_floating_point() and "input_conditioner" not in k else v
-                   for k, v in state.items()}
+            ema = {
+                k: v + 0.01 * torch.randn_like(v) if v.is_floating_point() and "input_conditioner" not in k else v
+                for k, v in state.items()
+            }
     finally:
         torch.random.set_rng_state(gen_state)
     return save_checkpoint(path, args, state, state_dict_ema=ema)

@@ -4,6 +4,7 @@ These are the model-facing steps shared by ``openradio viz``, ``openradio viz-vi
 notebooks: resize an image to a resolution the model accepts, take the NCHW spatial features
 (an adaptor's or the backbone's), and colour them with the robust PCA of :mod:`.pca`.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple, Sequence
@@ -25,6 +26,7 @@ __all__ = [
     "resolution_features",
     "colour_maps",
 ]
+
 
 class FeatureImage(NamedTuple):
     image: Tensor  # (3, H, W) model input in [0, 1]
@@ -48,8 +50,9 @@ def prepare_input(image: Tensor, model: nn.Module, resolution: int, square: bool
     return resize_to_multiple(image, resolution, int(model.min_resolution_step))
 
 
-def model_features(model: nn.Module, x: Tensor, adaptor: str | None = None, amp: bool = False,
-                   clip_frames: int = 1) -> Tensor:
+def model_features(
+    model: nn.Module, x: Tensor, adaptor: str | None = None, amp: bool = False, clip_frames: int = 1
+) -> Tensor:
     """Spatial features ``(B, C, h, w)`` (float32) of a ``(B, 3, H, W)`` [0, 1] batch.
 
     With ``adaptor`` the named adaptor's features (the model must have been loaded with it),
@@ -61,26 +64,44 @@ def model_features(model: nn.Module, x: Tensor, adaptor: str | None = None, amp:
         x = x[None]
     x = x.to(device=device, dtype=torch.float32)
     with torch.inference_mode(), autocast(device, amp):
-        out = model(x, feature_fmt="NCHW") if clip_frames == 1 else forward_frames(model, x, clip_frames,
-                                                                                   feature_fmt="NCHW")
+        out = (
+            model(x, feature_fmt="NCHW")
+            if clip_frames == 1
+            else forward_frames(model, x, clip_frames, feature_fmt="NCHW")
+        )
     if isinstance(out, dict):
         key = adaptor or "backbone"
         if key not in out:
-            raise ValueError(f"the model returned no {key!r} output; it has {sorted(out)} "
-                             f"(load it with adaptor_names=[{key!r}] / pass --adaptor {key})")
+            raise ValueError(
+                f"the model returned no {key!r} output; it has {sorted(out)} "
+                f"(load it with adaptor_names=[{key!r}] / pass --adaptor {key})"
+            )
         out = out[key]
     elif adaptor is not None:
-        raise ValueError(f"adaptor {adaptor!r} was requested but the model has no adaptors loaded; "
-                         f"load it with adaptor_names=[{adaptor!r}]")
+        raise ValueError(
+            f"adaptor {adaptor!r} was requested but the model has no adaptors loaded; "
+            f"load it with adaptor_names=[{adaptor!r}]"
+        )
     feats = out.features if hasattr(out, "features") else out[1]
     if feats.ndim != 4:
         raise ValueError(f"expected NCHW spatial features from the model, got shape {tuple(feats.shape)}")
     return feats.float()
 
 
-def visualize_image(model: nn.Module, image: Tensor, resolution: int | None = None, adaptor: str | None = None,
-                    *, square: bool = False, interpolation: str = "bilinear", stats: PCAStats | None = None,
-                    amp: bool = False, m: float = 2.0, skip: int = 0, seed: int = 42) -> FeatureImage:
+def visualize_image(
+    model: nn.Module,
+    image: Tensor,
+    resolution: int | None = None,
+    adaptor: str | None = None,
+    *,
+    square: bool = False,
+    interpolation: str = "bilinear",
+    stats: PCAStats | None = None,
+    amp: bool = False,
+    m: float = 2.0,
+    skip: int = 0,
+    seed: int = 42,
+) -> FeatureImage:
     """Resize ``image`` for the model, run it, and colour the features by robust PCA.
 
     ``resolution`` defaults to the model's preferred one (512 if it has none). The colours are
@@ -93,8 +114,15 @@ def visualize_image(model: nn.Module, image: Tensor, resolution: int | None = No
     return FeatureImage(x, feats.cpu(), rgb.cpu())
 
 
-def resolution_features(model: nn.Module, image: Tensor, resolutions: Sequence[int], adaptor: str | None = None,
-                        *, square: bool = False, amp: bool = False) -> list[tuple[int, Tensor, Tensor]]:
+def resolution_features(
+    model: nn.Module,
+    image: Tensor,
+    resolutions: Sequence[int],
+    adaptor: str | None = None,
+    *,
+    square: bool = False,
+    amp: bool = False,
+) -> list[tuple[int, Tensor, Tensor]]:
     """``[(resolution, input (3, H, W), features (1, C, h, w)), ...]`` for each requested resolution.
 
     Resolutions are rounded to supported ones; duplicates after rounding are dropped.
@@ -110,8 +138,15 @@ def resolution_features(model: nn.Module, image: Tensor, resolutions: Sequence[i
     return out
 
 
-def colour_maps(maps: Sequence[Tensor], size: Sequence[int], interpolation: str = "bilinear",
-                shared: bool = False, m: float = 2.0, skip: int = 0, seed: int = 42) -> list[Tensor]:
+def colour_maps(
+    maps: Sequence[Tensor],
+    size: Sequence[int],
+    interpolation: str = "bilinear",
+    shared: bool = False,
+    m: float = 2.0,
+    skip: int = 0,
+    seed: int = 42,
+) -> list[Tensor]:
     """Colour several ``(1, C, h, w)`` maps at one display ``size``: one PCA each, or one shared PCA."""
     stats = fit_pca_on_maps(list(maps), m=m, skip=skip, seed=seed) if shared else None
     return [pca_rgb(f, size, interpolation=interpolation, stats=stats, m=m, skip=skip, seed=seed) for f in maps]

@@ -23,6 +23,7 @@ models, frames) then tend to agree in colour instead of randomly inverting a cha
 sign only inverts that colour channel (``c -> 1 - c``); pass ``fix_signs=False`` for the raw
 ``pca_lowrank`` signs.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -106,8 +107,7 @@ def _robust_range(colours: Tensor, m: float) -> tuple[Tensor, Tensor]:
     return torch.stack(lows), torch.stack(highs)
 
 
-def get_robust_pca(features: Tensor, m: float = 2.0, skip: int = 0, seed: int = 42,
-                   fix_signs: bool = True) -> PCAStats:
+def get_robust_pca(features: Tensor, m: float = 2.0, skip: int = 0, seed: int = 42, fix_signs: bool = True) -> PCAStats:
     """Fit a 3-component PCA colouring with robust per-channel ranges.
 
     Args:
@@ -126,8 +126,10 @@ def get_robust_pca(features: Tensor, m: float = 2.0, skip: int = 0, seed: int = 
     q = 3 + skip
     n, c = tokens.shape
     if c < q or n < q:
-        raise ValueError(f"robust PCA needs at least {q} tokens and {q} channels (3 colours + skip={skip}); "
-                         f"got {n} tokens with {c} channels")
+        raise ValueError(
+            f"robust PCA needs at least {q} tokens and {q} channels (3 colours + skip={skip}); "
+            f"got {n} tokens with {c} channels"
+        )
     if not torch.isfinite(tokens).all():
         raise ValueError("features contain NaN or Inf; cannot colour them (check the model/input, or --amp)")
     v = _seeded_pca_lowrank(tokens, q, seed)[:, skip:]
@@ -145,8 +147,10 @@ def apply_pca(features: Tensor, stats: PCAStats) -> Tensor:
     ``(B, C, H, W)`` → ``(B, H, W, 3)``; ``(H, W, C)`` → ``(H, W, 3)``; ``(N, C)`` → ``(N, 3)``.
     """
     if features.shape[-1 if features.ndim != 4 else 1] != stats.num_channels:
-        raise ValueError(f"features have {features.shape[-1 if features.ndim != 4 else 1]} channels but the PCA "
-                         f"was fitted on {stats.num_channels}; fit it on features from the same model/adaptor")
+        raise ValueError(
+            f"features have {features.shape[-1 if features.ndim != 4 else 1]} channels but the PCA "
+            f"was fitted on {stats.num_channels}; fit it on features from the same model/adaptor"
+        )
     s = stats.to(features.device)
     if features.ndim == 4:
         x = features.permute(0, 2, 3, 1)
@@ -163,8 +167,10 @@ def apply_pca(features: Tensor, stats: PCAStats) -> Tensor:
 def _to_nchw(feature_map: Tensor) -> Tensor:
     if feature_map.ndim == 4:
         if feature_map.shape[0] != 1:
-            raise ValueError(f"pca_rgb colours one feature map; got a batch of {feature_map.shape[0]} "
-                             "(use get_robust_pca + apply_pca for batches)")
+            raise ValueError(
+                f"pca_rgb colours one feature map; got a batch of {feature_map.shape[0]} "
+                "(use get_robust_pca + apply_pca for batches)"
+            )
         return feature_map
     if feature_map.ndim == 3:
         return feature_map.permute(2, 0, 1)[None]
@@ -183,8 +189,15 @@ def upsample_rgb(rgb: Tensor, size: Sequence[int], interpolation: str = "bilinea
     return x[0] if squeeze else x
 
 
-def pca_rgb(feature_map: Tensor, image_size: Sequence[int], interpolation: str = "bilinear",
-            stats: PCAStats | None = None, m: float = 2.0, skip: int = 0, seed: int = 42) -> Tensor:
+def pca_rgb(
+    feature_map: Tensor,
+    image_size: Sequence[int],
+    interpolation: str = "bilinear",
+    stats: PCAStats | None = None,
+    m: float = 2.0,
+    skip: int = 0,
+    seed: int = 42,
+) -> Tensor:
     """One feature map coloured by robust PCA and upsampled to ``image_size = (height, width)``.
 
     ``feature_map`` is ``(1, C, h, w)`` or ``(h, w, C)``. The PCA is fitted on this map unless
@@ -198,8 +211,9 @@ def pca_rgb(feature_map: Tensor, image_size: Sequence[int], interpolation: str =
     return upsample_rgb(rgb, image_size, interpolation)
 
 
-def fit_pca_on_maps(maps: Sequence[Tensor], m: float = 2.0, skip: int = 0, seed: int = 42,
-                    max_tokens_per_map: int | None = None) -> PCAStats:
+def fit_pca_on_maps(
+    maps: Sequence[Tensor], m: float = 2.0, skip: int = 0, seed: int = 42, max_tokens_per_map: int | None = None
+) -> PCAStats:
     """One PCA shared by several feature maps (e.g. one image at several resolutions).
 
     Each map contributes at most as many tokens as the smallest one (an evenly strided subset),

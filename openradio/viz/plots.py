@@ -1,4 +1,5 @@
 """matplotlib figures without pyplot (no global state, no GUI backend), written atomically."""
+
 from __future__ import annotations
 
 import os

@@ -9,6 +9,7 @@ callers (and tests) can find a panel without guessing at pixel offsets.
   resolution (the tech report's mode-switching figure), optionally led by the input.
 * :func:`model_grid` — rows = models, columns = resolutions.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -91,7 +92,7 @@ def _fit_text(draw, text: str, font, max_width: int) -> str:
     keep = len(text)
     while keep > 4:
         keep -= 1
-        cand = text[: keep // 2] + "…" + text[len(text) - (keep - keep // 2):]
+        cand = text[: keep // 2] + "…" + text[len(text) - (keep - keep // 2) :]
         if _text_width(draw, cand, font) <= max_width:
             return cand
     return text[:4]
@@ -107,9 +108,16 @@ def _to_pil(pixels, size_hw: tuple[int, int] | None):
     return im
 
 
-def compose(cells: Sequence[Sequence[Cell | None]], *, cell_size: tuple[int, int] | None = None,
-            row_labels: Sequence[str] | None = None, label_cells: bool = False, gap: int = 0,
-            font_size: int = 16, max_row_label_width: int = 220) -> Rendered:
+def compose(
+    cells: Sequence[Sequence[Cell | None]],
+    *,
+    cell_size: tuple[int, int] | None = None,
+    row_labels: Sequence[str] | None = None,
+    label_cells: bool = False,
+    gap: int = 0,
+    font_size: int = 16,
+    max_row_label_width: int = 220,
+) -> Rendered:
     """Place ``cells[row][col]`` on a grid; ``None`` leaves a blank slot.
 
     Every cell is resized to ``cell_size = (height, width)`` (default: the first cell's size).
@@ -167,8 +175,7 @@ def side_by_side(image: Tensor | np.ndarray, features_rgb: Tensor | np.ndarray) 
     colours ``(H, W, 3)`` (resized to the image if they differ).
     """
     h, w = tensor_to_uint8(image).shape[:2]
-    return compose([[Cell(image, "input", "image"), Cell(features_rgb, "features", "features")]],
-                   cell_size=(h, w))
+    return compose([[Cell(image, "input", "image"), Cell(features_rgb, "features", "features")]], cell_size=(h, w))
 
 
 def _display_size(height: int, width: int, panel_height: int | None) -> tuple[int, int]:
@@ -177,8 +184,14 @@ def _display_size(height: int, width: int, panel_height: int | None) -> tuple[in
     return panel_height, max(1, round(width * panel_height / height))
 
 
-def resolution_strip(image: Tensor | np.ndarray | None, maps: Sequence[tuple[int | str, Tensor | np.ndarray]],
-                     *, panel_height: int | None = 384, gap: int = 4, font_size: int = 16) -> Rendered:
+def resolution_strip(
+    image: Tensor | np.ndarray | None,
+    maps: Sequence[tuple[int | str, Tensor | np.ndarray]],
+    *,
+    panel_height: int | None = 384,
+    gap: int = 4,
+    font_size: int = 16,
+) -> Rendered:
     """One row: (optionally) the input, then one labelled panel per resolution.
 
     ``maps`` = ``[(resolution, rgb (H, W, 3)), ...]`` in display order; an int resolution is
@@ -197,8 +210,14 @@ def resolution_strip(image: Tensor | np.ndarray | None, maps: Sequence[tuple[int
     return compose([row], cell_size=size, label_cells=True, gap=gap, font_size=font_size)
 
 
-def model_grid(image: Tensor | np.ndarray | None, rows: Sequence[tuple[str, Sequence[tuple[int | str, Tensor | np.ndarray]]]],
-               *, panel_height: int | None = 256, gap: int = 4, font_size: int = 16) -> Rendered:
+def model_grid(
+    image: Tensor | np.ndarray | None,
+    rows: Sequence[tuple[str, Sequence[tuple[int | str, Tensor | np.ndarray]]]],
+    *,
+    panel_height: int | None = 256,
+    gap: int = 4,
+    font_size: int = 16,
+) -> Rendered:
     """Rows = models (labelled on the left), columns = resolutions; the input leads every row if given.
 
     ``rows`` = ``[(model_label, [(resolution, rgb), ...]), ...]``.
@@ -212,5 +231,6 @@ def model_grid(image: Tensor | np.ndarray | None, rows: Sequence[tuple[str, Sequ
         row: list[Cell] = [Cell(image, "input", "image")] if image is not None else []
         row += [Cell(rgb, f"{res} px" if isinstance(res, int) else str(res), "features") for res, rgb in maps]
         cells.append(row)
-    return compose(cells, cell_size=size, row_labels=[name for name, _ in rows], label_cells=True,
-                   gap=gap, font_size=font_size)
+    return compose(
+        cells, cell_size=size, row_labels=[name for name, _ in rows], label_cells=True, gap=gap, font_size=font_size
+    )

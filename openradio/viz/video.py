@@ -9,10 +9,10 @@ memory, so long videos work.
 Frame arrays are ``(T, H, W, 3)`` uint8 RGB (torchvision's ``read_video``/``write_video``
 convention).
 """
+
 from __future__ import annotations
 
 import os
-
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -124,8 +124,9 @@ def _decode(path: str | Path, max_frames: int | None = None) -> Iterator[np.ndar
         container.close()
 
 
-def iter_video_batches(path: str | Path, batch_size: int = 16, max_frames: int | None = None,
-                       indices: Sequence[int] | None = None) -> Iterator[Tensor]:
+def iter_video_batches(
+    path: str | Path, batch_size: int = 16, max_frames: int | None = None, indices: Sequence[int] | None = None
+) -> Iterator[Tensor]:
     """Yield ``(B, H, W, 3)`` uint8 batches of decoded frames (only frames in ``indices`` if given)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -176,8 +177,14 @@ class VideoWriter:
     row/column (players would otherwise refuse or crop the file). Use as a context manager.
     """
 
-    def __init__(self, path: str | Path, fps: float | Fraction = DEFAULT_FPS, crf: int = 23,
-                 codec: str = "libx264", pix_fmt: str = "yuv420p"):
+    def __init__(
+        self,
+        path: str | Path,
+        fps: float | Fraction = DEFAULT_FPS,
+        crf: int = 23,
+        codec: str = "libx264",
+        pix_fmt: str = "yuv420p",
+    ):
         av = require("av", "writing video")
 
         if not 0 <= crf <= 51:
@@ -189,6 +196,7 @@ class VideoWriter:
             raise ValueError(f"fps must be positive, got {fps}")
         self.crf, self.codec, self.pix_fmt = crf, codec, pix_fmt
         from openradio.atomicio import partial_name
+
         # written under a temporary name, renamed by close(): a killed run leaves no truncated video
         self._tmp = partial_name(self.path)
         self._container = av.open(str(self._tmp), mode="w")  # the temporary name keeps the extension
@@ -271,11 +279,27 @@ def _to_model_batch(frames: Tensor) -> Tensor:
     return frames.permute(0, 3, 1, 2).float().div_(255.0)
 
 
-def visualize_video(model: nn.Module, in_path: str | Path, out_path: str | Path, resolution: int | None = None,
-                    adaptor: str | None = None, *, side_by_side: bool = False, batch_size: int = 16,
-                    num_key_frames: int = 30, interpolation: str = "nearest", crf: int = 23, amp: bool = False,
-                    max_frames: int | None = None, progress: bool = True, m: float = 2.0, skip: int = 0,
-                    seed: int = 42, stats: PCAStats | None = None, clip_frames: int = 1) -> VideoSummary:
+def visualize_video(
+    model: nn.Module,
+    in_path: str | Path,
+    out_path: str | Path,
+    resolution: int | None = None,
+    adaptor: str | None = None,
+    *,
+    side_by_side: bool = False,
+    batch_size: int = 16,
+    num_key_frames: int = 30,
+    interpolation: str = "nearest",
+    crf: int = 23,
+    amp: bool = False,
+    max_frames: int | None = None,
+    progress: bool = True,
+    m: float = 2.0,
+    skip: int = 0,
+    seed: int = 42,
+    stats: PCAStats | None = None,
+    clip_frames: int = 1,
+) -> VideoSummary:
     """Colour a video's spatial features by robust PCA and write them as an H.264 mp4.
 
     Frames are resized like images (shorter side ``resolution``, sides rounded to the model's
@@ -312,8 +336,10 @@ def visualize_video(model: nn.Module, in_path: str | Path, out_path: str | Path,
         stats = get_robust_pca(torch.cat(key_feats), m=m, skip=skip, seed=seed)
 
     written = 0
-    with VideoWriter(out_path, fps=info.fps, crf=crf) as writer, \
-            tqdm(total=total or None, unit="frame", desc="viz-video", disable=not progress) as bar:
+    with (
+        VideoWriter(out_path, fps=info.fps, crf=crf) as writer,
+        tqdm(total=total or None, unit="frame", desc="viz-video", disable=not progress) as bar,
+    ):
         for frames in iter_video_batches(in_path, batch_size, max_frames):
             x, feats = features_of(frames)
             rgb = upsample_rgb(apply_pca(feats, stats), x.shape[-2:], interpolation)  # (B, H, W, 3)

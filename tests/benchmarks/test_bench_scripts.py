@@ -1,9 +1,10 @@
 """The benchmark scripts measure what they claim (no timings asserted)."""
+
 from __future__ import annotations
 
 import importlib.util
-from types import SimpleNamespace
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -37,7 +38,7 @@ def test_vitdet_flop_bound():
     bv = _load("bench_vitdet")
     sched = windowed_blocks(12, None, 4)
     # all-global: the window argument changes nothing
-    assert bv.flops(1024, 768, 12, sched, None, 8) == 12 * (24 * 1032 * 768 ** 2 + 4 * 1032 ** 2 * 768)
+    assert bv.flops(1024, 768, 12, sched, None, 8) == 12 * (24 * 1032 * 768**2 + 4 * 1032**2 * 768)
     bound = [bv.flops(n, 768, 12, sched, None, 8) / bv.flops(n, 768, 12, sched, 16, 8) for n in (1024, 4096, 16384)]
     assert 1.0 < bound[0] < bound[1] < bound[2] < 12 / 4  # bounded by the global blocks' share
 
@@ -49,11 +50,13 @@ def test_compare_flops_and_one_cell(tmp_path, capsys):
     n = (512 // 16) ** 2
     embed = 2 * n * 3 * 16 * 16 * 768
     for window in (None, 16):
-        assert bc.model_flops(768, 12, 16, 512, 2, 8, sched, window) == 2 * (embed + bv.flops(n, 768, 12, sched,
-                                                                                             window, 8))
+        assert bc.model_flops(768, 12, 16, 512, 2, 8, sched, window) == 2 * (
+            embed + bv.flops(n, 768, 12, sched, window, 8)
+        )
     ok, where = bc.native_bf16()
     assert isinstance(ok, bool) and where
     from openradio.eval.throughput import make_timm_baseline
+
     model = openradio.radio_model(str(make_tiny_checkpoint(tmp_path / "m.pth.tar")), text_towers=False)
     vit = make_timm_baseline(model, 64, 64)
     bc.cell(model, vit, None, 64, 1, None, torch.float32, 1, 1e9, 1, 64, 4)
@@ -64,6 +67,7 @@ def test_compare_flops_and_one_cell(tmp_path, capsys):
 def test_gpu_script_parses_and_says_when_there_is_no_gpu():
     import subprocess
     import sys
+
     subprocess.run(["bash", "-n", str(BENCH / "gpu.sh")], check=True)
     if torch.cuda.is_available():
         return
@@ -78,13 +82,25 @@ def test_packed_flops_are_the_sum_over_images_and_the_script_prints_the_ceiling(
     one = bc.model_flops(768, 12, 16, 512, 1, 8, sched, None)
     assert bp.pack_flops([(32, 32)], 768, 12, 8) == one
     assert bp.pack_flops([(32, 32), (32, 32), (14, 14)], 768, 12, 8) == (
-        2 * one + bc.model_flops(768, 12, 16, 224, 1, 8, sched, None))
+        2 * one + bc.model_flops(768, 12, 16, 224, 1, 8, sched, None)
+    )
     # a non-square grid costs what its token count costs
     assert bp.pack_flops([(16, 64)], 768, 12, 8) == one
 
     model = openradio.radio_model(str(make_tiny_checkpoint(tmp_path / "m.pth.tar")), text_towers=False)
-    args = SimpleNamespace(seed=0, min_side=32, max_side=64, vitdet_window=0, images=3, embed_dim=64, depth=4,
-                           heads=4, threads="1", max_tokens=-1, rounds=1)
+    args = SimpleNamespace(
+        seed=0,
+        min_side=32,
+        max_side=64,
+        vitdet_window=0,
+        images=3,
+        embed_dim=64,
+        depth=4,
+        heads=4,
+        threads="1",
+        max_tokens=-1,
+        rounds=1,
+    )
     bp.run(model, None, args)
     out = capsys.readouterr().out
     assert "max |packed - per image|" in out

@@ -1,4 +1,5 @@
 """benchmarks/bench_train_step.py accounts for a training step's time honestly (no timings asserted)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -32,15 +33,30 @@ def one_thread():
 
 def test_step_parts_add_up_and_leave_the_trainer_as_it_was(bt, tmp_path, train_image_dir, one_thread):
     cfg = bt.recipe_config("tiny", train_image_dir, tmp_path / "a")
-    timed, plain = Trainer(cfg, env=DistEnv()), Trainer(bt.recipe_config("tiny", train_image_dir, tmp_path / "b"),
-                                                        env=DistEnv())
+    timed, plain = (
+        Trainer(cfg, env=DistEnv()),
+        Trainer(bt.recipe_config("tiny", train_image_dir, tmp_path / "b"), env=DistEnv()),
+    )
     backward = torch.Tensor.backward
     run = bt.measure_steps(timed, steps=2, warmup=1)
 
     parts = run["parts"]
     # every part of the step was seen: each teacher, the student both ways, optimiser, EMA, PHI-S, data
-    for name in ["teacher clip", "teacher siglip", "teacher dino_v2", "teacher sam", bt.TEACHER_GLUE,
-                 "student forward", "student backward", "losses", "optimiser", "EMA", "PHI-S", "data", "other"]:
+    for name in [
+        "teacher clip",
+        "teacher siglip",
+        "teacher dino_v2",
+        "teacher sam",
+        bt.TEACHER_GLUE,
+        "student forward",
+        "student backward",
+        "losses",
+        "optimiser",
+        "EMA",
+        "PHI-S",
+        "data",
+        "other",
+    ]:
         assert parts.get(name, 0.0) > 0.0, name
     sh = bt.shares(parts)
     assert list(sh) == list(bt.CATEGORIES)
@@ -74,10 +90,12 @@ def test_shares_reject_an_unknown_region(bt):
 
 def test_mosaic_and_per_view_run_on_the_same_views(bt):
     from openradio.teachers import build_teacher
+
     # translation-equivariant: a view's features are the same alone or anywhere on a canvas, so the
     # mosaic path and the per-view path agree only if they saw the same views in the same order
-    teacher = build_teacher({"name": "eq", "type": "equivariant", "patch_size": 16, "input_size": 128,
-                             "summary_dim": None})
+    teacher = build_teacher(
+        {"name": "eq", "type": "equivariant", "patch_size": 16, "input_size": 128, "summary_dim": None}
+    )
     views = torch.rand(5, 3, 64, 64)
     res = bt.compare_mosaic(teacher, views, 128, rounds=2)
     torch.testing.assert_close(res["mosaic"]["out"], res["per view own side"]["out"])
@@ -97,6 +115,7 @@ def test_flop_counter_counts_cpu_attention(bt):
 
 def test_b16_config_keeps_the_student_and_shrinks_the_teachers(bt, tmp_path):
     from openradio.teachers import build_teacher
+
     cfg = bt.recipe_config("b16", tmp_path, tmp_path / "run", teacher_width=64, teacher_depth=2)
     assert cfg.student.model == "vit_base_patch16_224" and not cfg.amp
     (stage,) = cfg.stages

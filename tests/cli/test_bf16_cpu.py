@@ -1,5 +1,6 @@
 """Issue 14 item 8: bf16 autocast on a CPU without native bf16 (AVX2-only, e.g. AMD Zen 3) is
 emulated and ~50x slower: the library's autocast helper and `--amp` warn once, saying what to do."""
+
 from __future__ import annotations
 
 import warnings
@@ -15,8 +16,15 @@ def fresh_warning_state(monkeypatch):
     monkeypatch.setattr(runtime, "_WARNED_SLOW_BF16", False)
 
 
-@pytest.mark.parametrize("flags,native", [({"avx2", "fma"}, False), ({"avx2", "avx512f"}, False),
-                                          ({"avx512f", "avx512_bf16"}, True), ({"avx2", "amx_bf16", "amx_tile"}, True)])
+@pytest.mark.parametrize(
+    "flags,native",
+    [
+        ({"avx2", "fma"}, False),
+        ({"avx2", "avx512f"}, False),
+        ({"avx512f", "avx512_bf16"}, True),
+        ({"avx2", "amx_bf16", "amx_tile"}, True),
+    ],
+)
 def test_native_bf16_detection_from_cpu_flags(monkeypatch, flags, native):
     monkeypatch.setattr(runtime, "_cpu_flags", lambda: flags)
     assert runtime.cpu_has_native_bf16() is native
@@ -52,11 +60,26 @@ def test_amp_flag_prints_one_warning_line(monkeypatch, tmp_path, tiny_checkpoint
     from PIL import Image
 
     from openradio.cli import main
+
     monkeypatch.setattr(runtime, "_cpu_flags", lambda: {"avx2"})
     img = tmp_path / "a.png"
     Image.new("RGB", (40, 32), (90, 120, 200)).save(img)
-    rc = main(["features", str(img), "--version", str(tiny_checkpoint), "--device", "cpu", "--amp",
-               "--resolution", "32", "--no-progress", "--out", str(tmp_path / "f.safetensors")])
+    rc = main(
+        [
+            "features",
+            str(img),
+            "--version",
+            str(tiny_checkpoint),
+            "--device",
+            "cpu",
+            "--amp",
+            "--resolution",
+            "32",
+            "--no-progress",
+            "--out",
+            str(tmp_path / "f.safetensors"),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 0
     lines = [ln for ln in err.splitlines() if "bf16" in ln]

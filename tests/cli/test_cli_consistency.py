@@ -1,4 +1,5 @@
 """Issue 14 item 7: flags and messages are the same in every subcommand."""
+
 from __future__ import annotations
 
 import warnings
@@ -27,12 +28,15 @@ def test_every_command_takes_no_progress(name):
 
 def test_train_no_progress_turns_the_config_off(monkeypatch):
     import openradio.train
+
     seen = {}
 
     def fake_run(args):
         from openradio.distill.config import load_config
+
         seen["cfg"] = load_config(args.config, args.overrides)
         return 0
+
     monkeypatch.setattr(openradio.train, "run", fake_run)
     assert main(["train", str(REPO / "configs/tiny.yaml"), "data.path=/x", "--no-progress"]) == 0
     assert seen["cfg"].progress is False
@@ -42,6 +46,7 @@ def test_train_no_progress_turns_the_config_off(monkeypatch):
 
 def test_make_shards_no_progress_and_warnings_are_one_line(tmp_path, capsys):
     from PIL import Image
+
     src = tmp_path / "src"
     src.mkdir()
     for i in range(3):
@@ -52,8 +57,10 @@ def test_make_shards_no_progress_and_warnings_are_one_line(tmp_path, capsys):
         assert main(["data", "make-shards", str(src), str(tmp_path / "out"), "--verify", "--no-progress"]) == 0
     err = capsys.readouterr().err
     lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert lines == [f"openradio data: warning: leaving out {src / 'broken.jpg'}: cannot decode image: "
-                     "not an image format PIL recognises"], err
+    assert lines == [
+        f"openradio data: warning: leaving out {src / 'broken.jpg'}: cannot decode image: "
+        "not an image format PIL recognises"
+    ], err
     assert "UserWarning" not in err and "warnings.warn" not in err
 
 

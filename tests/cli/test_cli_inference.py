@@ -1,4 +1,5 @@
 """The inference commands end to end: `features`, `versions` and `bench`, on a tiny checkpoint."""
+
 from __future__ import annotations
 
 import csv
@@ -42,8 +43,25 @@ def test_features_with_adaptors_match_a_direct_model_call(tmp_path, photos, tiny
     other.parent.mkdir()
     Image.open(photos / "astronaut.png").transpose(Image.FLIP_LEFT_RIGHT).save(other)
     out = tmp_path / "sub" / "feats.safetensors"
-    rc = main(["features", str(photos), str(other), "--version", str(tiny_checkpoint), "--adaptor", "clip",
-               "--adaptor", "sam", "--resolution", "64", "--batch-size", "2", "--out", str(out)])
+    rc = main(
+        [
+            "features",
+            str(photos),
+            str(other),
+            "--version",
+            str(tiny_checkpoint),
+            "--adaptor",
+            "clip",
+            "--adaptor",
+            "sam",
+            "--resolution",
+            "64",
+            "--batch-size",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     assert "wrote 4 image(s)" in capsys.readouterr().out
     feats, meta = read_features(out)
@@ -55,8 +73,12 @@ def test_features_with_adaptors_match_a_direct_model_call(tmp_path, photos, tiny
     model = openradio.radio_model(str(tiny_checkpoint), adaptor_names=["clip", "sam"])
     p = model.patch_size
     shapes = set()
-    for stem, path in [("astronaut", photos / "astronaut.png"), ("astronaut_1", other),
-                       ("coffee", photos / "coffee.jpg"), ("chelsea", photos / "chelsea.png")]:
+    for stem, path in [
+        ("astronaut", photos / "astronaut.png"),
+        ("astronaut_1", other),
+        ("coffee", photos / "coffee.jpg"),
+        ("chelsea", photos / "chelsea.png"),
+    ]:
         x, ref = _direct(model, path, 64)
         H, W = x.shape[-2:]
         # aspect kept: shorter side 64, both sides multiples of the patch size
@@ -78,8 +100,20 @@ def test_features_with_adaptors_match_a_direct_model_call(tmp_path, photos, tiny
 
 def test_features_backbone_only_square_and_default_resolution(tmp_path, photos, tiny_checkpoint, capsys):
     out = tmp_path / "sq.safetensors"
-    rc = main(["features", str(photos / "coffee.jpg"), str(photos / "chelsea.png"), "--version",
-               str(tiny_checkpoint), "--square", "--resolution", "72", "--out", str(out)])
+    rc = main(
+        [
+            "features",
+            str(photos / "coffee.jpg"),
+            str(photos / "chelsea.png"),
+            "--version",
+            str(tiny_checkpoint),
+            "--square",
+            "--resolution",
+            "72",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     feats, meta = read_features(out)
     model = openradio.radio_model(str(tiny_checkpoint))
@@ -97,15 +131,15 @@ def test_features_backbone_only_square_and_default_resolution(tmp_path, photos, 
     assert min(meta2["resolution"]["chelsea"]) == 512
 
 
-def test_features_corrupt_image_fails_before_loading_the_model(tmp_path, photos, tiny_checkpoint, capsys,
-                                                               monkeypatch):
+def test_features_corrupt_image_fails_before_loading_the_model(tmp_path, photos, tiny_checkpoint, capsys, monkeypatch):
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
     loads = []
     monkeypatch.setattr(openradio, "radio_model", lambda *a, **k: loads.append(a))
     out = tmp_path / "never.safetensors"
-    rc = main(["features", str(photos / "astronaut.png"), str(bad), "--version", str(tiny_checkpoint),
-               "--out", str(out)])
+    rc = main(
+        ["features", str(photos / "astronaut.png"), str(bad), "--version", str(tiny_checkpoint), "--out", str(out)]
+    )
     err = capsys.readouterr().err.strip()
     assert rc != 0
     assert len(err.splitlines()) == 1 and "broken.jpg" in err
@@ -116,8 +150,18 @@ def test_features_corrupt_image_fails_before_loading_the_model(tmp_path, photos,
 
 
 def test_features_unknown_adaptor_is_a_one_line_error(tmp_path, photos, tiny_checkpoint, capsys):
-    rc = main(["features", str(photos / "astronaut.png"), "--version", str(tiny_checkpoint), "--adaptor", "dinov9",
-               "--out", str(tmp_path / "f.safetensors")])
+    rc = main(
+        [
+            "features",
+            str(photos / "astronaut.png"),
+            "--version",
+            str(tiny_checkpoint),
+            "--adaptor",
+            "dinov9",
+            "--out",
+            str(tmp_path / "f.safetensors"),
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert rc != 0 and len(err.splitlines()) == 1 and "clip" in err  # names the known adaptors
 
@@ -146,16 +190,33 @@ def test_versions_json_and_cache_status(tmp_path, capsys, monkeypatch):
 
 def test_bench_prints_ratios_and_writes_finite_csv(tmp_path, tiny_checkpoint, capsys):
     out = tmp_path / "bench.csv"
-    rc = main(["bench", "--version", str(tiny_checkpoint), "--resolutions", "64,96", "--batch-size", "2",
-               "--iters", "2", "--warmup", "1", "--out", str(out)])
+    rc = main(
+        [
+            "bench",
+            "--version",
+            str(tiny_checkpoint),
+            "--resolutions",
+            "64,96",
+            "--batch-size",
+            "2",
+            "--iters",
+            "2",
+            "--warmup",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
     printed = capsys.readouterr().out
     assert rc == 0
     assert "speed ratio" in printed and "timm" in printed
     rows = list(csv.DictReader(open(out)))
     assert [(int(r["height"]), int(r["width"])) for r in rows] == [(64, 64), (96, 96)]
     for r in rows:
-        vals = [float(r[k]) for k in ("images_per_s", "latency_ms", "baseline_images_per_s",
-                                      "baseline_latency_ms", "speed_ratio")]
+        vals = [
+            float(r[k])
+            for k in ("images_per_s", "latency_ms", "baseline_images_per_s", "baseline_latency_ms", "speed_ratio")
+        ]
         assert all(math.isfinite(v) and v > 0 for v in vals)
         assert r["baseline"] == "timm" and r["mode"] == "global"
         assert int(r["timed_calls"]) == 2
@@ -163,8 +224,23 @@ def test_bench_prints_ratios_and_writes_finite_csv(tmp_path, tiny_checkpoint, ca
 
 
 def test_bench_vitdet_against_global_and_bad_flags(tiny_checkpoint, capsys):
-    rc = main(["bench", "--version", str(tiny_checkpoint), "--resolutions", "64", "--batch-size", "1",
-               "--iters", "2", "--warmup", "0", "--vitdet-window", "2"])
+    rc = main(
+        [
+            "bench",
+            "--version",
+            str(tiny_checkpoint),
+            "--resolutions",
+            "64",
+            "--batch-size",
+            "1",
+            "--iters",
+            "2",
+            "--warmup",
+            "0",
+            "--vitdet-window",
+            "2",
+        ]
+    )
     printed = capsys.readouterr().out
     assert rc == 0 and "vitdet-2" in printed and "global" in printed
     assert main(["bench", "--version", str(tiny_checkpoint), "--baseline", "global"]) != 0

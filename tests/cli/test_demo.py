@@ -1,6 +1,7 @@
 """`openradio demo`: the bundled photographs, the embedded recipe, the offline run end to end through
 the CLI (few steps, few resolutions), the released-model path on a local checkpoint with a tiny
 teacher, and the one-line error when a release cannot be downloaded."""
+
 from __future__ import annotations
 
 import csv
@@ -21,13 +22,26 @@ import openradio
 from openradio import demo as demo_mod
 from openradio.cli import main as cli_main
 from openradio.demo import DemoSettings, run_demo, tiny_recipe
-from openradio.inputs.sample_data import (EVAL_IMAGES, SAMPLE_IMAGES, available_images, load_sample_image,
-                                   write_sample_images, write_sample_split)
+from openradio.inputs.sample_data import (
+    EVAL_IMAGES,
+    SAMPLE_IMAGES,
+    available_images,
+    load_sample_image,
+    write_sample_images,
+    write_sample_split,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
-SMALL = dict(mode_switch_resolutions=(64, 96, 128), viz_resolutions=(64, 128), viz_images=1,
-             bench_resolutions=(64,), bench_batch_size=2, bench_iters=1, eval_batch_size=4)
+SMALL = dict(
+    mode_switch_resolutions=(64, 96, 128),
+    viz_resolutions=(64, 128),
+    viz_images=1,
+    bench_resolutions=(64,),
+    bench_batch_size=2,
+    bench_iters=1,
+    eval_batch_size=4,
+)
 
 
 # -- sample photographs --------------------------------------------------------------------------------
@@ -37,6 +51,7 @@ def test_demo_reads_the_shipped_recipe_which_is_package_data():
     import tomllib
 
     from openradio.distill.config import shipped_recipe
+
     assert (REPO / "configs").resolve() == (REPO / "openradio" / "configs").resolve()
     assert shipped_recipe("tiny") == (REPO / "openradio" / "configs" / "tiny.yaml")
     assert tiny_recipe() == yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
@@ -63,6 +78,7 @@ def test_sample_split_is_disjoint_real_rgb_and_capped(tmp_path):
         assert arr.std() > 5  # a photograph, not a blank canvas
     # the written astronaut is the scikit-image photograph, resized
     from skimage import data
+
     with Image.open(split.train_dir / "astronaut.png") as im:
         written = np.asarray(im.resize((64, 64), Image.Resampling.BILINEAR)).astype(float)
     ref = np.asarray(Image.fromarray(data.astronaut()).resize((64, 64), Image.Resampling.BILINEAR)).astype(float)
@@ -111,8 +127,17 @@ def _read_csv(path: Path) -> list[dict]:
 
 def test_offline_report_files(offline_report):
     out = offline_report
-    for name in ("report.md", "report.html", "summary.json", "model.pth.tar", "mode_switch.csv", "throughput.csv",
-                 "training_metrics.csv", "mode_switch.png", "training.png"):
+    for name in (
+        "report.md",
+        "report.html",
+        "summary.json",
+        "model.pth.tar",
+        "mode_switch.csv",
+        "throughput.csv",
+        "training_metrics.csv",
+        "mode_switch.png",
+        "training.png",
+    ):
         assert (out / name).is_file(), name
     pngs = sorted(out.glob("*.png")) + sorted((out / "pictures").glob("*.png"))
     assert len(pngs) == 3  # mode switch, training, one picture grid
@@ -132,8 +157,9 @@ def test_offline_report_files(offline_report):
 def test_offline_metrics_are_finite(offline_report):
     out = offline_report
     ms = _read_csv(out / "mode_switch.csv")
-    assert {(r["teacher"], r["model"]) for r in ms} == {(t, m) for t in ("dino_v2", "sam")
-                                                         for m in ("trained", "untrained")}
+    assert {(r["teacher"], r["model"]) for r in ms} == {
+        (t, m) for t in ("dino_v2", "sam") for m in ("trained", "untrained")
+    }
     assert {int(r["resolution"]) for r in ms} == {64, 96, 128}
     for r in ms:
         for k in ("mse", "cos_error", "fidelity", "teacher_variance"):
@@ -181,8 +207,9 @@ def test_rerun_replaces_the_training_folder_but_refuses_foreign_ones(tmp_path):
 
 # -- the released-model path -----------------------------------------------------------------------------
 def test_version_path_on_a_local_checkpoint_with_a_tiny_teacher(tiny_checkpoint, tmp_path):
-    report = run_demo(tmp_path / "r", version=str(tiny_checkpoint), progress=False, tiny_teacher=True,
-                      settings=DemoSettings(**SMALL))
+    report = run_demo(
+        tmp_path / "r", version=str(tiny_checkpoint), progress=False, tiny_teacher=True, settings=DemoSettings(**SMALL)
+    )
     out = report.parent
     ms = _read_csv(out / "mode_switch.csv")
     assert {r["teacher"] for r in ms} == {"dino_v2"} and len(ms) == 3
@@ -231,12 +258,15 @@ def test_version_offline_gives_a_one_line_error(monkeypatch, tmp_path, capsys):
     assert not (tmp_path / "r" / "report.md").exists()
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--steps", "0"], "--steps must be at least 1"),
-    (["--version", "radio_v2.5-b", "--steps", "5"], "--steps applies to the offline demo"),
-    (["--tiny-teacher"], "--tiny-teacher only applies with --version"),
-    (["--version", "no-such-model"], "Unknown RADIO version 'no-such-model'"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--steps", "0"], "--steps must be at least 1"),
+        (["--version", "radio_v2.5-b", "--steps", "5"], "--steps applies to the offline demo"),
+        (["--tiny-teacher"], "--tiny-teacher only applies with --version"),
+        (["--version", "no-such-model"], "Unknown RADIO version 'no-such-model'"),
+    ],
+)
 def test_bad_flags_fail_with_one_line(argv, message, tmp_path, capsys):
     rc = cli_main(["demo", "--out", str(tmp_path / "r"), "--no-progress", *argv])
     err = capsys.readouterr().err.strip()
@@ -257,11 +287,29 @@ def test_offline_zero_shot_agreement_and_the_cli_reproduces_it(offline_report, t
             assert all(0 <= v["top1"] <= v["top5"] <= 100 for v in per_res.values())
     assert "## Zero-shot" in (out / "report.md").read_text()
     for teacher in ("clip", "siglip"):
-        rc = cli_main(["zero-shot", "--version", str(out / "model.pth.tar"), "--adaptor", teacher,
-                       "--data", str(out / "zero_shot" / f"{teacher}_teacher_labels.tsv"),
-                       "--classnames", str(out / "zero_shot" / "classnames.txt"), "--templates", "base",
-                       "--resolutions", "64,128,256", "--no-cache", "--no-progress", "--out", str(tmp_path / teacher)])
+        rc = cli_main(
+            [
+                "zero-shot",
+                "--version",
+                str(out / "model.pth.tar"),
+                "--adaptor",
+                teacher,
+                "--data",
+                str(out / "zero_shot" / f"{teacher}_teacher_labels.tsv"),
+                "--classnames",
+                str(out / "zero_shot" / "classnames.txt"),
+                "--templates",
+                "base",
+                "--resolutions",
+                "64,128,256",
+                "--no-cache",
+                "--no-progress",
+                "--out",
+                str(tmp_path / teacher),
+            ]
+        )
         assert rc == 0
         rows = _read_csv(tmp_path / teacher / "zero_shot.csv")
         assert {r["Resolution"]: float(r["Top1"]) for r in rows} == pytest.approx(
-            {res: v["top1"] for res, v in summary[teacher]["trained"].items()})
+            {res: v["top1"] for res, v in summary[teacher]["trained"].items()}
+        )

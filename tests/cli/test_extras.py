@@ -1,4 +1,5 @@
 """An inference-only install: the base dependencies run a model; an extra's absence is one line."""
+
 from __future__ import annotations
 
 import subprocess
@@ -24,8 +25,9 @@ BLOCK = textwrap.dedent(f"""
 
 
 def _run(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", BLOCK + textwrap.dedent(code)], capture_output=True, text=True,
-                          cwd=REPO, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", BLOCK + textwrap.dedent(code)], capture_output=True, text=True, cwd=REPO, timeout=300
+    )
 
 
 def test_base_dependencies_leave_out_video_plots_tensorboard_and_sample_images():
@@ -42,7 +44,7 @@ def test_inference_runs_without_any_extra(tmp_path):
     r = _run(f"""
         import torch, openradio
         from openradio.verify.testing import make_tiny_checkpoint
-        p = make_tiny_checkpoint({str(tmp_path / 't.pth.tar')!r})
+        p = make_tiny_checkpoint({str(tmp_path / "t.pth.tar")!r})
         out = openradio.radio_model(str(p), adaptor_names=["clip"])(torch.rand(1, 3, 64, 64))
         assert out["clip"].features.shape[1] == 16
         print("ok", sorted(m for m in {OPTIONAL!r} if sys.modules.get(m) is not None))
@@ -56,7 +58,7 @@ def test_viz_video_without_the_extra_names_it(tmp_path):
     video.write_bytes(b"\\0" * 16)
     r = _run(f"""
         from openradio.cli import main
-        sys.exit(main(["viz-video", {str(video)!r}, "--version", "radio_v2.5-b", "--out", {str(tmp_path / 'o.mp4')!r}]))
+        sys.exit(main(["viz-video", {str(video)!r}, "--version", "radio_v2.5-b", "--out", {str(tmp_path / "o.mp4")!r}]))
     """)
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()

@@ -1,4 +1,5 @@
 """The one home of the helpers every front room uses (openradio.runtime, openradio.inputs.imageio listing)."""
+
 from __future__ import annotations
 
 import pytest
@@ -63,7 +64,10 @@ def test_one_image_listing(tmp_path):
     assert list_images(lst) == [tmp_path / "d/a.jpg", tmp_path / "d/missing.png"]
     with pytest.raises(FileNotFoundError, match="1 image"):
         list_images(lst, check_exists=True)
-    assert [p.name for p in expand_image_args([str(tmp_path / "d"), str(tmp_path / "d/sub/c.webp")])] == \
-        ["a.jpg", "b.png", "c.webp"]
+    assert [p.name for p in expand_image_args([str(tmp_path / "d"), str(tmp_path / "d/sub/c.webp")])] == [
+        "a.jpg",
+        "b.png",
+        "c.webp",
+    ]
     with pytest.raises(FileNotFoundError, match="image not found"):
         expand_image_args([str(tmp_path / "nope.png")])

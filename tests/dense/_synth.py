@@ -1,5 +1,6 @@
 """Colour-coded synthetic segmentation data (each class one flat colour, in 16-px stripes) written
 in the four on-disk layouts openradio.dense.datasets reads."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -59,7 +60,7 @@ def write_layout(root: Path, layout: str, n_train: int = 8, n_val: int = 4) -> P
                 m[:, 0] = 255  # VOC's void border
                 pal = [0] * 768
                 for c, col in enumerate(PALETTE):
-                    pal[3 * c:3 * c + 3] = col.tolist()
+                    pal[3 * c : 3 * c + 3] = col.tolist()
                 _save_png(m, base / "SegmentationClass" / f"{name}.png", mode="P", palette=pal)
                 lst = base / "ImageSets" / "Segmentation" / f"{split}.txt"
                 lst.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,5 @@
 """Fixtures of the dense-task tests: one tiny model per session, one torch thread."""
+
 from __future__ import annotations
 
 import pytest
@@ -16,4 +17,5 @@ def _one_thread():
 @pytest.fixture()
 def tiny_model(tiny_checkpoint):
     import openradio
+
     return openradio.radio_model(str(tiny_checkpoint), text_towers=False)

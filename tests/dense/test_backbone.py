@@ -1,4 +1,5 @@
 """openradio.backbone / SimpleFeaturePyramid: shapes, strides, ViTDet, gradients, torchvision heads."""
+
 from __future__ import annotations
 
 import pytest
@@ -67,8 +68,12 @@ def test_gradients_reach_backbone(tiny_model):
     assert not bb.model.patch_generator.training  # CPE jitter off by default
     out = bb(torch.rand(2, 3, 64, 64))
     sum(f.square().mean() for f in out.values()).backward()
-    for name in ("model.model.patch_generator.embedder.weight", "model.model.blocks.0.attn.qkv.weight",
-                 "model.model.blocks.3.mlp.fc2.weight", "neck.stages.0.resample.0.weight"):
+    for name in (
+        "model.model.patch_generator.embedder.weight",
+        "model.model.blocks.0.attn.qkv.weight",
+        "model.model.blocks.3.mlp.fc2.weight",
+        "neck.stages.0.resample.0.weight",
+    ):
         g = dict(bb.named_parameters())[name].grad
         assert g is not None and g.abs().sum() > 0, name
 
@@ -90,12 +95,22 @@ def test_faster_rcnn_train_step(tiny_model):
 
     torch.manual_seed(0)
     bb = openradio.backbone(tiny_model, out_channels=16)
-    det = FasterRCNN(bb, num_classes=3, min_size=64, max_size=96, image_mean=[0.0] * 3, image_std=[1.0] * 3,
-                     rpn_batch_size_per_image=16, box_batch_size_per_image=16,
-                     representation_size=32).train()
+    det = FasterRCNN(
+        bb,
+        num_classes=3,
+        min_size=64,
+        max_size=96,
+        image_mean=[0.0] * 3,
+        image_std=[1.0] * 3,
+        rpn_batch_size_per_image=16,
+        box_batch_size_per_image=16,
+        representation_size=32,
+    ).train()
     images = [torch.rand(3, 64, 80), torch.rand(3, 72, 64)]
-    targets = [{"boxes": torch.tensor([[4.0, 4.0, 40.0, 30.0]]), "labels": torch.tensor([1])},
-               {"boxes": torch.tensor([[10.0, 8.0, 50.0, 60.0], [0.0, 0.0, 20.0, 20.0]]), "labels": torch.tensor([2, 1])}]
+    targets = [
+        {"boxes": torch.tensor([[4.0, 4.0, 40.0, 30.0]]), "labels": torch.tensor([1])},
+        {"boxes": torch.tensor([[10.0, 8.0, 50.0, 60.0], [0.0, 0.0, 20.0, 20.0]]), "labels": torch.tensor([2, 1])},
+    ]
     losses = det(images, targets)
     assert set(losses) == {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"}
     total = sum(losses.values())
@@ -110,10 +125,12 @@ def test_feature_info_same_across_formats(tiny_checkpoint, tmp_path, route):
     a = openradio.radio_model(str(tiny_checkpoint), text_towers=False)
     if route == "hf":
         from openradio.formats.hf import save_hf
+
         folder = save_hf(a, tmp_path / "hf")
     else:
         pytest.importorskip("transformers")
         from openradio.formats.hf import save_transformers
+
         folder = save_transformers(a, tmp_path / "native")
     b = openradio.radio_model(str(folder), text_towers=False)
     assert a.feature_info == b.feature_info == [dict(module=f"blocks.{i}", num_chs=64, reduction=16) for i in range(4)]

@@ -1,4 +1,5 @@
 """benchmarks/bench_upsample.py measures what it claims (no timings asserted)."""
+
 from __future__ import annotations
 
 import importlib.util

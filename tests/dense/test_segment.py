@@ -1,5 +1,6 @@
 """openradio.segment: exact labels on a planted model, the self-correlating attention, and the
 `openradio segment` command end to end on a photograph."""
+
 from __future__ import annotations
 
 import json
@@ -27,6 +28,7 @@ class BagOfWordsText(nn.Module):
     def __init__(self, dim: int):
         super().__init__()
         from open_clip.tokenizer import SimpleTokenizer
+
         enc = SimpleTokenizer().encoder
         self.table = nn.Embedding(49408, dim)
         with torch.no_grad():
@@ -44,7 +46,7 @@ def _planted(tiny_checkpoint):
     (almost) the colour's axis: identity blocks, no positions, a patch embedding that averages
     each (normalised) colour channel, and a summary head that passes the three channels on."""
     m = openradio.radio_model(str(tiny_checkpoint), adaptor_names=["clip"], text_towers=False)
-    D, p = m.embed_dim, m.patch_size
+    p = m.patch_size
     with torch.no_grad():
         for b in m.blocks:
             for lin in (b.attn.proj, b.mlp.fc2):
@@ -56,7 +58,7 @@ def _planted(tiny_checkpoint):
         if emb.bias is not None:
             emb.bias.zero_()
         for c in range(3):
-            emb.weight[c, c * p * p:(c + 1) * p * p] = 1.0 / (p * p)
+            emb.weight[c, c * p * p : (c + 1) * p * p] = 1.0 / (p * p)
         head = m.adaptors["clip"].head_mlp
         head.fc1.weight.zero_()
         head.fc1.bias.zero_()

@@ -1,4 +1,5 @@
 """Joint bilateral upsampling: shapes, chunking, normalisation, and sharper edges than bilinear."""
+
 from __future__ import annotations
 
 import pytest
@@ -14,8 +15,8 @@ def _edge_scene(H=64, W=96, p=16):
     yy, xx = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
     bright = (xx + 0.6 * yy > 45).float()
     img = torch.stack([0.1 + 0.8 * bright, 0.2 + 0.5 * bright, 0.9 - 0.7 * bright])
-    feats = F.avg_pool2d(bright[None, None], p)[0]            # (1, h, w)
-    feats = torch.cat([feats, 1 - feats])                     # (2, h, w)
+    feats = F.avg_pool2d(bright[None, None], p)[0]  # (1, h, w)
+    feats = torch.cat([feats, 1 - feats])  # (2, h, w)
     return img, feats, bright
 
 
@@ -25,7 +26,7 @@ def test_shapes_batches_and_chunks():
     img = torch.rand(2, 3, 64, 96)
     out = joint_bilateral_upsample(f, img)
     assert out.shape == (2, 5, 64, 96)
-    small = joint_bilateral_upsample(f, img, max_elements=5 * 96 * 3)   # a few rows per chunk
+    small = joint_bilateral_upsample(f, img, max_elements=5 * 96 * 3)  # a few rows per chunk
     torch.testing.assert_close(small, out, rtol=1e-6, atol=1e-6)
     one = joint_bilateral_upsample(f[1], img[1])
     torch.testing.assert_close(one, out[1], rtol=1e-6, atol=1e-6)

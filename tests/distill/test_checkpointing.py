@@ -1,4 +1,5 @@
 """Training checkpoints: atomic writes, keep-last-K, fallback past a truncated newest file, RNG state."""
+
 from __future__ import annotations
 
 import random
@@ -8,8 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from openradio.distill.checkpointing import (CheckpointManager, capture_rng_state, check_weights_only,
-                                             restore_rng_state)
+from openradio.distill.checkpointing import CheckpointManager, capture_rng_state, check_weights_only, restore_rng_state
 
 
 def _training_state(seed: int) -> dict:
@@ -21,9 +21,16 @@ def _training_state(seed: int) -> dict:
     model(torch.randn(3, 4)).square().mean().backward()
     opt.step()
     sched.step()
-    return {"step": seed, "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-            "data": {"kind": "sampler", "sampler": {"epoch": 1, "position": 6}, "skipped": 2},
-            "history": [0.5, 0.25], "rng": capture_rng_state(), "config": {"lr": 1e-3, "betas": (0.9, 0.999)}}
+    return {
+        "step": seed,
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "data": {"kind": "sampler", "sampler": {"epoch": 1, "position": 6}, "skipped": 2},
+        "history": [0.5, 0.25],
+        "rng": capture_rng_state(),
+        "config": {"lr": 1e-3, "betas": (0.9, 0.999)},
+    }
 
 
 def _assert_equal(a, b):
@@ -144,8 +151,14 @@ def test_rng_capture_restore_reproduces_draws(tmp_path):
     torch.manual_seed(3)
     random.gauss(0, 1)  # leaves a cached gaussian in Python's state
     state = capture_rng_state()
-    expected = (random.random(), random.gauss(0, 1), np.random.rand(3).tolist(), np.random.randn(),
-                torch.rand(4), torch.randint(0, 100, (3,)))
+    expected = (
+        random.random(),
+        random.gauss(0, 1),
+        np.random.rand(3).tolist(),
+        np.random.randn(),
+        torch.rand(4),
+        torch.randint(0, 100, (3,)),
+    )
     # through a real checkpoint, so the state must be weights_only-loadable
     mgr = CheckpointManager(tmp_path)
     mgr.save({"rng": state}, 7)
@@ -154,8 +167,14 @@ def test_rng_capture_restore_reproduces_draws(tmp_path):
     np.random.seed(99)
     torch.manual_seed(99)
     restore_rng_state(restored["rng"])
-    again = (random.random(), random.gauss(0, 1), np.random.rand(3).tolist(), np.random.randn(),
-             torch.rand(4), torch.randint(0, 100, (3,)))
+    again = (
+        random.random(),
+        random.gauss(0, 1),
+        np.random.rand(3).tolist(),
+        np.random.randn(),
+        torch.rand(4),
+        torch.randint(0, 100, (3,)),
+    )
     assert again[:4] == expected[:4]
     assert torch.equal(again[4], expected[4]) and torch.equal(again[5], expected[5])
     assert isinstance(state["torch"], torch.Tensor) and state["torch"].dtype == torch.uint8

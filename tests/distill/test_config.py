@@ -1,4 +1,5 @@
 """The typed training config: recipes load, overrides apply, mistakes are named."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -33,8 +34,10 @@ def test_release_recipes_follow_the_v25_schedule():
 
 
 def test_overrides_types_and_errors():
-    cfg = load_config(REPO / "configs/tiny.yaml", ["optim.lr=1e-4", "stages.0.steps=7", "data.path=/x",
-                                                   "stages.0.partitions.0.ranks=[0, 1]", "ema_decay=0"])
+    cfg = load_config(
+        REPO / "configs/tiny.yaml",
+        ["optim.lr=1e-4", "stages.0.steps=7", "data.path=/x", "stages.0.partitions.0.ranks=[0, 1]", "ema_decay=0"],
+    )
     assert cfg.optim.lr == 1e-4 and isinstance(cfg.optim.lr, float)
     assert cfg.stages[0].steps == 7 and cfg.data.path == "/x" and cfg.ema_decay == 0.0
     assert cfg.stages[0].partitions[0].ranks == [0, 1]

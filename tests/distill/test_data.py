@@ -1,4 +1,5 @@
 """Training data: image folders/lists, seeded augmentation, the resumable rank-sharded sampler, loaders."""
+
 from __future__ import annotations
 
 import functools
@@ -9,10 +10,17 @@ import numpy as np
 import pytest
 import torch
 
-from openradio.distill.data import (BatchStream, ImageListDataset, ResumableSampler, SampleKey, build_dataset,
-                                    collate_skip_none, make_loader)
-from openradio.distill.transforms import ResizeCenterCrop, make_train_transform
+from openradio.distill.data import (
+    BatchStream,
+    ImageListDataset,
+    ResumableSampler,
+    SampleKey,
+    build_dataset,
+    collate_skip_none,
+    make_loader,
+)
 from openradio.distill.sampling import sample_seed
+from openradio.distill.transforms import ResizeCenterCrop, make_train_transform
 from openradio.inputs.imageio import list_images
 
 
@@ -108,8 +116,9 @@ def test_resize_center_crop_is_a_function_of_the_image_and_checks_like_the_rando
         assert a.shape == (3, 48, 48) and torch.equal(a, b)
         assert 0.0 <= float(a.min()) and float(a.max()) <= 1.0
     # the centre crop of the resized image: its middle column equals the resized image's middle
-    full = torch.nn.functional.interpolate(img[None], size=(48, 64), mode="bilinear", antialias=True,
-                                           align_corners=False)[0]
+    full = torch.nn.functional.interpolate(
+        img[None], size=(48, 64), mode="bilinear", antialias=True, align_corners=False
+    )[0]
     assert torch.allclose(ResizeCenterCrop(48)(img)[:, :, 24], full[:, :, 32], atol=1e-5)
     for make in (lambda i: ResizeCenterCrop(32, interpolation=i), lambda i: make_train_transform(32, interpolation=i)):
         with pytest.raises(ValueError, match="interpolation must be one of"):
@@ -174,8 +183,9 @@ def test_two_runs_identical_and_worker_count_does_not_matter(image_dir):
     for (i1, x1), (i2, x2), (i3, x3) in zip(run1, run2, run3):
         assert i1 == i2 == i3 and torch.equal(x1, x2) and torch.equal(x1, x3)
     # the crops change with the augmentation seed even for the same image order
-    other, _ = _stream(ImageListDataset(image_dir, make_train_transform(32), seed=12),
-                       ResumableSampler(len(ds), seed=4), 2, 5)
+    other, _ = _stream(
+        ImageListDataset(image_dir, make_train_transform(32), seed=12), ResumableSampler(len(ds), seed=4), 2, 5
+    )
     assert [i for i, _ in other] == [i for i, _ in run1]
     assert not all(torch.equal(a, b) for (_, a), (_, b) in zip(other, run1))
 
@@ -199,6 +209,7 @@ def test_resume_continues_with_exactly_the_next_batches(image_dir, k):
 
 def _roundtrip(obj):
     import io
+
     buf = io.BytesIO()
     torch.save(obj, buf)
     buf.seek(0)
@@ -214,8 +225,16 @@ def test_sampler_state_and_plain_loader_protocol(image_dir):
     next(it)
     s.advance(3)
     st = s.state_dict()
-    assert st == {"epoch": 0, "position": 3, "seed": 1, "num_items": len(ds), "rank": 0, "world_size": 1,
-                  "shuffle": True, "drop_last": True}
+    assert st == {
+        "epoch": 0,
+        "position": 3,
+        "seed": 1,
+        "num_items": len(ds),
+        "rank": 0,
+        "world_size": 1,
+        "shuffle": True,
+        "drop_last": True,
+    }
     s2 = ResumableSampler(len(ds), seed=1)
     s2.load_state_dict(st)
     s2.set_epoch(0)  # the same epoch keeps the resumed position

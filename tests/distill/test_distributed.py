@@ -1,4 +1,5 @@
 """torch.distributed training on CPU (gloo): DDP equivalence, rank partitions, kill -9 + restart."""
+
 from __future__ import annotations
 
 import csv
@@ -28,18 +29,27 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 def image_dir(tmp_path_factory):
     from PIL import Image
     from skimage import data
+
     d = tmp_path_factory.mktemp("dimages")
     for name in ("astronaut", "chelsea", "coffee", "rocket"):
         Image.fromarray(getattr(data, name)()[..., :3]).save(d / f"{name}.png")
     from sklearn.datasets import load_sample_images
+
     for i, arr in enumerate(load_sample_images().images):
         Image.fromarray(arr).save(d / f"sample{i}.jpg")
     return d
 
 
 # deterministic settings: no random position crops or dropout, no ViTDet augmentation
-DET = ["student.cpe_random_crop=false", "student.pos_dropout=0.0", "vitdet_aug_prob=0.0", "progress=false",
-       "tensorboard=false", "log_every=1", "optim.warmup_steps=1"]
+DET = [
+    "student.cpe_random_crop=false",
+    "student.pos_dropout=0.0",
+    "vitdet_aug_prob=0.0",
+    "progress=false",
+    "tensorboard=false",
+    "log_every=1",
+    "optim.warmup_steps=1",
+]
 # Adam divides by sqrt(v) + eps: with the default eps a parameter whose gradient is ~1e-9 moves by
 # ~lr whatever its sign, so float rounding (a different reduction order across 2 ranks) can flip
 # it. A larger eps keeps the update linear in such tiny gradients; the comparison is then about
@@ -63,28 +73,51 @@ def _latest_model(run_dir: Path) -> dict:
 
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 def test_two_process_run_equals_one_process_with_same_global_batch(tmp_path, image_dir, parallel):
-    one_part = ["stages.0.partitions=[{name: p, resolution: 64, batch_size: BS}]", "stages.0.steps=3",
-                "teachers.3.summary_weight=0.0"]
+    one_part = [
+        "stages.0.partitions=[{name: p, resolution: 64, batch_size: BS}]",
+        "stages.0.steps=3",
+        "teachers.3.summary_weight=0.0",
+    ]
     # 2 ranks x 2 images vs 1 process x 4 images; SAM runs natively (no mosaic: a canvas holding
     # other views is not the same input)
     two = [o.replace("BS", "2") for o in one_part] + EQUIV
     single = [o.replace("BS", "4") for o in one_part] + EQUIV
-    _run([*TORCHRUN, "--standalone", "--nproc-per-node", "2", "-m", "openradio.train",
-          str(REPO / "configs/tiny.yaml"), f"data.path={image_dir}", f"out_dir={tmp_path / 'ddp'}", *DET, *two,
-          f"parallel={parallel}", "--export", str(tmp_path / "exported.pth.tar")])
-    cfg = load_config(REPO / "configs/tiny.yaml", [f"data.path={image_dir}", f"out_dir={tmp_path / 'one'}", *DET, *single])
+    _run(
+        [
+            *TORCHRUN,
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "openradio.train",
+            str(REPO / "configs/tiny.yaml"),
+            f"data.path={image_dir}",
+            f"out_dir={tmp_path / 'ddp'}",
+            *DET,
+            *two,
+            f"parallel={parallel}",
+            "--export",
+            str(tmp_path / "exported.pth.tar"),
+        ]
+    )
+    cfg = load_config(
+        REPO / "configs/tiny.yaml", [f"data.path={image_dir}", f"out_dir={tmp_path / 'one'}", *DET, *single]
+    )
     t = Trainer(cfg, env=DistEnv())
     t.train()
     ddp = _latest_model(tmp_path / "ddp")
     moved = 0.0
     for k, v in t.student.state_dict().items():
         torch.testing.assert_close(ddp[k], v, rtol=1e-3, atol=1e-4, msg=lambda m: f"{k}: {m}")
-    init = Trainer(load_config(REPO / "configs/tiny.yaml", [f"data.path={image_dir}", f"out_dir={tmp_path / 'i'}",
-                                                           *DET, *single]), env=DistEnv()).student.state_dict()
+    init = Trainer(
+        load_config(REPO / "configs/tiny.yaml", [f"data.path={image_dir}", f"out_dir={tmp_path / 'i'}", *DET, *single]),
+        env=DistEnv(),
+    ).student.state_dict()
     moved = max((init[k].float() - v.float()).abs().max().item() for k, v in t.student.state_dict().items())
     assert moved > 30 * 1e-4  # training moved the weights far more than the tolerance
     # the multi-process export is the official format and holds the trained (EMA) weights
     import openradio
+
     m = openradio.radio_model(str(tmp_path / "exported.pth.tar"), adaptor_names=["dino_v2"])
     with torch.no_grad():
         assert m(torch.rand(1, 3, 64, 64))["dino_v2"].features.shape == (1, 16, 32)
@@ -93,11 +126,26 @@ def test_two_process_run_equals_one_process_with_same_global_batch(tmp_path, ima
 
 
 def test_two_partitions_on_different_ranks(tmp_path, image_dir):
-    parts = ("stages.0.partitions=[{name: low, resolution: 64, batch_size: 4, mosaic: [sam], ranks: [0]},"
-             " {name: high, resolution: 128, batch_size: 1, ranks: [1]}]")
-    _run([*TORCHRUN, "--standalone", "--nproc-per-node", "2", "-m", "openradio.train",
-          str(REPO / "configs/tiny.yaml"), f"data.path={image_dir}", f"out_dir={tmp_path / 'parts'}",
-          *DET, parts, "stages.0.steps=2"])
+    parts = (
+        "stages.0.partitions=[{name: low, resolution: 64, batch_size: 4, mosaic: [sam], ranks: [0]},"
+        " {name: high, resolution: 128, batch_size: 1, ranks: [1]}]"
+    )
+    _run(
+        [
+            *TORCHRUN,
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "openradio.train",
+            str(REPO / "configs/tiny.yaml"),
+            f"data.path={image_dir}",
+            f"out_dir={tmp_path / 'parts'}",
+            *DET,
+            parts,
+            "stages.0.steps=2",
+        ]
+    )
     rows = list(csv.DictReader(open(tmp_path / "parts" / "metrics.csv")))
     assert len(rows) == 2
     for r in rows:
@@ -109,15 +157,27 @@ def test_two_partitions_on_different_ranks(tmp_path, image_dir):
 
 
 def test_kill_minus_9_then_restart_matches_uninterrupted(tmp_path, image_dir):
-    args = [str(REPO / "configs/tiny.yaml"), f"data.path={image_dir}", *DET, "stages.0.steps=8",
-            "checkpoint_every=2", "phi_s.update_every=2", "phi_s.freeze_after=6"]
+    args = [
+        str(REPO / "configs/tiny.yaml"),
+        f"data.path={image_dir}",
+        *DET,
+        "stages.0.steps=8",
+        "checkpoint_every=2",
+        "phi_s.update_every=2",
+        "phi_s.freeze_after=6",
+    ]
     ref_dir, run_dir = tmp_path / "ref", tmp_path / "killed"
     _run([sys.executable, "-m", "openradio.train", *args, f"out_dir={ref_dir}"])
 
     kill_after = random.Random().choice([2, 4, 6])  # a random step with a checkpoint behind it
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "openradio.train", *args, f"out_dir={run_dir}"], cwd=REPO,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "openradio.train", *args, f"out_dir={run_dir}"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     mgr = CheckpointManager(run_dir / "checkpoints")
     deadline = time.time() + 300
     while (mgr.latest_step() or 0) < kill_after and proc.poll() is None and time.time() < deadline:
@@ -144,13 +204,20 @@ def test_torchrun_max_restarts_recovers_a_killed_worker(tmp_path, image_dir):
     """Rank 1 is SIGKILLed after step 3; torchrun restarts both workers, which resume from the
     step-2 checkpoint (each rank its own RNG and data position) and end where an uninterrupted
     2-rank run ends."""
-    args = [str(REPO / "configs/tiny.yaml"), f"data.path={image_dir}", *DET, *EQUIV, "stages.0.steps=5",
-            "checkpoint_every=2", "stages.0.partitions.0.batch_size=2", "stages.0.partitions.1.batch_size=1"]
+    args = [
+        str(REPO / "configs/tiny.yaml"),
+        f"data.path={image_dir}",
+        *DET,
+        *EQUIV,
+        "stages.0.steps=5",
+        "checkpoint_every=2",
+        "stages.0.partitions.0.batch_size=2",
+        "stages.0.partitions.1.batch_size=1",
+    ]
     launch = [*TORCHRUN, "--standalone", "--nproc-per-node", "2", "--max-restarts", "1", "-m", "openradio.train"]
     _run([*launch, *args, f"out_dir={tmp_path / 'ref'}"])
     marker = tmp_path / "killed-once"
-    r = _run([*launch, *args, f"out_dir={tmp_path / 'run'}"],
-             env={"OPENRADIO_FAULT_KILL": f"3:1:{marker}"})
+    r = _run([*launch, *args, f"out_dir={tmp_path / 'run'}"], env={"OPENRADIO_FAULT_KILL": f"3:1:{marker}"})
     assert marker.exists(), "the fault was never injected"
     assert "resumed from step 2" in r.stdout
     a, b = _latest_model(tmp_path / "ref"), _latest_model(tmp_path / "run")

@@ -1,4 +1,5 @@
 """Distillation losses against direct computations, grid matching, and mosaic packing."""
+
 from __future__ import annotations
 
 import math
@@ -96,8 +97,13 @@ def test_distill_loss_combines_weighted_terms() -> None:
     }
     for k, v in direct.items():
         assert torch.allclose(out[k], v), k
-    total = (2.0 * direct["clip/summary"] + 0.5 * direct["clip/features"] + direct["sam/features"]
-             + direct["dino_v2/summary"] + 3.0 * direct["dino_v2/features"])
+    total = (
+        2.0 * direct["clip/summary"]
+        + 0.5 * direct["clip/features"]
+        + direct["sam/features"]
+        + direct["dino_v2/summary"]
+        + 3.0 * direct["dino_v2/features"]
+    )
     assert torch.allclose(out["total"], total)
     out["total"].backward()
     assert student["sam"][0].grad is None  # SAM's summary is not trained
@@ -132,8 +138,8 @@ def test_pack_places_views_and_zero_pads() -> None:
     assert canvases.shape == (2, 3, 128, 80)
     mask = torch.zeros_like(canvases, dtype=torch.bool)
     for i, (c, top, left) in enumerate(layout.positions):
-        assert torch.equal(canvases[c, :, top:top + 48, left:left + 32], views[i])
-        mask[c, :, top:top + 48, left:left + 32] = True
+        assert torch.equal(canvases[c, :, top : top + 48, left : left + 32], views[i])
+        mask[c, :, top : top + 48, left : left + 32] = True
     assert (canvases[~mask] == 0).all()  # padding, including the empty slots of the last canvas
     assert (canvases[1, :, :, 40:] == 0).all() and (canvases[1, :, 64:] == 0).all()
 
@@ -146,14 +152,14 @@ def test_mosaic_equals_views_run_alone(num_views: int) -> None:
     canvases, layout = pack_mosaic(views, 128, teacher.patch_size)
     feats = unpack_features(teacher(canvases).features, layout)
     assert feats.shape == (num_views, 12, 6, 6)
-    for i, (c, top, left) in enumerate(layout.positions):
+    for i, (_c, top, left) in enumerate(layout.positions):
         # The view alone on an otherwise empty canvas, at the same position.
         alone = torch.zeros(1, 3, 128, 128)
-        alone[0, :, top:top + 48, left:left + 48] = views[i]
-        ref = teacher(alone).features[:, :, top // 8:top // 8 + 6, left // 8:left // 8 + 6]
-        assert torch.allclose(feats[i:i + 1], ref, rtol=0, atol=1e-6)
+        alone[0, :, top : top + 48, left : left + 48] = views[i]
+        ref = teacher(alone).features[:, :, top // 8 : top // 8 + 6, left // 8 : left // 8 + 6]
+        assert torch.allclose(feats[i : i + 1], ref, rtol=0, atol=1e-6)
         # And, the teacher being translation-equivariant, the view run un-padded at its own size.
-        assert torch.allclose(feats[i:i + 1], teacher(views[i:i + 1], 48).features, rtol=0, atol=1e-5)
+        assert torch.allclose(feats[i : i + 1], teacher(views[i : i + 1], 48).features, rtol=0, atol=1e-5)
 
 
 def test_mosaic_at_recipe_size() -> None:

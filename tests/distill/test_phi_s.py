@@ -1,4 +1,5 @@
 """Hadamard matrices, the PHI-S transform, its estimator/normaliser and the folded export head."""
+
 from __future__ import annotations
 
 import warnings
@@ -26,7 +27,7 @@ def test_teacher_sizes_are_true_hadamard(n: int) -> None:
         warnings.simplefilter("error")  # a random fallback would warn: must not happen for these sizes
         h = get_hadamard_matrix(n)
     assert h.dtype == torch.float64 and h.shape == (n, n)
-    assert torch.allclose(h.abs(), torch.full_like(h, n ** -0.5), rtol=0, atol=1e-12)
+    assert torch.allclose(h.abs(), torch.full_like(h, n**-0.5), rtol=0, atol=1e-12)
     assert torch.allclose(h @ h.T, torch.eye(n, dtype=torch.float64), rtol=0, atol=1e-10)
     assert hadamard_construction(n)[1] != "random"
 
@@ -120,7 +121,7 @@ def test_normalizer_schedule_freeze_and_resume() -> None:
     # Identity before any statistics.
     assert torch.equal(norm.normalize(x[:4]), x[:4])
     recomputed = []
-    for step, chunk in enumerate(x[:1000].split(100)):
+    for chunk in x[:1000].split(100):
         norm.update(chunk)
         recomputed.append(norm.step())
     # First step computes; then every 3 steps until step 7; frozen afterwards.
@@ -177,7 +178,6 @@ def test_folded_head_equals_head_then_inverse(upsample: int) -> None:
 def test_fold_rejects_wrong_width() -> None:
     with pytest.raises(ValueError, match="expected 32"):
         fold_inverse_into_linear(nn.Linear(4, 10), torch.zeros(8), torch.eye(8, dtype=torch.float64), upsample_factor=2)
-
 
 
 def test_all_reduce_sums_ranks_without_double_counting(tmp_path, monkeypatch) -> None:

@@ -3,6 +3,7 @@
 ``eigh`` may return any valid eigenbasis (a sign per vector, any rotation inside a group of equal
 eigenvalues); the targets must not depend on which one it picked.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -41,6 +42,7 @@ def _other_valid_eigh(seed: int):
                 vecs[:, i:j] = vecs[:, i:j] @ r
             i = j
         return vals, vecs
+
     return eigh
 
 

@@ -4,6 +4,7 @@ Each normaliser counts its own steps (batches it saw), is initialised from the b
 that introduces it before its first loss, recomputes every ``update_every`` of its own steps,
 freezes after ``freeze_after`` of them, and resumes exactly across the stage boundary.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,15 +17,27 @@ from openradio.distill.trainer import DistEnv, Trainer
 
 REPO = Path(__file__).resolve().parents[2]
 # stage 1: student 64 px, DINOv2 at 56 (grids line up); stage 2: student 128 px, DINOv2 at 112
-TWO_STAGES = ("stages=[{steps: 6, partitions: [{name: a, resolution: 64, batch_size: 2, mosaic: [sam]}]},"
-              " {steps: 6, partitions: [{name: b, resolution: 128, batch_size: 2}]}]")
+TWO_STAGES = (
+    "stages=[{steps: 6, partitions: [{name: a, resolution: 64, batch_size: 2, mosaic: [sam]}]},"
+    " {steps: 6, partitions: [{name: b, resolution: 128, batch_size: 2}]}]"
+)
 
 
 def two_stage_cfg(out, data, *overrides):
-    return load_config(REPO / "configs" / "tiny.yaml",
-                       [f"data.path={data}", f"out_dir={out}", "progress=false", "tensorboard=false",
-                        TWO_STAGES, "phi_s.update_every=2", "phi_s.freeze_after=4",
-                        "teachers.2.resolution_mode=match", *overrides])
+    return load_config(
+        REPO / "configs" / "tiny.yaml",
+        [
+            f"data.path={data}",
+            f"out_dir={out}",
+            "progress=false",
+            "tensorboard=false",
+            TWO_STAGES,
+            "phi_s.update_every=2",
+            "phi_s.freeze_after=4",
+            "teachers.2.resolution_mode=match",
+            *overrides,
+        ],
+    )
 
 
 def test_new_normaliser_keeps_its_own_schedule(tmp_path, train_image_dir, monkeypatch):

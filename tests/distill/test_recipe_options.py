@@ -1,5 +1,6 @@
 """Recipe options from the newer RADIO releases, each off by default: spectral reparametrisation
 of the student, stochastic student resolution per step, mosaic padding in the teacher's mean colour."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,9 +20,17 @@ ONE_PART = "stages.0.partitions=[{name: p, resolution: 64, batch_size: 2, mosaic
 
 
 def _cfg(out, data, *overrides):
-    return load_config(REPO / "configs" / "tiny.yaml",
-                       [f"data.path={data}", f"out_dir={out}", "progress=false", "tensorboard=false",
-                        "student.model_kwargs={embed_dim: 48, depth: 2, num_heads: 2}", *overrides])
+    return load_config(
+        REPO / "configs" / "tiny.yaml",
+        [
+            f"data.path={data}",
+            f"out_dir={out}",
+            "progress=false",
+            "tensorboard=false",
+            "student.model_kwargs={embed_dim: 48, depth: 2, num_heads: 2}",
+            *overrides,
+        ],
+    )
 
 
 def test_options_are_off_by_default():
@@ -33,8 +42,15 @@ def test_options_are_off_by_default():
 
 def test_spectral_reparam_trains_and_export_folds_it(tmp_path, train_image_dir):
     from openradio.cli import main
-    cfg = _cfg(tmp_path / "run", train_image_dir, ONE_PART, "student.spectral_reparam=true", "stages.0.steps=3",
-               "ema_decay=0.5")
+
+    cfg = _cfg(
+        tmp_path / "run",
+        train_image_dir,
+        ONE_PART,
+        "student.spectral_reparam=true",
+        "stages.0.steps=3",
+        "ema_decay=0.5",
+    )
     t = Trainer(cfg, env=DistEnv())
     blocks = [m for m in t.student.model.blocks.modules() if parametrize.is_parametrized(m, "weight")]
     assert len(blocks) == 4 * 2  # qkv, proj, fc1, fc2 in each of the 2 blocks
@@ -60,12 +76,14 @@ def test_spectral_reparam_trains_and_export_folds_it(tmp_path, train_image_dir):
 
 def test_fold_spectral_reparam_keeps_the_function():
     import timm
+
     net = timm.create_model("vit_tiny_patch16_224", embed_dim=32, depth=1, num_heads=2, img_size=32, num_classes=0)
 
     class Wrap(torch.nn.Module):
         def __init__(self, m):
             super().__init__()
             self.model = m
+
     w = apply_spectral_reparam(Wrap(net))
     with torch.no_grad():  # move away from the initial point so the fold has something to do
         for m in w.model.blocks.modules():
@@ -83,16 +101,24 @@ def test_fold_spectral_reparam_keeps_the_function():
 
 
 def test_stochastic_student_resolution(tmp_path, train_image_dir, monkeypatch):
-    cfg = _cfg(tmp_path / "st", train_image_dir, "stages.0.steps=6", "teachers.2.resolution_mode=match",
-               "stages.0.partitions=[{name: p, resolution: 64, batch_size: 2, mosaic: [sam], resolutions: [32, 48, 64]}]")
+    cfg = _cfg(
+        tmp_path / "st",
+        train_image_dir,
+        "stages.0.steps=6",
+        "teachers.2.resolution_mode=match",
+        "stages.0.partitions=[{name: p, resolution: 64, batch_size: 2, mosaic: [sam], resolutions: [32, 48, 64]}]",
+    )
     t = Trainer(cfg, env=DistEnv())
     sizes, teacher_sizes = [], []
     orig = t.student.forward
     monkeypatch.setattr(t.student, "forward", lambda x, *a, **k: (sizes.append(x.shape[-1]), orig(x, *a, **k))[1])
     dino = t.teachers["dino_v2"]
     orig_t = dino.forward
-    monkeypatch.setattr(dino, "forward", lambda x, resolution=None: (teacher_sizes.append(resolution),
-                                                                     orig_t(x, resolution=resolution))[1])
+    monkeypatch.setattr(
+        dino,
+        "forward",
+        lambda x, resolution=None: (teacher_sizes.append(resolution), orig_t(x, resolution=resolution))[1],
+    )
     metrics = [t.train_step() for _ in range(6)]
     assert set(sizes) > {64} and set(sizes) <= {32, 48, 64}
     assert teacher_sizes == [s * 14 // 16 for s in sizes]  # the 'match' teacher follows the sampled side
@@ -100,15 +126,32 @@ def test_stochastic_student_resolution(tmp_path, train_image_dir, monkeypatch):
         assert {f"p/{n}/features" for n in ("clip", "siglip", "dino_v2", "sam")} <= set(m)
     assert set(t.phi_s.keys()) == {"clip@56", "siglip@56", "dino_v2@56", "sam@128"}  # one per teacher
     # the draw is a function of (seed, step): a second run draws the same sides
-    t2 = Trainer(_cfg(tmp_path / "st2", train_image_dir, "stages.0.steps=6", "teachers.2.resolution_mode=match",
-                      "stages.0.partitions=[{name: p, resolution: 64, batch_size: 2, mosaic: [sam], "
-                      "resolutions: [32, 48, 64]}]"), env=DistEnv())
+    t2 = Trainer(
+        _cfg(
+            tmp_path / "st2",
+            train_image_dir,
+            "stages.0.steps=6",
+            "teachers.2.resolution_mode=match",
+            "stages.0.partitions=[{name: p, resolution: 64, batch_size: 2, mosaic: [sam], resolutions: [32, 48, 64]}]",
+        ),
+        env=DistEnv(),
+    )
     assert t2._student_resolution(0, t2.cfg.stages[0].partitions[0], 0) == sizes[0]
     with pytest.raises(ValueError, match="every size must be a multiple of 16"):
-        Trainer(_cfg(tmp_path / "bad", train_image_dir,
-                     "stages.0.partitions=[{name: p, resolution: 64, batch_size: 2, resolutions: [40]}]"), env=DistEnv())
+        Trainer(
+            _cfg(
+                tmp_path / "bad",
+                train_image_dir,
+                "stages.0.partitions=[{name: p, resolution: 64, batch_size: 2, resolutions: [40]}]",
+            ),
+            env=DistEnv(),
+        )
     with pytest.raises(ValueError, match="resolutions"):
-        _cfg(tmp_path / "bad2", train_image_dir, "stages.0.partitions=[{name: p, resolution: 64, batch_size: 2, resolutions: []}]")
+        _cfg(
+            tmp_path / "bad2",
+            train_image_dir,
+            "stages.0.partitions=[{name: p, resolution: 64, batch_size: 2, resolutions: []}]",
+        )
 
 
 def test_mosaic_pad_is_zero_in_the_teachers_normalised_space(tmp_path, train_image_dir, monkeypatch):
@@ -123,8 +166,10 @@ def test_mosaic_pad_is_zero_in_the_teachers_normalised_space(tmp_path, train_ima
 
     seen = {}
     for pad in ("zero", "teacher_mean"):
-        t = Trainer(_cfg(tmp_path / pad, train_image_dir, ONE_PART, f"mosaic_pad={pad}",
-                         "stages.0.partitions.0.batch_size=3"), env=DistEnv())
+        t = Trainer(
+            _cfg(tmp_path / pad, train_image_dir, ONE_PART, f"mosaic_pad={pad}", "stages.0.partitions.0.batch_size=3"),
+            env=DistEnv(),
+        )
         sam = t.teachers["sam"]
         orig = sam.preprocess
         monkeypatch.setattr(sam, "preprocess", lambda x, r=None: seen.__setitem__(pad, orig(x, r)) or seen[pad])

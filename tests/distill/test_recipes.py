@@ -7,6 +7,7 @@ stages, the two partitions of the last one, the SAM mosaic, every teacher at eve
 PHI-S per teacher resolution (recomputed, then frozen), EMA, a checkpoint and a resume across a
 stage boundary, export without teachers, reload with all four adaptors.
 """
+
 from __future__ import annotations
 
 import socket
@@ -32,15 +33,30 @@ BATCH = {128: 4, 64: 2, 8: 1}
 def rehearsal_overrides(recipe: Path, out_dir: Path, data: Path) -> list[str]:
     """Overrides that shrink ``recipe`` for a CPU rehearsal without changing its structure."""
     raw = yaml.safe_load(recipe.read_text())
-    ov = [f"data.path={data}", f"out_dir={out_dir}", "data.num_workers=0", "progress=false", "tensorboard=false",
-          "student.model_kwargs={embed_dim: 48, depth: 2, num_heads: 2}", "student.cpe_max_size=256",
-          "student.mlp_hidden_size=32", "phi_s.update_every=2", f"phi_s.freeze_after={STEPS_PER_STAGE}",
-          "optim.warmup_steps=2", f"checkpoint_every={STEPS_PER_STAGE}", "log_every=1", "amp=false"]
+    ov = [
+        f"data.path={data}",
+        f"out_dir={out_dir}",
+        "data.num_workers=0",
+        "progress=false",
+        "tensorboard=false",
+        "student.model_kwargs={embed_dim: 48, depth: 2, num_heads: 2}",
+        "student.cpe_max_size=256",
+        "student.mlp_hidden_size=32",
+        "phi_s.update_every=2",
+        f"phi_s.freeze_after={STEPS_PER_STAGE}",
+        "optim.warmup_steps=2",
+        f"checkpoint_every={STEPS_PER_STAGE}",
+        "log_every=1",
+        "amp=false",
+    ]
     for i, t in enumerate(raw["teachers"]):
         ov.append(f"teachers.{i}.tiny=true")
         # native sides 378 / 1024 -> the tiny teachers' 56 (4 x 4 tokens) / 128 (SAM, 8 x 8)
-        ov += ([f"teachers.{i}.input_size=128", f"teachers.{i}.overrides={{img_size: 128}}"] if t["type"] == "sam"
-               else [f"teachers.{i}.input_size=56"])
+        ov += (
+            [f"teachers.{i}.input_size=128", f"teachers.{i}.overrides={{img_size: 128}}"]
+            if t["type"] == "sam"
+            else [f"teachers.{i}.input_size=56"]
+        )
     for s, stage in enumerate(raw["stages"]):
         ov.append(f"stages.{s}.steps={STEPS_PER_STAGE}")
         for p, part in enumerate(stage["partitions"]):
@@ -60,6 +76,7 @@ def _offline(monkeypatch):
 
     def no_network(*a, **k):
         raise AssertionError("export tried to open a network connection")
+
     monkeypatch.setattr(teachers, "build_teacher", refuse)
     monkeypatch.setattr(socket.socket, "connect", no_network)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -79,6 +96,7 @@ def _compare_export(path: Path, trainer: Trainer, names: list[str]) -> None:
         got, want = model(x, feature_fmt="NCHW"), ref(x, feature_fmt="NCHW")
     torch.testing.assert_close(got["backbone"].features, want["backbone"].features, rtol=0, atol=0)
     from openradio.distill.export import export_normalizer_key
+
     for n in names:
         key = export_normalizer_key(trainer.phi_s, n, trainer.teachers[n].input_size)
         raw = trainer.phi_s[key].denormalize(want[n].features.double(), "NCHW").float()
@@ -94,7 +112,9 @@ def test_shipped_recipe_rehearsal(recipe, tmp_path, train_image_dir, monkeypatch
     shipped = load_config(path)
     # the structure under test is the shipped one
     assert len(cfg.stages) == len(shipped.stages) == 3
-    assert [[p.name for p in s.partitions] for s in cfg.stages] == [[p.name for p in s.partitions] for s in shipped.stages]
+    assert [[p.name for p in s.partitions] for s in cfg.stages] == [
+        [p.name for p in s.partitions] for s in shipped.stages
+    ]
     assert [t.name for t in cfg.teachers] == [t.name for t in shipped.teachers] == ["clip", "siglip", "dino_v2", "sam"]
     assert any(p.mosaic for s in cfg.stages for p in s.partitions)
 
@@ -107,12 +127,14 @@ def test_shipped_recipe_rehearsal(recipe, tmp_path, train_image_dir, monkeypatch
     trainer = Trainer(cfg, env=DistEnv())  # a new process resumes in stage 2
     recomputes: dict[str, int] = {}
     from openradio.distill.phi_s import PhiSNormalizer
+
     orig = PhiSNormalizer.recompute
     names_of = {id(n): k for k, n in trainer.phi_s.items()}
 
     def counting(self):
         recomputes[names_of[id(self)]] = recomputes.get(names_of[id(self)], 0) + 1
         return orig(self)
+
     monkeypatch.setattr(PhiSNormalizer, "recompute", counting)
     last = trainer.train()
     monkeypatch.setattr(PhiSNormalizer, "recompute", orig)
@@ -131,6 +153,7 @@ def test_shipped_recipe_rehearsal(recipe, tmp_path, train_image_dir, monkeypatch
     _offline(monkeypatch)
     before = _snapshot(run)
     from openradio.cli import main
+
     out = tmp_path / "export.pth.tar"
     assert main(["export", str(run), "--out", str(out)]) == 0
     assert _snapshot(run) == before
@@ -138,4 +161,3 @@ def test_shipped_recipe_rehearsal(recipe, tmp_path, train_image_dir, monkeypatch
     chk = torch.load(out, map_location="cpu", weights_only=False)
     assert {"args", "state_dict", "state_dict_ema"} <= set(chk)
     assert [t["name"] for t in chk["args"].teachers] == ["clip", "siglip", "dino_v2", "sam"]
-

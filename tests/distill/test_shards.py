@@ -1,4 +1,5 @@
 """Webdataset shards: make-shards CLI, rank x worker split (exactly once per epoch), resume, corrupt samples."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,8 @@ import torch
 
 from openradio.cli import main
 from openradio.distill.data import BatchStream, build_dataset, make_loader
-from openradio.distill.transforms import make_train_transform
 from openradio.distill.shards import ShardDataset, ShardLoader, read_shard_index, resolve_shards, write_shards
+from openradio.distill.transforms import make_train_transform
 
 
 def write_images(folder: Path, size=(48, 40)) -> list[Path]:
@@ -163,6 +164,7 @@ def test_same_samples_whatever_the_worker_count(shards):
 
 def test_resume_mid_epoch_gives_the_same_next_batches(shards):
     """repeat=True stream over 2 workers: stop after k batches, restore into a fresh loader, compare."""
+
     def loader():
         ds = ShardDataset(shards, make_train_transform(16), seed=5, repeat=True, shuffle_buffer=3)
         return make_loader(ds, batch_size=2, num_workers=2, drop_last=True)

@@ -1,5 +1,6 @@
 """Teacher-feature cache: a run from the cache equals a run with live teachers (same seeds, no
 augmentation), resumes, and a cache made for anything else is refused with a one-line error."""
+
 from __future__ import annotations
 
 import json
@@ -8,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from openradio.distill.config import load_config
 from openradio.distill.cache_build import build_cache
+from openradio.distill.config import load_config
 from openradio.distill.teacher_cache import TeacherCache
 from openradio.distill.trainer import DistEnv, Trainer
 
@@ -17,12 +18,26 @@ REPO = Path(__file__).resolve().parents[2]
 # The equality recipe: the tiny v2.5 recipe without mosaic (a live mosaic's views see each other;
 # the cache stores each view alone), a partition that samples its side, a 'match' teacher, PHI-S
 # recomputed every step, the student's CPE random crop and position dropout left on.
-EQUAL = ["data.augment=false", "stages.0.steps=3", "stages.0.partitions.0.mosaic=[]",
-         "stages.0.partitions.1.resolutions=[96, 128]", "teachers.2.resolution_mode=match",
-         "phi_s.update_every=1", "phi_s.freeze_after=2", "checkpoint_every=2", "log_every=1",
-         "progress=false", "tensorboard=false"]
-MOSAIC_ONLY = ["data.augment=false", "stages.0.steps=2", "progress=false", "tensorboard=false",
-               "stages.0.partitions=[{name: low, resolution: 64, batch_size: 2, teachers: [sam], mosaic: [sam]}]"]
+EQUAL = [
+    "data.augment=false",
+    "stages.0.steps=3",
+    "stages.0.partitions.0.mosaic=[]",
+    "stages.0.partitions.1.resolutions=[96, 128]",
+    "teachers.2.resolution_mode=match",
+    "phi_s.update_every=1",
+    "phi_s.freeze_after=2",
+    "checkpoint_every=2",
+    "log_every=1",
+    "progress=false",
+    "tensorboard=false",
+]
+MOSAIC_ONLY = [
+    "data.augment=false",
+    "stages.0.steps=2",
+    "progress=false",
+    "tensorboard=false",
+    "stages.0.partitions=[{name: low, resolution: 64, batch_size: 2, teachers: [sam], mosaic: [sam]}]",
+]
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +45,7 @@ def shards(tmp_path_factory):
     """Six bundled photographs as make-shards tars (two shards): samples keyed by __key__."""
     from openradio.distill.shards import write_shards
     from openradio.inputs.sample_data import write_sample_images
+
     d = tmp_path_factory.mktemp("tc")
     write_sample_images(d / "img", ["astronaut", "chelsea", "coffee", "rocket", "camera", "coins"], max_side=160)
     write_shards(d / "img", d / "shards", max_count_per_shard=3, progress=False)
@@ -85,14 +101,16 @@ def test_cached_run_equals_live_run_and_resumes(shards, caches, tmp_path):
 
 def test_float16_cache_is_close(shards, caches, tmp_path):
     live, live_losses = run(cfg_of(shards, tmp_path / "live", "stages.0.steps=2"))
-    half, half_losses = run(cfg_of(shards, tmp_path / "half", "stages.0.steps=2",
-                                   f"data.teacher_cache={caches / 'f16'}"))
+    half, half_losses = run(
+        cfg_of(shards, tmp_path / "half", "stages.0.steps=2", f"data.teacher_cache={caches / 'f16'}")
+    )
     # float16 targets: ~5e-4 relative rounding, through PHI-S and two Adam steps
     torch.testing.assert_close(torch.tensor(half_losses), torch.tensor(live_losses), rtol=1e-3, atol=1e-4)
     index = json.loads((caches / "f16" / "index.json").read_text())
     assert index["dtype"] == "float16" and index["total"] == 6
-    assert sum(p.stat().st_size for p in (caches / "f16").glob("*.tar")) < \
-        0.6 * sum(p.stat().st_size for p in (caches / "f32").glob("*.tar"))
+    assert sum(p.stat().st_size for p in (caches / "f16").glob("*.tar")) < 0.6 * sum(
+        p.stat().st_size for p in (caches / "f32").glob("*.tar")
+    )
 
 
 def test_cache_holds_every_resolution_of_the_recipe(caches):
@@ -104,6 +122,7 @@ def test_cache_holds_every_resolution_of_the_recipe(caches):
     assert sorted(k for s in index["shards"] for k in s["keys"]) == [f"{i:09d}" for i in range(6)]
     import webdataset as wds  # the shards are plain webdataset tars
     from safetensors.torch import load
+
     first = next(iter(wds.WebDataset(str(caches / "f32" / index["shards"][0]["name"]), shardshuffle=False)))
     assert first["key.txt"].decode() == index["shards"][0]["keys"][0]
     assert load(first["c128.safetensors"])["clip/96/56/features"].dtype == torch.float32
@@ -114,38 +133,52 @@ def test_mosaic_teacher_is_cached_per_view_alone(shards, tmp_path):
     views see their neighbours), so no equality is claimed for mosaic partitions."""
     from openradio.distill.mosaic import pack_mosaic, unpack_features
     from openradio.distill.teachers import build_teachers
-    cfg = load_config(REPO / "configs" / "tiny.yaml", [f"data.path={shards}", f"out_dir={tmp_path / 'r'}",
-                                                      *MOSAIC_ONLY])
+
+    cfg = load_config(
+        REPO / "configs" / "tiny.yaml", [f"data.path={shards}", f"out_dir={tmp_path / 'r'}", *MOSAIC_ONLY]
+    )
     build_cache(cfg, tmp_path / "c", dtype="float32", progress=False)
     cache = TeacherCache(tmp_path / "c")
     sam = build_teachers(cfg, torch.device("cpu"))["sam"]
     from openradio.distill.shards import ShardDataset
     from openradio.distill.transforms import ResizeCenterCrop
+
     views = [(it["key"], it["image"]) for it in ShardDataset(shards, ResizeCenterCrop(64), shuffle=False)][:2]
     x = torch.stack([v for _, v in views])
     _, got = cache.lookup([k for k, _ in views], "sam", 64, 64, 128, True)
-    alone = [unpack_features(sam(c).features, lay) for c, lay in (pack_mosaic(x[i:i + 1], 128, 16) for i in range(2))]
+    alone = [unpack_features(sam(c).features, lay) for c, lay in (pack_mosaic(x[i : i + 1], 128, 16) for i in range(2))]
     torch.testing.assert_close(got, torch.cat(alone), rtol=1e-5, atol=1e-5)
     canvas, layout = pack_mosaic(x, 128, 16)  # both views on one canvas, as live training does
     live = unpack_features(sam(canvas).features, layout)
     assert (live - got).abs().max() > 1e-3
-    t, losses = run(load_config(REPO / "configs" / "tiny.yaml", [f"data.path={shards}", f"out_dir={tmp_path / 'r'}",
-                                                                 *MOSAIC_ONLY, f"data.teacher_cache={tmp_path / 'c'}"]))
+    t, losses = run(
+        load_config(
+            REPO / "configs" / "tiny.yaml",
+            [f"data.path={shards}", f"out_dir={tmp_path / 'r'}", *MOSAIC_ONLY, f"data.teacher_cache={tmp_path / 'c'}"],
+        )
+    )
     assert t.step == 2 and all(torch.isfinite(torch.tensor(losses)))
 
 
 def test_cache_refuses_other_teachers_data_and_augmentation(shards, caches, tmp_path):
     c = str(caches / "f32")
     with pytest.raises(ValueError, match=r"another 'siglip' teacher.*rebuild it"):
-        Trainer(cfg_of(shards, tmp_path / "a", f"data.teacher_cache={c}", "teachers.1.overrides={embed_dim: 48}"),
-                env=DistEnv())
+        Trainer(
+            cfg_of(shards, tmp_path / "a", f"data.teacher_cache={c}", "teachers.1.overrides={embed_dim: 48}"),
+            env=DistEnv(),
+        )
     with pytest.raises(ValueError, match="of seed 0, this run's seed is 1"):  # random teachers: another seed
         Trainer(cfg_of(shards, tmp_path / "b", f"data.teacher_cache={c}", "seed=1"), env=DistEnv())
-    with pytest.raises(ValueError, match="lacks clip at 56 px on 128 px crops resized to 144 px"):  # a side the cache was not made for
-        Trainer(cfg_of(shards, tmp_path / "c", f"data.teacher_cache={c}", "stages.0.partitions.1.resolutions=[144]"),
-                env=DistEnv())
+    with pytest.raises(
+        ValueError, match="lacks clip at 56 px on 128 px crops resized to 144 px"
+    ):  # a side the cache was not made for
+        Trainer(
+            cfg_of(shards, tmp_path / "c", f"data.teacher_cache={c}", "stages.0.partitions.1.resolutions=[144]"),
+            env=DistEnv(),
+        )
     other = tmp_path / "other"
     from openradio.inputs.sample_data import write_sample_images
+
     write_sample_images(other, ["astronaut", "chelsea"], max_side=96)
     with pytest.raises(ValueError, match="made from other data"):
         Trainer(cfg_of(other, tmp_path / "d", f"data.teacher_cache={c}"), env=DistEnv())
@@ -160,6 +193,7 @@ def test_cache_refuses_other_teachers_data_and_augmentation(shards, caches, tmp_
 
 def test_killed_cache_build_resumes_and_refuses_another_recipe(shards, tmp_path, monkeypatch):
     from openradio.distill import cache_build as tc
+
     cfg = load_config(REPO / "configs" / "tiny.yaml", [f"data.path={shards}", *MOSAIC_ONLY])
     real = tc._ShardWriter.finish
     calls = []
@@ -169,6 +203,7 @@ def test_killed_cache_build_resumes_and_refuses_another_recipe(shards, tmp_path,
             raise KeyboardInterrupt  # killed while writing the third shard
         calls.append(self.name)
         return real(self, *a, **k)
+
     monkeypatch.setattr(tc._ShardWriter, "finish", dies_at_the_third)
     with pytest.raises(KeyboardInterrupt):
         build_cache(cfg, tmp_path / "c", max_count=2, progress=False)
@@ -196,24 +231,57 @@ def test_cache_teachers_command_then_train_from_it(shards, tmp_path, capsys):
     """The commands of the README, on an image folder (keys: the images' relative paths)."""
     from openradio.cli import main
     from openradio.inputs.sample_data import write_sample_images
+
     write_sample_images(tmp_path / "img" / "sub", ["astronaut", "chelsea", "coffee"], max_side=96)
     out = tmp_path / "c"
-    args = ["data", "cache-teachers", "--config", "tiny", "--data", str(tmp_path / "img"), "--out", str(out),
-            "--no-progress", *MOSAIC_ONLY]
+    args = [
+        "data",
+        "cache-teachers",
+        "--config",
+        "tiny",
+        "--data",
+        str(tmp_path / "img"),
+        "--out",
+        str(out),
+        "--no-progress",
+        *MOSAIC_ONLY,
+    ]
     assert main(args) == 0
     said = capsys.readouterr().out
     assert "cached 1 teacher targets for 3 images" in said and "data.teacher_cache=" in said
     index = json.loads((out / "index.json").read_text())
     assert sorted(index["shards"][0]["keys"]) == ["sub/astronaut.png", "sub/chelsea.png", "sub/coffee.png"]
     assert main(args) == 0 and "complete already" in capsys.readouterr().out
-    assert main(["train", str(REPO / "configs" / "tiny.yaml"), f"data.path={tmp_path / 'img'}", *MOSAIC_ONLY,
-                 f"data.teacher_cache={out}", f"out_dir={tmp_path / 'run'}", "stages.0.steps=1"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(REPO / "configs" / "tiny.yaml"),
+                f"data.path={tmp_path / 'img'}",
+                *MOSAIC_ONLY,
+                f"data.teacher_cache={out}",
+                f"out_dir={tmp_path / 'run'}",
+                "stages.0.steps=1",
+            ]
+        )
+        == 0
+    )
     assert "step 1/1" in capsys.readouterr().out
     assert main(["data", "cache-teachers", "--config", "no-such-recipe", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "recipe not found" in err and len(err.strip().splitlines()) == 1
-    assert main(["train", str(REPO / "configs" / "tiny.yaml"), f"data.path={tmp_path / 'img'}",
-                 f"data.teacher_cache={out}", "progress=false"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                str(REPO / "configs" / "tiny.yaml"),
+                f"data.path={tmp_path / 'img'}",
+                f"data.teacher_cache={out}",
+                "progress=false",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "data.augment=false" in err and len(err.strip().splitlines()) == 1
 
@@ -222,6 +290,7 @@ def test_cache_refuses_a_changed_weights_file(shards, tmp_path):
     from safetensors.torch import save_file
 
     from openradio.distill.teachers import build_teachers
+
     base = load_config(REPO / "configs" / "tiny.yaml", [f"data.path={shards}", *MOSAIC_ONLY])
     sam = build_teachers(base, torch.device("cpu"))["sam"]
     weights = tmp_path / "sam.safetensors"
@@ -233,5 +302,6 @@ def test_cache_refuses_a_changed_weights_file(shards, tmp_path):
     assert not index["identity"]["teachers"]["sam"]["random_weights"]  # the seed no longer matters
     save_file({k: v.contiguous() + 1 for k, v in sam.state_dict().items()}, weights)  # same path, new weights
     with pytest.raises(ValueError, match="other 'sam' weights"):
-        Trainer(load_config(REPO / "configs" / "tiny.yaml", over + [f"data.teacher_cache={tmp_path / 'c'}"]),
-                env=DistEnv())
+        Trainer(
+            load_config(REPO / "configs" / "tiny.yaml", over + [f"data.teacher_cache={tmp_path / 'c'}"]), env=DistEnv()
+        )

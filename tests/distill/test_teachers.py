@@ -1,4 +1,5 @@
 """Teachers: tiny random configurations of the real architectures, shapes, freezing, weight files."""
+
 from __future__ import annotations
 
 import pytest
@@ -17,10 +18,28 @@ from openradio.teachers import (
 
 # (config, second resolution) for tiny versions of every real teacher family.
 TINY_CONFIGS = {
-    "clip": ({"name": "clip", "type": "open_clip", "model": "ViT-H-14-378-quickgelu", "pretrained": "dfn5b", "tiny": True}, 84),
-    "siglip": ({"name": "siglip", "type": "open_clip", "model": "ViT-SO400M-14-SigLIP-384", "pretrained": "webli", "tiny": True}, 84),
-    "dino_v2": ({"name": "dino_v2", "type": "dino_v2", "model": "dinov2_vitg14_reg", "pretrained": True, "tiny": True}, 84),
-    "dino_v2_noreg": ({"name": "dino_v2", "type": "dino_v2", "model": "vit_base_patch14_dinov2", "pretrained": False, "tiny": True}, 84),
+    "clip": (
+        {"name": "clip", "type": "open_clip", "model": "ViT-H-14-378-quickgelu", "pretrained": "dfn5b", "tiny": True},
+        84,
+    ),
+    "siglip": (
+        {
+            "name": "siglip",
+            "type": "open_clip",
+            "model": "ViT-SO400M-14-SigLIP-384",
+            "pretrained": "webli",
+            "tiny": True,
+        },
+        84,
+    ),
+    "dino_v2": (
+        {"name": "dino_v2", "type": "dino_v2", "model": "dinov2_vitg14_reg", "pretrained": True, "tiny": True},
+        84,
+    ),
+    "dino_v2_noreg": (
+        {"name": "dino_v2", "type": "dino_v2", "model": "vit_base_patch14_dinov2", "pretrained": False, "tiny": True},
+        84,
+    ),
     "sam": ({"name": "sam", "type": "sam", "model": "samvit_huge_patch16", "pretrained": True, "tiny": True}, 96),
 }
 
@@ -195,8 +214,15 @@ def test_build_teacher_errors() -> None:
 
 
 def test_arch_overrides() -> None:
-    t = build_teacher({"name": "dino_v2", "model": "vit_small_patch14_dinov2", "pretrained": False,
-                       "tiny": True, "overrides": {"embed_dim": 24, "depth": 1}})
+    t = build_teacher(
+        {
+            "name": "dino_v2",
+            "model": "vit_small_patch14_dinov2",
+            "pretrained": False,
+            "tiny": True,
+            "overrides": {"embed_dim": 24, "depth": 1},
+        }
+    )
     assert isinstance(t, DINOv2Teacher) and t.feature_dim == 24 and len(t.model.blocks) == 1
     c = OpenCLIPTeacher("ViT-H-14-378-quickgelu", pretrained=False, tiny=True, arch_overrides={"embed_dim": 12})
     assert c.summary_dim == 12 and c(_images()).summary.shape == (2, 12)
@@ -228,7 +254,8 @@ def test_open_clip_pretrained_mechanism_with_local_file(tmp_path) -> None:
     import open_clip
 
     cfg = {
-        "embed_dim": 16, "quick_gelu": True,
+        "embed_dim": 16,
+        "quick_gelu": True,
         "vision_cfg": {"image_size": 56, "layers": 2, "width": 32, "head_width": 16, "patch_size": 14},
         "text_cfg": {"context_length": 16, "vocab_size": 100, "width": 32, "heads": 2, "layers": 1},
     }

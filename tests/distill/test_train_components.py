@@ -1,4 +1,5 @@
 """The trainer's components, each tested on its own (no Trainer needed)."""
+
 from __future__ import annotations
 
 import csv
@@ -42,11 +43,14 @@ def test_optimizer_groups_and_schedule():
 
 
 def test_partitions_stages_scales_and_resolutions(tmp_path):
-    cfg = _cfg(tmp_path, "stages=[{steps: 2, partitions: [{name: a, resolution: 64, batch_size: 2}]},"
-                         " {steps: 3, partitions: [{name: lo, resolution: 64, batch_size: 2, ranks: [0, 1, 2]},"
-                         "  {name: hi, resolution: 128, batch_size: 1, ranks: [3], teachers: [sam],"
-                         "   teacher_resolution: {sam: 256}}]}]",
-               "teachers.2.resolution_mode=match")
+    cfg = _cfg(
+        tmp_path,
+        "stages=[{steps: 2, partitions: [{name: a, resolution: 64, batch_size: 2}]},"
+        " {steps: 3, partitions: [{name: lo, resolution: 64, batch_size: 2, ranks: [0, 1, 2]},"
+        "  {name: hi, resolution: 128, batch_size: 1, ranks: [3], teachers: [sam],"
+        "   teacher_resolution: {sam: 256}}]}]",
+        "teachers.2.resolution_mode=match",
+    )
     assert [P.stage_at(cfg, s) for s in range(7)] == [0, 0, 1, 1, 1, 1, 1]
     assert P.loss_scales(cfg, 0, 4) == {t: 1.0 for t in ("clip", "siglip", "dino_v2", "sam")}
     assert P.loss_scales(cfg, 1, 4) == {"clip": 4 / 3, "siglip": 4 / 3, "dino_v2": 4 / 3, "sam": 1.0}
@@ -54,7 +58,7 @@ def test_partitions_stages_scales_and_resolutions(tmp_path):
     assert [p.name for p in P.rank_partitions(cfg, 1, 0, 4)] == ["lo"]
     lo, hi = cfg.stages[1].partitions
     assert P.teacher_resolution(cfg, lo, "dino_v2", 56, 14, 16) == 56  # match: 64 * 14 / 16
-    assert P.teacher_resolution(cfg, lo, "clip", 56, 14, 16) == 56     # native
+    assert P.teacher_resolution(cfg, lo, "clip", 56, 14, 16) == 56  # native
     assert P.teacher_resolution(cfg, hi, "sam", 128, 16, 16) == 256
     with pytest.raises(ValueError, match="multiple of the teacher's patch size 14"):
         P.teacher_resolution(cfg, hi, "sam", 128, 14, 16)
@@ -100,6 +104,7 @@ def test_runtime_single_process():
 
 def test_streams_resume_mid_epoch(tmp_path, train_image_dir):
     from openradio.distill.streams import PartitionStreams
+
     cfg = _cfg(tmp_path, f"data.path={train_image_dir}")
     part = cfg.stages[0].partitions[0]
     s = PartitionStreams(cfg, rank=0, world_size=1)
@@ -117,10 +122,17 @@ def test_streams_resume_mid_epoch(tmp_path, train_image_dir):
 def test_teacher_weights_apply_once(tmp_path, train_image_dir):
     """The step's loss is sum over teachers of weight x loss (weights from the config, applied once:
     a weight of 2 doubles a teacher's term, it does not square it)."""
-    from openradio.distill.trainer import DistEnv as Env, Trainer
-    cfg = _cfg(tmp_path, f"data.path={train_image_dir}", "progress=false",
-               "stages.0.partitions=[{name: p, resolution: 64, batch_size: 2}]",
-               "teachers.2.feature_weight=2.0", "teachers.0.summary_weight=0.5")
+    from openradio.distill.trainer import DistEnv as Env
+    from openradio.distill.trainer import Trainer
+
+    cfg = _cfg(
+        tmp_path,
+        f"data.path={train_image_dir}",
+        "progress=false",
+        "stages.0.partitions=[{name: p, resolution: 64, batch_size: 2}]",
+        "teachers.2.feature_weight=2.0",
+        "teachers.0.summary_weight=0.5",
+    )
     t = Trainer(cfg, env=Env())
     m = t.train_step()
     weights = {t_.name: (t_.summary_weight, t_.feature_weight) for t_ in cfg.teachers}

@@ -1,4 +1,5 @@
 """The distillation trainer: the tiny v2.5 recipe learns, exports, and resumes exactly."""
+
 from __future__ import annotations
 
 import csv
@@ -17,8 +18,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def image_dir(tmp_path_factory):
-    from skimage import data
     from PIL import Image
+    from skimage import data
+
     d = tmp_path_factory.mktemp("images")
     for name in ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "motorcycle_left"):
         try:
@@ -27,15 +29,17 @@ def image_dir(tmp_path_factory):
             continue
         Image.fromarray(arr[..., :3]).save(d / f"{name}.png")
     from sklearn.datasets import load_sample_images
+
     for i, arr in enumerate(load_sample_images().images):
         Image.fromarray(arr).save(d / f"sample{i}.jpg")
     return d
 
 
 def tiny_cfg(tmp, data_dir, *overrides):
-    return load_config(REPO / "configs" / "tiny.yaml",
-                       [f"data.path={data_dir}", f"out_dir={tmp}", "progress=false", "tensorboard=false",
-                        *overrides])
+    return load_config(
+        REPO / "configs" / "tiny.yaml",
+        [f"data.path={data_dir}", f"out_dir={tmp}", "progress=false", "tensorboard=false", *overrides],
+    )
 
 
 def feature_losses(metrics_csv: Path) -> dict[str, list[float]]:
@@ -89,8 +93,13 @@ def test_tiny_recipe_learns_every_teacher_and_exports(tmp_path, image_dir):
 
 @pytest.mark.slow
 def test_resume_matches_uninterrupted_run(tmp_path, image_dir):
-    common = ["stages.0.steps=6", "phi_s.update_every=2", "phi_s.freeze_after=4", "checkpoint_every=3",
-              "optim.warmup_steps=2"]
+    common = [
+        "stages.0.steps=6",
+        "phi_s.update_every=2",
+        "phi_s.freeze_after=4",
+        "checkpoint_every=3",
+        "optim.warmup_steps=2",
+    ]
     a = Trainer(tiny_cfg(tmp_path / "a", image_dir, *common), env=DistEnv())
     a.train()
     b = Trainer(tiny_cfg(tmp_path / "b", image_dir, *common), env=DistEnv())
@@ -130,6 +139,7 @@ def test_loss_scales_follow_rank_partitions(tmp_path, image_dir):
     cfg.stages[0].partitions[1].ranks = [3]
     cfg.stages[0].partitions[1].teachers = ["sam"]
     from openradio.distill import partitions as P
+
     scales = P.loss_scales(cfg, 0, world_size=4)
     assert scales == {"clip": 4 / 3, "siglip": 4 / 3, "dino_v2": 4 / 3, "sam": 1.0}
     assert [p.name for p in P.rank_partitions(cfg, 0, rank=3, world_size=4)] == ["high"]
@@ -152,14 +162,26 @@ def test_gradient_accumulation_matches_full_batch(tmp_path, image_dir, monkeypat
             if tag not in grads:
                 grads[tag] = {n: p.grad.clone() for n, p in trainer.student.named_parameters() if p.grad is not None}
             return orig(*a, **k)
+
         monkeypatch.setattr(trainer.optimizer, "step", step)
 
-    full = Trainer(tiny_cfg(tmp_path / "full", image_dir, *NO_RANDOM, ONE_PART.replace("BS", "4"),
-                            "stages.0.steps=1"), env=DistEnv())
+    full = Trainer(
+        tiny_cfg(tmp_path / "full", image_dir, *NO_RANDOM, ONE_PART.replace("BS", "4"), "stages.0.steps=1"),
+        env=DistEnv(),
+    )
     capture(full, "full")
     full.train()
-    acc = Trainer(tiny_cfg(tmp_path / "acc", image_dir, *NO_RANDOM, ONE_PART.replace("BS", "2"),
-                           "optim.accumulation=2", "stages.0.steps=1"), env=DistEnv())
+    acc = Trainer(
+        tiny_cfg(
+            tmp_path / "acc",
+            image_dir,
+            *NO_RANDOM,
+            ONE_PART.replace("BS", "2"),
+            "optim.accumulation=2",
+            "stages.0.steps=1",
+        ),
+        env=DistEnv(),
+    )
     capture(acc, "acc")
     acc.train()
     assert set(grads["full"]) == set(grads["acc"]) and len(grads["full"]) > 50
@@ -170,11 +192,19 @@ def test_gradient_accumulation_matches_full_batch(tmp_path, image_dir, monkeypat
 
 def test_vitdet_augmentation_and_corrupt_images(tmp_path, image_dir, monkeypatch):
     import shutil
+
     data = tmp_path / "data"
     shutil.copytree(image_dir, data)
     (data / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
-    cfg = tiny_cfg(tmp_path / "vd", data, "student.model_kwargs={embed_dim: 32, depth: 8, num_heads: 2}",
-                   "vitdet_aug_prob=1.0", "vitdet_aug_windows=[2]", "stages.0.steps=4", "log_every=1")
+    cfg = tiny_cfg(
+        tmp_path / "vd",
+        data,
+        "student.model_kwargs={embed_dim: 32, depth: 8, num_heads: 2}",
+        "vitdet_aug_prob=1.0",
+        "vitdet_aug_windows=[2]",
+        "stages.0.steps=4",
+        "log_every=1",
+    )
     t = Trainer(cfg, env=DistEnv())
     windows = []
     orig = t.student.forward
@@ -182,6 +212,7 @@ def test_vitdet_augmentation_and_corrupt_images(tmp_path, image_dir, monkeypatch
     def forward(*a, **kw):
         windows.append(kw.get("vitdet_window"))
         return orig(*a, **kw)
+
     monkeypatch.setattr(t.student, "forward", forward)
     last = t.train()
     assert 2 in windows  # the window is an argument of the training forward
@@ -193,6 +224,7 @@ def test_vitdet_augmentation_and_corrupt_images(tmp_path, image_dir, monkeypatch
 
 def test_export_command_from_a_run_directory(tmp_path, image_dir, capsys):
     from openradio.cli import main
+
     cfg = tiny_cfg(tmp_path / "run", image_dir, "stages.0.steps=2")
     t = Trainer(cfg, env=DistEnv())
     t.train()
@@ -213,15 +245,19 @@ def test_export_command_from_a_run_directory(tmp_path, image_dir, capsys):
 
 
 def test_teacher_resolution_per_partition(tmp_path, image_dir):
-    cfg = tiny_cfg(tmp_path / "r", image_dir, "teachers.2.resolution_mode=match",
-                   "stages.0.partitions.1.teacher_resolution={dino_v2: native, clip: 112}")
+    cfg = tiny_cfg(
+        tmp_path / "r",
+        image_dir,
+        "teachers.2.resolution_mode=match",
+        "stages.0.partitions.1.teacher_resolution={dino_v2: native, clip: 112}",
+    )
     t = Trainer(cfg, env=DistEnv())
     low, high = cfg.stages[0].partitions
-    assert t.teacher_resolution(low, "dino_v2") == 64 * 14 // 16       # grids line up: 4 x 4
+    assert t.teacher_resolution(low, "dino_v2") == 64 * 14 // 16  # grids line up: 4 x 4
     assert t.teacher_resolution(high, "dino_v2") == t.teachers["dino_v2"].input_size
     assert t.teacher_resolution(high, "clip") == 112
     assert t.teacher_resolution(low, "clip") == t.teachers["clip"].input_size
-    assert t.teacher_resolution(low, "sam") == 128                     # mosaic canvas
+    assert t.teacher_resolution(low, "sam") == 128  # mosaic canvas
     # one PHI-S normaliser per teacher and teacher resolution
     assert {"dino_v2@56", "clip@112", "sam@128"} <= set(t.phi_s.keys())
     t.train_step()  # runs with these resolutions

@@ -1,4 +1,5 @@
 """kNN classification on summaries (openradio.eval.knn, `openradio knn`)."""
+
 from __future__ import annotations
 
 import csv
@@ -7,8 +8,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
 from _evalutils import make_image_folder
+
 from openradio.eval.knn import knn_predict, knn_scores
 
 
@@ -54,8 +55,26 @@ def test_knn_cli_matches_direct_computation(tmp_path, tiny_checkpoint, capsys):
     val = make_image_folder(tmp_path / "val", variants=range(4, 6))
     out = tmp_path / "out"
     k, res = 5, 48
-    rc = main(["knn", "--version", str(tiny_checkpoint), "--train", str(train), "--val", str(val),
-               "--k", str(k), "--resolution", str(res), "--out", str(out), "--no-progress", "--batch-size", "3"])
+    rc = main(
+        [
+            "knn",
+            "--version",
+            str(tiny_checkpoint),
+            "--train",
+            str(train),
+            "--val",
+            str(val),
+            "--k",
+            str(k),
+            "--resolution",
+            str(res),
+            "--out",
+            str(out),
+            "--no-progress",
+            "--batch-size",
+            "3",
+        ]
+    )
     assert rc == 0
     printed = capsys.readouterr().out
     with open(out / "knn.csv") as f:
@@ -91,8 +110,26 @@ def test_knn_cli_adaptor_summary(tmp_path, tiny_checkpoint):
 
     data = make_image_folder(tmp_path / "d", classes=("chelsea", "rocket"), variants=range(3))
     out = tmp_path / "out"
-    rc = main(["knn", "--version", str(tiny_checkpoint), "--adaptor", "dino_v2", "--train", str(data),
-               "--val", str(data), "--k", "1", "--resolution", "32", "--out", str(out), "--no-progress"])
+    rc = main(
+        [
+            "knn",
+            "--version",
+            str(tiny_checkpoint),
+            "--adaptor",
+            "dino_v2",
+            "--train",
+            str(data),
+            "--val",
+            str(data),
+            "--k",
+            "1",
+            "--resolution",
+            "32",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     with open(out / "knn.csv") as f:
         row = next(csv.DictReader(f))
@@ -117,10 +154,12 @@ def test_data_plumbing(tmp_path):
     assert data.labels == [1, 0] and data.classnames == ["a", "b"]
     (root / "rocket" / "broken.png").write_bytes(b"not a png")
     from openradio.eval.data import iterate_batches
+
     skipped: list = []
     with pytest.warns(UserWarning, match="broken.png"):  # skipped and counted, as in training (issue 14)
-        n = sum(len(lbl) for _, lbl, _ in iterate_batches(read_labelled_images(root), 32, batch_size=8,
-                                                          skipped=skipped))
+        n = sum(
+            len(lbl) for _, lbl, _ in iterate_batches(read_labelled_images(root), 32, batch_size=8, skipped=skipped)
+        )
     assert n == 4 and len(skipped) == 1
 
 

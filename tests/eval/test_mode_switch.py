@@ -1,4 +1,5 @@
 """Mode-switching curve (openradio.eval.mode_switch, `openradio mode-switch`)."""
+
 from __future__ import annotations
 
 import csv
@@ -7,11 +8,18 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-
 from _evalutils import make_image_folder
-from openradio.eval.mode_switch import (CSV_COLUMNS, FeatureAgreement, ModeSwitchRow, align_teacher,
-                                        parse_resolution_range, plot_mode_switch, resolution_range,
-                                        teacher_resolution)
+
+from openradio.eval.mode_switch import (
+    CSV_COLUMNS,
+    FeatureAgreement,
+    ModeSwitchRow,
+    align_teacher,
+    parse_resolution_range,
+    plot_mode_switch,
+    resolution_range,
+    teacher_resolution,
+)
 
 
 def _direct_stats(s: torch.Tensor, t: torch.Tensor) -> dict[str, float]:
@@ -68,8 +76,10 @@ def test_align_teacher_bilinear_corners():
 def test_plot_png(tmp_path):
     from PIL import Image
 
-    rows = {name: [ModeSwitchRow(r, mse, 0.1, 1.0, 1.0, 1.0) for r, mse in zip(range(192, 400, 16), values)]
-            for name, values in {"A": [1.0 + i for i in range(13)], "B": [3.0] * 13}.items()}
+    rows = {
+        name: [ModeSwitchRow(r, mse, 0.1, 1.0, 1.0, 1.0) for r, mse in zip(range(192, 400, 16), values)]
+        for name, values in {"A": [1.0 + i for i in range(13)], "B": [3.0] * 13}.items()
+    }
     path = plot_mode_switch(rows, tmp_path / "p.png", size_px=(800, 500))
     with Image.open(path) as im:
         assert im.format == "PNG" and im.size == (800, 500)
@@ -89,8 +99,11 @@ def _tiny_teacher_conf(model) -> dict:
     from openradio.commands.mode_switch import teacher_config
 
     adaptor = model.adaptors["dino_v2"]
-    conf = teacher_config(adaptor.teacher_conf, argparse.Namespace(teacher="dino_v2", teacher_model=None,
-                                                                   teacher_weights=None, tiny_teacher=True), adaptor)
+    conf = teacher_config(
+        adaptor.teacher_conf,
+        argparse.Namespace(teacher="dino_v2", teacher_model=None, teacher_weights=None, tiny_teacher=True),
+        adaptor,
+    )
     assert conf["tiny"] and conf["arch_overrides"]["embed_dim"] == 48
     return conf
 
@@ -111,9 +124,29 @@ def test_cli_two_models_csv_matches_direct_computation(tmp_path, tiny_checkpoint
     torch.save(teacher.state_dict(), tw)
 
     out = tmp_path / "out"
-    rc = main(["mode-switch", "--version", str(tiny_checkpoint), "--version", str(other), "--teacher", "dino_v2",
-               "--data", str(data), "--tiny-teacher", "--teacher-weights", str(tw), "--resolutions", "32:64",
-               "--out", str(out), "--no-progress", "--batch-size", "4"])
+    rc = main(
+        [
+            "mode-switch",
+            "--version",
+            str(tiny_checkpoint),
+            "--version",
+            str(other),
+            "--teacher",
+            "dino_v2",
+            "--data",
+            str(data),
+            "--tiny-teacher",
+            "--teacher-weights",
+            str(tw),
+            "--resolutions",
+            "32:64",
+            "--out",
+            str(out),
+            "--no-progress",
+            "--batch-size",
+            "4",
+        ]
+    )
     assert rc == 0
     names = [Path(v).name.replace(".pth.tar", "") for v in (tiny_checkpoint, other)]
     csvs = [out / f"mode_switch_dino_v2_{n}.csv" for n in names]
@@ -142,5 +175,6 @@ def test_cli_two_models_csv_matches_direct_computation(tmp_path, tiny_checkpoint
         assert float(row[k]) == pytest.approx(v, rel=1e-5), k
 
     from PIL import Image
+
     with Image.open(out / "mode_switch.png") as im:
         assert im.format == "PNG" and im.size == (1000, 600)

@@ -1,4 +1,5 @@
 """Linear probes on frozen features, on synthetic data whose answer is known."""
+
 from __future__ import annotations
 
 import csv
@@ -34,18 +35,40 @@ def write_seg_set(root, n, seed, mask_scale=1):
 
 def test_seg_probe_learns_colour_coded_patches(tiny_checkpoint, tmp_path):
     from openradio.cli import main
+
     train = write_seg_set(tmp_path / "train", 24, seed=0)
     val = write_seg_set(tmp_path / "val", 8, seed=1)
     assert load_mask(val / "masks" / "000.png").shape == (4, 4)
-    rc = main(["probe", "seg", "--version", str(tiny_checkpoint), "--train", str(train), "--val", str(val),
-               "--resolution", "64", "--epochs", "30", "--lr", "1e-2", "--batch-size", "8", "--no-progress",
-               "--out", str(tmp_path / "out")])
+    rc = main(
+        [
+            "probe",
+            "seg",
+            "--version",
+            str(tiny_checkpoint),
+            "--train",
+            str(train),
+            "--val",
+            str(val),
+            "--resolution",
+            "64",
+            "--epochs",
+            "30",
+            "--lr",
+            "1e-2",
+            "--batch-size",
+            "8",
+            "--no-progress",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     assert rc == 0
     rows = {r["Class"]: r["IoU"] for r in csv.DictReader(open(tmp_path / "out" / "probe_seg.csv"))}
     assert rows == {"0": "1.0000", "1": "1.0000", "2": "1.0000", "3": "1.0000", "mIoU": "1.0000"}
     # the saved head predicts every patch of an image it never saw
     from openradio.eval.probe import LinearSegHead
     from openradio.inputs.imageio import load_image
+
     model = openradio.radio_model(str(tiny_checkpoint), text_towers=False)
     head = LinearSegHead(model.embed_dim, 4)
     head.load_state_dict(torch.load(tmp_path / "out" / "probe_seg_head.pt"))
@@ -56,8 +79,16 @@ def test_seg_probe_learns_colour_coded_patches(tiny_checkpoint, tmp_path):
     # patches meet, so the answer is no longer exactly reachable; most pixels still are
     full_tr = write_seg_set(tmp_path / "ftrain", 24, seed=0, mask_scale=PATCH)
     full_va = write_seg_set(tmp_path / "fval", 8, seed=1, mask_scale=PATCH)
-    r = probe_segmentation(model, read_segmentation_folder(full_tr), read_segmentation_folder(full_va),
-                           resolution=64, epochs=30, lr=1e-2, batch_size=8, progress=False)
+    r = probe_segmentation(
+        model,
+        read_segmentation_folder(full_tr),
+        read_segmentation_folder(full_va),
+        resolution=64,
+        epochs=30,
+        lr=1e-2,
+        batch_size=8,
+        progress=False,
+    )
     assert r.pixel_accuracy > 0.9 and r.miou > 0.8 and len(r.iou) == 4
 
 
@@ -72,14 +103,22 @@ def test_seg_probe_bad_data(tiny_checkpoint, tmp_path):
         read_segmentation_folder(root)
     root = write_seg_set(tmp_path / "t", 2, seed=0)
     with pytest.raises(ValueError, match="outside"):
-        probe_segmentation(model, read_segmentation_folder(root), read_segmentation_folder(root), resolution=64,
-                           num_classes=2, epochs=1, progress=False)
+        probe_segmentation(
+            model,
+            read_segmentation_folder(root),
+            read_segmentation_folder(root),
+            resolution=64,
+            num_classes=2,
+            epochs=1,
+            progress=False,
+        )
     with pytest.raises(ValueError, match="images/ and masks/"):
         read_segmentation_folder(tmp_path)
 
 
 def test_cls_probe_on_summaries(tiny_checkpoint, tmp_path):
     from openradio.cli import main
+
     rng = np.random.default_rng(0)
     for split, n in (("train", 8), ("val", 4)):
         for c, rgb in enumerate(PALETTE[1:]):
@@ -88,20 +127,47 @@ def test_cls_probe_on_summaries(tiny_checkpoint, tmp_path):
             for i in range(n):
                 img = np.clip(np.array(rgb)[None, None] + rng.normal(0, 12, (48, 48, 3)), 0, 255).astype(np.uint8)
                 Image.fromarray(img).save(d / f"{i}.png")
-    rc = main(["probe", "cls", "--version", str(tiny_checkpoint), "--train", str(tmp_path / "train"),
-               "--val", str(tmp_path / "val"), "--resolution", "32", "--epochs", "50", "--lr", "1e-2",
-               "--no-progress", "--out", str(tmp_path / "out")])
+    rc = main(
+        [
+            "probe",
+            "cls",
+            "--version",
+            str(tiny_checkpoint),
+            "--train",
+            str(tmp_path / "train"),
+            "--val",
+            str(tmp_path / "val"),
+            "--resolution",
+            "32",
+            "--epochs",
+            "50",
+            "--lr",
+            "1e-2",
+            "--no-progress",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     assert rc == 0
     rows = {r["Class"]: r["Accuracy"] for r in csv.DictReader(open(tmp_path / "out" / "probe_cls.csv"))}
     assert rows == {"class0": "1.0000", "class1": "1.0000", "class2": "1.0000", "top-1": "1.0000"}
     # the saved head takes raw summaries (standardisation folded in)
     from openradio.eval.data import read_labelled_images
     from openradio.eval.probe import probe_classification
+
     model = openradio.radio_model(str(tiny_checkpoint), text_towers=False)
-    r = probe_classification(model, read_labelled_images(tmp_path / "train"), read_labelled_images(tmp_path / "val"),
-                             resolution=32, epochs=50, lr=1e-2, progress=False)
-    x = torch.stack([torch.from_numpy(np.array(Image.open(tmp_path / "val" / "class2" / "0.png"))).permute(2, 0, 1)
-                     .float() / 255])
+    r = probe_classification(
+        model,
+        read_labelled_images(tmp_path / "train"),
+        read_labelled_images(tmp_path / "val"),
+        resolution=32,
+        epochs=50,
+        lr=1e-2,
+        progress=False,
+    )
+    x = torch.stack(
+        [torch.from_numpy(np.array(Image.open(tmp_path / "val" / "class2" / "0.png"))).permute(2, 0, 1).float() / 255]
+    )
     x = torch.nn.functional.interpolate(x, size=(32, 32), mode="bicubic", antialias=True).clamp(0, 1)
     with torch.no_grad():
         assert r.head(model(x).summary).argmax(-1).item() == 2

@@ -1,14 +1,20 @@
 """Text towers for the clip/siglip adaptors (openradio.model.text), with tiny random open_clip models."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
+from _evalutils import TINY_CLIP_EMBED_DIM, make_tiny_text_model, save_tiny_text_tower
 from torch import nn
 
-from _evalutils import TINY_CLIP_EMBED_DIM, make_tiny_text_model, save_tiny_text_tower
-from openradio.model.text import (TextTower, attach_text_tower, attach_text_towers, maybe_attach_text_tower,
-                            text_tower_key)
+from openradio.model.text import (
+    TextTower,
+    attach_text_tower,
+    attach_text_towers,
+    maybe_attach_text_tower,
+    text_tower_key,
+)
 
 TEXTS = ["a photo of a cat.", "a rocket on the launch pad", "coffee"]
 
@@ -31,6 +37,7 @@ def test_attach_built_model_matches_open_clip_and_drops_vision():
     tokens = adaptor.tokenizer(TEXTS)
     assert tokens.dtype == torch.long and tokens.shape == (3, reference.context_length)
     import open_clip
+
     expected_tokens = open_clip.tokenizer.SimpleTokenizer(context_length=reference.context_length)(TEXTS)
     assert torch.equal(tokens, expected_tokens)
 
@@ -124,8 +131,9 @@ def test_loader_text_towers_flag_uses_checkpoint_teachers(tiny_checkpoint, monke
     # the named towers' configs embed to 1024/1152 dims, the fake ones to the adaptors' width: skip the
     # width check that would (rightly) refuse the real towers for this tiny checkpoint
     monkeypatch.setattr(text_mod, "text_tower_problem", lambda *a, **k: None)
-    model = openradio.radio_model(str(tiny_checkpoint), adaptor_names=["clip", "siglip", "sam"], progress=False,
-                                  text_towers=True)
+    model = openradio.radio_model(
+        str(tiny_checkpoint), adaptor_names=["clip", "siglip", "sam"], progress=False, text_towers=True
+    )
     confs = {n: model.adaptors[n].teacher_conf for n in ("clip", "siglip")}
     assert sorted(asked) == sorted((c["model"], c["pretrained"]) for c in confs.values())
     for n in ("clip", "siglip"):

@@ -1,4 +1,5 @@
 """The throughput timer and the RADIO benchmark library (no absolute-time expectations)."""
+
 from __future__ import annotations
 
 import math
@@ -66,8 +67,9 @@ def test_measure_throughput_explicit_batch_size_and_bad_arguments():
 
 def test_measure_throughput_runs_under_inference_mode():
     seen = []
-    measure_throughput(lambda x: seen.append(torch.is_inference_mode_enabled()), lambda: torch.zeros(1), iters=2,
-                       warmup=1)
+    measure_throughput(
+        lambda x: seen.append(torch.is_inference_mode_enabled()), lambda: torch.zeros(1), iters=2, warmup=1
+    )
     assert seen == [True, True, True]
 
 
@@ -85,6 +87,7 @@ class FakeClock:
             if log is not None:
                 log.append(name)
             self.now += seconds(len(log)) if callable(seconds) else seconds
+
         return fn
 
 
@@ -140,8 +143,9 @@ def test_timm_baseline_has_the_models_width_and_depth(tiny_model):
 
 def test_bench_model_rows_ratios_and_window_restored(tiny_model):
     assert tiny_model.window_size is None
-    rows = bench_model(tiny_model, [64, 100], batch_size=2, baseline="global", vitdet_window=2, iters=3, warmup=1,
-                       progress=False)
+    rows = bench_model(
+        tiny_model, [64, 100], batch_size=2, baseline="global", vitdet_window=2, iters=3, warmup=1, progress=False
+    )
     assert tiny_model.window_size is None  # ViTDet was switched on only while measuring
     assert all(r["timed_calls"] == 3 and r["stat"] == "median" for r in rows)
     # 100 is not a multiple of the ViTDet step (patch 16 x window 2): it is rounded
@@ -163,8 +167,9 @@ def test_bench_model_without_baseline_and_errors(tiny_model):
         bench_model(tiny_model, [64], baseline="global", progress=False)
     with pytest.raises(ValueError, match="baseline"):
         bench_model(tiny_model, [64], baseline="onnx", progress=False)
-    best = bench_model(tiny_model, [32], batch_size=1, baseline="timm", iters=3, warmup=0, stat="min",
-                       progress=False)[0]
+    best = bench_model(tiny_model, [32], batch_size=1, baseline="timm", iters=3, warmup=0, stat="min", progress=False)[
+        0
+    ]
     assert best["stat"] == "min" and best["latency_ms"] > 0 and best["speed_ratio"] > 0
     with pytest.raises(ValueError, match="stat"):
         bench_model(tiny_model, [32], stat="mean", progress=False)

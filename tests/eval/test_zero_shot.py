@@ -1,5 +1,6 @@
 """Zero-shot classification (openradio.eval.zero_shot, `openradio zero-shot`) end to end on real photographs,
 tiny checkpoints and tiny random text towers."""
+
 from __future__ import annotations
 
 import csv
@@ -8,10 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-
 from _evalutils import make_image_folder, make_tiny_text_model, save_tiny_text_tower
-from openradio.eval.zero_shot import (build_classifier, classifier_cache_key, get_templates, zero_shot_classifier,
-                                      zero_shot_logits)
+
+from openradio.eval.zero_shot import (
+    build_classifier,
+    classifier_cache_key,
+    get_templates,
+    zero_shot_classifier,
+    zero_shot_logits,
+)
 from openradio.model.text import TextTower, attach_text_tower
 
 CLASSES = ("astronaut", "chelsea", "coffee", "rocket")
@@ -36,8 +42,10 @@ def _direct_classifier(tower_model, classnames, templates):
     cols = []
     with torch.no_grad():
         for c in classnames:
-            embs = [F.normalize(tower_model.encode_text(tok([t(c) if callable(t) else t.format(c)]))[0], dim=-1)
-                    for t in templates]
+            embs = [
+                F.normalize(tower_model.encode_text(tok([t(c) if callable(t) else t.format(c)]))[0], dim=-1)
+                for t in templates
+            ]
             cols.append(F.normalize(torch.stack(embs).mean(0), dim=-1))
     return torch.stack(cols, dim=1)
 
@@ -58,8 +66,7 @@ def test_classifier_matches_direct_computation():
     templates = get_templates("simple") + ["a {} in a picture"]  # open_clip lambdas and a plain string
     adaptor = torch.nn.Linear(2, 2)
     attach_text_tower(adaptor, {}, model=make_tiny_text_model(seed=2))
-    clf = build_classifier(adaptor.tokenizer, adaptor.encode_text, CLASSES, templates, batch_size=3,
-                           progress=False)
+    clf = build_classifier(adaptor.tokenizer, adaptor.encode_text, CLASSES, templates, batch_size=3, progress=False)
     want = _direct_classifier(make_tiny_text_model(seed=2), CLASSES, templates)
     assert clf.shape == (32, len(CLASSES))
     torch.testing.assert_close(clf, want, rtol=1e-5, atol=1e-6)
@@ -104,14 +111,34 @@ def _read_csv(path):
 
 def _zs_argv(ckpt, data, text_files, out, cache, *extra):
     cfg, weights = text_files
-    return ["zero-shot", "--version", str(ckpt), "--data", str(data),
-            "--resolutions", ",".join(map(str, RESOLUTIONS)), "--templates", "simple",
-            "--text-model", str(cfg), "--text-weights", str(weights), "--cache-dir", str(cache),
-            "--out", str(out), "--no-progress", "--batch-size", "5", *extra]
+    return [
+        "zero-shot",
+        "--version",
+        str(ckpt),
+        "--data",
+        str(data),
+        "--resolutions",
+        ",".join(map(str, RESOLUTIONS)),
+        "--templates",
+        "simple",
+        "--text-model",
+        str(cfg),
+        "--text-weights",
+        str(weights),
+        "--cache-dir",
+        str(cache),
+        "--out",
+        str(out),
+        "--no-progress",
+        "--batch-size",
+        "5",
+        *extra,
+    ]
 
 
-def test_cli_matches_direct_computation_and_reuses_cache(tmp_path, tiny_checkpoint, image_folder, text_files,
-                                                         monkeypatch, capsys):
+def test_cli_matches_direct_computation_and_reuses_cache(
+    tmp_path, tiny_checkpoint, image_folder, text_files, monkeypatch, capsys
+):
     import openradio
     from openradio.cli import main
     from openradio.inputs.imageio import load_image, resize_center_crop
@@ -152,6 +179,7 @@ def test_cli_matches_direct_computation_and_reuses_cache(tmp_path, tiny_checkpoi
     built = []
     monkeypatch.setattr(TextTower, "encode_text", lambda *a, **k: built.append("encode") or 1 / 0)
     import openradio.model.text as text_mod
+
     orig_load = text_mod.load_text_tower
     monkeypatch.setattr(text_mod, "load_text_tower", lambda *a, **k: built.append("load") or orig_load(*a, **k))
     capsys.readouterr()
@@ -188,7 +216,7 @@ def _fit_clip_head(ckpt_path: Path, image_folder: Path, classifier: torch.Tensor
             with torch.no_grad():
                 model(images)
             hidden.append(feats[0])
-            targets += [classifier[:, target_of(int(l), order[int(i)])].double() for l, i in zip(labels, idx)]
+            targets += [classifier[:, target_of(int(lab), order[int(i)])].double() for lab, i in zip(labels, idx)]
     hook.remove()
     H = torch.cat(hidden)
     T = torch.stack(targets)
@@ -206,7 +234,7 @@ def _fit_clip_head(ckpt_path: Path, image_folder: Path, classifier: torch.Tensor
             continue
         for key in list(sd):
             for prefix in (f"_heads.{tidx}.", "_heads.clip."):
-                if key.startswith(prefix) and key[len(prefix):] in ("final.2.weight", "final.2.bias"):
+                if key.startswith(prefix) and key[len(prefix) :] in ("final.2.weight", "final.2.bias"):
                     sd[key] = (W if key.endswith("weight") else b).to(sd[key].dtype)
                     replaced += 1
     assert replaced >= 2
@@ -248,6 +276,12 @@ def test_errors(tmp_path, tiny_checkpoint, image_folder, text_files):
     # wrong number of class names for the folder: a one-line error, exit code 2
     names = tmp_path / "names.txt"
     names.write_text("a\nb\n")
-    assert main(_zs_argv(tiny_checkpoint, image_folder, text_files, tmp_path / "o", tmp_path / "c",
-                         "--classnames", str(names))) == 2
+    assert (
+        main(
+            _zs_argv(
+                tiny_checkpoint, image_folder, text_files, tmp_path / "o", tmp_path / "c", "--classnames", str(names)
+            )
+        )
+        == 2
+    )
     assert main(_zs_argv(tiny_checkpoint, tmp_path / "nope", text_files, tmp_path / "o", tmp_path / "c")) == 2

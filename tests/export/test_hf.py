@@ -1,4 +1,5 @@
 """The Hugging Face layout: config.json + model.safetensors, read without running repository code."""
+
 from __future__ import annotations
 
 import json
@@ -7,17 +8,24 @@ import pytest
 import torch
 
 import openradio
-from openradio.formats.safeload import CheckpointError
 from openradio.formats.hf import save_hf
+from openradio.formats.safeload import CheckpointError
 from openradio.verify.testing import make_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
 def norm_ckpt(tmp_path_factory):
-    teachers = [dict(name="clip", type="open_clip"), dict(name="dino_v2", type="dino_v2"),
-                dict(name="sam", type="sam", use_summary=False, fd_upsample_factor=2)]
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("hf") / "t.pth.tar", depth=8, teachers=teachers,
-                                head_dims={"clip": (8, 8), "dino_v2": (12, 12), "sam": (None, 6)})
+    teachers = [
+        dict(name="clip", type="open_clip"),
+        dict(name="dino_v2", type="dino_v2"),
+        dict(name="sam", type="sam", use_summary=False, fd_upsample_factor=2),
+    ]
+    return make_tiny_checkpoint(
+        tmp_path_factory.mktemp("hf") / "t.pth.tar",
+        depth=8,
+        teachers=teachers,
+        head_dims={"clip": (8, 8), "dino_v2": (12, 12), "sam": (None, 6)},
+    )
 
 
 def test_round_trip_through_hf_folder(norm_ckpt, tmp_path):
@@ -42,6 +50,7 @@ def test_round_trip_through_hf_folder(norm_ckpt, tmp_path):
 def test_hf_hub_reference_uses_snapshot_download(norm_ckpt, tmp_path, monkeypatch):
     folder = save_hf(openradio.radio_model(str(norm_ckpt)), tmp_path / "repo")
     import huggingface_hub
+
     calls = []
 
     def fake_snapshot(repo_id, **kw):
@@ -68,6 +77,7 @@ def test_corrupt_or_foreign_hf_weights(norm_ckpt, tmp_path):
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
         openradio.radio_model(str(folder))
     from safetensors.torch import save_file
+
     save_file({"vision_model.weight": torch.zeros(2)}, str(folder / "model.safetensors"))
     with pytest.raises(CheckpointError, match="radio_model"):
         openradio.radio_model(str(folder))

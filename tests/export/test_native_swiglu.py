@@ -1,5 +1,6 @@
 """SwiGLU and layer-scale RADIOs (transformers' ``use_swiglu_ffn`` / ``layerscale_value``) through
 transformers-native folders, both ways, bit for bit in float32; the config in general."""
+
 from __future__ import annotations
 
 import json
@@ -17,11 +18,17 @@ if not hasattr(transformers, "RadioModel"):
 torch.set_num_threads(1)
 
 # swiglu x layer scale x temporal patch (1 = images only) x registers x CLS tokens, plus activations and widths
-CASES = [Case(swiglu=True), Case(swiglu=True, layerscale=True, registers=0, cls=1),
-         Case(swiglu=True, temporal=4, cls=4, registers=7), Case(layerscale=True, cls=4, registers=0),
-         Case(swiglu=True, mlp_ratio=16 / 3), Case(swiglu=True, mlp_ratio=4.0, layerscale=True, temporal=2),
-         Case(hidden_act="gelu_pytorch_tanh", layerscale=True), Case(hidden_act="quick_gelu", registers=1),
-         Case(hidden_act="silu", temporal=2, cls=1)]
+CASES = [
+    Case(swiglu=True),
+    Case(swiglu=True, layerscale=True, registers=0, cls=1),
+    Case(swiglu=True, temporal=4, cls=4, registers=7),
+    Case(layerscale=True, cls=4, registers=0),
+    Case(swiglu=True, mlp_ratio=16 / 3),
+    Case(swiglu=True, mlp_ratio=4.0, layerscale=True, temporal=2),
+    Case(hidden_act="gelu_pytorch_tanh", layerscale=True),
+    Case(hidden_act="quick_gelu", registers=1),
+    Case(hidden_act="silu", temporal=2, cls=1),
+]
 
 
 @pytest.mark.parametrize("case", CASES, ids=Case.id)
@@ -51,6 +58,7 @@ def test_openradio_swiglu_model_round_trips_through_save_transformers(case, tmp_
     # a second trip writes the same weights
     again = save_transformers(back, tmp_path / "again")
     from safetensors.torch import load_file
+
     a, b = load_file(str(folder / "model.safetensors")), load_file(str(again / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 

@@ -1,5 +1,6 @@
 """Temporally packed video (transformers' ``video_temporal_patch_size``, the vision encoder of
 Nemotron-3-Nano-Omni) through transformers-native folders, both ways, bit for bit in float32."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,13 @@ if not hasattr(transformers, "RadioModel"):
 torch.set_num_threads(1)
 
 # temporal patch 1 is an image model (transformers refuses 1: it tells clips by their channel count)
-CASES = [Case(temporal=2), Case(temporal=4, registers=0, cls=1), Case(temporal=2, swiglu=True, layerscale=True, cls=4),
-         Case(temporal=4, layerscale=True, registers=5), Case(temporal=None, registers=0, cls=4)]
+CASES = [
+    Case(temporal=2),
+    Case(temporal=4, registers=0, cls=1),
+    Case(temporal=2, swiglu=True, layerscale=True, cls=4),
+    Case(temporal=4, layerscale=True, registers=5),
+    Case(temporal=None, registers=0, cls=4),
+]
 
 
 @pytest.mark.parametrize("case", CASES, ids=Case.id)
@@ -85,6 +91,7 @@ def test_clip_errors_say_what_to_do(tmp_path):
 def test_native_video_folder_without_transformers_installed_reads_with_safetensors_only(tmp_path, monkeypatch):
     """Loading a native folder needs no transformers: only its config.json and safetensors."""
     import sys
+
     hf = random_hf_model(transformers, Case(temporal=2))
     hf.save_pretrained(tmp_path / "native")
     monkeypatch.setitem(sys.modules, "transformers", None)
@@ -94,5 +101,6 @@ def test_native_video_folder_without_transformers_installed_reads_with_safetenso
 
 def _keys(path):
     from safetensors import safe_open
+
     with safe_open(str(path), "pt") as f:
         return set(f.keys())

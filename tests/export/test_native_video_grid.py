@@ -1,5 +1,6 @@
 """The whole grid of RadioConfig architectures: SwiGLU x layer scale x temporal patch size (1 =
 images only, 2, 4) x registers x CLS tokens, transformers -> openradio and back, bit for bit."""
+
 from __future__ import annotations
 
 import itertools
@@ -16,8 +17,10 @@ if not hasattr(transformers, "RadioModel"):
 
 torch.set_num_threads(1)
 
-GRID = [Case(swiglu=s, layerscale=ls, temporal=t, registers=r, cls=c)
-        for s, ls, t, r, c in itertools.product([False, True], [False, True], [None, 2, 4], [0, 3], [1, 2, 4])]
+GRID = [
+    Case(swiglu=s, layerscale=ls, temporal=t, registers=r, cls=c)
+    for s, ls, t, r, c in itertools.product([False, True], [False, True], [None, 2, 4], [0, 3], [1, 2, 4])
+]
 GRID += [Case(cls=0, registers=0), Case(cls=0, registers=3, temporal=2, swiglu=True)]  # no summary at all
 
 

@@ -1,4 +1,5 @@
 """transformers' native RadioModel, both ways, with random tiny models (no network)."""
+
 from __future__ import annotations
 
 import json
@@ -46,8 +47,12 @@ def test_openradio_to_native_transformers(tiny, tmp_path):
     # packed variable-resolution input: the native class's image_grid_hw path equals one call per image
     imgs = [torch.rand(1, 3, *s) for s in SIZES]
     p = ref.patch_size
-    patches = torch.cat([im.reshape(3, s[0] // p, p, s[1] // p, p).permute(1, 3, 0, 2, 4).reshape(-1, 3 * p * p)
-                         for im, s in zip(imgs, SIZES)])
+    patches = torch.cat(
+        [
+            im.reshape(3, s[0] // p, p, s[1] // p, p).permute(1, 3, 0, 2, 4).reshape(-1, 3 * p * p)
+            for im, s in zip(imgs, SIZES)
+        ]
+    )
     grid = torch.tensor([[s[0] // p, s[1] // p] for s in SIZES])
     with torch.no_grad():
         packed = hf(pixel_values=patches, image_grid_hw=grid)
@@ -64,14 +69,24 @@ def test_openradio_to_native_transformers(tiny, tmp_path):
 
 
 def test_native_transformers_to_openradio(tmp_path):
-    cfg = transformers.RadioConfig(hidden_size=48, num_hidden_layers=3, num_attention_heads=3, mlp_ratio=2.0,
-                                   patch_size=8, max_img_size=256, num_cls_tokens=3, num_registers=5,
-                                   summary_idxs=[2, 0])
+    cfg = transformers.RadioConfig(
+        hidden_size=48,
+        num_hidden_layers=3,
+        num_attention_heads=3,
+        mlp_ratio=2.0,
+        patch_size=8,
+        max_img_size=256,
+        num_cls_tokens=3,
+        num_registers=5,
+        summary_idxs=[2, 0],
+    )
     torch.manual_seed(0)
     hf = transformers.RadioModel(cfg).eval()
     with torch.no_grad():  # every tensor random (biases start at zero, layer scales at one)
         for name, t in hf.named_parameters():
-            t.copy_(torch.randn_like(t) * (0.5 if "layer_scale" in name else 0.05) + (1 if "layer_scale" in name else 0))
+            t.copy_(
+                torch.randn_like(t) * (0.5 if "layer_scale" in name else 0.05) + (1 if "layer_scale" in name else 0)
+            )
     hf.save_pretrained(tmp_path / "native")
     model = openradio.radio_model(str(tmp_path / "native"))
     assert model.num_prefix_tokens == 8 and model.summary_idxs.tolist() == [2, 0] and model.patch_size == 8
@@ -92,7 +107,9 @@ def test_what_the_native_class_does_not_carry(tiny, tmp_path):
     fn.tx.copy_(torch.randn_like(fn.tx) * 0.1)
     ref.feature_normalizer = fn
     folder = save_transformers(ref, tmp_path / "phi")
-    assert json.loads((folder / "config.json").read_text())["openradio"]["not_in_native_model"] == ["feature_normalizer"]
+    assert json.loads((folder / "config.json").read_text())["openradio"]["not_in_native_model"] == [
+        "feature_normalizer"
+    ]
     hf = transformers.RadioModel.from_pretrained(folder).eval()
     x = torch.rand(1, 3, 32, 48)
     with torch.no_grad():
@@ -110,6 +127,7 @@ def test_what_the_native_class_does_not_carry(tiny, tmp_path):
 
 def test_export_command_transformers_format(tiny, tmp_path):
     from openradio.cli import main
+
     out = tmp_path / "cli_native"
     assert main(["export", str(tiny), "--format", "transformers", "--adaptor", "dino_v2", "--out", str(out)]) == 0
     hf = transformers.AutoModel.from_pretrained(out).eval()  # the Auto classes resolve it natively too

@@ -1,5 +1,6 @@
 """openradio extract: the layout, its readers, every source kind, bad inputs, resume and refusal,
 clip-retrieval's layout, and exactness after SIGKILL at named moments."""
+
 from __future__ import annotations
 
 import errno
@@ -29,8 +30,9 @@ FAST = ["--resolution", "64", "--no-progress", "--workers", "0"]
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     """Twelve real photographs (small) and one of each bad input."""
-    from openradio.inputs.sample_data import write_sample_images
     from PIL import Image
+
+    from openradio.inputs.sample_data import write_sample_images
 
     d = tmp_path_factory.mktemp("imgs")
     write_sample_images(d, max_side=96)
@@ -54,8 +56,27 @@ def _run(argv, capsys=None):
 
 def test_layout_is_readable_by_pyarrow_pandas_and_datasets(folder, tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / "out"
-    assert _run([str(folder), "--version", str(tiny_checkpoint), "--out", str(out), "--adaptor", "clip",
-                 "--features", "pooled:2", "--part-size", "5", "--batch-size", "3", *FAST]) == 0
+    assert (
+        _run(
+            [
+                str(folder),
+                "--version",
+                str(tiny_checkpoint),
+                "--out",
+                str(out),
+                "--adaptor",
+                "clip",
+                "--features",
+                "pooled:2",
+                "--part-size",
+                "5",
+                "--batch-size",
+                "3",
+                *FAST,
+            ]
+        )
+        == 0
+    )
     end = capsys.readouterr().out
     assert "12 ok, 4 skipped (1 empty, 1 too_small, 2 unreadable)" in end and "images/s" in end
     man = json.loads((out / "manifest.json").read_text())
@@ -68,7 +89,16 @@ def test_layout_is_readable_by_pyarrow_pandas_and_datasets(folder, tiny_checkpoi
 
     table = read(str(out))
     assert table.num_rows == 16 and table.column_names == [
-        "key", "source", "width", "height", "input_height", "input_width", "summary", "clip_summary", "status"]
+        "key",
+        "source",
+        "width",
+        "height",
+        "input_height",
+        "input_width",
+        "summary",
+        "clip_summary",
+        "status",
+    ]
     assert table.schema.field("summary").type == pa.list_(pa.float32(), 192)
     df = pq.read_table(out / "embeddings" / "part-00000.parquet").to_pandas()
     assert len(df) == 5 and df["summary"][0].shape == (192,) and df["summary"][1] is None
@@ -83,6 +113,7 @@ def test_layout_is_readable_by_pyarrow_pandas_and_datasets(folder, tiny_checkpoi
     # the summaries are the model's own, image by image
     import openradio
     from openradio.inputs.imageio import load_image, resize_to_multiple
+
     model = openradio.radio_model(str(tiny_checkpoint), adaptor_names=["clip"], progress=False).eval()
     r0 = ok[0]
     x = resize_to_multiple(load_image(r0["source"]), 64, model.min_resolution_step)[None]
@@ -97,8 +128,9 @@ def test_layout_is_readable_by_pyarrow_pandas_and_datasets(folder, tiny_checkpoi
     torch.testing.assert_close(f.float(), ref, rtol=1e-2, atol=1e-3)
 
     datasets = pytest.importorskip("datasets")
-    ds = datasets.load_dataset("parquet", data_files=sorted(str(p) for p in (out / "embeddings").glob("*.parquet")),
-                               split="train")
+    ds = datasets.load_dataset(
+        "parquet", data_files=sorted(str(p) for p in (out / "embeddings").glob("*.parquet")), split="train"
+    )
     assert ds.num_rows == 16 and ds[0]["key"] == rows[0]["key"]
 
 
@@ -111,7 +143,7 @@ def test_file_lists_tar_shards_and_videos(folder, tiny_checkpoint, tmp_path, cap
     pq.write_table(pa.table({"path": [str(p) for p in imgs]}), tmp_path / "list.parquet")
     for i in range(2):
         with tarfile.open(tmp_path / f"shard-{i:02d}.tar", "w") as tf:
-            for p in imgs[i:i + 2]:
+            for p in imgs[i : i + 2]:
                 tf.add(p, arcname=f"{i:03d}{p.stem}.{p.suffix[1:]}")
             info = tarfile.TarInfo(f"{i:03d}{imgs[0].stem}.json")
             info.size = 2
@@ -124,14 +156,30 @@ def test_file_lists_tar_shards_and_videos(folder, tiny_checkpoint, tmp_path, cap
     assert [r.url for r in list_rows([str(tmp_path / "list.csv")])] == [str(p) for p in imgs]
     assert [r.url for r in list_rows([str(tmp_path / "list.parquet")])] == [str(p) for p in imgs]
     shards = list_rows([str(tmp_path / "shard-{00..01}.tar")])
-    assert [r.key for r in shards] == [f"shard-{i:02d}/{i:03d}{p.stem}{p.suffix}" for i in range(2)
-                                       for p in imgs[i:i + 2]]
+    assert [r.key for r in shards] == [
+        f"shard-{i:02d}/{i:03d}{p.stem}{p.suffix}" for i in range(2) for p in imgs[i : i + 2]
+    ]
     vrows = list_rows([str(video)], fps=2.0)
     assert [r.time for r in vrows] == [0.0, 0.5, 1.0, 1.5] and vrows[1].source.endswith("clip.mp4@0.500")
 
     out = tmp_path / "out"
-    assert _run([str(tmp_path / "list.txt"), str(tmp_path / "shard-{00..01}.tar"), str(video), "--fps", "2",
-                 "--version", str(tiny_checkpoint), "--out", str(out), *FAST]) == 0
+    assert (
+        _run(
+            [
+                str(tmp_path / "list.txt"),
+                str(tmp_path / "shard-{00..01}.tar"),
+                str(video),
+                "--fps",
+                "2",
+                "--version",
+                str(tiny_checkpoint),
+                "--out",
+                str(out),
+                *FAST,
+            ]
+        )
+        == 0
+    )
     t = read(str(out)).to_pylist()
     assert len(t) == 4 + 4 + 4
     assert [r["status"] for r in t].count("ok") == 11 and t[3]["status"].startswith("missing")
@@ -180,7 +228,7 @@ def test_resume_keeps_parts_and_refuses_other_options(folder, tiny_checkpoint, t
     assert _run([*args, "--resolution", "96"]) == 2
     err = capsys.readouterr().err
     assert "options.resolution was 64, this run has 96" in err and "--overwrite" in err and len(err.splitlines()) == 1
-    assert _run([*args[:-len(FAST)], "--adaptor", "clip", *FAST]) == 2
+    assert _run([*args[: -len(FAST)], "--adaptor", "clip", *FAST]) == 2
     assert "options.adaptors" in capsys.readouterr().err
     assert _run([*args, "--resolution", "96", "--overwrite"]) == 0
     assert read(str(out)).to_pylist()[0]["input_height"] == 96
@@ -188,8 +236,23 @@ def test_resume_keeps_parts_and_refuses_other_options(folder, tiny_checkpoint, t
 
 def test_clip_retrieval_layout(folder, tiny_checkpoint, tmp_path):
     out = tmp_path / "cr"
-    assert _run([str(folder), "--version", str(tiny_checkpoint), "--out", str(out), "--layout", "clip-retrieval",
-                 "--part-size", "10", *FAST]) == 0
+    assert (
+        _run(
+            [
+                str(folder),
+                "--version",
+                str(tiny_checkpoint),
+                "--out",
+                str(out),
+                "--layout",
+                "clip-retrieval",
+                "--part-size",
+                "10",
+                *FAST,
+            ]
+        )
+        == 0
+    )
     emb = [np.load(out / "img_emb" / f"img_emb_{k}.npy") for k in range(2)]
     meta = [pq.read_table(out / "metadata" / f"metadata_{k}.parquet").to_pandas() for k in range(2)]
     assert [len(e) for e in emb] == [len(m) for m in meta] and sum(len(e) for e in emb) == 12
@@ -199,8 +262,24 @@ def test_clip_retrieval_layout(folder, tiny_checkpoint, tmp_path):
 
 def test_features_full_and_errors(folder, tiny_checkpoint, tmp_path, capsys, monkeypatch):
     out = tmp_path / "full"
-    assert _run([str(folder / "bad"), str(sorted(folder.glob("*.png"))[0]), "--version", str(tiny_checkpoint),
-                 "--out", str(out), "--features", "full", "--features-dtype", "float32", *FAST]) == 0
+    assert (
+        _run(
+            [
+                str(folder / "bad"),
+                str(sorted(folder.glob("*.png"))[0]),
+                "--version",
+                str(tiny_checkpoint),
+                "--out",
+                str(out),
+                "--features",
+                "full",
+                "--features-dtype",
+                "float32",
+                *FAST,
+            ]
+        )
+        == 0
+    )
     feats = read_features(str(out), 0)
     (row,) = [r for r in read(str(out)).to_pylist() if r["status"] == "ok"]
     f = feats[f"{row['key']}/backbone"]
@@ -212,8 +291,21 @@ def test_features_full_and_errors(folder, tiny_checkpoint, tmp_path, capsys, mon
     assert "is a file" in capsys.readouterr().err
     assert _run([str(tmp_path / "nowhere"), "--version", str(tiny_checkpoint), "--out", str(out), *FAST]) == 2
     assert "source not found" in capsys.readouterr().err
-    assert _run([str(folder), "--version", str(tiny_checkpoint), "--out", str(tmp_path / "x"),
-                 "--features", "pooled:zero", *FAST]) == 2
+    assert (
+        _run(
+            [
+                str(folder),
+                "--version",
+                str(tiny_checkpoint),
+                "--out",
+                str(tmp_path / "x"),
+                "--features",
+                "pooled:zero",
+                *FAST,
+            ]
+        )
+        == 2
+    )
     assert "pooled:G" in capsys.readouterr().err
 
     # a full disk while a part is renamed: one line, exit 2, nothing under a final name, no temporary left
@@ -250,8 +342,9 @@ def _subprocess_run(args, kill=None):
     env.pop("OPENRADIO_EXTRACT_TEST_KILL", None)
     if kill:
         env["OPENRADIO_EXTRACT_TEST_KILL"] = kill
-    return subprocess.run([sys.executable, "-m", "openradio.extract", *args], env=env, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "openradio.extract", *args], env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 @pytest.mark.slow
@@ -259,8 +352,22 @@ def _subprocess_run(args, kill=None):
 def test_sigkill_then_rerun_equals_an_uninterrupted_run(folder, tiny_checkpoint, tmp_path, kill):
     """Killed inside a batch, while a part is written, while the manifest is written: the rerun's
     rows and dense tensors equal an uninterrupted run's bit for bit, no row twice, none missing."""
-    common = [str(folder), "--version", str(tiny_checkpoint), "--features", "pooled:2", "--part-size", "4",
-              "--batch-size", "3", "--resolution", "64", "--no-progress", "--workers", "1"]
+    common = [
+        str(folder),
+        "--version",
+        str(tiny_checkpoint),
+        "--features",
+        "pooled:2",
+        "--part-size",
+        "4",
+        "--batch-size",
+        "3",
+        "--resolution",
+        "64",
+        "--no-progress",
+        "--workers",
+        "1",
+    ]
     ref_dir, dir_ = tmp_path / "ref", tmp_path / "killed"
     r = _subprocess_run([*common, "--out", str(ref_dir)])
     assert r.returncode == 0, r.stderr
@@ -281,14 +388,43 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(folder, tiny_checkpoint,
 
 @pytest.mark.slow
 def test_torchrun_two_ranks_give_the_rows_of_one(folder, tiny_checkpoint, tmp_path):
-    common = [str(folder), "--version", str(tiny_checkpoint), "--part-size", "3", "--batch-size", "2",
-              "--resolution", "64", "--no-progress", "--workers", "0", "--features", "pooled:1"]
+    common = [
+        str(folder),
+        "--version",
+        str(tiny_checkpoint),
+        "--part-size",
+        "3",
+        "--batch-size",
+        "2",
+        "--resolution",
+        "64",
+        "--no-progress",
+        "--workers",
+        "0",
+        "--features",
+        "pooled:1",
+    ]
     one = _subprocess_run([*common, "--out", str(tmp_path / "one")])
     assert one.returncode == 0, one.stderr
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m",
-                          "openradio.extract", *common, "--out", str(tmp_path / "two")],
-                         env=env, capture_output=True, text=True, timeout=600)
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "openradio.extract",
+            *common,
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert two.returncode == 0, two.stderr[-2000:]
     man = json.loads((tmp_path / "two" / "manifest.json").read_text())
     assert man["complete"] and {e["rank"] for e in man["parts"].values()} == {0, 1}

@@ -1,6 +1,7 @@
 """Ray Data: RadioEmbedder in map_batches and `extract --engine ray` give the local engine's rows
 (summaries within float32 rounding: Ray's batches group rows differently, and a matmul's sums run
 in another order when the batch differs)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -44,8 +45,22 @@ def _compare(a, b):
 
 @pytest.mark.slow
 def test_engine_ray_gives_the_local_rows(ray_local, images, tiny_checkpoint, tmp_path):
-    common = [str(images), "--version", str(tiny_checkpoint), "--adaptor", "clip", "--resolution", "64",
-              "--part-size", "4", "--batch-size", "3", "--no-progress", "--workers", "0"]
+    common = [
+        str(images),
+        "--version",
+        str(tiny_checkpoint),
+        "--adaptor",
+        "clip",
+        "--resolution",
+        "64",
+        "--part-size",
+        "4",
+        "--batch-size",
+        "3",
+        "--no-progress",
+        "--workers",
+        "0",
+    ]
     assert main(["extract", *common, "--out", str(tmp_path / "local")]) == 0
     assert main(["extract", *common, "--engine", "ray", "--out", str(tmp_path / "ray")]) == 0
     _compare(read(str(tmp_path / "local")), read(str(tmp_path / "ray")))
@@ -57,13 +72,35 @@ def test_engine_ray_gives_the_local_rows(ray_local, images, tiny_checkpoint, tmp
 
 @pytest.mark.slow
 def test_radio_embedder_in_map_batches(ray_local, images, tiny_checkpoint, tmp_path):
-    assert main(["extract", str(images), "--version", str(tiny_checkpoint), "--adaptor", "clip", "--resolution",
-                 "64", "--no-progress", "--workers", "0", "--out", str(tmp_path / "local")]) == 0
+    assert (
+        main(
+            [
+                "extract",
+                str(images),
+                "--version",
+                str(tiny_checkpoint),
+                "--adaptor",
+                "clip",
+                "--resolution",
+                "64",
+                "--no-progress",
+                "--workers",
+                "0",
+                "--out",
+                str(tmp_path / "local"),
+            ]
+        )
+        == 0
+    )
     local = {r["key"]: r for r in read(str(tmp_path / "local")).to_pylist()}
     ds = ray.data.read_binary_files(str(images), include_paths=True)
-    ds = ds.map_batches(RadioEmbedder, batch_size=4, concurrency=1, batch_format="numpy",
-                        fn_constructor_kwargs={"version": str(tiny_checkpoint), "adaptors": ["clip"],
-                                               "resolution": 64})
+    ds = ds.map_batches(
+        RadioEmbedder,
+        batch_size=4,
+        concurrency=1,
+        batch_format="numpy",
+        fn_constructor_kwargs={"version": str(tiny_checkpoint), "adaptors": ["clip"], "resolution": 64},
+    )
     got = ds.take_all()
     assert len(got) == len(local)
     for r in got:

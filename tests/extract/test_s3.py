@@ -1,5 +1,6 @@
 """Remote storage: sources and --out as s3:// URLs against a local S3 server (moto), including a
 kill between a part's files and its manifest entry (the part is redone, no row twice)."""
+
 from __future__ import annotations
 
 import json
@@ -48,20 +49,34 @@ def s3(tmp_path_factory):
     server.stop()
 
 
-ARGS = ["--resolution", "64", "--part-size", "3", "--batch-size", "2", "--no-progress", "--workers", "0",
-        "--features", "pooled:1"]
+ARGS = [
+    "--resolution",
+    "64",
+    "--part-size",
+    "3",
+    "--batch-size",
+    "2",
+    "--no-progress",
+    "--workers",
+    "0",
+    "--features",
+    "pooled:1",
+]
 
 
 def test_s3_sources_and_output(s3, tiny_checkpoint):
     fs, _, _ = s3
-    assert main(["extract", "s3://bucket/imgs", "--version", str(tiny_checkpoint), "--out", "s3://bucket/out1",
-                 *ARGS]) == 0
+    assert (
+        main(["extract", "s3://bucket/imgs", "--version", str(tiny_checkpoint), "--out", "s3://bucket/out1", *ARGS])
+        == 0
+    )
     man = json.loads(fs.cat_file("bucket/out1/manifest.json"))
     assert man["complete"] and man["totals"]["ok"] == 9
     t = read("s3://bucket/out1")
     assert t.num_rows == 9 and t.column("source").to_pylist()[0].startswith("s3://bucket/imgs/")
-    assert sorted(fs.ls("bucket/out1/embeddings", detail=False)) == [f"bucket/out1/embeddings/part-0000{k}.parquet"
-                                                                     for k in range(3)]
+    assert sorted(fs.ls("bucket/out1/embeddings", detail=False)) == [
+        f"bucket/out1/embeddings/part-0000{k}.parquet" for k in range(3)
+    ]
 
 
 def _run(args, conf, kill=None):
@@ -69,8 +84,9 @@ def _run(args, conf, kill=None):
     env.pop("OPENRADIO_EXTRACT_TEST_KILL", None)
     if kill:
         env["OPENRADIO_EXTRACT_TEST_KILL"] = kill
-    return subprocess.run([sys.executable, "-m", "openradio.extract", *args], env=env, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "openradio.extract", *args], env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
 """openradio search: exact cosine top-k over an extract folder, by image and by text; faiss agrees."""
+
 from __future__ import annotations
 
 import json
@@ -21,9 +22,30 @@ def extracted(tmp_path_factory, tiny_checkpoint):
     imgs = root / "imgs"
     write_sample_images(imgs, max_side=96)
     out = root / "out"
-    assert main(["extract", str(imgs), "--version", str(tiny_checkpoint), "--out", str(out), "--adaptor", "clip",
-                 "--resolution", "64", "--part-size", "7", "--batch-size", "4", "--workers", "0",
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "extract",
+                str(imgs),
+                "--version",
+                str(tiny_checkpoint),
+                "--out",
+                str(out),
+                "--adaptor",
+                "clip",
+                "--resolution",
+                "64",
+                "--part-size",
+                "7",
+                "--batch-size",
+                "4",
+                "--workers",
+                "0",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     return imgs, out
 
 
@@ -55,12 +77,29 @@ def test_text_search_ranks_by_the_text_towers_cosine(extracted, tmp_path, capsys
     dim = read(str(out)).schema.field("clip_summary").type.list_size
     cfg, weights = write_random_text_tower(tmp_path, "search-tiny-text", dim, seed=3)
     capsys.readouterr()
-    assert main(["search", str(out), "--text", "a photo of a cat", "--k", "5", "--json",
-                 "--text-model", str(cfg), "--text-weights", str(weights)]) == 0
+    assert (
+        main(
+            [
+                "search",
+                str(out),
+                "--text",
+                "a photo of a cat",
+                "--k",
+                "5",
+                "--json",
+                "--text-model",
+                str(cfg),
+                "--text-weights",
+                str(weights),
+            ]
+        )
+        == 0
+    )
     hits = json.loads(capsys.readouterr().out)
 
     import open_clip
     import torch
+
     open_clip.add_model_config(cfg)
     oc = open_clip.create_model("search-tiny-text", pretrained=str(weights))
     with torch.no_grad():

@@ -1,4 +1,5 @@
 """Loading safely: truncated, incomplete and tampered checkpoints; downloads and the hub cache."""
+
 from __future__ import annotations
 
 import argparse
@@ -10,8 +11,8 @@ import torch
 
 import openradio
 from openradio.formats.official import load_checkpoint_file, save_checkpoint
-from openradio.formats.safeload import CheckpointError
 from openradio.formats.resolve import cached_checkpoint_path
+from openradio.formats.safeload import CheckpointError
 from openradio.verify.testing import make_tiny_checkpoint
 
 
@@ -139,9 +140,9 @@ def test_vitdet_refused_for_versions_without_it():
 
 def test_torch_hub_local_entry_point(tiny_checkpoint):
     from pathlib import Path
+
     repo = Path(__file__).resolve().parents[2]
-    m = torch.hub.load(str(repo), "radio_model", source="local", version=str(tiny_checkpoint),
-                       adaptor_names=["clip"])
+    m = torch.hub.load(str(repo), "radio_model", source="local", version=str(tiny_checkpoint), adaptor_names=["clip"])
     assert isinstance(m, openradio.RADIOModel) and "clip" in m.adaptors and not m.training
 
 
@@ -210,8 +211,9 @@ def test_heads_keyed_by_index_and_name_agree(tmp_path):
     assert torch.equal(oa["dino_v2"].features, ob["dino_v2"].features)
 
 
-def test_every_route_ends_in_one_builder_and_the_model_says_what_it_was_built_from(tiny_checkpoint, tmp_path,
-                                                                                   monkeypatch):
+def test_every_route_ends_in_one_builder_and_the_model_says_what_it_was_built_from(
+    tiny_checkpoint, tmp_path, monkeypatch
+):
     """Issue 26: the release/file, Hugging Face and transformers-native routes all build through
     formats.build.build_model; RADIOModel carries config, args and version from its constructor;
     return_checkpoint gives (model, checkpoint); one public prefix-token count."""

@@ -1,5 +1,6 @@
 """CPU inference runs the blocks on groups of whole images (``model.cpu_chunk_tokens``): the
 outputs are those of the whole batch in one pass (issue 16: MFU at 512 px batch 8)."""
+
 from __future__ import annotations
 
 import pytest

@@ -7,6 +7,7 @@ Outputs must be bit-identical where the recorded platform matches this machine, 
 rounding elsewhere, or bfloat16 rounding for the family that computes in bf16 (the fixture README
 explains why the bits follow the CPU kind; openradio.verify.parity.low_precision_bound derives the bound).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -15,13 +16,17 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import families_dir
 
 import openradio
+from openradio.formats.official import (
+    backbone_state_from_official,
+    load_checkpoint_file,
+    official_state_dict,
+    select_state,
+    split_state,
+)
 from openradio.verify import parity
-from openradio.formats.official import (backbone_state_from_official, load_checkpoint_file, official_state_dict,
-                                  select_state, split_state)
-
-from conftest import families_dir
 
 FIXDIR = families_dir()
 pytestmark = pytest.mark.skipif(FIXDIR is None, reason="official-families fixtures not found")
@@ -51,8 +56,9 @@ def test_case_matches_official(variant, case):
         if STRICT:
             assert r.exact, f"{r.where}: not bit-exact (max abs diff {r.max_abs_diff:.3g}) on the fixtures' platform"
         else:
-            assert r.within_noise, (f"{r.where}: max abs diff {r.max_abs_diff:.3g} (relative RMS "
-                                    f"{r.rms_rel_diff:.3g}) beyond {r.bound}")
+            assert r.within_noise, (
+                f"{r.where}: max abs diff {r.max_abs_diff:.3g} (relative RMS {r.rms_rel_diff:.3g}) beyond {r.bound}"
+            )
 
 
 def test_recorded_platform_is_described():
@@ -88,11 +94,15 @@ def test_error_messages(variant):
         call, want = err["call"], err["error"]
         with pytest.raises(ValueError) as info:
             if call["method"] == "load":
-                openradio.radio_model(str(FIXDIR / V["checkpoint"]), adaptor_names=call["adaptor_names"],
-                                      vitdet_window_size=call["vitdet_window_size"])
+                openradio.radio_model(
+                    str(FIXDIR / V["checkpoint"]),
+                    adaptor_names=call["adaptor_names"],
+                    vitdet_window_size=call["vitdet_window_size"],
+                )
             else:
                 load(variant, call["adaptor_names"], call["vitdet_window_size"])(
-                    torch.zeros(call["input_shape"]), **call["kwargs"])
+                    torch.zeros(call["input_shape"]), **call["kwargs"]
+                )
         assert str(info.value) == want["message"], name
 
 
@@ -120,8 +130,11 @@ def test_every_official_key_is_used_and_written_back(variant):
             return f"{fam}.{names.index(key) if key in names else key}.{rest}"
         return k
 
-    want = {head_key(norm(k)) for k in state
-            if not k.startswith(("_heads.", "_feature_projections.")) or k.split(".")[1] in used_heads}
+    want = {
+        head_key(norm(k))
+        for k in state
+        if not k.startswith(("_heads.", "_feature_projections.")) or k.split(".")[1] in used_heads
+    }
     assert {head_key(k) for k in written} == want
     backbone, _ = split_state(state)
     ours = backbone_state_from_official(backbone, chk["args"].model)
@@ -167,8 +180,11 @@ def test_attn_head_matches_the_spec_step_by_step():
         o = F.linear(o.transpose(1, 2).reshape(2, 37, D), sd[p + "attn.proj.weight"], sd[p + "attn.proj.bias"])
         y = y + o * sd[p + "ls1.gamma"]
         m = F.layer_norm(y, (D,), sd[p + "norm2.weight"], sd[p + "norm2.bias"], eps=1e-6)
-        m = F.linear(F.gelu(F.linear(m, sd[p + "mlp.fc1.weight"], sd[p + "mlp.fc1.bias"])),
-                     sd[p + "mlp.fc2.weight"], sd[p + "mlp.fc2.bias"])
+        m = F.linear(
+            F.gelu(F.linear(m, sd[p + "mlp.fc1.weight"], sd[p + "mlp.fc1.bias"])),
+            sd[p + "mlp.fc2.weight"],
+            sd[p + "mlp.fc2.bias"],
+        )
         y = y + m * sd[p + "ls2.gamma"]
     y = F.linear(y, sd["mlp.fc1.weight"], sd["mlp.fc1.bias"])
     y = F.layer_norm(y, (y.shape[-1],), sd["mlp.final.0.weight"], sd["mlp.final.0.bias"], eps=1e-5)
@@ -184,7 +200,11 @@ def test_dinov2_student_ignores_model_kwargs_and_reads_sizes_from_weights():
     model = load("radio_v25g_dinov2", [], None)
     V = E["variants"]["radio_v25g_dinov2"]
     h = V["official_harness"]["tiny_dinov2"]
-    assert (model.embed_dim, len(model.blocks), model.blocks[0].attn.num_heads) == (h["embed_dim"], h["depth"], h["num_heads"])
+    assert (model.embed_dim, len(model.blocks), model.blocks[0].attn.num_heads) == (
+        h["embed_dim"],
+        h["depth"],
+        h["num_heads"],
+    )
     # patch bias, SwiGLU [gate | value], final norm always on
     assert model.patch_generator.embedder.bias is not None
     assert not isinstance(model.model.norm, torch.nn.Identity)
@@ -198,8 +218,12 @@ def _bf16_results(mutate_model=None, mutate_input=None):
     import copy
 
     C = E["variants"][BF16]["cases"][BF16_CASE]
-    model = openradio.radio_model(str(FIXDIR / E["variants"][BF16]["checkpoint"]), adaptor_names=C["adaptor_names"],
-                                  vitdet_window_size=C["vitdet_window_size"], progress=False)
+    model = openradio.radio_model(
+        str(FIXDIR / E["variants"][BF16]["checkpoint"]),
+        adaptor_names=C["adaptor_names"],
+        vitdet_window_size=C["vitdet_window_size"],
+        progress=False,
+    )
     if mutate_model:
         mutate_model(model)
     E2 = E
@@ -215,36 +239,43 @@ def test_bf16_family_is_held_to_the_bf16_bound():
     res = _bf16_results()
     assert {r.compute_dtype for r in res} == {"torch.bfloat16"} and {r.depth for r in res} == {9}
     max_rel, rms_rel = parity.low_precision_bound("torch.bfloat16", 9)
-    assert max_rel == pytest.approx(2 * 2 ** -8 * 6) and rms_rel == pytest.approx(2 ** -8 * 6)
+    assert max_rel == pytest.approx(2 * 2**-8 * 6) and rms_rel == pytest.approx(2**-8 * 6)
     assert all(r.within_noise for r in res), [r.where for r in res if not r.within_noise]
     # float32 models keep the float32 bound
     assert parity.low_precision_bound("torch.float32", 9) is None
 
 
-@pytest.mark.parametrize("wrong", ["crop_shifted_1px", "resize_not_crop", "adaptor_head_swapped",
-                                   "mlp_norm_eps_0.1", "block_skipped"])
+@pytest.mark.parametrize(
+    "wrong", ["crop_shifted_1px", "resize_not_crop", "adaptor_head_swapped", "mlp_norm_eps_0.1", "block_skipped"]
+)
 def test_a_wrong_bf16_model_fails_the_bf16_bound(wrong):
     """Deliberately wrong models (crop, resampling, head, eps, depth) still fail the bf16 bound."""
     import torch.nn.functional as F
 
     mutate_model = mutate_input = None
     if wrong == "crop_shifted_1px":
+
         def mutate_input(x):
             return torch.roll(x, 1, -1)
     elif wrong == "resize_not_crop":
+
         def mutate_input(x):
             small = F.interpolate(x.float(), scale_factor=0.5, mode="bilinear", align_corners=False)
             return F.interpolate(small, size=x.shape[-2:], mode="bilinear", align_corners=False).round().to(x.dtype)
     elif wrong == "adaptor_head_swapped":
+
         def mutate_model(m):  # dino_v2's feature head answers for openai_clip (the heads with equal shapes)
             a, b = m.adaptors["dino_v2"].feat_mlp, m.adaptors["openai_clip"].feat_mlp
             b.load_state_dict(a.state_dict())
     elif wrong == "mlp_norm_eps_0.1":
+
         def mutate_model(m):
             for blk in m.blocks:
                 blk.mlp.norm.eps = 0.1
     elif wrong == "block_skipped":
+
         def mutate_model(m):
             m.model.blocks[4] = torch.nn.Identity()
+
     res = _bf16_results(mutate_model, mutate_input)
     assert not all(r.within_noise for r in res), f"{wrong}: passed the bf16 bound"

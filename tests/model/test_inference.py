@@ -1,6 +1,6 @@
 """Inference beyond the shared fixtures: ViTDet intermediates, other configurations, API details."""
-from __future__ import annotations
 
+from __future__ import annotations
 
 import pytest
 import torch
@@ -49,8 +49,9 @@ def test_vitdet_dense_intermediates_match_manual_average(deep_ckpt):
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         sparse = m.forward_intermediates(x, indices=list(range(8)), output_fmt="NLC", intermediates_only=True)
-        dense = m.forward_intermediates(x, indices=[3, 7], output_fmt="NLC", intermediates_only=True,
-                                        aggregation="dense", norm_alpha_scheme="none")
+        dense = m.forward_intermediates(
+            x, indices=[3, 7], output_fmt="NLC", intermediates_only=True, aggregation="dense", norm_alpha_scheme="none"
+        )
     torch.testing.assert_close(dense[0], torch.stack(sparse[:4]).mean(0), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(dense[1], torch.stack(sparse[4:]).mean(0), rtol=1e-5, atol=1e-5)
 
@@ -94,12 +95,15 @@ def _manual_forward(m, x):
     return tok
 
 
-@pytest.mark.parametrize("overrides", [
-    dict(embed_dim=96, num_heads=3, depth=3),                         # other width / heads
-    dict(register_multiple=16),                                       # 4 CLS + 12 registers
-    dict(cpe_num_registers=2),                                        # explicit register count
-    dict(cpe_max_size=256),                                           # 16 x 16 position grid
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(embed_dim=96, num_heads=3, depth=3),  # other width / heads
+        dict(register_multiple=16),  # 4 CLS + 12 registers
+        dict(cpe_num_registers=2),  # explicit register count
+        dict(cpe_max_size=256),  # 16 x 16 position grid
+    ],
+)
 def test_other_configurations_match_manual_forward(tmp_path, overrides):
     path = make_tiny_checkpoint(tmp_path / "c.pth.tar", **overrides)
     m = openradio.radio_model(str(path))
@@ -110,7 +114,9 @@ def test_other_configurations_match_manual_forward(tmp_path, overrides):
     S = m.num_prefix_tokens
     torch.testing.assert_close(out.features, ref[:, S:], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out.summary, ref[:, [0, 1, 2]].flatten(1), rtol=1e-5, atol=1e-5)
-    regs = overrides.get("cpe_num_registers", (overrides.get("register_multiple", 8) - 4 % overrides.get("register_multiple", 8)))
+    regs = overrides.get(
+        "cpe_num_registers", (overrides.get("register_multiple", 8) - 4 % overrides.get("register_multiple", 8))
+    )
     assert m.num_registers == regs and S == 4 + regs
 
 
@@ -122,9 +128,13 @@ def test_exact_grid_uses_parameter_untouched(tmp_path):
 
 
 def test_duplicate_teachers_and_token_slot(tmp_path):
-    teachers = [dict(name="a", type="x", use_summary=False), dict(name="b", type="x"),
-                dict(name="b", type="x", use_summary=False), dict(name="c", type="x", token_slot=0, use_summary=False),
-                dict(name="a", type="x")]
+    teachers = [
+        dict(name="a", type="x", use_summary=False),
+        dict(name="b", type="x"),
+        dict(name="b", type="x", use_summary=False),
+        dict(name="c", type="x", token_slot=0, use_summary=False),
+        dict(name="a", type="x"),
+    ]
     dims = {"a": (8, 8), "b": (8, 8), "c": (8, 8)}
     path = make_tiny_checkpoint(tmp_path / "d.pth.tar", teachers=teachers, head_dims=dims, heads_by_name=False)
     with pytest.raises(ValueError, match=r"Known names: \['a', 'b', 'b', 'c', 'a'\]"):
@@ -168,7 +178,10 @@ def test_bfloat16_checkpoint_dtypes(tmp_path):
 
 
 def test_upsampling_head_pixel_shuffle(tmp_path):
-    teachers = [dict(name="clip", type="open_clip"), dict(name="sam", type="sam", fd_upsample_factor=3, use_summary=False)]
+    teachers = [
+        dict(name="clip", type="open_clip"),
+        dict(name="sam", type="sam", fd_upsample_factor=3, use_summary=False),
+    ]
     path = make_tiny_checkpoint(tmp_path / "u.pth.tar", teachers=teachers, head_dims={"clip": (8, 8), "sam": (None, 5)})
     m = openradio.radio_model(str(path), adaptor_names=["sam"])
     x = torch.rand(1, 3, 32, 48)

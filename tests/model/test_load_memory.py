@@ -1,5 +1,6 @@
 """Loading without a second copy: memory-mapped checkpoint, backbone built on the meta device,
 tensors adopted (issue 16, item 5). The loaded weights must be bit-identical to the copying path."""
+
 from __future__ import annotations
 
 import json
@@ -65,14 +66,20 @@ def test_return_checkpoint_gives_a_model_with_its_own_copy(tmp_path):
 def test_loading_peaks_near_the_model_size(tmp_path):
     """benchmarks/load_memory.py's child in a fresh process: the new path's peak RSS stays within
     1.1x its steady RSS (plus a few MiB of interpreter noise); the old path needs about twice."""
-    path = make_tiny_checkpoint(tmp_path / "m.pth.tar", embed_dim=256, depth=6, num_heads=4, cpe_max_size=2048,
-                                arch="vit_base_patch16_224")
+    path = make_tiny_checkpoint(
+        tmp_path / "m.pth.tar", embed_dim=256, depth=6, num_heads=4, cpe_max_size=2048, arch="vit_base_patch16_224"
+    )
     res = {}
     for which in ("old", "new"):
-        out = subprocess.run([sys.executable, str(BENCH), "--child", str(path), which], capture_output=True,
-                             text=True, check=True, env={"OMP_NUM_THREADS": "1", **__import__("os").environ})
+        out = subprocess.run(
+            [sys.executable, str(BENCH), "--child", str(path), which],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={"OMP_NUM_THREADS": "1", **__import__("os").environ},
+        )
         res[which] = json.loads(out.stdout.strip().splitlines()[-1])
-    mib = 2 ** 20
+    mib = 2**20
     new, old = res["new"], res["old"]
     assert new["check"] == old["check"]
     assert new["peak"] <= 1.1 * new["steady"] + 4 * mib, new

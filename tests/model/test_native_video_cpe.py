@@ -1,6 +1,7 @@
 """CPE video mode (``model.cpe_video_mode(t)``, one position viewport per clip) through the
 .pth.tar, Hugging Face and transformers-native routes, in ``forward_images``/packing, and for
 temporally packed clips."""
+
 from __future__ import annotations
 
 import pytest
@@ -23,6 +24,7 @@ def sources(tmp_path_factory):
     out = {"pth": ckpt, "hf": save_hf(ref, d / "hf")}
     try:
         from openradio.formats.hf import save_transformers
+
         out["native"] = save_transformers(ref, d / "native")
     except ImportError:
         pass
@@ -110,8 +112,9 @@ def test_forward_images_keeps_a_clip_in_one_viewport(route, sources, monkeypatch
 def test_cpe_video_mode_groups_packed_clips_too(tmp_path):
     """On a temporally packed model a batch row is a clip: video mode t shares a viewport across
     t consecutive clips (the tubes of one clip always share one: they are one token grid)."""
-    ckpt = make_tiny_checkpoint(tmp_path / "v.pth.tar", embed_dim=32, depth=2, cpe_max_size=128,
-                                video_temporal_patch_size=2)
+    ckpt = make_tiny_checkpoint(
+        tmp_path / "v.pth.tar", embed_dim=32, depth=2, cpe_max_size=128, video_temporal_patch_size=2
+    )
     m = _training(ckpt)
     clips = _still(2).unsqueeze(0).expand(4, -1, -1, -1, -1)  # 4 identical clips of 2 frames
     with torch.no_grad():

@@ -1,4 +1,5 @@
 """model.forward_images: images of different sizes in one packed sequence (issue 16, item 2)."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,5 +1,6 @@
 """Issue 14 item 5: ``preferred_resolution`` of a model loaded from a local file: the checkpoint's
 own record, else the released version the file is, else timm's ``args.input_size``, else None."""
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,9 @@ def _rewrite(dst: Path, **args) -> Path:
 
 
 def test_recorded_preferred_resolution_wins(tmp_path):
-    m = openradio.radio_model(str(_rewrite(tmp_path / "m.pth.tar", preferred_resolution=[256, 384],
-                                           input_size=(3, 224, 224))), progress=False)
+    m = openradio.radio_model(
+        str(_rewrite(tmp_path / "m.pth.tar", preferred_resolution=[256, 384], input_size=(3, 224, 224))), progress=False
+    )
     assert m.preferred_resolution == openradio.Resolution(256, 384)
     assert isinstance(m.preferred_resolution, openradio.Resolution)
 
@@ -52,7 +54,8 @@ def test_nothing_recorded_is_none_as_documented():
 
 def test_trainer_export_records_its_training_resolution(tmp_path):
     """The trainer's export writes args.preferred_resolution (the largest resolution of the last stage)."""
-    from openradio.distill.student import preferred_resolution_of
     from openradio.distill.config import load_config
+    from openradio.distill.student import preferred_resolution_of
+
     cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml")
     assert preferred_resolution_of(cfg) == [128, 128]

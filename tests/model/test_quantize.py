@@ -1,4 +1,5 @@
 """openradio.quantize_dynamic: opt-in int8 linear layers for CPU inference (issue 16, item 4)."""
+
 from __future__ import annotations
 
 import warnings
@@ -22,9 +23,16 @@ def test_int8_close_to_float32_on_photographs(model):
     from PIL import Image
 
     from openradio.inputs.sample_data import load_sample_image
-    x = torch.stack([torch.from_numpy(np.array(Image.fromarray(load_sample_image(n)).convert("RGB")
-                                               .resize((128, 96)))).permute(2, 0, 1).float() / 255
-                     for n in ("chelsea", "coffee")])
+
+    x = torch.stack(
+        [
+            torch.from_numpy(np.array(Image.fromarray(load_sample_image(n)).convert("RGB").resize((128, 96))))
+            .permute(2, 0, 1)
+            .float()
+            / 255
+            for n in ("chelsea", "coffee")
+        ]
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("error", DeprecationWarning)  # silenced inside quantize_dynamic
         q = openradio.quantize_dynamic(model)
@@ -55,4 +63,5 @@ def test_quantize_refuses_what_it_cannot_do(model):
 
 def _bf16(model):
     import copy
+
     return copy.deepcopy(model).to(torch.bfloat16)

@@ -1,4 +1,5 @@
 """The ViTDet window as an argument of the call (the model's loaded window is only the default)."""
+
 from __future__ import annotations
 
 import pytest
@@ -7,12 +8,11 @@ import torch
 import openradio
 
 
-
-
 def test_call_window_equals_loaded_window(tiny_checkpoint):
     plain = openradio.radio_model(str(tiny_checkpoint), adaptor_names=["clip"], text_towers=False)
-    windowed = openradio.radio_model(str(tiny_checkpoint), adaptor_names=["clip"], vitdet_window_size=2,
-                                     text_towers=False)
+    windowed = openradio.radio_model(
+        str(tiny_checkpoint), adaptor_names=["clip"], vitdet_window_size=2, text_towers=False
+    )
     x = torch.rand(1, 3, 128, 96)
     with torch.no_grad():
         a = plain(x, vitdet_window=2)

@@ -1,4 +1,5 @@
 """Tokens for VLMs: multi-layer features, pixel shuffle, ToMe-style merging."""
+
 from __future__ import annotations
 
 import pytest

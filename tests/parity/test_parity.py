@@ -11,6 +11,7 @@ few ulps), so bit equality is a property of the platform as much as of the code.
 abs difference; any logic error (wrong crop, wrong token, wrong eps, wrong head) is orders of
 magnitude above the noise bound and fails.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -49,8 +50,10 @@ def check(results, where_prefix=""):
         if MODE["strict"]:
             assert r.exact, f"{r.where}: not bit-exact, max abs diff {r.max_abs_diff}"
         else:
-            assert r.within_noise, (f"{r.where}: max abs diff {r.max_abs_diff} exceeds the float32 noise bound "
-                                    f"{parity.NOISE * max(r.max_abs_value, 1.0)}")
+            assert r.within_noise, (
+                f"{r.where}: max abs diff {r.max_abs_diff} exceeds the float32 noise bound "
+                f"{parity.NOISE * max(r.max_abs_value, 1.0)}"
+            )
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -59,14 +62,22 @@ def parity_mode(request):
     threads (some tiny MKL matrix shapes round differently with more threads)."""
     env = os.environ.get("OPENRADIO_STRICT_PARITY")
     from conftest import fixtures_dir
+
     d = fixtures_dir()
     recorded = parity.load_expected(d).get("platform", {}) if d is not None else {}
     same = parity.platform_matches(recorded)
     MODE["strict"] = env == "1" or (same and env != "0")
-    MODE["why"] = ("OPENRADIO_STRICT_PARITY=1" if env == "1" else
-                   "recorded platform matches this machine" if MODE["strict"] else
-                   "OPENRADIO_STRICT_PARITY=0" if env == "0" and same else
-                   "platform differs from the recorded one" if recorded else "no platform recorded")
+    MODE["why"] = (
+        "OPENRADIO_STRICT_PARITY=1"
+        if env == "1"
+        else "recorded platform matches this machine"
+        if MODE["strict"]
+        else "OPENRADIO_STRICT_PARITY=0"
+        if env == "0" and same
+        else "platform differs from the recorded one"
+        if recorded
+        else "no platform recorded"
+    )
     threads = torch.get_num_threads()
     if same and env != "0" and recorded.get("threads"):
         torch.set_num_threads(int(recorded["threads"]))
@@ -76,6 +87,7 @@ def parity_mode(request):
 
 def _all_case_ids():
     from conftest import HOW_TO, fixtures_dir
+
     d = fixtures_dir()
     if d is None:
         return [pytest.param(None, None, marks=pytest.mark.skip(reason=HOW_TO))]
@@ -152,8 +164,11 @@ def test_error_messages(official_fixtures, expected, variant):
         exc_type = {"ValueError": ValueError}[err["type"]]
         with pytest.raises(exc_type) as info:
             if call["method"] == "load":
-                openradio.radio_model(str(official_fixtures / V["checkpoint"]), adaptor_names=call["adaptor_names"],
-                                      vitdet_window_size=call["vitdet_window_size"])
+                openradio.radio_model(
+                    str(official_fixtures / V["checkpoint"]),
+                    adaptor_names=call["adaptor_names"],
+                    vitdet_window_size=call["vitdet_window_size"],
+                )
             else:
                 model = load(official_fixtures, variant, call["adaptor_names"], call["vitdet_window_size"])
                 model(torch.zeros(call["input_shape"]), **call["kwargs"])
@@ -182,6 +197,7 @@ def test_vitdet_forward_intermediates_on_official_checkpoints(official_fixtures,
 def test_parity_fixtures_ship_with_the_repository(monkeypatch):
     """A fresh clone (no $OPENRADIO_FIXTURES, no shared folder beside it) still has fixtures."""
     from conftest import REPO, fixtures_dir
+
     monkeypatch.delenv("OPENRADIO_FIXTURES", raising=False)
     d = fixtures_dir()
     assert d == REPO / "tests" / "fixtures" / "official-mini"
@@ -192,16 +208,21 @@ def test_parity_fixtures_ship_with_the_repository(monkeypatch):
 
 
 def test_platform_match_decides_strictness(monkeypatch):
-    recorded = {"cpu": "AMD EPYC", "flags": {"avx2": True, "avx512f": False, "avx512_bf16": False, "amx": False},
-                "torch": "2.14.1+cu130", "threads": 1, "aten_cpu_capability": "AVX2"}
+    recorded = {
+        "cpu": "AMD EPYC",
+        "flags": {"avx2": True, "avx512f": False, "avx512_bf16": False, "amx": False},
+        "torch": "2.14.1+cu130",
+        "threads": 1,
+        "aten_cpu_capability": "AVX2",
+    }
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
     monkeypatch.setattr(parity, "cpu_model", lambda: "AMD EPYC")
     monkeypatch.setattr(parity, "cpu_flags", lambda: {"avx2", "fma"})
     monkeypatch.setattr(torch, "__version__", "2.14.1+cu130")
     assert parity.platform_matches(recorded)
-    assert not parity.platform_matches({})                                   # nothing recorded
+    assert not parity.platform_matches({})  # nothing recorded
     assert not parity.platform_matches(recorded | {"torch": "2.13.0"})
-    monkeypatch.setattr(parity, "cpu_flags", lambda: {"avx2", "avx512f"})   # an AVX-512 machine
+    monkeypatch.setattr(parity, "cpu_flags", lambda: {"avx2", "avx512f"})  # an AVX-512 machine
     assert not parity.platform_matches(recorded)
     monkeypatch.setattr(parity, "cpu_flags", lambda: {"avx2", "amx_bf16", "amx_tile"})
     assert not parity.platform_matches(recorded)

@@ -1,5 +1,6 @@
 """`openradio parity` and openradio.verify.parity: the comparison catches wrong outputs, reports them per
 case, and the kernel-settings matrix runs each setting in its own process."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from openradio.verify import parity
 from openradio.cli import main as cli_main
+from openradio.verify import parity
 
 REPO = Path(__file__).resolve().parents[2]
 CASE = "global_NLC/16x16"
@@ -46,12 +47,15 @@ def test_small_fixtures_pass_within_noise(official_fixtures, tmp_path):
 def test_wrong_value_and_dtype_are_reported(official_fixtures, tmp_path, capsys):
     def mutate(E):
         case = E["variants"]["tiny_radio_v25_half"]["cases"][CASE]["expected"]
-        case["clip"]["summary"][0, 5] += 1e-3          # a wrong value, far above rounding noise
-        case["sam"]["dtype"] = "torch.bfloat16"         # the official output had another dtype
+        case["clip"]["summary"][0, 5] += 1e-3  # a wrong value, far above rounding noise
+        case["sam"]["dtype"] = "torch.bfloat16"  # the official output had another dtype
+
     d = _small_fixtures(official_fixtures, tmp_path, mutate)
     res = {r.where: r for r in parity.compare_fixtures(d) if r.variant == "tiny_radio_v25_half"}
     # the digest is of openradio's outputs, not of the reference: unchanged by the tampering
-    clean = {r.where: r.digest for r in parity.compare_fixtures(official_fixtures, cases=[f"tiny_radio_v25_half:{CASE}"])}
+    clean = {
+        r.where: r.digest for r in parity.compare_fixtures(official_fixtures, cases=[f"tiny_radio_v25_half:{CASE}"])
+    }
     assert {w: r.digest for w, r in res.items()} == clean
     wrong = res[f"{CASE}/clip/summary"]
     assert not wrong.within_noise and wrong.max_abs_diff == pytest.approx(1e-3, rel=0.01)
@@ -108,17 +112,40 @@ def test_strict_requires_bit_equality(official_fixtures, tmp_path, capsys):
 def test_json_output_and_matrix_subprocess(official_fixtures, tmp_path):
     d = _small_fixtures(official_fixtures, tmp_path)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-m", "openradio.cli", "parity", "--fixtures", str(d), "--json", "-"],
-                          capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "openradio.cli", "parity", "--fixtures", str(d), "--json", "-"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     res = json.loads(proc.stdout)
     assert res["summary"]["tensors"] == len(res["results"]) == 20
     assert res["platform"]["aten_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
 
     out_json = tmp_path / "matrix.json"
-    proc = subprocess.run([sys.executable, "-m", "openradio.cli", "parity", "--fixtures", str(d), "--matrix",
-                           "--setting", "", "--setting", "ATEN_CPU_CAPABILITY=default,OMP_NUM_THREADS=1",
-                           "--json", str(out_json)], capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "openradio.cli",
+            "parity",
+            "--fixtures",
+            str(d),
+            "--matrix",
+            "--setting",
+            "",
+            "--setting",
+            "ATEN_CPU_CAPABILITY=default,OMP_NUM_THREADS=1",
+            "--json",
+            str(out_json),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(out_json.read_text())["matrix"]
     assert [r["env"] for r in rows] == [{}, {"ATEN_CPU_CAPABILITY": "default", "OMP_NUM_THREADS": "1"}]
@@ -140,6 +167,7 @@ def test_env_settings_follow_the_cpu():
 
 def test_parse_setting():
     from openradio.commands.parity import parse_setting
+
     assert parse_setting("") == {}
     assert parse_setting("MKL_CBWR=AVX2, OMP_NUM_THREADS=1") == {"MKL_CBWR": "AVX2", "OMP_NUM_THREADS": "1"}
     with pytest.raises(ValueError, match="VAR=VALUE"):
@@ -165,6 +193,7 @@ def test_case_patterns_select_and_reject(official_fixtures, capsys):
 
 def test_parity_command_defaults_to_the_vendored_fixtures(monkeypatch):
     from openradio.cli import build_parser
+
     monkeypatch.delenv("OPENRADIO_FIXTURES", raising=False)
     args = build_parser().parse_args(["parity"])
     assert Path(args.fixtures) == REPO / "tests" / "fixtures" / "official-mini"

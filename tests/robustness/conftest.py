@@ -1,4 +1,5 @@
 """Shared helpers for the robustness suite: small official-format checkpoints and hostile files."""
+
 from __future__ import annotations
 
 from pathlib import Path

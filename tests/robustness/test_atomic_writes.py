@@ -1,6 +1,7 @@
 """Every output is written under a temporary name and renamed: a command killed mid-write leaves no
 partial file under the final name (the previous file, if any, stays intact), and a later run
 removes the dead writer's temporary file."""
+
 from __future__ import annotations
 
 import os
@@ -17,7 +18,7 @@ from openradio.atomicio import atomic_path, partial_name, write_text
 REPO = Path(__file__).resolve().parents[2]
 
 # run the CLI with one writer replaced by one that writes part of the file, then SIGKILLs itself
-DYING = r'''
+DYING = r"""
 import os, signal, sys
 def die(fp_or_path, n=1000):
     if hasattr(fp_or_path, "write"):
@@ -44,13 +45,14 @@ elif kind == "csv":
     csv.writer = Dying
 from openradio.cli import main
 sys.exit(main(sys.argv[2:]))
-'''
+"""
 
 
 def _run(kind, argv, cwd):
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-c", DYING, kind, *argv], capture_output=True, text=True, cwd=cwd,
-                          env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", DYING, kind, *argv], capture_output=True, text=True, cwd=cwd, env=env, timeout=300
+    )
 
 
 @pytest.fixture()
@@ -62,16 +64,26 @@ def photo(tmp_path):
 
 def test_killed_picture_writer_leaves_no_partial_picture(tmp_path, photo, tiny_checkpoint):
     out = tmp_path / "viz"
-    argv = ["viz", str(photo), "--version", str(tiny_checkpoint), "--resolutions", "32", "--no-progress",
-            "--out", str(out)]
+    argv = [
+        "viz",
+        str(photo),
+        "--version",
+        str(tiny_checkpoint),
+        "--resolutions",
+        "32",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
     r = _run("png", argv, tmp_path)
     assert r.returncode == -signal.SIGKILL, r.stderr
     final = out / "sbs" / "photo.png"
-    assert not final.exists()                                  # nothing under the final name ...
+    assert not final.exists()  # nothing under the final name ...
     left = list((out / "sbs").glob(".photo.partial-*.png"))
     assert len(left) == 1 and left[0].stat().st_size == 1000  # ... the half-written bytes are in the temp
     from openradio.cli import main
-    assert main(argv) == 0                                     # a rerun writes the file and tidies up
+
+    assert main(argv) == 0  # a rerun writes the file and tidies up
     with Image.open(final) as im:
         im.load()
     assert not list((out / "sbs").glob(".photo.partial-*"))
@@ -79,25 +91,55 @@ def test_killed_picture_writer_leaves_no_partial_picture(tmp_path, photo, tiny_c
 
 def test_killed_features_writer_keeps_the_previous_file(tmp_path, photo, tiny_checkpoint):
     out = tmp_path / "f.safetensors"
-    argv = ["features", str(photo), "--version", str(tiny_checkpoint), "--resolution", "32", "--no-progress",
-            "--out", str(out)]
+    argv = [
+        "features",
+        str(photo),
+        "--version",
+        str(tiny_checkpoint),
+        "--resolution",
+        "32",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
     from openradio.cli import main
+
     assert main(argv) == 0
     before = out.read_bytes()
     r = _run("safetensors", argv, tmp_path)
     assert r.returncode == -signal.SIGKILL, r.stderr
     assert out.read_bytes() == before
     from safetensors import safe_open
+
     with safe_open(str(out), "pt") as f:
         assert len(list(f.keys())) == 2
 
 
 def test_killed_csv_writer_leaves_no_partial_table(tmp_path, tiny_checkpoint):
     from _evalutils import make_image_folder
+
     data = make_image_folder(tmp_path / "imgs", classes=("chelsea", "coffee"), variants=range(2))
     out = tmp_path / "knn"
-    r = _run("csv", ["knn", "--train", str(data), "--val", str(data), "--version", str(tiny_checkpoint),
-                     "--resolution", "32", "--k", "2", "--no-progress", "--out", str(out)], tmp_path)
+    r = _run(
+        "csv",
+        [
+            "knn",
+            "--train",
+            str(data),
+            "--val",
+            str(data),
+            "--version",
+            str(tiny_checkpoint),
+            "--resolution",
+            "32",
+            "--k",
+            "2",
+            "--no-progress",
+            "--out",
+            str(out),
+        ],
+        tmp_path,
+    )
     assert r.returncode == -signal.SIGKILL, r.stderr
     assert not (out / "knn.csv").exists()
 

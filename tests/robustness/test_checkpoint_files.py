@@ -1,5 +1,6 @@
 """Hostile and broken checkpoint files: every loader refuses code-running pickles before any code
 runs, and every broken file is one line that says what the file is and what to do."""
+
 from __future__ import annotations
 
 import os
@@ -33,14 +34,24 @@ def _jpeg(p: Path) -> Path:
     return p
 
 
-@pytest.mark.parametrize("maker,name,says", [
-    (_png, "model.pth.tar", "not a PyTorch checkpoint: looks like a PNG image"),
-    (_jpeg, "model.pth", "not a PyTorch checkpoint: looks like a JPEG image"),
-    (lambda p: p.write_text('{"args": {}, "weights": [1, 2]}') and p, "model.pth.tar",
-     "not a PyTorch checkpoint: looks like a JSON document"),
-    (lambda p: p.write_text("hello, this is a note\n") and p, "notes.pt", "not a PyTorch checkpoint: looks like a text file"),
-    (lambda p: p.write_bytes(b"") and p, "empty.pth.tar", "is empty (0 bytes)"),
-])
+@pytest.mark.parametrize(
+    "maker,name,says",
+    [
+        (_png, "model.pth.tar", "not a PyTorch checkpoint: looks like a PNG image"),
+        (_jpeg, "model.pth", "not a PyTorch checkpoint: looks like a JPEG image"),
+        (
+            lambda p: p.write_text('{"args": {}, "weights": [1, 2]}') and p,
+            "model.pth.tar",
+            "not a PyTorch checkpoint: looks like a JSON document",
+        ),
+        (
+            lambda p: p.write_text("hello, this is a note\n") and p,
+            "notes.pt",
+            "not a PyTorch checkpoint: looks like a text file",
+        ),
+        (lambda p: p.write_bytes(b"") and p, "empty.pth.tar", "is empty (0 bytes)"),
+    ],
+)
 def test_non_checkpoint_files_say_what_they_are(tmp_path, maker, name, says):
     path = maker(tmp_path / name) or tmp_path / name
     for load in (load_checkpoint_file, lambda p: openradio.radio_model(str(p), progress=False)):
@@ -59,12 +70,13 @@ def test_truncated_checkpoint_is_one_short_line(tmp_path, good_checkpoint):
         load_checkpoint_file(path)
     text = _one_line(info.value)
     assert "truncated or corrupt" in text and "cut.pth.tar" in text
-    assert "miniz" not in text and "PytorchStreamReader" not in text   # the zip library's text: --debug only
-    assert "PytorchStreamReader" in str(info.value.__cause__)            # ... where it is kept
+    assert "miniz" not in text and "PytorchStreamReader" not in text  # the zip library's text: --debug only
+    assert "PytorchStreamReader" in str(info.value.__cause__)  # ... where it is kept
 
 
 def test_cli_debug_shows_the_zip_librarys_text(tmp_path, good_checkpoint, capsys):
     from openradio.cli import main
+
     data = good_checkpoint.read_bytes()
     path = tmp_path / "cut.pth.tar"
     path.write_bytes(data[: len(data) // 3])
@@ -121,6 +133,7 @@ def test_official_loader_refuses_code_running_pickles(tmp_path):
 
 def test_training_state_loader_refuses_code_running_pickles(tmp_path):
     from openradio.distill.checkpointing import CheckpointManager
+
     marker, files = _evil_files(tmp_path)
     mgr = CheckpointManager(tmp_path / "ckpts")
     mgr.dir.mkdir()
@@ -129,14 +142,17 @@ def test_training_state_loader_refuses_code_running_pickles(tmp_path):
         with pytest.raises(CheckpointError, match="refusing to load") as info:
             mgr.load(step)
         _one_line(info.value)
-    with pytest.warns(UserWarning, match="skipping unreadable checkpoint"), \
-            pytest.raises(RuntimeError, match="none of the 3 checkpoints"):
+    with (
+        pytest.warns(UserWarning, match="skipping unreadable checkpoint"),
+        pytest.raises(RuntimeError, match="none of the 3 checkpoints"),
+    ):
         mgr.load_latest()
     assert not marker.exists(), "unpickling ran code"
 
 
 def test_teacher_weights_loader_refuses_code_running_pickles(tmp_path):
     from openradio.teachers import load_state_dict_file
+
     marker, files = _evil_files(tmp_path)
     for path in files.values():
         with pytest.raises(CheckpointError, match="refusing to load") as info:
@@ -153,6 +169,7 @@ def test_teacher_weights_loader_refuses_code_running_pickles(tmp_path):
 
 def test_hf_folder_with_a_pickle_for_weights_is_refused(tmp_path, good_checkpoint):
     from openradio.formats.hf import save_hf
+
     marker, files = _evil_files(tmp_path)
     folder = tmp_path / "hf"
     save_hf(openradio.radio_model(str(good_checkpoint), progress=False), folder, version="mini")
@@ -180,6 +197,7 @@ def test_bit_flipped_checkpoint_is_caught(tmp_path, good_checkpoint):
 
 def test_bit_flipped_training_state_is_skipped(tmp_path):
     from openradio.distill.checkpointing import CheckpointManager
+
     mgr = CheckpointManager(tmp_path / "ckpts")
     mgr.save({"w": torch.arange(4096, dtype=torch.float32)}, 1)
     mgr.save({"w": torch.arange(4096, dtype=torch.float32) * 2}, 2)
@@ -194,6 +212,7 @@ def test_bit_flipped_training_state_is_skipped(tmp_path):
 
 def _rewritten(src: Path, dst: Path, edit) -> Path:
     import argparse
+
     with torch.serialization.safe_globals([argparse.Namespace]):
         chk = torch.load(src, weights_only=True)
     edit(chk)
@@ -204,6 +223,7 @@ def _rewritten(src: Path, dst: Path, edit) -> Path:
 def test_wrong_architecture_is_one_line(tmp_path, good_checkpoint):
     def other_width(chk):
         chk["args"].model_kwargs = dict(chk["args"].model_kwargs, embed_dim=64)
+
     path = _rewritten(good_checkpoint, tmp_path / "arch.pth.tar", other_width)
     with pytest.raises(CheckpointError) as info:
         openradio.radio_model(str(path), progress=False)
@@ -216,6 +236,7 @@ def test_wrong_dtype_is_one_line(tmp_path, good_checkpoint, dtype):
     def cast(chk):
         k = next(k for k in chk["state_dict"] if k.endswith("blocks.0.attn.qkv.weight"))
         chk["state_dict"][k] = chk["state_dict"][k].to(dtype)
+
     path = _rewritten(good_checkpoint, tmp_path / "dtype.pth.tar", cast)
     with pytest.raises(CheckpointError) as info:
         openradio.radio_model(str(path), progress=False)
@@ -227,14 +248,20 @@ def _loaders(tmp_path):
     """Each loader as path -> result, with where it expects its file."""
     from openradio.distill.checkpointing import CheckpointManager
     from openradio.teachers import load_state_dict_file
+
     mgr = CheckpointManager(tmp_path / "ckpts")
 
     def training_state(src: Path):
         mgr.dir.mkdir(exist_ok=True)
         mgr.path_for(7).write_bytes(src.read_bytes())
         return mgr.load(7)
-    return {"official": load_checkpoint_file, "radio_model": lambda p: openradio.radio_model(str(p), progress=False),
-            "training state": training_state, "teacher weights": load_state_dict_file}
+
+    return {
+        "official": load_checkpoint_file,
+        "radio_model": lambda p: openradio.radio_model(str(p), progress=False),
+        "training state": training_state,
+        "teacher weights": load_state_dict_file,
+    }
 
 
 @pytest.mark.parametrize("damage", ["empty", "truncated", "bit flip", "png"])
@@ -255,5 +282,7 @@ def test_every_loader_gives_one_line_for_a_damaged_file(tmp_path, good_checkpoin
         with pytest.raises(CheckpointError) as info:
             load(bad)
         text = _one_line(info.value)
-        assert {"empty": "empty", "truncated": "truncated", "bit flip": "checksum", "png": "PNG"}[damage] in text, \
-            (name, text)
+        assert {"empty": "empty", "truncated": "truncated", "bit flip": "checksum", "png": "PNG"}[damage] in text, (
+            name,
+            text,
+        )

@@ -1,5 +1,6 @@
 """Corrupt, truncated, empty and non-image files in data folders are skipped and counted, in
 evaluation (kNN, zero-shot, mode switching) as in training; they never stop the run."""
+
 from __future__ import annotations
 
 import warnings
@@ -7,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from _evalutils import make_image_folder
 
 import openradio
-from _evalutils import make_image_folder
 
 BAD = ("garbage.jpg", "truncated.png", "empty.png", "notes.png")
 
@@ -40,13 +41,17 @@ def model(tiny_checkpoint):
 
 
 def _skipped(rec) -> set[str]:
-    return {str(w.message).split("skipping unreadable image ", 1)[1].split(" ")[0]
-            for w in rec if "skipping unreadable image" in str(w.message)}
+    return {
+        str(w.message).split("skipping unreadable image ", 1)[1].split(" ")[0]
+        for w in rec
+        if "skipping unreadable image" in str(w.message)
+    }
 
 
 def test_knn_skips_and_counts(folders, model):
     from openradio.eval.data import read_labelled_images
     from openradio.eval.knn import evaluate_knn
+
     train, val, bad = folders
     tr, va = read_labelled_images(train), read_labelled_images(val)
     with warnings.catch_warnings(record=True) as rec:
@@ -59,9 +64,12 @@ def test_knn_skips_and_counts(folders, model):
 def test_zero_shot_skips_and_counts(folders, model):
     from openradio.eval.data import iterate_batches, read_labelled_images
     from openradio.eval.zero_shot import evaluate_zero_shot
+
     _, val, bad = folders
     data = read_labelled_images(val)
-    clf = torch.nn.functional.normalize(torch.randn(model.adaptors["clip"].head_mlp.output_dim, data.num_classes), dim=0)
+    clf = torch.nn.functional.normalize(
+        torch.randn(model.adaptors["clip"].head_mlp.output_dim, data.num_classes), dim=0
+    )
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
         (r,) = evaluate_zero_shot(model, clf, data, [32], batch_size=3, progress=False)
@@ -75,12 +83,20 @@ def test_zero_shot_skips_and_counts(folders, model):
 
 
 def test_mode_switch_skips_and_counts(folders, model):
-    from openradio.inputs.imageio import list_images
     from openradio.eval.mode_switch import run_mode_switch
+    from openradio.inputs.imageio import list_images
     from openradio.teachers import build_teacher
+
     _, val, bad = folders
-    teacher = build_teacher({"name": "dino_v2", "type": "dino_v2", "model": "dinov2_vitg14_reg", "tiny": True,
-                             "arch_overrides": {"embed_dim": int(model.adaptors["dino_v2"].feat_mlp.output_dim)}})
+    teacher = build_teacher(
+        {
+            "name": "dino_v2",
+            "type": "dino_v2",
+            "model": "dinov2_vitg14_reg",
+            "tiny": True,
+            "arch_overrides": {"embed_dim": int(model.adaptors["dino_v2"].feat_mlp.output_dim)},
+        }
+    )
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
         rows = run_mode_switch(model, teacher, "dino_v2", list_images(val), [32, 64], batch_size=4, progress=False)
@@ -91,6 +107,7 @@ def test_mode_switch_skips_and_counts(folders, model):
 def test_training_data_skips_and_counts(folders):
     from openradio.distill.data import ImageListDataset, collate_skip_none
     from openradio.distill.transforms import make_train_transform
+
     train, _, bad = folders
     ds = ImageListDataset(train, make_train_transform(32))
     batch = collate_skip_none([ds[i] for i in range(len(ds))])

@@ -1,5 +1,6 @@
 """Property-based tests of what a RADIO model does with any input: the right output or a clear
 error, never a silent wrong answer (hypothesis; a small official-format checkpoint, small images)."""
+
 from __future__ import annotations
 
 import pytest
@@ -11,7 +12,7 @@ import openradio
 
 from .conftest import FIXTURES
 
-CKPT = FIXTURES / "tiny_radio_v25_norm.pth.tar"   # patch 16, width 48, 8 blocks
+CKPT = FIXTURES / "tiny_radio_v25_norm.pth.tar"  # patch 16, width 48, 8 blocks
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 _models: dict = {}
 
@@ -31,9 +32,14 @@ sides = st.integers(1, 6).map(lambda k: 16 * k)
 
 
 @SETTINGS
-@given(b=st.integers(0, 2), h=sides, w=sides, seed=st.integers(0, 2**16),
-       dtype=st.sampled_from([torch.float32, torch.float64, torch.float16, torch.bfloat16]),
-       channels_last=st.booleans())
+@given(
+    b=st.integers(0, 2),
+    h=sides,
+    w=sides,
+    seed=st.integers(0, 2**16),
+    dtype=st.sampled_from([torch.float32, torch.float64, torch.float16, torch.bfloat16]),
+    channels_last=st.booleans(),
+)
 def test_float_inputs_give_the_float32_answer(b, h, w, seed, dtype, channels_last):
     m = model()
     x = images(b, h, w, seed)

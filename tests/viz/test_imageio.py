@@ -1,4 +1,5 @@
 """Image loading and the examples' resize transforms."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -6,8 +7,15 @@ import pytest
 import torch
 from PIL import Image
 
-from openradio.inputs.imageio import (ImageLoadError, image_to_tensor, load_image, nearest_multiple, resize_center_crop,
-                               resize_to_multiple, tensor_to_uint8)
+from openradio.inputs.imageio import (
+    ImageLoadError,
+    image_to_tensor,
+    load_image,
+    nearest_multiple,
+    resize_center_crop,
+    resize_to_multiple,
+    tensor_to_uint8,
+)
 
 
 def _save(arr: np.ndarray, path, **kw):
@@ -129,7 +137,7 @@ def test_resize_matches_pil_bicubic_closely():
     rng = np.random.default_rng(1)
     # a smooth image so the comparison measures the kernel, not aliasing of noise
     y, x = np.mgrid[0:120, 0:160] / 40.0
-    arr = (np.stack([np.sin(x), np.cos(y), np.sin(x + y)], -1) * 0.45 + 0.5)
+    arr = np.stack([np.sin(x), np.cos(y), np.sin(x + y)], -1) * 0.45 + 0.5
     arr = (arr * 255).astype(np.uint8) + rng.integers(0, 2, size=(120, 160, 3), dtype=np.uint8)
     ours = tensor_to_uint8(resize_to_multiple(image_to_tensor(arr), 48, 16)).astype(int)
     pil = np.asarray(Image.fromarray(arr).resize((64, 48), Image.Resampling.BICUBIC)).astype(int)

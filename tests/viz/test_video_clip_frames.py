@@ -1,4 +1,5 @@
 """`openradio viz-video --clip-frames T`: the frames of one clip share one CPE viewport."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -66,14 +67,41 @@ def test_forward_frames_groups_clips_and_pads_the_last(tiny_checkpoint):
 
 def test_viz_video_clip_frames_flag(tiny_checkpoint, tmp_path, capsys):
     from openradio.cli import main
+
     src = _still_video(tmp_path / "in.mp4", n=5)
-    rc = main(["viz-video", str(src), "--version", str(tiny_checkpoint), "--resolution", "64", "--clip-frames", "2",
-               "--out", str(tmp_path / "o.mp4"), "--no-progress"])
+    rc = main(
+        [
+            "viz-video",
+            str(src),
+            "--version",
+            str(tiny_checkpoint),
+            "--resolution",
+            "64",
+            "--clip-frames",
+            "2",
+            "--out",
+            str(tmp_path / "o.mp4"),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert "one CPE viewport per clip" in out and "5 frames" in out
-    assert main(["viz-video", str(src), "--version", str(tiny_checkpoint), "--clip-frames", "0",
-                 "--out", str(tmp_path / "o2.mp4")]) != 0
+    assert (
+        main(
+            [
+                "viz-video",
+                str(src),
+                "--version",
+                str(tiny_checkpoint),
+                "--clip-frames",
+                "0",
+                "--out",
+                str(tmp_path / "o2.mp4"),
+            ]
+        )
+        != 0
+    )
     assert "--clip-frames must be >= 1" in capsys.readouterr().err
 
 
@@ -82,11 +110,27 @@ def test_viz_video_runs_clips_temporally_packed(tmp_path, capsys):
     grid: its T frames get one feature map (one picture), whatever the frames hold."""
     from openradio.cli import main
     from openradio.verify.testing import make_tiny_checkpoint
+
     ckpt = make_tiny_checkpoint(tmp_path / "v.pth.tar", embed_dim=32, depth=2, video_temporal_patch_size=2)
     g = np.random.default_rng(1)
     write_video(tmp_path / "moving.mp4", g.integers(0, 256, (4, 64, 64, 3), dtype=np.uint8), fps=10, crf=0)
-    rc = main(["viz-video", str(tmp_path / "moving.mp4"), "--version", str(ckpt), "--resolution", "64",
-               "--clip-frames", "2", "--crf", "0", "--out", str(tmp_path / "o.mp4"), "--no-progress"])
+    rc = main(
+        [
+            "viz-video",
+            str(tmp_path / "moving.mp4"),
+            "--version",
+            str(ckpt),
+            "--resolution",
+            "64",
+            "--clip-frames",
+            "2",
+            "--crf",
+            "0",
+            "--out",
+            str(tmp_path / "o.mp4"),
+            "--no-progress",
+        ]
+    )
     assert rc == 0 and "temporally packed" in capsys.readouterr().out
     out = read_video_frames(tmp_path / "o.mp4").frames
     assert torch.equal(out[0], out[1]) and torch.equal(out[2], out[3]) and not torch.equal(out[1], out[2])

@@ -1,4 +1,5 @@
 """Feature visualisation: robust PCA colouring, figure layouts, video I/O and the viz commands."""
+
 from __future__ import annotations
 
 import math
@@ -10,9 +11,21 @@ import torch
 from torch import nn
 
 from openradio.inputs.imageio import tensor_to_uint8
-from openradio.viz import (apply_pca, fit_pca_on_maps, get_robust_pca, key_frame_indices, model_grid, pca_rgb,
-                           probe_video, read_video_frames, resolution_strip, side_by_side, visualize_image,
-                           visualize_video, write_video)
+from openradio.viz import (
+    apply_pca,
+    fit_pca_on_maps,
+    get_robust_pca,
+    key_frame_indices,
+    model_grid,
+    pca_rgb,
+    probe_video,
+    read_video_frames,
+    resolution_strip,
+    side_by_side,
+    visualize_image,
+    visualize_video,
+    write_video,
+)
 
 Out = namedtuple("Out", "summary features")
 
@@ -29,8 +42,11 @@ def _structured_features(seed: int, h: int = 32, w: int = 32, c: int = 64, noise
     """
     g = torch.Generator().manual_seed(seed)
     yy, xx = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
-    src = torch.stack([torch.sin(2 * math.pi * xx), torch.cos(2 * math.pi * yy),
-                       torch.sin(2 * math.pi * (xx + yy))]).reshape(3, -1).T
+    src = (
+        torch.stack([torch.sin(2 * math.pi * xx), torch.cos(2 * math.pi * yy), torch.sin(2 * math.pi * (xx + yy))])
+        .reshape(3, -1)
+        .T
+    )
     src = src - src.mean(0)
     q, _ = torch.linalg.qr(src)  # exactly uncorrelated patterns
     src = q * torch.tensor([3.0, 2.0, 1.0]) * math.sqrt(h * w)
@@ -226,7 +242,7 @@ def _moving_square_frames(n: int = 24, h: int = 48, w: int = 64) -> np.ndarray:
     frames[..., 2] = 60
     for t in range(n):
         x0 = 2 * t % (w - 16)
-        frames[t, 16:32, x0:x0 + 16] = (230, 200, 30)
+        frames[t, 16:32, x0 : x0 + 16] = (230, 200, 30)
     return frames
 
 
@@ -241,6 +257,7 @@ def test_video_roundtrip_keeps_frame_count_and_size(tmp_path):
     err = np.abs(video.frames.numpy().astype(int) - frames.astype(int)).mean()
     assert err < 4, err
     import av
+
     with av.open(str(path)) as c:
         s = c.streams.video[0]
         assert s.codec_context.name == "h264" and s.codec_context.pix_fmt == "yuv420p"
@@ -276,8 +293,7 @@ def test_visualize_video_stable_colours_and_side_by_side(tmp_path):
     frames[10] = frames[0]  # the same picture at two times must get the same colours
     src = write_video(tmp_path / "in.mp4", frames, fps=10, crf=0)
     model = PatchModel()
-    s = visualize_video(model, src, tmp_path / "out.mp4", resolution=32, batch_size=6, num_key_frames=5,
-                        progress=False)
+    s = visualize_video(model, src, tmp_path / "out.mp4", resolution=32, batch_size=6, num_key_frames=5, progress=False)
     # 48x64 input -> shorter side 32 -> 32x43 -> sides rounded to 16: 32x48
     assert (s.num_frames, s.height, s.width) == (20, 32, 48)
     out = read_video_frames(tmp_path / "out.mp4").frames.numpy().astype(int)
@@ -285,8 +301,9 @@ def test_visualize_video_stable_colours_and_side_by_side(tmp_path):
     assert np.abs(out[10] - out[0]).mean() < 3
     # 5 key frames, then 20 frames in batches of 6: 1 + 4 forward passes
     assert [c[0] for c in model.calls] == [5, 6, 6, 6, 2]
-    sbs = visualize_video(model, src, tmp_path / "sbs.mp4", resolution=32, side_by_side=True, progress=False,
-                          max_frames=7)
+    sbs = visualize_video(
+        model, src, tmp_path / "sbs.mp4", resolution=32, side_by_side=True, progress=False, max_frames=7
+    )
     assert (sbs.num_frames, sbs.height, sbs.width) == (7, 32, 96)
     left = read_video_frames(tmp_path / "sbs.mp4").frames[:, :, :48].numpy().astype(int)
     # the left half is the resized input: its blue background is where the input's is
@@ -318,9 +335,25 @@ def test_viz_command_writes_side_by_side_strips_and_grid(tmp_path, photos, tiny_
 
     other = make_tiny_checkpoint(tmp_path / "other.pth.tar", seed=1)
     out = tmp_path / "viz"
-    rc = main(["viz", str(photos / "astronaut.png"), str(photos / "coffee.png"), "--version", str(tiny_checkpoint),
-               "--version", str(other), "--adaptor", "dino_v2", "--resolutions", "128,192,100",
-               "--panel-height", "96", "--out", str(out)])
+    rc = main(
+        [
+            "viz",
+            str(photos / "astronaut.png"),
+            str(photos / "coffee.png"),
+            "--version",
+            str(tiny_checkpoint),
+            "--version",
+            str(other),
+            "--adaptor",
+            "dino_v2",
+            "--resolutions",
+            "128,192,100",
+            "--panel-height",
+            "96",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     assert "wrote 10 PNGs" in capsys.readouterr().out  # 4 sbs + 4 strips + 2 grids
     label = "tiny_radio"  # the fixture's file stem names the model
@@ -348,14 +381,33 @@ def test_viz_command_reports_a_corrupt_image(tmp_path, photos, tiny_checkpoint, 
 
     bad = tmp_path / "holiday.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 definitely not the rest of a jpeg")
-    rc = main(["viz", str(photos / "astronaut.png"), str(bad), "--version", str(tiny_checkpoint),
-               "--out", str(tmp_path / "o")])
+    rc = main(
+        [
+            "viz",
+            str(photos / "astronaut.png"),
+            str(bad),
+            "--version",
+            str(tiny_checkpoint),
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2
     assert "holiday.jpg" in err and "cannot read image" in err
     assert not (tmp_path / "o").exists()  # failed before writing anything
-    rc = main(["viz", str(photos / "astronaut.png"), "--version", str(tiny_checkpoint),
-               "--resolutions", "512,abc", "--out", str(tmp_path / "o")])
+    rc = main(
+        [
+            "viz",
+            str(photos / "astronaut.png"),
+            "--version",
+            str(tiny_checkpoint),
+            "--resolutions",
+            "512,abc",
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
     assert rc == 2 and "--resolutions" in capsys.readouterr().err
 
 
@@ -363,13 +415,27 @@ def test_viz_video_command_end_to_end(tmp_path, tiny_checkpoint, capsys):
     from openradio.cli import main
 
     src = write_video(tmp_path / "in.mp4", _moving_square_frames(n=12), fps=12)
-    rc = main(["viz-video", str(src), "--version", str(tiny_checkpoint), "--resolution", "64",
-               "--batch-size", "5", "--side-by-side", "--out", str(tmp_path / "out.mp4")])
+    rc = main(
+        [
+            "viz-video",
+            str(src),
+            "--version",
+            str(tiny_checkpoint),
+            "--resolution",
+            "64",
+            "--batch-size",
+            "5",
+            "--side-by-side",
+            "--out",
+            str(tmp_path / "out.mp4"),
+        ]
+    )
     assert rc == 0
     info = probe_video(tmp_path / "out.mp4")
     # 48x64 frames -> shorter side 64 -> 64x85 -> 64x80 (multiples of 16); side by side doubles the width
     assert (info.num_frames, info.height, info.width) == (12, 64, 160)
     assert "12 frames" in capsys.readouterr().out
-    rc = main(["viz-video", str(tmp_path / "nope.mp4"), "--version", str(tiny_checkpoint),
-               "--out", str(tmp_path / "x.mp4")])
+    rc = main(
+        ["viz-video", str(tmp_path / "nope.mp4"), "--version", str(tiny_checkpoint), "--out", str(tmp_path / "x.mp4")]
+    )
     assert rc == 2 and "nope.mp4" in capsys.readouterr().err
