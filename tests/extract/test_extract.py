@@ -412,6 +412,7 @@ def test_torchrun_two_ranks_give_the_rows_of_one(folder, tiny_checkpoint, tmp_pa
             sys.executable,
             "-m",
             "torch.distributed.run",
+            "--standalone",
             "--nproc-per-node",
             "2",
             "-m",
