@@ -6,14 +6,17 @@ STAMP := $(VENV)/.openradio-installed
 # torch/torchvision first: pinned to the releases we test with (they are the
 # ones that lie on the CI machine's disk); pyproject declares wider ranges.
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
+# the versions the suite is known green with: without them pip backtracks for minutes through
+# s3fs/aiobotocore/botocore and fails building an ancient release (`make constraints` refreshes it)
+CONSTRAINTS ?= .ci/constraints.txt
 
-.PHONY: demo test test-slow test-all lint venv clean
+.PHONY: demo test test-slow test-all lint venv clean constraints
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PIN)
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -c $(CONSTRAINTS) -e '.[test]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -41,3 +44,8 @@ demo: $(STAMP)
 
 clean:
 	rm -rf $(VENV) demo-report .pytest_cache
+
+# refresh the pinned versions from the current (green) environment
+constraints: $(STAMP)
+	{ sed -n '1,3p' $(CONSTRAINTS); $(PY) -m pip freeze --exclude-editable | grep -v '^-e'; } > $(CONSTRAINTS).new
+	mv $(CONSTRAINTS).new $(CONSTRAINTS)
