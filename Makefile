@@ -47,5 +47,5 @@ clean:
 
 # refresh the pinned versions from the current (green) environment
 constraints: $(STAMP)
-	{ sed -n '1,3p' $(CONSTRAINTS); $(PY) -m pip freeze --exclude-editable | grep -v '^-e'; } > $(CONSTRAINTS).new
+	{ grep '^#' $(CONSTRAINTS); $(PY) -m pip freeze --exclude-editable | grep -v '^-e'; } > $(CONSTRAINTS).new
 	mv $(CONSTRAINTS).new $(CONSTRAINTS)
