@@ -3,33 +3,41 @@
 
 ``RadioEmbedder`` is a callable class for ``ds.map_batches``::
 
-    ds = ray.data.read_binary_files("s3://bucket/images/", include_paths=True)
+    plan = plan_resources()  # after ray.init: sized from ray.cluster_resources()
+    ds = ray.data.read_binary_files("s3://bucket/images/", include_paths=True, **plan.read_args())
     ds = ds.map_batches(RadioEmbedder, fn_constructor_kwargs={"version": "radio_v2.5-b", "adaptors": ["clip"]},
-                        batch_size=64, concurrency=4, num_gpus=1)
+                        batch_size=64, **plan.map_args())
+
+Size the stages from the cluster (:func:`plan_resources`) rather than by hand: an actor pool that
+holds every CPU starves the read tasks that feed it, and Ray Data then waits forever (one CPU,
+one actor of ``num_cpus=1`` and read tasks of ``num_cpus=1`` never finish).
 
 It takes batches with a ``bytes`` column (encoded images, from ``read_binary_files``) or an
 ``image`` column (decoded HWC uint8 arrays, from ``read_images``), and a ``path`` column if there
 is one, and returns the columns of the extract layout (``key``, ``source``, ``width``, ``height``,
-``input_height``, ``input_width``, ``summary``, ``<adaptor>_summary``, ``status``), through the
+``input_height``, ``input_width``, ``summary``, ``<adaptor>_summary``, ``status``, and ``index``
+where the batch has one), through the
 same decoder and :class:`~openradio.extract.mapper.Mapper` as the local engine. Unreadable inputs
 come back as rows with their reason, as in the local engine.
 """
 
 from __future__ import annotations
 
+import math
 import time
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 
-from openradio.extract.engine import Job, Options, write_errors
+from openradio.extract.engine import ExtractError, Job, Options, write_errors
 from openradio.extract.mapper import DTYPES, Mapper
 from openradio.extract.sources import Row, Skip, VideoFrames, check_size, decode_bytes, read_row
 from openradio.extras import require
 from openradio.inputs.imageio import image_to_tensor
 
-__all__ = ["RadioEmbedder", "run_ray"]
+__all__ = ["Plan", "RadioEmbedder", "plan_resources", "run_ray"]
 
 
 class RadioEmbedder:
@@ -105,7 +113,59 @@ class RadioEmbedder:
                     full[i] = cols[c][j]
                     j += 1
             out[c] = full
+        if "index" in batch:  # the row numbers run_ray writes the parts by, passed through
+            out["index"] = batch["index"]
         return {k: np.asarray(v) if not isinstance(v, np.ndarray) else v for k, v in out.items()}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Resources for a read stage feeding a pool of ``actors`` RadioEmbedders (see :func:`plan_resources`)."""
+
+    actors: int
+    actor_cpus: float
+    actor_gpus: float
+    read_cpus: float
+
+    def read_args(self) -> dict:
+        """Keyword arguments for ``ray.data.read_binary_files`` / ``read_images`` / ``map``."""
+        return {"num_cpus": self.read_cpus}
+
+    def map_args(self) -> dict:
+        """Keyword arguments for ``ds.map_batches(RadioEmbedder, ...)``."""
+        import ray.data
+
+        args = {"compute": ray.data.ActorPoolStrategy(size=self.actors), "num_cpus": self.actor_cpus}
+        if self.actor_gpus:
+            args["num_gpus"] = self.actor_gpus
+        return args
+
+
+def plan_resources(device: str | None = None, actors: int | None = None, cluster: Mapping | None = None) -> Plan:
+    """Size a RadioEmbedder pool and its read tasks from what the Ray cluster has (``cluster``,
+    default ``ray.cluster_resources()``), so that both stages fit at once: the read tasks keep up to
+    one CPU (half of a one-CPU cluster), the actors share the rest (at most one CPU each beside a
+    GPU). One actor per GPU when ``device`` is CUDA or unset on a cluster with GPUs, else one actor.
+    A request the cluster cannot meet raises :class:`ExtractError` instead of waiting forever."""
+    if cluster is None:
+        import ray
+
+        cluster = ray.cluster_resources()
+    cpus, gpus = float(cluster.get("CPU", 0)), float(cluster.get("GPU", 0))
+    dev = (device or "").split(":")[0]
+    gpu = dev == "cuda" or (not device and gpus >= 1)
+    if cpus <= 0:
+        raise ExtractError(f"the Ray cluster has no CPUs ({dict(cluster)}); start it with num_cpus of 1 or more")
+    if gpu and gpus < 1:
+        raise ExtractError(f"device {device!r} needs a GPU per actor but the Ray cluster has {gpus:g} GPUs")
+    most = math.floor(gpus) if gpu else max(1, math.floor(cpus - min(1.0, cpus / 2)))
+    actors = actors or (most if gpu else 1)
+    if actors < 1 or actors > most:
+        what = f"{gpus:g} GPUs" if gpu else f"{cpus:g} CPUs (one kept for reading)"
+        raise ExtractError(f"{actors} RadioEmbedder actors do not fit a Ray cluster of {what}; use at most {most}")
+    read = min(1.0, cpus / (actors + 1)) if gpu else min(1.0, cpus / 2)
+    per = (cpus - read) / actors
+    return Plan(actors, min(1.0, per) if gpu else per, 1.0 if gpu else 0.0, read)
 
 
 class _RowIndex:
@@ -146,22 +206,25 @@ def run_ray(sources: Sequence[str], version: str, out: str, **options) -> dict:
     idx = [i for k in job.todo for i in job.part_rows(k)]
     if not idx:
         return job.close()
-    if not ray.is_initialized():
-        ray.init(num_cpus=max(1, opts.workers or 1), include_dashboard=False, log_to_driver=False)
+    if not ray.is_initialized():  # a local Ray of this machine's cores (an address in RAY_ADDRESS is joined)
+        ray.init(include_dashboard=False, log_to_driver=False)
+    plan = plan_resources(opts.device)
     ctx = ray.data.DataContext.get_current()
+    if ctx.wait_for_min_actors_s <= 0:  # actors that cannot be placed (a busy cluster) fail instead of waiting
+        ctx.wait_for_min_actors_s = 600
     ctx.execution_options.preserve_order = True  # parts are written in row order
     ctx.enable_progress_bars = opts.progress
     rows = job.rows
     if all(rows[i].kind == "file" for i in idx):
-        ds = ray.data.read_binary_files([rows[i].url for i in idx], include_paths=True)
-        ds = ds.map(_RowIndex({rows[i].url: i for i in idx}))
+        ds = ray.data.read_binary_files([rows[i].url for i in idx], include_paths=True, **plan.read_args())
+        ds = ds.map(_RowIndex({rows[i].url: i for i in idx}), **plan.read_args())
     else:
         ds = ray.data.from_items([{"index": i, "row": rows[i].__dict__} for i in idx])
     ds = ds.map_batches(
         RadioEmbedder,
         batch_size=opts.batch_size,
-        concurrency=1,
         batch_format="numpy",
+        **plan.map_args(),
         fn_constructor_kwargs=dict(
             version=version,
             adaptors=list(opts.adaptors),
@@ -177,29 +240,35 @@ def run_ray(sources: Sequence[str], version: str, out: str, **options) -> dict:
     pending = {k: len(job.part_rows(k)) for k in job.todo}
     wait0 = time.perf_counter()
     with write_errors(out):
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            job.secs["inference"] += time.perf_counter() - wait0
-            got = []
-            for n, i in enumerate(batch["index"]):
-                i = int(i)
-                status = str(batch["status"][n])
-                cols = {c: batch[c] for c in job.dims}
-                got.append(
-                    job.row(
-                        i,
-                        status,
-                        int(batch["width"][n]) if status == "ok" else None,
-                        int(batch["height"][n]) if status == "ok" else None,
-                        (int(batch["input_height"][n]), int(batch["input_width"][n])),
-                        cols,
-                        n,
+        try:
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                job.secs["inference"] += time.perf_counter() - wait0
+                got = []
+                for n, i in enumerate(batch["index"]):
+                    i = int(i)
+                    status = str(batch["status"][n])
+                    cols = {c: batch[c] for c in job.dims}
+                    got.append(
+                        job.row(
+                            i,
+                            status,
+                            int(batch["width"][n]) if status == "ok" else None,
+                            int(batch["height"][n]) if status == "ok" else None,
+                            (int(batch["input_height"][n]), int(batch["input_width"][n])),
+                            cols,
+                            n,
+                        )
                     )
-                )
-            job.add(got)
-            for r in got:
-                k = r["index"] // job.part_size
-                pending[k] -= 1
-                if pending[k] == 0:
-                    job.finish_part(k)
-            wait0 = time.perf_counter()
+                job.add(got)
+                for r in got:
+                    k = r["index"] // job.part_size
+                    pending[k] -= 1
+                    if pending[k] == 0:
+                        job.finish_part(k)
+                wait0 = time.perf_counter()
+        except ray.exceptions.GetTimeoutError:
+            raise ExtractError(
+                f"Ray did not place {plan.actors} RadioEmbedder actor(s) of {plan.actor_cpus:g} CPU and "
+                f"{plan.actor_gpus:g} GPU in {ctx.wait_for_min_actors_s} s: other work holds the cluster's resources"
+            ) from None
     return job.close()

@@ -10,12 +10,13 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from openradio.cli import main  # noqa: E402
-from openradio.extract import read  # noqa: E402
-from openradio.ray import RadioEmbedder  # noqa: E402
+from openradio.extract import ExtractError, read  # noqa: E402
+from openradio.ray import RadioEmbedder, plan_resources  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def ray_local():
+    # the smallest cluster on purpose: one actor of num_cpus=1 beside read tasks of num_cpus=1 waited here forever
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
@@ -31,6 +32,24 @@ def images(tmp_path_factory):
         p.unlink()
     (d / "zz_broken.jpg").write_bytes(b"not an image")
     return d
+
+
+def test_plan_resources_fits_the_cluster():
+    one = plan_resources(cluster={"CPU": 1.0})  # reading and the actor share the only CPU
+    assert (one.actors, one.actor_cpus, one.actor_gpus, one.read_cpus) == (1, 0.5, 0.0, 0.5)
+    many = plan_resources(cluster={"CPU": 16.0})
+    assert (many.actors, many.actor_cpus, many.read_cpus) == (1, 15.0, 1.0)
+    gpus = plan_resources(cluster={"CPU": 4.0, "GPU": 2.0})
+    assert (gpus.actors, gpus.actor_cpus, gpus.actor_gpus, gpus.read_cpus) == (2, 1.0, 1.0, 1.0)
+    assert plan_resources("cpu", cluster={"CPU": 4.0, "GPU": 2.0}).actor_gpus == 0
+    for device, actors, cluster, match in [
+        ("cuda", None, {"CPU": 2.0}, "needs a GPU per actor but the Ray cluster has 0 GPUs"),
+        (None, 3, {"CPU": 4.0, "GPU": 2.0}, "3 RadioEmbedder actors do not fit .* 2 GPUs; use at most 2"),
+        ("cpu", 2, {"CPU": 2.0}, "2 RadioEmbedder actors do not fit .* 2 CPUs .*; use at most 1"),
+        (None, None, {}, "the Ray cluster has no CPUs"),
+    ]:
+        with pytest.raises(ExtractError, match=match):
+            plan_resources(device, actors, cluster=cluster)
 
 
 def _compare(a, b):
@@ -93,13 +112,15 @@ def test_radio_embedder_in_map_batches(ray_local, images, tiny_checkpoint, tmp_p
         == 0
     )
     local = {r["key"]: r for r in read(str(tmp_path / "local")).to_pylist()}
-    ds = ray.data.read_binary_files(str(images), include_paths=True)
+    plan = plan_resources()
+    assert plan.actor_cpus + plan.read_cpus <= ray.cluster_resources()["CPU"]
+    ds = ray.data.read_binary_files(str(images), include_paths=True, **plan.read_args())
     ds = ds.map_batches(
         RadioEmbedder,
         batch_size=4,
-        concurrency=1,
         batch_format="numpy",
         fn_constructor_kwargs={"version": str(tiny_checkpoint), "adaptors": ["clip"], "resolution": 64},
+        **plan.map_args(),
     )
     got = ds.take_all()
     assert len(got) == len(local)
