@@ -11,6 +11,8 @@ EXAMPLES = """\
   openradio extract 'shards/part-{0000..0099}.tar' --version radio_v2.5-l --adaptor clip --out s3://bucket/feats
   openradio extract list.parquet --version radio_v2.5-b --features pooled:4 --part-size 5000 --out feats/
   openradio extract talk.mp4 --version radio_v2.5-b --fps 2 --out video-feats/
+  openradio extract talk.mp4 --version radio_v2.5-b --fps 8 --clip-frames 4 --out video-feats/
+  openradio extract masks/ --version radio_v2.5-b --features full --upsample bilateral --out dense/
   torchrun --nproc-per-node 8 -m openradio.extract photos/ --version radio_v2.5-h --out feats/
 
 Rerun the same command to resume: complete parts are kept, the rest is redone. Output layout and
@@ -66,6 +68,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--features-dtype", choices=["float16", "float32"], default="float16")
     p.add_argument("--fps", type=float, default=1.0, help="frames per second taken from videos (default 1)")
     p.add_argument(
+        "--clip-frames",
+        type=int,
+        default=1,
+        metavar="T",
+        help="video frames run in clips of T: one CPE viewport per clip, or the model's temporal "
+        "patch projection when T is its temporal patch size (default 1: frame by frame)",
+    )
+    p.add_argument(
+        "--upsample",
+        choices=["bilateral", "bilinear"],
+        default=None,
+        help="with --features full: store the feature maps at the model input's pixel resolution, "
+        "joint-bilateral (guided by the image) or bilinear (default part size then 16 rows)",
+    )
+    p.add_argument(
         "--min-size",
         type=int,
         default=16,
@@ -119,6 +136,8 @@ def run(args: argparse.Namespace) -> int:
             features=args.features,
             features_dtype=args.features_dtype,
             fps=args.fps,
+            clip_frames=args.clip_frames,
+            upsample=args.upsample,
             layout=args.layout,
             min_size=args.min_size,
             overwrite=args.overwrite,

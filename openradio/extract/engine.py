@@ -48,6 +48,8 @@ class Options:
     features: str = "none"
     features_dtype: str = "float16"
     fps: float = 1.0
+    upsample: str | None = None  # bilateral / bilinear, with features="full"
+    clip_frames: int = 1  # >1: video frames run in clips of T (one viewport per clip)
     layout: str = "openradio"
     min_size: int = 16
     overwrite: bool = False
@@ -98,6 +100,22 @@ def rows_digest(rows: Sequence[Row]) -> str:
     return "sha256:" + h.hexdigest()
 
 
+def clip_ids(rows: Sequence[Row], clip_frames: int, part_size: int) -> list | None:
+    """One clip id per row when ``clip_frames`` > 1: the frames of a video in runs of
+    ``clip_frames`` (a clip never crosses a part), every other row a clip of its own."""
+    if clip_frames == 1:
+        return None
+    ids, frame = [], {}
+    for i, r in enumerate(rows):
+        if r.kind != "video":
+            ids.append(("row", i))
+            continue
+        n = frame.get(r.url, 0)
+        frame[r.url] = n + 1
+        ids.append((r.url, i // part_size, n // clip_frames))
+    return ids
+
+
 def dist_info() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
@@ -126,24 +144,34 @@ class Job:
             store.check_writable()
         except OSError as e:
             raise ExtractError(f"cannot write to {out}: {e.strerror or e}") from None
-        self.rows = rows = list_rows(sources, fps=opts.fps)
         self.device = device = next(model.parameters()).device
         dtype_name = opts.dtype or ("bfloat16" if device.type == "cuda" else "float32")
         if dtype_name not in DTYPES:
             raise ExtractError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype_name}")
         if opts.features_dtype not in ("float16", "float32"):
             raise ExtractError(f"--features-dtype must be float16 or float32, got {opts.features_dtype}")
-        self.mapper = mapper = Mapper(
-            model,
-            opts.adaptors,
-            opts.features,
-            DTYPES[opts.features_dtype],
-            DTYPES[dtype_name],
-            opts.resolution,
-            opts.square,
-            batch_size=opts.batch_size,
+        try:
+            mapper = Mapper(
+                model,
+                opts.adaptors,
+                opts.features,
+                DTYPES[opts.features_dtype],
+                DTYPES[dtype_name],
+                opts.resolution,
+                opts.square,
+                batch_size=opts.batch_size,
+                upsample=opts.upsample,
+                clip_frames=opts.clip_frames,
+            )
+        except ValueError as e:
+            raise ExtractError(str(e)) from None
+        self.mapper = mapper
+        # options are checked before the sources are listed: a wrong flag fails at once
+        self.rows = rows = list_rows(sources, fps=opts.fps)
+        # feature maps at pixel resolution are patch_size^2 times bigger than token maps
+        self.part_size = part_size = opts.part_size or (
+            16 if mapper.upsample else 256 if mapper.mode == "full" else 10000
         )
-        self.part_size = part_size = opts.part_size or (256 if mapper.mode == "full" else 10000)
         if part_size < 1 or opts.batch_size < 1:
             raise ExtractError("--part-size and --batch-size must be at least 1")
         self.dims = mapper.dims()
@@ -166,6 +194,8 @@ class Job:
                 "features": opts.features,
                 "features_dtype": opts.features_dtype,
                 "fps": opts.fps,
+                "upsample": mapper.upsample,
+                "clip_frames": mapper.clip_frames,
                 "min_size": opts.min_size,
             },
             "sources": [str(s) for s in sources],
@@ -191,10 +221,31 @@ class Job:
         self.todo = [k for k in range(rank, num_parts, world) if f"{k:05d}" not in done]
         if done and self.todo and rank == 0:
             log(f"resuming: {len(done)} of {num_parts} part(s) already complete")
+        self.clips = clip_ids(rows, mapper.clip_frames, part_size)
         self.secs = {"read": 0.0, "inference": 0.0, "write": 0.0}
         self.acc: dict[int, list[dict]] = {}  # part -> its finished rows
         self.t_start = time.perf_counter()
         self.processed = 0
+
+    def batches(self) -> list[list[int]]:
+        """The rows still to do cut into forward batches. Batches never cross a part (so a part's
+        batches, and bits, are the same in every run) nor split a clip: with ``clip_frames`` T a
+        batch holds whole clips, ``batch_size // T`` of them (at least one)."""
+        bs, out = self.opts.batch_size, []
+        for k in self.todo:
+            rows = self.part_rows(k)
+            if self.mapper.clip_frames == 1:
+                out.extend(list(range(s, min(s + bs, rows.stop))) for s in rows[::bs])
+                continue
+            clips: list[list[int]] = []
+            for i in rows:
+                if clips and self.clips[clips[-1][-1]] == self.clips[i]:
+                    clips[-1].append(i)
+                else:
+                    clips.append([i])
+            per = max(1, bs // self.mapper.clip_frames)
+            out.extend([i for c in clips[s : s + per] for i in c] for s in range(0, len(clips), per))
+        return out
 
     def part_rows(self, k: int) -> range:
         return range(k * self.part_size, min((k + 1) * self.part_size, len(self.rows)))
@@ -299,9 +350,7 @@ def run_local(
 ) -> dict:
     rank, world = dist_info()
     job = Job(sources, model, out, opts, version, rank, world, log)
-    bs = opts.batch_size
-    # batches never cross a part, so a part's batches (and bits) are the same in every run
-    batches = [list(range(s, min(s + bs, job.part_rows(k).stop))) for k in job.todo for s in job.part_rows(k)[::bs]]
+    batches = job.batches()
     dataset = RowDataset(job.rows, job.mapper.resize, opts.min_size)
     loader = DataLoader(
         dataset,
@@ -330,7 +379,8 @@ def run_local(
                 current = k
                 ok = [it for it in items if it[1] is not None]
                 t0 = time.perf_counter()
-                cols = job.mapper([it[1] for it in ok]) if ok else {}
+                clips = [job.clips[it[0]] for it in ok] if job.clips else None
+                cols = job.mapper([it[1] for it in ok], clips) if ok else {}
                 if job.device.type == "cuda":
                     torch.cuda.synchronize()
                 job.secs["inference"] += time.perf_counter() - t0

@@ -11,6 +11,13 @@ resolution=None, square=False)`` wraps a loaded :class:`~openradio.model.radio.R
   ``features="none"``, ``features``: ``{output: (N, C, h, w)}`` tensors (``pooled:G`` averages
   them to G x G) in ``features_dtype``. Rows of different input sizes have different ``h, w``, so
   full features come back as a list of per-row dicts instead.
+* ``upsample`` (``bilateral`` or ``bilinear``, with ``features="full"``): the spatial features are
+  brought to the model input's pixel resolution (:func:`openradio.dense.upsample.upsample_features`,
+  guided by the resized image) before they are stored.
+* ``clip_frames`` T > 1: rows that share a clip id (the frames of one video clip, see
+  :meth:`__call__`) run together through :func:`openradio.model.video.forward_frames` -- one CPE
+  viewport per clip, or one temporally packed clip on a model with a temporal patch size of T; a
+  clip shorter than T (a video's end) is padded with its last frame and the padding dropped.
 
 The Ray engine (:class:`openradio.ray.RadioEmbedder`) wraps the same class.
 """
@@ -23,7 +30,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from openradio.dense.upsample import METHODS as UPSAMPLE_METHODS
+from openradio.dense.upsample import upsample_features
 from openradio.inputs.imageio import resize_center_crop, resize_to_multiple
+from openradio.model.video import check_clip_frames, forward_frames, pad_to_clips
 from openradio.runtime import model_resolution, module_device
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -72,6 +82,8 @@ class Mapper:
         resolution: int | None = None,
         square: bool = False,
         batch_size: int = 32,
+        upsample: str | None = None,
+        clip_frames: int = 1,
     ):
         self.model = model.eval()
         self.adaptors = list(adaptors)
@@ -79,6 +91,12 @@ class Mapper:
         if missing:
             raise ValueError(f"the model has no adaptor {', '.join(missing)}; load it with adaptor_names=[...]")
         self.mode, self.grid = parse_features(features)
+        if upsample is not None and upsample not in UPSAMPLE_METHODS:
+            raise ValueError(f"--upsample must be one of {', '.join(UPSAMPLE_METHODS)}, got {upsample!r}")
+        if upsample is not None and self.mode != "full":
+            raise ValueError("--upsample brings the full feature maps to pixel resolution: use it with --features full")
+        self.upsample = upsample
+        self.clip_frames = check_clip_frames(clip_frames)
         self.features_dtype = features_dtype
         self.dtype = dtype
         self.square = square
@@ -104,14 +122,50 @@ class Mapper:
             ("summary" if n == "backbone" else f"{n}_summary"): int(outs[n].summary.shape[-1]) for n in self.outputs
         }
 
-    def _forward(self, x: torch.Tensor) -> dict:
+    def _forward(self, x: torch.Tensor, clip_frames: int = 1) -> dict:
         x = x.to(self.device, non_blocking=True)
         autocast = self.dtype != torch.float32 and next(self.model.parameters()).dtype == torch.float32
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.dtype, enabled=autocast):
-            y = self.model(x, feature_fmt="NCHW")
+            if clip_frames > 1:
+                y = forward_frames(self.model, x, clip_frames, feature_fmt="NCHW")
+            else:
+                y = self.model(x, feature_fmt="NCHW")
         return y if isinstance(y, dict) else {"backbone": y}
 
-    def __call__(self, images: Sequence[torch.Tensor]) -> dict:
+    def _chunks(self, idx: list[int], clips: Sequence | None) -> list[list[int]]:
+        """One shape group's rows cut into forward passes: ``batch_size`` rows, or with clips whole
+        clips (consecutive rows that share a clip id) of at most ``clip_frames`` rows each."""
+        if self.clip_frames == 1 or clips is None:
+            return [idx[s : s + self.batch_size] for s in range(0, len(idx), self.batch_size)]
+        groups: list[list[int]] = []
+        for i in idx:
+            if groups and clips[groups[-1][-1]] == clips[i] and len(groups[-1]) < self.clip_frames:
+                groups[-1].append(i)
+            else:
+                groups.append([i])
+        per = max(1, self.batch_size // self.clip_frames)
+        return [[i for g in groups[s : s + per] for i in g] for s in range(0, len(groups), per)]
+
+    def _run(self, images: Sequence[torch.Tensor], part: list[int], clips: Sequence | None) -> tuple[dict, list[int]]:
+        """The forward of one chunk -> (outputs, the output row of each input row)."""
+        if self.clip_frames == 1 or clips is None:
+            return self._forward(torch.stack([images[i] for i in part])), list(range(len(part)))
+        xs, where, start = [], [], 0
+        i = 0
+        while i < len(part):
+            j = i + 1
+            while j < len(part) and clips[part[j]] == clips[part[i]] and j - i < self.clip_frames:
+                j += 1
+            padded, n = pad_to_clips(torch.stack([images[r] for r in part[i:j]]), self.clip_frames)
+            xs.append(padded)
+            where.extend(range(start, start + n))
+            start += padded.shape[0]
+            i = j
+        return self._forward(torch.cat(xs), self.clip_frames), where
+
+    def __call__(self, images: Sequence[torch.Tensor], clips: Sequence | None = None) -> dict:
+        """``clips``: one hashable clip id per image (used when ``clip_frames`` > 1); consecutive
+        images with the same id form a clip (at most ``clip_frames`` of them)."""
         n = len(images)
         groups: dict[tuple[int, int], list[int]] = {}
         for i, im in enumerate(images):
@@ -119,15 +173,20 @@ class Mapper:
         summaries = {c: [None] * n for c in self.columns}
         feats: list[dict] = [dict() for _ in range(n)]
         for idx in groups.values():
-            for s in range(0, len(idx), self.batch_size):
-                part = idx[s : s + self.batch_size]
-                outs = self._forward(torch.stack([images[i] for i in part]))
+            for chunk in self._chunks(idx, clips):
+                outs, where = self._run(images, chunk, clips)
+                part = chunk
+                guide = torch.stack([images[i] for i in part]) if self.upsample else None
                 for name in self.outputs:
                     col = "summary" if name == "backbone" else f"{name}_summary"
-                    summ = outs[name].summary.float().cpu().numpy()
+                    summ = outs[name].summary.float().cpu().numpy()[where]
                     f = outs[name].features if self.mode != "none" else None
-                    if f is not None and self.mode == "pooled":
-                        f = F.adaptive_avg_pool2d(f.float(), self.grid)
+                    if f is not None:
+                        f = f[where]
+                        if self.mode == "pooled":
+                            f = F.adaptive_avg_pool2d(f.float(), self.grid)
+                        elif self.upsample:
+                            f = upsample_features(f.float(), guide.to(f.device), self.upsample)
                     for j, i in enumerate(part):
                         summaries[col][i] = summ[j]
                         if f is not None:

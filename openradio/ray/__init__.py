@@ -191,7 +191,9 @@ def run_ray(sources: Sequence[str], version: str, out: str, **options) -> dict:
     opts = Options(**options)
     opts.extra = {**opts.extra, "engine": "ray"}
     if opts.features != "none":
-        raise ValueError("--engine ray stores summaries only; use the local engine (or torchrun) for --features")
+        raise ExtractError("--engine ray stores summaries only; use the local engine (or torchrun) for --features")
+    if opts.clip_frames != 1:
+        raise ExtractError("--engine ray runs frames one by one; use the local engine (or torchrun) for --clip-frames")
     model = (
         radio_model(
             version,
