@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 from typing import Sequence
 
-HELP = "write summaries and spatial features of images (any size) to a safetensors file"
+HELP = "write summaries and spatial features of a few images (any size) to one safetensors file"
 EXAMPLES = """\
   openradio features cat.jpg photos/ --version radio_v2.5-b --out feats.safetensors
   openradio features photos/ --version radio_v2.5-b --adaptor clip --adaptor sam --resolution 512 --out f.safetensors
@@ -18,7 +18,8 @@ EXAMPLES = """\
 Images keep their aspect ratio: the shorter side becomes --resolution (default: the model's
 preferred resolution, 512 for a local checkpoint) and each side is rounded to the model's
 resolution step (--square: resize and centre-crop to R x R instead). All outputs are held in
-memory until the file is written. Read it back:
+memory until the one file is written: for more than a few hundred images, or to resume a stopped
+run, use `openradio extract` (streamed parquet/safetensors parts, same numbers). Read it back:
   from safetensors import safe_open
   with safe_open("feats.safetensors", "pt") as f:
       feats = f.get_tensor("cat/backbone/features")   # (1, C, h, w)
@@ -47,6 +48,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=8,
         metavar="N",
         help="images per forward pass (images of the same input size are batched together)",
+    )
+    p.add_argument(
+        "--upsample",
+        choices=["bilateral", "bilinear"],
+        default=None,
+        help="store the feature maps at the model input's pixel resolution: joint-bilateral "
+        "(guided by the image) or bilinear",
     )
     p.add_argument("--out", required=True, metavar="FILE.safetensors", help="output file")
 
@@ -82,10 +90,10 @@ def run(args: argparse.Namespace) -> int:
 
     import openradio
     from openradio.cli import CLIError, parse_adaptors
+    from openradio.extract.mapper import Mapper
     from openradio.formats.features import write_features
     from openradio.inputs.imageio import expand_image_args, load_image
-    from openradio.runtime import autocast, model_resolution, pick_device
-    from openradio.viz.features import prepare_input
+    from openradio.runtime import pick_device, warn_if_slow_bf16
 
     if args.batch_size < 1:
         raise CLIError(f"--batch-size must be at least 1, got {args.batch_size}")
@@ -110,43 +118,45 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     model = model.to(device).eval()
-    res = model_resolution(model, args.resolution)
-    output_names = ["backbone", *adaptors]
+    try:
+        mapper = Mapper(
+            model,
+            adaptors,
+            "full",
+            torch.float32,
+            torch.bfloat16 if args.amp else torch.float32,
+            args.resolution,
+            args.square,
+            batch_size=args.batch_size,
+            upsample=args.upsample,
+        )
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    if args.amp:
+        warn_if_slow_bf16(device)
+    res, output_names = mapper.resolution, mapper.outputs
 
     features: dict[str, dict[str, dict[str, torch.Tensor]]] = {}
     input_sizes: dict[str, list[int]] = {}
-    # images of different sizes give different input shapes; batch those that share one
-    pending: dict[tuple[int, int], list[tuple[str, torch.Tensor]]] = {}
-
-    def flush(shape: tuple[int, int]) -> None:
-        items = pending.pop(shape, [])
-        if not items:
-            return
-        x = torch.stack([t for _, t in items]).to(device)
-        with torch.inference_mode(), autocast(device, args.amp):
-            y = model(x, feature_fmt="NCHW")
-        outs = y if isinstance(y, dict) else {"backbone": y}
-        for i, (stem, _) in enumerate(items):
-            features[stem] = {
-                name: {
-                    "summary": outs[name].summary[i : i + 1].float().cpu(),
-                    "features": outs[name].features[i : i + 1].float().cpu(),
-                }
-                for name in output_names
-            }
-        bar.update(len(items))
-
+    # the Mapper batches the images of a chunk that share an input size (openradio extract's batching)
+    chunk = args.batch_size * 4
     bar = tqdm(total=len(images), desc="features", unit="image", disable=args.no_progress)
     try:
-        for path, stem in zip(images, stems):
-            x = prepare_input(load_image(path), model, res, square=args.square)
-            shape = (int(x.shape[-2]), int(x.shape[-1]))
-            input_sizes[stem] = list(shape)
-            pending.setdefault(shape, []).append((stem, x))
-            if len(pending[shape]) >= args.batch_size:
-                flush(shape)
-        for shape in list(pending):
-            flush(shape)
+        for s in range(0, len(images), chunk):
+            xs = [mapper.prepare(load_image(p)) for p in images[s : s + chunk]]
+            cols = mapper(xs)
+            for j, (stem, x) in enumerate(zip(stems[s : s + chunk], xs)):
+                input_sizes[stem] = [int(x.shape[-2]), int(x.shape[-1])]
+                features[stem] = {
+                    name: {
+                        "summary": torch.from_numpy(cols["summary" if name == "backbone" else f"{name}_summary"][j])[
+                            None
+                        ],
+                        "features": cols["features"][j][name][None],
+                    }
+                    for name in output_names
+                }
+            bar.update(len(xs))
     finally:
         bar.close()
 
@@ -161,6 +171,7 @@ def run(args: argparse.Namespace) -> int:
         "square": bool(args.square),
         "vitdet_window": args.vitdet_window,
         "amp": bool(args.amp),
+        "upsample": args.upsample,
     }
     write_features(out, features, metadata)  # atomic: never a half-written file under the final name
     channels = {name: int(features[stems[0]][name]["features"].shape[1]) for name in output_names}

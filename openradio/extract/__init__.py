@@ -11,27 +11,49 @@ one torchrun rank. The format is specified in docs/extract.md.
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import torch
-
-from openradio.extract.engine import ExtractError, Options, run_local
-from openradio.extract.manifest import FORMAT
-from openradio.extract.writers import read_features, read_table
-from openradio.formats.resolve import radio_model
-from openradio.runtime import pick_device
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["extract", "read", "read_features", "ExtractError", "Options", "FORMAT"]
+
+# the names below need the `extract` extra (pyarrow, fsspec, braceexpand); they are imported on first
+# use, so `openradio.extract.mapper` (also the batching of `openradio features`) imports without it
+_LAZY = {
+    "ExtractError": "openradio.extract.engine",
+    "Options": "openradio.extract.engine",
+    "run_local": "openradio.extract.engine",
+    "FORMAT": "openradio.extract.manifest",
+    "read_features": "openradio.extract.writers",
+    "read_table": "openradio.extract.writers",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def read(url: str):
     """The embeddings of an extract folder as one pyarrow Table (every complete part, in order)."""
+    from openradio.extract.writers import read_table
+
     return read_table(url)
 
 
 def extract(sources: Sequence[str], model: "str | torch.nn.Module", out: str, **options) -> dict:
     """Run an extraction (or resume it) and return the manifest. ``model`` is a version name, a
     checkpoint path or a loaded model; ``options`` are :class:`Options`' fields."""
+    import torch
+
+    from openradio.extract.engine import Options, run_local
+    from openradio.formats.resolve import radio_model
+    from openradio.runtime import pick_device
+
     opts = Options(**options)
     version = model if isinstance(model, str) else getattr(model, "version", None)
     if isinstance(model, str):

@@ -248,3 +248,19 @@ def test_bench_vitdet_against_global_and_bad_flags(tiny_checkpoint, capsys):
     assert main(["bench", "--version", str(tiny_checkpoint), "--resolutions", "64,abc"]) != 0
     assert main(["bench", "--version", str(tiny_checkpoint), "--iters", "0"]) != 0
     assert len(capsys.readouterr().err.strip().splitlines()) == 2
+
+
+def test_features_upsample_gives_pixel_resolution_maps(tmp_path, photos, tiny_checkpoint, capsys):
+    from openradio.dense.upsample import upsample_features
+
+    out = tmp_path / "up.safetensors"
+    argv = ["features", str(photos / "chelsea.png"), "--version", str(tiny_checkpoint), "--resolution", "64"]
+    assert main([*argv, "--upsample", "bilateral", "--out", str(out)]) == 0, capsys.readouterr().err
+    feats, meta = read_features(out)
+    assert meta["upsample"] == "bilateral"
+    model = openradio.radio_model(str(tiny_checkpoint))
+    x, ref = _direct(model, photos / "chelsea.png", 64)
+    f = feats["chelsea"]["backbone"]["features"]
+    assert f.shape == (1, ref.features.shape[1], *x.shape[-2:])
+    torch.testing.assert_close(f, upsample_features(ref.features, x[None], "bilateral"), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(feats["chelsea"]["backbone"]["summary"], ref.summary, rtol=1e-4, atol=1e-5)

@@ -14,6 +14,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 REPO = Path(__file__).resolve().parents[2]
 OPTIONAL = ["av", "matplotlib", "tensorboard", "skimage", "sklearn", "transformers", "onnx", "onnxruntime"]
+OPTIONAL += ["pyarrow", "fsspec", "braceexpand", "faiss", "ray"]
 
 # Makes the optional packages unimportable, as in a `pip install .` without extras (a None entry in
 # sys.modules makes `import x` fail and importlib.util.find_spec(x) report it absent).
@@ -63,3 +64,31 @@ def test_viz_video_without_the_extra_names_it(tmp_path):
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "pip install 'openradio[viz]'" in lines[0], r.stderr
+
+
+def test_features_runs_without_the_extract_extra(tmp_path):
+    """`openradio features` batches with openradio.extract's Mapper; that must not pull in pyarrow."""
+    r = _run(f"""
+        import torch
+        from PIL import Image
+        from openradio.cli import main
+        from openradio.verify.testing import make_tiny_checkpoint
+        p = make_tiny_checkpoint({str(tmp_path / "t.pth.tar")!r})
+        Image.new("RGB", (80, 64), (200, 30, 30)).save({str(tmp_path / "a.png")!r})
+        rc = main(["features", {str(tmp_path / "a.png")!r}, "--version", str(p), "--resolution", "64",
+                   "--no-progress", "--out", {str(tmp_path / "f.safetensors")!r}])
+        print("rc", rc, sorted(m for m in {OPTIONAL!r} if sys.modules.get(m) is not None))
+    """)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split()[-3:] == ["rc", "0", "[]"], r.stdout
+    assert (tmp_path / "f.safetensors").stat().st_size > 0
+
+
+def test_extract_without_the_extra_names_it(tmp_path):
+    r = _run(f"""
+        from openradio.cli import main
+        sys.exit(main(["extract", {str(tmp_path)!r}, "--version", "radio_v2.5-b", "--out", {str(tmp_path / "o")!r}]))
+    """)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "openradio[extract]" in lines[0], r.stderr
