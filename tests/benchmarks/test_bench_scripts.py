@@ -110,3 +110,34 @@ def test_packed_flops_are_the_sum_over_images_and_the_script_prints_the_ceiling(
     ceiling = float(mfu_line[0].rsplit("x", 1)[1])
     # both printed rounded: MFU to 0.05 points, the ceiling to 0.005
     assert loop_mfu > 0 and abs(ceiling - 100 / loop_mfu) <= ceiling * 0.05 / loop_mfu + 0.006
+
+
+def test_bench_extract_small_run_measures_what_it_prints(tmp_path, capsys):
+    be = _load("bench_extract")
+    from openradio.inputs.imageio import load_image
+
+    bad = be.make_jpegs(tmp_path / "j", 40, 0.05, seed=3)
+    files = sorted((tmp_path / "j").rglob("*.jpg"))
+    unreadable = 0
+    for p in files:
+        try:
+            load_image(p)
+        except Exception:  # noqa: BLE001
+            unreadable += 1
+    assert len(files) == 40 and bad == 2 and unreadable == 2
+    assert be.tree_pss(__import__("os").getpid()) > 10 * 2**20
+
+    r = be.main(
+        ["--images", "300", "--early", "100", "--part-size", "50", "--speed-images", "20", "--speed-dim", "64",
+         "--speed-depth", "2", "--speed-heads", "2", "--resolution", "64", "--batch-size", "8", "--repeats", "1",
+         "--threads", "1", "--workdir", str(tmp_path / "w")]
+    )  # fmt: skip
+    m = r["memory"]
+    assert m["totals"]["rows"] == 300 and m["totals"]["ok"] == 300 - m["corrupt"] == 297
+    assert 0 < m["peak_early"] <= m["peak"] and m["samples"] > 3
+    assert m["bound"] in ("decode", "model") and m["seconds"]["inference"] > 0
+    s = r["speed"][1]
+    assert s["images"] == 20 and all(s[k] > 0 for k in ("model alone", "pipeline", "extract", "features"))
+    out = capsys.readouterr().out
+    assert out.startswith("cpu: ") and "flags:" in out.splitlines()[0]
+    assert "ratio" in out and "-bound" in out and "extract / features" in out
