@@ -324,6 +324,7 @@ def platform_info() -> dict:
             k: os.environ[k]
             for k in (
                 "ATEN_CPU_CAPABILITY",
+                "ONEDNN_MAX_CPU_ISA",
                 "MKL_CBWR",
                 "MKL_ENABLE_INSTRUCTIONS",
                 "OMP_NUM_THREADS",
@@ -367,27 +368,57 @@ def platform_line(info: dict) -> str:
     )
 
 
+# ATen's CPU capabilities from the lowest to the highest, with the CPU flags each needs (ATen picks
+# avx512 only with F, BW, VL and DQ; see aten/src/ATen/native/DispatchStub.cpp).
+ATEN_CAPABILITIES = (
+    ("default", ()),
+    ("avx2", ("avx2", "fma")),
+    ("avx512", ("avx512f", "avx512bw", "avx512vl", "avx512dq")),
+)
+
+
+def aten_capabilities(flags: set[str] | None = None) -> list[str]:
+    """The ``ATEN_CPU_CAPABILITY`` values this CPU can run, lowest first (always ``'default'``)."""
+    flags = cpu_flags() if flags is None else flags
+    return [name for name, need in ATEN_CAPABILITIES if all(f in flags for f in need)]
+
+
+def capability_env(capability: str, flags: set[str] | None = None) -> dict[str, str]:
+    """The environment that runs ATen's ``capability`` kernels on this CPU, and only those.
+
+    On a CPU with AVX-512 (and so oneDNN's AVX-512/AMX micro-kernels), a lowered ATen capability
+    must be paired with a lowered oneDNN ISA. torch's flash-attention CPU kernel asks oneDNN whether
+    it can pack bf16/fp16 operands for its brgemm, and oneDNN says yes from the CPU flags, while the
+    VNNI packing routine itself is compiled only into ATen's avx512 kernels: bf16 SDPA under
+    ``ATEN_CPU_CAPABILITY=avx2`` or ``default`` on such a CPU dies with "pack_vnni2 is only supported
+    when avx512 is supported" (torch 2.14). ``ONEDNN_MAX_CPU_ISA=AVX2`` makes oneDNN decline, the
+    kernel takes its unpacked path, and the run is what an AVX2-only CPU would compute with
+    ATen's kernels of that capability."""
+    flags = cpu_flags() if flags is None else flags
+    env = {"ATEN_CPU_CAPABILITY": capability}
+    if capability != "avx512" and "avx512f" in flags:
+        env["ONEDNN_MAX_CPU_ISA"] = "AVX2"
+    return env
+
+
 def env_settings(flags: set[str] | None = None) -> list[dict[str, str]]:
     """Kernel switches worth trying on this CPU: ATen's vector ISA x MKL's code path x threads.
 
     Only ISAs the CPU has are listed (asking for a missing one makes the library fall back
-    silently, which would repeat another row)."""
+    silently, which would repeat another row); a lowered ATen ISA comes with the oneDNN ISA
+    that keeps it runnable (:func:`capability_env`)."""
     flags = cpu_flags() if flags is None else flags
-    aten = ["", "default"]
+    aten = ["", *aten_capabilities(flags)]
     mkl = ["", "COMPATIBLE"]
     if "avx2" in flags:
-        aten.append("avx2")
         mkl.append("AVX2")
     if "avx512f" in flags:
-        aten.append("avx512")
         mkl.append("AVX512")
     out = []
     for a in aten:
         for m in mkl:
             for threads in ("", "1"):
-                env = {}
-                if a:
-                    env["ATEN_CPU_CAPABILITY"] = a
+                env = capability_env(a, flags) if a else {}
                 if m:
                     env["MKL_CBWR"] = m
                 if threads:

@@ -159,10 +159,20 @@ def test_env_settings_follow_the_cpu():
     avx2 = parity.env_settings({"avx2", "fma"})
     assert {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2"} in avx2
     assert not any("avx512" in str(e).lower() for e in avx2)
-    avx512 = parity.env_settings({"avx2", "avx512f"})
+    avx512_flags = {"avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq"}
+    avx512 = parity.env_settings(avx512_flags)
     assert {"ATEN_CPU_CAPABILITY": "avx512", "MKL_CBWR": "AVX512", "OMP_NUM_THREADS": "1"} in avx512
     assert len({json.dumps(e, sort_keys=True) for e in avx512}) == len(avx512) == 4 * 4 * 2
     assert {} in parity.env_settings(set())
+    # a lowered ATen ISA on an AVX-512 CPU comes with oneDNN held to AVX2 (bf16 SDPA crashes otherwise)
+    assert {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"} in avx512
+    assert all(
+        e.get("ONEDNN_MAX_CPU_ISA") == ("AVX2" if e.get("ATEN_CPU_CAPABILITY") in ("default", "avx2") else None)
+        for e in avx512
+    )
+    assert parity.aten_capabilities(avx512_flags) == ["default", "avx2", "avx512"]
+    assert parity.aten_capabilities({"avx2", "fma", "avx512f"}) == ["default", "avx2"]  # no BW/VL/DQ: ATen stays AVX2
+    assert parity.aten_capabilities(set()) == ["default"]
 
 
 def test_parse_setting():
