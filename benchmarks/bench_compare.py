@@ -5,7 +5,7 @@ on the same input (order reversed every round); the ratio "vs X" is the median o
 t(X) / t(openradio) (> 1: openradio is faster). Also printed per cell:
 
 * MFU: model FLOPs per second (matmuls of every block + patch embedding, counted from the
-  shape: 24*N*D^2 + 4*N*L*D per block, L the keys a query sees) over the float32 matmul peak
+  shape: 24*N*D^2 + 4*N*L*D per block, L the keys a query sees) over the matmul peak of the cell's dtype (bf16 x bf16 operands for bf16 cells)
   measured in the same rounds (a 2048^3 ``torch.mm`` timed next to each openradio call, so a
   machine whose load changes still gives a fair ratio); median over rounds;
 * peak memory: the rise of the process's peak RSS (Linux ``VmHWM``, reset before the cell
@@ -175,25 +175,53 @@ def main(argv=None) -> int:
                                 if dtype == torch.bfloat16 and not bf16_ok:
                                     continue
                                 cell(model, vit, hf, res, bs, window, dtype, a.rounds, peak, threads, dim, depth)
+                                if dtype == torch.bfloat16:  # every contestant's weights held in bf16
+                                    cell(
+                                        model,
+                                        vit,
+                                        hf,
+                                        res,
+                                        bs,
+                                        window,
+                                        dtype,
+                                        a.rounds,
+                                        peak,
+                                        threads,
+                                        dim,
+                                        depth,
+                                        weights=True,
+                                    )
                     del vit
     return 0
 
 
-def cell(model, vit, hf, res, bs, window, dtype, rounds, peak, threads, dim, depth) -> None:
+def cell(model, vit, hf, res, bs, window, dtype, rounds, peak, threads, dim, depth, weights=False) -> None:
+    """One row. bf16 cells run twice: under autocast (float32 weights cast at every matmul), and
+    with ``weights=True`` every contestant's weights held in bf16 (openradio:
+    ``set_compute_dtype``, the fused oneDNN blocks where the CPU has them; timm and transformers:
+    ``.to(torch.bfloat16)`` with a bf16 input). The MFU peak is a bf16 x bf16 ``torch.mm``."""
+    import copy
     import gc
 
     x = torch.rand(bs, 3, res, res)
     ctx = (
         (lambda: torch.autocast("cpu", dtype=torch.bfloat16))
-        if dtype == torch.bfloat16
+        if dtype == torch.bfloat16 and not weights
         else (lambda: torch.autocast("cpu", enabled=False))
     )
+    if weights:
+        model = copy.deepcopy(model).set_compute_dtype(dtype)
+        vit = copy.deepcopy(vit).to(dtype)
+        hf = copy.deepcopy(hf).to(dtype) if hf is not None else None
+    xb = x.to(dtype) if weights else x
     fns = {"openradio": lambda: model(x, vitdet_window=window)}
     if window is None:  # the baselines have no windowed mode: they are compared at global attention
-        fns["timm"] = lambda: vit(x)
+        fns["timm"] = lambda: vit(xb)
         if hf is not None:
-            fns["hf"] = lambda: hf(pixel_values=x)
-    mm_a, mm_b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+            fns["hf"] = lambda: hf(pixel_values=xb)
+    # the peak in the cell's own dtype: bf16 operands for bf16 cells (float32 operands under
+    # autocast would time the casts too and understate the peak)
+    mm_a, mm_b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
     fns["matmul"] = lambda: torch.mm(mm_a, mm_b)
     times = {k: [] for k in fns}
     names = list(fns)
@@ -219,10 +247,12 @@ def cell(model, vit, hf, res, bs, window, dtype, rounds, peak, threads, dim, dep
     fl = model_flops(dim, depth, 16, res, bs, model.num_prefix_tokens, model._schedule(), window)
     mfu = statistics.median(fl / o / (2 * 2048**3 / m) for o, m in zip(times["openradio"], times["matmul"]))
     mode = "global" if window is None else f"vitdet-{window}"
+    dname = str(dtype).replace("torch.", "")
+    dname = ("bf16 w" if weights else "bf16 ac") if dtype == torch.bfloat16 else dname
     vs_t = f"x{ratio['timm']:.2f}" if "timm" in ratio else "-"
     vs_h = f"x{ratio['hf']:.2f}" if "hf" in ratio else "-"
     print(
-        f"{threads:3d} {res:5d} {bs:3d} {mode:9} {str(dtype).replace('torch.', ''):8} {t * 1e3:12.0f} {vs_t:>8} "
+        f"{threads:3d} {res:5d} {bs:3d} {mode:9} {dname:8} {t * 1e3:12.0f} {vs_t:>8} "
         f"{vs_h:>7} {100 * mfu:5.0f}% {mem / 2**20:9.0f}",
         flush=True,
     )

@@ -94,6 +94,7 @@ def radio_model(
     vitdet_window_size: Optional[int] = None,
     return_checkpoint: Literal[False] = False,
     text_towers: bool | str = "lazy",
+    dtype: Optional[torch.dtype] = None,
 ) -> RADIOModel: ...
 
 
@@ -106,6 +107,7 @@ def radio_model(
     *,
     return_checkpoint: Literal[True],
     text_towers: bool | str = "lazy",
+    dtype: Optional[torch.dtype] = None,
 ) -> tuple[RADIOModel, Optional[dict]]: ...
 
 
@@ -116,6 +118,7 @@ def radio_model(
     vitdet_window_size: Optional[int] = None,
     return_checkpoint: bool = False,
     text_towers: bool | str = "lazy",
+    dtype: Optional[torch.dtype] = None,
     **kwargs,
 ) -> RADIOModel | tuple[RADIOModel, Optional[dict]]:
     """Load a RADIO model (eval mode).
@@ -133,6 +136,8 @@ def radio_model(
             nothing is downloaded until the first call; True: load now; False: none.
         return_checkpoint: also return the raw checkpoint dict (None for the folder routes):
             ``(model, checkpoint)``.
+        dtype: hold the backbone in this dtype (e.g. ``torch.bfloat16`` on GPUs and CPUs with
+            AVX512-BF16/AMX: no per-call casts, unlike autocast); None: the checkpoint's own.
     """
     version = version or DEFAULT_VERSION
     if isinstance(adaptor_names, str):
@@ -142,6 +147,8 @@ def radio_model(
         model = _load_folder(version, adaptor_names, vitdet_window_size)
     else:
         model, chk = _load_file(version, adaptor_names, vitdet_window_size, progress, keep_checkpoint=return_checkpoint)
+    if dtype is not None:
+        model.set_compute_dtype(dtype)
     if text_towers and adaptor_names:
         attach_text_towers(model, lazy=text_towers == "lazy")
     return (model, chk) if return_checkpoint else model

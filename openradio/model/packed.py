@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from timm.models.vision_transformer import Attention, Block
 from torch import nn
 
+from openradio.model import fused_cpu
 from openradio.model.vitdet import WindowLayout
 
 
@@ -129,7 +129,7 @@ class PackedRunner:
                 chunk = qkv[starts[0] : starts[0] + n].unsqueeze(0)
             else:
                 chunk = torch.stack([qkv[o : o + n] for o in starts])
-            y = _sdpa(attn, chunk.reshape(len(starts), n, 3, H, hd))
+            y = fused_cpu.sdpa_heads(attn, chunk.reshape(len(starts), n, 3, H, hd))
             for j, o in enumerate(starts):
                 out[o : o + n] = y[j]
         return out
@@ -137,25 +137,15 @@ class PackedRunner:
     def _attend_windows(self, attn: Attention, qkv: torch.Tensor) -> torch.Tensor:
         ws2 = self.pack.window**2
         H, hd = attn.num_heads, attn.head_dim
-        y = _sdpa(attn, qkv.reshape(-1, ws2, 3, H, hd))
+        y = fused_cpu.sdpa_heads(attn, qkv.reshape(-1, ws2, 3, H, hd))
         return y.reshape(qkv.shape[0], H * hd)
 
 
-def _sdpa(attn: Attention, qkv: torch.Tensor) -> torch.Tensor:
-    """(B, n, 3, H, hd) -> (B, n, H*hd), as timm's Attention.forward computes it."""
-    B, n, _, H, hd = qkv.shape
-    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-    q, k = attn.q_norm(q), attn.k_norm(k)
-    if attn.fused_attn:
-        y = F.scaled_dot_product_attention(q, k, v)
-    else:
-        a = (q * attn.scale) @ k.transpose(-2, -1)
-        y = a.softmax(dim=-1) @ v
-    return y.transpose(1, 2).reshape(B, n, H * hd)
-
-
 def _block(block: Block, x: torch.Tensor, attend) -> torch.Tensor:
-    """timm's Block.forward with the attention core replaced by ``attend`` (eval: no dropout)."""
+    """timm's Block.forward with the attention core replaced by ``attend`` (eval: no dropout);
+    bf16 on a native-bf16 CPU through the fused matmuls of :mod:`openradio.model.fused_cpu`."""
+    if fused_cpu.applies(block, x):
+        return fused_cpu.block_forward(block, x, lambda attn, qkv: attend(attn, qkv[0]).unsqueeze(0))
     a = block.attn
     h = block.norm1(x)[0]
     y = attend(a, a.qkv(h))

@@ -13,6 +13,7 @@ from openradio.model import packed as packing
 from openradio.model.arguments import check_feature_fmt, check_window, take_indices
 from openradio.model.clips import check_clip_list, clip_to_frames, output_row
 from openradio.model.config import RadioConfig
+from openradio.model.fused_cpu import block_runner, run_block
 from openradio.model.normalizers import NullIntermediateFeatureNormalizer
 from openradio.model.vitdet import WindowedRunner, WindowLayout, windowed_blocks
 from openradio.model.vlm import vlm_tokens
@@ -170,6 +171,21 @@ class RADIOModel(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.patch_generator.pos_embed.dtype
 
+    def set_compute_dtype(self, dtype: torch.dtype) -> "RADIOModel":
+        """Hold the backbone's weights in ``dtype`` and compute in it (what a checkpoint whose
+        ``args.dtype`` is bfloat16 does): the conditioner casts its float32 output to ``dtype``, the
+        feature normalisers follow, the adaptor heads stay float32 (their outputs are float32).
+        With bf16 weights no op casts per call, unlike ``torch.autocast``, which converts every
+        weight at every linear layer. Returns the model."""
+        if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            raise ValueError(f"dtype must be torch.float32, torch.bfloat16 or torch.float16, got {dtype!r}")
+        self.model.to(dtype=dtype)
+        self.input_conditioner.dtype = dtype
+        self.feature_normalizer.to(dtype=dtype)
+        if self.inter_feature_normalizer is not None:
+            self.inter_feature_normalizer.to(dtype=dtype)
+        return self
+
     @property
     def temporal_patch_size(self) -> Optional[int]:
         """Frames per token of the temporally packed video projection (None: images only)."""
@@ -307,10 +323,11 @@ class RADIOModel(nn.Module):
     def _blocks_and_norm(self, tokens: torch.Tensor, h: int, w: int, window: Optional[int]) -> torch.Tensor:
         runner = self._runner(tokens, h, w, window)
         if runner is None:
-            tokens = self.blocks(tokens)
+            for block in self.blocks:
+                tokens = run_block(block, tokens)
         else:
             for i, block in enumerate(self.blocks):
-                runner.run(i, block)
+                runner.run(i, block_runner(block))
             tokens = runner.raster()
         return self.model.norm(tokens)
 
@@ -522,10 +539,10 @@ class RADIOModel(nn.Module):
         for i in range(n_run):
             block = self.blocks[i]
             if runner is None:
-                tokens = block(tokens)
+                tokens = run_block(block, tokens)
                 current = tokens
             else:
-                runner.run(i, block)
+                runner.run(i, block_runner(block))
                 current = None
             if aggregation == "sparse" and target < len(take) and i == take[target]:
                 current = runner.raster() if current is None else current
