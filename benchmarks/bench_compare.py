@@ -6,8 +6,9 @@ t(X) / t(openradio) (> 1: openradio is faster). Also printed per cell:
 
 * MFU: model FLOPs per second (matmuls of every block + patch embedding, counted from the
   shape: 24*N*D^2 + 4*N*L*D per block, L the keys a query sees) over the matmul peak of the
-  cell's dtype (bf16 x bf16 operands for bf16 cells) measured in the same rounds (a 2048^3 ``torch.mm`` timed next to each openradio call, so a
-  machine whose load changes still gives a fair ratio); median over rounds;
+  cell's dtype (bf16 x bf16 operands for bf16 cells) measured in the same rounds (a 2048^3
+  ``torch.mm`` timed next to each openradio call, so a machine whose load changes still gives a
+  fair ratio); median over rounds;
 * peak memory: the rise of the process's peak RSS (Linux ``VmHWM``, reset before the cell
   through /proc/self/clear_refs) while openradio runs the cell.
 
