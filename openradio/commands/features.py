@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     from openradio.extract.mapper import Mapper
     from openradio.formats.features import write_features
     from openradio.inputs.imageio import expand_image_args, load_image
-    from openradio.runtime import pick_device, warn_if_slow_bf16
+    from openradio.runtime import cpu_has_native_bf16, pick_device, warn_if_slow_bf16
 
     if args.batch_size < 1:
         raise CLIError(f"--batch-size must be at least 1, got {args.batch_size}")
@@ -118,6 +118,8 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     model = model.to(device).eval()
+    if args.amp and device.type == "cpu" and cpu_has_native_bf16():
+        model.set_compute_dtype(torch.bfloat16)  # bf16 weights, fused oneDNN blocks: no per-call casts
     try:
         mapper = Mapper(
             model,

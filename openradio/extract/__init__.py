@@ -52,10 +52,11 @@ def extract(sources: Sequence[str], model: "str | torch.nn.Module", out: str, **
 
     from openradio.extract.engine import Options, run_local
     from openradio.formats.resolve import radio_model
-    from openradio.runtime import pick_device
+    from openradio.runtime import cpu_has_native_bf16, pick_device
 
     opts = Options(**options)
     version = model if isinstance(model, str) else getattr(model, "version", None)
+    loaded = isinstance(model, str)
     if isinstance(model, str):
         model = radio_model(
             model,
@@ -67,6 +68,10 @@ def extract(sources: Sequence[str], model: "str | torch.nn.Module", out: str, **
     if device.type == "cuda" and "LOCAL_RANK" in os.environ:  # torchrun: one GPU per rank
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     model = model.to(device).eval()
+    if loaded and device.type == "cpu" and opts.dtype == "bfloat16" and cpu_has_native_bf16():
+        # bf16 weights instead of autocast on CPUs that compute bf16 natively: no per-call weight
+        # casts, and the fused oneDNN blocks (openradio.model.fused_cpu); a model passed in is left as it is
+        model.set_compute_dtype(torch.bfloat16)
     if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not torch.distributed.is_initialized():
         # torchrun: ranks share nothing but the final barrier (gloo on CPUs, nccl on GPUs)
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")

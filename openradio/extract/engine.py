@@ -205,6 +205,9 @@ class Job:
             "num_parts": num_parts,
             "columns": self.dims,
         }
+        weights = str(next(model.parameters()).dtype).replace("torch.", "")
+        if weights != "float32":  # bf16 weights (extract --dtype bfloat16 on a native-bf16 CPU) compute differently
+            self.header["options"]["weights_dtype"] = weights
         existing = manifest.read(store)
         if existing is not None and opts.overwrite and rank == 0:
             for d in ("embeddings", "features", "img_emb", "metadata", "manifest.d"):

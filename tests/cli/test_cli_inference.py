@@ -264,3 +264,21 @@ def test_features_upsample_gives_pixel_resolution_maps(tmp_path, photos, tiny_ch
     assert f.shape == (1, ref.features.shape[1], *x.shape[-2:])
     torch.testing.assert_close(f, upsample_features(ref.features, x[None], "bilateral"), rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(feats["chelsea"]["backbone"]["summary"], ref.summary, rtol=1e-4, atol=1e-5)
+
+
+def test_features_amp_on_a_native_bf16_cpu_tracks_float32(tmp_path, photos, tiny_checkpoint, monkeypatch):
+    from openradio import runtime
+    from openradio.model.radio import RADIOModel
+
+    held = []
+    real = RADIOModel.set_compute_dtype
+    monkeypatch.setattr(RADIOModel, "set_compute_dtype", lambda self, d: held.append(d) or real(self, d))
+    argv = ["features", str(photos / "coffee.jpg"), "--version", str(tiny_checkpoint), "--resolution", "64"]
+    assert main([*argv, "--out", str(tmp_path / "f32.safetensors")]) == 0
+    assert main([*argv, "--amp", "--out", str(tmp_path / "amp.safetensors")]) == 0
+    assert held == ([torch.bfloat16] if runtime.cpu_has_native_bf16() else [])
+    a, _ = read_features(tmp_path / "f32.safetensors")
+    b, meta = read_features(tmp_path / "amp.safetensors")
+    assert meta["amp"] is True
+    sa, sb = a["coffee"]["backbone"]["summary"], b["coffee"]["backbone"]["summary"]
+    assert torch.nn.functional.cosine_similarity(sa, sb.float()).min() >= 0.999 and not torch.equal(sa, sb)

@@ -148,3 +148,27 @@ def test_ray_engine_refuses_clip_frames(tiny_checkpoint, tmp_path, capsys):
     argv = ["extract", str(tmp_path), "--version", str(tiny_checkpoint), "--out", str(tmp_path / "o"), *FAST]
     assert main([*argv, "--engine", "ray", "--clip-frames", "4"]) == 2
     assert "use the local engine" in capsys.readouterr().err
+
+
+def test_dtype_bfloat16_holds_bf16_weights_on_native_bf16_cpus(tiny_checkpoint, tmp_path):
+    from openradio.runtime import cpu_has_native_bf16
+
+    rng = np.random.default_rng(1)
+    src = tmp_path / "imgs"
+    src.mkdir()
+    from PIL import Image
+
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (64, 80, 3), dtype=np.uint8)).save(src / f"{i}.png")
+    base = ["extract", str(src), "--version", str(tiny_checkpoint), *FAST]
+    assert main([*base, "--out", str(tmp_path / "f32")]) == 0
+    assert main([*base, "--out", str(tmp_path / "bf16"), "--dtype", "bfloat16"]) == 0
+    opts = json.loads((tmp_path / "bf16" / "manifest.json").read_text())["options"]
+    assert opts["dtype"] == "bfloat16"
+    # bf16 weights where the CPU computes bf16 natively; elsewhere autocast over float32 weights
+    assert opts.get("weights_dtype", "float32") == ("bfloat16" if cpu_has_native_bf16() else "float32")
+    assert "weights_dtype" not in json.loads((tmp_path / "f32" / "manifest.json").read_text())["options"]
+    a = np.stack([r["summary"] for r in read(str(tmp_path / "f32")).to_pylist()])
+    b = np.stack([r["summary"] for r in read(str(tmp_path / "bf16")).to_pylist()])
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.min() >= 0.999 and not np.array_equal(a, b)
