@@ -74,6 +74,25 @@ def sample_images():
     return out
 
 
+def write_test_video(path, frames: int = 12, fps: int = 6, size: int = 64) -> Path:
+    """An H.264 video whose frames all differ: frame i has a red stripe (i + 1) / frames wide."""
+    import av
+    import numpy as np
+
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=fps)
+        s.width = s.height = size
+        s.pix_fmt = "yuv420p"
+        for i in range(frames):
+            img = np.zeros((size, size, 3), np.uint8)
+            img[:, : (i + 1) * size // frames] = (255, 40 * (i % 6), 0)
+            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return Path(path)
+
+
 def pytest_terminal_summary(terminalreporter):
     """One line on how close the official-output cases came, and on which CPU kernels."""
     mod = sys.modules.get("test_parity")

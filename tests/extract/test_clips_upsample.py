@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import write_test_video
 
 import openradio
 from openradio.cli import main
@@ -21,23 +22,6 @@ from openradio.extract.sources import list_rows
 from openradio.inputs.imageio import load_image
 
 FAST = ["--resolution", "64", "--no-progress", "--workers", "0"]
-
-
-def _video(path, frames=10, fps=5, size=64):
-    import av
-
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("libx264", rate=fps)
-        s.width = s.height = size
-        s.pix_fmt = "yuv420p"
-        for i in range(frames):
-            img = np.zeros((size, size, 3), np.uint8)
-            img[:, : (i + 1) * size // frames] = (255, 25 * i, 0)
-            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-    return path
 
 
 def test_mapper_runs_a_clip_in_one_viewport(tiny_checkpoint):
@@ -60,7 +44,7 @@ def test_mapper_runs_a_clip_in_one_viewport(tiny_checkpoint):
 
 
 def test_clip_ids_follow_videos_and_parts(tmp_path):
-    v = _video(tmp_path / "a.mp4", frames=10, fps=5)
+    v = write_test_video(tmp_path / "a.mp4", frames=10, fps=5)
     img = tmp_path / "x.png"
     from PIL import Image
 
@@ -75,7 +59,7 @@ def test_clip_ids_follow_videos_and_parts(tmp_path):
 
 
 def test_extract_clip_frames_end_to_end(tiny_checkpoint, tmp_path, monkeypatch, capsys):
-    v = _video(tmp_path / "talk.mp4", frames=10, fps=5)
+    v = write_test_video(tmp_path / "talk.mp4", frames=10, fps=5)
     calls = []
     real = mapper_module.forward_frames
 

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import write_test_video
 
 from openradio.cli import main
 from openradio.extract import read, read_features
@@ -149,7 +150,7 @@ def test_file_lists_tar_shards_and_videos(folder, tiny_checkpoint, tmp_path, cap
             info.size = 2
             tf.addfile(info, io.BytesIO(b"{}"))
     video = tmp_path / "clip.mp4"
-    _write_video(video, frames=12, fps=6)
+    write_test_video(video, frames=12, fps=6)
 
     rows = list_rows([str(tmp_path / "list.txt")])
     assert [r.key for r in rows] == [p.name for p in imgs] + ["missing.jpg"]
@@ -192,22 +193,6 @@ def test_file_lists_tar_shards_and_videos(folder, tiny_checkpoint, tmp_path, cap
     assert frames[0]["width"] == 64 and frames[0]["summary"] is not None
     # frames 0.0 and 0.5 s differ (the video changes over time)
     assert not np.array_equal(frames[0]["summary"], frames[1]["summary"])
-
-
-def _write_video(path, frames=12, fps=6, size=64):
-    import av
-
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("libx264", rate=fps)
-        s.width = s.height = size
-        s.pix_fmt = "yuv420p"
-        for i in range(frames):
-            img = np.zeros((size, size, 3), np.uint8)
-            img[:, : (i + 1) * size // frames] = (255, 40 * (i % 6), 0)
-            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
 
 
 def test_resume_keeps_parts_and_refuses_other_options(folder, tiny_checkpoint, tmp_path, capsys):
