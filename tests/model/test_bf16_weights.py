@@ -99,3 +99,23 @@ def test_fused_path_runs_in_plain_vitdet_and_packed_passes(tiny_checkpoint, phot
         for o, r in zip(outs, refs):
             assert F.cosine_similarity(o.summary.float(), r.summary, dim=-1).min() >= 0.999
     assert np.isfinite(got.features.float().numpy()).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_eval_position_encoding_cache_gives_the_same_values_and_follows_the_grid(tiny_checkpoint, dtype):
+    model = openradio.radio_model(str(tiny_checkpoint), text_towers=False, dtype=dtype)
+    pg = model.patch_generator
+    with torch.no_grad():
+        fresh = pg._resample_position_encoding(5, 7)
+        first = pg.eval_position_encoding(5, 7)
+        assert torch.equal(first, fresh) and pg.eval_position_encoding(5, 7) is first  # kept
+        pg.pos_embed.mul_(2)  # an in-place change bumps the version: resampled again
+        again = pg.eval_position_encoding(5, 7)
+        assert again is not first and torch.equal(again, pg._resample_position_encoding(5, 7))
+    model.set_compute_dtype(torch.float16)  # a new grid tensor: the cache starts over
+    with torch.no_grad():
+        assert pg.eval_position_encoding(5, 7).dtype == torch.float16
+    # with autograd nothing is kept and the encoding carries the gradient
+    pg.pos_embed.requires_grad_(True)
+    pe = pg.eval_position_encoding(5, 7)
+    assert pe.requires_grad
