@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from openradio.extract import manifest
 from openradio.extract.hooks import kill_point
-from openradio.extract.mapper import DTYPES, Mapper, Resize
+from openradio.extract.mapper import DTYPES, Mapper, Resize, clip_batches
 from openradio.extract.sources import Row, Skip, VideoFrames, list_rows, read_row
 from openradio.extract.writers import Store, write_part
 
@@ -240,14 +240,7 @@ class Job:
             if self.mapper.clip_frames == 1:
                 out.extend(list(range(s, min(s + bs, rows.stop))) for s in rows[::bs])
                 continue
-            clips: list[list[int]] = []
-            for i in rows:
-                if clips and self.clips[clips[-1][-1]] == self.clips[i]:
-                    clips[-1].append(i)
-                else:
-                    clips.append([i])
-            per = max(1, bs // self.mapper.clip_frames)
-            out.extend([i for c in clips[s : s + per] for i in c] for s in range(0, len(clips), per))
+            out.extend(clip_batches(rows, self.clips, self.mapper.clip_frames, bs))
         return out
 
     def part_rows(self, k: int) -> range:

@@ -71,6 +71,20 @@ def parse_features(spec: str) -> tuple[str, int]:
     raise ValueError(f"--features must be none, full or pooled:G (G a positive grid side), got {spec!r}")
 
 
+def clip_batches(rows: Sequence[int], ids: Sequence, clip_frames: int, batch_size: int) -> list[list[int]]:
+    """``rows`` cut into batches of whole clips: consecutive rows sharing a clip id (``ids[row]``)
+    form a clip of at most ``clip_frames`` rows; a batch holds ``batch_size // clip_frames`` clips
+    (at least one). The extract engine's batches and the Mapper's forwards both cut this way."""
+    groups: list[list[int]] = []
+    for i in rows:
+        if groups and ids[groups[-1][-1]] == ids[i] and len(groups[-1]) < clip_frames:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    per = max(1, batch_size // clip_frames)
+    return [[i for g in groups[s : s + per] for i in g] for s in range(0, len(groups), per)]
+
+
 class Mapper:
     def __init__(
         self,
@@ -134,17 +148,10 @@ class Mapper:
 
     def _chunks(self, idx: list[int], clips: Sequence | None) -> list[list[int]]:
         """One shape group's rows cut into forward passes: ``batch_size`` rows, or with clips whole
-        clips (consecutive rows that share a clip id) of at most ``clip_frames`` rows each."""
+        clips (:func:`clip_batches`)."""
         if self.clip_frames == 1 or clips is None:
             return [idx[s : s + self.batch_size] for s in range(0, len(idx), self.batch_size)]
-        groups: list[list[int]] = []
-        for i in idx:
-            if groups and clips[groups[-1][-1]] == clips[i] and len(groups[-1]) < self.clip_frames:
-                groups[-1].append(i)
-            else:
-                groups.append([i])
-        per = max(1, self.batch_size // self.clip_frames)
-        return [[i for g in groups[s : s + per] for i in g] for s in range(0, len(groups), per)]
+        return clip_batches(idx, clips, self.clip_frames, self.batch_size)
 
     def _run(self, images: Sequence[torch.Tensor], part: list[int], clips: Sequence | None) -> tuple[dict, list[int]]:
         """The forward of one chunk -> (outputs, the output row of each input row)."""
@@ -175,7 +182,7 @@ class Mapper:
         for idx in groups.values():
             for chunk in self._chunks(idx, clips):
                 outs, where = self._run(images, chunk, clips)
-                part = chunk
+                part = chunk  # the input rows of this forward, in output order
                 guide = torch.stack([images[i] for i in part]) if self.upsample else None
                 for name in self.outputs:
                     col = "summary" if name == "backbone" else f"{name}_summary"
