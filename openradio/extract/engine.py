@@ -208,11 +208,13 @@ class Job:
         weights = str(next(model.parameters()).dtype).replace("torch.", "")
         if weights != "float32":  # bf16 weights (extract --dtype bfloat16 on a native-bf16 CPU) compute differently
             self.header["options"]["weights_dtype"] = weights
-        existing = manifest.read(store)
-        if existing is not None and opts.overwrite and rank == 0:
+        if opts.overwrite and rank == 0 and store.exists("manifest.json"):  # even one that is not JSON
             for d in ("embeddings", "features", "img_emb", "metadata", "manifest.d"):
                 store.remove_tree(d)
-            existing = None
+            store.remove_tree("manifest.json")
+        if opts.overwrite and world > 1 and torch.distributed.is_initialized():
+            torch.distributed.barrier()  # the other ranks read the folder only once rank 0 has emptied it
+        existing = manifest.read(store)
         if existing is not None:
             try:
                 manifest.check_same(existing, self.header, out)

@@ -22,6 +22,7 @@ import io
 import json
 import os
 import posixpath
+import socket
 import time
 from typing import Iterable
 
@@ -111,8 +112,11 @@ class Store:
         """Fail at the start, in one line, when the output cannot be written."""
         if self.fs.exists(self.root) and not self.fs.isdir(self.root):
             raise OSError(f"--out {self.url} is a file; give a folder")
-        self.write_bytes(".write-test", b"ok")
-        self.fs.rm(self.path(".write-test"))
+        # one probe per process: torchrun ranks start together on the same folder, and a shared
+        # name let one rank remove the probe (or its temporary) the other was writing
+        probe = f".write-test-{socket.gethostname()}-{os.getpid()}"
+        self.write_bytes(probe, b"ok")
+        self.fs.rm(self.path(probe))
 
 
 def part_name(k: int) -> str:

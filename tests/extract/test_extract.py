@@ -218,6 +218,14 @@ def test_resume_keeps_parts_and_refuses_other_options(folder, tiny_checkpoint, t
     assert _run([*args, "--resolution", "96", "--overwrite"]) == 0
     assert read(str(out)).to_pylist()[0]["input_height"] == 96
 
+    # a manifest that is not JSON: refused in one line that names --overwrite, which then replaces it
+    (out / "manifest.json").write_text("{half")
+    assert _run(args) == 2
+    err = capsys.readouterr().err
+    assert "not valid JSON" in err and "--overwrite" in err and len(err.splitlines()) == 1
+    assert _run([*args, "--overwrite"]) == 0
+    assert read(str(out)).equals(ref)
+
 
 def test_clip_retrieval_layout(folder, tiny_checkpoint, tmp_path):
     out = tmp_path / "cr"
@@ -392,26 +400,33 @@ def test_torchrun_two_ranks_give_the_rows_of_one(folder, tiny_checkpoint, tmp_pa
     one = _subprocess_run([*common, "--out", str(tmp_path / "one")])
     assert one.returncode == 0, one.stderr
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    two = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc-per-node",
-            "2",
-            "-m",
-            "openradio.extract",
-            *common,
-            "--out",
-            str(tmp_path / "two"),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert two.returncode == 0, two.stderr[-2000:]
+
+    def torchrun(*extra):
+        two = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc-per-node",
+                "2",
+                "-m",
+                "openradio.extract",
+                *common,
+                "--out",
+                str(tmp_path / "two"),
+                *extra,
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        # each rank's one-line error, then the tail (torchrun's own report fills the end of stderr)
+        errors = [ln for ln in two.stderr.splitlines() if "openradio extract: error" in ln]
+        assert two.returncode == 0, "\n".join(errors) + "\n" + two.stderr[-1500:]
+
+    torchrun()
     man = json.loads((tmp_path / "two" / "manifest.json").read_text())
     assert man["complete"] and {e["rank"] for e in man["parts"].values()} == {0, 1}
     assert man["last_run"]["world_size"] == 2
@@ -419,3 +434,34 @@ def test_torchrun_two_ranks_give_the_rows_of_one(folder, tiny_checkpoint, tmp_pa
     for k in range(man["num_parts"]):
         a, b = read_features(str(tmp_path / "one"), k), read_features(str(tmp_path / "two"), k)
         assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
+
+    # --overwrite with two ranks: rank 0 empties the folder before rank 1 reads it
+    (tmp_path / "two" / "embeddings" / "part-00000.parquet").write_bytes(b"stale")
+    torchrun("--overwrite")
+    assert read(str(tmp_path / "one")).equals(read(str(tmp_path / "two")))
+
+
+def _probe_many(url: str, n: int, q) -> None:
+    try:
+        for _ in range(n):
+            Store(url).check_writable()
+        q.put(None)
+    except Exception as e:  # reported to the parent
+        q.put(repr(e))
+
+
+def test_ranks_starting_together_do_not_break_each_others_write_probe(tmp_path):
+    """torchrun ranks check the same --out at the same moment; with one shared probe name a rank
+    removed the probe (or the temporary) of the other and stopped with `cannot write to`."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_probe_many, args=(str(tmp_path), 400, q)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    results = [q.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join()
+    assert results == [None, None]
+    assert sorted(os.listdir(tmp_path)) == []  # no probe or temporary left
