@@ -78,6 +78,37 @@ def test_fused_block_equals_the_plain_block_within_bf16_rounding(tiny_checkpoint
 
 
 @pytest.mark.skipif(not FUSED, reason="oneDNN has no bf16 matmuls on this CPU (no AVX512-BF16/AMX)")
+def test_packed_weights_give_the_plain_weights_bits_and_follow_weight_changes(tiny_checkpoint, monkeypatch):
+    model = openradio.radio_model(str(tiny_checkpoint), text_towers=False, dtype=torch.bfloat16)
+    block = model.model.blocks[0]
+    torch.manual_seed(0)
+
+    def both(x):
+        monkeypatch.setattr(fused_cpu, "PACK_WEIGHTS", True)
+        packed = fused_cpu.block_forward(block, x)
+        monkeypatch.setattr(fused_cpu, "PACK_WEIGHTS", False)
+        return packed, fused_cpu.block_forward(block, x)
+
+    with torch.inference_mode():
+        for b, n in ((1, 1), (1, 37), (3, 500), (1, 2048), (2, 1600)):  # row counts around PACK_ROWS
+            packed, plain = both(torch.randn(b, n, block.attn.qkv.in_features).to(torch.bfloat16))
+            assert torch.equal(packed, plain), (b, n)
+        fc1 = block.mlp.fc1
+        monkeypatch.setattr(fused_cpu, "PACK_WEIGHTS", True)
+        first = fused_cpu.packed_weight(fc1)
+        assert fused_cpu.packed_weight(fc1) is first  # packed once
+        assert first.is_mkldnn  # oneDNN's own layout, not the plain weight
+    x = torch.randn(1, 40, block.attn.qkv.in_features).to(torch.bfloat16)
+    with torch.no_grad():
+        fc1.weight.mul_(-1.0)  # an in-place edit: the packed copy must follow it
+        assert fused_cpu.packed_weight(fc1) is not first
+        packed, plain = both(x)
+        assert torch.equal(packed, plain)
+        fc1.weight.mul_(-1.0)
+        assert not torch.equal(fused_cpu.block_forward(block, x), packed)
+
+
+@pytest.mark.skipif(not FUSED, reason="oneDNN has no bf16 matmuls on this CPU (no AVX512-BF16/AMX)")
 def test_fused_path_runs_in_plain_vitdet_and_packed_passes(tiny_checkpoint, photos, monkeypatch):
     mbf = openradio.radio_model(str(tiny_checkpoint), text_towers=False, dtype=torch.bfloat16)
     m32 = openradio.radio_model(str(tiny_checkpoint), text_towers=False)
