@@ -9,6 +9,10 @@ t(X) / t(openradio) (> 1: openradio is faster). Also printed per cell:
   cell's dtype (bf16 x bf16 operands for bf16 cells) measured in the same rounds (a 2048^3
   ``torch.mm`` timed next to each openradio call, so a machine whose load changes still gives a
   fair ratio); median over rounds;
+* with ``--breakdown``, a second line for global-attention cells: the attention core alone (the
+  fused SDPA kernel called ``depth`` times per block pass on the cell's shapes and dtype, timed in
+  the same rounds), its share of openradio's time, its FLOP rate against the matmul peak, and the
+  MFU of everything else (the linears, norms and copies): where the time goes when MFU is low;
 * peak memory: the rise of the process's peak RSS (Linux ``VmHWM``, reset before the cell
   through /proc/self/clear_refs) while openradio runs the cell.
 
@@ -35,6 +39,7 @@ from pathlib import Path
 import torch
 
 SHAPES = {"b16": (768, 12, 12), "l16": (1024, 24, 16)}
+SHAPES_BY_DIM = {d: h for d, _, h in SHAPES.values()}  # width -> heads
 
 
 def native_bf16() -> tuple[bool, str]:
@@ -134,6 +139,7 @@ def main(argv=None) -> int:
         default=None,
         help="openradio's cpu_chunk_tokens (0: the whole batch in one pass; default: the model's)",
     )
+    ap.add_argument("--breakdown", action="store_true", help="also time the attention core alone (global cells)")
     a = ap.parse_args(argv)
     bf16_ok, bf16_where = native_bf16()
     print(f"torch {torch.__version__}; {bf16_where}: bf16 cells {'run' if bf16_ok else 'skipped'}")
@@ -175,7 +181,21 @@ def main(argv=None) -> int:
                                 dtype = getattr(torch, dt)
                                 if dtype == torch.bfloat16 and not bf16_ok:
                                     continue
-                                cell(model, vit, hf, res, bs, window, dtype, a.rounds, peak, threads, dim, depth)
+                                cell(
+                                    model,
+                                    vit,
+                                    hf,
+                                    res,
+                                    bs,
+                                    window,
+                                    dtype,
+                                    a.rounds,
+                                    peak,
+                                    threads,
+                                    dim,
+                                    depth,
+                                    breakdown=a.breakdown,
+                                )
                                 if dtype == torch.bfloat16:  # every contestant's weights held in bf16
                                     cell(
                                         model,
@@ -191,12 +211,37 @@ def main(argv=None) -> int:
                                         dim,
                                         depth,
                                         weights=True,
+                                        breakdown=a.breakdown,
                                     )
                     del vit
     return 0
 
 
-def cell(model, vit, hf, res, bs, window, dtype, rounds, peak, threads, dim, depth, weights=False) -> None:
+def attention_core(model, res: int, bs: int, dtype, dim: int, heads: int, depth: int):
+    """The fused SDPA calls one openradio forward makes at global attention: ``depth`` per block
+    pass, on the groups of whole images CPU inference runs together (``cpu_chunk_tokens``), with
+    q, k, v strided out of one (b, n, 3, H, hd) tensor as the blocks slice them."""
+    import torch.nn.functional as F
+
+    n = (res // model.patch_size) ** 2 + model.num_prefix_tokens
+    limit = model.cpu_chunk_tokens
+    chunk = bs if not limit or bs == 1 or bs * n <= limit else max(1, limit // n)
+    qkvs = [
+        torch.randn(min(chunk, bs - s), n, 3, heads, dim // heads, dtype=dtype).permute(2, 0, 3, 1, 4).unbind(0)
+        for s in range(0, bs, chunk)
+    ]
+
+    def run():
+        for _ in range(depth):
+            for q, k, v in qkvs:
+                F.scaled_dot_product_attention(q, k, v)
+
+    return run, depth * bs * 4 * n * n * dim
+
+
+def cell(
+    model, vit, hf, res, bs, window, dtype, rounds, peak, threads, dim, depth, weights=False, breakdown=False
+) -> None:
     """One row. bf16 cells run twice: under autocast (float32 weights cast at every matmul), and
     with ``weights=True`` every contestant's weights held in bf16 (openradio:
     ``set_compute_dtype``, the fused oneDNN blocks where the CPU has them; timm and transformers:
@@ -224,6 +269,10 @@ def cell(model, vit, hf, res, bs, window, dtype, rounds, peak, threads, dim, dep
     # autocast would time the casts too and understate the peak)
     mm_a, mm_b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
     fns["matmul"] = lambda: torch.mm(mm_a, mm_b)
+    attn_flops = 0
+    if breakdown and window is None:
+        heads = SHAPES_BY_DIM.get(dim, dim // 64)
+        fns["attention"], attn_flops = attention_core(model, res, bs, dtype, dim, heads, depth)
     times = {k: [] for k in fns}
     names = list(fns)
     with torch.inference_mode(), ctx():
@@ -237,11 +286,13 @@ def cell(model, vit, hf, res, bs, window, dtype, rounds, peak, threads, dim, dep
         mem = _rss("VmHWM") - before
         for k in names[1:]:
             fns[k]()
-        names = [k for k in names if k != "matmul"]
+        names = [k for k in names if k not in ("matmul", "attention")]
         for r in range(rounds):
             for k in names if r % 2 == 0 else names[::-1]:
                 if k == "openradio":  # the matmul peak right next to the model call
                     times["matmul"].append(min(_t(fns["matmul"]) for _ in range(2)))
+                    if "attention" in fns:
+                        times["attention"].append(_t(fns["attention"]))
                 times[k].append(_t(fns[k]))
     t = statistics.median(times["openradio"])
     ratio = {k: statistics.median(b / o for b, o in zip(times[k], times["openradio"])) for k in names[1:]}
@@ -257,6 +308,15 @@ def cell(model, vit, hf, res, bs, window, dtype, rounds, peak, threads, dim, dep
         f"{vs_h:>7} {100 * mfu:5.0f}% {mem / 2**20:9.0f}",
         flush=True,
     )
+    if attn_flops:
+        ta = statistics.median(times["attention"])
+        pk = statistics.median(2 * 2048**3 / m for m in times["matmul"])
+        print(
+            f"{'':>22} attention core {ta * 1e3:.0f} ms = {100 * ta / t:.0f} % of openradio's time, at "
+            f"{100 * attn_flops / ta / pk:.0f} % of the matmul peak; the rest at "
+            f"{100 * (fl - attn_flops) / max(t - ta, 1e-9) / pk:.0f} % MFU",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

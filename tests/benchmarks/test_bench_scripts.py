@@ -62,6 +62,14 @@ def test_compare_flops_and_one_cell(tmp_path, capsys):
     bc.cell(model, vit, None, 64, 1, None, torch.float32, 1, 1e9, 1, 64, 4)
     line = capsys.readouterr().out.strip().splitlines()[-1].split()
     assert line[:5] == ["1", "64", "1", "global", "float32"] and line[6].startswith("x")
+    # --breakdown: the attention core's FLOPs are the 4*N^2*D term of every block, and its line prints
+    run, flops = bc.attention_core(model, 64, 3, torch.float32, 64, 4, 4)
+    n = (64 // 16) ** 2 + model.num_prefix_tokens
+    assert flops == 4 * 3 * 4 * n * n * 64
+    run()
+    bc.cell(model, vit, None, 64, 1, None, torch.float32, 1, 1e9, 1, 64, 4, breakdown=True)
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1].split()[:2] == ["attention", "core"] and "% MFU" in out[-1]
 
 
 def test_gpu_script_parses_and_says_when_there_is_no_gpu():
