@@ -12,7 +12,8 @@ t(X) / t(openradio) (> 1: openradio is faster). Also printed per cell:
 * with ``--breakdown``, a second line for global-attention cells: the attention core alone (the
   fused SDPA kernel called ``depth`` times per block pass on the cell's shapes and dtype, timed in
   the same rounds), its share of openradio's time, its FLOP rate against the matmul peak, and the
-  MFU of everything else (the linears, norms and copies): where the time goes when MFU is low;
+  MFU of everything else (the linears, norms and copies), and the MFU ceiling this attention
+  kernel leaves (the rest at the matmul peak): where the time goes when MFU is low;
 * peak memory: the rise of the process's peak RSS (Linux ``VmHWM``, reset before the cell
   through /proc/self/clear_refs) while openradio runs the cell.
 
@@ -314,7 +315,8 @@ def cell(
         print(
             f"{'':>22} attention core {ta * 1e3:.0f} ms = {100 * ta / t:.0f} % of openradio's time, at "
             f"{100 * attn_flops / ta / pk:.0f} % of the matmul peak; the rest at "
-            f"{100 * (fl - attn_flops) / max(t - ta, 1e-9) / pk:.0f} % MFU",
+            f"{100 * (fl - attn_flops) / max(t - ta, 1e-9) / pk:.0f} % MFU; MFU ceiling with this attention "
+            f"core and everything else at the peak: {100 * fl / (ta + (fl - attn_flops) / pk) / pk:.0f} %",
             flush=True,
         )
 
