@@ -1,8 +1,9 @@
 """openradio: an open implementation of NVIDIA's RADIOv2.5 vision foundation models.
 
 Public API: ``radio_model`` (load a released version or a local checkpoint), ``RADIOModel``,
-``RadioOutput``, ``Resolution`` and ``versions``. Attributes are imported on first use so that
-``import openradio`` (and the CLI's ``--help``) stays fast.
+``RadioOutput``, ``Resolution`` and ``versions``; ``save_hf``, ``save_transformers`` and ``export_onnx``
+(write a model out); ``quantize_dynamic``, ``backbone`` and ``segment``. Attributes are imported on
+first use so that ``import openradio`` (and the CLI's ``--help``) stays fast.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ __all__ = [
     "RadioOutput",
     "Resolution",
     "versions",
+    "save_hf",
+    "save_transformers",
+    "export_onnx",
     "quantize_dynamic",
     "backbone",
     "segment",
@@ -27,6 +31,9 @@ _LAZY = {
     "RadioOutput": ("openradio.model.radio", "RadioOutput"),
     "Resolution": ("openradio.model.radio", "Resolution"),
     "versions": ("openradio.versions", None),
+    "save_hf": ("openradio.formats.hf", "save_hf"),
+    "save_transformers": ("openradio.formats.native", "save_transformers"),
+    "export_onnx": ("openradio.formats.onnx", "export_onnx"),
     "quantize_dynamic": ("openradio.model.quantize", "quantize_dynamic"),
     "backbone": ("openradio.dense.backbone", "backbone"),
     "segment": ("openradio.dense.segment", "segment"),

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+import openradio
+from openradio.commands.common import CLIError, add_model_arguments, parse_adaptors
+
 HELP = "measure inference throughput per resolution against a baseline run in the same process"
 EXAMPLES = """\
   openradio bench --version radio_v2.5-b                                   # vs plain timm ViT-B/16
@@ -21,8 +24,6 @@ Absolute numbers depend on the machine and its load: compare the ratios. Latenci
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from openradio.cli import add_model_arguments
-
     add_model_arguments(p, adaptor=False, resolution=False)
     p.add_argument(
         "--adaptor",
@@ -60,8 +61,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import openradio
-    from openradio.cli import CLIError, parse_adaptors
     from openradio.eval.throughput import bench_model, format_table, write_rows_csv
     from openradio.runtime import parse_int_list, pick_device
 

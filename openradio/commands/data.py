@@ -4,7 +4,11 @@ cache-teachers: a recipe's teacher targets, computed once, for training without 
 from __future__ import annotations
 
 import argparse
+import json
 import re
+from pathlib import Path
+
+from openradio.commands.common import CLIError
 
 HELP = "prepare training data: pack images into webdataset tar shards, or cache a recipe's teacher targets"
 EXAMPLES = """\
@@ -28,8 +32,6 @@ _SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
 
 def parse_size(text: str) -> float:
     """``'500M'``, ``'2G'``, ``'1.5GB'`` or plain bytes -> bytes (powers of 1000)."""
-    from openradio.cli import CLIError
-
     m = _SIZE.match(str(text))
     if not m:
         raise CLIError(f"--max-size must be a size like 500M, 2G or a number of bytes, got {text!r}")
@@ -110,10 +112,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from openradio.cli import CLIError
-
     if getattr(args, "data_command", None) == "cache-teachers":
         return run_cache_teachers(args)
     if getattr(args, "data_command", None) != "make-shards":
@@ -139,7 +137,6 @@ def run(args: argparse.Namespace) -> int:
         )
     except FileExistsError as e:
         raise CLIError(str(e)) from None
-    import json
 
     index = json.loads((Path(args.out) / INDEX_NAME).read_text())
     left = len(index.get("left_out") or [])
@@ -152,9 +149,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_cache_teachers(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from openradio.cli import CLIError
     from openradio.distill.config import load_config, shipped_recipe
 
     config = Path(args.config)
@@ -187,7 +181,6 @@ def run_cache_teachers(args: argparse.Namespace) -> int:
         )
     except FileExistsError as e:
         raise CLIError(str(e)) from None
-    import json
 
     meta = json.loads(Path(index).read_text())
     size = sum(p.stat().st_size for p in Path(args.out).glob("cache-*.tar"))

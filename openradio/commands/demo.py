@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from openradio.commands.common import CLIError
+
 HELP = "end-to-end demo: distil a small student on bundled photos (or load a release), evaluate, write a report"
 EXAMPLES = """\
   openradio demo                                   # offline: ~2 min on 2 CPU cores, writes demo-report/
@@ -42,7 +44,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from openradio.cli import CLIError
     from openradio.demo import run_demo
 
     if args.steps is not None and args.steps < 1:

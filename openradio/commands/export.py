@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from openradio.commands.common import CLIError, check_version
+
 HELP = "export a training run's newest checkpoint (or a model) to .pth.tar, a Hugging Face folder, transformers or ONNX"
 EXAMPLES = """\
   openradio export runs/tiny --out tiny_radio.pth.tar
@@ -48,9 +52,6 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     import tempfile
-    from pathlib import Path
-
-    from openradio.cli import CLIError, check_version
 
     run_dir = Path(args.run_dir)
     is_run = (run_dir / "checkpoints").is_dir()

@@ -4,6 +4,10 @@ streamed to parquet parts with a manifest; resumable, bounded memory, torchrun-r
 from __future__ import annotations
 
 import argparse
+import importlib
+
+from openradio.commands.common import CLIError, add_model_arguments, parse_adaptors
+from openradio.extras import require
 
 HELP = "features of many images or videos to parquet parts (+ safetensors), resumable; also under torchrun"
 EXAMPLES = """\
@@ -23,8 +27,6 @@ ENGINES = {"local": "openradio.extract:extract", "ray": "openradio.ray:run_ray"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from openradio.cli import add_model_arguments
-
     p.add_argument(
         "sources",
         nargs="+",
@@ -101,11 +103,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import importlib
-
-    from openradio.cli import CLIError, parse_adaptors
-    from openradio.extras import require
-
     for module in ("pyarrow", "fsspec", "braceexpand"):  # before the package that imports them
         require(module, "openradio extract")
     from openradio.extract import ExtractError

@@ -9,6 +9,9 @@ import argparse
 from pathlib import Path
 from typing import Sequence
 
+import openradio
+from openradio.commands.common import CLIError, add_model_arguments, parse_adaptors
+
 HELP = "write summaries and spatial features of a few images (any size) to one safetensors file"
 EXAMPLES = """\
   openradio features cat.jpg photos/ --version radio_v2.5-b --out feats.safetensors
@@ -27,8 +30,6 @@ run, use `openradio extract` (streamed parquet/safetensors parts, same numbers).
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from openradio.cli import add_model_arguments
-
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or directories of images")
     add_model_arguments(p, adaptor=False)
     p.add_argument(
@@ -76,8 +77,6 @@ def unique_stems(paths: Sequence[Path]) -> list[str]:
 
 
 def _check_out(out: Path) -> None:
-    from openradio.cli import CLIError
-
     if out.is_dir():
         raise CLIError(f"--out {out} is a directory; give a file name such as {out / 'features.safetensors'}")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -88,8 +87,6 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    import openradio
-    from openradio.cli import CLIError, parse_adaptors
     from openradio.extract.mapper import Mapper
     from openradio.formats.features import write_features
     from openradio.inputs.imageio import expand_image_args, load_image

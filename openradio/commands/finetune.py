@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from openradio.commands.common import CLIError, add_model_arguments
+
 HELP = "fine-tune for segmentation: `finetune seg` (ADE20K, VOC, Cityscapes or image+mask folders; mIoU per epoch)"
 EXAMPLES = """\
   openradio finetune seg --version radio_v2.5-b --data /data/ADEChallengeData2016 --out runs/ade-linear
@@ -19,8 +21,6 @@ from OUT/last.pt. The result loads with openradio.dense.finetune.load_segmenter(
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from openradio.cli import add_model_arguments
-
     sub = p.add_subparsers(dest="task", metavar="TASK", required=True)
     seg = sub.add_parser(
         "seg",
@@ -95,7 +95,6 @@ def _num_classes(train, val, ignore: int) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from openradio import radio_model
-    from openradio.cli import CLIError
     from openradio.dense.datasets import read_split
     from openradio.dense.finetune import FinetuneConfig, finetune_segmentation, parse_mode
     from openradio.eval.data import read_classnames

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from openradio.commands.common import add_model_arguments
+
 HELP = "kNN classification (k=20, exp(sim/0.07) votes) on backbone or adaptor summaries"
 EXAMPLES = """\
   openradio knn --version radio_v2.5-b --train /data/imagenet/train --val /data/imagenet/val --resolution 512
@@ -13,8 +15,6 @@ EXAMPLES = """\
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from openradio.cli import add_model_arguments
-
     add_model_arguments(p, multiple_versions=True, adaptor=True, resolution=True)
     p.add_argument("--train", required=True, metavar="PATH", help="training set: ImageFolder or 'path<TAB>label' file")
     p.add_argument("--val", required=True, metavar="PATH", help="query set: ImageFolder or 'path<TAB>label' file")

@@ -6,6 +6,8 @@ import argparse
 import random
 from pathlib import Path
 
+from openradio.commands.common import add_model_arguments
+
 HELP = "mode-switching curve: MSE between a teacher adaptor's features and the teacher across resolutions"
 EXAMPLES = """\
   openradio mode-switch --version radio_v2.1 --version radio_v2.5-l --teacher dino_v2 \\
@@ -16,8 +18,6 @@ EXAMPLES = """\
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from openradio.cli import add_model_arguments
-
     add_model_arguments(p, multiple_versions=True, adaptor=False, resolution=False)
     p.add_argument(
         "--teacher",

@@ -109,7 +109,7 @@ def _run_matrix(args) -> int:
             [
                 sys.executable,
                 "-m",
-                "openradio.cli",
+                "openradio",
                 "parity",
                 "--fixtures",
                 str(args.fixtures),

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from openradio.commands.common import add_model_arguments
+
 HELP = "linear probes on frozen features: `probe seg` (per-class IoU, mIoU) and `probe cls` (top-1/top-5)"
 EXAMPLES = """\
   openradio probe seg --version radio_v2.5-b --train ade/train --val ade/val --resolution 512 --num-classes 150
@@ -17,8 +19,6 @@ segmentation folders hold images/<name>.<jpg|png> and masks/<name>.png (single-c
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from openradio.cli import add_model_arguments
-
     sub = p.add_subparsers(dest="probe", metavar="KIND", required=True)
     seg = sub.add_parser(
         "seg",

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from openradio.commands.common import CLIError
 
 HELP = "search an `openradio extract` folder by text (clip/siglip adaptor) or by image: exact cosine top-k"
 EXAMPLES = """\
@@ -34,9 +37,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from openradio.cli import CLIError
     from openradio.extract.search import embed_image, embed_text, hits_json, load_folder_model, search
     from openradio.model.text import attach_text_tower
 

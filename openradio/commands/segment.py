@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from openradio.commands.common import CLIError, add_model_arguments
+
 HELP = "open-vocabulary segmentation: label each pixel with the best-matching prompt (clip/siglip adaptor)"
 EXAMPLES = """\
   openradio segment photo.jpg --version radio_v2.5-b --adaptor siglip --prompts "cat,sofa,floor" --out seg/
@@ -19,8 +21,6 @@ both map patch tokens with the adaptor's summary head (see docs/dense.md).
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from openradio.cli import add_model_arguments
-
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or directories of images")
     add_model_arguments(p, adaptor=False, resolution=False)
     p.add_argument(
@@ -83,7 +83,6 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from openradio import radio_model
-    from openradio.cli import CLIError
     from openradio.dense.segment import prompt_embeddings, segment, write_segmentation
     from openradio.inputs.imageio import expand_image_args, load_image
     from openradio.model.text import attach_text_tower, text_tower_problem, text_tower_source

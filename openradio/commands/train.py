@@ -3,6 +3,9 @@ inside torchrun)."""
 
 from __future__ import annotations
 
+import openradio.train
+from openradio.train import build_arg_parser
+
 HELP = "distil a RADIO student from teachers with the v2.5 recipe (PHI-S, partitions, mosaic)"
 EXAMPLES = """\
   openradio train configs/tiny.yaml data.path=./images --export tiny.pth.tar
@@ -12,13 +15,9 @@ EXAMPLES = """\
 
 
 def add_arguments(p) -> None:
-    from openradio.train import build_arg_parser
-
     build_arg_parser(p)
 
 
 def run(args) -> int:
-    import openradio.train
-
     openradio.train.apply_flags(args)
     return openradio.train.run(args)

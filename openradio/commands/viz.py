@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import openradio
+from openradio.commands.common import CLIError, add_model_arguments
+
 HELP = "colour images' spatial features by robust PCA (side-by-side PNGs, resolution strips, model grids)"
 EXAMPLES = """\
   openradio viz cat.jpg --version radio_v2.5-b --out viz/
@@ -19,8 +22,6 @@ Colours are RGB (first principal component = red); the official scripts' PNGs ar
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from openradio.cli import add_model_arguments
-
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or directories of images")
     add_model_arguments(p, multiple_versions=True, resolution=False)
     p.add_argument(
@@ -78,7 +79,6 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from openradio.cli import CLIError
     from openradio.inputs.imageio import expand_image_args, load_image, resize_center_crop, tensor_to_uint8
     from openradio.runtime import default_resolution, model_label, parse_int_list, pick_device, safe_name
     from openradio.viz.features import colour_maps, resolution_features
@@ -98,8 +98,6 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     device = pick_device(args.device)
     several_models = len(args.version) > 1
-
-    import openradio
 
     # grid rows per image: [(model label, [(res, rgb), ...])], held until every model has run, so
     # stored as uint8 at display size

@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import openradio
+from openradio.commands.common import CLIError, add_model_arguments
+from openradio.extras import require
+
 HELP = "colour a video's spatial features by robust PCA (stable colours across frames) and write an H.264 mp4"
 EXAMPLES = """\
   openradio viz-video clip.mp4 --version radio_v2.5-b --resolution 512 --out clip_pca.mp4
@@ -20,8 +24,6 @@ temporally packed and its features colour all of its frames (see docs/video.md).
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from openradio.cli import add_model_arguments
-
     p.add_argument("input", metavar="IN.mp4", help="input video (anything FFmpeg/PyAV decodes)")
     add_model_arguments(p)
     p.add_argument("--out", required=True, metavar="OUT.mp4", help="output video file (H.264)")
@@ -48,8 +50,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from openradio.cli import CLIError
-    from openradio.extras import require
     from openradio.runtime import pick_device
 
     require("av", "openradio viz-video")  # before any model is loaded
@@ -77,7 +77,6 @@ def run(args: argparse.Namespace) -> int:
 
     probe_video(src)  # a clear error for an unreadable file before the model is loaded
 
-    import openradio
     from openradio.viz.video import visualize_video
 
     model = openradio.radio_model(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from openradio.commands.common import CLIError, add_model_arguments
+
 HELP = "zero-shot classification (clip/siglip adaptor + open_clip text tower) at several resolutions"
 EXAMPLES = """\
   openradio zero-shot --version radio_v2.5-l --data /data/imagenet/val --classnames imagenet \\
@@ -17,8 +19,6 @@ EXAMPLES = """\
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from openradio.cli import add_model_arguments
-
     add_model_arguments(p, multiple_versions=True, adaptor=False, resolution=False)
     p.add_argument(
         "--adaptor",
@@ -78,7 +78,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from openradio import radio_model
-    from openradio.cli import CLIError
     from openradio.eval.data import read_classnames, read_labelled_images
     from openradio.eval.zero_shot import evaluate_zero_shot, get_templates, write_zero_shot_report, zero_shot_classifier
     from openradio.model.text import attach_text_tower, text_tower_problem, text_tower_source

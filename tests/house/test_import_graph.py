@@ -2,7 +2,9 @@
 
 The import graph of ``openradio/`` is read with ``ast`` (every import statement: module level,
 function level, ``TYPE_CHECKING`` blocks, relative ones), so a circle closed by a lazy import
-counts as much as one at the top of a module.
+counts as much as one at the top of a module. A string constant that is the full dotted name of an
+openradio module (``"openradio.commands.knn"``, or ``"openradio.ray:run_ray"``) counts as an import
+of it too: that is how ``importlib`` loads the CLI's commands and the package's lazy attributes.
 """
 
 from __future__ import annotations
@@ -21,15 +23,15 @@ MAX_DEMO_LINES = 350
 MAX_README_LINES = 250
 
 
-def module_name(path: Path) -> str:
-    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+def module_name(path: Path, root: Path = ROOT) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
     if parts[-1] == "__init__":
         parts = parts[:-1]
     return ".".join(parts)
 
 
-def package_files() -> dict[str, Path]:
-    return {module_name(p): p for p in sorted(PKG.rglob("*.py")) if "__pycache__" not in p.parts}
+def package_files(pkg: Path = PKG) -> dict[str, Path]:
+    return {module_name(p, pkg.parent): p for p in sorted(pkg.rglob("*.py")) if "__pycache__" not in p.parts}
 
 
 def _resolve_relative(module: str, is_package: bool, level: int, target: str | None) -> str:
@@ -63,11 +65,27 @@ def imports_of(module: str, path: Path, known: set[str]) -> list[tuple[str, int,
     return out
 
 
-def import_graph() -> dict[str, set[str]]:
-    files = package_files()
+def string_imports_of(module: str, path: Path, known: set[str]) -> list[tuple[str, int]]:
+    """(openradio module, line) for every string constant in ``path`` that names one in full, as
+    ``importlib.import_module`` takes it (``"openradio.commands.knn"``) or as an entry point
+    (``"openradio.ray:run_ray"``). The bare package name is left out: it is the project's name in
+    labels and layouts, and the package runs first on every import anyway."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            name = node.value.split(":", 1)[0] if node.value.count(":") == 1 else node.value
+            if name in known and "." in name and name != module:
+                out.append((name, node.lineno))
+    return out
+
+
+def import_graph(pkg: Path = PKG) -> dict[str, set[str]]:
+    files = package_files(pkg)
     known = set(files)
     graph: dict[str, set[str]] = {m: set() for m in files}
     for module, path in files.items():
+        graph[module].update(t for t, _ in string_imports_of(module, path, known))
         for target, _, _ in imports_of(module, path, known):
             # importing a.b.c runs a/__init__ and a/b/__init__ first; only the named module counts
             # as an edge (package __init__ files are checked as modules of their own)
@@ -148,6 +166,26 @@ def test_the_cycle_finder_finds_a_circle_through_a_function_level_import(tmp_pat
     src.write_text("def f():\n    from openradio.y import g\n    from . import z\n")
     found = {t for t, _, _ in imports_of("openradio.x", src, {"openradio.y", "openradio.z", "openradio"})}
     assert found == {"openradio.y", "openradio.z"}
+
+
+def test_a_circle_through_a_string_import_is_found(tmp_path):
+    """A module that loads another by name (``importlib.import_module("openradio.b")``, a dict of
+    module names like the CLI's COMMANDS, an entry point ``"openradio.c:f"``) imports it: a circle
+    closed that way fails ``test_no_import_cycles`` as much as one of import statements."""
+    pkg = tmp_path / "openradio"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text('"""openradio.a is named in prose only."""\nNAME = "openradio"\n')
+    (pkg / "a.py").write_text('import importlib\nCOMMANDS = {"b": "openradio.b"}\n')
+    (pkg / "b.py").write_text("def run():\n    from openradio.a import COMMANDS\n")
+    (pkg / "c.py").write_text('ENGINES = {"x": "openradio.d:run"}\n')
+    (pkg / "d.py").write_text('def run():\n    return __import__("importlib").import_module("openradio.c")\n')
+    graph = import_graph(pkg)
+    assert graph["openradio"] == set()  # prose and the bare package name are no imports
+    assert graph["openradio.a"] == {"openradio.b"} and graph["openradio.c"] == {"openradio.d"}
+    assert find_cycles(graph) == [
+        ["openradio.a", "openradio.b", "openradio.a"],
+        ["openradio.c", "openradio.d", "openradio.c"],
+    ]
 
 
 def test_no_import_cycles():
@@ -266,15 +304,38 @@ def room(module: str) -> str:
     return parts[1] if len(parts) > 1 else "openradio"
 
 
-def test_imports_go_from_front_ends_to_workloads_to_the_library():
-    """The layering docs/architecture.md states: no import goes up."""
+PUBLIC_FACE = "openradio"  # openradio/__init__.py: re-exports the public API of every room (lazily)
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """The imports that go up the layers; the package's ``__init__`` is its public face, not a
+    library module, and may name any room (its lazy attributes are strings of ``_LAZY``)."""
     up = []
-    for module, targets in import_graph().items():
+    for module, targets in graph.items():
         here = room(module)
+        if here in FRONT or module == PUBLIC_FACE:
+            continue
         for target in targets:
             there = room(target)
-            if here in FRONT:
-                continue
             if there in FRONT or (here not in WORKLOADS and there in WORKLOADS):
                 up.append(f"{module} -> {target}")
-    assert not up, "imports that go up (front ends -> workloads -> library):\n" + "\n".join(sorted(up))
+    return sorted(up)
+
+
+def test_the_layering_check():
+    graph = {
+        "openradio": {"openradio.dense.segment", "openradio.model.radio"},
+        "openradio.dense.segment": {"openradio.model.radio"},
+        "openradio.model.radio": {"openradio.dense.segment", "openradio.cli"},
+        "openradio.cli": {"openradio.commands.knn"},
+    }
+    assert upward_imports(graph) == [
+        "openradio.model.radio -> openradio.cli",
+        "openradio.model.radio -> openradio.dense.segment",
+    ]
+
+
+def test_imports_go_from_front_ends_to_workloads_to_the_library():
+    """The layering docs/architecture.md states: no import goes up."""
+    up = upward_imports(import_graph())
+    assert not up, "imports that go up (front ends -> workloads -> library):\n" + "\n".join(up)
