@@ -24,7 +24,7 @@ _LAZY = {
     "ExtractError": "openradio.extract.engine",
     "Options": "openradio.extract.engine",
     "run_local": "openradio.extract.engine",
-    "FORMAT": "openradio.extract.manifest",
+    "FORMAT": "openradio.extract.writers",
     "read_features": "openradio.extract.writers",
     "read_table": "openradio.extract.writers",
 }

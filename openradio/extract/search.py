@@ -24,7 +24,7 @@ import torch
 from openradio.extract.manifest import ManifestMismatch
 from openradio.extract.manifest import read as read_manifest
 from openradio.extract.mapper import DTYPES, Mapper
-from openradio.extract.writers import Store, part_name
+from openradio.extract.writers import Store, check_format, part_name
 from openradio.inputs.imageio import load_image
 
 
@@ -41,6 +41,7 @@ def _manifest(url: str) -> tuple[Store, dict]:
     doc = read_manifest(store)
     if doc is None:
         raise ValueError(f"{url} has no manifest.json: is it an `openradio extract` output folder?")
+    check_format(doc, url)
     if doc.get("layout") != "openradio":
         raise ValueError(f"{url} has the {doc.get('layout')} layout; search reads the openradio layout")
     return store, doc
