@@ -43,16 +43,16 @@ def apply_flags(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from openradio.distill.config import load_config
+    from openradio.distill.config import load_config  # lazy: `openradio --help` imports this module
 
     # the whole config is checked before torch, the teachers or the student are built
     cfg = load_config(args.config, args.overrides)
     if not cfg.data.path:
         raise ValueError("no training data: set data.path=DIR (image folder, file list or shard pattern)")
 
-    import torch.distributed as dist
+    import torch.distributed as dist  # lazy: `openradio --help` imports this module (torch costs ~1.6 s)
 
-    from openradio.distill.trainer import Trainer
+    from openradio.distill.trainer import Trainer  # lazy: `openradio --help` imports this module
 
     trainer = Trainer(cfg)
     try:
@@ -81,7 +81,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(bad)}")
     args.overrides = list(args.overrides) + extra  # overrides may also follow options
     apply_flags(args)
-    from openradio.distill.config import load_config
+    from openradio.distill.config import load_config  # lazy: `openradio --help` imports this module
 
     try:  # a config mistake is one line, as with `openradio train`; later errors keep their traceback
         load_config(args.config, args.overrides)

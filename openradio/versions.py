@@ -34,6 +34,7 @@ class Version:
     @property
     def construction(self) -> str:
         """How openradio builds it: the backbone path (and the attention feature head)."""
+        # lazy: vit_families imports torch and timm; this module is plain data (the CLI checks --version with it)
         from openradio.model.vit_families import FAMILIES
 
         path = f"{self.arch} ({'RADIO name, timm blocks' if self.arch in FAMILIES else 'timm model'})"

@@ -10,11 +10,14 @@ one torchrun rank. The format is specified in docs/extract.md.
 
 from __future__ import annotations
 
+import importlib
 import os
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
-if TYPE_CHECKING:
-    import torch
+import torch
+
+from openradio.formats.resolve import radio_model
+from openradio.runtime import cpu_has_native_bf16, pick_device
 
 __all__ = ["extract", "read", "read_features", "ExtractError", "Options", "FORMAT"]
 
@@ -24,7 +27,7 @@ _LAZY = {
     "ExtractError": "openradio.extract.engine",
     "Options": "openradio.extract.engine",
     "run_local": "openradio.extract.engine",
-    "FORMAT": "openradio.extract.manifest",
+    "FORMAT": "openradio.extract.writers",
     "read_features": "openradio.extract.writers",
     "read_table": "openradio.extract.writers",
 }
@@ -32,15 +35,13 @@ _LAZY = {
 
 def __getattr__(name: str):
     if name in _LAZY:
-        import importlib
-
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def read(url: str):
     """The embeddings of an extract folder as one pyarrow Table (every complete part, in order)."""
-    from openradio.extract.writers import read_table
+    from openradio.extract.writers import read_table  # optional: the extract extra (pyarrow, fsspec)
 
     return read_table(url)
 
@@ -48,11 +49,7 @@ def read(url: str):
 def extract(sources: Sequence[str], model: "str | torch.nn.Module", out: str, **options) -> dict:
     """Run an extraction (or resume it) and return the manifest. ``model`` is a version name, a
     checkpoint path or a loaded model; ``options`` are :class:`Options`' fields."""
-    import torch
-
-    from openradio.extract.engine import Options, run_local
-    from openradio.formats.resolve import radio_model
-    from openradio.runtime import cpu_has_native_bf16, pick_device
+    from openradio.extract.engine import Options, run_local  # optional: the extract extra (pyarrow, fsspec)
 
     opts = Options(**options)
     version = model if isinstance(model, str) else getattr(model, "version", None)

@@ -16,9 +16,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from openradio.extract.writers import Store, part_name
+from openradio.extract.writers import (
+    FORMAT,  # noqa: F401  (re-exported: the header's "format", defined with its reader)
+    Store,
+    part_name,
+)
 
-FORMAT = "openradio.extract/1"
 # header fields whose change makes an existing folder a different data set
 IDENTITY = ("format", "layout", "options", "model", "sources", "rows", "rows_digest", "part_size")
 

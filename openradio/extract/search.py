@@ -21,11 +21,15 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from openradio.extract.engine import model_digest
 from openradio.extract.manifest import ManifestMismatch
 from openradio.extract.manifest import read as read_manifest
 from openradio.extract.mapper import DTYPES, Mapper
-from openradio.extract.writers import Store, part_name
+from openradio.extract.writers import Store, check_format, part_name
+from openradio.extras import require
+from openradio.formats.resolve import radio_model
 from openradio.inputs.imageio import load_image
+from openradio.runtime import pick_device
 
 
 @dataclass
@@ -41,6 +45,7 @@ def _manifest(url: str) -> tuple[Store, dict]:
     doc = read_manifest(store)
     if doc is None:
         raise ValueError(f"{url} has no manifest.json: is it an `openradio extract` output folder?")
+    check_format(doc, url)
     if doc.get("layout") != "openradio":
         raise ValueError(f"{url} has the {doc.get('layout')} layout; search reads the openradio layout")
     return store, doc
@@ -90,8 +95,6 @@ def search(
 
 
 def _search_faiss(store, doc, q, column, k, batch_rows) -> list[Hit]:
-    from openradio.extras import require
-
     faiss = require("faiss", "searching with faiss")
     index, kv = None, []
     for vecs, keys, srcs in _batches(store, doc, column, batch_rows):
@@ -107,10 +110,6 @@ def _search_faiss(store, doc, q, column, k, batch_rows) -> list[Hit]:
 def load_folder_model(url: str, version: str | None = None, device: str | None = None):
     """The model that made the folder (``version`` overrides the manifest's), with its adaptors,
     and a Mapper with the folder's options. Refuses a model whose digest differs."""
-    from openradio.extract.engine import model_digest
-    from openradio.formats.resolve import radio_model
-    from openradio.runtime import pick_device
-
     _, doc = _manifest(url)
     o = doc["options"]
     name = version or doc["model"]["version"]

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import fsspec
+import pyarrow.parquet as pq
 import torch
 from braceexpand import braceexpand
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -122,8 +123,6 @@ def _unique_keys(rows: list[Row]) -> list[Row]:
 def _list_rows(src: str, fs, path: str) -> list[Row]:
     base = posixpath.dirname(src)
     if path.lower().endswith(".parquet"):
-        import pyarrow.parquet as pq
-
         with fs.open(path, "rb") as f:
             table = pq.read_table(f)
         if "path" not in table.column_names:
@@ -163,7 +162,7 @@ def _tar_rows(src: str) -> list[Row]:
 
 def _video_rows(url: str, fps: float) -> list[Row]:
     """Frames at ``fps`` from 0 to the video's duration (read from the container, no decoding)."""
-    import av  # optional: the [viz] extra
+    import av  # optional: the [viz] extra (video sources only)
 
     try:
         with fsspec.open(url, "rb") as f, av.open(f) as c:
@@ -234,7 +233,7 @@ class VideoFrames:
         self.container = self.frames = self.prev = self.pending = None
 
     def _open(self, url: str, t: float):
-        import av
+        import av  # optional: the [viz] extra (video sources only)
 
         self.close()
         self.url = url
@@ -272,7 +271,7 @@ def read_row(row: Row, min_size: int, videos: VideoFrames | None = None) -> tupl
     if row.kind == "video":
         if row.time < 0:
             raise Skip("unreadable: not a readable video")
-        import av
+        import av  # optional: the [viz] extra (video sources only)
 
         try:
             frame = (videos or VideoFrames()).frame(row.url, row.time)

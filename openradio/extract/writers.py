@@ -5,7 +5,9 @@ final name is complete. On stores without an atomic rename (S3, GCS) the rename 
 part counts only once its entry is committed in the manifest (:mod:`openradio.extract.manifest`),
 which is written after the part's files.
 
-Layouts (``FORMAT`` in the manifest, spelled out in docs/extract.md):
+The format (:data:`FORMAT`, recorded in the manifest) is this module's: it writes the parts, and
+its readers (:func:`read_table`, :func:`read_features`) refuse a folder whose manifest records a
+version they do not read. Layouts (spelled out in docs/extract.md):
 
 * ``openradio``: ``embeddings/part-NNNNN.parquet`` (one row per input: ``key``, ``source``,
   ``width``, ``height``, ``input_height``, ``input_width``, ``summary``, ``<adaptor>_summary``...,
@@ -35,6 +37,12 @@ from safetensors.torch import save as save_tensors
 
 from openradio.atomicio import alive
 from openradio.extract.hooks import kill_point
+from openradio.formats.safeload import read_safetensors_bytes
+
+FORMAT_NAME = "openradio.extract"
+FORMAT_VERSION = 1
+FORMAT = f"{FORMAT_NAME}/{FORMAT_VERSION}"  # the manifest's "format"
+FEATURES_FORMAT = "openradio.extract.features/1"  # the metadata "format" of features/part-NNNNN.safetensors
 
 
 class Store:
@@ -207,22 +215,55 @@ def write_part(
         tensors = {f"{r['key']}/{o}": t for r in rows for o, t in (r.get("features") or {}).items()}
         if features:
             files.append(f"features/{name}.safetensors")
-            meta = {"format": "openradio.extract.features/1", "part": str(k), "feature_fmt": "CHW"}
+            meta = {"format": FEATURES_FORMAT, "part": str(k), "feature_fmt": "CHW"}
             store.write_bytes(files[1], save_tensors(tensors, metadata=meta))
     return files, time.perf_counter() - t0
+
+
+def check_format(doc: dict, url: str) -> None:
+    """Raise a one-line ``ValueError`` unless manifest ``doc`` records :data:`FORMAT` (a folder of
+    another kind, or of a version of the format this openradio does not read)."""
+    fmt = str(doc.get("format") or "")
+    name, _, version = fmt.partition("/")
+    if name != FORMAT_NAME or not version.isdigit():
+        raise ValueError(
+            f"{url} is not an openradio extract folder: its manifest.json records format {fmt or 'none'!r}, "
+            f"expected {FORMAT!r}"
+        )
+    if int(version) != FORMAT_VERSION:
+        newer = "; upgrade openradio" if int(version) > FORMAT_VERSION else ""
+        raise ValueError(
+            f"{url} is in format version {version} ({fmt}); this openradio reads version {FORMAT_VERSION} "
+            f"({FORMAT}){newer}"
+        )
+
+
+def checked_manifest(store: Store) -> dict:
+    """The folder's ``manifest.json``, checked with :func:`check_format`; one line when it is missing
+    or not JSON."""
+    if not store.exists("manifest.json"):
+        raise FileNotFoundError(f"{store.url} has no manifest.json: is it an `openradio extract` output folder?")
+    try:
+        doc = json.loads(store.read_bytes("manifest.json"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{store.url}/manifest.json is not valid JSON ({e})") from None
+    check_format(doc if isinstance(doc, dict) else {}, store.url)
+    return doc
 
 
 def read_table(url: str, parts: Iterable[int] | None = None) -> pa.Table:
     """The embeddings of a folder as one pyarrow Table (the parts the manifest lists, in order)."""
     store = Store(url)
+    doc = checked_manifest(store)
     if parts is None:
-        parts = sorted(json.loads(store.read_bytes("manifest.json"))["parts"], key=int)
+        parts = sorted(doc["parts"], key=int)
     tables = [pq.read_table(io.BytesIO(store.read_bytes(f"embeddings/{part_name(int(k))}.parquet"))) for k in parts]
     return pa.concat_tables(tables) if tables else pa.table({})
 
 
 def read_features(url: str, part: int) -> dict[str, torch.Tensor]:
     """The dense features of one part: ``{"<key>/<output>": (C, h, w) tensor}``."""
-    from safetensors.torch import load
-
-    return load(Store(url).read_bytes(f"features/{part_name(part)}.safetensors"))
+    store = Store(url)
+    checked_manifest(store)
+    rel = f"features/{part_name(part)}.safetensors"
+    return read_safetensors_bytes(store.read_bytes(rel), f"{store.url}/{rel}", "an openradio extract features part")

@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from openradio.atomicio import atomic_path
+from openradio.formats.safeload import open_safetensors
 
 __all__ = ["FORMAT", "FORMAT_NAME", "FORMAT_VERSION", "write_features", "read_features"]
 
@@ -60,11 +60,7 @@ def read_features(path: str | os.PathLike) -> tuple[dict[str, dict[str, dict[str
     """Read a file written by :func:`write_features`: ``({image: {output: {'summary', 'features'}}}, metadata)``.
     A file of another kind, or of a newer version of this format, is a one-line ``ValueError``."""
     nested: dict = {}
-    try:
-        f = safe_open(str(path), framework="pt")
-    except (SafetensorError, OSError) as e:
-        raise ValueError(f"cannot read {path} as an openradio features file: {str(e).splitlines()[0]}") from None
-    with f:
+    with open_safetensors(path, "an openradio features file") as f:
         meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
         fmt = str(meta.get("format", ""))
         name, _, version = fmt.partition("/")

@@ -38,13 +38,13 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from timm.layers import GELUTanh, QuickGELU
 from torch import nn
 
 from openradio.formats.build import build_radio, finish_loaded, preferred
 from openradio.formats.official import jsonable_args, make_args, official_state_dict, parse_dtype
-from openradio.formats.safeload import CheckpointError, read_safetensors
+from openradio.formats.safeload import CheckpointError, read_safetensors, read_safetensors_file
 from openradio.model.conditioner import InputConditioner
 from openradio.model.radio import RADIOModel
 from openradio.model.vit_families import swiglu_hidden_features
@@ -87,10 +87,10 @@ def is_native_folder(folder: str | os.PathLike) -> bool:
 
 
 def _require_transformers():
-    # optional dependency (extra `hf`): imported only when writing a folder for transformers
+    # imported only when writing a folder for transformers (reading one needs only safetensors)
     try:
-        import transformers
-        from transformers import RadioConfig, RadioModel  # noqa: F401
+        import transformers  # optional: pip install 'openradio[hf]'
+        from transformers import RadioConfig, RadioModel  # noqa: F401  (optional [hf]: checks for the native class)
     except ImportError as e:
         raise ImportError(
             "this needs Hugging Face transformers with its native RadioModel (transformers >= 5); "
@@ -462,7 +462,7 @@ def load_native(
     meta = config.get("openradio") or {}
     extras_path = folder / EXTRAS_FILE
     if extras_path.is_file():
-        state.update(load_file(str(extras_path)))
+        state.update(read_safetensors_file(extras_path))
     if adaptor_names and not meta.get("adaptor_names"):
         raise ValueError(
             f"{folder} holds no adaptor heads (a plain transformers RADIO folder); load it without adaptor_names"

@@ -16,6 +16,7 @@ from typing import Optional, Sequence
 
 import torch
 from torch import nn
+from torch.export import Dim
 
 from openradio.model.arguments import FEATURE_FORMATS
 from openradio.model.radio import RADIOModel
@@ -73,7 +74,7 @@ def export_onnx(
     if opset < MIN_OPSET:
         raise ValueError(f"opset {opset} is too old: use {MIN_OPSET} or newer (LayerNorm and attention need it)")
     try:
-        import onnxscript  # noqa: F401  (torch.onnx's dynamo exporter needs it)
+        import onnxscript  # noqa: F401  (optional [onnx]: torch.onnx's dynamo exporter needs it)
     except ImportError:
         raise ImportError("ONNX export needs onnx and onnxscript: pip install 'openradio[onnx]'") from None
     names = list(model.adaptors) if adaptor_names is None else list(adaptor_names)
@@ -96,8 +97,6 @@ def export_onnx(
     if h % step or w % step:
         raise ValueError(f"example_size {example_size} must be multiples of {step}")
     x = torch.rand(2, 3, h, w, dtype=torch.float32, device=next(model.parameters()).device)
-    from torch.export import Dim
-
     batch = Dim("batch", min=1, max=1024)
     hs = Dim("h_steps", min=1, max=max(max_size // step, 4))
     ws = Dim("w_steps", min=1, max=max(max_size // step, 4))

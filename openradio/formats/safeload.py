@@ -14,11 +14,13 @@ import os
 import pickle
 import re
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import torch
-from safetensors.torch import load_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load, load_file
 
 # What an official checkpoint's pickle may reference beyond tensors and plain containers.
 SAFE_GLOBALS = [argparse.Namespace]
@@ -150,6 +152,54 @@ def _unsafe_detail(msg: str) -> Optional[str]:
     return None
 
 
+def _unreadable(path: str | os.PathLike, what: str, e: BaseException | None) -> CheckpointError:
+    where = f"cannot read {path}" + (f" as {what}" if what else "")
+    if e is None:
+        return CheckpointError(f"{where}: no such file")
+    reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return CheckpointError(f"{where}: the file is truncated or corrupt ({reason})")
+
+
+def read_safetensors_file(path: str | os.PathLike, what: str = "") -> dict[str, torch.Tensor]:
+    """Every tensor of one safetensors file; a missing file is a ``FileNotFoundError``, a truncated
+    or corrupt one (or a file of another kind) one :class:`CheckpointError` line naming it (and
+    ``what`` it was read as, when given)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing")
+    try:
+        return load_file(str(path))
+    except Exception as e:
+        raise _unreadable(path, what, e) from e
+
+
+@contextmanager
+def open_safetensors(path: str | os.PathLike, what: str = "") -> Iterator[Any]:
+    """``safetensors.safe_open(path, framework="pt")`` for reading selected tensors and the metadata
+    lazily. A missing file, one that cannot be opened, or one whose tensors cannot be read is one
+    :class:`CheckpointError` line (a ``ValueError``) naming it (and ``what`` it was read as)."""
+    if not Path(path).is_file():
+        raise _unreadable(path, what, None)
+    try:
+        f = safe_open(str(path), framework="pt")
+    except (SafetensorError, OSError) as e:
+        raise _unreadable(path, what, e) from e
+    with f:
+        try:
+            yield f
+        except SafetensorError as e:
+            raise _unreadable(path, what, e) from e
+
+
+def read_safetensors_bytes(data: bytes, source: str, what: str = "") -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file read into memory (``source`` names it in the error), with
+    the one-line :class:`CheckpointError` of :func:`read_safetensors_file`."""
+    try:
+        return load(data)
+    except Exception as e:
+        raise _unreadable(source, what, e) from e
+
+
 def read_safetensors(
     folder: str | os.PathLike, default_files: Optional[Sequence[str]] = None
 ) -> dict[str, torch.Tensor]:
@@ -166,13 +216,7 @@ def read_safetensors(
         raise FileNotFoundError(f"{folder} has no model.safetensors")
     state: dict[str, torch.Tensor] = {}
     for name in files:
-        path = folder / name
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing")
-        try:
-            state.update(load_file(str(path)))
-        except Exception as e:
-            raise CheckpointError(f"cannot read {path}: the file is truncated or corrupt ({e})") from None
+        state.update(read_safetensors_file(folder / name))
     return state
 
 
@@ -183,4 +227,7 @@ __all__ = [
     "verify_zip_checksums",
     "safe_torch_load",
     "read_safetensors",
+    "read_safetensors_file",
+    "read_safetensors_bytes",
+    "open_safetensors",
 ]

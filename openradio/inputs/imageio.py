@@ -18,11 +18,13 @@ PIL ``uint8`` image cannot hold values outside that range either.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Sequence, Union
 
 import numpy as np
 import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
 __all__ = [
@@ -63,8 +65,6 @@ def list_images(source: Union[PathLike, Sequence[PathLike]], check_exists: bool 
       missing one when it is loaded instead (a list may name millions);
     * a sequence of paths: used as given.
     """
-    import os
-
     if not isinstance(source, (str, os.PathLike)):
         paths = [Path(p) for p in source]
         if not paths:
@@ -128,8 +128,6 @@ def image_to_tensor(image) -> Tensor:
     ``convert('RGB')`` does in the official examples). 16-bit images are scaled by 65535 rather
     than saturated at 255.
     """
-    from PIL import Image
-
     if isinstance(image, Image.Image):
         if image.mode in ("I;16", "I;16B", "I;16L", "I"):
             # convert('RGB') clips 16-bit values at 255, which turns most 16-bit PNGs white.
@@ -168,8 +166,6 @@ def load_image(path: PathLike) -> Tensor:
     ``FileNotFoundError`` for a missing path and :class:`ImageLoadError` (a ``ValueError``) naming
     the file when it cannot be decoded.
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"image file not found: {path}")
@@ -223,8 +219,10 @@ def _check_image(img: Tensor) -> None:
 
 def resize_image(img: Tensor, height: int, width: int) -> Tensor:
     """``img`` at exactly ``height`` x ``width`` (bicubic, antialiased; float images clamped to [0, 1])."""
-    from torchvision.transforms.v2 import InterpolationMode
-    from torchvision.transforms.v2 import functional as TF
+    # torchvision is not imported at the top: the data readers (eval.data, distill.data, extract.sources)
+    # import this module without resizing anything
+    from torchvision.transforms.v2 import InterpolationMode  # lazy: torchvision costs ~0.9 s to import
+    from torchvision.transforms.v2 import functional as TF  # lazy: torchvision costs ~0.9 s to import
 
     if tuple(img.shape[-2:]) == (height, width):
         return img
@@ -254,7 +252,7 @@ def resize_center_crop(img: Tensor, res: Size, multiple: int = 1) -> Tensor:
     resized sides to the nearest multiple before the crop, as the examples' ``ResizeTransform``
     does with ``resize_multiple``. Accepts ``(C, H, W)`` or ``(B, C, H, W)``.
     """
-    from torchvision.transforms.v2 import functional as TF
+    from torchvision.transforms.v2 import functional as TF  # lazy: torchvision costs ~0.9 s to import
 
     _check_image(img)
     th, tw = _pair(res, "res")

@@ -21,6 +21,9 @@ from pathlib import Path
 from typing import Iterable, NamedTuple, Optional, Sequence
 
 import numpy as np
+from PIL import Image
+
+from openradio.extras import require
 
 __all__ = [
     "SampleImage",
@@ -78,8 +81,6 @@ TRAIN_IMAGES: tuple[str, ...] = tuple(n for n in SAMPLE_IMAGES if n not in EVAL_
 
 def _load_raw(spec: SampleImage) -> np.ndarray:
     if spec.source == "skimage":
-        from openradio.extras import require
-
         data = require("skimage.data", "the bundled sample photographs")
         fn_name, _, index = spec.loader.partition(":")
         out = getattr(data, fn_name)()
@@ -87,8 +88,6 @@ def _load_raw(spec: SampleImage) -> np.ndarray:
             out = out[int(index)]
         return np.asarray(out)
     if spec.source == "sklearn":
-        from openradio.extras import require
-
         datasets = require("sklearn.datasets", "the bundled sample photographs")
         return np.asarray(datasets.load_sample_image(spec.loader))
     raise ValueError(f"unknown sample-image source {spec.source!r}")
@@ -120,7 +119,7 @@ def available_images(names: Optional[Iterable[str]] = None) -> list[str]:
         spec = SAMPLE_IMAGES[n]
         if spec.source == "sklearn":
             try:
-                import sklearn.datasets  # noqa: F401
+                import sklearn.datasets  # noqa: F401  (optional [demo]: is scikit-learn installed?)
             except ImportError:
                 continue
         out.append(n)
@@ -138,8 +137,6 @@ def load_sample_image(name: str, max_side: Optional[int] = None) -> np.ndarray:
             f"sample image {name!r} needs {e.name or 'a missing package'}: pip install scikit-image scikit-learn"
         ) from None
     if max_side is not None and max(img.shape[:2]) > max_side:
-        from PIL import Image
-
         h, w = img.shape[:2]
         scale = max_side / max(h, w)
         size = (max(1, round(w * scale)), max(1, round(h * scale)))
@@ -159,8 +156,6 @@ def write_sample_images(
     PNG for lossless sources, JPEG (quality 95) for JPEG sources; files already there are kept
     unless ``overwrite``. Returns the written paths in ``names`` order.
     """
-    from PIL import Image
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     paths = []

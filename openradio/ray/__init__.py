@@ -35,7 +35,9 @@ from openradio.extract.engine import ExtractError, Job, Options, write_errors
 from openradio.extract.mapper import DTYPES, Mapper
 from openradio.extract.sources import Row, Skip, VideoFrames, check_size, decode_bytes, read_row
 from openradio.extras import require
+from openradio.formats.resolve import radio_model
 from openradio.inputs.imageio import image_to_tensor
+from openradio.runtime import pick_device
 
 __all__ = ["Plan", "RadioEmbedder", "plan_resources", "run_ray"]
 
@@ -54,9 +56,6 @@ class RadioEmbedder:
         batch_size: int = 32,
         model=None,
     ):
-        from openradio.formats.resolve import radio_model
-        from openradio.runtime import pick_device
-
         dev = pick_device(device)
         if model is None:
             model = radio_model(
@@ -133,7 +132,7 @@ class Plan:
 
     def map_args(self) -> dict:
         """Keyword arguments for ``ds.map_batches(RadioEmbedder, ...)``."""
-        import ray.data
+        import ray.data  # optional: the [ray] extra
 
         args = {"compute": ray.data.ActorPoolStrategy(size=self.actors), "num_cpus": self.actor_cpus}
         if self.actor_gpus:
@@ -148,7 +147,7 @@ def plan_resources(device: str | None = None, actors: int | None = None, cluster
     GPU). One actor per GPU when ``device`` is CUDA or unset on a cluster with GPUs, else one actor.
     A request the cluster cannot meet raises :class:`ExtractError` instead of waiting forever."""
     if cluster is None:
-        import ray
+        import ray  # optional: the [ray] extra
 
         cluster = ray.cluster_resources()
     cpus, gpus = float(cluster.get("CPU", 0)), float(cluster.get("GPU", 0))
@@ -185,9 +184,6 @@ def run_ray(sources: Sequence[str], version: str, out: str, **options) -> dict:
     manifest as the local engine. Plain image files are read with ``ray.data.read_binary_files``;
     tar members and video frames as openradio rows."""
     ray = require("ray", "openradio extract --engine ray")
-    from openradio.formats.resolve import radio_model
-    from openradio.runtime import pick_device
-
     opts = Options(**options)
     opts.extra = {**opts.extra, "engine": "ray"}
     if opts.features != "none":

@@ -302,7 +302,7 @@ def model_properties(model) -> dict:
 # -- platform ------------------------------------------------------------------------------------
 def platform_info() -> dict:
     """What decides float32 kernel results on this machine."""
-    import timm
+    import timm  # lazy: timm costs ~2 s to import; `openradio parity --matrix` needs only its version
 
     flags = cpu_flags()
     blas = ""

@@ -22,7 +22,7 @@ from conftest import write_test_video
 from openradio.cli import main
 from openradio.extract import read, read_features
 from openradio.extract.sources import list_rows
-from openradio.extract.writers import Store
+from openradio.extract.writers import FORMAT, FORMAT_NAME, FORMAT_VERSION, Store, write_part
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = ["--resolution", "64", "--no-progress", "--workers", "0"]
@@ -328,6 +328,35 @@ def test_store_leaves_nothing_half_written(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="Read-only"):
         store.write_bytes("embeddings/part-00000.parquet", b"x" * 100)
     assert list((tmp_path / "embeddings").iterdir()) == []
+
+
+def _folder_with_format(out: Path, fmt: str) -> None:
+    """A one-part folder (one row, with features) whose manifest records format ``fmt``."""
+    store = Store(str(out))
+    row = {"key": "a", "source": "a.png", "width": 4, "height": 4, "input_height": 4, "input_width": 4}
+    row |= {"summary": np.ones(3, np.float32), "status": "ok", "features": {"backbone": torch.ones(2, 1, 1)}}
+    files, _ = write_part(store, 0, [row], {"summary": 3}, "openradio", features=True)
+    man = {"format": fmt, "layout": "openradio", "parts": {"00000": {"rows": 1, "files": files}}}
+    (out / "manifest.json").write_text(json.dumps(man))
+
+
+def test_readers_refuse_a_manifest_of_a_future_format_version(tmp_path):
+    ok, future = tmp_path / "ok", tmp_path / "future"
+    _folder_with_format(ok, FORMAT)
+    assert read(str(ok)).num_rows == 1 and torch.equal(read_features(str(ok), 0)["a/backbone"], torch.ones(2, 1, 1))
+    newer = f"{FORMAT_NAME}/{FORMAT_VERSION + 1}"
+    _folder_with_format(future, newer)
+    for reader in (lambda: read(str(future)), lambda: read_features(str(future), 0)):
+        with pytest.raises(ValueError) as info:
+            reader()
+        text = str(info.value)
+        assert "\n" not in text and str(future) in text and "upgrade openradio" in text
+        assert (
+            f"version {FORMAT_VERSION + 1} ({newer})" in text and f"reads version {FORMAT_VERSION} ({FORMAT})" in text
+        )
+    (future / "manifest.json").write_text(json.dumps({"format": "something.else/1", "parts": {}}))
+    with pytest.raises(ValueError, match="not an openradio extract folder"):
+        read(str(future))
 
 
 def _subprocess_run(args, kill=None):
