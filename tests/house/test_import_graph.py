@@ -68,12 +68,20 @@ def imports_of(module: str, path: Path, known: set[str]) -> list[tuple[str, int,
 def string_imports_of(module: str, path: Path, known: set[str]) -> list[tuple[str, int]]:
     """(openradio module, line) for every string constant in ``path`` that names one in full, as
     ``importlib.import_module`` takes it (``"openradio.commands.knn"``) or as an entry point
-    (``"openradio.ray:run_ray"``). The bare package name is left out: it is the project's name in
-    labels and layouts, and the package runs first on every import anyway."""
+    (``"openradio.ray:run_ray"``), where such names are handed on: inside a dict, list, tuple or
+    set, or as a call's argument. A name assigned alone is a label (``FORMAT_NAME =
+    "openradio.extract"``, written into a layout), and the bare package name is left out for the same
+    reason (the package runs first on every import anyway)."""
     tree = ast.parse(path.read_text(), filename=str(path))
+    handed_on = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Dict, ast.List, ast.Tuple, ast.Set)):
+            handed_on.update(id(c) for c in ast.iter_child_nodes(node))
+        elif isinstance(node, ast.Call):
+            handed_on.update(id(a) for a in [*node.args, *(k.value for k in node.keywords)])
     out = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) in handed_on:
             name = node.value.split(":", 1)[0] if node.value.count(":") == 1 else node.value
             if name in known and "." in name and name != module:
                 out.append((name, node.lineno))
@@ -174,13 +182,15 @@ def test_a_circle_through_a_string_import_is_found(tmp_path):
     closed that way fails ``test_no_import_cycles`` as much as one of import statements."""
     pkg = tmp_path / "openradio"
     pkg.mkdir()
-    (pkg / "__init__.py").write_text('"""openradio.a is named in prose only."""\nNAME = "openradio"\n')
+    (pkg / "__init__.py").write_text(
+        '"""openradio.a is named in prose only."""\nNAME = "openradio"\nFORMAT_NAME = "openradio.a"\n'
+    )
     (pkg / "a.py").write_text('import importlib\nCOMMANDS = {"b": "openradio.b"}\n')
     (pkg / "b.py").write_text("def run():\n    from openradio.a import COMMANDS\n")
     (pkg / "c.py").write_text('ENGINES = {"x": "openradio.d:run"}\n')
     (pkg / "d.py").write_text('def run():\n    return __import__("importlib").import_module("openradio.c")\n')
     graph = import_graph(pkg)
-    assert graph["openradio"] == set()  # prose and the bare package name are no imports
+    assert graph["openradio"] == set()  # prose, labels and the bare package name are no imports
     assert graph["openradio.a"] == {"openradio.b"} and graph["openradio.c"] == {"openradio.d"}
     assert find_cycles(graph) == [
         ["openradio.a", "openradio.b", "openradio.a"],
