@@ -35,10 +35,16 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
+from openradio.atomicio import atomic_path, write_text
 from openradio.dense.backbone import call_window, resolution_step
+from openradio.eval.zero_shot import build_classifier, get_templates
+from openradio.extras import require
+from openradio.inputs.imageio import image_to_tensor, load_image, tensor_to_uint8
 from openradio.model.radio import LOADED
+from openradio.runtime import autocast
 
 __all__ = [
     "segment",
@@ -145,8 +151,6 @@ def prompt_embeddings(
 ) -> torch.Tensor:
     """(K, D) normalised text embedding of each prompt: mean over ``templates`` (open_clip's 80
     OpenAI ImageNet templates by default) of the normalised embeddings, re-normalised."""
-    from openradio.eval.zero_shot import build_classifier, get_templates
-
     head = _adaptor(model, adaptor)
     if not hasattr(head, "encode_text"):
         raise ValueError(
@@ -183,8 +187,6 @@ class SegmentationResult:
 
 
 def _as_image(image) -> torch.Tensor:
-    from openradio.inputs.imageio import image_to_tensor, load_image
-
     if isinstance(image, (str, os.PathLike)):
         return load_image(image)
     if isinstance(image, torch.Tensor):
@@ -238,8 +240,6 @@ def segment(
         templates: prompt templates ('openai', 'simple', 'base' or a list with '{}').
         text_embeddings: (K, D) prompt embeddings to use instead of the text tower's.
     """
-    from openradio.runtime import autocast
-
     if isinstance(prompts, str):
         prompts = [p.strip() for p in prompts.split(",") if p.strip()]
     prompts = list(prompts)
@@ -311,8 +311,6 @@ def segment(
 
 def label_palette(n: int) -> np.ndarray:
     """(n + 1, 3) uint8 colours: black for background (0), then matplotlib's tab20."""
-    from openradio.extras import require
-
     cmap = require("matplotlib", "label colours").colormaps["tab20"]
     cols = [(0, 0, 0)] + [tuple(int(255 * c) for c in cmap(i % 20)[:3]) for i in range(n)]
     return np.array(cols, dtype=np.uint8)
@@ -323,16 +321,10 @@ def write_segmentation(
 ) -> dict[str, Path]:
     """Writes ``STEM_labels.png`` (palette PNG: pixel value = label), ``STEM_overlay.png``
     (the image under the colour-coded labels, with a legend) and ``STEM_scores.json``."""
-    from openradio.extras import require
-
     matplotlib = require("matplotlib", "the segmentation overlay")
     matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
-    from PIL import Image
-
-    from openradio.atomicio import atomic_path, write_text
-    from openradio.inputs.imageio import tensor_to_uint8
+    import matplotlib.pyplot as plt  # optional: openradio[viz], checked by require() above
+    from matplotlib.patches import Patch  # optional: openradio[viz], checked by require() above
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
