@@ -44,7 +44,7 @@ from openradio.eval.zero_shot import build_classifier, get_templates
 from openradio.extras import require
 from openradio.inputs.imageio import image_to_tensor, load_image, tensor_to_uint8
 from openradio.model.radio import LOADED
-from openradio.runtime import autocast
+from openradio.runtime import autocast, default_resolution
 
 __all__ = [
     "segment",
@@ -232,7 +232,8 @@ def segment(
         prompts: class names (a list, or one comma-separated string).
         attention: 'scra' (self-correlating last block) or 'plain' (see the module docstring).
         resolution: the short side the image is resized to before inference (rounded to the
-            model's step; default: the model's preferred resolution, else 512).
+            model's step; default: ``openradio.runtime.default_resolution``, the model's preferred
+            side, else 512).
         window, stride: sliding-window inference with ``window`` x ``window`` px crops every
             ``stride`` px (default 2/3 of the window) of the resized image; the scores of
             overlapping windows are averaged. Without ``window`` the whole image runs at once.
@@ -258,8 +259,7 @@ def segment(
     text = text.to(device)
     step = resolution_step(model, vitdet_window)
     if resolution is None:
-        pref = model.preferred_resolution
-        resolution = min(pref) if pref else 512
+        resolution = default_resolution(model)
     scale = resolution / min(H, W)
     rh, rw = model.get_nearest_supported_resolution(round(H * scale), round(W * scale), vitdet_window=vitdet_window)
     x = F.interpolate(img[None], size=(rh, rw), mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
