@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from openradio.formats.resolve import radio_model
 from openradio.model.arguments import take_indices
 from openradio.model.neck import SimpleFeaturePyramid
 from openradio.model.radio import LOADED, RADIOModel
@@ -165,7 +166,5 @@ def backbone(
         if vitdet_window is not None:
             kwargs.setdefault("vitdet_window", vitdet_window)
     else:
-        from openradio.formats.resolve import radio_model
-
         model = radio_model(version_or_path, vitdet_window_size=vitdet_window, text_towers=False, progress=progress)
     return RadioBackbone(model, out_indices=out_indices, pyramid=pyramid, out_channels=out_channels, **kwargs)

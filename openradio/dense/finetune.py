@@ -37,12 +37,20 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from openradio.atomicio import atomic_path, write_text
 from openradio.dense.backbone import RadioBackbone, dinov2_block_indices
 from openradio.dense.datasets import SegData
+from openradio.dense.segment import label_palette
 from openradio.eval.probe import LinearSegHead, confusion_iou
+from openradio.extras import require
+from openradio.formats.official import official_state_dict, save_checkpoint
+from openradio.formats.resolve import radio_model
+from openradio.inputs.imageio import load_image, tensor_to_uint8
+from openradio.runtime import autocast
 
 __all__ = [
     "FinetuneConfig",
@@ -266,8 +274,6 @@ class _Pairs(torch.utils.data.Dataset):
         return len(self.order)
 
     def __getitem__(self, j: int):
-        from openradio.inputs.imageio import load_image
-
         i, flip = self.order[j]
         r = self.res
         img = F.interpolate(
@@ -302,9 +308,6 @@ def evaluate(
     progress: bool = False,
 ) -> tuple[torch.Tensor, float, float]:
     """Confusion matrix over ``data`` at the masks' own sizes; returns (per-class IoU, mIoU, pixel acc)."""
-    from openradio.inputs.imageio import load_image
-    from openradio.runtime import autocast
-
     model.eval()
     conf = torch.zeros(num_classes, num_classes, dtype=torch.int64)
     for i in tqdm(range(len(data)), desc="val", unit="image", disable=not progress, leave=False):
@@ -347,8 +350,6 @@ def finetune_segmentation(
     it), ``metrics.jsonl``, ``predictions.png`` and the export (``head.safetensors``,
     ``head.json``, and ``backbone.pth.tar`` unless frozen). ``stop_after``: end after that many
     epochs of this call (an interruption, for tests)."""
-    from openradio.runtime import autocast
-
     cfg.check()
     device = torch.device(device) if device is not None else next(radio.parameters()).device
     amp = cfg.amp if cfg.amp is not None else device.type == "cuda"
@@ -421,8 +422,6 @@ def finetune_segmentation(
             tqdm.write(f"epoch {epoch + 1}: loss {rec['loss']:.4f}  mIoU {miou:.4f}  pixel acc {acc:.4f}")
         epochs_run += 1
         if out is not None:
-            from openradio.atomicio import atomic_path, write_text
-
             out.mkdir(parents=True, exist_ok=True)
             chk = {
                 "epoch": epoch + 1,
@@ -454,10 +453,6 @@ def _jsonable(cfg: FinetuneConfig) -> dict:
 def export_segmenter(model: SegmentationModel, cfg: FinetuneConfig, out_dir: str | os.PathLike) -> dict[str, Path]:
     """``head.safetensors`` (head + neck weights), ``head.json`` (how to rebuild it) and, when the
     backbone trained, ``backbone.pth.tar`` (official format: ``radio_model`` loads it)."""
-    from safetensors.torch import save_file
-
-    from openradio.atomicio import atomic_path, write_text
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"head": out / "head.safetensors", "config": out / "head.json"}
@@ -465,8 +460,6 @@ def export_segmenter(model: SegmentationModel, cfg: FinetuneConfig, out_dir: str
         save_file({k: v.detach().cpu().contiguous() for k, v in model.head_state_dict().items()}, str(tmp))
     meta = _jsonable(cfg)
     if not model.frozen:
-        from openradio.formats.official import official_state_dict, save_checkpoint
-
         radio = model.radio
         if getattr(radio, "args", None) is None:
             raise ValueError(
@@ -481,10 +474,6 @@ def export_segmenter(model: SegmentationModel, cfg: FinetuneConfig, out_dir: str
 def load_segmenter(out_dir: str | os.PathLike, version: Optional[str] = None, device="cpu") -> SegmentationModel:
     """The fine-tuned model of ``out_dir`` (``head.json`` + ``head.safetensors``), on the exported
     ``backbone.pth.tar`` or, for a frozen run, on ``version`` (default: the one trained on)."""
-    from safetensors.torch import load_file
-
-    from openradio.formats.resolve import radio_model
-
     out = Path(out_dir)
     meta = json.loads((out / "head.json").read_text())
     source = str(out / meta["backbone"]) if meta.get("backbone") else (version or meta.get("version"))
@@ -508,16 +497,9 @@ def write_prediction_picture(
     model: SegmentationModel, data: SegData, resolution: int, path: Path, n: int = 4, amp: bool = False
 ) -> Path:
     """Rows of (image, ground truth, prediction) for the first ``n`` images of ``data``."""
-    from openradio.extras import require
-
     matplotlib = require("matplotlib", "the prediction picture")
     matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    from openradio.atomicio import atomic_path
-    from openradio.dense.segment import label_palette
-    from openradio.inputs.imageio import load_image, tensor_to_uint8
-    from openradio.runtime import autocast
+    import matplotlib.pyplot as plt  # optional: openradio[viz], checked by require() above
 
     n = min(n, len(data))
     pal = label_palette(model.num_classes)[1:]

@@ -35,10 +35,16 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
+from openradio.atomicio import atomic_path, write_text
 from openradio.dense.backbone import call_window, resolution_step
+from openradio.eval.zero_shot import build_classifier, get_templates
+from openradio.extras import require
+from openradio.inputs.imageio import image_to_tensor, load_image, tensor_to_uint8
 from openradio.model.radio import LOADED
+from openradio.runtime import autocast, default_resolution
 
 __all__ = [
     "segment",
@@ -145,8 +151,6 @@ def prompt_embeddings(
 ) -> torch.Tensor:
     """(K, D) normalised text embedding of each prompt: mean over ``templates`` (open_clip's 80
     OpenAI ImageNet templates by default) of the normalised embeddings, re-normalised."""
-    from openradio.eval.zero_shot import build_classifier, get_templates
-
     head = _adaptor(model, adaptor)
     if not hasattr(head, "encode_text"):
         raise ValueError(
@@ -183,8 +187,6 @@ class SegmentationResult:
 
 
 def _as_image(image) -> torch.Tensor:
-    from openradio.inputs.imageio import image_to_tensor, load_image
-
     if isinstance(image, (str, os.PathLike)):
         return load_image(image)
     if isinstance(image, torch.Tensor):
@@ -230,7 +232,8 @@ def segment(
         prompts: class names (a list, or one comma-separated string).
         attention: 'scra' (self-correlating last block) or 'plain' (see the module docstring).
         resolution: the short side the image is resized to before inference (rounded to the
-            model's step; default: the model's preferred resolution, else 512).
+            model's step; default: ``openradio.runtime.default_resolution``, the model's preferred
+            side, else 512).
         window, stride: sliding-window inference with ``window`` x ``window`` px crops every
             ``stride`` px (default 2/3 of the window) of the resized image; the scores of
             overlapping windows are averaged. Without ``window`` the whole image runs at once.
@@ -238,8 +241,6 @@ def segment(
         templates: prompt templates ('openai', 'simple', 'base' or a list with '{}').
         text_embeddings: (K, D) prompt embeddings to use instead of the text tower's.
     """
-    from openradio.runtime import autocast
-
     if isinstance(prompts, str):
         prompts = [p.strip() for p in prompts.split(",") if p.strip()]
     prompts = list(prompts)
@@ -258,8 +259,7 @@ def segment(
     text = text.to(device)
     step = resolution_step(model, vitdet_window)
     if resolution is None:
-        pref = model.preferred_resolution
-        resolution = min(pref) if pref else 512
+        resolution = default_resolution(model)
     scale = resolution / min(H, W)
     rh, rw = model.get_nearest_supported_resolution(round(H * scale), round(W * scale), vitdet_window=vitdet_window)
     x = F.interpolate(img[None], size=(rh, rw), mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
@@ -311,8 +311,6 @@ def segment(
 
 def label_palette(n: int) -> np.ndarray:
     """(n + 1, 3) uint8 colours: black for background (0), then matplotlib's tab20."""
-    from openradio.extras import require
-
     cmap = require("matplotlib", "label colours").colormaps["tab20"]
     cols = [(0, 0, 0)] + [tuple(int(255 * c) for c in cmap(i % 20)[:3]) for i in range(n)]
     return np.array(cols, dtype=np.uint8)
@@ -323,16 +321,10 @@ def write_segmentation(
 ) -> dict[str, Path]:
     """Writes ``STEM_labels.png`` (palette PNG: pixel value = label), ``STEM_overlay.png``
     (the image under the colour-coded labels, with a legend) and ``STEM_scores.json``."""
-    from openradio.extras import require
-
     matplotlib = require("matplotlib", "the segmentation overlay")
     matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
-    from PIL import Image
-
-    from openradio.atomicio import atomic_path, write_text
-    from openradio.inputs.imageio import tensor_to_uint8
+    import matplotlib.pyplot as plt  # optional: openradio[viz], checked by require() above
+    from matplotlib.patches import Patch  # optional: openradio[viz], checked by require() above
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ import dataclasses
 import re
 import typing
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -177,8 +178,6 @@ class TrainConfig:
 def shipped_recipe(name: str) -> Path:
     """A recipe shipped with the package (``openradio/configs/<name>.yaml``: tiny, radio_v2.5-b,
     radio_v2.5-l); the repository's ``configs/`` is the same folder."""
-    from importlib import resources
-
     path = Path(str(resources.files("openradio") / "configs" / f"{name.removesuffix('.yaml')}.yaml"))
     if not path.is_file():
         known = sorted(p.stem for p in path.parent.glob("*.yaml"))
@@ -467,7 +466,8 @@ def validate(cfg: TrainConfig) -> None:
     types = None
     for i, t in enumerate(cfg.teachers):
         if types is None:
-            from openradio.teachers import TEACHER_TYPES as types  # a dict lookup: nothing is built
+            # lazy: openradio.teachers imports torch (2 s); reading a config stays light
+            from openradio.teachers import TEACHER_TYPES as types
         kind = t.type or t.name
         if kind not in types:
             field_ = "type" if t.type else "name"

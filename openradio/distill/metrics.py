@@ -69,7 +69,7 @@ class MetricsLogger:
             self._w.writeheader()
         if cfg.tensorboard:
             try:
-                from torch.utils.tensorboard import SummaryWriter
+                from torch.utils.tensorboard import SummaryWriter  # optional: openradio[train] (tensorboard)
 
                 self.tb = SummaryWriter(str(Path(out_dir) / "tensorboard"))
             except Exception as e:  # tensorboard missing or broken: CSV still works

@@ -51,9 +51,16 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
+import numpy as np
 import torch
+import webdataset as wds
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from tqdm import tqdm
+from webdataset.gopen import gopen
+from webdataset.shardlists import expand_urls
+from webdataset.tariterators import tarfile_samples
 
 from openradio.distill.sampling import apply_transform, sample_seed
 from openradio.inputs.imageio import ImageLoadError, image_to_tensor, list_images
@@ -116,10 +123,6 @@ def write_shards(
     Unreadable files (I/O errors) are always left out, with a warning. Writes ``index.json`` with
     the shard names and counts. Returns the shard paths.
     """
-    import numpy as np
-    import webdataset as wds
-    from tqdm import tqdm
-
     if int(max_count_per_shard) < 1:
         raise ValueError(f"max_count_per_shard must be >= 1, got {max_count_per_shard}")
     if not max_size > 0:
@@ -215,8 +218,6 @@ def resolve_shards(spec: Union[PathLike, Sequence[PathLike]]) -> tuple[list[str]
     ``index.json`` (local or URL; names relative to it), a ``.tar`` path or URL, a brace pattern
     (``"shards/shard-{000000..000009}.tar"``, ``"::"`` joins several), or a list of any of these.
     """
-    from webdataset.shardlists import expand_urls
-
     if not isinstance(spec, (str, os.PathLike)):
         urls: list[str] = []
         counts: Optional[list[int]] = []
@@ -232,8 +233,6 @@ def resolve_shards(spec: Union[PathLike, Sequence[PathLike]]) -> tuple[list[str]
         raise ValueError("no shards given")
     if s.endswith(".json"):
         if _is_url(s):
-            from webdataset.gopen import gopen
-
             with gopen(s) as f:
                 index = json.loads(f.read())
             base = s.rsplit("/", 1)[0]
@@ -262,8 +261,6 @@ def resolve_shards(spec: Union[PathLike, Sequence[PathLike]]) -> tuple[list[str]
 
 def decode_image_bytes(data: bytes, name: str = "image") -> Tensor:
     """Encoded image bytes as a float ``(3, H, W)`` RGB tensor in [0, 1]; :class:`ImageLoadError` if undecodable."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
     try:
         with Image.open(io.BytesIO(data)) as im:
             im.load()
@@ -371,8 +368,6 @@ class ShardDataset(IterableDataset):
 
     def _raw_samples(self, shard: int, epoch: int) -> Iterator[dict]:
         """Undecoded samples of one shard in this epoch's (deterministic) order."""
-        from webdataset.tariterators import tarfile_samples
-
         it = tarfile_samples([{"url": self.urls[shard]}], handler=_warn_and_continue)
         if not self.shuffle or self.shuffle_buffer <= 1:
             yield from it

@@ -21,6 +21,7 @@ from typing import Iterable, Iterator, Optional, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from openradio.atomicio import atomic_path
 from openradio.inputs.imageio import IMAGE_EXTENSIONS, ImageLoadError, is_image_name, load_image, resize_center_crop
 
 __all__ = [
@@ -152,6 +153,7 @@ def read_classnames(spec: str | None) -> list[str] | None:
     if spec is None:
         return None
     if spec.lower() in ("imagenet", "imagenet1k", "imagenet-1k"):
+        # lazy: open_clip costs 1 s to import; only the 'imagenet' names need it
         from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 
         return list(IMAGENET_CLASSNAMES)
@@ -251,8 +253,6 @@ def iterate_batches(
 
 
 def write_csv(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Sequence]) -> Path:
-    from openradio.atomicio import atomic_path
-
     path = Path(path)
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)

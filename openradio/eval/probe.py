@@ -27,6 +27,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -87,8 +88,6 @@ def read_segmentation_folder(root: str | os.PathLike) -> SegmentationSet:
 
 def load_mask(path: str | os.PathLike) -> torch.Tensor:
     """(H, W) int64 class indices from a single-channel PNG (mode L, P, I or I;16)."""
-    from PIL import Image
-
     with Image.open(path) as im:
         if im.mode not in ("L", "P", "I", "I;16", "I;16B", "I;16L"):
             raise ValueError(

@@ -23,9 +23,13 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
 
+import timm
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
+from openradio.eval.data import write_csv
+from openradio.model import vit_families
 from openradio.runtime import autocast, module_device
 
 __all__ = ["measure_throughput", "measure_pair", "bench_model", "make_timm_baseline", "BASELINES", "format_table"]
@@ -175,10 +179,6 @@ def make_timm_baseline(model: nn.Module, height: int, width: int, match_prefix: 
     the same length: the same FLOPs, a like-for-like workload. ``False``: timm's default one class
     token (a RADIO model with 8 prefix tokens then does 4 % more work at 224 px than its baseline).
     """
-    import timm
-
-    from openradio.model import vit_families
-
     cfg = getattr(model, "config", None)
     if cfg is None:
         raise ValueError(
@@ -251,8 +251,6 @@ def bench_model(
     the median over call pairs of baseline time / model time (>1: the model is faster; close
     to, but steadier than, the ratio of the two images/s columns).
     """
-    from tqdm.auto import tqdm
-
     baseline = baseline or "none"
     if baseline not in BASELINES:
         raise ValueError(f"baseline must be one of {', '.join(BASELINES)}, got {baseline!r}")
@@ -384,8 +382,6 @@ def format_table(rows: Iterable[dict]) -> str:
 
 def write_rows_csv(rows: list[dict], path: str | os.PathLike) -> Path:
     """Write :func:`bench_model` rows as CSV (columns: the union of the rows' keys, first seen first)."""
-    from openradio.eval.data import write_csv
-
     fields: list[str] = []
     for r in rows:
         fields += [k for k in r if k not in fields]

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from openradio.atomicio import write_text
 from openradio.eval.data import LabelledImages, iterate_batches, write_csv
 from openradio.runtime import autocast, select_output, supported_resolution
 
@@ -41,6 +42,7 @@ __all__ = [
 def get_templates(name: str | Sequence[Template]) -> list[Template]:
     """Prompt templates: ``'openai'`` (OpenAI's 80 ImageNet prompts), ``'simple'`` (open_clip's short
     set), ``'base'`` (one prompt), or your own list of strings with a ``{}``/``{c}`` placeholder."""
+    # lazy: open_clip costs 1 s to import; 'base' and custom templates do not need it
     from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
 
     if isinstance(name, str):
@@ -265,7 +267,5 @@ def write_zero_shot_report(
         cells = [f"{table[(rl, m)]:.3f}" if (rl, m) in table else "-" for m in models]
         lines.append(f"| {rl} | " + " | ".join(cells) + " |")
     md_path = out_dir / f"{stem}.md"
-    from openradio.atomicio import write_text
-
     write_text(md_path, "Zero-shot top-1 accuracy (%)\n\n" + "\n".join(lines) + "\n")
     return csv_path, md_path

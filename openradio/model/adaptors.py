@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from einops import rearrange
+from timm.models.vision_transformer import Block
 from torch import nn
 
 
@@ -108,8 +109,6 @@ class AttnFDHead(nn.Module):
         self, input_size: int, hidden_size: int, output_size: int, num_blocks: int = 2, upsample_factor: int = 1
     ):
         super().__init__()
-        from timm.models.vision_transformer import Block
-
         if input_size % self.NUM_HEADS:
             raise ValueError(f"an 'attn' feature head needs a width divisible by {self.NUM_HEADS}, got {input_size}")
         self.blocks = nn.Sequential(

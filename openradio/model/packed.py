@@ -43,7 +43,7 @@ def supports_packing(blocks: nn.Sequential) -> bool:
 class PackedImages:
     """Where each image's tokens sit in the packed sequence."""
 
-    num_prefix: int
+    num_prefix_tokens: int  # CLS tokens + registers before each image's patches
     grids: list[tuple[int, int]]  # token grid (h, w) per image
     window: Optional[int]
 
@@ -58,7 +58,7 @@ class PackedRunner:
     def __init__(self, sequences: list[torch.Tensor], pack: PackedImages, schedule: list[bool]):
         self.pack = pack
         self.schedule = schedule if pack.window else [False] * len(schedule)
-        S = pack.num_prefix
+        S = pack.num_prefix_tokens
         parts = []
         for seq, (h, w) in zip(sequences, pack.grids):
             patches = seq[:, S:]
@@ -71,7 +71,7 @@ class PackedRunner:
 
     # -- layout changes (a few per forward) -----------------------------------------------------
     def _global_segments(self) -> list[tuple[int, int]]:
-        S = self.pack.num_prefix
+        S = self.pack.num_prefix_tokens
         out, o = [], 0
         for n in self.pack.num_patches:
             out.append((o, S + n))
@@ -79,7 +79,7 @@ class PackedRunner:
         return out
 
     def _to_windows(self) -> None:
-        S = self.pack.num_prefix
+        S = self.pack.num_prefix_tokens
         segs = self._global_segments()
         self.prefix = [self.x[:, o : o + S] for o, _ in segs]
         self.x = torch.cat([self.x[:, o + S : o + n] for o, n in segs], dim=1)
@@ -106,7 +106,7 @@ class PackedRunner:
         """Per image (1, prefix + h*w, D) in raster order."""
         if self.windowed:
             self._to_global()
-        S = self.pack.num_prefix
+        S = self.pack.num_prefix_tokens
         out = []
         for (o, n), (h, w) in zip(self._global_segments(), self.pack.grids):
             seq = self.x[:, o : o + n]

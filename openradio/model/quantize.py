@@ -24,6 +24,8 @@ from typing import Optional
 
 import torch
 from torch import nn
+from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig
+from torch.ao.quantization import quantize_dynamic as torch_quantize_dynamic
 
 from openradio.model.radio import RADIOModel
 
@@ -59,17 +61,15 @@ def quantize_dynamic(
         raise ValueError(f"quantised engine {engine!r} is not in this torch build (supported: {', '.join(engines)})")
     out = model if inplace else copy.deepcopy(model)
     out.eval()
-    from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig
-
     qconfig = per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning))
-        from torch.ao.quantization import quantize_dynamic as _qd
-
         before = torch.backends.quantized.engine
         torch.backends.quantized.engine = engine  # the weights are packed for the engine current here
         try:
-            out.model.blocks = _qd(out.model.blocks, {nn.Linear: qconfig}, dtype=torch.qint8, inplace=False)
+            out.model.blocks = torch_quantize_dynamic(
+                out.model.blocks, {nn.Linear: qconfig}, dtype=torch.qint8, inplace=False
+            )
         finally:
             torch.backends.quantized.engine = before
     out.quantized = f"int8-dynamic ({engine})"

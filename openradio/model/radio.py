@@ -151,7 +151,8 @@ class RADIOModel(nn.Module):
 
     @property
     def num_summary_tokens(self) -> int:
-        """:attr:`num_prefix_tokens` under the official ``RADIOModel``'s name, for code written against it."""
+        """Deprecated alias of :attr:`num_prefix_tokens`, the official name (timm's); kept for one
+        release for code written against the official ``RADIOModel``, which calls it this."""
         return self.num_prefix_tokens
 
     @property

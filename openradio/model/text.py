@@ -132,6 +132,7 @@ def _resolve_model_name(model_name: str) -> tuple[str, str]:
 
     Returns (name usable with open_clip, a string identifying the architecture for cache keys).
     """
+    # lazy: open_clip costs 1 s; radio_model() imports this module, few loads need a text tower
     import open_clip
 
     if model_name.startswith(("hf-hub:", "local-dir:")):
@@ -157,6 +158,7 @@ def _resolve_model_name(model_name: str) -> tuple[str, str]:
 def text_embed_dim(model_name: str) -> int | None:
     """The embedding width of an open_clip architecture (name or model-config JSON), read from its
     config without building anything; None when the config does not say (e.g. ``hf-hub:`` names)."""
+    # lazy: open_clip costs 1 s; radio_model() imports this module, few loads need a text tower
     import open_clip
 
     name, _ = _resolve_model_name(model_name)
@@ -227,6 +229,7 @@ def write_random_text_tower(
     """A small random open_clip text tower (open_clip's BPE tokenizer and text transformer) embedding to
     ``embed_dim``: writes ``NAME.json`` (an open_clip model config) and ``NAME.safetensors`` (its
     weights) and returns their paths. ``openradio demo`` pairs one with each small random teacher."""
+    # lazy: open_clip costs 1 s; radio_model() imports this module, few loads need a text tower
     import open_clip
 
     out = Path(out_dir)
@@ -318,6 +321,7 @@ def load_text_tower(
       open_clip's download-and-cache mechanism (needs the network the first time).
     * neither: random initialisation (only useful for tests; the result is not cacheable).
     """
+    # lazy: open_clip costs 1 s; radio_model() imports this module, few loads need a text tower
     import open_clip
 
     name, _ = _resolve_model_name(model_name)
@@ -364,6 +368,7 @@ def text_tower_from_model(
     if not hasattr(oc_model, "encode_text"):
         raise TypeError(f"expected an open_clip model with encode_text(), got {type(oc_model).__name__}")
     if tokenizer is None:
+        # lazy: open_clip costs 1 s; radio_model() imports this module, few loads need a text tower
         from open_clip.tokenizer import SimpleTokenizer
 
         ctx = int(getattr(oc_model, "context_length", 77))

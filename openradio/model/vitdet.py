@@ -52,11 +52,11 @@ class WindowedRunner:
     """Runs blocks one at a time under a ViTDet schedule; ``raster()`` gives the current
     sequence as (B, prefix + h*w, D) in raster order at any point (for intermediates)."""
 
-    def __init__(self, tokens: torch.Tensor, num_prefix: int, layout: WindowLayout, schedule: list[bool]):
-        self.S = num_prefix
+    def __init__(self, tokens: torch.Tensor, num_prefix_tokens: int, layout: WindowLayout, schedule: list[bool]):
+        self.num_prefix_tokens = num_prefix_tokens
         self.layout = layout
         self.schedule = schedule
-        prefix, patches = tokens[:, :num_prefix], tokens[:, num_prefix:]
+        prefix, patches = tokens[:, :num_prefix_tokens], tokens[:, num_prefix_tokens:]
         self.x = torch.cat([prefix, layout.to_window_order(patches)], dim=1)
         self.prefix: torch.Tensor | None = None  # set aside while windowed
         self.windowed = False
@@ -64,8 +64,8 @@ class WindowedRunner:
     def _to_windows(self) -> None:
         B, _, D = self.x.shape
         ws2 = self.layout.window**2
-        self.prefix = self.x[:, : self.S]
-        self.x = self.x[:, self.S :].reshape(B * self.layout.num_windows, ws2, D)
+        self.prefix = self.x[:, : self.num_prefix_tokens]
+        self.x = self.x[:, self.num_prefix_tokens :].reshape(B * self.layout.num_windows, ws2, D)
         self.windowed = True
 
     def _to_global(self) -> None:
@@ -89,4 +89,5 @@ class WindowedRunner:
             x = torch.cat([self.prefix, self.x.reshape(B, -1, self.x.shape[-1])], dim=1)
         else:
             x = self.x
-        return torch.cat([x[:, : self.S], self.layout.to_raster_order(x[:, self.S :])], dim=1)
+        n = self.num_prefix_tokens
+        return torch.cat([x[:, :n], self.layout.to_raster_order(x[:, n:])], dim=1)

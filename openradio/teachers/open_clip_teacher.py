@@ -40,6 +40,7 @@ class _TimmTower(nn.Module):
         self, model_name: str, embed_dim: int, pool: str, proj: str, proj_bias: bool, timm_kwargs: Mapping[str, Any]
     ) -> None:
         super().__init__()
+        # lazy: config validation imports openradio.teachers; timm costs 2 s
         import timm
 
         if pool in ("abs_attn", "rot_attn") or proj not in ("none", "linear", ""):
@@ -66,6 +67,7 @@ class _TimmTower(nn.Module):
 def _enable_dynamic_size(vit: nn.Module) -> None:
     """Let a timm VisionTransformer run at any size that is a multiple of its patch (position
     embeddings resampled on the fly), exactly as ``dynamic_img_size=True`` at construction does."""
+    # lazy: config validation imports openradio.teachers; timm costs 2 s
     from timm.layers import Format
 
     vit.dynamic_img_size = True
@@ -107,6 +109,7 @@ class OpenCLIPTeacher(Teacher):
         std: tuple[float, float, float] | None = None,
         cache_dir: str | None = None,
     ) -> None:
+        # lazy: config validation imports openradio.teachers; open_clip costs 2 s
         import open_clip
 
         cfg = open_clip.get_model_config(model)
@@ -147,6 +150,7 @@ class OpenCLIPTeacher(Teacher):
                     patch = int(visual.trunk.patch_embed.patch_size[0])
                     visual.trunk.set_input_size(img_size=(patch * _TINY_GRID, patch * _TINY_GRID))
             else:
+                # lazy: config validation imports openradio.teachers; open_clip costs 2 s
                 from open_clip.model import _build_vision_tower
 
                 if tiny:
@@ -240,6 +244,7 @@ class OpenCLIPTeacher(Teacher):
     def _forward_native(self, x: Tensor) -> tuple[Tensor, Tensor]:
         # The steps of open_clip's VisionTransformer.forward, with the position embedding resampled
         # when the grid differs from the native one (the stock forward only runs at image_size).
+        # lazy: config validation imports openradio.teachers; timm costs 2 s
         from timm.layers import resample_abs_pos_embed
 
         v = self.model

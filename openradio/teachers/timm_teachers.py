@@ -73,6 +73,7 @@ class DINOv2Teacher(Teacher):
         mean: tuple[float, float, float] | None = None,
         std: tuple[float, float, float] | None = None,
     ) -> None:
+        # lazy: config validation imports openradio.teachers; timm costs 2 s
         import timm
 
         model = DINOV2_HUB_TO_TIMM.get(model, model)
@@ -94,6 +95,7 @@ class DINOv2Teacher(Teacher):
         super().__init__(name, patch, input_size, int(net.embed_dim), int(net.embed_dim), mean=mean, std=std)
         self.model = net
         if weights is not None:
+            # lazy: config validation imports openradio.teachers; timm costs 2 s
             from timm.models.vision_transformer import checkpoint_filter_fn
 
             sd = load_state_dict_file(weights)
@@ -142,6 +144,7 @@ class SAMTeacher(Teacher):
         mean: tuple[float, float, float] | None = None,
         std: tuple[float, float, float] | None = None,
     ) -> None:
+        # lazy: config validation imports openradio.teachers; timm costs 2 s
         import timm
 
         kwargs: dict[str, Any] = {}
@@ -163,6 +166,7 @@ class SAMTeacher(Teacher):
         self.model = net
         self.pad_to_input = bool(pad_to_input)
         if weights is not None:
+            # lazy: config validation imports openradio.teachers; timm costs 2 s
             from timm.models.vision_transformer_sam import checkpoint_filter_fn
 
             sd = checkpoint_filter_fn(load_state_dict_file(weights), net)

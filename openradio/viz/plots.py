@@ -14,7 +14,7 @@ def new_figure(width_px: int, height_px: int, dpi: int = 100):
 
     matplotlib = require("matplotlib", "plotting")
     matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # optional: openradio[viz], checked by require() above
 
     return Figure(figsize=(width_px / dpi, height_px / dpi), dpi=dpi)
 

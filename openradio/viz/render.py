@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
+from openradio.atomicio import atomic_path
 from openradio.inputs.imageio import tensor_to_uint8
 
 __all__ = ["Panel", "Cell", "Rendered", "compose", "side_by_side", "resolution_strip", "model_grid"]
@@ -54,15 +56,13 @@ class Cell:
 
 @dataclass
 class Rendered:
-    image: "PIL.Image.Image"  # noqa: F821 - PIL is imported lazily
+    image: Image.Image
     panels: list[Panel] = field(default_factory=list)
 
     def panels_of(self, kind: str) -> list[Panel]:
         return [p for p in self.panels if p.kind == kind]
 
     def save(self, path: str | Path) -> Path:
-        from openradio.atomicio import atomic_path
-
         path = Path(path)
         with atomic_path(path) as tmp:  # a killed run leaves no truncated picture
             self.image.save(tmp, format=(path.suffix.lstrip(".") or "png").upper().replace("JPG", "JPEG"))
@@ -70,8 +70,6 @@ class Rendered:
 
 
 def _font(size: int):
-    from PIL import ImageFont
-
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1 has only the fixed bitmap font
@@ -99,8 +97,6 @@ def _fit_text(draw, text: str, font, max_width: int) -> str:
 
 
 def _to_pil(pixels, size_hw: tuple[int, int] | None):
-    from PIL import Image
-
     arr = tensor_to_uint8(pixels)
     im = Image.fromarray(arr)
     if size_hw is not None and (im.height, im.width) != tuple(size_hw):
@@ -125,8 +121,6 @@ def compose(
     on the left. With no labels and ``gap=0`` the panels touch, so a cell's pixels are exactly
     the input's.
     """
-    from PIL import Image, ImageDraw
-
     rows = [list(r) for r in cells]
     if not rows or not any(c is not None for r in rows for c in r):
         raise ValueError("compose needs at least one cell")

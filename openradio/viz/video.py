@@ -21,7 +21,9 @@ from typing import Iterator, NamedTuple, Sequence
 import numpy as np
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
+from openradio.atomicio import partial_name
 from openradio.extras import require
 from openradio.inputs.imageio import tensor_to_uint8
 from openradio.model.video import check_clip_frames, pad_to_clips
@@ -195,8 +197,6 @@ class VideoWriter:
         if self.fps <= 0:
             raise ValueError(f"fps must be positive, got {fps}")
         self.crf, self.codec, self.pix_fmt = crf, codec, pix_fmt
-        from openradio.atomicio import partial_name
-
         # written under a temporary name, renamed by close(): a killed run leaves no truncated video
         self._tmp = partial_name(self.path)
         self._container = av.open(str(self._tmp), mode="w")  # the temporary name keeps the extension
@@ -313,8 +313,6 @@ def visualize_video(
     its frames (:func:`openradio.model.video.forward_frames`). Batches then hold whole clips
     (``batch_size`` rounded up to a multiple of T); the last clip is padded with its last frame.
     """
-    from tqdm.auto import tqdm
-
     t = check_clip_frames(clip_frames)
     batch_size = -(-batch_size // t) * t
     info = probe_video(in_path)
