@@ -17,8 +17,9 @@ from torch import nn
 
 from openradio.distill.checkpointing import CheckpointManager
 from openradio.distill.phi_s import PhiSNormalizer, fold_inverse_into_linear
-from openradio.distill.student import args_from_state, build_student, fold_spectral_reparam, has_spectral_reparam
-from openradio.formats.official import official_state_dict, save_checkpoint
+from openradio.distill.student import args_from_state, fold_spectral_reparam, fold_spectral_state
+from openradio.formats.build import build_model
+from openradio.formats.official import official_state_dict, prefixed, radio_config, save_checkpoint
 from openradio.model.radio import RADIOModel
 
 __all__ = [
@@ -94,21 +95,19 @@ def phi_s_from_state(state: Mapping[str, torch.Tensor]) -> nn.ModuleDict:
 
 
 def student_from_state(state: Mapping, weights: str = "model") -> RADIOModel:
-    """The student of a training checkpoint with the weights ``state[weights]`` ('model' or 'ema')."""
+    """The student of a training checkpoint with the weights ``state[weights]`` ('model' or 'ema'),
+    in eval mode, built by :func:`openradio.formats.build.build_model`; a sigma-reparametrised
+    student comes back with its effective (folded) weights, the network export writes."""
     missing = [k for k in ("student_args", "head_dims", weights) if state.get(k) is None]
     if missing:
         raise ValueError(
             f"the training checkpoint has no {', '.join(missing)}: it was written by an older openradio "
             "(or without EMA); export it with that version, or resume training once with this one"
         )
+    own = fold_spectral_state(state[weights])
+    cfg = radio_config(args_from_state(state["student_args"]), prefixed(own, "model"))
     with torch.random.fork_rng(devices=[]):  # construction draws initial weights: keep the caller's RNG
-        model = build_student(
-            args_from_state(state["student_args"]),
-            state["head_dims"],
-            spectral_reparam=has_spectral_reparam(state[weights]),
-        )
-    model.load_state_dict(state[weights])
-    return model.eval()
+        return build_model(cfg, own, adaptor_names=cfg.unique_names())
 
 
 class ExportResult(NamedTuple):

@@ -1,8 +1,10 @@
 """The student: its arguments from the training config and the teachers, and its construction.
 
-The one place the trainer and export create a student: from a typed
+The one place the trainer creates a student: from a typed
 :class:`~openradio.model.config.RadioConfig`; the official checkpoint ``args`` are derived from it
 at the edge (:func:`openradio.formats.official.official_args`) only to be written into checkpoints.
+Export rebuilds a trained one from its state dict with :func:`openradio.formats.build.build_model`
+(after :func:`fold_spectral_state`).
 """
 
 from __future__ import annotations
@@ -30,8 +32,10 @@ __all__ = [
     "args_to_state",
     "args_from_state",
     "SpectralReparam",
+    "spectral_weight",
     "apply_spectral_reparam",
     "fold_spectral_reparam",
+    "fold_spectral_state",
     "has_spectral_reparam",
 ]
 
@@ -106,6 +110,17 @@ def build_student(
 
 
 # -- spectral (sigma) reparametrisation -------------------------------------------------------------
+SPECTRAL_EPS = 1e-6
+_PARAMETRIZED = ".parametrizations.weight.original"
+
+
+def spectral_weight(weight: Tensor, u: Tensor, v: Tensor, scale: Tensor, eps: float = SPECTRAL_EPS) -> Tensor:
+    """The effective weight of a :class:`SpectralReparam`: ``W * (softplus(scale) + 0.05) / sigma``
+    with ``sigma = u . (W v) + eps`` (its power-iteration state ``u``, ``v`` as they are)."""
+    sigma = torch.dot(u, weight @ v) + eps
+    return weight * ((F.softplus(scale) + 0.05) / sigma)
+
+
 class SpectralReparam(nn.Module):
     """``W_eff = W * (softplus(scale) + 0.05) / sigma(W)`` (Zhai et al. 2023, "sigma-Reparam"; the
     form the released RADIO configs' ``spectral_reparam`` uses).
@@ -117,7 +132,7 @@ class SpectralReparam(nn.Module):
     spectral norm, which keeps attention logits bounded (no entropy collapse).
     """
 
-    def __init__(self, weight: Tensor, n_init_iter: int = 20, eps: float = 1e-6) -> None:
+    def __init__(self, weight: Tensor, n_init_iter: int = 20, eps: float = SPECTRAL_EPS) -> None:
         super().__init__()
         self.eps = eps
         self.armed = True  # power-iteration updates in training mode
@@ -143,8 +158,7 @@ class SpectralReparam(nn.Module):
                 v = F.normalize(w.t() @ u, dim=0, eps=self.eps)
                 self._u.copy_(u)
                 self._v.copy_(v)
-        sigma = torch.dot(self._u, weight @ self._v) + self.eps
-        return weight * ((F.softplus(self.scale) + 0.05) / sigma)
+        return spectral_weight(weight, self._u, self._v, self.scale, self.eps)
 
 
 def apply_spectral_reparam(model: RADIOModel) -> RADIOModel:
@@ -160,7 +174,22 @@ def apply_spectral_reparam(model: RADIOModel) -> RADIOModel:
 
 def has_spectral_reparam(state: Mapping[str, Tensor]) -> bool:
     """Whether a student state dict comes from a sigma-reparametrised student."""
-    return any(k.endswith(".parametrizations.weight.original") for k in state)
+    return any(k.endswith(_PARAMETRIZED) for k in state)
+
+
+@torch.no_grad()
+def fold_spectral_state(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """A student state dict with every sigma-reparametrised weight (``X.parametrizations.weight.*``)
+    replaced by its effective ``X.weight``, as :func:`fold_spectral_reparam` computes it on the
+    model (eval mode: no power step); other entries as they are."""
+    out = {k: v for k, v in state.items() if ".parametrizations.weight." not in k}
+    for key, original in state.items():
+        if key.endswith(_PARAMETRIZED):
+            layer = key[: -len(_PARAMETRIZED)]
+            sr = f"{layer}.parametrizations.weight.0"
+            u, v, scale = state[f"{sr}._u"], state[f"{sr}._v"], state[f"{sr}.scale"]
+            out[f"{layer}.weight"] = spectral_weight(original, u, v, scale)
+    return out
 
 
 @torch.no_grad()
