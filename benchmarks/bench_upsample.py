@@ -197,12 +197,11 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
 
     import openradio
-    from openradio.verify.parity import platform_info
-    from openradio.verify.parity import platform_line as parity_platform_line
+    from openradio.verify import parity
 
     torch.set_num_threads(args.threads)
     print(platform_line())
-    print(parity_platform_line(platform_info()))
+    print(parity.platform_line(parity.platform_info()))  # and what decides float32 kernel results
     with tempfile.TemporaryDirectory() as tmp:
         if args.version:
             model, label = openradio.radio_model(args.version, text_towers=False), args.version
