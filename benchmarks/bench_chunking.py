@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from openradio.runtime import platform_line
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_compare import SHAPES, _t, build, model_flops  # noqa: E402
 
@@ -38,6 +40,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
+    print(platform_line())
     limits = [int(v) for v in a.limits.split(",")]
     dim, depth, _ = SHAPES[a.shape]
     model, _, _ = build(a.shape, Path(tempfile.mkdtemp()))

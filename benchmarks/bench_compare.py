@@ -39,6 +39,8 @@ from pathlib import Path
 
 import torch
 
+from openradio.runtime import platform_line
+
 SHAPES = {"b16": (768, 12, 12), "l16": (1024, 24, 16)}
 SHAPES_BY_DIM = {d: h for d, _, h in SHAPES.values()}  # width -> heads
 
@@ -142,6 +144,7 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--breakdown", action="store_true", help="also time the attention core alone (global cells)")
     a = ap.parse_args(argv)
+    print(platform_line())
     bf16_ok, bf16_where = native_bf16()
     print(f"torch {torch.__version__}; {bf16_where}: bf16 cells {'run' if bf16_ok else 'skipped'}")
     threads_list = [int(t) for t in a.threads.split(",") if t] or [torch.get_num_threads()]

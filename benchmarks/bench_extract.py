@@ -16,7 +16,8 @@ Two measurements, both on generated JPEGs of mixed sizes (a share of them corrup
    pipeline would reach), and against `openradio features` on the same inputs, all in this
    process. Repeated at every ``--threads`` count (default 2 and 1).
 
-Prints the CPU (model and vector flags) and torch's thread count. No timing is asserted anywhere.
+Prints the platform first (CPU model, cores, vector flags, torch and its default thread count).
+No timing is asserted anywhere.
 
     python benchmarks/bench_extract.py
     python benchmarks/bench_extract.py --images 2000 --early 500 --speed-images 64   # quicker
@@ -36,15 +37,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from openradio.runtime import platform_line
+
 REPO = Path(__file__).resolve().parents[1]
-FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile", "amx_int8")
-
-
-def cpu_kind() -> str:
-    from openradio.runtime import cpu_flags, cpu_model
-
-    flags = cpu_flags()
-    return f"cpu: {cpu_model()} | {os.cpu_count()} cores | flags: {' '.join(f for f in FLAGS if f in flags) or '-'}"
 
 
 def make_jpegs(folder: Path, n: int, corrupt: float, seed: int = 0, sizes=(48, 320)) -> int:
@@ -209,8 +204,7 @@ def main(argv=None) -> dict:
 
     from openradio.verify.testing import make_tiny_checkpoint
 
-    print(cpu_kind())
-    print(f"torch {torch.__version__} | {torch.get_num_threads()} threads by default")
+    print(platform_line())  # cpu, cores, flags, torch and its default thread count
     result: dict = {}
     with tempfile.TemporaryDirectory() as t:
         tmp = Path(args.workdir or t)

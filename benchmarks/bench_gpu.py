@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from openradio.runtime import platform_line
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # dense (no sparsity) bf16 tensor-core peaks, FLOP/s, from the vendors' data sheets
@@ -77,6 +79,7 @@ def main() -> int:
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--compile", action="store_true")
     a = ap.parse_args()
+    print(platform_line("cuda" if torch.cuda.is_available() else None))
     if not torch.cuda.is_available():
         print("bench_gpu: no CUDA device here; nothing to run")
         return 0

@@ -36,6 +36,7 @@ import torch  # noqa: E402
 
 import openradio  # noqa: E402
 from openradio.eval.throughput import bench_model, format_table  # noqa: E402
+from openradio.runtime import platform_line  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -90,6 +91,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     resolutions = [int(r) for r in args.resolutions.split(",") if r.strip()]
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    print(platform_line(device))
     common = dict(
         batch_size=args.batch_size,
         iters=args.iters,

@@ -31,6 +31,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from openradio.runtime import platform_line
+
 
 def load_photos(names: list[str], size: int) -> list[torch.Tensor]:
     from PIL import Image
@@ -62,6 +64,7 @@ def main() -> None:
         help="quantised engines to compare, e.g. onednn,x86 (default: quantize_dynamic's default engine)",
     )
     a = ap.parse_args()
+    print(platform_line())
 
     import openradio
     from openradio.verify.testing import make_tiny_checkpoint

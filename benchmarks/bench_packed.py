@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from openradio.runtime import platform_line
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_compare import _t  # noqa: E402
 from bench_vitdet import flops as block_flops  # noqa: E402
@@ -102,6 +104,7 @@ def pack_flops(grids: list[tuple[int, int]], dim: int, depth: int, prefix: int, 
 
 
 def run(model, hf, a) -> None:
+    print(platform_line())
     g = torch.Generator().manual_seed(a.seed)
     step = 16 * max(a.vitdet_window, 1)
     sides = list(range(-(-a.min_side // step) * step, a.max_side + 1, step))

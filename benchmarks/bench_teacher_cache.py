@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from openradio.runtime import platform_line
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny.yaml"
 COMMON = ["data.augment=false", "progress=false", "tensorboard=false", "checkpoint_every=100000", "log_every=100000"]
@@ -156,6 +158,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(a.threads)
+    print(platform_line())
     print(f"torch {torch.__version__}, {a.threads} thread(s), {os.cpu_count()} CPUs; ratios of interleaved steps")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -67,6 +67,7 @@ from openradio.distill.config import TrainConfig, load_config
 from openradio.distill.mosaic import mosaic_pad_value, pack_mosaic, unpack_features
 from openradio.distill.trainer import DistEnv, Trainer
 from openradio.distill.transforms import resize_square
+from openradio.runtime import platform_line
 
 # printed in this order; "teacher <name>" rows are summed into "teachers"
 CATEGORIES = ("teachers", "student forward", "student backward", "losses", "optimiser", "EMA", "PHI-S", "data", "other")
@@ -627,6 +628,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.recipe and not Path(args.recipe).is_file():
         ap.error(f"--recipe {args.recipe}: no such file")
     threads = [int(t) for t in args.threads.split(",")]
+    print(platform_line())
     print(f"torch {torch.__version__}; {machine()}; float32; threads {args.threads}; warm-up {args.warmup} step(s)")
     with tempfile.TemporaryDirectory(prefix="bench_train_step_") as tmp:
         tmp = Path(tmp)

@@ -33,6 +33,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from openradio.runtime import platform_line
+
 PALETTE = [
     (0.15, 0.15, 0.15),
     (0.9, 0.2, 0.2),
@@ -195,10 +197,11 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
 
     import openradio
-    from openradio.verify.parity import platform_info, platform_line
+    from openradio.verify import parity
 
     torch.set_num_threads(args.threads)
-    print(platform_line(platform_info()))
+    print(platform_line())
+    print(parity.platform_line(parity.platform_info()))  # and what decides float32 kernel results
     with tempfile.TemporaryDirectory() as tmp:
         if args.version:
             model, label = openradio.radio_model(args.version, text_towers=False), args.version

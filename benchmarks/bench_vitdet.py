@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from openradio.runtime import platform_line
+
 
 def flops(n_tokens: int, dim: int, depth: int, schedule: list[bool], window: int | None, prefix: int) -> float:
     total = 0.0
@@ -82,6 +84,7 @@ def main() -> None:
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--rounds", type=int, default=3)
     a = ap.parse_args()
+    print(platform_line())
 
     import openradio
     from openradio.verify.testing import make_tiny_checkpoint

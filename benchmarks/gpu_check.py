@@ -24,8 +24,11 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from openradio.runtime import platform_line  # noqa: E402
+
 
 def main() -> int:
+    print(platform_line("cuda" if torch.cuda.is_available() else None))
     if not torch.cuda.is_available():
         print("gpu_check: no CUDA device here; nothing to check")
         return 0

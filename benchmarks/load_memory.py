@@ -29,6 +29,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from openradio.runtime import platform_line
+
 
 def _status(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -110,6 +112,7 @@ def main() -> None:
     if a.child:
         child(*a.child)
         return
+    print(platform_line())
     print(
         f"random checkpoint: dim {a.embed_dim}, depth {a.depth}, heads {a.heads}, patch 16, CPE 2048 (ViT-B shape "
         "by default); each load in a fresh process; memory from /proc/self/status (VmRSS, VmHWM)"

@@ -36,6 +36,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from openradio.runtime import platform_line
+
 
 def run(align: str, steps: int, data: Path, out: Path, verbose: bool) -> dict:
     from openradio.distill.config import load_config
@@ -134,6 +136,7 @@ def main(argv=None) -> int:
     p.add_argument("--quiet", action="store_true", help="summary lines only")
     args = p.parse_args(argv)
     torch.set_num_threads(max(torch.get_num_threads(), 1))
+    print(platform_line())
     tmp = Path(tempfile.mkdtemp(prefix="phi_s_stability_"))
     data = args.data
     if data is None:

@@ -24,6 +24,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from openradio.runtime import platform_line
+
 
 def rss_mib() -> float:
     """Current resident set size (Linux /proc), in MiB; peak RSS elsewhere."""
@@ -45,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-side", type=int, default=256, help="largest input side in pixels")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    print(platform_line(args.device))
 
     import openradio
     from openradio.verify.testing import make_tiny_checkpoint

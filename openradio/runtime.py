@@ -66,6 +66,25 @@ def cpu_flags() -> set[str]:
     return set((cpuinfo_field("flags") or "").split())
 
 
+# The x86 flags that decide a benchmark's speed and its output bits (which kernels ATen and oneDNN
+# pick): AVX2-only (AMD Zen 3), AVX-512 with BF16/VNNI (AMD Zen 4), AMX (Intel Sapphire Rapids on).
+PLATFORM_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx512_fp16", "amx_bf16", "amx_tile", "amx_int8")
+
+
+def platform_line(device: torch.device | str | None = None) -> str:
+    """One line naming what a benchmark ran on, printed first by every script in benchmarks/:
+    ``cpu: <model name> | <n> cores | flags: <those of PLATFORM_FLAGS present, or -> | torch <version>
+    | <n> threads``, and ``| gpu: <name>`` when ``device`` is a CUDA device."""
+    flags = " ".join(f for f in PLATFORM_FLAGS if f in cpu_flags()) or "-"
+    line = (
+        f"cpu: {cpu_model()} | {os.cpu_count()} cores | flags: {flags} | torch {torch.__version__} | "
+        f"{torch.get_num_threads()} threads"
+    )
+    if device is not None and torch.device(device).type == "cuda":
+        line += f" | gpu: {torch.cuda.get_device_name(torch.device(device))}"
+    return line
+
+
 def _cpu_flags() -> set[str]:
     return cpu_flags() | set((cpuinfo_field("Features") or "").split())  # x86 'flags', Arm 'Features'
 

@@ -79,8 +79,15 @@ def test_gpu_script_parses_and_says_when_there_is_no_gpu():
     subprocess.run(["bash", "-n", str(BENCH / "gpu.sh")], check=True)
     if torch.cuda.is_available():
         return
-    out = subprocess.run([sys.executable, str(BENCH / "bench_gpu.py")], capture_output=True, text=True, check=True)
-    assert "no CUDA device" in out.stdout
+    for script in ("bench_gpu.py", "gpu_check.py"):
+        out = subprocess.run([sys.executable, str(BENCH / script)], capture_output=True, text=True, check=True)
+        assert out.stdout.startswith("cpu: ") and "no CUDA device" in out.stdout.splitlines()[1], script
+
+
+def test_every_script_prints_the_platform_line():
+    # output bits and speed depend on the CPU kind: every benchmark's output says which it ran on
+    missing = [p.name for p in sorted(BENCH.glob("*.py")) if "print(platform_line(" not in p.read_text()]
+    assert not missing, f"these benchmarks do not print openradio.runtime.platform_line() first: {missing}"
 
 
 def test_packed_flops_are_the_sum_over_images_and_the_script_prints_the_ceiling(tmp_path, capsys):
@@ -111,6 +118,7 @@ def test_packed_flops_are_the_sum_over_images_and_the_script_prints_the_ceiling(
     )
     bp.run(model, None, args)
     out = capsys.readouterr().out
+    assert out.startswith("cpu: ")
     assert "max |packed - per image|" in out
     mfu_line = [ln for ln in out.splitlines() if "ceiling of packing" in ln]
     assert len(mfu_line) == 1
@@ -147,5 +155,5 @@ def test_bench_extract_small_run_measures_what_it_prints(tmp_path, capsys):
     s = r["speed"][1]
     assert s["images"] == 20 and all(s[k] > 0 for k in ("model alone", "pipeline", "extract", "features"))
     out = capsys.readouterr().out
-    assert out.startswith("cpu: ") and "flags:" in out.splitlines()[0]
+    assert out.startswith("cpu: ") and "flags:" in out.splitlines()[0] and "| torch " in out.splitlines()[0]
     assert "ratio" in out and "-bound" in out and "extract / features" in out

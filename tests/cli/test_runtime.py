@@ -71,3 +71,17 @@ def test_one_image_listing(tmp_path):
     ]
     with pytest.raises(FileNotFoundError, match="image not found"):
         expand_image_args([str(tmp_path / "nope.png")])
+
+
+def test_platform_line_names_the_cpu_kind_torch_and_threads(monkeypatch):
+    line = runtime.platform_line()
+    assert line.startswith("cpu: ") and runtime.cpu_model() in line
+    assert f"| torch {torch.__version__} |" in line and line.endswith(f"| {torch.get_num_threads()} threads")
+    listed = line.split("| flags: ")[1].split(" | ")[0].split()
+    assert listed == ["-"] or (set(listed) <= runtime.cpu_flags() and set(listed) <= set(runtime.PLATFORM_FLAGS))
+    assert runtime.platform_line("cpu") == line  # a GPU name only for a CUDA device
+    # the flags in PLATFORM_FLAGS order, others left out; '-' when none of them is there
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: {"fma", "amx_tile", "avx2"})
+    assert "| flags: avx2 amx_tile |" in runtime.platform_line()
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: {"neon"})
+    assert "| flags: - |" in runtime.platform_line()
