@@ -157,3 +157,23 @@ def test_bench_extract_small_run_measures_what_it_prints(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.startswith("cpu: ") and "flags:" in out.splitlines()[0] and "| torch " in out.splitlines()[0]
     assert "ratio" in out and "-bound" in out and "extract / features" in out
+
+
+def test_prepack_ab_times_both_ways_and_compares_the_bits(tmp_path, monkeypatch):
+    import sys
+
+    from openradio.model import fused_cpu
+
+    monkeypatch.syspath_prepend(str(BENCH))  # bench_prepack imports bench_compare beside it
+    bp = _load("bench_prepack")
+    model = openradio.radio_model(str(make_tiny_checkpoint(tmp_path / "m.pth.tar")), text_towers=False)
+    model = model.set_compute_dtype(torch.bfloat16).eval()
+    seen = []
+    real = fused_cpu.packed_weight
+    monkeypatch.setattr(fused_cpu, "packed_weight", lambda lin: seen.append(fused_cpu.PACK_WEIGHTS) or real(lin))
+    t, ratio, same = bp.ab(model, torch.rand(2, 3, 64, 64), rounds=2)
+    assert t > 0 and ratio > 0 and isinstance(same, bool)
+    if fused_cpu.onednn_bf16_matmuls():
+        assert same and set(seen) == {True, False}  # both ways ran through the fused blocks
+    assert fused_cpu.PACK_WEIGHTS is True  # left as it was
+    sys.modules.pop("bench_compare", None)
