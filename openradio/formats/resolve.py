@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import urllib.error
+import warnings
 from pathlib import Path
 from typing import Literal, Optional, Sequence, overload
 
@@ -111,6 +112,11 @@ def radio_model(
 ) -> tuple[RADIOModel, Optional[dict]]: ...
 
 
+# keywords the official loader takes (or its examples pass) and ignores; accepted here for the
+# same calls to run, without a warning
+OFFICIAL_IGNORED_KWARGS = frozenset({"neck_name", "return_spatial_features", "force_reload", "support_packing"})
+
+
 def radio_model(
     version: str = "",
     progress: bool = True,
@@ -138,7 +144,17 @@ def radio_model(
             ``(model, checkpoint)``.
         dtype: hold the backbone in this dtype (e.g. ``torch.bfloat16`` on GPUs and CPUs with
             AVX512-BF16/AMX: no per-call casts, unlike autocast); None: the checkpoint's own.
+
+    Other keywords are ignored, as the official loader ignores them (``OFFICIAL_IGNORED_KWARGS``
+    quietly, any other with a warning that names it: a misspelt option does not pass unseen).
     """
+    unknown = sorted(set(kwargs) - OFFICIAL_IGNORED_KWARGS)
+    if unknown:
+        warnings.warn(
+            f"radio_model: ignoring unknown keyword argument(s) {', '.join(unknown)} "
+            "(see help(openradio.radio_model) for the ones it takes)",
+            stacklevel=2,
+        )
     version = version or DEFAULT_VERSION
     if isinstance(adaptor_names, str):
         adaptor_names = [adaptor_names]

@@ -146,6 +146,17 @@ def test_torch_hub_local_entry_point(tiny_checkpoint):
     assert isinstance(m, openradio.RADIOModel) and "clip" in m.adaptors and not m.training
 
 
+def test_keywords_the_official_loader_ignores_pass_and_a_misspelt_one_warns(tiny_checkpoint, recwarn):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the official examples' keywords: no warning at all
+        openradio.radio_model(str(tiny_checkpoint), text_towers=False, return_spatial_features=True, neck_name=None)
+    with pytest.warns(UserWarning, match=r"ignoring unknown keyword argument\(s\) adaptor_name\b"):
+        m = openradio.radio_model(str(tiny_checkpoint), text_towers=False, adaptor_name=["clip"])
+    assert "clip" not in m.adaptors  # ignored, as said
+
+
 def _spectral_state(W, g):
     out = W.shape[0]
     u = torch.randn(out, generator=g)
