@@ -27,7 +27,13 @@ from safetensors.torch import save_file
 from openradio.atomicio import atomic_path, write_text
 from openradio.formats.build import build_radio, finish_loaded, preferred
 from openradio.formats.native import save_transformers
-from openradio.formats.official import arg, backbone_state_to_official, jsonable_args, official_state_dict
+from openradio.formats.official import (
+    arg,
+    backbone_state_to_official,
+    jsonable_args,
+    official_state_dict,
+    parse_dtype,
+)
 from openradio.formats.safeload import CheckpointError, read_safetensors
 from openradio.model.radio import RADIOModel
 
@@ -126,8 +132,8 @@ def load_hf(
     The model's ``version`` is ``version``, else ``reference``."""
     config, state = read_hf_folder(hf_folder(reference, revision, cache_dir))
     args = dict(config["args"])
-    if isinstance(args.get("dtype"), str):
-        args["dtype"] = getattr(torch, args["dtype"].replace("torch.", ""))
+    if isinstance(args.get("dtype"), str):  # config.json keeps it as text ('torch.bfloat16')
+        args["dtype"] = parse_dtype(args["dtype"])
     official, summary_idxs = hf_to_official(state)
     model = build_radio(
         argparse.Namespace(**args),
