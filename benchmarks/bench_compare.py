@@ -185,38 +185,10 @@ def main(argv=None) -> int:
                                 dtype = getattr(torch, dt)
                                 if dtype == torch.bfloat16 and not bf16_ok:
                                     continue
-                                cell(
-                                    model,
-                                    vit,
-                                    hf,
-                                    res,
-                                    bs,
-                                    window,
-                                    dtype,
-                                    a.rounds,
-                                    peak,
-                                    threads,
-                                    dim,
-                                    depth,
-                                    breakdown=a.breakdown,
-                                )
+                                args = (model, vit, hf, res, bs, window, dtype, a.rounds, peak, threads, dim, depth)
+                                cell(*args, breakdown=a.breakdown)
                                 if dtype == torch.bfloat16:  # every contestant's weights held in bf16
-                                    cell(
-                                        model,
-                                        vit,
-                                        hf,
-                                        res,
-                                        bs,
-                                        window,
-                                        dtype,
-                                        a.rounds,
-                                        peak,
-                                        threads,
-                                        dim,
-                                        depth,
-                                        weights=True,
-                                        breakdown=a.breakdown,
-                                    )
+                                    cell(*args, weights=True, breakdown=a.breakdown)
                     del vit
     return 0
 
