@@ -66,6 +66,26 @@ def cpu_flags() -> set[str]:
     return set((cpuinfo_field("flags") or "").split())
 
 
+def capturing() -> bool:
+    """Whether torch.jit, torch.compile / torch.export (dynamo) or the ONNX exporter is capturing
+    the code running now: no data-dependent checks, and no caches the capture would bake in."""
+    return bool(
+        torch.jit.is_tracing()
+        or torch.jit.is_scripting()
+        or torch.compiler.is_compiling()
+        or torch.onnx.is_in_onnx_export()
+    )
+
+
+def tensor_state(t: torch.Tensor) -> Optional[tuple]:
+    """What a value cached from ``t`` depends on: its storage, dtype, device, shape and in-place
+    version. None for an inference tensor: it keeps no version counter, so a cache could not tell
+    an in-place edit (callers then compute afresh)."""
+    if t.is_inference():
+        return None
+    return (t.data_ptr(), t.dtype, t.device, tuple(t.shape), t._version)
+
+
 # The x86 flags that decide a benchmark's speed and its output bits (which kernels ATen and oneDNN
 # pick): AVX2-only (AMD Zen 3), AVX-512 with BF16/VNNI (AMD Zen 4), AMX (Intel Sapphire Rapids on).
 PLATFORM_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx512_fp16", "amx_bf16", "amx_tile", "amx_int8")

@@ -12,16 +12,13 @@ from __future__ import annotations
 
 import torch
 
+from openradio.runtime import capturing
+
 __all__ = ["check_image_values"]
 
 # A float input whose largest magnitude exceeds this is not in [0, 1] (a bicubic resize overshoots
 # by a few percent; mean/std-normalised inputs stay within ~3): it looks like 0..255 values.
 MAX_ABS = 10.0
-
-
-def _tracing() -> bool:
-    """Inside torch.export / torch.compile / ONNX export / TorchScript tracing: no data-dependent checks."""
-    return bool(torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export())
 
 
 def check_image_values(x: torch.Tensor) -> None:
@@ -36,7 +33,7 @@ def check_image_values(x: torch.Tensor) -> None:
     if c not in (1, 3):
         hint = ": drop the alpha channel (x[:, :3])" if c == 4 else ""
         raise ValueError(f"expected RGB images with 3 channels (or 1 for grey), got {c} channels{hint}")
-    if x.device.type != "cpu" or x.numel() == 0 or _tracing():
+    if x.device.type != "cpu" or x.numel() == 0 or capturing():
         return
     peak = x.detach().abs().amax()
     if not torch.isfinite(peak):

@@ -19,9 +19,11 @@ leaves oneDNN without any bf16 kernel).
 
 Each Linear's weight is handed to oneDNN once in its own blocked layout
 (:func:`packed_weight`, what ``torch.compile``'s freezing does too) instead of being re-laid-out
-inside every matmul: the same bits (the tests compare them), x1.15-1.4 per matmul for the short
-row counts of batch 1 and x1.0-1.1 for a block pass of 2048 rows, at the cost of a second copy of
-the bf16 weights while the model is used this way (170 MB for a ViT-B/16).
+inside every matmul: x1.15-1.4 per matmul for the short row counts of batch 1 and x1.0-1.1 for a
+block pass of 2048 rows, at the cost of a second copy of the bf16 weights while the model is used
+this way (170 MB for a ViT-B/16). On a Sapphire Rapids CPU (AMX) the outputs had the same bits at
+every row count measured; the tests allow bf16 rounding, as another CPU's kernels may sum in
+another order.
 """
 
 from __future__ import annotations
@@ -36,16 +38,18 @@ from timm.layers import Mlp
 from timm.models.vision_transformer import Attention, Block
 from torch import nn
 
+from openradio.runtime import tensor_state
+
 # oneDNN matmul with fused post-ops: (X, W, B, attr, scalars, algorithm) and the binary form
 # (X, other, W, B, 'add') = other + X @ W^T + B; what torch.compile's CPU backend emits for Linear
 _linear_pointwise = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
 _reorder_linear_weight = getattr(torch.ops.mkldnn, "_reorder_linear_weight", None)
 
 # the row count oneDNN lays a packed weight out for: a CPU block pass holds up to
-# RADIOModel.cpu_chunk_tokens (2560) rows; the layout gives the same bits at any row count
+# RADIOModel.cpu_chunk_tokens (2560) rows; on AMX it gave the same bits at every row count measured
 PACK_ROWS = 2048
-PACK_WEIGHTS = True  # False: hand oneDNN the plain weights (no second copy; same bits)
-# Linear -> ((weight storage, version, dtype, shape), packed weight); a module that goes away
+PACK_WEIGHTS = True  # False: hand oneDNN the plain weights (no second copy)
+# Linear -> (tensor_state of its weight, the weight, packed weight); a module that goes away
 # takes its packed copy with it
 _packed: "weakref.WeakKeyDictionary[nn.Linear, tuple]" = weakref.WeakKeyDictionary()
 
@@ -100,17 +104,18 @@ def packed_weight(lin: nn.Linear) -> torch.Tensor:
     """``lin.weight`` in oneDNN's own layout, made once and made again when the weight changes
     (its storage, in-place version, dtype or shape); the plain weight where oneDNN cannot pack."""
     w = lin.weight
-    if _reorder_linear_weight is None or not PACK_WEIGHTS or w.is_inference():
-        return w  # an inference tensor has no version counter to tell an in-place edit by
-    key = (w.data_ptr(), w._version, w.dtype, tuple(w.shape))
+    key = tensor_state(w) if _reorder_linear_weight is not None and PACK_WEIGHTS else None
+    if key is None:  # (an inference tensor has no version counter to tell an in-place edit by)
+        return w
     hit = _packed.get(lin)
     if hit is not None and hit[0] == key:
-        return hit[1]
+        return hit[2]
     try:
         p = _reorder_linear_weight(w.detach(), PACK_ROWS)
     except RuntimeError:
         return w
-    _packed[lin] = (key, p)
+    # the weight is held with its packed copy, so a new weight cannot take its address (and key)
+    _packed[lin] = (key, w.detach(), p)
     return p
 
 

@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from openradio.runtime import capturing, tensor_state
+
 
 class ClsToken(nn.Module):
     """Prefix tokens: one CLS token per teacher followed by registers (parameter ``token``)."""
@@ -54,17 +56,6 @@ def num_registers_for(num_cls: int, register_multiple: int | None, num_registers
     if register_multiple:
         return register_multiple - (num_cls % register_multiple)
     return 0
-
-
-def _tracing() -> bool:
-    """Whether torch.jit, torch.compile/export (dynamo) or the ONNX exporter is capturing the model."""
-    if torch.jit.is_tracing() or torch.jit.is_scripting():
-        return True
-    compiler = getattr(torch, "compiler", None)
-    if compiler is not None and compiler.is_compiling():
-        return True
-    onnx = getattr(torch, "onnx", None)
-    return bool(onnx is not None and onnx.is_in_onnx_export())
 
 
 class ViTPatchGenerator(nn.Module):
@@ -188,16 +179,17 @@ class ViTPatchGenerator(nn.Module):
         side max(h, w) and its top-left h x w window (not a centre crop, not an (h, w) resize).
 
         Without autograd the resampled encoding is kept per (h, w) (the last 8 sizes), keyed by
-        the grid's storage, dtype, device and version, so a changed grid is resampled again. The values are the
-        same ones; what is saved is the resampling and, for a bf16 grid, its float32 copy (a
-        128 x 128 grid is 12.6 M values: 13 % of a bf16 ViT-B call at 224 px on a 2-core AMX CPU)."""
+        the grid's :func:`~openradio.runtime.tensor_state`, so a changed grid is resampled again.
+        The values are the same ones; what is saved is the resampling and, for a bf16 grid, its
+        float32 copy (a 128 x 128 grid is 12.6 M values: 13 % of a bf16 ViT-B call at 224 px on a
+        2-core AMX CPU)."""
         R = self.grid_size
         if (h, w) == (R, R):
             return self.pos_embed
-        if torch.is_grad_enabled() or _tracing():  # an export or compile must see the computation
-            return self._resample_position_encoding(h, w)
         pe = self.pos_embed
-        ident = (pe.data_ptr(), pe.dtype, pe.device, pe._version)
+        ident = None if torch.is_grad_enabled() or capturing() else tensor_state(pe)
+        if ident is None:  # autograd or a capture (they must see the computation), or an inference tensor
+            return self._resample_position_encoding(h, w)
         held = self.__dict__.get("_pe_cache_grid")
         if held is None or held[0] != ident:
             # another grid (loaded, cast, moved or changed in place): start over. The grid's data is

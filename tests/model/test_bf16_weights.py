@@ -89,10 +89,15 @@ def test_packed_weights_give_the_plain_weights_bits_and_follow_weight_changes(ti
         monkeypatch.setattr(fused_cpu, "PACK_WEIGHTS", False)
         return packed, fused_cpu.block_forward(block, x)
 
+    def close(packed, plain):
+        # the same bits on AMX (measured); elsewhere a kernel may sum in another order: a few bf16
+        # ulps of the activations, as between the fused and the plain block
+        return (packed.float() - plain.float()).abs().max() <= 4 * 2.0**-8 * plain.float().abs().amax()
+
     with torch.inference_mode():
         for b, n in ((1, 1), (1, 37), (3, 500), (1, 2048), (2, 1600)):  # row counts around PACK_ROWS
             packed, plain = both(torch.randn(b, n, block.attn.qkv.in_features).to(torch.bfloat16))
-            assert torch.equal(packed, plain), (b, n)
+            assert close(packed, plain), (b, n)
         fc1 = block.mlp.fc1
         monkeypatch.setattr(fused_cpu, "PACK_WEIGHTS", True)
         first = fused_cpu.packed_weight(fc1)
@@ -103,9 +108,9 @@ def test_packed_weights_give_the_plain_weights_bits_and_follow_weight_changes(ti
         fc1.weight.mul_(-1.0)  # an in-place edit: the packed copy must follow it
         assert fused_cpu.packed_weight(fc1) is not first
         packed, plain = both(x)
-        assert torch.equal(packed, plain)
+        assert close(packed, plain)
         fc1.weight.mul_(-1.0)
-        assert not torch.equal(fused_cpu.block_forward(block, x), packed)
+        assert not close(fused_cpu.block_forward(block, x), packed)  # a stale pack would match
 
 
 @pytest.mark.skipif(not FUSED, reason="oneDNN has no bf16 matmuls on this CPU (no AVX512-BF16/AMX)")
@@ -146,6 +151,12 @@ def test_eval_position_encoding_cache_gives_the_same_values_and_follows_the_grid
     model.set_compute_dtype(torch.float16)  # a new grid tensor: the cache starts over
     with torch.no_grad():
         assert pg.eval_position_encoding(5, 7).dtype == torch.float16
+    # a grid made under inference_mode keeps no version counter: resampled on every call, not kept
+    with torch.inference_mode():
+        inf = copy.deepcopy(model).patch_generator
+        assert inf.pos_embed.is_inference()
+        got = inf.eval_position_encoding(5, 7)
+        assert torch.equal(got, pg.eval_position_encoding(5, 7)) and inf.eval_position_encoding(5, 7) is not got
     # with autograd nothing is kept and the encoding carries the gradient
     pg.pos_embed.requires_grad_(True)
     pe = pg.eval_position_encoding(5, 7)
