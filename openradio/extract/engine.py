@@ -236,14 +236,8 @@ class Job:
         """The rows still to do cut into forward batches. Batches never cross a part (so a part's
         batches, and bits, are the same in every run) nor split a clip: with ``clip_frames`` T a
         batch holds whole clips, ``batch_size // T`` of them (at least one)."""
-        bs, out = self.opts.batch_size, []
-        for k in self.todo:
-            rows = self.part_rows(k)
-            if self.mapper.clip_frames == 1:
-                out.extend(list(range(s, min(s + bs, rows.stop))) for s in rows[::bs])
-                continue
-            out.extend(clip_batches(rows, self.clips, self.mapper.clip_frames, bs))
-        return out
+        frames, bs = self.mapper.clip_frames, self.opts.batch_size
+        return [b for k in self.todo for b in clip_batches(self.part_rows(k), self.clips, frames, bs)]
 
     def part_rows(self, k: int) -> range:
         return range(k * self.part_size, min((k + 1) * self.part_size, len(self.rows)))

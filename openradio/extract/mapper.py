@@ -71,16 +71,23 @@ def parse_features(spec: str) -> tuple[str, int]:
     raise ValueError(f"--features must be none, full or pooled:G (G a positive grid side), got {spec!r}")
 
 
-def clip_batches(rows: Sequence[int], ids: Sequence, clip_frames: int, batch_size: int) -> list[list[int]]:
-    """``rows`` cut into batches of whole clips: consecutive rows sharing a clip id (``ids[row]``)
-    form a clip of at most ``clip_frames`` rows; a batch holds ``batch_size // clip_frames`` clips
-    (at least one). The extract engine's batches and the Mapper's forwards both cut this way."""
+def clip_groups(rows: Sequence[int], ids: Sequence | None, clip_frames: int) -> list[list[int]]:
+    """``rows`` as clips: consecutive rows sharing a clip id (``ids[row]``), at most ``clip_frames``
+    of them; ``ids`` None: every row a clip of its own."""
     groups: list[list[int]] = []
     for i in rows:
-        if groups and ids[groups[-1][-1]] == ids[i] and len(groups[-1]) < clip_frames:
+        if ids is not None and groups and ids[groups[-1][-1]] == ids[i] and len(groups[-1]) < clip_frames:
             groups[-1].append(i)
         else:
             groups.append([i])
+    return groups
+
+
+def clip_batches(rows: Sequence[int], ids: Sequence | None, clip_frames: int, batch_size: int) -> list[list[int]]:
+    """``rows`` cut into batches of whole clips (:func:`clip_groups`), ``batch_size // clip_frames``
+    clips a batch (at least one); with ``ids`` None and ``clip_frames`` 1, plain batches of
+    ``batch_size`` rows. The extract engine's batches and the Mapper's forwards both cut this way."""
+    groups = clip_groups(rows, ids, clip_frames)
     per = max(1, batch_size // clip_frames)
     return [[i for g in groups[s : s + per] for i in g] for s in range(0, len(groups), per)]
 
@@ -150,7 +157,7 @@ class Mapper:
         """One shape group's rows cut into forward passes: ``batch_size`` rows, or with clips whole
         clips (:func:`clip_batches`)."""
         if self.clip_frames == 1 or clips is None:
-            return [idx[s : s + self.batch_size] for s in range(0, len(idx), self.batch_size)]
+            return clip_batches(idx, None, 1, self.batch_size)
         return clip_batches(idx, clips, self.clip_frames, self.batch_size)
 
     def _run(self, images: Sequence[torch.Tensor], part: list[int], clips: Sequence | None) -> tuple[dict, list[int]]:
@@ -158,16 +165,11 @@ class Mapper:
         if self.clip_frames == 1 or clips is None:
             return self._forward(torch.stack([images[i] for i in part])), list(range(len(part)))
         xs, where, start = [], [], 0
-        i = 0
-        while i < len(part):
-            j = i + 1
-            while j < len(part) and clips[part[j]] == clips[part[i]] and j - i < self.clip_frames:
-                j += 1
-            padded, n = pad_to_clips(torch.stack([images[r] for r in part[i:j]]), self.clip_frames)
+        for clip in clip_groups(part, clips, self.clip_frames):
+            padded, n = pad_to_clips(torch.stack([images[r] for r in clip]), self.clip_frames)
             xs.append(padded)
             where.extend(range(start, start + n))
             start += padded.shape[0]
-            i = j
         return self._forward(torch.cat(xs), self.clip_frames), where
 
     def __call__(self, images: Sequence[torch.Tensor], clips: Sequence | None = None) -> dict:
@@ -180,9 +182,8 @@ class Mapper:
         summaries = {c: [None] * n for c in self.columns}
         feats: list[dict] = [dict() for _ in range(n)]
         for idx in groups.values():
-            for chunk in self._chunks(idx, clips):
-                outs, where = self._run(images, chunk, clips)
-                part = chunk  # the input rows of this forward, in output order
+            for part in self._chunks(idx, clips):  # the input rows of one forward
+                outs, where = self._run(images, part, clips)
                 guide = torch.stack([images[i] for i in part]) if self.upsample else None
                 for name in self.outputs:
                     col = "summary" if name == "backbone" else f"{name}_summary"
