@@ -19,6 +19,7 @@ from typing import Any
 from openradio.extract.writers import (
     FORMAT,  # noqa: F401  (re-exported: the header's "format", defined with its reader)
     Store,
+    load_manifest,
     part_name,
 )
 
@@ -53,12 +54,12 @@ def check_same(existing: dict, header: dict, url: str) -> None:
 
 
 def read(store: Store) -> dict | None:
-    if not store.exists("manifest.json"):
-        return None
+    """The manifest of an output folder, None when there is none (a new folder); one
+    :class:`ManifestMismatch` line when it is not JSON."""
     try:
-        return json.loads(store.read_bytes("manifest.json"))
-    except json.JSONDecodeError as e:
-        raise ManifestMismatch(f"{store.url}/manifest.json is not valid JSON ({e}); pass --overwrite") from e
+        return load_manifest(store)
+    except ValueError as e:
+        raise ManifestMismatch(f"{e}; pass --overwrite") from None
 
 
 def entries(store: Store) -> dict[str, dict]:

@@ -23,9 +23,8 @@ import torch
 
 from openradio.extract.engine import model_digest
 from openradio.extract.manifest import ManifestMismatch
-from openradio.extract.manifest import read as read_manifest
 from openradio.extract.mapper import DTYPES, Mapper
-from openradio.extract.writers import Store, check_format, part_name
+from openradio.extract.writers import Store, checked_manifest, part_name
 from openradio.extras import require
 from openradio.formats.resolve import radio_model
 from openradio.inputs.imageio import load_image
@@ -42,10 +41,7 @@ class Hit:
 
 def _manifest(url: str) -> tuple[Store, dict]:
     store = Store(url)
-    doc = read_manifest(store)
-    if doc is None:
-        raise ValueError(f"{url} has no manifest.json: is it an `openradio extract` output folder?")
-    check_format(doc, url)
+    doc = checked_manifest(store)
     if doc.get("layout") != "openradio":
         raise ValueError(f"{url} has the {doc.get('layout')} layout; search reads the openradio layout")
     return store, doc

@@ -238,15 +238,23 @@ def check_format(doc: dict, url: str) -> None:
         )
 
 
+def load_manifest(store: Store) -> dict | None:
+    """The folder's ``manifest.json`` parsed (None when there is none); one ``ValueError`` line when
+    it is not JSON. The one reader of the file: the engine's resume check and the readers use it."""
+    if not store.exists("manifest.json"):
+        return None
+    try:
+        return json.loads(store.read_bytes("manifest.json"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{store.url}/manifest.json is not valid JSON ({e})") from None
+
+
 def checked_manifest(store: Store) -> dict:
     """The folder's ``manifest.json``, checked with :func:`check_format`; one line when it is missing
     or not JSON."""
-    if not store.exists("manifest.json"):
+    doc = load_manifest(store)
+    if doc is None:
         raise FileNotFoundError(f"{store.url} has no manifest.json: is it an `openradio extract` output folder?")
-    try:
-        doc = json.loads(store.read_bytes("manifest.json"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{store.url}/manifest.json is not valid JSON ({e})") from None
     check_format(doc if isinstance(doc, dict) else {}, store.url)
     return doc
 
