@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from openradio.extract.mapper import Mapper
+    from openradio.extract.mapper import Mapper, summary_column
     from openradio.formats.features import write_features
     from openradio.inputs.imageio import expand_image_args, load_image
     from openradio.runtime import cpu_has_native_bf16, pick_device, warn_if_slow_bf16
@@ -148,9 +148,7 @@ def run(args: argparse.Namespace) -> int:
                 input_sizes[stem] = [int(x.shape[-2]), int(x.shape[-1])]
                 features[stem] = {
                     name: {
-                        "summary": torch.from_numpy(cols["summary" if name == "backbone" else f"{name}_summary"][j])[
-                            None
-                        ],
+                        "summary": torch.from_numpy(cols[summary_column(name)][j])[None],
                         "features": cols["features"][j][name][None],
                     }
                     for name in output_names

@@ -71,6 +71,11 @@ def parse_features(spec: str) -> tuple[str, int]:
     raise ValueError(f"--features must be none, full or pooled:G (G a positive grid side), got {spec!r}")
 
 
+def summary_column(output: str) -> str:
+    """The layout's column of an output's summary: ``summary`` (the backbone), ``<adaptor>_summary``."""
+    return "summary" if output == "backbone" else f"{output}_summary"
+
+
 def clip_groups(rows: Sequence[int], ids: Sequence | None, clip_frames: int) -> list[list[int]]:
     """``rows`` as clips: consecutive rows sharing a clip id (``ids[row]``), at most ``clip_frames``
     of them; ``ids`` None: every row a clip of its own."""
@@ -129,7 +134,7 @@ class Mapper:
 
     @property
     def columns(self) -> list[str]:
-        return ["summary", *[f"{a}_summary" for a in self.adaptors]]
+        return [summary_column(n) for n in self.outputs]
 
     def prepare(self, image: torch.Tensor) -> torch.Tensor:
         return self.resize(image)
@@ -139,9 +144,7 @@ class Mapper:
         step = self.resize.step
         x = torch.zeros(1, 3, *self.model.get_nearest_supported_resolution(step * 4, step * 4))
         outs = self._forward(x)
-        return {
-            ("summary" if n == "backbone" else f"{n}_summary"): int(outs[n].summary.shape[-1]) for n in self.outputs
-        }
+        return {summary_column(n): int(outs[n].summary.shape[-1]) for n in self.outputs}
 
     def _forward(self, x: torch.Tensor, clip_frames: int = 1) -> dict:
         x = x.to(self.device, non_blocking=True)
@@ -186,7 +189,7 @@ class Mapper:
                 outs, where = self._run(images, part, clips)
                 guide = torch.stack([images[i] for i in part]) if self.upsample else None
                 for name in self.outputs:
-                    col = "summary" if name == "backbone" else f"{name}_summary"
+                    col = summary_column(name)
                     summ = outs[name].summary.float().cpu().numpy()[where]
                     f = outs[name].features if self.mode != "none" else None
                     if f is not None:
