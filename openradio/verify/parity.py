@@ -401,24 +401,37 @@ def capability_env(capability: str, flags: set[str] | None = None) -> dict[str, 
     return env
 
 
+def kernel_sets(flags: set[str] | None = None) -> list[dict[str, str]]:
+    """One environment per CPU kernel set this CPU can run, lowest first: each ATen capability
+    (:func:`capability_env`), and on a CPU with AMX also AVX-512 with oneDNN held to
+    ``AVX512_CORE_BF16``: the bf16 matmul kernels of a native-bf16 CPU without AMX (Zen 4), which
+    round bf16 products in another order than the AMX tiles do."""
+    flags = cpu_flags() if flags is None else flags
+    envs = [capability_env(c, flags) for c in aten_capabilities(flags)]
+    if "avx512" in aten_capabilities(flags) and "avx512_bf16" in flags and any(f.startswith("amx") for f in flags):
+        envs.append({"ATEN_CPU_CAPABILITY": "avx512", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"})
+    return envs
+
+
 def env_settings(flags: set[str] | None = None) -> list[dict[str, str]]:
     """Kernel switches worth trying on this CPU: ATen's vector ISA x MKL's code path x threads.
 
     Only ISAs the CPU has are listed (asking for a missing one makes the library fall back
     silently, which would repeat another row); a lowered ATen ISA comes with the oneDNN ISA
-    that keeps it runnable (:func:`capability_env`)."""
+    that keeps it runnable, and an AMX CPU also runs its bf16 kernels without AMX
+    (:func:`kernel_sets`)."""
     flags = cpu_flags() if flags is None else flags
-    aten = ["", *aten_capabilities(flags)]
+    kernels = [{}, *kernel_sets(flags)]
     mkl = ["", "COMPATIBLE"]
     if "avx2" in flags:
         mkl.append("AVX2")
     if "avx512f" in flags:
         mkl.append("AVX512")
     out = []
-    for a in aten:
+    for kernel_env in kernels:
         for m in mkl:
             for threads in ("", "1"):
-                env = capability_env(a, flags) if a else {}
+                env = dict(kernel_env)
                 if m:
                     env["MKL_CBWR"] = m
                 if threads:

@@ -1,7 +1,8 @@
 """The parity bounds hold on every kernel set this CPU offers, not only on the one it picks itself.
 
 `openradio parity --matrix` reruns the official-families and official-mini comparisons in a fresh
-process per ATen CPU capability (default, avx2, avx512: whichever this CPU can run), so a tolerance
+process per ATen CPU capability (default, avx2, avx512: whichever this CPU can run), and on a CPU
+with AMX once more with oneDNN held to AVX512-BF16 (the bf16 kernels of Zen 4), so a tolerance
 that only holds for one kernel set fails on the developer's machine rather than on a user's
 (issue 23 item 2). Each fixture set is about a minute per capability on one core: marked slow, so it
 runs in `make test-slow` and in `.ci/run`.
@@ -22,6 +23,7 @@ from openradio.verify import parity
 
 REPO = Path(__file__).resolve().parents[2]
 CAPABILITIES = parity.aten_capabilities()
+KERNEL_SETS = parity.kernel_sets()
 FIXTURE_SETS = {"official-families": families_dir(), "official-mini": fixtures_dir()}
 
 
@@ -36,13 +38,22 @@ def test_capability_env_keeps_lowered_kernels_runnable():
     assert CAPABILITIES[0] == "default"
 
 
+def test_an_amx_cpu_also_runs_the_bf16_kernels_of_a_cpu_without_amx():
+    avx512 = {"avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq"}
+    zen4 = parity.kernel_sets(avx512 | {"avx512_bf16", "avx512_vnni"})
+    assert zen4 == [parity.capability_env(c, avx512) for c in ("default", "avx2", "avx512")]
+    amx = parity.kernel_sets(avx512 | {"avx512_bf16", "amx_bf16", "amx_tile"})
+    assert amx == [*zen4, {"ATEN_CPU_CAPABILITY": "avx512", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}]
+    assert parity.kernel_sets({"avx2", "fma"}) == [{"ATEN_CPU_CAPABILITY": c} for c in ("default", "avx2")]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(FIXTURE_SETS))
-def test_parity_within_bound_under_every_aten_capability(name, tmp_path):
+def test_parity_within_bound_under_every_kernel_set(name, tmp_path):
     fixdir = FIXTURE_SETS[name]
     if fixdir is None:
         pytest.skip(f"{name} fixtures not found")
-    envs = [parity.capability_env(c) for c in CAPABILITIES]
+    envs = KERNEL_SETS
     settings = [a for env in envs for a in ("--setting", ",".join(f"{k}={v}" for k, v in env.items()))]
     out_json = tmp_path / "matrix.json"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}

@@ -170,6 +170,9 @@ def test_env_settings_follow_the_cpu():
         e.get("ONEDNN_MAX_CPU_ISA") == ("AVX2" if e.get("ATEN_CPU_CAPABILITY") in ("default", "avx2") else None)
         for e in avx512
     )
+    # an AMX CPU also tries its bf16 matmuls without AMX (the kernels of a Zen 4)
+    amx = parity.env_settings(avx512_flags | {"avx512_bf16", "amx_bf16"})
+    assert len(amx) == 5 * 4 * 2 and {"ATEN_CPU_CAPABILITY": "avx512", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"} in amx
     assert parity.aten_capabilities(avx512_flags) == ["default", "avx2", "avx512"]
     assert parity.aten_capabilities({"avx2", "fma", "avx512f"}) == ["default", "avx2"]  # no BW/VL/DQ: ATen stays AVX2
     assert parity.aten_capabilities(set()) == ["default"]
