@@ -179,3 +179,31 @@ def test_prepack_ab_times_both_ways_and_compares_the_bits(tmp_path, monkeypatch)
         assert set(seen) == {True, False}
     assert fused_cpu.PACK_WEIGHTS is True  # left as it was
     sys.modules.pop("bench_compare", None)
+
+
+def test_attention_bound_solves_the_mfu_equation_and_the_script_times_every_kernel(monkeypatch, capsys):
+    import sys
+
+    monkeypatch.syspath_prepend(str(BENCH))  # bench_attention imports bench_compare beside it
+    ba = _load("bench_attention")
+    bc = _load("bench_compare")
+    # the share is the attention term of the comparison's own FLOP count
+    n = 32 * 32 + 8
+    full = bc.model_flops(768, 12, 16, 512, 1, 8, [False] * 12, None)
+    assert ba.attention_share(512, 768, 12) == 12 * 4 * n * n * 768 / full
+    assert 0.15 < ba.attention_share(512, 768, 12) < 0.2 < ba.attention_share(1024, 768, 12)
+    # solving for the attention speed and putting it back gives the target
+    for share, target, rest in ((0.18, 0.8, 0.9), (0.3, 0.5, 0.7), (0.05, 0.8, 0.81)):
+        need = ba.needed_fraction(share, target, rest)
+        assert abs(ba.mfu_with(share, need, rest) - target) < 1e-12
+    assert ba.needed_fraction(0.18, 0.8, 0.8) > 0.79  # the rest at the target: attention must be too
+    assert ba.needed_fraction(0.18, 0.8, 0.75) is None  # it would have to beat the matmul peak
+    assert ba.needed_fraction(0.18, 0.8, 0.5) is None  # no attention speed at all would do
+    assert ba.main(["--res", "64", "--head-dims", "32", "--rounds", "1", "--threads", "1", "--width", "64"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("cpu: ")
+    line = next(x for x in out.splitlines() if x.startswith("  hd  32:"))
+    for kernel in ("sdpa", "matmuls", "exp", "softmax"):
+        assert f" {kernel} " in line
+    assert "everything else at 90 %" in out and "1 thr, hd  32: ATen's SDPA" in out
+    sys.modules.pop("bench_compare", None)
