@@ -91,15 +91,22 @@ def tensor_state(t: torch.Tensor) -> Optional[tuple]:
 PLATFORM_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx512_fp16", "amx_bf16", "amx_tile", "amx_int8")
 
 
+# environment variables that hold a library's kernels below what the CPU offers
+KERNEL_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS")
+
+
 def platform_line(device: torch.device | str | None = None) -> str:
     """One line naming what a benchmark ran on, printed first by every script in benchmarks/:
     ``cpu: <model name> | <n> cores | flags: <those of PLATFORM_FLAGS present, or -> | torch <version>
-    | <n> threads``, and ``| gpu: <name>`` when ``device`` is a CUDA device."""
+    | <n> threads``, then ``| KEY=value`` for each of KERNEL_ENV set (a run whose kernels were held
+    below the CPU's must not read as the CPU's own), and ``| gpu: <name>`` when ``device`` is a CUDA
+    device."""
     flags = " ".join(f for f in PLATFORM_FLAGS if f in cpu_flags()) or "-"
     line = (
         f"cpu: {cpu_model()} | {os.cpu_count()} cores | flags: {flags} | torch {torch.__version__} | "
         f"{torch.get_num_threads()} threads"
     )
+    line += "".join(f" | {k}={os.environ[k]}" for k in KERNEL_ENV if os.environ.get(k))
     if device is not None and torch.device(device).type == "cuda":
         line += f" | gpu: {torch.cuda.get_device_name(torch.device(device))}"
     return line

@@ -74,12 +74,17 @@ def test_one_image_listing(tmp_path):
 
 
 def test_platform_line_names_the_cpu_kind_torch_and_threads(monkeypatch):
+    for key in runtime.KERNEL_ENV:
+        monkeypatch.delenv(key, raising=False)
     line = runtime.platform_line()
     assert line.startswith("cpu: ") and runtime.cpu_model() in line
     assert f"| torch {torch.__version__} |" in line and line.endswith(f"| {torch.get_num_threads()} threads")
     listed = line.split("| flags: ")[1].split(" | ")[0].split()
     assert listed == ["-"] or (set(listed) <= runtime.cpu_flags() and set(listed) <= set(runtime.PLATFORM_FLAGS))
     assert runtime.platform_line("cpu") == line  # a GPU name only for a CUDA device
+    # kernels held below the CPU's own are named
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
+    assert runtime.platform_line() == line + " | ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16"
     # the flags in PLATFORM_FLAGS order, others left out; '-' when none of them is there
     monkeypatch.setattr(runtime, "cpu_flags", lambda: {"fma", "amx_tile", "avx2"})
     assert "| flags: avx2 amx_tile |" in runtime.platform_line()
