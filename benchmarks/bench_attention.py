@@ -158,6 +158,14 @@ def main(argv=None) -> int:
                 for k in counts
             )
             print(f"  hd {hd:3d}: peak {m['peak'] / 1e9:.0f} GFLOP/s; {cells}", flush=True)
+            above = [k for k in counts if k not in ("exp", "softmax") and mm_ns > per_core[k]]
+            if above:
+                print(
+                    f"    warning: {', '.join(above)} beat(s) the matmul peak timed here, so they use units "
+                    "torch.mm does not (e.g. AMX while ONEDNN_MAX_CPU_ISA holds oneDNN's matmuls below it): "
+                    "their fractions below compare unlike kernels",
+                    flush=True,
+                )
             best[threads, hd] = {
                 "sdpa": mm_ns / per_core["sdpa"],
                 "no overlap": mm_ns / (per_core["matmuls"] + per_core["exp"]),

@@ -404,8 +404,11 @@ def capability_env(capability: str, flags: set[str] | None = None) -> dict[str, 
 def kernel_sets(flags: set[str] | None = None) -> list[dict[str, str]]:
     """One environment per CPU kernel set this CPU can run, lowest first: each ATen capability
     (:func:`capability_env`), and on a CPU with AMX also AVX-512 with oneDNN held to
-    ``AVX512_CORE_BF16``: the bf16 matmul kernels of a native-bf16 CPU without AMX (Zen 4), which
-    round bf16 products in another order than the AMX tiles do."""
+    ``AVX512_CORE_BF16``: oneDNN's bf16 matmuls as a native-bf16 CPU without AMX (Zen 4) runs them,
+    which sum bf16 products in another order than the AMX tiles do (the official-families outputs
+    take other bits under it). It is not a whole Zen 4: ATen's flash-attention kernel still uses
+    AMX under that setting (``benchmarks/bench_attention.py`` times it above the capped matmul
+    peak)."""
     flags = cpu_flags() if flags is None else flags
     envs = [capability_env(c, flags) for c in aten_capabilities(flags)]
     if "avx512" in aten_capabilities(flags) and "avx512_bf16" in flags and any(f.startswith("amx") for f in flags):
