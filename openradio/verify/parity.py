@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 import openradio
-from openradio.runtime import cpu_flags, cpu_model
+from openradio.runtime import KERNEL_ENV, cpu_flags, cpu_model
 
 FORMAT = "radio-parity-fixtures/1"
 # A mismatch no larger than this times the tensor's largest magnitude is float32 rounding noise
@@ -322,15 +322,7 @@ def platform_info() -> dict:
         "blas": blas,
         "env": {
             k: os.environ[k]
-            for k in (
-                "ATEN_CPU_CAPABILITY",
-                "ONEDNN_MAX_CPU_ISA",
-                "MKL_CBWR",
-                "MKL_ENABLE_INSTRUCTIONS",
-                "OMP_NUM_THREADS",
-                "MKL_NUM_THREADS",
-                "TIMM_FUSED_ATTN",
-            )
+            for k in (*KERNEL_ENV, "OMP_NUM_THREADS", "MKL_NUM_THREADS", "TIMM_FUSED_ATTN")
             if k in os.environ
         },
     }
@@ -410,8 +402,9 @@ def kernel_sets(flags: set[str] | None = None) -> list[dict[str, str]]:
     AMX under that setting (``benchmarks/bench_attention.py`` times it above the capped matmul
     peak)."""
     flags = cpu_flags() if flags is None else flags
-    envs = [capability_env(c, flags) for c in aten_capabilities(flags)]
-    if "avx512" in aten_capabilities(flags) and "avx512_bf16" in flags and any(f.startswith("amx") for f in flags):
+    capabilities = aten_capabilities(flags)
+    envs = [capability_env(c, flags) for c in capabilities]
+    if "avx512" in capabilities and "avx512_bf16" in flags and any(f.startswith("amx") for f in flags):
         envs.append({"ATEN_CPU_CAPABILITY": "avx512", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"})
     return envs
 
