@@ -33,20 +33,21 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_compare  # noqa: E402  (the model FLOP count the comparison uses)
+import bench_compare  # noqa: E402  (the model FLOP count and timer the comparison uses)
 
 from openradio.runtime import platform_line  # noqa: E402
 
-
-def _t(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+seconds = bench_compare.seconds
+PATCH, PREFIX = 16, 8  # a RADIO B/16 or L/16: 16 px patches, 8 prefix tokens
 
 
-def attention_share(res: int, width: int, depth: int, patch: int = 16, prefix: int = 8) -> float:
+def tokens(res: int, patch: int = PATCH, prefix: int = PREFIX) -> int:
+    return (res // patch) ** 2 + prefix
+
+
+def attention_share(res: int, width: int, depth: int, patch: int = PATCH, prefix: int = PREFIX) -> float:
     """The attention core's share of a global-attention ViT's FLOPs (QK^T and PV: 4 n^2 d per block)."""
-    n = (res // patch) ** 2 + prefix
+    n = tokens(res, patch, prefix)
     total = bench_compare.model_flops(width, depth, patch, res, 1, prefix, [False] * depth, None)
     return depth * 4 * n * n * width / total
 
@@ -121,7 +122,7 @@ def measure(fns: dict, rounds: int) -> dict[str, float]:
     names = list(fns)
     for r in range(rounds):
         for k in names if r % 2 == 0 else names[::-1]:
-            times[k].append(min(_t(fns[k]) for _ in range(2)) if k == "peak" else _t(fns[k]))
+            times[k].append(min(seconds(fns[k]) for _ in range(2)) if k == "peak" else seconds(fns[k]))
     out = {k: statistics.median(v) for k, v in times.items()}
     out["peak"] = 2 * 2048**3 / out["peak"]
     return out
@@ -140,7 +141,7 @@ def main(argv=None) -> int:
     ap.add_argument("--flex", action="store_true", help="also time torch.compile(flex_attention)")
     a = ap.parse_args(argv)
     print(platform_line())
-    n = (a.res // 16) ** 2 + 8
+    n = tokens(a.res)
     share = attention_share(a.res, a.width, a.depth)
     print(f"width {a.width}, depth {a.depth}, {a.res} px: {n} tokens; attention is {100 * share:.1f} % of the FLOPs")
     best = {}
@@ -152,13 +153,13 @@ def main(argv=None) -> int:
             m = measure(fns, a.rounds)
             per_core = {k: m[k] * threads / counts[k] * 1e9 for k in counts}
             mm_ns = 4 * hd / (m["peak"] / threads) * 1e9  # ns per score per core at the peak
+            with_flops = [k for k in counts if k not in ("exp", "softmax")]  # those that do the 4 hd FLOPs
             cells = "  ".join(
-                f"{k} {per_core[k]:.2f} ns"
-                + (f" ({100 * mm_ns / per_core[k]:.0f} %)" if k not in ("exp", "softmax") else "")
+                f"{k} {per_core[k]:.2f} ns" + (f" ({100 * mm_ns / per_core[k]:.0f} %)" if k in with_flops else "")
                 for k in counts
             )
             print(f"  hd {hd:3d}: peak {m['peak'] / 1e9:.0f} GFLOP/s; {cells}", flush=True)
-            above = [k for k in counts if k not in ("exp", "softmax") and mm_ns > per_core[k]]
+            above = [k for k in with_flops if mm_ns > per_core[k]]
             if above:
                 print(
                     f"    warning: {', '.join(above)} beat(s) the matmul peak timed here, so they use units "

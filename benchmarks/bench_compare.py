@@ -62,11 +62,12 @@ def native_bf16() -> tuple[bool, str]:
 def matmul_peak(dtype=torch.float32, n: int = 2048, reps: int = 5) -> float:
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     torch.mm(a, b)
-    best = min(_t(lambda: torch.mm(a, b)) for _ in range(reps))
+    best = min(seconds(lambda: torch.mm(a, b)) for _ in range(reps))
     return 2 * n**3 / best
 
 
-def _t(fn) -> float:
+def seconds(fn) -> float:
+    """Wall time of one call."""
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
@@ -266,10 +267,10 @@ def cell(
         for r in range(rounds):
             for k in names if r % 2 == 0 else names[::-1]:
                 if k == "openradio":  # the matmul peak right next to the model call
-                    times["matmul"].append(min(_t(fns["matmul"]) for _ in range(2)))
+                    times["matmul"].append(min(seconds(fns["matmul"]) for _ in range(2)))
                     if "attention" in fns:
-                        times["attention"].append(_t(fns["attention"]))
-                times[k].append(_t(fns[k]))
+                        times["attention"].append(seconds(fns["attention"]))
+                times[k].append(seconds(fns[k]))
     t = statistics.median(times["openradio"])
     ratio = {k: statistics.median(b / o for b, o in zip(times[k], times["openradio"])) for k in names[1:]}
     fl = model_flops(dim, depth, 16, res, bs, model.num_prefix_tokens, model._schedule(), window)
