@@ -23,7 +23,7 @@ import torch
 from openradio.runtime import platform_line
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_compare import SHAPES, _t, build, model_flops  # noqa: E402
+from bench_compare import SHAPES, build, model_flops, seconds  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -64,10 +64,10 @@ def main(argv=None) -> int:
                 return 1
         print("every setting gives the one-pass outputs bit for bit")
         for r in range(a.rounds):
-            mm.append(min(_t(lambda: torch.mm(mm_a, mm_b)) for _ in range(3)))
+            mm.append(min(seconds(lambda: torch.mm(mm_a, mm_b)) for _ in range(3)))
             for c in limits if r % 2 == 0 else limits[::-1]:
                 model.cpu_chunk_tokens = c
-                times[c].append(_t(lambda: model(x)))
+                times[c].append(seconds(lambda: model(x)))
     flops = model_flops(dim, depth, 16, a.resolution, a.batch, model.num_prefix_tokens, model._schedule(), None)
     peak = 2 * 2048**3 / statistics.median(mm)
     print(f"float32 matmul peak {peak / 1e9:.1f} GFLOP/s")

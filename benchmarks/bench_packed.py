@@ -29,7 +29,7 @@ import torch
 from openradio.runtime import platform_line
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_compare import _t  # noqa: E402
+from bench_compare import seconds  # noqa: E402
 from bench_vitdet import flops as block_flops  # noqa: E402
 
 
@@ -160,7 +160,7 @@ def run(model, hf, a) -> None:
                 for f in fns.values():  # warm-up
                     f()
                 for r in range(a.rounds):
-                    mm.append(min(_t(lambda: torch.mm(mm_a, mm_b)) for _ in range(3)))
+                    mm.append(min(seconds(lambda: torch.mm(mm_a, mm_b)) for _ in range(3)))
                     for k in names if r % 2 == 0 else names[::-1]:
                         t0 = time.perf_counter()
                         fns[k]()
